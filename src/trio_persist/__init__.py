@@ -1,0 +1,60 @@
+"""trio-persist: deduplicated execution and persistent workers for Trio.
+
+Identical in-flight requests share one execution; long-lived workers keep a
+group's state in memory and serve its requests; statistics, snapshots, an event
+stream and a monitor show all of it. The implementation lives in private
+modules; this module is the public API, re-exported once.
+"""
+
+from ._events import EventSubscription, PersistEvent
+from ._exceptions import (
+    GroupTaken,
+    InfiniteRecursion,
+    LeaderDied,
+    PersistClosed,
+    PersistError,
+    RemoteError,
+)
+from ._grouping import canonical_encoding, default_group
+from ._options import PersistOptions
+from ._persist import Persist, open_persist
+from ._registry import Registry, RegistryStatistics
+from ._stats import GroupSnapshot, PersistStatistics
+from ._worker import Worker, WorkerRequest, WorkerStatistics
+
+__all__ = [
+    "EventSubscription",
+    "GroupSnapshot",
+    "GroupTaken",
+    "InfiniteRecursion",
+    "LeaderDied",
+    "Persist",
+    "PersistClosed",
+    "PersistError",
+    "PersistEvent",
+    "PersistOptions",
+    "PersistStatistics",
+    "Registry",
+    "RegistryStatistics",
+    "RemoteError",
+    "Worker",
+    "WorkerRequest",
+    "WorkerStatistics",
+    "canonical_encoding",
+    "default_group",
+    "open_persist",
+]
+
+__version__ = "0.1.0"
+
+
+def _fixup_module_metadata() -> None:
+    # As trio does: tracebacks and reprs say trio_persist.X, not trio_persist._x.X.
+    for name in __all__:
+        obj = globals()[name]
+        if getattr(obj, "__module__", "").startswith("trio_persist."):
+            obj.__module__ = __name__
+
+
+_fixup_module_metadata()
+del _fixup_module_metadata

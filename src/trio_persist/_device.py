@@ -1,0 +1,90 @@
+"""Devices: what resolves a request against a base, and its optional hooks.
+
+A device is either a plain ``async def resolve(base, request)`` or an object
+with an ``async def resolve(self, base, request)`` method and any of these
+hooks (the counterparts of upstream's device ``info`` map):
+
+* ``group(base, request) -> Hashable``: the grouper; ``request`` is ``None``
+  when a worker groups its state.
+* ``async on_idle(group, state)``: a worker is stopping with a valid state;
+  save it.
+* ``async restore(group) -> state | None``: the counterpart of ``on_idle``;
+  the saved state of a group whose worker stopped, or None.
+* ``async serve(worker)``: a custom worker loop (see `WorkerContext`).
+* ``answers(waiting, published) -> bool``: the custom await; may the result a
+  worker published for request *published* answer a listener waiting on
+  request *waiting*?
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Any
+
+import attrs
+
+__all__ = ["DeviceHooks", "adapt_device"]
+
+ResolveFn = Callable[[Any, Any], Awaitable[Any]]
+
+
+@attrs.frozen
+class DeviceHooks:
+    """The device as trio-persist calls it: ``resolve`` plus the hooks it has."""
+
+    resolve: ResolveFn
+    name: str
+    group: Callable[[Any, Any], Hashable] | None = None
+    on_idle: Callable[[Hashable, Any], Awaitable[object]] | None = None
+    restore: Callable[[Hashable], Awaitable[Any]] | None = None
+    serve: Callable[[Any], Awaitable[object]] | None = None
+    answers: Callable[[Any, Any], bool] | None = None
+
+
+def _check_async(fn: object, what: str) -> None:
+    if not callable(fn):
+        raise TypeError(f"{what} must be callable, got {type(fn).__name__}")
+    plain = isinstance(fn, (types.FunctionType, types.MethodType))
+    if plain and not inspect.iscoroutinefunction(fn):
+        raise TypeError(f"{what} must be an async function (async def), got a plain function")
+
+
+def _check_sync(fn: object, what: str) -> None:
+    if not callable(fn):
+        raise TypeError(f"{what} must be callable, got {type(fn).__name__}")
+    if inspect.iscoroutinefunction(fn):
+        raise TypeError(f"{what} must be a plain function, not async def")
+
+
+def adapt_device(device: object) -> DeviceHooks:
+    """Check *device* and return its `DeviceHooks`.
+
+    Raises:
+        TypeError: *device* is neither an async function nor an object with an
+            async ``resolve`` method, or one of its hooks has the wrong kind.
+    """
+    resolve = getattr(device, "resolve", None)
+    if resolve is None:
+        if not callable(device):
+            raise TypeError(
+                "device must be an async function resolve(base, request) or an object "
+                f"with an async resolve(base, request) method, got {type(device).__name__}"
+            )
+        _check_async(device, "device")
+        name = getattr(device, "__qualname__", type(device).__name__)
+        return DeviceHooks(resolve=device, name=name)
+    _check_async(resolve, "device.resolve")
+    hooks: dict[str, Any] = {}
+    for hook in ("on_idle", "restore", "serve"):
+        fn = getattr(device, hook, None)
+        if fn is not None:
+            _check_async(fn, f"device.{hook}")
+            hooks[hook] = fn
+    for hook in ("group", "answers"):
+        fn = getattr(device, hook, None)
+        if fn is not None:
+            _check_sync(fn, f"device.{hook}")
+            hooks[hook] = fn
+    return DeviceHooks(resolve=resolve, name=type(device).__qualname__, **hooks)

@@ -1,0 +1,62 @@
+"""Every error trio-persist raises, one class each.
+
+Each subclasses what a user would already catch: `PersistClosed` is a
+`trio.ClosedResourceError`, `InfiniteRecursion` a `RecursionError`, and all of
+them are `PersistError`.
+"""
+
+from __future__ import annotations
+
+import trio
+
+
+class PersistError(Exception):
+    """Base class of every error raised by trio-persist itself.
+
+    Errors raised by a device are not wrapped: a listener gets the device's own
+    exception.
+    """
+
+
+class LeaderDied(PersistError):
+    """The execution a caller was waiting for ended without an outcome.
+
+    Raised only when it cannot be retried: the persist closed under a caller
+    that waits from outside it, the device crashed with a `BaseException` that
+    is not an `Exception` (the crash is this error's ``__cause__``), a worker
+    serving the request crashed, or a remote leader vanished more often than the
+    retry bound allows.
+    """
+
+
+class InfiniteRecursion(PersistError, RecursionError):
+    """A resolve would wait for an execution that is waiting for it.
+
+    Raised at once, instead of deadlocking, when a device resolves its own group
+    (directly, or through a cycle of groups waiting for each other) and the
+    persist was opened with ``allow_infinite=False``.
+    """
+
+
+class PersistClosed(PersistError, trio.ClosedResourceError):
+    """The persist's ``async with`` block has been left (or is being left)."""
+
+
+class RemoteError(PersistError):
+    """An execution in another process failed.
+
+    Its ``str()`` holds the original exception's type name and message;
+    `type_name` and `message` hold them separately.
+    """
+
+    def __init__(self, type_name: str, message: str) -> None:
+        super().__init__(f"{type_name}: {message}" if message else type_name)
+        self.type_name = type_name
+        self.message = message
+
+    def __reduce__(self) -> tuple[type[RemoteError], tuple[str, str]]:
+        return (type(self), (self.type_name, self.message))
+
+
+class GroupTaken(PersistError):
+    """`Registry.hold` was asked for a group that already has an owner."""

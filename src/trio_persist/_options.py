@@ -1,0 +1,104 @@
+"""The options of `open_persist`, checked once when the block opens."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import attrs
+
+__all__ = ["PersistOptions", "check_duration"]
+
+AwaitMode = Literal[True, False, "named"]
+ErrorStrategy = Literal["ignore", "throw"]
+
+
+def _number(name: str, value: object, *, allow_none: bool) -> float:
+    if value is None and allow_none:
+        return math.inf
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        accepted = "a number of seconds or None" if allow_none else "a number of seconds"
+        raise TypeError(f"{name} must be {accepted}, got {type(value).__name__}")
+    if math.isnan(value) or value <= 0:
+        raise ValueError(f"{name} must be > 0 seconds, got {value!r}")
+    return float(value)
+
+
+def _flag(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__}")
+    return value
+
+
+@attrs.frozen
+class PersistOptions:
+    """The checked options of a persist (see `open_persist` for their meaning)."""
+
+    await_inprogress: AwaitMode
+    worker_timeout: float
+    static_worker: bool
+    error_strategy: ErrorStrategy
+    allow_infinite: bool
+    max_workers: int | None
+    worker_inbox: int
+    shutdown_grace: float
+
+    @classmethod
+    def check(
+        cls,
+        *,
+        await_inprogress: object,
+        worker_timeout: object,
+        static_worker: object,
+        error_strategy: object,
+        allow_infinite: object,
+        max_workers: object,
+        worker_inbox: object,
+        shutdown_grace: object,
+    ) -> PersistOptions:
+        """Check every option; raise `TypeError` or `ValueError` naming the first bad one."""
+        if not isinstance(await_inprogress, (bool, str)):
+            raise TypeError(
+                "await_inprogress must be True, False or 'named', "
+                f"got {type(await_inprogress).__name__}"
+            )
+        if isinstance(await_inprogress, str) and await_inprogress != "named":
+            raise ValueError(
+                f"await_inprogress must be True, False or 'named', got {await_inprogress!r}"
+            )
+        if not isinstance(error_strategy, str):
+            raise TypeError(
+                f"error_strategy must be 'ignore' or 'throw', got {type(error_strategy).__name__}"
+            )
+        if error_strategy not in ("ignore", "throw"):
+            raise ValueError(f"error_strategy must be 'ignore' or 'throw', got {error_strategy!r}")
+        checked_max = _count("max_workers", max_workers, allow_none=True)
+        checked_inbox = _count("worker_inbox", worker_inbox, allow_none=False)
+        mode: Any = await_inprogress
+        strategy: Any = error_strategy
+        return cls(
+            await_inprogress=mode,
+            worker_timeout=_number("worker_timeout", worker_timeout, allow_none=True),
+            static_worker=_flag("static_worker", static_worker),
+            error_strategy=strategy,
+            allow_infinite=_flag("allow_infinite", allow_infinite),
+            max_workers=checked_max,
+            worker_inbox=checked_inbox if checked_inbox is not None else 1,
+            shutdown_grace=_number("shutdown_grace", shutdown_grace, allow_none=True),
+        )
+
+
+def _count(name: str, value: object, *, allow_none: bool) -> int | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        accepted = "a positive int or None" if allow_none else "a positive int"
+        raise TypeError(f"{name} must be {accepted}, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value!r}")
+    return value
+
+
+def check_duration(name: str, value: object) -> float:
+    """Check a duration argument: a positive number of seconds."""
+    return _number(name, value, allow_none=False)

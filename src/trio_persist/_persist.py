@@ -1,0 +1,697 @@
+"""The public facade: `open_persist` and `Persist`, which route each request.
+
+A request goes to its group's owner: a worker if one owns the group, else the
+flight running it (joining an identical job, or queueing behind it), else a new
+flight. Routing is synchronous from the lookup to the registration, so on
+Trio's single thread it is atomic: of N concurrent first callers exactly one
+starts an execution.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator, Hashable
+from contextlib import asynccontextmanager
+from typing import Any, final
+
+import attrs
+import trio
+
+from ._device import DeviceHooks, adapt_device
+from ._events import EventHub, EventSubscription
+from ._exceptions import InfiniteRecursion, PersistClosed
+from ._flight import Flight
+from ._grouping import default_group, default_group_and_base
+from ._job import Job, Outcome, leader_died, running
+from ._options import AwaitMode, ErrorStrategy, PersistOptions, check_duration
+from ._registry import Registry
+from ._runner import RunnerPool
+from ._stats import GroupSnapshot, PersistStatistics
+from ._worker import Worker
+
+__all__ = ["Persist", "open_persist"]
+
+Owner = Flight | Worker
+
+# How requests are grouped.
+_UNGROUPED, _DIGEST, _HOOK = range(3)
+# Groups whose stopped workers could be restored: remembered, but not forever.
+_RETIRED_LIMIT = 65536
+
+
+def _waits_for(start: Any, target: Any) -> bool:
+    """Whether owner *start* is, or transitively waits for, owner *target*."""
+    stack = [start]
+    seen: set[int] = set()
+    while stack:
+        node = stack.pop()
+        if node is target:
+            return True
+        if id(node) not in seen:
+            seen.add(id(node))
+            stack.extend(node.awaiting)
+    return False
+
+
+@final
+@attrs.define(eq=False, repr=False)
+class Persist:
+    """Deduplicated execution and persistent workers for one device.
+
+    Made by `open_persist`; every flight and worker is a task in its nursery.
+    """
+
+    _hooks: DeviceHooks = attrs.field(alias="hooks")
+    options: PersistOptions
+    """The checked options the persist was opened with."""
+    _nursery: trio.Nursery = attrs.field(alias="nursery")
+    registry: Registry[Owner] = attrs.field(factory=Registry, init=False)
+    """Which flight or worker owns each group (read it; do not change it)."""
+    _owners: dict[Hashable, Owner] = attrs.field(init=False)
+    _events: EventHub = attrs.field(factory=EventHub, init=False)
+    _runners: RunnerPool = attrs.field(init=False)
+    _mode: int = attrs.field(init=False)
+    _workers: dict[Worker, None] = attrs.field(factory=dict, init=False)  # LRU first
+    _retired: dict[Hashable, None] = attrs.field(factory=dict, init=False)
+    _closed: bool = attrs.field(default=False, init=False)
+    _requests: int = attrs.field(default=0, init=False)
+    _executions: int = attrs.field(default=0, init=False)
+    _deduplicated: int = attrs.field(default=0, init=False)
+    _failures: int = attrs.field(default=0, init=False)
+    _crashes: int = attrs.field(default=0, init=False)
+    _abandoned: int = attrs.field(default=0, init=False)
+    _worker_timeouts: int = attrs.field(default=0, init=False)
+    _evictions: int = attrs.field(default=0, init=False)
+    _workers_started: int = attrs.field(default=0, init=False)
+    _in_flight: int = attrs.field(default=0, init=False)
+    _waiting: int = attrs.field(default=0, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._owners = self.registry._owners
+        self._runners = RunnerPool(self._nursery)
+        mode = self.options.await_inprogress
+        if mode is False or (mode == "named" and self._hooks.group is None):
+            self._mode = _UNGROUPED
+        else:
+            self._mode = _HOOK if self._hooks.group is not None else _DIGEST
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<trio_persist.Persist {self._hooks.name} {state} groups={len(self._owners)}>"
+
+    # -- public API --------------------------------------------------------------
+
+    def group(self, base: Any, request: Any = None) -> Hashable:
+        """Return the group of ``(base, request)``.
+
+        The device's ``group`` hook decides if it has one; otherwise it is a
+        128-bit BLAKE2b digest (hex) of a canonical encoding of the pair.
+
+        Raises:
+            TypeError: the default grouper cannot encode a value (the message
+                says which and where).
+        """
+        hook = self._hooks.group
+        if hook is not None:
+            return hook(base, request)
+        return default_group(base, request)
+
+    async def resolve(self, base: Any, request: Any = None, *, spawn_worker: bool = False) -> Any:
+        """Resolve *request* against *base*, sharing identical in-flight work.
+
+        Identical requests in flight share one execution: every caller gets the
+        same result object, or the same exception raised in its own task.
+        Different requests of one group run one after another, in arrival
+        order. A group owned by a worker is served by it.
+
+        The execution runs in a task of the persist, not in the caller's:
+        cancelling a caller (the first one included) leaves it running for the
+        others; when the last one leaves, it is cancelled. This is a checkpoint.
+
+        Args:
+            base: What the request is resolved against (``device.resolve``'s
+                first argument).
+            request: The request.
+            spawn_worker: After a successful execution, keep a worker for the
+                group with the result as its state.
+
+        Raises:
+            PersistClosed: the persist's block has been left.
+            InfiniteRecursion: the call would wait for an execution that waits
+                for this caller (its own group, or a cycle of groups), and
+                ``allow_infinite`` is False.
+            LeaderDied: the execution ended without an outcome: the device
+                crashed (see ``__cause__``) or the persist closed under a
+                caller outside it.
+            TypeError: the default grouper cannot encode the base or request.
+        """
+        if self._closed:
+            raise PersistClosed(
+                "this persist is closed: resolve() is only possible inside its block"
+            )
+        if not isinstance(spawn_worker, bool):
+            raise TypeError(
+                f"spawn_worker must be True or False, got {type(spawn_worker).__name__}"
+            )
+        mode = self._mode
+        group: Hashable
+        base_group: Hashable | None = None
+        key: Hashable | None = None
+        if mode == _DIGEST:
+            if self._workers or self._retired:
+                group, base_group = default_group_and_base(base, request)
+            else:
+                group = default_group(base, request)
+            key = group
+        elif mode == _HOOK:
+            group = self._hooks.group(base, request)  # type: ignore[misc]
+        else:
+            self._requests += 1
+            return await self._run_ungrouped(base, request, spawn_worker)
+        self._requests += 1
+        current = running.get()
+        while True:
+            owner = self._owners.get(group)
+            if owner is None and base_group is not None:
+                by_base = self._owners.get(base_group)
+                if isinstance(by_base, Worker):
+                    owner = by_base
+            if owner is None:
+                restore_group = group if base_group is None else base_group
+                if restore_group in self._retired:
+                    owner = self._restoring_worker(restore_group, base)
+                else:
+                    return await self._new_flight(group, key, base, request, spawn_worker)
+            if current is not None and _waits_for(owner, current):
+                if owner is current and isinstance(owner, Worker):
+                    return await self._execute_directly(base, request)
+                if self.options.allow_infinite:
+                    return await self._execute_directly(base, request)
+                raise InfiniteRecursion(
+                    f"resolving group {group!r} would wait for an execution that is waiting "
+                    "for this call; pass allow_infinite=True to execute it directly instead"
+                )
+            if isinstance(owner, Flight):
+                job = owner.find(request)
+                if job is not None:
+                    self._deduplicated += 1
+                    self._events.emit("flight.joined", group)
+                else:
+                    job = owner.enqueue(base, request, spawn_worker)
+                    job.key = key
+                return await self._listen(job, owner, current)
+            job = owner.find(request, key)
+            if job is not None:
+                self._deduplicated += 1
+                return await self._listen(job, owner, current)
+            job = Job(base, request, owner, spawn_worker, key)
+            if await owner.submit(job):
+                return await self._listen(job, owner, current)
+            # The worker stopped while we waited for room in its inbox: route again.
+
+    async def start_worker(
+        self,
+        base: Any,
+        group: Hashable | None = None,
+        static: bool | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - SPEC's name: the idle timeout
+    ) -> Worker:
+        """Start a worker with *base* as its state, or return the group's worker.
+
+        If the group has a worker already, that one is returned. If a flight
+        runs the group, the worker takes over when its current execution ends,
+        with the requests queued behind it. This is a checkpoint.
+
+        Args:
+            base: The worker's state.
+            group: The group it owns; defaults to ``persist.group(base, None)``.
+            static: Keep the state as it is (True) or advance it to each
+                successful result (False); defaults to the persist's
+                ``static_worker``.
+            timeout: Idle timeout in seconds; defaults to the persist's
+                ``worker_timeout``.
+
+        Raises:
+            PersistClosed: the persist's block has been left.
+        """
+        await trio.lowlevel.checkpoint()
+        if self._closed:
+            raise PersistClosed("this persist is closed: no worker can start")
+        if static is None:
+            static = self.options.static_worker
+        elif not isinstance(static, bool):
+            raise TypeError(f"static must be True, False or None, got {type(static).__name__}")
+        if timeout is None:
+            seconds = self.options.worker_timeout
+        else:
+            seconds = check_duration("timeout", timeout)
+        if group is None:
+            group = self.group(base, None)
+        owner = self._owners.get(group)
+        if isinstance(owner, Worker):
+            return owner
+        worker = Worker(persist=self, group=group, state=base, static=static, timeout=seconds)
+        if isinstance(owner, Flight):
+            if owner.successor is None:
+                owner.successor = worker
+            return owner.successor
+        self.registry.register(group, worker)
+        self._launch(worker)
+        return worker
+
+    def forget(self, group: Hashable) -> bool:
+        """Make the next call for *group* start afresh (Go singleflight's ``Forget``).
+
+        A running flight goes on for the listeners it already has; nobody new
+        joins it. A worker is stopped (its ``on_idle`` runs). Never blocks.
+
+        Returns:
+            Whether *group* had an owner.
+        """
+        owner = self._owners.get(group)
+        if owner is None:
+            return False
+        self.registry.unregister(group, owner)
+        if isinstance(owner, Worker):
+            owner.stop_nowait("forgotten")
+        return True
+
+    def workers(self) -> tuple[Worker, ...]:
+        """Return every live worker, least recently used first."""
+        return tuple(self._workers)
+
+    def subscribe(self, max_buffer: int = 256) -> EventSubscription:
+        """Subscribe to this persist's events.
+
+        Use the result as a ``with`` block and iterate it. Up to *max_buffer*
+        events wait for a slow subscriber; beyond that they are dropped (and
+        counted), never slowing a flight or a worker.
+        """
+        return self._events.subscribe(max_buffer)
+
+    def statistics(self) -> PersistStatistics:
+        """Return a frozen snapshot of this persist's counters and gauges."""
+        return PersistStatistics(
+            requests=self._requests,
+            executions=self._executions,
+            deduplicated=self._deduplicated,
+            failures=self._failures,
+            crashes=self._crashes,
+            abandoned=self._abandoned,
+            worker_timeouts=self._worker_timeouts,
+            evictions=self._evictions,
+            workers_started=self._workers_started,
+            in_flight=self._in_flight,
+            waiters=self._waiting,
+            workers=len(self._workers),
+            groups=len(self._owners),
+        )
+
+    def snapshot(self) -> tuple[GroupSnapshot, ...]:
+        """Return one frozen record per registered group, in registration order.
+
+        Empty when all is quiet and no worker lives.
+        """
+        records = []
+        for group, owner in self._owners.items():
+            if isinstance(owner, Flight):
+                queued = sum(1 for job in owner.pending if not job.abandoned)
+                busy = owner.current.scope is not None and not owner.current.done.is_set()
+                started = owner.started
+            else:
+                queued = owner.queued
+                busy = owner.busy
+                started = owner.statistics().started
+            records.append(
+                GroupSnapshot(
+                    group=group,
+                    kind=owner.kind,
+                    listeners=owner.listeners,
+                    queued=queued,
+                    served=owner.served if isinstance(owner, Flight) else owner.statistics().served,
+                    started=started,
+                    last_active=owner.last_active,
+                    busy=busy,
+                )
+            )
+        return tuple(records)
+
+    @property
+    def closed(self) -> bool:
+        """Whether the persist's block has been left."""
+        return self._closed
+
+    # -- routing -----------------------------------------------------------------
+
+    async def _listen(self, job: Job, owner: Any, current: Any) -> Any:
+        job.listeners += 1
+        self._waiting += 1
+        if current is not None:
+            current.awaiting.append(owner)
+        try:
+            await job.done.wait()
+        finally:
+            self._waiting -= 1
+            if current is not None:
+                current.awaiting.remove(owner)
+            if not job.done.is_set():
+                job.listeners -= 1
+                if job.listeners == 0:
+                    job.owner.abandon(job)
+        return job.outcome()
+
+    async def _new_flight(
+        self, group: Hashable, key: Hashable | None, base: Any, request: Any, spawn_worker: bool
+    ) -> Any:
+        flight = Flight(self, group, self._mode == _DIGEST, trio.current_time())
+        job = flight.first(base, request, spawn_worker)
+        job.key = key
+        self.registry.register(group, flight)
+        self._start_flight(flight)
+        return await self._listen(job, flight, running.get())
+
+    async def _run_ungrouped(self, base: Any, request: Any, spawn_worker: bool) -> Any:
+        flight = Flight(self, None, True, trio.current_time())
+        job = flight.first(base, request, spawn_worker)
+        self._start_flight(flight)
+        return await self._listen(job, flight, running.get())
+
+    def _start_flight(self, flight: Flight) -> None:
+        self._in_flight += 1
+        self._runners.run(flight)
+        self._events.emit("flight.started", flight.group)
+
+    async def _execute_directly(self, base: Any, request: Any) -> Any:
+        self._executions += 1
+        return await self._hooks.resolve(base, request)
+
+    def _reroute(self, job: Job) -> None:
+        """Give a job whose worker stopped to its group's owner now, or a new flight."""
+        if self._closed:
+            job.fail(leader_died("the persist closed before this request was served"))
+            return
+        if self._mode == _HOOK:
+            try:
+                group = self._hooks.group(job.base, job.request)  # type: ignore[misc]
+            except Exception as exc:
+                job.fail(exc)
+                return
+        else:
+            group = job.key if job.key is not None else default_group(job.base, job.request)
+        owner = self._owners.get(group)
+        if owner is None:
+            flight = Flight(self, group, self._mode == _DIGEST, trio.current_time())
+            flight.current = job
+            job.owner = flight
+            self.registry.register(group, flight)
+            self._start_flight(flight)
+        elif isinstance(owner, Flight):
+            job.owner = owner
+            owner.pending.append(job)
+        else:
+            job.owner = owner
+            self._nursery.start_soon(self._forward, owner, job)
+
+    async def _forward(self, worker: Worker, job: Job) -> None:
+        if not await worker.submit(job):
+            self._reroute(job)
+
+    # -- counters and events (called by flights and workers) ----------------------
+
+    def _count_execution(self) -> None:
+        self._executions += 1
+
+    def _count_outcome(self, owner: Owner, job: Job, outcome: Outcome | None) -> None:
+        group = owner.group
+        if outcome is Outcome.OK:
+            self._events.emit(
+                "worker.served" if owner.kind == "worker" else "flight.finished", group
+            )
+        elif outcome is None:
+            self._abandoned += 1
+            self._events.emit("flight.cancelled", group)
+        else:
+            self._failures += 1
+            if outcome is Outcome.CRASHED:
+                self._crashes += 1
+            error = job.error
+            detail = f"{type(error).__name__}: {error}" if error is not None else ""
+            self._events.emit("flight.failed", group, detail)
+
+    def _flight_ended(self, flight: Flight) -> None:
+        self._in_flight -= 1
+        if flight.group is not None:
+            self.registry.unregister(flight.group, flight)
+        if flight.successor is not None and not self._closed:
+            self._hand_over(flight, flight.successor)
+        reason = "the persist closed" if self._closed else "its flight ended"
+        flight.fail_unanswered(f"the execution ended without an outcome: {reason}")
+
+    # -- workers -----------------------------------------------------------------
+
+    def _launch(self, worker: Worker) -> None:
+        limit = self.options.max_workers
+        if limit is not None:
+            active = sum(1 for alive in self._workers if alive._stop_reason is None)
+            if active >= limit:
+                self._evict_one()
+        self._workers[worker] = None
+        self._workers_started += 1
+        self._nursery.start_soon(worker.run)
+        self._events.emit("worker.started", worker.group)
+
+    def _evict_one(self) -> None:
+        victim = None
+        for worker in self._workers:
+            if worker._stop_reason is not None:
+                continue
+            if not worker.busy and not worker.queued:
+                victim = worker
+                break
+            if victim is None:
+                victim = worker
+        if victim is not None:
+            self._evictions += 1
+            victim.stop_nowait("evicted")
+            self._events.emit("worker.evicted", victim.group)
+
+    def _touch(self, worker: Worker) -> None:
+        workers = self._workers
+        if worker in workers:
+            del workers[worker]
+            workers[worker] = None
+
+    def _spawn_worker_from(self, flight: Flight, job: Job) -> bool:
+        """After a successful spawn_worker job; True if *flight* handed its group over."""
+        if self._closed or flight.group is None:
+            return False
+        state = job.value
+        if self._mode == _DIGEST:
+            try:
+                group: Hashable = default_group(state, None)
+            except TypeError:
+                return False  # a result the default grouper cannot name has no worker
+            if group in self._owners:
+                return False
+            worker = Worker(
+                persist=self,
+                group=group,
+                state=state,
+                static=self.options.static_worker,
+                timeout=self.options.worker_timeout,
+            )
+            self.registry.register(group, worker)
+            self._launch(worker)
+            return False
+        if flight.successor is None:
+            flight.successor = Worker(
+                persist=self,
+                group=flight.group,
+                state=state,
+                static=self.options.static_worker,
+                timeout=self.options.worker_timeout,
+            )
+        return self._hand_over(flight, flight.successor)
+
+    def _hand_over(self, flight: Flight, worker: Worker) -> bool:
+        """Make *worker* the owner of *flight*'s group, with the jobs queued behind it."""
+        flight.successor = None
+        assert flight.group is not None
+        registry = self.registry
+        # A forgotten flight no longer owns its group: the worker takes it if free.
+        if not (
+            registry.replace(flight.group, flight, worker)
+            or registry.register(flight.group, worker)
+        ):
+            return False
+        for job in flight.pending:
+            if not job.abandoned:
+                job.owner = worker
+                worker._backlog.append(job)
+        flight.pending.clear()
+        self._launch(worker)
+        return True
+
+    def _restoring_worker(self, group: Hashable, base: Any) -> Worker:
+        del self._retired[group]
+        worker = Worker(
+            persist=self,
+            group=group,
+            state=base,
+            static=self.options.static_worker,
+            timeout=self.options.worker_timeout,
+            restore=True,
+        )
+        self.registry.register(group, worker)
+        self._launch(worker)
+        return worker
+
+    async def _restore_state(self, worker: Worker) -> Any:
+        restore = self._hooks.restore
+        assert restore is not None
+        try:
+            return await restore(worker.group)
+        except Exception as exc:
+            self._events.emit("worker.crashed", worker.group, f"restore failed: {exc!r}")
+            return None
+
+    def _regroup(self, worker: Worker, state: Any) -> None:
+        """A non-static worker advanced: move it to its new state's group if that is free."""
+        try:
+            new = self.group(state, None)
+        except Exception:
+            return  # a state the grouper cannot name keeps the old group
+        old = worker.group
+        if new != old and self.registry.register(new, worker):
+            self.registry.unregister(old, worker)
+            worker._set_group(new)
+
+    async def _run_on_idle(self, worker: Worker) -> None:
+        on_idle = self._hooks.on_idle
+        if on_idle is None:
+            return
+        # Shielded, so closing the persist cannot cut the save short; bounded, so
+        # a hung hook cannot hang shutdown.
+        with trio.CancelScope(shield=True) as scope:
+            scope.deadline = trio.current_time() + self.options.shutdown_grace
+            try:
+                await on_idle(worker.group, worker.state)
+            except Exception as exc:
+                self._events.emit("worker.crashed", worker.group, f"on_idle failed: {exc!r}")
+
+    def _worker_ended(self, worker: Worker, crashed: BaseException | None) -> None:
+        group = worker.group
+        reason = worker._stop_reason
+        unanswered = worker._take_unanswered()
+        self.registry.unregister(group, worker)
+        self._workers.pop(worker, None)
+        if reason == "timeout":
+            self._worker_timeouts += 1
+        kind = {
+            "timeout": "worker.timed_out",
+            "crashed": "worker.crashed",
+        }.get(reason or "", "worker.stopped")
+        detail = f"{type(crashed).__name__}: {crashed}" if crashed is not None else (reason or "")
+        self._events.emit(kind, group, detail)
+        if self._hooks.restore is not None and reason != "unrestored" and not self._closed:
+            self._retired[group] = None
+            if len(self._retired) > _RETIRED_LIMIT:
+                del self._retired[next(iter(self._retired))]
+        for job in unanswered:
+            self._reroute(job)
+
+    # -- closing -----------------------------------------------------------------
+
+    async def _aclose(self) -> None:
+        self._closed = True
+        grace = self.options.shutdown_grace
+        workers = tuple(self._workers)
+        for worker in workers:
+            worker.stop_nowait("closed")
+            current = worker._current
+            if current is not None and current.scope is not None:
+                current.scope.cancel()
+        with trio.CancelScope(shield=True) as scope:
+            if not math.isinf(grace):
+                scope.deadline = trio.current_time() + 2 * grace
+            for worker in workers:
+                await worker.wait_stopped()
+        self._runners.close()
+        self._nursery.cancel_scope.cancel()
+        self._events.close()
+
+
+@asynccontextmanager
+async def open_persist(
+    device: object,
+    *,
+    await_inprogress: AwaitMode = True,
+    worker_timeout: float | None = 10.0,
+    static_worker: bool = False,
+    error_strategy: ErrorStrategy = "ignore",
+    allow_infinite: bool = False,
+    max_workers: int | None = None,
+    backend: object = None,
+    worker_inbox: int = 64,
+    shutdown_grace: float | None = 5.0,
+) -> AsyncIterator[Persist]:
+    """Open a persist for *device*; every flight and worker lives inside the block.
+
+    Leaving the block stops every worker (each runs its ``on_idle`` first,
+    bounded by *shutdown_grace*), cancels every flight, and frees every group;
+    callers still waiting from outside get `LeaderDied`, and later calls get
+    `PersistClosed`. An exception from the block propagates as itself, not
+    wrapped in an exception group.
+
+    Args:
+        device: An ``async def resolve(base, request)``, or an object with an
+            async ``resolve`` method and optional hooks (see the concepts page).
+        await_inprogress: True deduplicates every call; ``"named"`` only when
+            the device has a ``group`` hook; False never (each call executes on
+            its own and nothing is registered).
+        worker_timeout: Seconds a worker may wait for a request before it stops
+            (None: never).
+        static_worker: Whether workers keep their state rather than advance it.
+        error_strategy: ``"ignore"``: a worker whose request fails goes on;
+            ``"throw"``: it stops after answering with the error.
+        allow_infinite: Execute a recursive resolve directly instead of raising
+            `InfiniteRecursion`.
+        max_workers: Most workers alive at once (None: no limit); one more
+            stops the least recently used idle one.
+        backend: None (in-process), or a backend such as
+            `trio_persist.redis.RedisBackend`.
+        worker_inbox: Requests a worker's inbox holds before callers wait.
+        shutdown_grace: Seconds each ``on_idle`` may take (None: no bound).
+
+    Raises:
+        TypeError: an option has the wrong type (the message names it).
+        ValueError: an option has a wrong value (the message names it).
+    """
+    options = PersistOptions.check(
+        await_inprogress=await_inprogress,
+        worker_timeout=worker_timeout,
+        static_worker=static_worker,
+        error_strategy=error_strategy,
+        allow_infinite=allow_infinite,
+        max_workers=max_workers,
+        worker_inbox=worker_inbox,
+        shutdown_grace=shutdown_grace,
+    )
+    hooks = adapt_device(device)
+    if backend is not None:
+        raise TypeError(
+            f"backend must be None or a trio-persist backend, got {type(backend).__name__}"
+        )
+    body_error: BaseException | None = None
+    async with trio.open_nursery() as nursery:
+        persist = Persist(hooks=hooks, options=options, nursery=nursery)
+        try:
+            yield persist
+        except BaseException as exc:
+            # Re-raised below, outside the nursery, so the user's exception is not
+            # wrapped in an ExceptionGroup by a nursery they never opened.
+            body_error = exc
+        finally:
+            await persist._aclose()
+    if body_error is not None:
+        raise body_error

@@ -1,0 +1,134 @@
+"""The registry: which owner (a flight or a worker) holds each group.
+
+This is upstream's ``hb_name`` without its weaknesses: registering is one atomic
+register-if-absent (W2), only the owner can remove its entry (W3), an entry never
+outlives its owner because owners hold it with `Registry.hold` or release it in a
+``finally`` (W6, W12), and there is no lazily-cleaned stale row to block anyone.
+
+Everything here is synchronous and never checkpoints, so on Trio's single thread
+each call is atomic: no lock is needed, and none of these can be interrupted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterator
+from contextlib import contextmanager
+from typing import Generic, TypeVar, final
+
+import attrs
+
+from ._exceptions import GroupTaken
+
+__all__ = ["Registry", "RegistryStatistics"]
+
+OwnerT = TypeVar("OwnerT")
+
+
+@attrs.frozen
+class RegistryStatistics:
+    """A snapshot of a `Registry`'s counters."""
+
+    groups: int
+    """Groups registered now."""
+    registrations: int
+    """Successful registrations since the registry was made."""
+    refused: int
+    """Registrations refused because the group already had an owner."""
+    foreign_removals_refused: int
+    """Removals refused because the caller was not the owner (upstream allowed them: W3)."""
+
+
+@final
+@attrs.define(eq=False, repr=False)
+class Registry(Generic[OwnerT]):
+    """A map of group -> owner with atomic, owner-checked updates.
+
+    A persist has one (``persist.registry``); the monitor and the Redis backend
+    read it. It can also be used on its own.
+    """
+
+    _owners: dict[Hashable, OwnerT] = attrs.field(factory=dict, init=False)
+    _registrations: int = attrs.field(default=0, init=False)
+    _refused: int = attrs.field(default=0, init=False)
+    _foreign_refused: int = attrs.field(default=0, init=False)
+
+    def __repr__(self) -> str:
+        return f"<trio_persist.Registry with {len(self._owners)} groups at {id(self):#x}>"
+
+    def register(self, group: Hashable, owner: OwnerT) -> bool:
+        """Make *owner* the owner of *group* if it has none.
+
+        Returns:
+            True if *owner* now owns *group*; False if another owner (or *owner*
+            itself) already did, in which case nothing changes.
+        """
+        if group in self._owners:
+            self._refused += 1
+            return False
+        self._owners[group] = owner
+        self._registrations += 1
+        return True
+
+    def unregister(self, group: Hashable, owner: OwnerT) -> bool:
+        """Remove *group* if, and only if, *owner* owns it.
+
+        Returns:
+            True if the entry was removed; False if *group* was free or owned by
+            someone else (their entry is left alone).
+        """
+        if self._owners.get(group) is owner:
+            del self._owners[group]
+            return True
+        if group in self._owners:
+            self._foreign_refused += 1
+        return False
+
+    def replace(self, group: Hashable, owner: OwnerT, successor: OwnerT) -> bool:
+        """Hand *group* from *owner* to *successor* in one step, if *owner* owns it.
+
+        Used when a flight becomes a worker: nobody can slip in between.
+        """
+        if self._owners.get(group) is not owner:
+            return False
+        self._owners[group] = successor
+        return True
+
+    def lookup(self, group: Hashable) -> OwnerT | None:
+        """Return the owner of *group*, or None if it is free."""
+        return self._owners.get(group)
+
+    def items(self) -> tuple[tuple[Hashable, OwnerT], ...]:
+        """Return every ``(group, owner)`` pair, in registration order."""
+        return tuple(self._owners.items())
+
+    def __len__(self) -> int:
+        return len(self._owners)
+
+    def __contains__(self, group: object) -> bool:
+        return group in self._owners
+
+    @contextmanager
+    def hold(self, group: Hashable, owner: OwnerT) -> Iterator[None]:
+        """Register *group* for *owner* for the duration of a ``with`` block.
+
+        The entry is removed however the block ends (return, exception or
+        cancellation) unless it was handed on with `replace`.
+
+        Raises:
+            GroupTaken: *group* already has an owner; nothing is changed.
+        """
+        if not self.register(group, owner):
+            raise GroupTaken(f"group {group!r} is already registered to {self._owners[group]!r}")
+        try:
+            yield
+        finally:
+            self.unregister(group, owner)
+
+    def statistics(self) -> RegistryStatistics:
+        """Return a frozen snapshot of this registry's counters."""
+        return RegistryStatistics(
+            groups=len(self._owners),
+            registrations=self._registrations,
+            refused=self._refused,
+            foreign_removals_refused=self._foreign_refused,
+        )

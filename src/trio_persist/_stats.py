@@ -1,0 +1,88 @@
+"""Frozen records that describe a persist: its statistics and its groups.
+
+They are plain values, safe to keep, compare, and send across a socket
+(`to_json` gives the monitor's frame representation). Nothing in here reads
+live state; `Persist.statistics` and `Persist.snapshot` build them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from typing import Any
+
+import attrs
+
+__all__ = ["GroupSnapshot", "PersistStatistics"]
+
+
+@attrs.frozen
+class PersistStatistics:
+    """Counters of a `Persist`, as returned by `Persist.statistics`.
+
+    Counters (``executions`` ... ``crashes``) only grow; gauges
+    (``in_flight`` ... ``groups``) say what is true now.
+    """
+
+    requests: int
+    """Calls to `Persist.resolve` that got past argument checks."""
+    executions: int
+    """Device calls started (by flights, workers and direct executions)."""
+    deduplicated: int
+    """Calls answered by an execution that another call started."""
+    failures: int
+    """Executions that ended with an exception (crashes included)."""
+    crashes: int
+    """Executions that crashed with a non-`Exception` `BaseException`."""
+    abandoned: int
+    """Executions cancelled because every listener left."""
+    worker_timeouts: int
+    """Workers that stopped after their idle timeout."""
+    evictions: int
+    """Idle workers stopped to make room under ``max_workers``."""
+    workers_started: int
+    """Workers started (explicitly, by ``spawn_worker`` or by recovery)."""
+    in_flight: int
+    """Flights running now (grouped or not)."""
+    waiters: int
+    """Callers waiting for an outcome now."""
+    workers: int
+    """Workers alive now."""
+    groups: int
+    """Groups registered now (flights and workers)."""
+
+    def to_json(self) -> dict[str, int]:
+        return attrs.asdict(self)
+
+
+def group_label(group: Hashable | None) -> str:
+    """A short, stable text for a group: digests and strings as they are."""
+    if isinstance(group, str):
+        return group
+    return repr(group)
+
+
+@attrs.frozen
+class GroupSnapshot:
+    """What one group's owner is doing, as returned by `Persist.snapshot`."""
+
+    group: Hashable
+    """The group's name."""
+    kind: str
+    """``"flight"`` or ``"worker"``."""
+    listeners: int
+    """Callers waiting on this group now."""
+    queued: int
+    """Executions (or worker requests) waiting behind the current one."""
+    served: int
+    """Executions this owner has finished."""
+    started: float
+    """`trio.current_time` when the owner started."""
+    last_active: float
+    """`trio.current_time` when it last started or finished an execution."""
+    busy: bool = False
+    """Whether an execution runs now."""
+
+    def to_json(self) -> dict[str, Any]:
+        data = attrs.asdict(self)
+        data["group"] = group_label(self.group)
+        return data

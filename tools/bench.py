@@ -1,0 +1,356 @@
+"""Measure trio-persist beside hand-written floors, in one run.
+
+Each figure is printed beside a minimal implementation of the same design
+class, written below and measured in the same process, as a ratio. Run:
+
+    .venv/bin/python tools/bench.py            # everything in-process
+    .venv/bin/python tools/bench.py --quick    # smaller counts, for a smoke run
+    .venv/bin/python tools/bench.py --redis    # add the cross-process figures
+
+The figures in docs/performance.md come from this script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+import trio.testing
+
+import trio_persist
+
+# ---------------------------------------------------------------- floors ----
+
+
+class _FloorFlight:
+    __slots__ = ("error", "event", "value")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+
+class FloorSingleflight:
+    """The floor: a dict + `trio.Event` singleflight running work in its own nursery task."""
+
+    def __init__(self, nursery: trio.Nursery) -> None:
+        self.nursery = nursery
+        self.flights: dict[Any, _FloorFlight] = {}
+
+    async def do(self, key: Any, fn: Callable[[], Awaitable[Any]]) -> Any:
+        flight = self.flights.get(key)
+        if flight is None:
+            flight = self.flights[key] = _FloorFlight()
+            self.nursery.start_soon(self._run, key, flight, fn)
+        await flight.event.wait()
+        if flight.error is not None:
+            raise flight.error
+        return flight.value
+
+    async def _run(self, key: Any, flight: _FloorFlight, fn: Callable[[], Awaitable[Any]]) -> None:
+        try:
+            flight.value = await fn()
+        except Exception as exc:
+            flight.error = exc
+        finally:
+            del self.flights[key]
+            flight.event.set()
+
+
+async def floor_worker(receive: trio.MemoryReceiveChannel[Any]) -> None:
+    """The floor worker: a memory-channel request/reply loop."""
+    state = 0
+    async for request, reply in receive:
+        state += request
+        reply.value = state
+        reply.event.set()
+
+
+# ---------------------------------------------------------------- devices ----
+
+
+class KeyDevice:
+    """Groups by the request itself, so both sides hash the same key."""
+
+    async def resolve(self, base: Any, request: Any) -> Any:
+        return request
+
+    def group(self, base: Any, request: Any) -> Any:
+        return request
+
+
+class CheckpointDevice(KeyDevice):
+    async def resolve(self, base: Any, request: Any) -> Any:
+        await trio.lowlevel.checkpoint()
+        return request
+
+
+async def instant(base: Any, request: Any) -> Any:
+    return request
+
+
+class CounterDevice:
+    """A worker device: the state is a number, each request adds to it."""
+
+    async def resolve(self, base: Any, request: Any) -> Any:
+        return base + request
+
+    def group(self, base: Any, request: Any) -> Any:
+        return "counter"
+
+
+# ---------------------------------------------------------------- harness ----
+
+
+def best_of(runs: int, fn: Callable[[], float]) -> float:
+    """Microseconds per call: the median of *runs* runs (each one a fresh trio.run)."""
+    samples = [fn() for _ in range(runs)]
+    return statistics.median(samples)
+
+
+def timed(main: Callable[[], Awaitable[int]]) -> float:
+    gc.collect()
+    start = time.perf_counter()
+    calls = trio.run(main)
+    return (time.perf_counter() - start) / calls * 1e6
+
+
+def sequential_distinct(n: int, use_floor: bool, device: Any = None) -> float:
+    async def main() -> int:
+        if use_floor:
+            async with trio.open_nursery() as nursery:
+                floor = FloorSingleflight(nursery)
+                for i in range(n):
+
+                    async def fn(i: int = i) -> int:
+                        return i
+
+                    await floor.do(i, fn)
+        else:
+            async with trio_persist.open_persist(device or KeyDevice()) as persist:
+                for i in range(n):
+                    await persist.resolve(None, i)
+        return n
+
+    return timed(main)
+
+
+def concurrent_callers(keys: int, callers: int, use_floor: bool) -> float:
+    async def main() -> int:
+        async with trio.open_nursery() as nursery:
+            if use_floor:
+                floor = FloorSingleflight(nursery)
+
+                async def call(key: int) -> None:
+                    async def fn() -> int:
+                        await trio.lowlevel.checkpoint()
+                        return key
+
+                    await floor.do(key, fn)
+
+                for key in range(keys):
+                    for _ in range(callers):
+                        nursery.start_soon(call, key)
+            else:
+                async with (
+                    trio_persist.open_persist(CheckpointDevice()) as persist,
+                    trio.open_nursery() as inner,
+                ):
+                    for key in range(keys):
+                        for _ in range(callers):
+                            inner.start_soon(persist.resolve, None, key)
+        return keys * callers
+
+    return timed(main)
+
+
+def live_groups(live: int, probes: int) -> float:
+    """Per-call cost of a resolve while *live* other flights are in progress."""
+    result: list[float] = []
+    release: trio.Event
+
+    class Parked(KeyDevice):
+        async def resolve(self, base: Any, request: Any) -> Any:
+            if base == "park":
+                await release.wait()
+            return request
+
+    async def main() -> int:
+        nonlocal release
+        release = trio.Event()
+        async with trio_persist.open_persist(Parked()) as persist, trio.open_nursery() as nursery:
+            for i in range(live):
+                nursery.start_soon(persist.resolve, "park", ("live", i))
+            await trio.testing.wait_all_tasks_blocked()
+            gc.collect()
+            start = time.perf_counter()
+            for i in range(probes):
+                await persist.resolve(None, i)
+            result.append((time.perf_counter() - start) / probes * 1e6)
+            release.set()
+        return 1
+
+    trio.run(main)
+    return result[0]
+
+
+def worker_round_trip(n: int, use_floor: bool) -> float:
+    async def main() -> int:
+        if use_floor:
+            send, receive = trio.open_memory_channel[Any](64)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(floor_worker, receive)
+                for _ in range(n):
+                    reply = _FloorFlight()
+                    await send.send((1, reply))
+                    await reply.event.wait()
+                await send.aclose()
+        else:
+            async with trio_persist.open_persist(CounterDevice(), worker_timeout=None) as persist:
+                await persist.start_worker(0)
+                for _ in range(n):
+                    await persist.resolve(0, 1)
+        return n
+
+    return timed(main)
+
+
+def rss_kib() -> int:
+    with open(f"/proc/{os.getpid()}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # pragma: no cover
+
+
+def idle_memory(n: int, use_floor: bool) -> float:
+    """Bytes of RSS per idle worker (or floor task), measured in a subprocess-free way."""
+    out: list[float] = []
+
+    async def floor_task(receive: trio.MemoryReceiveChannel[Any]) -> None:
+        with trio.move_on_after(3600):
+            await receive.receive()
+
+    async def main() -> int:
+        gc.collect()
+        before = rss_kib()
+        if use_floor:
+            async with trio.open_nursery() as nursery:
+                channels = []
+                for _ in range(n):
+                    send, receive = trio.open_memory_channel[Any](64)
+                    channels.append(send)
+                    nursery.start_soon(floor_task, receive)
+                await trio.sleep(0.01)
+                gc.collect()
+                out.append((rss_kib() - before) * 1024 / n)
+                nursery.cancel_scope.cancel()
+        else:
+            async with trio_persist.open_persist(instant, shutdown_grace=1) as persist:
+                for i in range(n):
+                    await persist.start_worker(i, group=i, timeout=3600)
+                await trio.sleep(0.01)
+                gc.collect()
+                out.append((rss_kib() - before) * 1024 / n)
+                persist._nursery.cancel_scope.cancel()
+        return 1
+
+    trio.run(main)
+    return out[0]
+
+
+def row(name: str, ours: float, floor: float, unit: str, bar: float) -> bool:
+    ratio = ours / floor
+    ok = ratio <= bar
+    mark = "ok" if ok else "OVER BAR"
+    print(
+        f"  {name:<46} {ours:9.2f} {unit:<6} floor {floor:9.2f} {unit:<6} ratio {ratio:5.2f} (bar {bar}) {mark}"
+    )
+    return ok
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="smaller counts")
+    parser.add_argument("--runs", type=int, default=5, help="runs per figure (median)")
+    parser.add_argument("--redis", action="store_true", help="also measure the Redis backend")
+    args = parser.parse_args()
+    scale = 10 if args.quick else 1
+    runs = 1 if args.quick else args.runs
+    print(
+        f"trio-persist {trio_persist.__version__}, trio {trio.__version__}, Python {sys.version.split()[0]}"
+    )
+    print(f"median of {runs} runs; us = microseconds per call\n")
+    ok = True
+    print("Deduplicated resolution")
+    n = 10_000 // scale
+    ok &= row(
+        f"(i) {n} distinct keys, one after another",
+        best_of(runs, lambda: sequential_distinct(n, False)),
+        best_of(runs, lambda: sequential_distinct(n, True)),
+        "us",
+        1.5,
+    )
+    print(
+        f"      same, default BLAKE2b grouper: {best_of(runs, lambda: sequential_distinct(n, False, instant)):.2f} us"
+    )
+    c = 10_000 // scale
+    ok &= row(
+        f"(ii) 1 key x {c} concurrent callers",
+        best_of(runs, lambda: concurrent_callers(1, c, False)),
+        best_of(runs, lambda: concurrent_callers(1, c, True)),
+        "us",
+        1.5,
+    )
+    k = 1000 // scale
+    ok &= row(
+        f"(iii) {k} keys x 100 callers",
+        best_of(runs, lambda: concurrent_callers(k, 100, False)),
+        best_of(runs, lambda: concurrent_callers(k, 100, True)),
+        "us",
+        1.5,
+    )
+    small = best_of(runs, lambda: live_groups(100, 2000 // scale))
+    large = best_of(runs, lambda: live_groups(100_000 // scale, 2000 // scale))
+    print(
+        f"  per-call cost beside 100 live flights: {small:.2f} us; beside {100_000 // scale}: {large:.2f} us"
+        f" (ratio {large / small:.2f})"
+    )
+    print("\nPersistent workers")
+    w = 20_000 // scale
+    ok &= row(
+        f"worker round trip, {w} sequential requests",
+        best_of(runs, lambda: worker_round_trip(w, False)),
+        best_of(runs, lambda: worker_round_trip(w, True)),
+        "us",
+        1.5,
+    )
+    m = 100_000 // scale
+    ok &= row(
+        f"memory per idle worker, {m} workers",
+        idle_memory(m, False),
+        idle_memory(m, True),
+        "bytes",
+        1.5,
+    )
+    if args.redis:
+        from _bench_redis import redis_figures
+
+        ok &= redis_figures(row, quick=args.quick)
+    print("\nall figures within their bars" if ok else "\nSOME FIGURES ARE OVER THEIR BARS")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
