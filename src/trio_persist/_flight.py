@@ -49,6 +49,7 @@ class Flight:
     kind: str = attrs.field(default="flight", init=False)
     # A worker asked for while this flight ran: it takes over after the current job.
     successor: Worker | None = attrs.field(default=None, init=False)
+    over: bool = attrs.field(default=False, init=False)
 
     def __attrs_post_init__(self) -> None:
         self.last_active = self.started
@@ -135,6 +136,7 @@ class Flight:
                 job = self.current
         finally:
             if over:
+                self.over = True
                 persist._flight_ended(self)
 
     def _advance(self) -> bool:

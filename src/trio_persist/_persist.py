@@ -167,7 +167,8 @@ class Persist:
             group = self._hooks.group(base, request)  # type: ignore[misc]
         else:
             self._requests += 1
-            return await self._run_ungrouped(base, request, spawn_worker)
+            job = self._new_flight(None, None, base, request, spawn_worker)
+            return await self._listen(job, job.owner, running.get())
         self._requests += 1
         current = running.get()
         while True:
@@ -181,7 +182,8 @@ class Persist:
                 if restore_group in self._retired:
                     owner = self._restoring_worker(restore_group, base)
                 else:
-                    return await self._new_flight(group, key, base, request, spawn_worker)
+                    job = self._new_flight(group, key, base, request, spawn_worker)
+                    return await self._listen(job, job.owner, current)
             if current is not None and _waits_for(owner, current):
                 if owner is current and isinstance(owner, Worker):
                     return await self._execute_directly(base, request)
@@ -192,18 +194,18 @@ class Persist:
                     "for this call; pass allow_infinite=True to execute it directly instead"
                 )
             if isinstance(owner, Flight):
-                job = owner.find(request)
-                if job is not None:
+                joined = owner.find(request)
+                if joined is not None:
                     self._deduplicated += 1
                     self._events.emit("flight.joined", group)
-                else:
-                    job = owner.enqueue(base, request, spawn_worker)
-                    job.key = key
+                    return await self._listen(joined, owner, current)
+                job = owner.enqueue(base, request, spawn_worker)
+                job.key = key
                 return await self._listen(job, owner, current)
-            job = owner.find(request, key)
-            if job is not None:
+            joined = owner.find(request, key)
+            if joined is not None:
                 self._deduplicated += 1
-                return await self._listen(job, owner, current)
+                return await self._listen(joined, owner, current)
             job = Job(base, request, owner, spawn_worker, key)
             if await owner.submit(job):
                 return await self._listen(job, owner, current)
@@ -360,21 +362,17 @@ class Persist:
                     job.owner.abandon(job)
         return job.outcome()
 
-    async def _new_flight(
-        self, group: Hashable, key: Hashable | None, base: Any, request: Any, spawn_worker: bool
-    ) -> Any:
-        flight = Flight(self, group, self._mode == _DIGEST, trio.current_time())
-        job = flight.first(base, request, spawn_worker)
+    def _new_flight(
+        self, group: Hashable | None, key: Hashable | None, base: Any, request: Any, spawn: bool
+    ) -> Job:
+        """Start a flight for *group* (None: ungrouped, never registered); return its job."""
+        flight = Flight(self, group, self._mode != _HOOK, trio.current_time())
+        job = flight.first(base, request, spawn)
         job.key = key
-        self.registry.register(group, flight)
+        if group is not None:
+            self.registry.register(group, flight)
         self._start_flight(flight)
-        return await self._listen(job, flight, running.get())
-
-    async def _run_ungrouped(self, base: Any, request: Any, spawn_worker: bool) -> Any:
-        flight = Flight(self, None, True, trio.current_time())
-        job = flight.first(base, request, spawn_worker)
-        self._start_flight(flight)
-        return await self._listen(job, flight, running.get())
+        return job
 
     def _start_flight(self, flight: Flight) -> None:
         self._in_flight += 1

@@ -74,7 +74,7 @@ class RunnerPool:
                     break
                 runner.flight = None
                 flight = await self._park(runner)
-        if runner.flight is not None:
+        if runner.flight is not None and not runner.flight.over:
             # Retired mid-flight: the flight goes on in a fresh runner.
             self.run(runner.flight)
 

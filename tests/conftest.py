@@ -1,0 +1,72 @@
+"""Shared fixtures: devices that record what they execute.
+
+Every async test runs under Trio (``trio_mode = true``); tests about time take
+the ``autojump_clock`` fixture and assert exact virtual times.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import pytest
+import trio
+
+
+class SlowDevice:
+    """Upstream's test device: every request on one base shares one group.
+
+    ``{"path": "slow", "wait": s}`` sleeps *s* seconds and returns a fresh
+    token (two executions never return the same one); ``{"path": "self",
+    "wait": s}`` sleeps and returns the base.
+    """
+
+    def __init__(self) -> None:
+        self.executed: list[tuple[Any, Any]] = []
+        self._tokens = itertools.count()
+
+    def group(self, base: Any, request: Any) -> Any:
+        return ("slow-device", repr(base))
+
+    async def resolve(self, base: Any, request: Any) -> Any:
+        self.executed.append((base, request))
+        await trio.sleep(request.get("wait", 0))
+        if request["path"] == "self":
+            return base
+        if request["path"] == "fail":
+            raise ValueError(f"failed on {base}")
+        return {"token": next(self._tokens), "base": base}
+
+
+class Counting:
+    """A plain device function that counts its executions and can be held open.
+
+    It sleeps ``wait`` seconds, or with ``hold`` until ``release`` is set; a
+    request ``"fail:<message>"`` raises ``ValueError(<message>)``.
+    """
+
+    def __init__(self, wait: float = 1.0) -> None:
+        self.calls = 0
+        self.wait = wait
+        self.release = trio.Event()
+        self.hold = False
+
+    async def __call__(self, base: Any, request: Any) -> Any:
+        self.calls += 1
+        if self.hold:
+            await self.release.wait()
+        else:
+            await trio.sleep(self.wait)
+        if isinstance(request, str) and request.startswith("fail:"):
+            raise ValueError(request.removeprefix("fail:"))
+        return (base, request, self.calls)
+
+
+@pytest.fixture
+def slow_device() -> SlowDevice:
+    return SlowDevice()
+
+
+@pytest.fixture
+def counting() -> Counting:
+    return Counting()

@@ -1,0 +1,94 @@
+"""Crashes: a device's BaseException stays in its flight; the persist goes on."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+import trio_persist
+
+
+class Crash(BaseException):
+    """Like a panic: not an Exception, not a cancellation."""
+
+
+async def test_a_crash_reaches_every_waiter_as_leader_died_without_a_hang() -> None:
+    # Go's TestPanicDo: 5 waiters, a panic, nobody hangs.
+    release = trio.Event()
+
+    async def device(base: Any, request: Any) -> Any:
+        await release.wait()
+        raise Crash("boom")
+
+    errors: list[BaseException] = []
+    async with trio_persist.open_persist(device) as persist:
+
+        async def call() -> None:
+            try:
+                await persist.resolve("base", "req")
+            except trio_persist.LeaderDied as exc:
+                errors.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(5):
+                nursery.start_soon(call)
+            await trio.testing.wait_all_tasks_blocked()
+            release.set()
+        assert len(errors) == 5
+        assert all(isinstance(e.__cause__, Crash) for e in errors)
+        assert "the device crashed: Crash: boom" in str(errors[0])
+        assert len(persist.registry) == 0
+        stats = persist.statistics()
+        assert (stats.crashes, stats.failures) == (1, 1)
+
+
+async def test_the_persist_goes_on_after_a_crash() -> None:
+    async def device(base: Any, request: Any) -> Any:
+        if request == "crash":
+            raise Crash()
+        return request
+
+    async with trio_persist.open_persist(device) as persist:
+        with pytest.raises(trio_persist.LeaderDied):
+            await persist.resolve("base", "crash")
+        assert await persist.resolve("base", "fine") == "fine"
+
+
+async def test_a_crash_inside_an_exception_group_is_still_a_crash() -> None:
+    async def device(base: Any, request: Any) -> Any:
+        raise BaseExceptionGroup("several", [Crash(), ValueError()])
+
+    async with trio_persist.open_persist(device) as persist:
+        with pytest.raises(trio_persist.LeaderDied) as info:
+            await persist.resolve("base", "req")
+        assert isinstance(info.value.__cause__, BaseExceptionGroup)
+
+
+async def test_an_exception_group_of_errors_reaches_listeners_as_it_is() -> None:
+    async def device(base: Any, request: Any) -> Any:
+        async with trio.open_nursery() as nursery:
+
+            async def fail() -> None:
+                raise ValueError("child")
+
+            nursery.start_soon(fail)
+
+    async with trio_persist.open_persist(device) as persist:
+        with pytest.raises(ExceptionGroup) as info:
+            await persist.resolve("base", "req")
+        assert info.group_contains(ValueError, match="child")
+
+
+@pytest.mark.parametrize("exit_exception", [KeyboardInterrupt, SystemExit])
+async def test_keyboard_interrupt_and_system_exit_propagate_as_in_any_trio_program(
+    exit_exception: type[BaseException],
+) -> None:
+    async def device(base: Any, request: Any) -> Any:
+        raise exit_exception()
+
+    with pytest.RaisesGroup(exit_exception, allow_unwrapped=True, flatten_subgroups=True):
+        async with trio_persist.open_persist(device) as persist:
+            await persist.resolve("base", "req")

@@ -1,0 +1,125 @@
+"""The default grouper: a 128-bit digest of a canonical encoding (never upstream's W1)."""
+
+from __future__ import annotations
+
+import enum
+from collections import OrderedDict
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from trio_persist import canonical_encoding, default_group
+
+
+def test_a_group_is_a_128_bit_hex_digest() -> None:
+    group = default_group({"a": 1}, "req")
+    assert isinstance(group, str)
+    assert len(bytes.fromhex(group)) * 8 == 128
+
+
+def test_dict_order_does_not_change_the_group() -> None:
+    assert default_group({"a": 1, "b": [1, {"x": 2, "y": 3}]}, None) == default_group(
+        {"b": [1, {"y": 3, "x": 2}], "a": 1}, None
+    )
+    assert default_group({"a": 1, "b": 2}, {"q": 1, "r": 2}) == default_group(
+        {"b": 2, "a": 1}, {"r": 2, "q": 1}
+    )
+
+
+def test_a_top_level_priv_key_is_left_out_of_base_and_request() -> None:
+    assert default_group({"a": 1, "priv": "secret"}, {"r": 1, "priv": 2}) == default_group(
+        {"a": 1}, {"r": 1}
+    )
+
+
+def test_a_nested_priv_key_still_counts() -> None:
+    assert default_group({"a": {"priv": 1}}, None) != default_group({"a": {}}, None)
+
+
+@pytest.mark.parametrize(
+    ("left", "right"),
+    [
+        (1, 1.0),
+        (1, True),
+        (0, False),
+        (1, "1"),
+        ("1", b"1"),
+        (b"ab", bytearray(b"ba")),
+        ([1, 2], (1, 2)),
+        ({1: 2}, [(1, 2)]),
+        ({1}, [1]),
+        (None, "None"),
+        (0.0, -0.0),
+        (["a", "b"], ["ab"]),
+        ("", b""),
+    ],
+)
+def test_values_of_different_types_never_share_a_group(left: Any, right: Any) -> None:
+    assert canonical_encoding(left) != canonical_encoding(right)
+    assert default_group(left, None) != default_group(right, None)
+
+
+def test_base_and_request_are_not_interchangeable() -> None:
+    assert default_group("a", "b") != default_group("b", "a")
+    assert default_group(["a"], None) != default_group("a", [None])
+
+
+def test_subclasses_encode_as_their_base_type() -> None:
+    class Colour(enum.IntEnum):
+        RED = 1
+
+    assert canonical_encoding(Colour.RED) == canonical_encoding(1)
+    assert canonical_encoding(OrderedDict(b=1, a=2)) == canonical_encoding({"a": 2, "b": 1})
+    assert canonical_encoding(frozenset({1, 2})) == canonical_encoding({2, 1})
+    assert canonical_encoding(memoryview(b"xy")) == canonical_encoding(b"xy")
+
+
+def test_an_unencodable_value_names_its_type_and_path() -> None:
+    with pytest.raises(TypeError, match=r"builtins\.object at request\['a'\]\[1\]"):
+        default_group({"base": 1}, {"a": [1, object()]})
+    with pytest.raises(TypeError, match=r"builtins\.complex at base\[0\]"):
+        default_group([1j], None)
+    with pytest.raises(TypeError, match=r"at value\{\.\.\.\}"):
+        canonical_encoding({(1, object())})
+    with pytest.raises(TypeError, match="group\\(\\) hook"):
+        canonical_encoding(object())
+
+
+json_like = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False)
+    | st.text()
+    | st.binary(),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.tuples(children, children)
+        | st.dictionaries(st.text(max_size=4), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+def _strict(value: Any) -> Any:
+    """A value with its types made explicit, so 1 == 1.0 == True no longer holds."""
+    if isinstance(value, dict):
+        return ("d", frozenset((k, _strict(v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return (type(value).__name__, tuple(_strict(v) for v in value))
+    if isinstance(value, float):
+        return ("f", value.hex())
+    return (type(value).__name__, value)
+
+
+@given(json_like, json_like)
+def test_two_values_share_an_encoding_exactly_when_they_are_the_same(a: Any, b: Any) -> None:
+    assert (canonical_encoding(a) == canonical_encoding(b)) == (_strict(a) == _strict(b))
+
+
+@given(st.dictionaries(st.text(max_size=3), st.integers(), max_size=6))
+def test_any_insertion_order_of_a_mapping_gives_one_group(mapping: dict[str, int]) -> None:
+    reversed_mapping = dict(reversed(list(mapping.items())))
+    assert default_group(mapping, mapping) == default_group(reversed_mapping, reversed_mapping)

@@ -1,0 +1,41 @@
+"""The public surface: what `import trio_persist` offers, and nothing private."""
+
+from __future__ import annotations
+
+import trio
+
+import trio_persist
+
+
+def test_all_names_are_exported_exactly_once_from_the_package() -> None:
+    public = {name for name in dir(trio_persist) if not name.startswith("_")}
+    assert set(trio_persist.__all__) == public - {"redis"}
+    assert sorted(trio_persist.__all__) == trio_persist.__all__
+
+
+def test_public_objects_claim_the_package_as_their_module() -> None:
+    for name in trio_persist.__all__:
+        assert getattr(trio_persist, name).__module__ == "trio_persist", name
+
+
+def test_every_error_is_a_persist_error_and_what_users_already_catch() -> None:
+    assert issubclass(trio_persist.LeaderDied, trio_persist.PersistError)
+    assert issubclass(trio_persist.InfiniteRecursion, trio_persist.PersistError)
+    assert issubclass(trio_persist.InfiniteRecursion, RecursionError)
+    assert issubclass(trio_persist.PersistClosed, trio_persist.PersistError)
+    assert issubclass(trio_persist.PersistClosed, trio.ClosedResourceError)
+    assert issubclass(trio_persist.RemoteError, trio_persist.PersistError)
+    assert issubclass(trio_persist.PersistError, Exception)
+
+
+def test_remote_error_text_holds_the_original_type_and_message() -> None:
+    error = trio_persist.RemoteError("ValueError", "bad input")
+    assert str(error) == "ValueError: bad input"
+    assert (error.type_name, error.message) == ("ValueError", "bad input")
+    assert str(trio_persist.RemoteError("KeyError", "")) == "KeyError"
+
+
+def test_the_package_ships_its_type_marker() -> None:
+    from importlib.resources import files
+
+    assert files("trio_persist").joinpath("py.typed").is_file()
