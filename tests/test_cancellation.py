@@ -197,10 +197,9 @@ async def test_closing_the_persist_mid_flight_gives_outside_callers_leader_died(
         except trio_persist.LeaderDied as exc:
             outcome.append(exc)
 
-    async with trio.open_nursery() as nursery:
-        async with trio_persist.open_persist(counting) as persist:
-            nursery.start_soon(outside_caller, persist)
-            await trio.testing.wait_all_tasks_blocked()
+    async with trio.open_nursery() as nursery, trio_persist.open_persist(counting) as persist:
+        nursery.start_soon(outside_caller, persist)
+        await trio.testing.wait_all_tasks_blocked()
     assert len(outcome) == 1
     assert "the persist closed" in str(outcome[0])
     assert persist.statistics().in_flight == 0

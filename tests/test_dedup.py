@@ -281,14 +281,13 @@ async def test_an_unencodable_request_is_refused_at_the_call_and_nothing_is_lost
     counting: Counting,
 ) -> None:
     counting.hold = True
-    async with trio_persist.open_persist(counting) as persist:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(persist.resolve, "base", "good")
-            await trio.testing.wait_all_tasks_blocked()
-            with pytest.raises(TypeError, match=r"builtins\.object at request\['bad'\]"):
-                await persist.resolve("base", {"bad": object()})
-            assert persist.statistics().in_flight == 1
-            counting.release.set()
+    async with trio_persist.open_persist(counting) as persist, trio.open_nursery() as nursery:
+        nursery.start_soon(persist.resolve, "base", "good")
+        await trio.testing.wait_all_tasks_blocked()
+        with pytest.raises(TypeError, match=r"builtins\.object at request\['bad'\]"):
+            await persist.resolve("base", {"bad": object()})
+        assert persist.statistics().in_flight == 1
+        counting.release.set()
     assert counting.calls == 1
 
 

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.lowlevel
 
 import trio_persist
 
@@ -77,7 +78,7 @@ async def test_allow_infinite_executes_the_recursive_call_directly() -> None:
 
 async def test_concurrent_callers_of_different_groups_never_see_false_recursion() -> None:
     async def device(base: Any, request: Any) -> Any:
-        await trio.sleep(0)
+        await trio.lowlevel.checkpoint()
         if base == "outer":
             return await persist.resolve("inner", request)
         return request
