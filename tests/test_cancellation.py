@@ -239,3 +239,27 @@ async def test_cancelling_the_scope_around_the_block_ends_it_cleanly(counting: C
                 await trio.sleep_forever()
     assert scope.cancelled_caught
     assert persist.statistics().in_flight == 0
+
+
+async def test_a_caller_arriving_while_an_abandoned_execution_unwinds_gets_a_fresh_one(
+    autojump_clock: object,
+) -> None:
+    executions = 0
+
+    async def device(base: Any, request: Any) -> Any:
+        nonlocal executions
+        executions += 1
+        try:
+            await trio.sleep(5)
+        except trio.Cancelled:
+            with trio.CancelScope(shield=True):
+                await trio.sleep(1)  # a slow clean-up: the group stays busy meanwhile
+            raise
+        return executions
+
+    async with trio_persist.open_persist(device) as persist:
+        with trio.move_on_after(1):
+            await persist.resolve("base", "req")
+        await trio.sleep(0.5)  # the abandoned execution is still cleaning up
+        assert await persist.resolve("base", "req") == 2
+        assert trio.current_time() == 1 + 1 + 5  # it waited for the clean-up: one at a time

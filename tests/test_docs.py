@@ -1,0 +1,64 @@
+"""Every code example in the docs runs, so none of them can rot.
+
+Python blocks in ``README.md`` and ``docs/*.md`` and the files in
+``docs/examples/`` run as programs, with ``trio.run`` given a virtual clock so
+that their sleeps cost nothing.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import runpy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+import trio_persist
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+BLOCK = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
+
+
+def blocks() -> list[Any]:
+    found = []
+    for page in PAGES:
+        for number, match in enumerate(BLOCK.finditer(page.read_text()), 1):
+            found.append(pytest.param(match.group(1), id=f"{page.name}-{number}"))
+    return found
+
+
+@pytest.fixture
+def virtual_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_run = trio.run
+
+    @functools.wraps(real_run)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("clock", trio.testing.MockClock(autojump_threshold=0))
+        return real_run(*args, **kwargs)
+
+    monkeypatch.setattr(trio, "run", run)
+
+
+@pytest.mark.usefixtures("virtual_time")
+@pytest.mark.parametrize("source", blocks())
+def test_a_documented_example_runs(source: str, capsys: pytest.CaptureFixture[str]) -> None:
+    exec(compile(source, "<docs>", "exec"), {"__name__": "__main__"})
+
+
+@pytest.mark.usefixtures("virtual_time")
+@pytest.mark.parametrize(
+    "path", sorted((ROOT / "docs" / "examples").glob("*.py")), ids=lambda p: p.name
+)
+def test_an_example_file_runs(path: Path) -> None:
+    runpy.run_path(str(path), run_name="__main__")
+
+
+def test_the_reference_documents_every_public_name() -> None:
+    reference = (ROOT / "docs" / "reference.md").read_text()
+    missing = [name for name in trio_persist.__all__ if f"`{name}" not in reference]
+    assert missing == []
