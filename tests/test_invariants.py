@@ -92,8 +92,7 @@ def run_schedule(schedule: list[Call], mode: Any = True) -> None:
             except ValueError:
                 outcomes[index].append("error")
             except trio_persist.LeaderDied as exc:
-                assert isinstance(exc.__cause__, Crash)
-                outcomes[index].append("died")
+                outcomes[index].append("died" if isinstance(exc.__cause__, Crash) else "lost")
         if scope.cancelled_caught:
             outcomes[index].append("cancelled")
 
@@ -115,6 +114,7 @@ def run_schedule(schedule: list[Call], mode: Any = True) -> None:
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
     assert all(len(got) == 1 for got in outcomes.values()), outcomes
+    assert not any("lost" in got for got in outcomes.values()), outcomes
     if mode is not False:
         assert device.max_concurrent_per_group <= 1
     for index, result in results.items():

@@ -5,6 +5,7 @@ The worker weaknesses (W4, W9-W12) are in ``test_worker_weaknesses.py``.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import trio
@@ -145,10 +146,8 @@ async def test_w6_a_group_is_freed_however_its_execution_ends() -> None:
 
     async with trio_persist.open_persist(device) as persist:
         for request in outcomes:
-            try:
+            with contextlib.suppress(ValueError, trio_persist.LeaderDied, ExceptionGroupLike):
                 await persist.resolve("base", request)
-            except (ValueError, trio_persist.LeaderDied, ExceptionGroupLike):
-                pass
             assert len(persist.registry) == 0
         with trio.move_on_after(0):
             await persist.resolve("base", "value")
