@@ -59,26 +59,28 @@ async def test_w2_of_many_concurrent_first_callers_exactly_one_executes(
 
 
 async def test_w3_a_forgotten_flight_ending_late_never_removes_its_successor(
-    counting: Counting,
+    autojump_clock: object,
 ) -> None:
     # Upstream deletes by key alone; Go singleflight once had the same bug with Forget.
-    counting.hold = True
-    async with trio_persist.open_persist(counting) as persist:
+    durations = iter([1.0, 2.0])
+
+    async def device(base: Any, request: Any) -> Any:
+        await trio.sleep(next(durations))
+        return trio.current_time()
+
+    async with trio_persist.open_persist(device) as persist:
         group = persist.group("base", "req")
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(persist.resolve, "base", "req")
+            nursery.start_soon(persist.resolve, "base", "req")  # the old flight, ends at 1
             await trio.testing.wait_all_tasks_blocked()
             old = persist.registry.lookup(group)
             persist.forget(group)
-            nursery.start_soon(persist.resolve, "base", "req")
-            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(persist.resolve, "base", "req")  # the new one, ends at 2
+            await trio.sleep(1.5)
             new = persist.registry.lookup(group)
             assert new is not None
-            assert new is not old
-            counting.release.set()
-            await trio.testing.wait_all_tasks_blocked()
+            assert new is not old  # the old flight ended at 1 and left it alone
         assert len(persist.registry) == 0
-        assert persist.registry.statistics().foreign_removals_refused == 0
 
 
 async def test_w3_an_undeduplicated_call_never_touches_a_registration() -> None:
