@@ -229,6 +229,17 @@ class Worker:
         job = await self._next_job()
         return None if job is None else WorkerRequest(job=job)
 
+    def receive_nowait(self) -> WorkerRequest:
+        """Take the next queued request without waiting (for batching loops).
+
+        Raises:
+            trio.WouldBlock: no request is queued now, or the worker is stopping.
+        """
+        job = self._take_nowait() if self._stop_reason is None else None
+        if job is None:
+            raise trio.WouldBlock
+        return WorkerRequest(job=job)
+
     async def execute(self, request: WorkerRequest) -> Any:
         """Serve *request* the default way and return its result.
 
@@ -276,10 +287,16 @@ class Worker:
         Returns False if the worker stopped first (the job never entered).
         """
         try:
-            await self._send.send(job)
+            self._send.send_nowait(job)
+        except trio.WouldBlock:
+            try:
+                await self._send.send(job)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return False
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return False
         if not job.taken:
+            # Joinable by identical requests from now on (a full inbox delays this).
             self._queued[id(job)] = job
         return True
 
@@ -288,17 +305,10 @@ class Worker:
         if job.scope is not None:
             job.scope.cancel()
 
-    async def _next_job(self, scope: trio.CancelScope | None = None) -> Job | None:
-        """Take the next live job; None when the worker should stop.
-
-        With *scope* (the default loop's long-lived scope), the idle timeout is
-        that scope's deadline and its expiry raises `trio.Cancelled` to the
-        loop; without, a scope is made for this wait alone.
-        """
+    def _take_nowait(self) -> Job | None:
+        """Take the next live job without waiting; None if there is none now."""
         receive = self._receive
         while True:
-            if self._stop_reason is not None:
-                return None
             job: Job | None = None
             if self._backlog:
                 job = self._backlog.pop(0)
@@ -310,38 +320,60 @@ class Worker:
                 except trio.WouldBlock:
                     pass
                 if job is None:
-                    self._waiting = True
-                    try:
-                        if scope is not None:
-                            # The idle timeout counts from the end of the last request.
-                            timed = self._timeout != math.inf
-                            if timed:
-                                scope.deadline = trio.current_time() + self._timeout
-                            job = await receive.receive()
-                            if timed:
-                                scope.deadline = math.inf
-                        else:
-                            with trio.CancelScope(
-                                deadline=trio.current_time() + self._timeout
-                            ) as self._wait_scope:
-                                job = await receive.receive()
-                    finally:
-                        self._waiting = False
-                        self._wait_scope = None
-                    if job is None:
-                        if self._stop_reason is None:
-                            self._stop_reason = "timeout"
-                        return None
-            self._queued.pop(id(job), None)
-            if job.abandoned or job.done.is_set():
-                continue
+                    return None
+            if self._accept(job):
+                return job
+
+    def _accept(self, job: Job) -> bool:
+        self._queued.pop(id(job), None)
+        if job.abandoned or job.done.is_set():
+            return False
+        job.taken = True
+        self._taken[id(job)] = job
+        return True
+
+    async def _next_job(self, scope: trio.CancelScope | None = None) -> Job | None:
+        """Take the next live job; None when the worker should stop.
+
+        With *scope* (the default loop's long-lived scope), the idle timeout is
+        that scope's deadline and its expiry raises `trio.Cancelled` to the
+        loop; without, a scope is made for this wait alone.
+        """
+        while True:
+            if self._stop_reason is not None:
+                return None
+            job = self._take_nowait()
+            if job is not None:
+                return job
+            self._waiting = True
+            try:
+                if scope is not None:
+                    # The idle timeout counts from the end of the last request.
+                    timed = self._timeout != math.inf
+                    if timed:
+                        scope.deadline = trio.current_time() + self._timeout
+                    job = await self._receive.receive()
+                    if timed:
+                        scope.deadline = math.inf
+                else:
+                    with trio.CancelScope(
+                        deadline=trio.current_time() + self._timeout
+                    ) as self._wait_scope:
+                        job = await self._receive.receive()
+            finally:
+                self._waiting = False
+                self._wait_scope = None
+            if job is None:
+                if self._stop_reason is None:
+                    self._stop_reason = "timeout"
+                return None
             if self._stop_reason is not None:
                 # Stopped as this job was handed over: keep it for re-routing.
+                self._queued.pop(id(job), None)
                 self._backlog.insert(0, job)
                 return None
-            job.taken = True
-            self._taken[id(job)] = job
-            return job
+            if self._accept(job):
+                return job
 
     async def _execute(self, job: Job, scope: trio.CancelScope | None = None) -> Any:
         persist = self._persist
@@ -413,6 +445,7 @@ class Worker:
                 job.succeed(value)
                 count += 1
         self._answered += count
+        self._persist._deduplicated += count
         return count
 
     def _set_group(self, group: Hashable) -> None:
