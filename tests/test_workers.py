@@ -93,7 +93,7 @@ async def test_a_worker_advances_to_each_result_and_regroups_under_it() -> None:
 async def test_with_the_default_grouper_a_worker_serves_every_request_on_its_base() -> None:
     # Upstream's default grouper could not (W10).
     async def device(base: Any, request: Any) -> Any:
-        return base + [request]
+        return [*base, request]
 
     async with trio_persist.open_persist(device, static_worker=True) as persist:
         worker = await persist.start_worker(["state"])
@@ -185,8 +185,8 @@ async def test_a_request_racing_the_idle_timeout_is_served_never_lost(
             async with trio.open_nursery() as nursery:
                 for n in range(3):
 
-                    async def request(n: int = n) -> None:
-                        await trio.sleep_until(start + arrival)
+                    async def request(n: int = n, at: float = start + arrival) -> None:
+                        await trio.sleep_until(at)
                         assert await persist.resolve("state", n) == n
 
                     nursery.start_soon(request)
@@ -463,7 +463,7 @@ async def test_closing_the_persist_stops_every_worker_with_on_idle_first() -> No
             return base  # pragma: no cover
 
         async def on_idle(self, group: Any, state: Any) -> None:
-            await trio.sleep(0)
+            await trio.lowlevel.checkpoint()
             saved.append(state)
 
     async with trio_persist.open_persist(Device()) as persist:
