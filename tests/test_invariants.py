@@ -97,6 +97,11 @@ def run_schedule(schedule: list[Call], mode: Any = True) -> None:
             outcomes[index].append("cancelled")
 
     async def main() -> None:
+        # Virtual time: a caller left hanging makes the clock jump here and fail.
+        with trio.fail_after(3600):
+            await scenario()
+
+    async def scenario() -> None:
         async with trio_persist.open_persist(device, await_inprogress=mode) as persist:
             async with trio.open_nursery() as nursery:
                 for index, call in enumerate(schedule):

@@ -289,10 +289,14 @@ class Worker:
         try:
             self._send.send_nowait(job)
         except trio.WouldBlock:
+            persist = self._persist
+            persist._waiting += 1  # waiting for room is waiting too
             try:
                 await self._send.send(job)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return False
+            finally:
+                persist._waiting -= 1
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return False
         if not job.taken:
