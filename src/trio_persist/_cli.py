@@ -1,4 +1,4 @@
-"""The ``trio-persist`` command: ``demo`` (and, with the monitor, ``monitor``).
+"""The ``trio-persist`` command: ``demo`` and ``monitor``.
 
 It sits on top of the library and is never imported by it.
 """
@@ -6,50 +6,103 @@ It sits on top of the library and is never imported by it.
 from __future__ import annotations
 
 import argparse
+import random
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TextIO
 
 import trio
+from rich.console import Console
 
+from ._demo import Shop, workload
+from ._monitor import build_frame
 from ._persist import open_persist
+from ._tui import MonitorView, follow, run_live, run_once, run_plain
 
 
-async def _demo(duration: float) -> None:
-    executions = 0
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
 
-    async def lookup(base: Any, request: Any) -> Any:
-        nonlocal executions
-        executions += 1
-        await trio.sleep(0.2)
-        return f"{base}/{request}"
 
-    async with open_persist(lookup) as persist:
-        end = trio.current_time() + duration
-        burst = 0
-        while trio.current_time() < end:
-            burst += 1
+async def demo(duration: float | None, plain: bool, seed: int, out: TextIO = sys.stdout) -> int:
+    """Run the demo workload on an embedded persist and watch it; print a summary."""
+    rng = random.Random(seed)
+    shop = Shop(rng)
+    async with open_persist(shop, worker_timeout=2.0, max_workers=5) as persist:
+
+        async def producer(view: MonitorView, redraw: Callable[[], None]) -> None:
             async with trio.open_nursery() as nursery:
-                for caller in range(20):
-                    nursery.start_soon(persist.resolve, "users", f"user-{burst % 3}-{caller % 2}")
-            print(f"burst {burst}: 20 callers, {executions} executions so far")
+                nursery.start_soon(workload, persist, rng)
+                while True:
+                    view.feed(build_frame(persist, max_groups=50))
+                    redraw()
+                    await trio.sleep(1.0 if plain else 0.25)
+
+        view = MonitorView()
+        if plain:
+            await run_plain(view, producer, out, duration=duration)
+        else:
+            console = Console(file=out)
+            await run_live(console, view, producer, keys_fd=sys.stdin.fileno(), duration=duration)
         stats = persist.statistics()
     ratio = stats.deduplicated / stats.requests if stats.requests else 0.0
     print(
-        f"requests {stats.requests}, executions {stats.executions}, "
-        f"deduplicated {stats.deduplicated} ({ratio:.0%})"
+        f"trio-persist demo: {stats.requests} requests, {stats.executions} executions, "
+        f"{stats.deduplicated} deduplicated ({ratio:.0%}); {stats.workers_started} workers "
+        f"started, {stats.worker_timeouts} timed out, {stats.evictions} evicted; "
+        f"{stats.failures} failures",
+        file=out,
     )
+    return 0
+
+
+async def monitor(path: str, once: bool, plain: bool, out: TextIO = sys.stdout) -> int:
+    """Watch the monitor socket at *path*."""
+    if once:
+        return await run_once(path, Console(file=out))
+
+    async def producer(view: MonitorView, redraw: Callable[[], None]) -> None:
+        await follow(path, view, redraw)
+
+    view = MonitorView()
+    if plain:
+        await run_plain(view, producer, out)
+    else:
+        await run_live(Console(file=out), view, producer, keys_fd=sys.stdin.fileno())
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="trio-persist", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="trio-persist", description="Deduplicated execution and persistent workers for Trio."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="run a built-in workload and show deduplication")
-    demo.add_argument("--duration", type=float, default=3.0, help="seconds to run (default 3)")
+    demo_parser = commands.add_parser(
+        "demo", help="run a built-in workload on an embedded persist and watch it live"
+    )
+    demo_parser.add_argument(
+        "--duration", type=float, default=None, help="stop after SECONDS (default: until q)"
+    )
+    demo_parser.add_argument("--plain", action="store_true", help="print sitrep lines instead")
+    demo_parser.add_argument("--seed", type=int, default=1, help="seed of the workload")
+    monitor_parser = commands.add_parser("monitor", help="watch a persist's monitor socket")
+    monitor_parser.add_argument("path", help="the Unix socket given to persist.serve_monitor")
+    monitor_parser.add_argument("--once", action="store_true", help="print one frame and exit")
+    monitor_parser.add_argument(
+        "--plain", action="store_true", help="print sitrep lines when something changes"
+    )
     args = parser.parse_args(argv)
-    if args.command == "demo":
-        trio.run(_demo, args.duration)
-    return 0
+    # Not a terminal (a pipe, a log): plain lines instead of the live view.
+    plain = args.plain or not _is_terminal(sys.stdout)
+    try:
+        if args.command == "demo":
+            return trio.run(demo, args.duration, plain, args.seed)
+        return trio.run(monitor, args.path, args.once, plain)
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

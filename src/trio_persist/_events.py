@@ -29,6 +29,8 @@ EVENT_KINDS = frozenset(
         "flight.cancelled",
         "worker.started",
         "worker.served",
+        "worker.failed",
+        "worker.cancelled",
         "worker.timed_out",
         "worker.evicted",
         "worker.crashed",
@@ -44,8 +46,9 @@ class PersistEvent:
     kind: str
     """What happened: one of ``flight.started``, ``flight.joined``,
     ``flight.finished``, ``flight.failed``, ``flight.cancelled``,
-    ``worker.started``, ``worker.served``, ``worker.timed_out``,
-    ``worker.evicted``, ``worker.crashed``, ``worker.stopped``."""
+    ``worker.started``, ``worker.served``, ``worker.failed``,
+    ``worker.cancelled``, ``worker.timed_out``, ``worker.evicted``,
+    ``worker.crashed``, ``worker.stopped``."""
     group: Hashable | None
     """The group concerned (None for an ungrouped execution)."""
     time: float

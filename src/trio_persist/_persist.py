@@ -10,6 +10,7 @@ starts an execution.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import AsyncIterator, Hashable
 from contextlib import asynccontextmanager
 from typing import Any, final
@@ -23,6 +24,7 @@ from ._exceptions import InfiniteRecursion, PersistClosed
 from ._flight import Flight
 from ._grouping import default_group, default_group_and_base
 from ._job import Job, Outcome, leader_died, running
+from ._monitor import serve_monitor
 from ._options import AwaitMode, ErrorStrategy, PersistOptions, check_duration
 from ._registry import Registry
 from ._runner import RunnerPool
@@ -291,6 +293,31 @@ class Persist:
         """
         return self._events.subscribe(max_buffer)
 
+    async def serve_monitor(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        interval: float = 1.0,
+        max_groups: int = 200,
+        task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve this persist's frames on a Unix socket, for ``trio-persist monitor``.
+
+        Start it with ``await nursery.start(persist.serve_monitor, path)``. The
+        socket is created with mode 0600 and is read-only: each client gets a
+        frame (newline-delimited JSON with ``"version"``, ``"statistics"`` and
+        ``"snapshot"``) as soon as it connects, then every *interval* seconds.
+        The socket file is removed when the server is cancelled.
+
+        Raises:
+            FileExistsError: *path* is taken.
+            FileNotFoundError, PermissionError: its directory is missing or not
+                writable.
+        """
+        await serve_monitor(
+            self, path, interval=interval, max_groups=max_groups, task_status=task_status
+        )
+
     def statistics(self) -> PersistStatistics:
         """Return a frozen snapshot of this persist's counters and gauges."""
         return PersistStatistics(
@@ -420,21 +447,21 @@ class Persist:
         self._executions += 1
 
     def _count_outcome(self, owner: Owner, job: Job, outcome: Outcome | None) -> None:
-        group = owner.group
+        kind = owner.kind
         if outcome is Outcome.OK:
             self._events.emit(
-                "worker.served" if owner.kind == "worker" else "flight.finished", group
+                "worker.served" if kind == "worker" else "flight.finished", owner.group
             )
         elif outcome is None:
             self._abandoned += 1
-            self._events.emit("flight.cancelled", group)
+            self._events.emit(f"{kind}.cancelled", owner.group)
         else:
             self._failures += 1
             if outcome is Outcome.CRASHED:
                 self._crashes += 1
             error = job.error
             detail = f"{type(error).__name__}: {error}" if error is not None else ""
-            self._events.emit("flight.failed", group, detail)
+            self._events.emit(f"{kind}.failed", owner.group, detail)
 
     def _flight_ended(self, flight: Flight) -> None:
         self._in_flight -= 1

@@ -1,0 +1,246 @@
+"""The monitor's drivers: the live TUI, ``--once`` and ``--plain``.
+
+Everything runs in Trio tasks on one thread: frames arrive from a socket (or,
+for the demo, straight from an in-process persist), a `MonitorView` keeps the
+latest two, and the live driver redraws ``Live(auto_refresh=False)`` when a
+frame arrives, a key is pressed, or the terminal is resized. Rendering itself
+is the pure `render_frame`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, TextIO
+
+import attrs
+import trio
+from rich.console import Console, RenderableType
+from rich.live import Live
+from rich.text import Text
+
+from ._render import SORTS, render_frame, sitrep
+
+__all__ = ["MonitorView", "follow", "read_frames", "run_live", "run_once", "run_plain"]
+
+Frame = dict[str, Any]
+Producer = Callable[["MonitorView", Callable[[], None]], Awaitable[None]]
+
+
+@attrs.define
+class MonitorView:
+    """What the monitor shows: the latest frames, the sort, pause, and a status line."""
+
+    frame: Frame | None = None
+    previous: Frame | None = None
+    sort: str = "activity"
+    paused: bool = False
+    status: str | None = None
+    frames_seen: int = 0
+
+    def feed(self, frame: Frame) -> None:
+        self.frames_seen += 1
+        if not self.paused:
+            self.previous, self.frame = self.frame, frame
+
+    def key(self, key: str) -> bool:
+        """Apply a key press; True means quit."""
+        if key in ("q", "Q", "\x03"):
+            return True
+        if key in ("p", "P", " "):
+            self.paused = not self.paused
+        elif key in ("s", "S"):
+            self.sort = SORTS[(SORTS.index(self.sort) + 1) % len(SORTS)]
+        return False
+
+    def renderable(self, limit: int | None = None) -> RenderableType:
+        if self.frame is None:
+            return Text(self.status or "waiting for the first frame...")
+        return render_frame(
+            self.frame,
+            self.previous,
+            sort=self.sort,
+            paused=self.paused,
+            status=self.status,
+            limit=limit,
+        )
+
+
+@attrs.define
+class read_frames:  # used like a function: ``async for frame in read_frames(stream)``
+    """The JSON frames of a monitor stream, as an async iterator.
+
+    Lines that are not version-1 frames are skipped.
+
+    A class rather than an async generator, so breaking out of the loop early
+    leaves nothing to finalise.
+    """
+
+    _stream: trio.abc.ReceiveStream
+    _lines: list[bytes] = attrs.field(factory=list)
+    _buffer: bytes = b""
+
+    def __aiter__(self) -> read_frames:
+        return self
+
+    async def __anext__(self) -> Frame:
+        while True:
+            while self._lines:
+                try:
+                    frame = json.loads(self._lines.pop(0))
+                except ValueError:
+                    continue
+                if isinstance(frame, dict) and frame.get("version") == 1:
+                    return frame
+            data = await self._stream.receive_some(65536)
+            if not data:
+                raise StopAsyncIteration
+            *lines, self._buffer = (self._buffer + data).split(b"\n")
+            self._lines.extend(lines)
+
+
+async def follow(
+    path: str, view: MonitorView, redraw: Callable[[], None], *, retry: float = 1.0
+) -> None:
+    """Feed *view* from the socket at *path*, reconnecting whenever it is missing or gone."""
+    while True:
+        try:
+            stream = await trio.open_unix_socket(path)
+        except OSError as exc:
+            reason = "no such socket" if isinstance(exc, FileNotFoundError) else exc.strerror
+            view.status = f"waiting for {path}: {reason} (retrying; q quits)"
+            redraw()
+            await trio.sleep(retry)
+            continue
+        view.status = None
+        async with stream:
+            try:
+                async for frame in read_frames(stream):
+                    view.feed(frame)
+                    redraw()
+            except trio.BrokenResourceError:
+                pass
+        view.status = f"the application went away ({path}); waiting for it to come back (q quits)"
+        redraw()
+        await trio.sleep(retry)
+
+
+@contextlib.contextmanager
+def _cbreak(fd: int) -> Iterator[bool]:
+    """Keys without Enter; the terminal's modes are restored however we leave."""
+    try:
+        import termios
+        import tty
+
+        saved = termios.tcgetattr(fd)
+    except (ImportError, OSError):
+        yield False
+        return
+    tty.setcbreak(fd)
+    try:
+        yield True
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+async def _keys(
+    fd: int, view: MonitorView, redraw: Callable[[], None], quit_: trio.CancelScope
+) -> None:
+    stream = trio.lowlevel.FdStream(os.dup(fd))  # restores the fd's blocking mode on close
+    async with stream:
+        while data := await stream.receive_some(64):
+            for key in data.decode(errors="replace"):
+                if view.key(key):
+                    quit_.cancel()
+                    return
+            redraw()
+
+
+async def _resizes(redraw: Callable[[], None]) -> None:
+    with trio.open_signal_receiver(signal.SIGWINCH) as signals:
+        async for _ in signals:
+            redraw()
+
+
+async def run_live(
+    console: Console,
+    view: MonitorView,
+    producer: Producer,
+    *,
+    keys_fd: int | None = None,
+    duration: float | None = None,
+) -> None:
+    """Show *view* live until the user quits (q), *duration* passes, or *producer* ends.
+
+    The display is redrawn by this task only (``auto_refresh=False``): when
+    the producer delivers a frame, on a key, and on SIGWINCH.
+    """
+    with Live(
+        view.renderable(), console=console, auto_refresh=False, screen=True, transient=False
+    ) as live:
+
+        def redraw() -> None:
+            live.update(view.renderable(limit=max(console.size.height - 6, 1)), refresh=True)
+
+        with contextlib.ExitStack() as stack:
+            interactive = keys_fd is not None and stack.enter_context(_cbreak(keys_fd))
+            with trio.move_on_after(duration if duration is not None else float("inf")):
+                async with trio.open_nursery() as nursery:
+                    if interactive:
+                        assert keys_fd is not None
+                        nursery.start_soon(_keys, keys_fd, view, redraw, nursery.cancel_scope)
+                    if hasattr(signal, "SIGWINCH"):
+                        nursery.start_soon(_resizes, redraw)
+                    await producer(view, redraw)
+                    nursery.cancel_scope.cancel()
+
+
+async def run_plain(
+    view: MonitorView,
+    producer: Producer,
+    out: TextIO,
+    *,
+    duration: float | None = None,
+) -> None:
+    """Print sitrep lines whenever a group changes, and status changes, to *out*."""
+    state: dict[str, tuple[str, int, int]] = {}
+    last_status: list[str | None] = [None]
+
+    def redraw() -> None:
+        nonlocal state
+        if view.status != last_status[0]:
+            last_status[0] = view.status
+            if view.status is not None:
+                print(view.status, file=out, flush=True)
+        if view.frame is not None and view.frames_seen:
+            lines, state = sitrep(view.frame, state)
+            for line in lines:
+                print(line, file=out, flush=True)
+
+    with trio.move_on_after(duration if duration is not None else float("inf")):
+        await producer(view, redraw)
+
+
+async def run_once(path: str, console: Console, err: TextIO | None = None) -> int:
+    """Print one frame of the monitor at *path*; 1 with a message if there is none."""
+    err = err if err is not None else sys.stderr
+    try:
+        stream = await trio.open_unix_socket(path)
+    except OSError as exc:
+        reason = "no such socket" if isinstance(exc, FileNotFoundError) else exc.strerror
+        print(
+            f"trio-persist monitor: cannot connect to {path}: {reason}. Is the application "
+            "running with `await nursery.start(persist.serve_monitor, path)`?",
+            file=err,
+        )
+        return 1
+    async with stream:
+        async for frame in read_frames(stream):
+            console.print(render_frame(frame, status=""))
+            return 0
+    print(f"trio-persist monitor: {path} closed before sending a frame", file=err)
+    return 1

@@ -1,0 +1,175 @@
+"""The monitor socket, with real clients: frames, cadence, permissions, junk, slow readers."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+import trio_persist
+from trio_persist._tui import read_frames
+
+
+async def device(base: Any, request: Any) -> Any:
+    await trio.sleep(10)
+    return request
+
+
+async def test_a_client_gets_a_frame_at_once_then_one_every_interval(
+    autojump_clock: object, tmp_path: Path
+) -> None:
+    path = str(tmp_path / "monitor.sock")
+    async with trio_persist.open_persist(device) as persist, trio.open_nursery() as nursery:
+        assert await nursery.start(persist.serve_monitor, path) == path
+        nursery.start_soon(persist.resolve, "b", "r")
+        await trio.testing.wait_all_tasks_blocked()
+        times, frames = [], []
+        async with await trio.open_unix_socket(path) as stream:
+            async for frame in read_frames(stream):
+                times.append(trio.current_time())
+                frames.append(frame)
+                if len(frames) == 3:
+                    break
+        nursery.cancel_scope.cancel()
+    assert times == [0, 1, 2]
+    assert [f["time"] for f in frames] == [0, 1, 2]
+    first = frames[0]
+    assert set(first) >= {"version", "statistics", "snapshot"}
+    assert first["version"] == 1
+    assert first["statistics"]["in_flight"] == 1
+    [group] = first["snapshot"]
+    assert (group["kind"], group["listeners"], group["busy"]) == ("flight", 1, True)
+    assert first["groups_total"] == 1
+    assert not await trio.Path(path).exists()  # removed when the server ends
+
+
+async def test_the_socket_is_private_to_its_owner(tmp_path: Path) -> None:
+    path = str(tmp_path / "monitor.sock")
+    async with trio_persist.open_persist(device) as persist, trio.open_nursery() as nursery:
+        await nursery.start(persist.serve_monitor, path)
+        mode = os.stat(path).st_mode
+        assert stat.S_ISSOCK(mode)
+        assert stat.S_IMODE(mode) == 0o600
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_taken_path_is_refused_with_a_clear_error(tmp_path: Path) -> None:
+    taken = tmp_path / "taken"
+    taken.write_text("")
+    async with trio_persist.open_persist(device) as persist:
+        with pytest.raises(FileExistsError, match=r"path is taken: .* is already a file"):
+            await persist.serve_monitor(str(taken))
+        with pytest.raises(FileNotFoundError, match="no directory"):
+            await persist.serve_monitor(str(tmp_path / "missing" / "m.sock"))
+        with pytest.raises(ValueError, match="interval must be > 0"):
+            await persist.serve_monitor(str(tmp_path / "m.sock"), interval=0)
+
+
+async def test_a_second_server_on_a_live_socket_is_refused(tmp_path: Path) -> None:
+    path = str(tmp_path / "monitor.sock")
+    async with trio_persist.open_persist(device) as persist, trio.open_nursery() as nursery:
+        await nursery.start(persist.serve_monitor, path)
+        with pytest.raises(FileExistsError, match="another monitor running"):
+            await persist.serve_monitor(path)
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
+async def test_an_unwritable_directory_is_refused_with_a_clear_error(
+    tmp_path: Path,
+) -> None:  # pragma: no cover - CI runs as root
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    async with trio_persist.open_persist(device) as persist:
+        with pytest.raises(PermissionError, match="is not writable"):
+            await persist.serve_monitor(str(locked / "m.sock"))
+
+
+async def test_junk_from_a_client_changes_nothing(autojump_clock: object, tmp_path: Path) -> None:
+    path = str(tmp_path / "monitor.sock")
+    async with trio_persist.open_persist(device) as persist, trio.open_nursery() as nursery:
+        await nursery.start(persist.serve_monitor, path)
+        async with await trio.open_unix_socket(path) as stream:
+            await stream.send_all(b'{"command": "stop"}\n' + bytes(range(256)) * 100)
+            await stream.send_eof()  # and it stops talking; it still reads
+            count = 0
+            async for _ in read_frames(stream):
+                count += 1
+                if count == 3:
+                    break
+        assert persist.statistics() == persist.statistics()
+        assert not persist.closed
+        nursery.cancel_scope.cancel()
+
+
+async def test_many_clients_each_get_frames(autojump_clock: object, tmp_path: Path) -> None:
+    path = str(tmp_path / "monitor.sock")
+    got: list[int] = []
+    async with trio_persist.open_persist(device) as persist, trio.open_nursery() as nursery:
+        await nursery.start(persist.serve_monitor, path)
+
+        async def client() -> None:
+            async with await trio.open_unix_socket(path) as stream:
+                frames = 0
+                async for _ in read_frames(stream):
+                    frames += 1
+                    if frames == 2:
+                        break
+                got.append(frames)
+
+        async with trio.open_nursery() as clients:
+            for _ in range(20):
+                clients.start_soon(client)
+        nursery.cancel_scope.cancel()
+    assert got == [2] * 20
+
+
+async def test_a_client_that_never_reads_is_dropped_without_slowing_the_others(
+    autojump_clock: object, tmp_path: Path
+) -> None:
+    path = str(tmp_path / "monitor.sock")
+
+    class Many:
+        def group(self, base: Any, request: Any) -> Any:
+            return f"group-{request:05d}-" + "x" * 200  # big frames fill buffers fast
+
+        async def resolve(self, base: Any, request: Any) -> Any:
+            await trio.sleep_forever()
+
+    async with trio_persist.open_persist(Many()) as persist, trio.open_nursery() as nursery:
+        for i in range(300):
+            nursery.start_soon(persist.resolve, None, i)
+        await nursery.start(persist.serve_monitor, path)
+        sleeper = await trio.open_unix_socket(path)  # connects, never reads
+        reader_times = []
+        async with await trio.open_unix_socket(path) as reader:
+            async for frame in read_frames(reader):
+                reader_times.append(frame["time"])
+                if frame["time"] >= 200:
+                    break
+        assert reader_times == [float(t) for t in range(201)]
+        # The sleeper was dropped: draining it ends in end-of-stream.
+        with trio.fail_after(1):
+            while await sleeper.receive_some(1 << 20):
+                pass
+        await sleeper.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_frames_are_json_lines_that_any_client_can_read(tmp_path: Path) -> None:
+    path = str(tmp_path / "monitor.sock")
+    async with trio_persist.open_persist(device) as persist, trio.open_nursery() as nursery:
+        await nursery.start(persist.serve_monitor, path)
+        async with await trio.open_unix_socket(path) as stream:
+            data = b""
+            while b"\n" not in data:
+                data += await stream.receive_some(65536)
+        frame = json.loads(data.split(b"\n")[0])
+        assert frame["device"] == "device"
+        nursery.cancel_scope.cancel()

@@ -1,0 +1,96 @@
+"""Rendering is a pure function of frames: exact output on rich's capture console."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+
+from trio_persist._render import render_frame, sitrep
+
+
+def frame(executions: int = 10, wall: float = 1002.0, **changes: Any) -> dict[str, Any]:
+    snapshot = [
+        {"group": "session/u1", "kind": "worker", "listeners": 0, "queued": 0, "served": 12,
+         "started": 10.0, "last_active": 95.5, "busy": False},
+        {"group": "page/7", "kind": "flight", "listeners": 4, "queued": 1, "served": 0,
+         "started": 99.0, "last_active": 99.0, "busy": True},
+        {"group": "session/u2", "kind": "worker", "listeners": 1, "queued": 0, "served": 3,
+         "started": 40.0, "last_active": 99.9, "busy": True},
+    ]  # fmt: skip
+    stats = {
+        "requests": 40, "executions": executions, "deduplicated": 30, "failures": 2,
+        "crashes": 0, "abandoned": 0, "worker_timeouts": 1, "evictions": 0,
+        "workers_started": 2, "in_flight": 1, "waiters": 5, "workers": 2, "groups": 3,
+    }  # fmt: skip
+    result = {"version": 1, "time": 100.0, "wall": wall, "device": "Shop",
+              "statistics": stats, "groups_total": 3, "snapshot": snapshot}  # fmt: skip
+    result.update(changes)
+    return result
+
+
+def show(renderable: Any, width: int = 100) -> str:
+    console = Console(width=width, force_terminal=True, color_system=None, legacy_windows=False)
+    with console.capture() as capture:
+        console.print(renderable)
+    return capture.get()
+
+
+def test_a_frame_renders_totals_rates_and_groups_by_activity() -> None:
+    assert show(render_frame(frame(10, 1002.0), frame(6, 1000.0))) == (
+        "trio-persist  Shop  3 groups\n"
+        "executions 10 (2.0/s)  dedup 75%  in flight 1  listeners 5  workers 2  timeouts 1  failures 2\n"
+        "\n"
+        "group                                              kind    listeners  queued  served   age  idle for\n"
+        "page/7                                             flight          4       1       0  1.0s      busy\n"
+        "session/u2                                         worker          1       0       3  1.0m      busy\n"
+        "session/u1                                         worker          0       0      12  1.5m      4.5s\n"
+        "\n"
+        "q quit  p pause  s sort: activity\n"
+    )  # fmt: skip
+
+
+def test_without_a_previous_frame_there_is_no_rate_yet() -> None:
+    assert "executions 10 (-/s)" in show(render_frame(frame()))
+
+
+def test_the_groups_follow_the_chosen_sort() -> None:
+    def order(sort: str) -> list[str]:
+        lines = show(render_frame(frame(), sort=sort)).splitlines()
+        return [line.split()[0] for line in lines if line.startswith(("page/", "session/"))]
+
+    assert order("served") == ["session/u1", "session/u2", "page/7"]
+    assert order("age") == ["session/u1", "session/u2", "page/7"]
+    assert order("group") == ["page/7", "session/u1", "session/u2"]
+
+
+def test_pause_and_status_show_on_screen_and_limit_cuts_the_table() -> None:
+    text = show(render_frame(frame(), paused=True, status="the application went away", limit=1))
+    assert "[paused]" in text
+    assert text.rstrip().endswith("the application went away")
+    assert "session/u1" not in text
+
+
+def test_durations_read_in_seconds_minutes_and_hours() -> None:
+    old = frame(snapshot=[{"group": "g", "kind": "worker", "listeners": 0, "queued": 0,
+                           "served": 1, "started": -7100.0, "last_active": 100.0,
+                           "busy": False}])  # fmt: skip
+    assert "2.0h      0.0s" in show(render_frame(old))
+
+
+def test_a_sitrep_lists_changed_and_vanished_groups_only() -> None:
+    lines, state = sitrep(frame(), {})
+    assert lines == [
+        "== Sitrep ==> 3 groups. 3 changes.",
+        "[session/u1: worker] #M: 0 listeners: 0",
+        "[page/7: flight] #M: 1 listeners: 4",
+        "[session/u2: worker] #M: 0 listeners: 1",
+    ]
+    assert sitrep(frame(), state)[0] == []  # nothing changed, nothing printed
+    later = frame(snapshot=[dict(frame()["snapshot"][0], queued=2)])
+    assert sitrep(later, state)[0] == [
+        "== Sitrep ==> 1 groups. 3 changes.",
+        "[session/u1: worker] #M: 2 listeners: 0",
+        "[page/7: gone]",
+        "[session/u2: gone]",
+    ]
