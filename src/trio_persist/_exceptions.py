@@ -60,3 +60,21 @@ class RemoteError(PersistError):
 
 class GroupTaken(PersistError):
     """`Registry.hold` was asked for a group that already has an owner."""
+
+
+class BackendUnavailable(PersistError, ConnectionError):
+    """The backend (Redis) did not answer within its timeout.
+
+    Raised to callers within that bound instead of leaving them waiting; the
+    backend reconnects by itself when the server is back. With
+    ``fallback="local"`` the call executes locally instead.
+    """
+
+
+class CorruptResult(PersistError, ValueError):
+    """A result read from the backend cannot be trusted or understood.
+
+    Garbage in a result key, a pickled result with no signing key configured,
+    or a signature that does not match: nothing is unpickled unless its HMAC
+    checks out.
+    """

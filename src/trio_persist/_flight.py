@@ -95,6 +95,7 @@ class Flight:
             is spent: the runner retires and the flight goes on in a fresh one.
         """
         persist = self.persist
+        backend = persist._backend
         resolve = persist._hooks.resolve
         running.set(self)
         job = self.current
@@ -104,6 +105,8 @@ class Flight:
                 if not job.abandoned:
                     persist._count_execution()
                     job.scope = scope
+                    if backend is not None:
+                        resolve = persist._resolver(self, job)
                     try:
                         outcome = await run_device(resolve, job.base, job.request, job)
                     except trio.Cancelled:

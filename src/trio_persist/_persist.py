@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import AsyncIterator, Hashable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from contextlib import asynccontextmanager
 from typing import Any, final
 
@@ -67,6 +67,7 @@ class Persist:
     options: PersistOptions
     """The checked options the persist was opened with."""
     _nursery: trio.Nursery = attrs.field(alias="nursery")
+    _backend: Any = attrs.field(default=None, alias="backend")
     registry: Registry[Owner] = attrs.field(factory=Registry, init=False)
     """Which flight or worker owns each group (read it; do not change it)."""
     _owners: dict[Hashable, Owner] = attrs.field(init=False)
@@ -443,6 +444,21 @@ class Persist:
 
     # -- counters and events (called by flights and workers) ----------------------
 
+    def _resolver(self, flight: Flight, job: Job) -> Callable[[Any, Any], Awaitable[Any]]:
+        """What a flight's job runs: the device, through the backend if there is one."""
+        resolve = self._hooks.resolve
+        backend = self._backend
+        if backend is None or flight.group is None:
+            return resolve
+        key = backend.key_of(flight.group, job.request, flight.group_is_request)
+        if key is None:
+            return resolve
+
+        async def across_processes(base: Any, request: Any) -> Any:
+            return await backend.run(key, base, request, resolve)
+
+        return across_processes
+
     def _count_execution(self) -> None:
         self._executions += 1
 
@@ -703,13 +719,16 @@ async def open_persist(
         shutdown_grace=shutdown_grace,
     )
     hooks = adapt_device(device)
-    if backend is not None:
+    if backend is not None and not (hasattr(backend, "serve") and hasattr(backend, "run")):
         raise TypeError(
-            f"backend must be None or a trio-persist backend, got {type(backend).__name__}"
+            "backend must be None or a trio-persist backend such as "
+            f"trio_persist.redis.RedisBackend, got {type(backend).__name__}"
         )
     body_error: BaseException | None = None
     async with trio.open_nursery() as nursery:
-        persist = Persist(hooks=hooks, options=options, nursery=nursery)
+        persist = Persist(hooks=hooks, options=options, nursery=nursery, backend=backend)
+        if backend is not None:
+            await nursery.start(backend.serve, persist)
         try:
             yield persist
         except BaseException as exc:

@@ -1,0 +1,520 @@
+"""The Redis backend: deduplication and a cluster view across processes and hosts.
+
+``pip install trio-persist[redis]``, then::
+
+    backend = trio_persist.redis.RedisBackend("redis://127.0.0.1:6379/0")
+    async with trio_persist.open_persist(device, backend=backend) as persist:
+        ...
+
+Within a process nothing changes: identical calls join the local flight, and
+only that flight talks to Redis. Across processes, a flight first tries to
+become the leader of its key with one Lua script (an ``INCR`` fencing token and
+a ``SET NX PX`` lease, atomically):
+
+* The **leader** runs the device, renews its lease every third of the TTL, and
+  commits the outcome with one Lua script that checks its token, stores the
+  result, publishes it and drops the lease. A leader whose lease has passed to
+  someone else can never commit: its token is fenced. Two round trips in all.
+* A **follower** subscribes to the key's channel first, then reads the result
+  key, so no publication can be missed; it accepts only outcomes at least as
+  new as the leader it saw. If the lease disappears with no outcome (the leader
+  died), one follower takes over: acquiring is atomic, so exactly one wins,
+  within two lease TTLs. After ``max_takeovers`` vanished leaders, `LeaderDied`.
+
+Outcomes cross processes through a codec (JSON-like values by default; signed
+pickles with ``signing_key``). A remote failure is `RemoteError` with the
+original type name and message; garbage is `CorruptResult`. If Redis does not
+answer within ``timeout``, callers get `BackendUnavailable` (or, with
+``fallback="local"``, the call executes locally); the client reconnects by
+itself when Redis is back.
+
+Each persist also publishes a heartbeat record (its statistics and workers,
+with a TTL, so a dead process disappears): see `RedisBackend.cluster` and
+``trio-persist monitor --redis URL``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Hashable
+from typing import TYPE_CHECKING, Any, final
+
+import attrs
+import trio
+
+from ._codec import JsonCodec, PickleCodec, decode_outcome, encode_error, encode_value
+from ._exceptions import BackendUnavailable, LeaderDied
+from ._grouping import canonical_encoding, default_group
+from ._stats import group_label
+
+if TYPE_CHECKING:
+    import coredis
+
+    from ._persist import Persist
+
+__all__ = ["NodeSnapshot", "RedisBackend", "RedisBackendStatistics"]
+
+# KEYS: lease, fence. ARGV: ttl_ms. Returns {1, token} (leader) or {0, token} (follower).
+_ACQUIRE = """
+local current = redis.call('GET', KEYS[1])
+if current then return {0, tonumber(current)} end
+local token = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], token, 'PX', ARGV[1])
+return {1, token}
+"""
+# KEYS: lease. ARGV: token, ttl_ms. 1 if still ours (renewed), else 0.
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+# KEYS: lease, result. ARGV: token, payload, channel, result_ttl_ms. 1 if committed.
+_COMMIT = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[4])
+redis.call('PUBLISH', ARGV[3], ARGV[2])
+redis.call('DEL', KEYS[1])
+return 1
+"""
+# KEYS: lease. ARGV: token. Drops the lease if it is still ours (an abandoned execution).
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+@attrs.frozen
+class RedisBackendStatistics:
+    """Counters of a `RedisBackend`."""
+
+    led: int
+    """Executions this process led (acquired the lease for)."""
+    followed: int
+    """Flights answered by another process's execution."""
+    takeovers: int
+    """Times a follower took over from a leader that vanished."""
+    fenced: int
+    """Commits refused because the lease had passed on (a stale leader)."""
+    unavailable: int
+    """Calls that found Redis unreachable."""
+    round_trips: int
+    """Redis commands sent for flights (heartbeats not included)."""
+    leading: int
+    """Executions leading now."""
+    following: int
+    """Flights following another process now."""
+
+
+@attrs.frozen
+class NodeSnapshot:
+    """One process of the cluster, as its last heartbeat described it."""
+
+    node: str
+    host: str
+    pid: int
+    namespace: str
+    statistics: dict[str, int]
+    workers: tuple[str, ...]
+    flights: tuple[str, ...]
+    wall: float
+
+
+@final
+@attrs.define(eq=False, repr=False)
+class RedisBackend:
+    """Deduplication across processes on a Redis (or Valkey) server.
+
+    Args:
+        url: ``redis://host:port/db``.
+        namespace: Prefix of every key; persists on different namespaces never
+            meet.
+        lease_ttl: Seconds a leader's lease lives without renewal (renewed every
+            third of it while the work runs).
+        timeout: Seconds any Redis command may take before callers get
+            `BackendUnavailable`.
+        signing_key: Send results as pickles signed with this HMAC key; without
+            it only JSON-like values cross processes.
+        fallback: ``"error"`` (default): raise `BackendUnavailable` when Redis
+            is unreachable; ``"local"``: execute locally instead.
+        max_takeovers: How many vanished leaders one call survives before
+            `LeaderDied`.
+        heartbeat: Seconds between cluster heartbeats (a node record lives
+            three of them).
+    """
+
+    url: str
+    namespace: str = "trio-persist"
+    lease_ttl: float = 10.0
+    timeout: float = 5.0
+    signing_key: bytes | None = attrs.field(default=None, repr=False)
+    fallback: str = "error"
+    max_takeovers: int = 3
+    heartbeat: float = 1.0
+    _client: coredis.Redis[bytes] | None = attrs.field(default=None, init=False)
+    _codec: JsonCodec | PickleCodec = attrs.field(init=False)
+    _scripts: dict[str, Any] = attrs.field(factory=dict, init=False)
+    _node: str = attrs.field(init=False)
+    _counts: dict[str, int] = attrs.field(init=False)
+    _persist: Persist | None = attrs.field(default=None, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        if not str(self.url).startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"url must be a redis:// URL, got {self.url!r}")
+        for name in ("lease_ttl", "timeout", "heartbeat"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"{name} must be a number of seconds, got {type(value).__name__}")
+            if not value > 0 or math.isinf(value):
+                raise ValueError(f"{name} must be a finite number of seconds > 0, got {value!r}")
+        if self.fallback not in ("error", "local"):
+            raise ValueError(f"fallback must be 'error' or 'local', got {self.fallback!r}")
+        if self.signing_key is not None and not isinstance(self.signing_key, bytes):
+            raise TypeError("signing_key must be bytes")
+        self._codec = PickleCodec(self.signing_key) if self.signing_key else JsonCodec()
+        self._node = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._counts = dict.fromkeys(
+            (
+                "led",
+                "followed",
+                "takeovers",
+                "fenced",
+                "unavailable",
+                "round_trips",
+                "leading",
+                "following",
+            ),
+            0,
+        )
+
+    def __repr__(self) -> str:
+        return f"<trio_persist.redis.RedisBackend {self.url} namespace={self.namespace!r}>"
+
+    def statistics(self) -> RedisBackendStatistics:
+        """Return a frozen snapshot of this backend's counters."""
+        return RedisBackendStatistics(**self._counts)
+
+    # -- keys --------------------------------------------------------------------
+
+    def key_of(self, group: Hashable, request: Any, group_is_request: bool) -> str | None:
+        """The cluster-wide key of one execution, or None if it cannot be named."""
+        try:
+            if group_is_request and isinstance(group, str):
+                return group
+            return default_group(canonical_encoding(group), request)
+        except TypeError:
+            return None  # executes locally: nothing stable to agree on across processes
+
+    def _k(self, kind: str, key: str) -> str:
+        return f"{self.namespace}:{kind}:{key}"
+
+    # -- life cycle --------------------------------------------------------------
+
+    async def serve(
+        self, persist: Persist, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Own the Redis client and send heartbeats until cancelled. Started by the persist."""
+        import coredis
+
+        self._persist = persist
+        client: coredis.Redis[bytes] = coredis.Redis.from_url(
+            self.url, connect_timeout=self.timeout, stream_timeout=self.timeout
+        )
+        async with client:
+            for name, source in (
+                ("acquire", _ACQUIRE),
+                ("renew", _RENEW),
+                ("commit", _COMMIT),
+                ("release", _RELEASE),
+            ):
+                self._scripts[name] = client.register_script(source)
+            self._client = client
+            task_status.started()
+            try:
+                while True:
+                    await self._beat(persist)
+                    await trio.sleep(self.heartbeat)
+            finally:
+                self._client = None
+                # Best effort: the record expires by itself anyway.
+                with (
+                    trio.CancelScope(shield=True),
+                    trio.move_on_after(self.timeout),
+                    contextlib.suppress(Exception),
+                ):
+                    await client.delete([self._k("node", self._node)])
+
+    async def _beat(self, persist: Persist) -> None:
+        record = {
+            "node": self._node,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "namespace": self.namespace,
+            "statistics": persist.statistics().to_json(),
+            "workers": [group_label(w.group) for w in persist.workers()],
+            "flights": [group_label(g.group) for g in persist.snapshot() if g.kind == "flight"][
+                :200
+            ],
+            "wall": time.time(),
+        }
+        assert self._client is not None
+        try:
+            with trio.fail_after(self.timeout):
+                await self._client.set(
+                    self._k("node", self._node),
+                    json.dumps(record),
+                    px=int(self.heartbeat * 3000),
+                )
+        except (Exception, trio.TooSlowError):
+            pass  # Redis away: the record simply expires; the next beat tries again
+
+    async def cluster(self) -> tuple[NodeSnapshot, ...]:
+        """Every live process on this namespace, from their heartbeats."""
+        client = self._require()
+        records = []
+        with trio.fail_after(self.timeout):
+            keys = [key async for key in client.scan_iter(match=self._k("node", "*"))]
+            values = await client.mget(keys) if keys else []
+        for value in values:
+            if value is None:
+                continue
+            try:
+                data = json.loads(value)
+                records.append(
+                    NodeSnapshot(
+                        node=data["node"],
+                        host=data["host"],
+                        pid=data["pid"],
+                        namespace=data["namespace"],
+                        statistics=data["statistics"],
+                        workers=tuple(data["workers"]),
+                        flights=tuple(data["flights"]),
+                        wall=data["wall"],
+                    )
+                )
+            except (ValueError, KeyError, TypeError):
+                continue  # not a heartbeat of ours
+        return tuple(sorted(records, key=lambda n: n.node))
+
+    def _require(self) -> coredis.Redis[bytes]:
+        if self._client is None:
+            raise BackendUnavailable(f"the Redis backend at {self.url} is not running")
+        return self._client
+
+    # -- flights ------------------------------------------------------------------
+
+    async def run(
+        self,
+        key: str,
+        base: Any,
+        request: Any,
+        resolve: Callable[[Any, Any], Awaitable[Any]],
+    ) -> Any:
+        """Execute ``resolve(base, request)`` once across the cluster for *key*."""
+        takeovers = 0
+        while True:
+            try:
+                leader, token = await self._acquire(key)
+            except BackendUnavailable:
+                if self.fallback == "local":
+                    return await resolve(base, request)
+                raise
+            if leader:
+                return await self._lead(key, token, base, request, resolve)
+            outcome = await self._follow(key, token)
+            if outcome is not None:
+                ok, value = outcome
+                if ok:
+                    return value
+                raise value
+            takeovers += 1
+            self._counts["takeovers"] += 1
+            if takeovers > self.max_takeovers:
+                raise LeaderDied(
+                    f"the remote leader of {key} vanished {takeovers} times; giving up"
+                )
+
+    async def _call(self, what: Callable[[], Awaitable[Any]]) -> Any:
+        self._counts["round_trips"] += 1
+        try:
+            with trio.fail_after(self.timeout):
+                return await what()
+        except trio.TooSlowError:
+            self._counts["unavailable"] += 1
+            raise BackendUnavailable(
+                f"Redis at {self.url} did not answer within {self.timeout:g}s"
+            ) from None
+        except BackendUnavailable:
+            self._counts["unavailable"] += 1
+            raise
+        except Exception as exc:
+            if _is_connection_error(exc):
+                self._counts["unavailable"] += 1
+                raise BackendUnavailable(f"Redis at {self.url} is unreachable: {exc}") from exc
+            raise
+
+    async def _acquire(self, key: str) -> tuple[bool, int]:
+        client = self._require()
+        script = self._scripts["acquire"]
+        won, token = await self._call(
+            lambda: script(
+                keys=[self._k("lease", key), self._k("fence", "counter")],
+                args=[int(self.lease_ttl * 1000)],
+                client=client,
+            )
+        )
+        return bool(won), int(token)
+
+    async def _lead(
+        self,
+        key: str,
+        token: int,
+        base: Any,
+        request: Any,
+        resolve: Callable[[Any, Any], Awaitable[Any]],
+    ) -> Any:
+        self._counts["led"] += 1
+        self._counts["leading"] += 1
+        committed = False
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._renew, key, token)
+                try:
+                    value = await resolve(base, request)
+                except Exception as exc:
+                    committed = await self._commit_quietly(key, token, encode_error(exc, token))
+                    raise
+                try:
+                    payload = encode_value(self._codec, value, token)
+                except TypeError as exc:
+                    payload = encode_error(exc, token)  # other processes get the reason
+                committed = await self._commit_quietly(key, token, payload)
+                nursery.cancel_scope.cancel()
+                return value
+        finally:
+            self._counts["leading"] -= 1
+            if not committed:
+                # Abandoned, crashed or cancelled: drop the lease so a follower
+                # takes over at once instead of after the TTL.
+                with (
+                    trio.CancelScope(shield=True),
+                    trio.move_on_after(self.timeout),
+                    contextlib.suppress(Exception),  # the lease expires anyway
+                ):
+                    await self._release(key, token)
+
+    async def _renew(self, key: str, token: int) -> None:
+        script = self._scripts["renew"]
+        client = self._require()
+        while True:
+            await trio.sleep(self.lease_ttl / 3)
+            try:
+                await self._call(
+                    lambda: script(
+                        keys=[self._k("lease", key)],
+                        args=[token, int(self.lease_ttl * 1000)],
+                        client=client,
+                    )
+                )
+            except BackendUnavailable:
+                continue  # keep trying; the commit will tell whether we kept it
+
+    async def commit(self, key: str, token: int, payload: bytes) -> bool:
+        """Store, publish and release in one step, if *token* still holds the lease."""
+        client = self._require()
+        script = self._scripts["commit"]
+        done = await self._call(
+            lambda: script(
+                keys=[self._k("lease", key), self._k("result", key)],
+                args=[
+                    token,
+                    payload,
+                    self._k("channel", key),
+                    int(max(self.lease_ttl, 1) * 1000),
+                ],
+                client=client,
+            )
+        )
+        if not done:
+            self._counts["fenced"] += 1
+        return bool(done)
+
+    async def _commit_quietly(self, key: str, token: int, payload: bytes) -> bool:
+        with trio.CancelScope(shield=True):
+            try:
+                return await self.commit(key, token, payload)
+            except BackendUnavailable:
+                pass  # our callers have their outcome; followers will take over
+        return False
+
+    async def _release(self, key: str, token: int) -> None:
+        client = self._require()
+        script = self._scripts["release"]
+        await self._call(lambda: script(keys=[self._k("lease", key)], args=[token], client=client))
+
+    async def _follow(self, key: str, token: int) -> tuple[bool, Any] | None:
+        """Wait for *token*'s outcome (or a newer one); None if its leader vanished."""
+        client = self._require()
+        self._counts["following"] += 1
+        where = f"Redis key {self._k('result', key)}"
+        try:
+            self._counts["round_trips"] += 1
+            async with client.pubsub(channels=[self._k("channel", key)]) as pubsub:
+                # Subscribed first, then read: a commit in between is in the key.
+                found = await self._read_result(key, token, where)
+                if found is not None:
+                    self._counts["followed"] += 1
+                    return found
+                while True:
+                    with trio.move_on_after(self.lease_ttl / 3):
+                        async for message in pubsub:
+                            if message["type"] != "message":
+                                continue
+                            data = message["data"]
+                            if not isinstance(data, (bytes, str)):
+                                continue
+                            got, ok, value = decode_outcome(self._codec, data, where)
+                            if got >= token:
+                                self._counts["followed"] += 1
+                                return ok, value
+                    # Quiet for a third of the TTL: is the leader still there?
+                    lease = await self._call(lambda: client.get(self._k("lease", key)))
+                    found = await self._read_result(key, token, where)
+                    if found is not None:
+                        self._counts["followed"] += 1
+                        return found
+                    if lease is None:
+                        return None  # vanished: take over
+        except (trio.TooSlowError, OSError) as exc:  # pragma: no cover - transport trouble
+            raise BackendUnavailable(f"Redis at {self.url} failed while following: {exc}") from exc
+        except Exception as exc:
+            if _is_connection_error(exc):
+                self._counts["unavailable"] += 1
+                raise BackendUnavailable(
+                    f"Redis at {self.url} failed while following: {exc}"
+                ) from exc
+            raise
+        finally:
+            self._counts["following"] -= 1
+
+    async def _read_result(self, key: str, token: int, where: str) -> tuple[bool, Any] | None:
+        client = self._require()
+        payload = await self._call(lambda: client.get(self._k("result", key)))
+        if payload is None:
+            return None
+        got, ok, value = decode_outcome(self._codec, payload, where)
+        return (ok, value) if got >= token else None
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    try:
+        from coredis.exceptions import ConnectionError as RedisConnectionError
+    except ImportError:  # pragma: no cover
+        return isinstance(exc, (ConnectionError, TimeoutError))
+    return isinstance(exc, (RedisConnectionError, ConnectionError, TimeoutError))
