@@ -7,10 +7,14 @@ the ``autojump_clock`` fixture and assert exact virtual times.
 from __future__ import annotations
 
 import itertools
+import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import trio
+
+from redis_server import RedisServer
 
 
 class SlowDevice:
@@ -70,3 +74,24 @@ def slow_device() -> SlowDevice:
 @pytest.fixture
 def counting() -> Counting:
     return Counting()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One real server for the whole run (tests keep apart by namespace)."""
+    server = RedisServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    return redis_server.url
+
+
+@pytest.fixture
+def namespace() -> str:
+    return f"test-{uuid.uuid4().hex[:12]}"

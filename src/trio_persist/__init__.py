@@ -8,6 +8,8 @@ modules; this module is the public API, re-exported once.
 
 from ._events import EventSubscription, PersistEvent
 from ._exceptions import (
+    BackendUnavailable,
+    CorruptResult,
     GroupTaken,
     InfiniteRecursion,
     LeaderDied,
@@ -23,6 +25,8 @@ from ._stats import GroupSnapshot, PersistStatistics
 from ._worker import Worker, WorkerRequest, WorkerStatistics
 
 __all__ = [
+    "BackendUnavailable",
+    "CorruptResult",
     "EventSubscription",
     "GroupSnapshot",
     "GroupTaken",

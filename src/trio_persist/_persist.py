@@ -657,6 +657,9 @@ class Persist:
                 scope.deadline = trio.current_time() + 2 * grace
             for worker in workers:
                 await worker.wait_stopped()
+        if self._backend is not None:
+            with trio.CancelScope(shield=True):
+                await self._backend.leave()
         self._runners.close()
         self._nursery.cancel_scope.cancel()
         self._events.close()

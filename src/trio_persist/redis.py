@@ -40,9 +40,10 @@ import json
 import math
 import os
 import socket
+import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Iterator
 from typing import TYPE_CHECKING, Any, final
 
 import attrs
@@ -52,6 +53,9 @@ from ._codec import JsonCodec, PickleCodec, decode_outcome, encode_error, encode
 from ._exceptions import BackendUnavailable, LeaderDied
 from ._grouping import canonical_encoding, default_group
 from ._stats import group_label
+
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup
 
 if TYPE_CHECKING:
     import coredis
@@ -99,7 +103,7 @@ class RedisBackendStatistics:
     followed: int
     """Flights answered by another process's execution."""
     takeovers: int
-    """Times a follower took over from a leader that vanished."""
+    """Times this process took over from a leader that vanished."""
     fenced: int
     """Commits refused because the lease had passed on (a stale leader)."""
     unavailable: int
@@ -163,6 +167,10 @@ class RedisBackend:
     _node: str = attrs.field(init=False)
     _counts: dict[str, int] = attrs.field(init=False)
     _persist: Persist | None = attrs.field(default=None, init=False)
+    _renewals: trio.Nursery | None = attrs.field(default=None, init=False)
+    # A heartbeat must never land after leave() removed the record.
+    _beat_lock: trio.Lock = attrs.field(factory=trio.Lock, init=False)
+    _leaving: bool = attrs.field(default=False, init=False)
 
     def __attrs_post_init__(self) -> None:
         if not str(self.url).startswith(("redis://", "rediss://", "unix://")):
@@ -234,21 +242,33 @@ class RedisBackend:
                 ("release", _RELEASE),
             ):
                 self._scripts[name] = client.register_script(source)
-            self._client = client
-            task_status.started()
             try:
-                while True:
-                    await self._beat(persist)
-                    await trio.sleep(self.heartbeat)
+                # Lease renewals run here, not under the leader: a nursery there
+                # would wrap the device's own exceptions in exception groups.
+                async with trio.open_nursery() as renewals:
+                    self._renewals = renewals
+                    self._client = client
+                    await self._beat(persist)  # in the cluster view from the start
+                    task_status.started()
+                    while True:
+                        await trio.sleep(self.heartbeat)
+                        await self._beat(persist)
             finally:
                 self._client = None
-                # Best effort: the record expires by itself anyway.
-                with (
-                    trio.CancelScope(shield=True),
-                    trio.move_on_after(self.timeout),
-                    contextlib.suppress(Exception),
-                ):
-                    await client.delete([self._k("node", self._node)])
+
+    async def leave(self) -> None:
+        """Remove this process from the cluster view (the persist is closing).
+
+        Best effort, bounded by the timeout: a record left behind expires after
+        three heartbeats anyway.
+        """
+        self._leaving = True
+        client = self._client
+        if client is None:
+            return
+        with trio.move_on_after(self.timeout), contextlib.suppress(Exception):
+            async with self._beat_lock:
+                await client.delete([self._k("node", self._node)])
 
     async def _beat(self, persist: Persist) -> None:
         record = {
@@ -266,11 +286,14 @@ class RedisBackend:
         assert self._client is not None
         try:
             with trio.fail_after(self.timeout):
-                await self._client.set(
-                    self._k("node", self._node),
-                    json.dumps(record),
-                    px=int(self.heartbeat * 3000),
-                )
+                async with self._beat_lock:
+                    if self._leaving:
+                        return
+                    await self._client.set(
+                        self._k("node", self._node),
+                        json.dumps(record),
+                        px=int(self.heartbeat * 3000),
+                    )
         except (Exception, trio.TooSlowError):
             pass  # Redis away: the record simply expires; the next beat tries again
 
@@ -317,7 +340,7 @@ class RedisBackend:
         resolve: Callable[[Any, Any], Awaitable[Any]],
     ) -> Any:
         """Execute ``resolve(base, request)`` once across the cluster for *key*."""
-        takeovers = 0
+        vanished = 0
         while True:
             try:
                 leader, token = await self._acquire(key)
@@ -326,6 +349,8 @@ class RedisBackend:
                     return await resolve(base, request)
                 raise
             if leader:
+                if vanished:
+                    self._counts["takeovers"] += 1
                 return await self._lead(key, token, base, request, resolve)
             outcome = await self._follow(key, token)
             if outcome is not None:
@@ -333,12 +358,9 @@ class RedisBackend:
                 if ok:
                     return value
                 raise value
-            takeovers += 1
-            self._counts["takeovers"] += 1
-            if takeovers > self.max_takeovers:
-                raise LeaderDied(
-                    f"the remote leader of {key} vanished {takeovers} times; giving up"
-                )
+            vanished += 1
+            if vanished > self.max_takeovers:
+                raise LeaderDied(f"the remote leader of {key} vanished {vanished} times; giving up")
 
     async def _call(self, what: Callable[[], Awaitable[Any]]) -> Any:
         self._counts["round_trips"] += 1
@@ -382,22 +404,23 @@ class RedisBackend:
         self._counts["led"] += 1
         self._counts["leading"] += 1
         committed = False
+        renewal = trio.CancelScope()
+        assert self._renewals is not None
+        self._renewals.start_soon(self._renew, key, token, renewal)
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._renew, key, token)
-                try:
-                    value = await resolve(base, request)
-                except Exception as exc:
-                    committed = await self._commit_quietly(key, token, encode_error(exc, token))
-                    raise
-                try:
-                    payload = encode_value(self._codec, value, token)
-                except TypeError as exc:
-                    payload = encode_error(exc, token)  # other processes get the reason
-                committed = await self._commit_quietly(key, token, payload)
-                nursery.cancel_scope.cancel()
-                return value
+            try:
+                value = await resolve(base, request)
+            except Exception as exc:
+                committed = await self._commit_quietly(key, token, encode_error(exc, token))
+                raise
+            try:
+                payload = encode_value(self._codec, value, token)
+            except TypeError as exc:
+                payload = encode_error(exc, token)  # other processes get the reason
+            committed = await self._commit_quietly(key, token, payload)
+            return value
         finally:
+            renewal.cancel()
             self._counts["leading"] -= 1
             if not committed:
                 # Abandoned, crashed or cancelled: drop the lease so a follower
@@ -409,9 +432,13 @@ class RedisBackend:
                 ):
                     await self._release(key, token)
 
-    async def _renew(self, key: str, token: int) -> None:
+    async def _renew(self, key: str, token: int, scope: trio.CancelScope) -> None:
         script = self._scripts["renew"]
         client = self._require()
+        with scope:
+            await self._renew_forever(key, token, script, client)
+
+    async def _renew_forever(self, key: str, token: int, script: Any, client: Any) -> None:
         while True:
             await trio.sleep(self.lease_ttl / 3)
             try:
@@ -462,46 +489,62 @@ class RedisBackend:
         """Wait for *token*'s outcome (or a newer one); None if its leader vanished."""
         client = self._require()
         self._counts["following"] += 1
-        where = f"Redis key {self._k('result', key)}"
+        self._counts["round_trips"] += 1
+        outcome: tuple[bool, Any] | None = None
+        error: Exception | None = None
         try:
-            self._counts["round_trips"] += 1
+            # Nothing may be raised inside the pubsub block: coredis's nursery would
+            # wrap it in an exception group. Capture, leave, then raise.
             async with client.pubsub(channels=[self._k("channel", key)]) as pubsub:
-                # Subscribed first, then read: a commit in between is in the key.
-                found = await self._read_result(key, token, where)
-                if found is not None:
-                    self._counts["followed"] += 1
-                    return found
-                while True:
-                    with trio.move_on_after(self.lease_ttl / 3):
-                        async for message in pubsub:
-                            if message["type"] != "message":
-                                continue
-                            data = message["data"]
-                            if not isinstance(data, (bytes, str)):
-                                continue
-                            got, ok, value = decode_outcome(self._codec, data, where)
-                            if got >= token:
-                                self._counts["followed"] += 1
-                                return ok, value
-                    # Quiet for a third of the TTL: is the leader still there?
-                    lease = await self._call(lambda: client.get(self._k("lease", key)))
-                    found = await self._read_result(key, token, where)
-                    if found is not None:
-                        self._counts["followed"] += 1
-                        return found
-                    if lease is None:
-                        return None  # vanished: take over
-        except (trio.TooSlowError, OSError) as exc:  # pragma: no cover - transport trouble
-            raise BackendUnavailable(f"Redis at {self.url} failed while following: {exc}") from exc
-        except Exception as exc:
-            if _is_connection_error(exc):
-                self._counts["unavailable"] += 1
-                raise BackendUnavailable(
-                    f"Redis at {self.url} failed while following: {exc}"
-                ) from exc
-            raise
+                try:
+                    outcome = await self._await_outcome(pubsub, client, key, token)
+                except Exception as exc:
+                    error = exc
+        except Exception as exc:  # the subscription itself failed
+            error = error or exc
         finally:
             self._counts["following"] -= 1
+        if error is not None:
+            raise self._translate(error)
+        if outcome is not None:
+            self._counts["followed"] += 1
+        return outcome
+
+    async def _await_outcome(
+        self, pubsub: Any, client: Any, key: str, token: int
+    ) -> tuple[bool, Any] | None:
+        where = f"Redis key {self._k('result', key)}"
+        # Subscribed first, then read: a commit in between is in the key.
+        found = await self._read_result(key, token, where)
+        if found is not None:
+            return found
+        while True:
+            with trio.move_on_after(self.lease_ttl / 3):
+                async for message in pubsub:
+                    data = message["data"]
+                    if message["type"] != "message" or not isinstance(data, (bytes, str)):
+                        continue
+                    got, ok, value = decode_outcome(self._codec, data, where)
+                    if got >= token:
+                        return ok, value
+            # Quiet for a third of the TTL: is the leader still there?
+            lease = await self._call(lambda: client.get(self._k("lease", key)))
+            found = await self._read_result(key, token, where)
+            if found is not None:
+                return found
+            if lease is None:
+                return None  # vanished: take over
+
+    def _translate(self, error: Exception) -> Exception:
+        leaves = list(_leaves(error))
+        if leaves and all(
+            _is_connection_error(e) or isinstance(e, trio.TooSlowError) for e in leaves
+        ):
+            self._counts["unavailable"] += 1
+            return BackendUnavailable(f"Redis at {self.url} failed while following: {leaves[0]}")
+        if len(leaves) == 1:
+            return leaves[0]
+        return error
 
     async def _read_result(self, key: str, token: int, where: str) -> tuple[bool, Any] | None:
         client = self._require()
@@ -510,6 +553,14 @@ class RedisBackend:
             return None
         got, ok, value = decode_outcome(self._codec, payload, where)
         return (ok, value) if got >= token else None
+
+
+def _leaves(error: BaseException) -> Iterator[Exception]:
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            yield from _leaves(inner)
+    elif isinstance(error, Exception):
+        yield error
 
 
 def _is_connection_error(exc: BaseException) -> bool:

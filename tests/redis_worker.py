@@ -1,0 +1,56 @@
+"""A separate process for the cross-process tests: a persist on the Redis backend.
+
+    python redis_worker.py URL NAMESPACE MODE CALLERS
+
+MODE ``callers``: CALLERS tasks resolve one key; the device counts its
+executions in Redis and waits for the test's ``go``; the process reports
+``ready`` once its flight has reached Redis, and prints the results as JSON.
+MODE ``hang``: one caller leads and hangs (to be SIGKILLed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+import coredis
+import trio
+
+import trio_persist
+from trio_persist.redis import RedisBackend
+
+
+async def main(url: str, namespace: str, mode: str, callers: int) -> None:
+    async with coredis.Redis.from_url(url) as control:
+
+        async def device(base: Any, request: Any) -> Any:
+            await control.incr(f"{namespace}:executions")
+            if mode == "hang":
+                await control.rpush(f"{namespace}:leading", [str(os.getpid())])
+                await trio.sleep_forever()
+            await control.blpop([f"{namespace}:go"], timeout=30)
+            return {"pid": os.getpid(), "request": request}
+
+        backend = RedisBackend(url, namespace=namespace, lease_ttl=1.0)
+        async with trio_persist.open_persist(device, backend=backend) as persist:
+            results: list[Any] = []
+
+            async def call() -> None:
+                results.append(await persist.resolve("shared-base", "shared-request"))
+
+            async with trio.open_nursery() as nursery:
+                for _ in range(callers):
+                    nursery.start_soon(call)
+                while True:
+                    stats = backend.statistics()
+                    if stats.leading + stats.following + stats.led + stats.followed:
+                        break
+                    await trio.sleep(0.01)
+                await control.rpush(f"{namespace}:ready", [str(os.getpid())])
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    trio.run(main, sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]))

@@ -1,0 +1,460 @@
+"""The Redis backend, against a real server the suite starts itself.
+
+Cross-process behaviour needs real processes and the server's real clock, so
+these tests use short lease TTLs instead of a virtual clock; every wait is
+bounded by a ``fail_after`` guard so a regression fails instead of hanging.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import coredis
+import pytest
+import trio
+import trio.testing
+
+import trio_persist
+from redis_server import RedisServer
+from trio_persist.redis import RedisBackend
+
+WORKER = str(Path(__file__).with_name("redis_worker.py"))
+
+# coredis leaves anyio memory streams unclosed when a connection dies under it
+# (its own bookkeeping, not ours); everything else still fails on a warning.
+pytestmark = pytest.mark.filterwarnings(
+    r"ignore:Exception ignored in. <function MemoryObject\w+Stream.__del__"
+    ":pytest.PytestUnraisableExceptionWarning"
+)
+
+
+async def eventually(predicate: Callable[[], bool]) -> None:
+    """Wait (on the real clock, in small steps) until *predicate* holds."""
+    while True:
+        if predicate():
+            return
+        await trio.sleep(0.01)
+
+
+class Recorder:
+    """A device that counts executions and can be held open."""
+
+    def __init__(self, result: Any = "done") -> None:
+        self.calls = 0
+        self.release = trio.Event()
+        self.result = result
+
+    async def __call__(self, base: Any, request: Any) -> Any:
+        self.calls += 1
+        await self.release.wait()
+        if isinstance(self.result, Exception):
+            raise self.result
+        return self.result
+
+
+async def test_two_persists_on_one_namespace_share_one_execution(
+    redis_url: str, namespace: str
+) -> None:
+    device = Recorder({"answer": 42})
+    first = RedisBackend(redis_url, namespace=namespace, lease_ttl=2)
+    second = RedisBackend(redis_url, namespace=namespace, lease_ttl=2)
+    results: list[Any] = []
+    with trio.fail_after(20):
+        async with (
+            trio_persist.open_persist(device, backend=first) as a,
+            trio_persist.open_persist(device, backend=second) as b,
+        ):
+
+            async def call(persist: trio_persist.Persist) -> None:
+                results.append(await persist.resolve("base", "req"))
+
+            async with trio.open_nursery() as nursery:
+                for _ in range(5):
+                    nursery.start_soon(call, a)
+                    nursery.start_soon(call, b)
+                await eventually(
+                    lambda: first.statistics().leading + second.statistics().leading != 0
+                )
+                await eventually(
+                    lambda: first.statistics().following + second.statistics().following != 0
+                )
+                device.release.set()
+    assert device.calls == 1
+    assert results == [{"answer": 42}] * 10
+    stats = [first.statistics(), second.statistics()]
+    assert sorted((s.led, s.followed) for s in stats) == [(0, 1), (1, 0)]
+    leader = next(s for s in stats if s.led)
+    assert leader.round_trips == 2  # acquire, then commit-and-publish
+
+
+async def test_a_remote_failure_is_a_remote_error_with_type_and_message(
+    redis_url: str, namespace: str
+) -> None:
+    device = Recorder(ValueError("bad input"))
+    first = RedisBackend(redis_url, namespace=namespace)
+    second = RedisBackend(redis_url, namespace=namespace)
+    errors: list[BaseException] = []
+    with trio.fail_after(20):
+        async with (
+            trio_persist.open_persist(device, backend=first) as a,
+            trio_persist.open_persist(device, backend=second) as b,
+        ):
+
+            async def call(persist: trio_persist.Persist) -> None:
+                try:
+                    await persist.resolve("base", "req")
+                except Exception as exc:
+                    errors.append(exc)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(call, a)
+                await eventually(lambda: first.statistics().leading != 0)
+                nursery.start_soon(call, b)
+                await eventually(lambda: second.statistics().following != 0)
+                device.release.set()
+    local, remote = sorted(errors, key=lambda e: isinstance(e, trio_persist.RemoteError))
+    assert isinstance(local, ValueError)  # the leader's own callers get the real thing
+    assert isinstance(remote, trio_persist.RemoteError)
+    assert str(remote) == "ValueError: bad input"
+
+
+async def test_namespaces_never_meet(redis_url: str, namespace: str) -> None:
+    device = Recorder()
+    device.release.set()
+    with trio.fail_after(20):
+        async with (
+            trio_persist.open_persist(
+                device, backend=RedisBackend(redis_url, namespace=namespace + "-a")
+            ) as a,
+            trio_persist.open_persist(
+                device, backend=RedisBackend(redis_url, namespace=namespace + "-b")
+            ) as b,
+            trio.open_nursery() as nursery,
+        ):
+            nursery.start_soon(a.resolve, "base", "req")
+            nursery.start_soon(b.resolve, "base", "req")
+    assert device.calls == 2
+
+
+async def test_many_processes_with_many_callers_cause_exactly_one_execution(
+    redis_url: str, namespace: str
+) -> None:
+    processes = [
+        await trio.lowlevel.open_process(
+            [sys.executable, WORKER, redis_url, namespace, "callers", "20"],
+            stdout=subprocess.PIPE,
+        )
+        for _ in range(3)
+    ]
+    async with coredis.Redis.from_url(redis_url) as control:
+        with trio.fail_after(60):
+            for _ in processes:
+                assert await control.blpop([f"{namespace}:ready"], timeout=50) is not None
+            await control.rpush(f"{namespace}:go", ["go"])
+            outputs = []
+            for process in processes:
+                assert process.stdout is not None
+                data = b""
+                while chunk := await process.stdout.receive_some():
+                    data += chunk
+                assert await process.wait() == 0
+                outputs.append(json.loads(data))
+            executions = int(await control.get(f"{namespace}:executions") or 0)
+    assert executions == 1
+    results = [result for output in outputs for result in output]
+    assert len(results) == 60
+    assert all(result == results[0] for result in results)
+
+
+async def test_a_leader_killed_mid_flight_is_replaced_by_one_follower(
+    redis_url: str, namespace: str
+) -> None:
+    leader = await trio.lowlevel.open_process(
+        [sys.executable, WORKER, redis_url, namespace, "hang", "1"]
+    )
+    device_calls = 0
+
+    async def device(base: Any, request: Any) -> Any:
+        nonlocal device_calls
+        device_calls += 1
+        return "taken over"
+
+    backends = [RedisBackend(redis_url, namespace=namespace, lease_ttl=1.0) for _ in range(3)]
+    results: list[Any] = []
+    async with coredis.Redis.from_url(redis_url) as control:
+        with trio.fail_after(30):
+            assert await control.blpop([f"{namespace}:leading"], timeout=25) is not None
+            async with trio.open_nursery() as nursery:
+                for backend in backends:
+
+                    async def follow(backend: RedisBackend = backend) -> None:
+                        async with trio_persist.open_persist(device, backend=backend) as p:
+                            results.append(await p.resolve("shared-base", "shared-request"))
+
+                    nursery.start_soon(follow)
+                await eventually(lambda: sum(b.statistics().following for b in backends) >= 3)
+                os.kill(leader.pid, signal.SIGKILL)
+            await leader.wait()
+            executions = int(await control.get(f"{namespace}:executions") or 0)
+    assert executions == 1  # the killed leader's
+    assert device_calls == 1  # exactly one follower took over
+    assert results == ["taken over"] * 3
+    assert sum(b.statistics().takeovers for b in backends) == 1
+
+
+async def test_a_stale_leaders_commit_is_refused(redis_url: str, namespace: str) -> None:
+    async def device(base: Any, request: Any) -> Any:
+        return "unused"  # pragma: no cover
+
+    stale = RedisBackend(redis_url, namespace=namespace, lease_ttl=30)
+    fresh = RedisBackend(redis_url, namespace=namespace, lease_ttl=30)
+    with trio.fail_after(20):
+        async with (
+            trio_persist.open_persist(device, backend=stale),
+            trio_persist.open_persist(device, backend=fresh),
+            coredis.Redis.from_url(redis_url) as control,
+        ):
+            won, old_token = await stale._acquire("key")
+            assert won
+            await control.delete([f"{namespace}:lease:key"])  # its lease ran out while it stalled
+            won, new_token = await fresh._acquire("key")
+            assert won
+            assert new_token > old_token
+            assert await stale.commit("key", old_token, b"late") is False
+            assert await control.get(f"{namespace}:result:key") is None
+            assert await fresh.commit("key", new_token, b"on time") is True
+    assert stale.statistics().fenced == 1
+
+
+async def test_a_leader_stalled_past_its_lease_cannot_publish(
+    redis_url: str, namespace: str
+) -> None:
+    import time
+
+    async def stalling(base: Any, request: Any) -> Any:
+        time.sleep(1.5)  # noqa: ASYNC251 - a real stall: no renewal can run meanwhile
+        return "stale"
+
+    backend = RedisBackend(redis_url, namespace=namespace, lease_ttl=0.5)
+    with trio.fail_after(20):
+        async with trio_persist.open_persist(stalling, backend=backend) as persist:
+            assert await persist.resolve("base", "req") == "stale"  # its own callers keep it
+    assert backend.statistics().fenced == 1
+
+
+async def test_redis_going_away_gives_a_clear_error_in_time_and_it_reconnects(
+    namespace: str,
+) -> None:
+    server = RedisServer()
+    server.start()
+    try:
+        device = Recorder()
+        device.release.set()
+        backend = RedisBackend(server.url, namespace=namespace, timeout=1.0, lease_ttl=1.0)
+        with trio.fail_after(30):
+            async with trio_persist.open_persist(device, backend=backend) as persist:
+                assert await persist.resolve("base", 1) == "done"
+                server.stop()
+                with pytest.raises(trio_persist.BackendUnavailable, match="unreachable"):
+                    await persist.resolve("base", 2)
+                server.start()
+                assert await persist.resolve("base", 3) == "done"
+                assert backend.statistics().unavailable >= 1
+    finally:
+        server.stop()
+
+
+async def test_redis_stopped_mid_flight_leaves_nobody_hanging(namespace: str) -> None:
+    server = RedisServer()
+    server.start()
+    try:
+        device = Recorder()
+        backend = RedisBackend(server.url, namespace=namespace, timeout=1.0, lease_ttl=1.0)
+        with trio.fail_after(30):
+            async with trio_persist.open_persist(device, backend=backend) as persist:
+                async with trio.open_nursery() as nursery:
+
+                    async def call() -> None:
+                        assert await persist.resolve("base", "req") == "done"
+
+                    nursery.start_soon(call)
+                    await eventually(lambda: backend.statistics().leading != 0)
+                    server.stop()
+                    device.release.set()  # the commit fails; the caller still gets its value
+    finally:
+        server.stop()
+
+
+async def test_with_fallback_local_a_call_executes_locally_while_redis_is_away(
+    namespace: str,
+) -> None:
+    server = RedisServer()  # never started: nothing listens on its port
+    device = Recorder("local")
+    device.release.set()
+    backend = RedisBackend(server.url, namespace=namespace, timeout=1.0, fallback="local")
+    with trio.fail_after(20):
+        async with trio_persist.open_persist(device, backend=backend) as persist:
+            assert await persist.resolve("base", "req") == "local"
+
+
+async def plant(url: str, namespace: str, key: str, payload: bytes) -> None:
+    """Make a fake leader hold *key* and leave *payload* as its result."""
+    async with coredis.Redis.from_url(url) as control:
+        await control.set(f"{namespace}:lease:{key}", "999999999", px=30000)
+        await control.set(f"{namespace}:result:{key}", payload, px=30000)
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        (b"\x00\xffnot json", "holds garbage, not a trio-persist result"),
+        (b'{"v": 2, "token": 1, "ok": true}', "holds garbage"),
+        (
+            b'{"v":1,"token":999999999,"ok":true,"codec":"pickle","value":"gASVBQAAAAAAAACMAXiULg=="}',
+            "unsigned pickle",
+        ),
+        (
+            b'{"v":1,"token":999999999,"ok":true,"codec":"pickle",'
+            b'"value":"gASVBQAAAAAAAACMAXiULg==","mac":"00"}',
+            "signature does not match",
+        ),
+    ],
+)
+async def test_garbage_unsigned_or_tampered_results_are_refused(
+    redis_url: str, namespace: str, payload: bytes, message: str
+) -> None:
+    async def device(base: Any, request: Any) -> Any:
+        return "unused"  # pragma: no cover
+
+    backend = RedisBackend(redis_url, namespace=namespace, signing_key=b"secret", lease_ttl=30)
+    with trio.fail_after(20):
+        async with trio_persist.open_persist(device, backend=backend) as persist:
+            key = backend.key_of(persist.group("base", "req"), "req", True)
+            assert key is not None
+            await plant(redis_url, namespace, key, payload)
+            with pytest.raises(trio_persist.CorruptResult, match=message):
+                await persist.resolve("base", "req")
+
+
+async def test_a_json_backend_refuses_a_pickled_result(redis_url: str, namespace: str) -> None:
+    async def device(base: Any, request: Any) -> Any:
+        return "unused"  # pragma: no cover
+
+    backend = RedisBackend(redis_url, namespace=namespace, lease_ttl=30)
+    with trio.fail_after(20):
+        async with trio_persist.open_persist(device, backend=backend) as persist:
+            key = backend.key_of(persist.group("b", "r"), "r", True)
+            assert key is not None
+            await plant(
+                redis_url,
+                namespace,
+                key,
+                b'{"v":1,"token":999999999,"ok":true,"codec":"pickle","value":"x","mac":"y"}',
+            )
+            with pytest.raises(trio_persist.CorruptResult, match="no signing key"):
+                await persist.resolve("b", "r")
+
+
+async def test_signed_pickles_carry_any_picklable_value(redis_url: str, namespace: str) -> None:
+    device = Recorder(result={1, 2, 3})  # a set: not JSON
+    first = RedisBackend(redis_url, namespace=namespace, signing_key=b"k")
+    second = RedisBackend(redis_url, namespace=namespace, signing_key=b"k")
+    results = []
+    with trio.fail_after(20):
+        async with (
+            trio_persist.open_persist(device, backend=first) as a,
+            trio_persist.open_persist(device, backend=second) as b,
+            trio.open_nursery() as nursery,
+        ):
+
+            async def call(persist: trio_persist.Persist) -> None:
+                results.append(await persist.resolve("base", "req"))
+
+            nursery.start_soon(call, a)
+            await eventually(lambda: first.statistics().leading != 0)
+            nursery.start_soon(call, b)
+            await eventually(lambda: second.statistics().following != 0)
+            device.release.set()
+    assert results == [{1, 2, 3}, {1, 2, 3}]
+
+
+async def test_a_result_the_json_codec_cannot_carry_reaches_followers_as_an_error(
+    redis_url: str, namespace: str
+) -> None:
+    device = Recorder(result=object())
+    first = RedisBackend(redis_url, namespace=namespace)
+    second = RedisBackend(redis_url, namespace=namespace)
+    outcomes: list[Any] = []
+    with trio.fail_after(20):
+        async with (
+            trio_persist.open_persist(device, backend=first) as a,
+            trio_persist.open_persist(device, backend=second) as b,
+            trio.open_nursery() as nursery,
+        ):
+
+            async def call(persist: trio_persist.Persist) -> None:
+                try:
+                    outcomes.append(await persist.resolve("base", "req"))
+                except trio_persist.RemoteError as exc:
+                    outcomes.append(str(exc))
+
+            nursery.start_soon(call, a)
+            await eventually(lambda: first.statistics().leading != 0)
+            nursery.start_soon(call, b)
+            await eventually(lambda: second.statistics().following != 0)
+            device.release.set()
+    remote = [o for o in outcomes if isinstance(o, str)]
+    assert remote
+    assert remote[0].startswith("TypeError: cannot send a object")
+
+
+async def test_the_cluster_view_lists_every_live_process_and_its_workers(
+    redis_url: str, namespace: str
+) -> None:
+    async def device(base: Any, request: Any) -> Any:
+        return base
+
+    one = RedisBackend(redis_url, namespace=namespace, heartbeat=0.2)
+    two = RedisBackend(redis_url, namespace=namespace, heartbeat=0.2)
+    with trio.fail_after(20):
+        async with (
+            trio_persist.open_persist(device, backend=one) as a,
+            trio_persist.open_persist(device, backend=two),
+        ):
+            worker = await a.start_worker("state")
+            await trio.sleep(0.5)  # a heartbeat or two
+            nodes = await one.cluster()
+            assert len(nodes) == 2
+            assert {n.pid for n in nodes} == {os.getpid()}
+            [with_worker] = [n for n in nodes if n.workers]
+            assert with_worker.workers == (worker.group,)
+            assert with_worker.statistics["workers"] == 1
+        async with trio_persist.open_persist(
+            device, backend=RedisBackend(redis_url, namespace=namespace)
+        ):
+            pass
+    async with trio_persist.open_persist(
+        device, backend=(watcher := RedisBackend(redis_url, namespace=namespace))
+    ):
+        assert len(await watcher.cluster()) == 1  # the closed ones removed their records
+
+
+def test_backend_options_are_checked() -> None:
+    with pytest.raises(ValueError, match="url must be a redis:// URL"):
+        RedisBackend("http://x")
+    with pytest.raises(ValueError, match="lease_ttl must be a finite number of seconds > 0"):
+        RedisBackend("redis://x", lease_ttl=0)
+    with pytest.raises(TypeError, match="timeout must be a number of seconds"):
+        RedisBackend("redis://x", timeout="1")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="fallback must be 'error' or 'local'"):
+        RedisBackend("redis://x", fallback="ignore")
+    with pytest.raises(TypeError, match="signing_key must be bytes"):
+        RedisBackend("redis://x", signing_key="text")  # type: ignore[arg-type]
+    assert "namespace='ns'" in repr(RedisBackend("redis://x", namespace="ns"))
