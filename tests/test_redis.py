@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -458,3 +459,46 @@ def test_backend_options_are_checked() -> None:
     with pytest.raises(TypeError, match="signing_key must be bytes"):
         RedisBackend("redis://x", signing_key="text")  # type: ignore[arg-type]
     assert "namespace='ns'" in repr(RedisBackend("redis://x", namespace="ns"))
+
+
+async def test_the_cluster_monitor_shows_every_process_in_one_frame(
+    redis_url: str, namespace: str
+) -> None:
+    async def device(base: Any, request: Any) -> Any:
+        await trio.sleep_forever()
+
+    with trio.fail_after(30):
+        async with (
+            trio_persist.open_persist(
+                device, backend=RedisBackend(redis_url, namespace=namespace, heartbeat=0.1)
+            ) as a,
+            trio_persist.open_persist(
+                device, backend=RedisBackend(redis_url, namespace=namespace, heartbeat=0.1)
+            ) as b,
+            trio.open_nursery() as nursery,
+        ):
+            nursery.start_soon(a.resolve, "base", "in-a")
+            nursery.start_soon(b.resolve, "base", "in-b")
+            await trio.sleep(0.3)
+            done = await trio.run_process(
+                [sys.executable, "-m", "trio_persist", "monitor", "--once",
+                 "--redis", redis_url, "--namespace", namespace],
+                capture_stdout=True,
+            )  # fmt: skip
+            nursery.cancel_scope.cancel()
+    text = done.stdout.decode()
+    assert f"cluster '{namespace}', 2 processes  2 groups" in text
+    rows = [line for line in text.splitlines() if line.startswith(f"{socket.gethostname()}:")]
+    assert len(rows) == 2
+    assert all(f":{os.getpid()} " in row and " flight " in row for row in rows)
+
+
+async def test_the_cluster_monitor_says_when_redis_cannot_be_reached(namespace: str) -> None:
+    server = RedisServer()  # never started
+    done = await trio.run_process(
+        [sys.executable, "-m", "trio_persist", "monitor", "--once", "--redis", server.url],
+        capture_stderr=True,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert "cannot read the cluster" in done.stderr.decode()

@@ -9,7 +9,8 @@ import argparse
 import random
 import sys
 from collections.abc import Callable, Sequence
-from typing import TextIO
+from functools import partial
+from typing import Any, TextIO
 
 import trio
 from rich.console import Console
@@ -59,13 +60,69 @@ async def demo(duration: float | None, plain: bool, seed: int, out: TextIO = sys
     return 0
 
 
-async def monitor(path: str, once: bool, plain: bool, out: TextIO = sys.stdout) -> int:
-    """Watch the monitor socket at *path*."""
-    if once:
-        return await run_once(path, Console(file=out))
+async def _cluster_once(url: str, namespace: str, out: TextIO) -> int:
+    from .redis import watch_cluster
 
-    async def producer(view: MonitorView, redraw: Callable[[], None]) -> None:
-        await follow(path, view, redraw)
+    view = MonitorView()
+    with trio.CancelScope() as scope:
+
+        def on_frame(frame: dict[str, Any]) -> None:
+            view.feed(frame)
+            scope.cancel()
+
+        def on_status(status: str | None) -> None:
+            view.status = status
+            if status is not None:
+                scope.cancel()
+
+        await watch_cluster(url, namespace, on_frame, on_status)
+    if view.frame is None:
+        print(f"trio-persist monitor: {view.status}", file=sys.stderr)
+        return 1
+    view.status = ""
+    Console(file=out).print(view.renderable())
+    return 0
+
+
+async def monitor(
+    path: str | None,
+    once: bool,
+    plain: bool,
+    out: TextIO = sys.stdout,
+    *,
+    redis: str | None = None,
+    namespace: str = "trio-persist",
+) -> int:
+    """Watch the monitor socket at *path*, or a whole cluster through *redis*."""
+    if redis is not None:
+        from .redis import watch_cluster
+
+        cluster_url = redis
+        if once:
+            return await _cluster_once(cluster_url, namespace, out)
+
+        async def producer(view: MonitorView, redraw: Callable[[], None]) -> None:
+            def on_frame(frame: dict[str, Any]) -> None:
+                view.feed(frame)
+                redraw()
+
+            def on_status(status: str | None) -> None:
+                if status != view.status:
+                    view.status = status
+                    redraw()
+
+            await watch_cluster(cluster_url, namespace, on_frame, on_status)
+
+    elif path is None:
+        print("trio-persist monitor: give a socket PATH or --redis URL", file=sys.stderr)
+        return 2
+    else:
+        socket_path = path
+        if once:
+            return await run_once(socket_path, Console(file=out))
+
+        async def producer(view: MonitorView, redraw: Callable[[], None]) -> None:
+            await follow(socket_path, view, redraw)
 
     view = MonitorView()
     if plain:
@@ -89,7 +146,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo_parser.add_argument("--plain", action="store_true", help="print sitrep lines instead")
     demo_parser.add_argument("--seed", type=int, default=1, help="seed of the workload")
     monitor_parser = commands.add_parser("monitor", help="watch a persist's monitor socket")
-    monitor_parser.add_argument("path", help="the Unix socket given to persist.serve_monitor")
+    monitor_parser.add_argument(
+        "path", nargs="?", help="the Unix socket given to persist.serve_monitor"
+    )
+    monitor_parser.add_argument(
+        "--redis", metavar="URL", help="watch every process on a Redis backend instead"
+    )
+    monitor_parser.add_argument(
+        "--namespace", default="trio-persist", help="the backend's namespace (with --redis)"
+    )
     monitor_parser.add_argument("--once", action="store_true", help="print one frame and exit")
     monitor_parser.add_argument(
         "--plain", action="store_true", help="print sitrep lines when something changes"
@@ -100,7 +165,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "demo":
             return trio.run(demo, args.duration, plain, args.seed)
-        return trio.run(monitor, args.path, args.once, plain)
+        return trio.run(
+            partial(monitor, redis=args.redis, namespace=args.namespace),
+            args.path,
+            args.once,
+            plain,
+        )
     except KeyboardInterrupt:
         return 130
 

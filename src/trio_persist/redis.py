@@ -52,7 +52,8 @@ import trio
 from ._codec import JsonCodec, PickleCodec, decode_outcome, encode_error, encode_value
 from ._exceptions import BackendUnavailable, LeaderDied
 from ._grouping import canonical_encoding, default_group
-from ._stats import group_label
+from ._monitor import FRAME_VERSION, build_frame
+from ._stats import PersistStatistics, group_label
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
@@ -62,7 +63,7 @@ if TYPE_CHECKING:
 
     from ._persist import Persist
 
-__all__ = ["NodeSnapshot", "RedisBackend", "RedisBackendStatistics"]
+__all__ = ["NodeSnapshot", "RedisBackend", "RedisBackendStatistics", "cluster_frame"]
 
 # KEYS: lease, fence. ARGV: ttl_ms. Returns {1, token} (leader) or {0, token} (follower).
 _ACQUIRE = """
@@ -128,6 +129,8 @@ class NodeSnapshot:
     workers: tuple[str, ...]
     flights: tuple[str, ...]
     wall: float
+    time: float = 0.0
+    snapshot: tuple[dict[str, Any], ...] = ()
 
 
 @final
@@ -271,6 +274,7 @@ class RedisBackend:
                 await client.delete([self._k("node", self._node)])
 
     async def _beat(self, persist: Persist) -> None:
+        frame = build_frame(persist, max_groups=50)
         record = {
             "node": self._node,
             "host": socket.gethostname(),
@@ -278,10 +282,10 @@ class RedisBackend:
             "namespace": self.namespace,
             "statistics": persist.statistics().to_json(),
             "workers": [group_label(w.group) for w in persist.workers()],
-            "flights": [group_label(g.group) for g in persist.snapshot() if g.kind == "flight"][
-                :200
-            ],
+            "flights": [g["group"] for g in frame["snapshot"] if g["kind"] == "flight"],
             "wall": time.time(),
+            "time": frame["time"],
+            "snapshot": frame["snapshot"],
         }
         assert self._client is not None
         try:
@@ -299,31 +303,8 @@ class RedisBackend:
 
     async def cluster(self) -> tuple[NodeSnapshot, ...]:
         """Every live process on this namespace, from their heartbeats."""
-        client = self._require()
-        records = []
         with trio.fail_after(self.timeout):
-            keys = [key async for key in client.scan_iter(match=self._k("node", "*"))]
-            values = await client.mget(keys) if keys else []
-        for value in values:
-            if value is None:
-                continue
-            try:
-                data = json.loads(value)
-                records.append(
-                    NodeSnapshot(
-                        node=data["node"],
-                        host=data["host"],
-                        pid=data["pid"],
-                        namespace=data["namespace"],
-                        statistics=data["statistics"],
-                        workers=tuple(data["workers"]),
-                        flights=tuple(data["flights"]),
-                        wall=data["wall"],
-                    )
-                )
-            except (ValueError, KeyError, TypeError):
-                continue  # not a heartbeat of ours
-        return tuple(sorted(records, key=lambda n: n.node))
+            return await read_nodes(self._require(), self.namespace)
 
     def _require(self) -> coredis.Redis[bytes]:
         if self._client is None:
@@ -553,6 +534,97 @@ class RedisBackend:
             return None
         got, ok, value = decode_outcome(self._codec, payload, where)
         return (ok, value) if got >= token else None
+
+
+async def read_nodes(client: coredis.Redis[bytes], namespace: str) -> tuple[NodeSnapshot, ...]:
+    """Read the heartbeat records of every live process on *namespace*."""
+    keys = [key async for key in client.scan_iter(match=f"{namespace}:node:*")]
+    values = await client.mget(keys) if keys else []
+    records = []
+    for value in values:
+        if value is None:
+            continue
+        try:
+            data = json.loads(value)
+            records.append(
+                NodeSnapshot(
+                    node=data["node"],
+                    host=data["host"],
+                    pid=data["pid"],
+                    namespace=data["namespace"],
+                    statistics=data["statistics"],
+                    workers=tuple(data["workers"]),
+                    flights=tuple(data["flights"]),
+                    wall=data["wall"],
+                    time=data.get("time", 0.0),
+                    snapshot=tuple(data.get("snapshot", ())),
+                )
+            )
+        except (ValueError, KeyError, TypeError):
+            continue  # not a heartbeat of ours
+    return tuple(sorted(records, key=lambda n: n.node))
+
+
+async def watch_cluster(
+    url: str,
+    namespace: str,
+    on_frame: Callable[[dict[str, Any]], None],
+    on_status: Callable[[str | None], None],
+    *,
+    interval: float = 1.0,
+) -> None:
+    """Call *on_frame* with a cluster frame every *interval* seconds, until cancelled.
+
+    When Redis cannot be reached, *on_status* gets a message and the watch
+    goes on trying; it gets None once frames flow again.
+    """
+    import coredis
+
+    client: coredis.Redis[bytes] = coredis.Redis.from_url(
+        url, connect_timeout=interval * 5, stream_timeout=interval * 5
+    )
+    async with client:
+        while True:
+            try:
+                with trio.fail_after(interval * 5):
+                    nodes = await read_nodes(client, namespace)
+            except (Exception, trio.TooSlowError) as exc:
+                on_status(f"cannot read the cluster at {url}: {exc} (retrying; q quits)")
+            else:
+                on_status(None)
+                on_frame(cluster_frame(nodes, namespace))
+            await trio.sleep(interval)
+
+
+def cluster_frame(nodes: tuple[NodeSnapshot, ...], namespace: str) -> dict[str, Any]:
+    """One monitor frame for a whole cluster: summed statistics, every node's groups.
+
+    Each group is labelled ``host:pid group``; its times are rebased so that
+    ages read the same as on its own node.
+    """
+    totals: dict[str, int] = dict.fromkeys(_STAT_NAMES, 0)
+    snapshot = []
+    for node in nodes:
+        for name, value in node.statistics.items():
+            totals[name] = totals.get(name, 0) + value
+        for record in node.snapshot:
+            rebased = dict(record)
+            rebased["group"] = f"{node.host}:{node.pid} {record['group']}"
+            rebased["started"] = record["started"] - node.time
+            rebased["last_active"] = record["last_active"] - node.time
+            snapshot.append(rebased)
+    return {
+        "version": FRAME_VERSION,
+        "time": 0.0,
+        "wall": time.time(),
+        "device": f"cluster {namespace!r}, {len(nodes)} processes",
+        "statistics": totals,
+        "groups_total": totals["groups"],
+        "snapshot": snapshot,
+    }
+
+
+_STAT_NAMES = [field.name for field in attrs.fields(PersistStatistics)]
 
 
 def _leaves(error: BaseException) -> Iterator[Exception]:
