@@ -349,6 +349,7 @@ def main() -> int:
         1.5,
     )
     if args.redis:
+        sys.path.insert(0, os.path.dirname(__file__))
         from _bench_redis import redis_figures
 
         ok &= redis_figures(row, quick=args.quick)

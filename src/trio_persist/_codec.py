@@ -34,15 +34,7 @@ class JsonCodec:
     name: str = "json"
 
     def dump(self, value: Any, token: int) -> dict[str, Any]:
-        try:
-            json.dumps(value)
-        except (TypeError, ValueError) as exc:
-            raise TypeError(
-                f"cannot send a {type(value).__name__} across processes with the JSON codec "
-                f"({exc}); return JSON-like values, or give the backend a signing_key to use "
-                "signed pickles"
-            ) from None
-        return {"codec": "json", "value": value}
+        return {"codec": "json", "value": value}  # checked when the envelope is encoded
 
     def load(self, envelope: dict[str, Any], where: str) -> Any:
         if envelope.get("codec") != "json":
@@ -84,8 +76,20 @@ Codec = JsonCodec | PickleCodec
 
 
 def encode_value(codec: Codec, value: Any, token: int) -> bytes:
+    """The envelope of a result.
+
+    Raises:
+        TypeError: the value does not fit the codec (not JSON-like, for `JsonCodec`).
+    """
     envelope = {"v": 1, "token": token, "ok": True, **codec.dump(value, token)}
-    return json.dumps(envelope, separators=(",", ":")).encode()
+    try:
+        return json.dumps(envelope, separators=(",", ":")).encode()
+    except (TypeError, ValueError) as exc:
+        raise TypeError(
+            f"cannot send a {type(value).__name__} across processes with the JSON codec "
+            f"({exc}); return JSON-like values, or give the backend a signing_key to use "
+            "signed pickles"
+        ) from None
 
 
 def encode_error(error: BaseException, token: int) -> bytes:

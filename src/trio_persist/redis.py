@@ -36,6 +36,7 @@ with a TTL, so a dead process disappears): see `RedisBackend.cluster` and
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -65,13 +66,14 @@ if TYPE_CHECKING:
 
 __all__ = ["NodeSnapshot", "RedisBackend", "RedisBackendStatistics", "cluster_frame"]
 
-# KEYS: lease, fence. ARGV: ttl_ms. Returns {1, token} (leader) or {0, token} (follower).
+# KEYS: lease, fence. ARGV: ttl_ms. Returns token (we lead) or -token (we follow it):
+# one integer is the cheapest reply to parse.
 _ACQUIRE = """
 local current = redis.call('GET', KEYS[1])
-if current then return {0, tonumber(current)} end
+if current then return -tonumber(current) end
 local token = redis.call('INCR', KEYS[2])
 redis.call('SET', KEYS[1], token, 'PX', ARGV[1])
-return {1, token}
+return token
 """
 # KEYS: lease. ARGV: token, ttl_ms. 1 if still ours (renewed), else 0.
 _RENEW = """
@@ -93,6 +95,10 @@ _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+
+_SCRIPTS = {"acquire": _ACQUIRE, "renew": _RENEW, "commit": _COMMIT, "release": _RELEASE}
+_SHAS = {name: hashlib.sha1(source.encode()).hexdigest() for name, source in _SCRIPTS.items()}
 
 
 @attrs.frozen
@@ -166,11 +172,12 @@ class RedisBackend:
     heartbeat: float = 1.0
     _client: coredis.Redis[bytes] | None = attrs.field(default=None, init=False)
     _codec: JsonCodec | PickleCodec = attrs.field(init=False)
-    _scripts: dict[str, Any] = attrs.field(factory=dict, init=False)
     _node: str = attrs.field(init=False)
     _counts: dict[str, int] = attrs.field(init=False)
     _persist: Persist | None = attrs.field(default=None, init=False)
-    _renewals: trio.Nursery | None = attrs.field(default=None, init=False)
+    # Leases held now, renewed together by one loop: a task per flight would cost
+    # more than the flight's own bookkeeping.
+    _leases: dict[tuple[str, int], None] = attrs.field(factory=dict, init=False)
     # A heartbeat must never land after leave() removed the record.
     _beat_lock: trio.Lock = attrs.field(factory=trio.Lock, init=False)
     _leaving: bool = attrs.field(default=False, init=False)
@@ -238,20 +245,13 @@ class RedisBackend:
             self.url, connect_timeout=self.timeout, stream_timeout=self.timeout
         )
         async with client:
-            for name, source in (
-                ("acquire", _ACQUIRE),
-                ("renew", _RENEW),
-                ("commit", _COMMIT),
-                ("release", _RELEASE),
-            ):
-                self._scripts[name] = client.register_script(source)
+            with contextlib.suppress(Exception):  # Redis away: loaded on first use instead
+                await self._load_scripts(client)
             try:
-                # Lease renewals run here, not under the leader: a nursery there
-                # would wrap the device's own exceptions in exception groups.
-                async with trio.open_nursery() as renewals:
-                    self._renewals = renewals
+                async with trio.open_nursery() as nursery:
                     self._client = client
                     await self._beat(persist)  # in the cluster view from the start
+                    nursery.start_soon(self._renew_leases)
                     task_status.started()
                     while True:
                         await trio.sleep(self.heartbeat)
@@ -343,36 +343,45 @@ class RedisBackend:
             if vanished > self.max_takeovers:
                 raise LeaderDied(f"the remote leader of {key} vanished {vanished} times; giving up")
 
-    async def _call(self, what: Callable[[], Awaitable[Any]]) -> Any:
+    async def _load_scripts(self, client: coredis.Redis[bytes]) -> None:
+        for source in _SCRIPTS.values():
+            await client.script_load(source)
+
+    async def _script(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        """Run one of our Lua scripts: one round trip (two after a server restart)."""
+        client = self._require()
         self._counts["round_trips"] += 1
         try:
-            with trio.fail_after(self.timeout):
-                return await what()
-        except trio.TooSlowError:
-            self._counts["unavailable"] += 1
-            raise BackendUnavailable(
-                f"Redis at {self.url} did not answer within {self.timeout:g}s"
-            ) from None
-        except BackendUnavailable:
-            self._counts["unavailable"] += 1
-            raise
+            try:
+                return await client.evalsha(_SHAS[name], keys=keys, args=args)
+            except _no_script_error():  # the server restarted and forgot our scripts
+                await self._load_scripts(client)
+                return await client.evalsha(_SHAS[name], keys=keys, args=args)
         except Exception as exc:
-            if _is_connection_error(exc):
-                self._counts["unavailable"] += 1
-                raise BackendUnavailable(f"Redis at {self.url} is unreachable: {exc}") from exc
-            raise
+            raise self._unavailable(exc) from exc
+
+    async def _call(self, what: Callable[[], Awaitable[Any]]) -> Any:
+        # Bounded by the client's own connect and stream timeouts (self.timeout).
+        self._counts["round_trips"] += 1
+        try:
+            return await what()
+        except Exception as exc:
+            raise self._unavailable(exc) from exc
+
+    def _unavailable(self, exc: Exception) -> Exception:
+        """A connection failure becomes `BackendUnavailable`; anything else stays itself."""
+        if not _is_connection_error(exc):
+            return exc
+        self._counts["unavailable"] += 1
+        return BackendUnavailable(f"Redis at {self.url} is unreachable: {exc}")
 
     async def _acquire(self, key: str) -> tuple[bool, int]:
-        client = self._require()
-        script = self._scripts["acquire"]
-        won, token = await self._call(
-            lambda: script(
-                keys=[self._k("lease", key), self._k("fence", "counter")],
-                args=[int(self.lease_ttl * 1000)],
-                client=client,
-            )
+        signed = await self._script(
+            "acquire",
+            [self._k("lease", key), self._k("fence", "counter")],
+            [int(self.lease_ttl * 1000)],
         )
-        return bool(won), int(token)
+        return signed > 0, abs(int(signed))
 
     async def _lead(
         self,
@@ -385,9 +394,8 @@ class RedisBackend:
         self._counts["led"] += 1
         self._counts["leading"] += 1
         committed = False
-        renewal = trio.CancelScope()
-        assert self._renewals is not None
-        self._renewals.start_soon(self._renew, key, token, renewal)
+        lease = (key, token)
+        self._leases[lease] = None
         try:
             try:
                 value = await resolve(base, request)
@@ -401,7 +409,7 @@ class RedisBackend:
             committed = await self._commit_quietly(key, token, payload)
             return value
         finally:
-            renewal.cancel()
+            del self._leases[lease]
             self._counts["leading"] -= 1
             if not committed:
                 # Abandoned, crashed or cancelled: drop the lease so a follower
@@ -413,41 +421,23 @@ class RedisBackend:
                 ):
                     await self._release(key, token)
 
-    async def _renew(self, key: str, token: int, scope: trio.CancelScope) -> None:
-        script = self._scripts["renew"]
-        client = self._require()
-        with scope:
-            await self._renew_forever(key, token, script, client)
-
-    async def _renew_forever(self, key: str, token: int, script: Any, client: Any) -> None:
+    async def _renew_leases(self) -> None:
+        """Every third of the TTL, renew each lease held now (a lease younger than
+        that is fresh enough), until cancelled."""
+        ttl_ms = int(self.lease_ttl * 1000)
         while True:
             await trio.sleep(self.lease_ttl / 3)
-            try:
-                await self._call(
-                    lambda: script(
-                        keys=[self._k("lease", key)],
-                        args=[token, int(self.lease_ttl * 1000)],
-                        client=client,
-                    )
-                )
-            except BackendUnavailable:
-                continue  # keep trying; the commit will tell whether we kept it
+            for key, token in list(self._leases):
+                # Redis away: keep trying; the commit will tell whether the lease held.
+                with contextlib.suppress(BackendUnavailable):
+                    await self._script("renew", [self._k("lease", key)], [token, ttl_ms])
 
     async def commit(self, key: str, token: int, payload: bytes) -> bool:
         """Store, publish and release in one step, if *token* still holds the lease."""
-        client = self._require()
-        script = self._scripts["commit"]
-        done = await self._call(
-            lambda: script(
-                keys=[self._k("lease", key), self._k("result", key)],
-                args=[
-                    token,
-                    payload,
-                    self._k("channel", key),
-                    int(max(self.lease_ttl, 1) * 1000),
-                ],
-                client=client,
-            )
+        done = await self._script(
+            "commit",
+            [self._k("lease", key), self._k("result", key)],
+            [token, payload, self._k("channel", key), int(max(self.lease_ttl, 1) * 1000)],
         )
         if not done:
             self._counts["fenced"] += 1
@@ -462,9 +452,7 @@ class RedisBackend:
         return False
 
     async def _release(self, key: str, token: int) -> None:
-        client = self._require()
-        script = self._scripts["release"]
-        await self._call(lambda: script(keys=[self._k("lease", key)], args=[token], client=client))
+        await self._script("release", [self._k("lease", key)], [token])
 
     async def _follow(self, key: str, token: int) -> tuple[bool, Any] | None:
         """Wait for *token*'s outcome (or a newer one); None if its leader vanished."""
@@ -633,6 +621,12 @@ def _leaves(error: BaseException) -> Iterator[Exception]:
             yield from _leaves(inner)
     elif isinstance(error, Exception):
         yield error
+
+
+def _no_script_error() -> type[Exception]:
+    from coredis.exceptions import NoScriptError
+
+    return NoScriptError
 
 
 def _is_connection_error(exc: BaseException) -> bool:

@@ -1,0 +1,99 @@
+"""The Redis figures of tools/bench.py (``--redis``): a real server, started here.
+
+Cross-process flight overhead on the leader path, beside the raw coredis round
+trip measured in the same run (bar: at most 3 round trips per flight), and N
+processes x M callers on one key (bar: exactly one execution).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import coredis
+import trio
+
+import trio_persist
+from trio_persist.redis import RedisBackend
+
+TESTS = Path(__file__).resolve().parent.parent / "tests"
+sys.path.insert(0, str(TESTS))
+
+from redis_server import RedisServer  # noqa: E402 - the suite's own server helper
+
+
+async def instant(base: Any, request: Any) -> Any:
+    return request
+
+
+async def raw_round_trip(url: str, n: int) -> float:
+    async with coredis.Redis.from_url(url) as client:
+        await client.set("bench:key", "x")
+        start = time.perf_counter()
+        for _ in range(n):
+            await client.get("bench:key")
+        return (time.perf_counter() - start) / n * 1e6
+
+
+async def leader_flights(url: str, n: int) -> tuple[float, float]:
+    backend = RedisBackend(url, namespace=f"bench-{uuid.uuid4().hex[:8]}")
+    async with trio_persist.open_persist(instant, backend=backend) as persist:
+        start = time.perf_counter()
+        for i in range(n):
+            await persist.resolve("base", i)
+        per_flight = (time.perf_counter() - start) / n * 1e6
+    stats = backend.statistics()
+    return per_flight, stats.round_trips / n
+
+
+async def many_processes(url: str, processes: int, callers: int) -> tuple[int, int]:
+    namespace = f"bench-{uuid.uuid4().hex[:8]}"
+    worker = str(TESTS / "redis_worker.py")
+    procs = [
+        await trio.lowlevel.open_process(
+            [sys.executable, worker, url, namespace, "callers", str(callers)],
+            stdout=subprocess.DEVNULL,
+        )
+        for _ in range(processes)
+    ]
+    async with coredis.Redis.from_url(url) as control:
+        for _ in procs:
+            await control.blpop([f"{namespace}:ready"], timeout=60)
+        await control.rpush(f"{namespace}:go", ["go"])
+        for proc in procs:
+            await proc.wait()
+        executions = int(await control.get(f"{namespace}:executions") or 0)
+    return executions, processes * callers
+
+
+def redis_figures(row: Callable[..., bool], *, quick: bool) -> bool:
+    server = RedisServer()
+    server.start()
+    try:
+        n = 300 if quick else 2000
+        # Interleaved, round by round: both sides see the same machine load.
+        rounds = []
+        for _ in range(3 if quick else 7):
+            rtt = trio.run(raw_round_trip, server.url, n)
+            flight, trips = trio.run(leader_flights, server.url, n)
+            rounds.append((flight / rtt, flight, rtt, trips))
+        _, flight, rtt, trips = sorted(rounds)[len(rounds) // 2]
+        print("\nRedis backend (a real server on loopback)")
+        print(f"  raw coredis round trip (GET): {rtt:.1f} us (the median round's)")
+        ok = row(
+            f"leader flight, {n} distinct keys ({trips:.0f} round trips each)",
+            flight,
+            rtt,
+            "us",
+            3.0,
+        )
+        executions, calls = trio.run(many_processes, server.url, 3, 50)
+        print(f"  3 processes x 50 callers on one key: {calls} calls, {executions} execution(s)")
+        return ok and executions == 1
+    finally:
+        server.stop()
