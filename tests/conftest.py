@@ -66,6 +66,26 @@ class Counting:
         return (base, request, self.calls)
 
 
+class OneGroup:
+    """Every request in one group "one": it runs one after another; each takes a second."""
+
+    def __init__(self) -> None:
+        self.executed: list[Any] = []
+
+    def group(self, base: Any, request: Any) -> Any:
+        return "one"
+
+    async def resolve(self, base: Any, request: Any) -> Any:
+        self.executed.append(request)
+        await trio.sleep(1)
+        return request
+
+
+@pytest.fixture
+def one_group() -> OneGroup:
+    return OneGroup()
+
+
 @pytest.fixture
 def slow_device() -> SlowDevice:
     return SlowDevice()

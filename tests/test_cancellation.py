@@ -13,7 +13,7 @@ import trio
 import trio.testing
 
 import trio_persist
-from conftest import Counting
+from conftest import Counting, OneGroup
 
 
 async def test_cancelling_one_follower_leaves_the_others_their_result(counting: Counting) -> None:
@@ -114,49 +114,29 @@ async def test_a_caller_cancelled_before_it_waits_leaves_no_execution_behind() -
 
 
 async def test_abandoning_the_running_request_lets_the_queue_behind_it_go_on(
-    autojump_clock: object,
+    autojump_clock: object, one_group: OneGroup
 ) -> None:
-    executed = []
-
-    class Device:
-        def group(self, base: Any, request: Any) -> Any:
-            return "one"
-
-        async def resolve(self, base: Any, request: Any) -> Any:
-            executed.append(request)
-            await trio.sleep(1)
-            return request
-
-    async with trio_persist.open_persist(Device()) as persist:
+    async with trio_persist.open_persist(one_group) as persist:
         async with trio.open_nursery() as nursery:
             with trio.move_on_after(0.5):
                 nursery.start_soon(persist.resolve, None, "second")
                 await persist.resolve(None, "first")
-        assert executed == ["first", "second"]
+        assert one_group.executed == ["first", "second"]
         assert trio.current_time() == 1.5
         assert persist.statistics().abandoned == 1
 
 
-async def test_a_queued_request_whose_callers_left_is_skipped(autojump_clock: object) -> None:
-    executed = []
-
-    class Device:
-        def group(self, base: Any, request: Any) -> Any:
-            return "one"
-
-        async def resolve(self, base: Any, request: Any) -> Any:
-            executed.append(request)
-            await trio.sleep(1)
-            return request
-
-    async with trio_persist.open_persist(Device()) as persist:
+async def test_a_queued_request_whose_callers_left_is_skipped(
+    autojump_clock: object, one_group: OneGroup
+) -> None:
+    async with trio_persist.open_persist(one_group) as persist:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(persist.resolve, None, "first")
             await trio.testing.wait_all_tasks_blocked()
             with trio.move_on_after(0.5):
                 await persist.resolve(None, "skipped")
             nursery.start_soon(persist.resolve, None, "third")
-        assert executed == ["first", "third"]
+        assert one_group.executed == ["first", "third"]
         assert trio.current_time() == 2
 
 

@@ -95,32 +95,42 @@ async def test_two_persists_on_one_namespace_share_one_execution(
     assert leader.round_trips == 2  # acquire, then commit-and-publish
 
 
-async def test_a_remote_failure_is_a_remote_error_with_type_and_message(
-    redis_url: str, namespace: str
-) -> None:
-    device = Recorder(ValueError("bad input"))
-    first = RedisBackend(redis_url, namespace=namespace)
-    second = RedisBackend(redis_url, namespace=namespace)
-    errors: list[BaseException] = []
+async def lead_and_follow(
+    url: str, namespace: str, device: Recorder, **options: Any
+) -> tuple[Any, Any]:
+    """One call in a persist that leads, one in another that follows it; then release.
+
+    Returns what each call got: its value, or the exception it raised.
+    """
+    first = RedisBackend(url, namespace=namespace, **options)
+    second = RedisBackend(url, namespace=namespace, **options)
+    got: dict[str, Any] = {}
     with trio.fail_after(20):
         async with (
             trio_persist.open_persist(device, backend=first) as a,
             trio_persist.open_persist(device, backend=second) as b,
+            trio.open_nursery() as nursery,
         ):
 
-            async def call(persist: trio_persist.Persist) -> None:
+            async def call(name: str, persist: trio_persist.Persist) -> None:
                 try:
-                    await persist.resolve("base", "req")
+                    got[name] = await persist.resolve("base", "req")
                 except Exception as exc:
-                    errors.append(exc)
+                    got[name] = exc
 
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(call, a)
-                await eventually(lambda: first.statistics().leading != 0)
-                nursery.start_soon(call, b)
-                await eventually(lambda: second.statistics().following != 0)
-                device.release.set()
-    local, remote = sorted(errors, key=lambda e: isinstance(e, trio_persist.RemoteError))
+            nursery.start_soon(call, "leader", a)
+            await eventually(lambda: first.statistics().leading != 0)
+            nursery.start_soon(call, "follower", b)
+            await eventually(lambda: second.statistics().following != 0)
+            device.release.set()
+    assert device.calls == 1
+    return got["leader"], got["follower"]
+
+
+async def test_a_remote_failure_is_a_remote_error_with_type_and_message(
+    redis_url: str, namespace: str
+) -> None:
+    local, remote = await lead_and_follow(redis_url, namespace, Recorder(ValueError("bad input")))
     assert isinstance(local, ValueError)  # the leader's own callers get the real thing
     assert isinstance(remote, trio_persist.RemoteError)
     assert str(remote) == "ValueError: bad input"
@@ -364,56 +374,18 @@ async def test_a_json_backend_refuses_a_pickled_result(redis_url: str, namespace
 
 
 async def test_signed_pickles_carry_any_picklable_value(redis_url: str, namespace: str) -> None:
-    device = Recorder(result={1, 2, 3})  # a set: not JSON
-    first = RedisBackend(redis_url, namespace=namespace, signing_key=b"k")
-    second = RedisBackend(redis_url, namespace=namespace, signing_key=b"k")
-    results = []
-    with trio.fail_after(20):
-        async with (
-            trio_persist.open_persist(device, backend=first) as a,
-            trio_persist.open_persist(device, backend=second) as b,
-            trio.open_nursery() as nursery,
-        ):
-
-            async def call(persist: trio_persist.Persist) -> None:
-                results.append(await persist.resolve("base", "req"))
-
-            nursery.start_soon(call, a)
-            await eventually(lambda: first.statistics().leading != 0)
-            nursery.start_soon(call, b)
-            await eventually(lambda: second.statistics().following != 0)
-            device.release.set()
-    assert results == [{1, 2, 3}, {1, 2, 3}]
+    got = await lead_and_follow(redis_url, namespace, Recorder({1, 2, 3}), signing_key=b"k")
+    assert got == ({1, 2, 3}, {1, 2, 3})  # a set: not JSON
 
 
 async def test_a_result_the_json_codec_cannot_carry_reaches_followers_as_an_error(
     redis_url: str, namespace: str
 ) -> None:
-    device = Recorder(result=object())
-    first = RedisBackend(redis_url, namespace=namespace)
-    second = RedisBackend(redis_url, namespace=namespace)
-    outcomes: list[Any] = []
-    with trio.fail_after(20):
-        async with (
-            trio_persist.open_persist(device, backend=first) as a,
-            trio_persist.open_persist(device, backend=second) as b,
-            trio.open_nursery() as nursery,
-        ):
-
-            async def call(persist: trio_persist.Persist) -> None:
-                try:
-                    outcomes.append(await persist.resolve("base", "req"))
-                except trio_persist.RemoteError as exc:
-                    outcomes.append(str(exc))
-
-            nursery.start_soon(call, a)
-            await eventually(lambda: first.statistics().leading != 0)
-            nursery.start_soon(call, b)
-            await eventually(lambda: second.statistics().following != 0)
-            device.release.set()
-    remote = [o for o in outcomes if isinstance(o, str)]
-    assert remote
-    assert remote[0].startswith("TypeError: cannot send a object")
+    value = object()
+    local, remote = await lead_and_follow(redis_url, namespace, Recorder(value))
+    assert local is value
+    assert isinstance(remote, trio_persist.RemoteError)
+    assert str(remote).startswith("TypeError: cannot send a object across processes")
 
 
 async def test_the_cluster_view_lists_every_live_process_and_its_workers(

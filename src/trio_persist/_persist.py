@@ -367,6 +367,11 @@ class Persist:
         return tuple(records)
 
     @property
+    def backend(self) -> Any:
+        """The backend the persist was opened with (e.g. a `RedisBackend`), or None."""
+        return self._backend
+
+    @property
     def closed(self) -> bool:
         """Whether the persist's block has been left."""
         return self._closed
@@ -522,6 +527,17 @@ class Persist:
             del workers[worker]
             workers[worker] = None
 
+    def _worker(self, group: Hashable, state: Any, *, restore: bool = False) -> Worker:
+        """A worker with the persist's default options (not yet registered or running)."""
+        return Worker(
+            persist=self,
+            group=group,
+            state=state,
+            static=self.options.static_worker,
+            timeout=self.options.worker_timeout,
+            restore=restore,
+        )
+
     def _spawn_worker_from(self, flight: Flight, job: Job) -> bool:
         """After a successful spawn_worker job; True if *flight* handed its group over."""
         if self._closed or flight.group is None:
@@ -534,24 +550,12 @@ class Persist:
                 return False  # a result the default grouper cannot name has no worker
             if group in self._owners:
                 return False
-            worker = Worker(
-                persist=self,
-                group=group,
-                state=state,
-                static=self.options.static_worker,
-                timeout=self.options.worker_timeout,
-            )
+            worker = self._worker(group, state)
             self.registry.register(group, worker)
             self._launch(worker)
             return False
         if flight.successor is None:
-            flight.successor = Worker(
-                persist=self,
-                group=flight.group,
-                state=state,
-                static=self.options.static_worker,
-                timeout=self.options.worker_timeout,
-            )
+            flight.successor = self._worker(flight.group, state)
         return self._hand_over(flight, flight.successor)
 
     def _hand_over(self, flight: Flight, worker: Worker) -> bool:
@@ -575,14 +579,7 @@ class Persist:
 
     def _restoring_worker(self, group: Hashable, base: Any) -> Worker:
         del self._retired[group]
-        worker = Worker(
-            persist=self,
-            group=group,
-            state=base,
-            static=self.options.static_worker,
-            timeout=self.options.worker_timeout,
-            restore=True,
-        )
+        worker = self._worker(group, base, restore=True)
         self.registry.register(group, worker)
         self._launch(worker)
         return worker
