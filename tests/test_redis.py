@@ -28,12 +28,6 @@ from trio_persist.redis import RedisBackend
 
 WORKER = str(Path(__file__).with_name("redis_worker.py"))
 
-# coredis leaves anyio memory streams unclosed when a connection dies under it
-# (its own bookkeeping, not ours); everything else still fails on a warning.
-pytestmark = pytest.mark.filterwarnings(
-    r"ignore:Exception ignored in. <function MemoryObject\w+Stream.__del__"
-    ":pytest.PytestUnraisableExceptionWarning"
-)
 
 
 async def eventually(predicate: Callable[[], bool]) -> None:
