@@ -29,7 +29,6 @@ from trio_persist.redis import RedisBackend
 WORKER = str(Path(__file__).with_name("redis_worker.py"))
 
 
-
 async def eventually(predicate: Callable[[], bool]) -> None:
     """Wait (on the real clock, in small steps) until *predicate* holds."""
     while True:
