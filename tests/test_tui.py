@@ -226,3 +226,19 @@ def test_the_monitor_on_a_missing_socket_shows_a_message_not_a_traceback(tmp_pat
     assert re.sub(r"\s+", "", f"waiting for {path}: no such socket") in text
     assert "Traceback" not in text
     assert after == before
+
+
+async def test_a_terminal_resize_triggers_a_redraw() -> None:
+    import signal
+
+    from trio_persist._tui import _resizes
+
+    redrawn = trio.Event()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_resizes, redrawn.set)
+        await trio.testing.wait_all_tasks_blocked()
+        os.kill(os.getpid(), signal.SIGWINCH)  # what the terminal sends on a resize
+        with trio.fail_after(5):
+            await redrawn.wait()
+        nursery.cancel_scope.cancel()
