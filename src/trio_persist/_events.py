@@ -20,25 +20,6 @@ from ._stats import group_label
 
 __all__ = ["EventHub", "EventSubscription", "PersistEvent"]
 
-EVENT_KINDS = frozenset(
-    {
-        "flight.started",
-        "flight.joined",
-        "flight.finished",
-        "flight.failed",
-        "flight.cancelled",
-        "worker.started",
-        "worker.served",
-        "worker.failed",
-        "worker.cancelled",
-        "worker.timed_out",
-        "worker.evicted",
-        "worker.crashed",
-        "worker.stopped",
-    }
-)
-
-
 @attrs.frozen
 class PersistEvent:
     """One thing that happened in a persist."""
@@ -132,7 +113,6 @@ class EventHub:
     """Fans events out to subscribers. Internal to a persist."""
 
     subscribers: list[EventSubscription] = attrs.field(factory=list)
-    emitted: int = 0
 
     def subscribe(self, max_buffer: int) -> EventSubscription:
         if isinstance(max_buffer, bool) or not isinstance(max_buffer, int):
@@ -147,7 +127,6 @@ class EventHub:
     def emit(self, kind: str, group: Hashable | None, detail: str = "") -> None:
         if not self.subscribers:
             return
-        self.emitted += 1
         event = PersistEvent(kind, group, trio.current_time(), detail)
         for subscription in tuple(self.subscribers):
             subscription._offer(event)
