@@ -61,7 +61,7 @@ async def demo(duration: float | None, plain: bool, seed: int, out: TextIO = sys
 
 
 async def _cluster_once(url: str, namespace: str, out: TextIO) -> int:
-    from .redis import watch_cluster
+    from ._cluster import watch_cluster
 
     view = MonitorView()
     with trio.CancelScope() as scope:
@@ -95,7 +95,7 @@ async def monitor(
 ) -> int:
     """Watch the monitor socket at *path*, or a whole cluster through *redis*."""
     if redis is not None:
-        from .redis import watch_cluster
+        from ._cluster import watch_cluster
 
         cluster_url = redis
         if once:

@@ -20,6 +20,7 @@ from ._stats import group_label
 
 __all__ = ["EventHub", "EventSubscription", "PersistEvent"]
 
+
 @attrs.frozen
 class PersistEvent:
     """One thing that happened in a persist."""

@@ -50,11 +50,15 @@ from typing import TYPE_CHECKING, Any, final
 import attrs
 import trio
 
+from ._cluster import NodeSnapshot as NodeSnapshot
+from ._cluster import cluster_frame as cluster_frame
+from ._cluster import read_nodes
+from ._cluster import watch_cluster as watch_cluster
 from ._codec import JsonCodec, PickleCodec, decode_outcome, encode_error, encode_value
 from ._exceptions import BackendUnavailable, LeaderDied
 from ._grouping import canonical_encoding, default_group
-from ._monitor import FRAME_VERSION, build_frame
-from ._stats import PersistStatistics, group_label
+from ._monitor import build_frame
+from ._stats import group_label
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
@@ -121,22 +125,6 @@ class RedisBackendStatistics:
     """Executions leading now."""
     following: int
     """Flights following another process now."""
-
-
-@attrs.frozen
-class NodeSnapshot:
-    """One process of the cluster, as its last heartbeat described it."""
-
-    node: str
-    host: str
-    pid: int
-    namespace: str
-    statistics: dict[str, int]
-    workers: tuple[str, ...]
-    flights: tuple[str, ...]
-    wall: float
-    time: float = 0.0
-    snapshot: tuple[dict[str, Any], ...] = ()
 
 
 @final
@@ -522,97 +510,6 @@ class RedisBackend:
             return None
         got, ok, value = decode_outcome(self._codec, payload, where)
         return (ok, value) if got >= token else None
-
-
-async def read_nodes(client: coredis.Redis[bytes], namespace: str) -> tuple[NodeSnapshot, ...]:
-    """Read the heartbeat records of every live process on *namespace*."""
-    keys = [key async for key in client.scan_iter(match=f"{namespace}:node:*")]
-    values = await client.mget(keys) if keys else []
-    records = []
-    for value in values:
-        if value is None:
-            continue
-        try:
-            data = json.loads(value)
-            records.append(
-                NodeSnapshot(
-                    node=data["node"],
-                    host=data["host"],
-                    pid=data["pid"],
-                    namespace=data["namespace"],
-                    statistics=data["statistics"],
-                    workers=tuple(data["workers"]),
-                    flights=tuple(data["flights"]),
-                    wall=data["wall"],
-                    time=data.get("time", 0.0),
-                    snapshot=tuple(data.get("snapshot", ())),
-                )
-            )
-        except (ValueError, KeyError, TypeError):
-            continue  # not a heartbeat of ours
-    return tuple(sorted(records, key=lambda n: n.node))
-
-
-async def watch_cluster(
-    url: str,
-    namespace: str,
-    on_frame: Callable[[dict[str, Any]], None],
-    on_status: Callable[[str | None], None],
-    *,
-    interval: float = 1.0,
-) -> None:
-    """Call *on_frame* with a cluster frame every *interval* seconds, until cancelled.
-
-    When Redis cannot be reached, *on_status* gets a message and the watch
-    goes on trying; it gets None once frames flow again.
-    """
-    import coredis
-
-    client: coredis.Redis[bytes] = coredis.Redis.from_url(
-        url, connect_timeout=interval * 5, stream_timeout=interval * 5
-    )
-    async with client:
-        while True:
-            try:
-                with trio.fail_after(interval * 5):
-                    nodes = await read_nodes(client, namespace)
-            except (Exception, trio.TooSlowError) as exc:
-                on_status(f"cannot read the cluster at {url}: {exc} (retrying; q quits)")
-            else:
-                on_status(None)
-                on_frame(cluster_frame(nodes, namespace))
-            await trio.sleep(interval)
-
-
-def cluster_frame(nodes: tuple[NodeSnapshot, ...], namespace: str) -> dict[str, Any]:
-    """One monitor frame for a whole cluster: summed statistics, every node's groups.
-
-    Each group is labelled ``host:pid group``; its times are rebased so that
-    ages read the same as on its own node.
-    """
-    totals: dict[str, int] = dict.fromkeys(_STAT_NAMES, 0)
-    snapshot = []
-    for node in nodes:
-        for name, value in node.statistics.items():
-            totals[name] = totals.get(name, 0) + value
-        for record in node.snapshot:
-            rebased = dict(record)
-            rebased["group"] = f"{node.host}:{node.pid} {record['group']}"
-            rebased["started"] = record["started"] - node.time
-            rebased["last_active"] = record["last_active"] - node.time
-            snapshot.append(rebased)
-    return {
-        "version": FRAME_VERSION,
-        "time": 0.0,
-        "wall": time.time(),
-        "device": f"cluster {namespace!r}, {len(nodes)} processes",
-        "statistics": totals,
-        "groups_total": totals["groups"],
-        "snapshot": snapshot,
-    }
-
-
-_STAT_NAMES = [field.name for field in attrs.fields(PersistStatistics)]
 
 
 def _leaves(error: BaseException) -> Iterator[Exception]:
