@@ -39,3 +39,17 @@ def test_the_package_ships_its_type_marker() -> None:
     from importlib.resources import files
 
     assert files("trio_persist").joinpath("py.typed").is_file()
+
+
+def test_the_redis_module_exports_its_backend_and_records() -> None:
+    import trio_persist.redis as redis
+
+    assert set(redis.__all__) == {
+        "NodeSnapshot",
+        "RedisBackend",
+        "RedisBackendStatistics",
+        "cluster_frame",
+        "watch_cluster",
+    }
+    for name in redis.__all__:
+        assert hasattr(redis, name), name

@@ -68,7 +68,13 @@ if TYPE_CHECKING:
 
     from ._persist import Persist
 
-__all__ = ["NodeSnapshot", "RedisBackend", "RedisBackendStatistics", "cluster_frame"]
+__all__ = [
+    "NodeSnapshot",
+    "RedisBackend",
+    "RedisBackendStatistics",
+    "cluster_frame",
+    "watch_cluster",
+]
 
 # KEYS: lease, fence. ARGV: ttl_ms. Returns token (we lead) or -token (we follow it):
 # one integer is the cheapest reply to parse.
