@@ -467,3 +467,42 @@ async def test_the_cluster_monitor_says_when_redis_cannot_be_reached(namespace: 
     )
     assert done.returncode == 1
     assert "cannot read the cluster" in done.stderr.decode()
+
+
+async def test_a_follower_waiting_when_redis_stops_gets_a_clear_error_and_recovers(
+    namespace: str,
+) -> None:
+    server = RedisServer()
+    server.start()
+    try:
+        device = Recorder()
+        options = {"namespace": namespace, "timeout": 1.0, "lease_ttl": 1.0}
+        first = RedisBackend(server.url, **options)  # type: ignore[arg-type]
+        second = RedisBackend(server.url, **options)  # type: ignore[arg-type]
+        got: dict[str, Any] = {}
+        with trio.fail_after(30):
+            async with (
+                trio_persist.open_persist(device, backend=first) as a,
+                trio_persist.open_persist(device, backend=second) as b,
+            ):
+
+                async def call(name: str, persist: trio_persist.Persist) -> None:
+                    try:
+                        got[name] = await persist.resolve("base", "req")
+                    except Exception as exc:
+                        got[name] = exc
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(call, "leader", a)
+                    await eventually(lambda: first.statistics().leading != 0)
+                    nursery.start_soon(call, "follower", b)
+                    await eventually(lambda: second.statistics().following != 0)
+                    server.stop()
+                    await eventually(lambda: "follower" in got)
+                    device.release.set()
+                assert isinstance(got["follower"], trio_persist.BackendUnavailable)
+                assert got["leader"] == "done"  # its commit failed; its caller still has it
+                server.start()
+                assert await b.resolve("base", "again") == "done"
+    finally:
+        server.stop()

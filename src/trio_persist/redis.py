@@ -456,17 +456,22 @@ class RedisBackend:
         outcome: tuple[bool, Any] | None = None
         error: Exception | None = None
         try:
-            # Nothing may be raised inside the pubsub block: coredis's nursery would
-            # wrap it in an exception group. Capture, leave, then raise.
-            async with client.pubsub(channels=[self._k("channel", key)]) as pubsub:
-                try:
-                    outcome = await self._await_outcome(pubsub, client, key, token)
-                except Exception as exc:
-                    error = exc
+            with trio.CancelScope() as leaving:
+                # Nothing may be raised inside the pubsub block: coredis's nursery
+                # would wrap it in an exception group. Capture, leave, then raise.
+                async with client.pubsub(channels=[self._k("channel", key)]) as pubsub:
+                    try:
+                        outcome = await self._await_outcome(pubsub, client, key, token)
+                    except Exception as exc:
+                        error = exc
+                    # Unsubscribing from a dead server could wait forever: bound it.
+                    leaving.deadline = trio.current_time() + self.timeout
         except Exception as exc:  # the subscription itself failed
             error = error or exc
         finally:
             self._counts["following"] -= 1
+        if leaving.cancelled_caught and error is None and outcome is None:
+            error = BackendUnavailable(f"Redis at {self.url} stopped answering")
         if error is not None:
             raise self._translate(error)
         if outcome is not None:
