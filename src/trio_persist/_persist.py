@@ -346,19 +346,17 @@ class Persist(WorkerSupervision):
             if isinstance(owner, Flight):
                 queued = sum(1 for job in owner.pending if not job.abandoned)
                 busy = owner.current.scope is not None and not owner.current.done.is_set()
-                started = owner.started
             else:
                 queued = owner.queued
                 busy = owner.busy
-                started = owner.statistics().started
             records.append(
                 GroupSnapshot(
                     group=group,
                     kind=owner.kind,
                     listeners=owner.listeners,
                     queued=queued,
-                    served=owner.served if isinstance(owner, Flight) else owner.statistics().served,
-                    started=started,
+                    served=owner.served,
+                    started=owner.started,
                     last_active=owner.last_active,
                     busy=busy,
                 )

@@ -160,6 +160,16 @@ class Worker:
         return current + sum(job.listeners for job in jobs)
 
     @property
+    def started(self) -> float:
+        """`trio.current_time` when the worker started."""
+        return self._started
+
+    @property
+    def served(self) -> int:
+        """Requests executed so far."""
+        return self._served
+
+    @property
     def queued(self) -> int:
         return len(self._backlog) + len(self._queued)
 
