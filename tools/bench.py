@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import math
 import os
 import resource
 import statistics
@@ -73,6 +74,23 @@ async def floor_worker(receive: trio.MemoryReceiveChannel[Any]) -> None:
         state += request
         reply.value = state
         reply.event.set()
+
+
+async def floor_idle_worker(receive: trio.MemoryReceiveChannel[Any], idle: float) -> None:
+    """The floor worker with an idle timeout: one cancel scope whose deadline moves
+    before each wait (what a worker that times out when idle needs at the least)."""
+    state = 0
+    with trio.CancelScope() as scope:
+        while True:
+            scope.deadline = trio.current_time() + idle
+            try:
+                request, reply = await receive.receive()
+            except trio.EndOfChannel:
+                return
+            scope.deadline = math.inf
+            state += request
+            reply.value = state
+            reply.event.set()
 
 
 # ---------------------------------------------------------------- devices ----
@@ -207,19 +225,25 @@ def live_groups(live: int, probes: int) -> float:
     return result[0]
 
 
-def worker_round_trip(n: int, use_floor: bool) -> float:
+def worker_round_trip(n: int, use_floor: bool, timeout: float | None = None) -> float:
+    """One requester, *n* sequential requests to one worker (idle timeout *timeout*)."""
+
     async def main() -> int:
         if use_floor:
             send, receive = trio.open_memory_channel[Any](64)
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(floor_worker, receive)
+                if timeout is None:
+                    nursery.start_soon(floor_worker, receive)
+                else:
+                    nursery.start_soon(floor_idle_worker, receive, timeout)
                 for _ in range(n):
                     reply = _FloorFlight()
                     await send.send((1, reply))
                     await reply.event.wait()
                 await send.aclose()
         else:
-            async with trio_persist.open_persist(CounterDevice(), worker_timeout=None) as persist:
+            device = CounterDevice()
+            async with trio_persist.open_persist(device, worker_timeout=timeout) as persist:
                 await persist.start_worker(0)
                 for _ in range(n):
                     await persist.resolve(0, 1)
@@ -339,6 +363,13 @@ def main() -> int:
         best_of(runs, lambda: worker_round_trip(w, True)),
         "us",
         1.5,
+    )
+    ok &= row(
+        f"same, default idle timeout (10 s), {w} requests",
+        best_of(runs, lambda: worker_round_trip(w, False, 10.0)),
+        best_of(runs, lambda: worker_round_trip(w, True, 10.0)),
+        "us",
+        1.25,
     )
     m = 100_000 // scale
     ok &= row(
