@@ -96,3 +96,49 @@ async def test_keyboard_interrupt_and_system_exit_propagate_as_in_any_trio_progr
     with pytest.RaisesGroup(exit_exception, allow_unwrapped=True, flatten_subgroups=True):
         async with trio_persist.open_persist(device) as persist:
             await persist.resolve("base", "req")
+
+
+class CrashingOnLeave:
+    """A backend whose background task fails as the persist closes."""
+
+    def __init__(self) -> None:
+        self.leaving = trio.Event()
+
+    async def serve(
+        self, persist: Any, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        task_status.started()
+        await self.leaving.wait()
+        raise RuntimeError("the backend's task failed")
+
+    async def leave(self) -> None:
+        self.leaving.set()
+        await trio.lowlevel.checkpoint()
+
+    def key_of(self, group: Any, request: Any, group_is_request: bool) -> str | None:
+        return None
+
+    async def run(self, key: str, base: Any, request: Any, resolve: Any) -> Any:
+        return await resolve(base, request)
+
+
+async def test_the_blocks_own_exception_wins_over_a_task_failing_at_the_same_time() -> None:
+    async def device(base: Any, request: Any) -> Any:
+        return request
+
+    with pytest.raises(KeyError, match="the block's own") as info:
+        async with trio_persist.open_persist(device, backend=CrashingOnLeave()):
+            raise KeyError("the block's own")
+    # The task's failure is not dropped either: it is the context.
+    context = info.value.__context__
+    assert isinstance(context, BaseExceptionGroup)
+    assert context.subgroup(RuntimeError) is not None
+
+
+async def test_a_task_failing_while_the_block_is_quiet_propagates() -> None:
+    async def device(base: Any, request: Any) -> Any:
+        return request
+
+    with pytest.RaisesGroup(pytest.RaisesExc(RuntimeError, match="backend's task")):
+        async with trio_persist.open_persist(device, backend=CrashingOnLeave()):
+            pass

@@ -36,7 +36,7 @@ async def demo(duration: float | None, plain: bool, seed: int, out: TextIO = sys
 
         async def producer(view: MonitorView, redraw: Callable[[], None]) -> None:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(workload, persist, rng)
+                nursery.start_soon(workload, persist, shop)
                 while True:
                     view.feed(build_frame(persist, max_groups=50))
                     redraw()

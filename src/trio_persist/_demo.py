@@ -68,10 +68,13 @@ async def _visitors(persist: Persist, rng: random.Random) -> None:
             await trio.sleep(rng.uniform(0.1, 0.4))
 
 
-async def _sessions(persist: Persist, rng: random.Random) -> None:
+async def _sessions(persist: Persist, shop: Shop) -> None:
+    rng = shop.rng
+
     async def browse(user: int) -> None:
         group = f"session/u{user}"
-        if persist.registry.lookup(group) is None and group not in persist._retired:
+        # A user seen before is brought back by the device's restore hook.
+        if persist.registry.lookup(group) is None and group not in shop.saved:
             await persist.start_worker({"user": f"u{user}", "views": 0, "last": None})
         await persist.resolve("session", {"user": f"u{user}", "page": rng.randint(1, PAGES)})
 
@@ -82,8 +85,8 @@ async def _sessions(persist: Persist, rng: random.Random) -> None:
             await trio.sleep(rng.uniform(0.05, 0.3))
 
 
-async def workload(persist: Persist, rng: random.Random) -> None:
-    """Run the demo's visitors and sessions against *persist* until cancelled."""
+async def workload(persist: Persist, shop: Shop) -> None:
+    """Run the demo's visitors and sessions against *persist* (opened on *shop*)."""
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_visitors, persist, rng)
-        nursery.start_soon(_sessions, persist, rng)
+        nursery.start_soon(_visitors, persist, shop.rng)
+        nursery.start_soon(_sessions, persist, shop)

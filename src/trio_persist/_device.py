@@ -10,7 +10,8 @@ hooks (the counterparts of upstream's device ``info`` map):
   save it.
 * ``async restore(group) -> state | None``: the counterpart of ``on_idle``;
   the saved state of a group whose worker stopped, or None.
-* ``async serve(worker)``: a custom worker loop (see `WorkerContext`).
+* ``async serve(worker)``: a custom worker loop, given the `Worker` handle
+  (see `Worker.receive`).
 * ``answers(waiting, published) -> bool``: the custom await; may the result a
   worker published for request *published* answer a listener waiting on
   request *waiting*?

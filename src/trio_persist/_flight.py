@@ -1,31 +1,33 @@
 """Flights: the owner of a group while it has work and no worker.
 
-A flight is one task in the persist's nursery. It runs its group's jobs one at
-a time, in arrival order: the job that started it, then the jobs of *different*
-requests queued behind it (identical requests join a job instead of queueing).
-When none is left it frees its group in the same step as it sees the queue
-empty, with no checkpoint in between, so a caller can never join a flight that
-has stopped listening (upstream's W5).
+A flight runs on a runner task of the persist's nursery (see `RunnerPool`).
+It runs its group's jobs one at a time, in arrival order: the job that started
+it, then the jobs of *different* requests queued behind it (identical requests
+join a job instead of queueing). When none is left it frees its group in the
+same step as it sees the queue empty, with no checkpoint in between, so a
+caller can never join a flight that has stopped listening (upstream's W5).
 
-Each job runs in its own cancel scope: when its last listener leaves, that
-scope is cancelled and the flight moves on; while anyone still listens, the
-work goes on, whoever else left (the first caller included).
+Each job runs under its runner's cancel scope: when its last listener leaves,
+that scope is cancelled and the flight moves on in a fresh runner; while
+anyone still listens, the work goes on, whoever else left (the first caller
+included). A flight ends itself: it frees its group, hands it to a waiting
+worker if one was asked for, and answers anything left with `LeaderDied`.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Hashable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 import trio
 
+from ._core import Core
+from ._grouping import default_group
 from ._job import Job, Outcome, leader_died, run_device, running
-
-if TYPE_CHECKING:
-    from ._persist import Persist
-    from ._worker import Worker
+from ._supervisor import Supervisor
+from ._worker import WorkerTask
 
 __all__ = ["Flight"]
 
@@ -34,7 +36,8 @@ __all__ = ["Flight"]
 class Flight:
     """Owner of a group with no worker. Internal; snapshots describe it to users."""
 
-    persist: Persist
+    core: Core
+    supervisor: Supervisor
     group: Hashable | None  # None: an ungrouped execution, never registered
     # True when a group names exactly one request (the default grouper), so
     # joining needs no request comparison.
@@ -48,7 +51,7 @@ class Flight:
     last_active: float = attrs.field(init=False)
     kind: str = attrs.field(default="flight", init=False)
     # A worker asked for while this flight ran: it takes over after the current job.
-    successor: Worker | None = attrs.field(default=None, init=False)
+    successor: WorkerTask | None = attrs.field(default=None, init=False)
     over: bool = attrs.field(default=False, init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -61,8 +64,14 @@ class Flight:
     def listeners(self) -> int:
         return self.current.listeners + sum(job.listeners for job in self.pending)
 
-    def first(self, base: Any, request: Any, spawn_worker: bool) -> Job:
-        job = self.current = Job(base, request, self, spawn_worker)
+    @property
+    def busy(self) -> bool:
+        """Whether an execution runs now."""
+        return self.current.scope is not None and not self.current.done.is_set()
+
+    def first(self, base: Any, request: Any, spawn_worker: bool, key: object) -> Job:
+        """Make the job this flight starts with, and return it."""
+        job = self.current = Job(base, request, self, spawn_worker, key)
         return job
 
     def find(self, request: Any) -> Job | None:
@@ -75,8 +84,9 @@ class Flight:
                 return job
         return None
 
-    def enqueue(self, base: Any, request: Any, spawn_worker: bool) -> Job:
-        job = Job(base, request, self, spawn_worker)
+    def enqueue(self, base: Any, request: Any, spawn_worker: bool, key: object) -> Job:
+        """Queue a job behind the current one, and return it."""
+        job = Job(base, request, self, spawn_worker, key)
         self.pending.append(job)
         return job
 
@@ -94,24 +104,24 @@ class Flight:
             worker); False when *scope* was cancelled for an abandoned job and
             is spent: the runner retires and the flight goes on in a fresh one.
         """
-        persist = self.persist
-        backend = persist._backend
-        resolve = persist._hooks.resolve
+        core = self.core
+        resolve = core.hooks.resolve
+        through_backend = core.backend is not None and self.group is not None
         running.set(self)
         job = self.current
         over = True
         try:
             while True:
                 if not job.abandoned:
-                    persist._count_execution()
+                    core.executions += 1
                     job.scope = scope
-                    if backend is not None:
-                        resolve = persist._resolver(self, job)
+                    if through_backend:
+                        resolve = core.resolver(self.group, job.request, self.group_is_request)
                     try:
                         outcome = await run_device(resolve, job.base, job.request, job)
                     except trio.Cancelled:
-                        if job.abandoned and not persist._closed:
-                            persist._count_outcome(self, job, None)
+                        if job.abandoned and not core.closed:
+                            core.count_outcome("flight", self.group, job, None)
                             job.fail(
                                 leader_died("the execution was cancelled: every listener left")
                             )
@@ -121,18 +131,14 @@ class Flight:
                         job.scope = None
                     self.served += 1
                     self.last_active = trio.current_time()
-                    persist._count_outcome(self, job, outcome)
-                    if (
-                        outcome is Outcome.OK
-                        and job.spawn_worker
-                        and persist._spawn_worker_from(self, job)
-                    ):
+                    core.count_outcome("flight", self.group, job, outcome)
+                    if outcome is Outcome.OK and job.spawn_worker and self._spawn_worker(job):
                         return True
                     if scope.cancel_called:
                         # The device swallowed its cancellation: this scope is spent.
                         over = not self._advance()
                         return over
-                if self.successor is not None and persist._hand_over(self, self.successor):
+                if self.successor is not None and self._hand_over(self.successor):
                     return True
                 if not self._advance():
                     return True
@@ -140,7 +146,7 @@ class Flight:
         finally:
             if over:
                 self.over = True
-                persist._flight_ended(self)
+                self._end()
 
     def _advance(self) -> bool:
         """Make the next live queued job current; False if there is none."""
@@ -151,6 +157,42 @@ class Flight:
                 self.current = job
                 return True
         return False
+
+    def _spawn_worker(self, job: Job) -> bool:
+        """After a successful spawn_worker job; True if this flight handed its group over."""
+        core = self.core
+        if core.closed or self.group is None:
+            return False
+        state = job.value
+        if core.hooks.group is None:  # the default grouper: the worker owns group(state, None)
+            try:
+                group: Hashable = default_group(state, None)
+            except TypeError:
+                return False  # a result the default grouper cannot name has no worker
+            if group not in core.owners:
+                self.supervisor.start(self.supervisor.new_worker(group, state))
+            return False
+        if self.successor is None:
+            self.successor = self.supervisor.new_worker(self.group, state)
+        return self._hand_over(self.successor)
+
+    def _hand_over(self, task: WorkerTask) -> bool:
+        """Make *task* the owner of this flight's group, with the jobs queued here."""
+        self.successor = None
+        if not self.supervisor.take_over(self.group, self, task, self.pending):
+            return False
+        self.pending.clear()
+        return True
+
+    def _end(self) -> None:
+        core = self.core
+        core.in_flight -= 1
+        if self.group is not None:
+            core.registry.unregister(self.group, self)
+        if self.successor is not None and not core.closed:
+            self._hand_over(self.successor)
+        reason = "the persist closed" if core.closed else "its flight ended"
+        self.fail_unanswered(f"the execution ended without an outcome: {reason}")
 
     def fail_unanswered(self, error_message: str) -> None:
         """Answer every job still waiting with `LeaderDied` (the flight is going away)."""

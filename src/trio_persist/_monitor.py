@@ -29,14 +29,11 @@ import os
 import socket as stdlib_socket
 import stat
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
-from ._stats import GroupSnapshot
-
-if TYPE_CHECKING:
-    from ._persist import Persist
+from ._stats import GroupSnapshot, Observed
 
 __all__ = ["FRAME_VERSION", "build_frame", "serve_monitor"]
 
@@ -47,7 +44,7 @@ def _activity(record: GroupSnapshot) -> tuple[int, int, float]:
     return (-(record.listeners + record.queued), -int(record.busy), -record.last_active)
 
 
-def build_frame(persist: Persist, *, max_groups: int = 200) -> dict[str, Any]:
+def build_frame(persist: Observed, *, max_groups: int = 200) -> dict[str, Any]:
     """Build one monitor frame (a JSON-ready dict) from *persist* as it is now."""
     records = persist.snapshot()
     busiest = sorted(records, key=_activity)[:max_groups]
@@ -55,7 +52,7 @@ def build_frame(persist: Persist, *, max_groups: int = 200) -> dict[str, Any]:
         "version": FRAME_VERSION,
         "time": trio.current_time(),
         "wall": time.time(),
-        "device": persist._hooks.name,
+        "device": persist.name,
         "statistics": persist.statistics().to_json(),
         "groups_total": len(records),
         "snapshot": [record.to_json() for record in busiest],
@@ -89,7 +86,7 @@ def _claim_path(path: str) -> None:
 
 
 async def serve_monitor(
-    persist: Persist,
+    persist: Observed,
     path: str | os.PathLike[str],
     *,
     interval: float = 1.0,
@@ -141,7 +138,7 @@ async def serve_monitor(
 
 
 async def _serve_client(
-    persist: Persist, stream: trio.SocketStream, interval: float, max_groups: int
+    persist: Observed, stream: trio.SocketStream, interval: float, max_groups: int
 ) -> None:
     async with stream, trio.open_nursery() as nursery:
         nursery.start_soon(_discard_input, stream, nursery.cancel_scope)

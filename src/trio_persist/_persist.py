@@ -5,39 +5,54 @@ flight running it (joining an identical job, or queueing behind it), else a new
 flight. Routing is synchronous from the lookup to the registration, so on
 Trio's single thread it is atomic: of N concurrent first callers exactly one
 starts an execution.
+
+Everything the persist shares with its flights and workers lives one layer
+down, in its `Core`; this module only routes, reports and closes.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+import sys
+from collections.abc import AsyncIterator, Hashable
 from contextlib import asynccontextmanager
 from typing import Any, final
 
 import attrs
 import trio
 
-from ._device import DeviceHooks, adapt_device
-from ._events import EventHub, EventSubscription
+from ._backend import check_backend
+from ._core import Core
+from ._device import adapt_device
+from ._events import EventSubscription
 from ._exceptions import InfiniteRecursion, PersistClosed
 from ._flight import Flight
 from ._grouping import default_group, default_group_and_base
-from ._job import Job, Outcome, leader_died, running
+from ._job import Job, leader_died, running
 from ._monitor import serve_monitor
 from ._options import AwaitMode, ErrorStrategy, PersistOptions, check_duration
 from ._registry import Registry
 from ._runner import RunnerPool
 from ._stats import GroupSnapshot, PersistStatistics
-from ._supervision import WorkerSupervision
-from ._worker import Worker
+from ._supervisor import Supervisor
+from ._worker import Worker, WorkerTask, task_of
+
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup
 
 __all__ = ["Persist", "open_persist"]
 
-Owner = Flight | Worker
+Owner = Flight | WorkerTask
 
 # How requests are grouped.
 _UNGROUPED, _DIGEST, _HOOK = range(3)
+
+
+def _is_exit(error: BaseException) -> bool:
+    if isinstance(error, BaseExceptionGroup):
+        return error.subgroup((KeyboardInterrupt, SystemExit)) is not None
+    return isinstance(error, (KeyboardInterrupt, SystemExit))
 
 
 def _waits_for(start: Any, target: Any) -> bool:
@@ -56,50 +71,58 @@ def _waits_for(start: Any, target: Any) -> bool:
 
 @final
 @attrs.define(eq=False, repr=False)
-class Persist(WorkerSupervision):
+class Persist:
     """Deduplicated execution and persistent workers for one device.
 
     Made by `open_persist`; every flight and worker is a task in its nursery.
     """
 
-    _hooks: DeviceHooks = attrs.field(alias="hooks")
-    options: PersistOptions
-    """The checked options the persist was opened with."""
-    _nursery: trio.Nursery = attrs.field(alias="nursery")
-    _backend: Any = attrs.field(default=None, alias="backend")
-    registry: Registry[Owner] = attrs.field(factory=Registry, init=False)
-    """Which flight or worker owns each group (read it; do not change it)."""
-    _owners: dict[Hashable, Owner] = attrs.field(init=False)
-    _events: EventHub = attrs.field(factory=EventHub, init=False)
+    _core: Core = attrs.field(alias="core")
+    _supervisor: Supervisor = attrs.field(init=False)
     _runners: RunnerPool = attrs.field(init=False)
     _mode: int = attrs.field(init=False)
-    _workers: dict[Worker, None] = attrs.field(factory=dict, init=False)  # LRU first
-    _retired: dict[Hashable, None] = attrs.field(factory=dict, init=False)
-    _closed: bool = attrs.field(default=False, init=False)
-    _requests: int = attrs.field(default=0, init=False)
-    _executions: int = attrs.field(default=0, init=False)
-    _deduplicated: int = attrs.field(default=0, init=False)
-    _failures: int = attrs.field(default=0, init=False)
-    _crashes: int = attrs.field(default=0, init=False)
-    _abandoned: int = attrs.field(default=0, init=False)
-    _worker_timeouts: int = attrs.field(default=0, init=False)
-    _evictions: int = attrs.field(default=0, init=False)
-    _workers_started: int = attrs.field(default=0, init=False)
-    _in_flight: int = attrs.field(default=0, init=False)
-    _waiting: int = attrs.field(default=0, init=False)
 
     def __attrs_post_init__(self) -> None:
-        self._owners = self.registry._owners
-        self._runners = RunnerPool(self._nursery)
-        mode = self.options.await_inprogress
-        if mode is False or (mode == "named" and self._hooks.group is None):
+        core = self._core
+        core.reroute = self._reroute
+        self._supervisor = Supervisor(core)
+        self._runners = RunnerPool(core.nursery)
+        mode = core.options.await_inprogress
+        has_hook = core.hooks.group is not None
+        if mode is False or (mode == "named" and not has_hook):
             self._mode = _UNGROUPED
         else:
-            self._mode = _HOOK if self._hooks.group is not None else _DIGEST
+            self._mode = _HOOK if has_hook else _DIGEST
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else "open"
-        return f"<trio_persist.Persist {self._hooks.name} {state} groups={len(self._owners)}>"
+        core = self._core
+        state = "closed" if core.closed else "open"
+        return f"<trio_persist.Persist {core.hooks.name} {state} groups={len(core.owners)}>"
+
+    @property
+    def options(self) -> PersistOptions:
+        """The checked options the persist was opened with."""
+        return self._core.options
+
+    @property
+    def registry(self) -> Registry[Flight | Worker]:
+        """Which flight or worker owns each group (read it; do not change it)."""
+        return self._core.registry
+
+    @property
+    def name(self) -> str:
+        """The device's name (its qualified name), as the monitor shows it."""
+        return self._core.hooks.name
+
+    @property
+    def backend(self) -> Any:
+        """The backend the persist was opened with (e.g. a `RedisBackend`), or None."""
+        return self._core.backend
+
+    @property
+    def closed(self) -> bool:
+        """Whether the persist's block has been left."""
+        return self._core.closed
 
     # -- public API --------------------------------------------------------------
 
@@ -113,7 +136,7 @@ class Persist(WorkerSupervision):
             TypeError: the default grouper cannot encode a value (the message
                 says which and where).
         """
-        hook = self._hooks.group
+        hook = self._core.hooks.group
         if hook is not None:
             return hook(base, request)
         return default_group(base, request)
@@ -128,7 +151,8 @@ class Persist(WorkerSupervision):
 
         The execution runs in a task of the persist, not in the caller's:
         cancelling a caller (the first one included) leaves it running for the
-        others; when the last one leaves, it is cancelled. This is a checkpoint.
+        others; when the last one leaves, it is cancelled. This is always a
+        checkpoint, unless it raises one of the errors below at once.
 
         Args:
             base: What the request is resolved against (``device.resolve``'s
@@ -147,7 +171,8 @@ class Persist(WorkerSupervision):
                 caller outside it.
             TypeError: the default grouper cannot encode the base or request.
         """
-        if self._closed:
+        core = self._core
+        if core.closed:
             raise PersistClosed(
                 "this persist is closed: resolve() is only possible inside its block"
             )
@@ -155,58 +180,26 @@ class Persist(WorkerSupervision):
             raise TypeError(
                 f"spawn_worker must be True or False, got {type(spawn_worker).__name__}"
             )
-        mode = self._mode
-        group: Hashable
-        base_group: Hashable | None = None
-        key: Hashable | None = None
-        if mode == _DIGEST:
-            if self._workers or self._retired:
-                group, base_group = default_group_and_base(base, request)
-            else:
-                group = default_group(base, request)
-            key = group
-        elif mode == _HOOK:
-            group = self._hooks.group(base, request)  # type: ignore[misc]
-        else:
-            self._requests += 1
+        if self._mode == _UNGROUPED:
+            core.requests += 1
             job = self._new_flight(None, None, base, request, spawn_worker)
             return await self._listen(job, job.owner, running.get())
-        self._requests += 1
+        group, by_base, key = self._name(base, request)
+        core.requests += 1
         current = running.get()
         while True:
-            owner = self._owners.get(group)
-            if owner is None and base_group is not None:
-                by_base = self._owners.get(base_group)
-                if isinstance(by_base, Worker):
-                    owner = by_base
+            owner = self._owner(group, by_base, base)
             if owner is None:
-                restore_group = group if base_group is None else base_group
-                if restore_group in self._retired:
-                    owner = self._restoring_worker(restore_group, base)
-                else:
-                    job = self._new_flight(group, key, base, request, spawn_worker)
-                    return await self._listen(job, job.owner, current)
+                job = self._new_flight(group, key, base, request, spawn_worker)
+                return await self._listen(job, job.owner, current)
             if current is not None and _waits_for(owner, current):
-                if owner is current and isinstance(owner, Worker):
-                    return await self._execute_directly(base, request)
-                if self.options.allow_infinite:
-                    return await self._execute_directly(base, request)
-                raise InfiniteRecursion(
-                    f"resolving group {group!r} would wait for an execution that is waiting "
-                    "for this call; pass allow_infinite=True to execute it directly instead"
-                )
+                return await self._recurse(owner, current, group, base, request)
             if isinstance(owner, Flight):
-                joined = owner.find(request)
-                if joined is not None:
-                    self._deduplicated += 1
-                    self._events.emit("flight.joined", group)
-                    return await self._listen(joined, owner, current)
-                job = owner.enqueue(base, request, spawn_worker)
-                job.key = key
+                job = self._join_or_queue(owner, base, request, key, spawn_worker)
                 return await self._listen(job, owner, current)
             joined = owner.find(request, key)
             if joined is not None:
-                self._deduplicated += 1
+                core.deduplicated += 1
                 return await self._listen(joined, owner, current)
             job = Job(base, request, owner, spawn_worker, key)
             if await owner.submit(job):
@@ -224,7 +217,7 @@ class Persist(WorkerSupervision):
 
         If the group has a worker already, that one is returned. If a flight
         runs the group, the worker takes over when its current execution ends,
-        with the requests queued behind it. This is a checkpoint.
+        with the requests queued behind it. Always a checkpoint.
 
         Args:
             base: The worker's state.
@@ -239,29 +232,24 @@ class Persist(WorkerSupervision):
             PersistClosed: the persist's block has been left.
         """
         await trio.lowlevel.checkpoint()
-        if self._closed:
+        core = self._core
+        if core.closed:
             raise PersistClosed("this persist is closed: no worker can start")
-        if static is None:
-            static = self.options.static_worker
-        elif not isinstance(static, bool):
+        if static is not None and not isinstance(static, bool):
             raise TypeError(f"static must be True, False or None, got {type(static).__name__}")
-        if timeout is None:
-            seconds = self.options.worker_timeout
-        else:
-            seconds = check_duration("timeout", timeout)
+        seconds = None if timeout is None else check_duration("timeout", timeout)
         if group is None:
             group = self.group(base, None)
-        owner = self._owners.get(group)
+        owner = core.owners.get(group)
         if isinstance(owner, Worker):
             return owner
-        worker = Worker(persist=self, group=group, state=base, static=static, timeout=seconds)
+        task = self._supervisor.new_worker(group, base, static=static, timeout=seconds)
         if isinstance(owner, Flight):
             if owner.successor is None:
-                owner.successor = worker
-            return owner.successor
-        self.registry.register(group, worker)
-        self._launch(worker)
-        return worker
+                owner.successor = task
+            return owner.successor.handle
+        self._supervisor.start(task)
+        return task.handle
 
     def forget(self, group: Hashable) -> bool:
         """Make the next call for *group* start afresh (Go singleflight's ``Forget``).
@@ -272,17 +260,18 @@ class Persist(WorkerSupervision):
         Returns:
             Whether *group* had an owner.
         """
-        owner = self._owners.get(group)
+        core = self._core
+        owner = core.owners.get(group)
         if owner is None:
             return False
-        self.registry.unregister(group, owner)
+        core.registry.unregister(group, owner)
         if isinstance(owner, Worker):
             owner.stop_nowait("forgotten")
         return True
 
     def workers(self) -> tuple[Worker, ...]:
         """Return every live worker, least recently used first."""
-        return tuple(self._workers)
+        return tuple(task.handle for task in self._supervisor.workers)
 
     def subscribe(self, max_buffer: int = 256) -> EventSubscription:
         """Subscribe to this persist's events.
@@ -291,7 +280,7 @@ class Persist(WorkerSupervision):
         events wait for a slow subscriber; beyond that they are dropped (and
         counted), never slowing a flight or a worker.
         """
-        return self._events.subscribe(max_buffer)
+        return self._core.events.subscribe(max_buffer)
 
     async def serve_monitor(
         self,
@@ -320,21 +309,7 @@ class Persist(WorkerSupervision):
 
     def statistics(self) -> PersistStatistics:
         """Return a frozen snapshot of this persist's counters and gauges."""
-        return PersistStatistics(
-            requests=self._requests,
-            executions=self._executions,
-            deduplicated=self._deduplicated,
-            failures=self._failures,
-            crashes=self._crashes,
-            abandoned=self._abandoned,
-            worker_timeouts=self._worker_timeouts,
-            evictions=self._evictions,
-            workers_started=self._workers_started,
-            in_flight=self._in_flight,
-            waiters=self._waiting,
-            workers=len(self._workers),
-            groups=len(self._owners),
-        )
+        return self._core.statistics(workers=len(self._supervisor.workers))
 
     def snapshot(self) -> tuple[GroupSnapshot, ...]:
         """Return one frozen record per registered group, in registration order.
@@ -342,13 +317,12 @@ class Persist(WorkerSupervision):
         Empty when all is quiet and no worker lives.
         """
         records = []
-        for group, owner in self._owners.items():
+        for group, held in self._core.owners.items():
+            owner = held if isinstance(held, Flight) else task_of(held)
             if isinstance(owner, Flight):
                 queued = sum(1 for job in owner.pending if not job.abandoned)
-                busy = owner.current.scope is not None and not owner.current.done.is_set()
             else:
-                queued = owner.queued
-                busy = owner.busy
+                queued = owner.pending
             records.append(
                 GroupSnapshot(
                     group=group,
@@ -358,32 +332,70 @@ class Persist(WorkerSupervision):
                     served=owner.served,
                     started=owner.started,
                     last_active=owner.last_active,
-                    busy=busy,
+                    busy=owner.busy,
                 )
             )
         return tuple(records)
 
-    @property
-    def backend(self) -> Any:
-        """The backend the persist was opened with (e.g. a `RedisBackend`), or None."""
-        return self._backend
-
-    @property
-    def closed(self) -> bool:
-        """Whether the persist's block has been left."""
-        return self._closed
-
     # -- routing -----------------------------------------------------------------
 
+    def _name(self, base: Any, request: Any) -> tuple[Hashable, Hashable | None, Hashable | None]:
+        """Return ``(group, base's group or None, worker dedup key or None)``."""
+        if self._mode == _HOOK:
+            return self._core.hooks.group(base, request), None, None  # type: ignore[misc]
+        if self._supervisor.workers or self._supervisor.retired:
+            # A worker started for *base* serves every request on it.
+            group, by_base = default_group_and_base(base, request)
+            return group, by_base, group
+        group = default_group(base, request)
+        return group, None, group
+
+    def _owner(self, group: Hashable, by_base: Hashable | None, base: Any) -> Owner | None:
+        """The owner a request for *group* goes to, restoring a retired worker; or None."""
+        owners = self._core.owners
+        owner = owners.get(group)
+        if owner is not None:
+            return owner if isinstance(owner, Flight) else task_of(owner)
+        if by_base is not None and isinstance(worker := owners.get(by_base), Worker):
+            return task_of(worker)
+        retired = group if by_base is None else by_base
+        if retired in self._supervisor.retired:
+            return self._supervisor.restoring(retired, base)
+        return None
+
+    def _join_or_queue(
+        self, flight: Flight, base: Any, request: Any, key: Hashable | None, spawn: bool
+    ) -> Job:
+        job = flight.find(request)
+        if job is not None:
+            self._core.deduplicated += 1
+            self._core.events.emit("flight.joined", flight.group)
+            return job
+        return flight.enqueue(base, request, spawn, key)
+
+    async def _recurse(
+        self, owner: Owner, current: Owner, group: Hashable, base: Any, request: Any
+    ) -> Any:
+        """A resolve that would wait for its own caller: execute directly, or refuse."""
+        if (owner is current and isinstance(owner, WorkerTask)) or self.options.allow_infinite:
+            await trio.lowlevel.checkpoint()  # promised, whatever the device does
+            self._core.executions += 1
+            return await self._core.hooks.resolve(base, request)
+        raise InfiniteRecursion(
+            f"resolving group {group!r} would wait for an execution that is waiting "
+            "for this call; pass allow_infinite=True to execute it directly instead"
+        )
+
     async def _listen(self, job: Job, owner: Any, current: Any) -> Any:
+        core = self._core
         job.listeners += 1
-        self._waiting += 1
+        core.waiting += 1
         if current is not None:
             current.awaiting.append(owner)
         try:
             await job.done.wait()
         finally:
-            self._waiting -= 1
+            core.waiting -= 1
             if current is not None:
                 current.awaiting.remove(owner)
             if not job.done.is_set():
@@ -396,122 +408,76 @@ class Persist(WorkerSupervision):
         self, group: Hashable | None, key: Hashable | None, base: Any, request: Any, spawn: bool
     ) -> Job:
         """Start a flight for *group* (None: ungrouped, never registered); return its job."""
-        flight = Flight(self, group, self._mode != _HOOK, trio.current_time())
-        job = flight.first(base, request, spawn)
-        job.key = key
+        core = self._core
+        flight = Flight(core, self._supervisor, group, self._mode != _HOOK, trio.current_time())
+        job = flight.first(base, request, spawn, key)
         if group is not None:
-            self.registry.register(group, flight)
+            core.registry.register(group, flight)
         self._start_flight(flight)
         return job
 
     def _start_flight(self, flight: Flight) -> None:
-        self._in_flight += 1
+        self._core.in_flight += 1
         self._runners.run(flight)
-        self._events.emit("flight.started", flight.group)
-
-    async def _execute_directly(self, base: Any, request: Any) -> Any:
-        self._executions += 1
-        return await self._hooks.resolve(base, request)
+        self._core.events.emit("flight.started", flight.group)
 
     def _reroute(self, job: Job) -> None:
         """Give a job whose worker stopped to its group's owner now, or a new flight."""
-        if self._closed:
+        core = self._core
+        if core.closed:
             job.fail(leader_died("the persist closed before this request was served"))
             return
-        if self._mode == _HOOK:
-            try:
-                group = self._hooks.group(job.base, job.request)  # type: ignore[misc]
-            except Exception as exc:
-                job.fail(exc)
-                return
-        else:
-            group = job.key if job.key is not None else default_group(job.base, job.request)
-        owner = self._owners.get(group)
+        try:
+            if self._mode == _HOOK:
+                group = core.hooks.group(job.base, job.request)  # type: ignore[misc]
+            else:
+                group = job.key if job.key is not None else default_group(job.base, job.request)
+        except Exception as exc:
+            job.fail(exc)
+            return
+        owner = core.owners.get(group)
         if owner is None:
-            flight = Flight(self, group, self._mode == _DIGEST, trio.current_time())
+            flight = Flight(
+                core, self._supervisor, group, self._mode == _DIGEST, trio.current_time()
+            )
             flight.current = job
             job.owner = flight
-            self.registry.register(group, flight)
+            core.registry.register(group, flight)
             self._start_flight(flight)
         elif isinstance(owner, Flight):
             job.owner = owner
             owner.pending.append(job)
         else:
-            job.owner = owner
-            self._nursery.start_soon(self._forward, owner, job)
+            task = task_of(owner)
+            job.owner = task
+            core.nursery.start_soon(self._forward, task, job)
 
-    async def _forward(self, worker: Worker, job: Job) -> None:
-        if not await worker.submit(job):
+    async def _forward(self, task: WorkerTask, job: Job) -> None:
+        if not await task.submit(job):
             self._reroute(job)
-
-    # -- counters and events (called by flights and workers) ----------------------
-
-    def _resolver(self, flight: Flight, job: Job) -> Callable[[Any, Any], Awaitable[Any]]:
-        """What a flight's job runs: the device, through the backend if there is one."""
-        resolve = self._hooks.resolve
-        backend = self._backend
-        if backend is None or flight.group is None:
-            return resolve
-        key = backend.key_of(flight.group, job.request, flight.group_is_request)
-        if key is None:
-            return resolve
-
-        async def across_processes(base: Any, request: Any) -> Any:
-            return await backend.run(key, base, request, resolve)
-
-        return across_processes
-
-    def _count_execution(self) -> None:
-        self._executions += 1
-
-    def _count_outcome(self, owner: Owner, job: Job, outcome: Outcome | None) -> None:
-        kind = owner.kind
-        if outcome is Outcome.OK:
-            self._events.emit(
-                "worker.served" if kind == "worker" else "flight.finished", owner.group
-            )
-        elif outcome is None:
-            self._abandoned += 1
-            self._events.emit(f"{kind}.cancelled", owner.group)
-        else:
-            self._failures += 1
-            if outcome is Outcome.CRASHED:
-                self._crashes += 1
-            error = job.error
-            detail = f"{type(error).__name__}: {error}" if error is not None else ""
-            self._events.emit(f"{kind}.failed", owner.group, detail)
-
-    def _flight_ended(self, flight: Flight) -> None:
-        self._in_flight -= 1
-        if flight.group is not None:
-            self.registry.unregister(flight.group, flight)
-        if flight.successor is not None and not self._closed:
-            self._hand_over(flight, flight.successor)
-        reason = "the persist closed" if self._closed else "its flight ended"
-        flight.fail_unanswered(f"the execution ended without an outcome: {reason}")
 
     # -- closing -----------------------------------------------------------------
 
     async def _aclose(self) -> None:
-        self._closed = True
-        grace = self.options.shutdown_grace
-        workers = tuple(self._workers)
-        for worker in workers:
-            worker.stop_nowait("closed")
-            current = worker._current
-            if current is not None and current.scope is not None:
-                current.scope.cancel()
-        with trio.CancelScope(shield=True) as scope:
-            if not math.isinf(grace):
-                scope.deadline = trio.current_time() + 2 * grace
-            for worker in workers:
-                await worker.wait_stopped()
-        if self._backend is not None:
-            with trio.CancelScope(shield=True):
-                await self._backend.leave()
-        self._runners.close()
-        self._nursery.cancel_scope.cancel()
-        self._events.close()
+        """Stop every worker (``on_idle`` bounded by the grace), end every flight."""
+        core = self._core
+        core.closed = True
+        try:
+            grace = core.options.shutdown_grace
+            tasks = self._supervisor.stop_all()
+            with trio.CancelScope(shield=True) as scope:
+                if not math.isinf(grace):
+                    scope.deadline = trio.current_time() + 2 * grace
+                for task in tasks:
+                    await task.wait_stopped()
+            if core.backend is not None:
+                with trio.CancelScope(shield=True):
+                    await core.backend.leave()
+        finally:
+            # Whatever happened above, nothing of the persist may outlive its block.
+            self._runners.close()
+            core.nursery.cancel_scope.cancel()
+            core.events.close()
 
 
 @asynccontextmanager
@@ -534,7 +500,8 @@ async def open_persist(
     bounded by *shutdown_grace*), cancels every flight, and frees every group;
     callers still waiting from outside get `LeaderDied`, and later calls get
     `PersistClosed`. An exception from the block propagates as itself, not
-    wrapped in an exception group.
+    wrapped in an exception group, even if a task of the persist failed at the
+    same time (that failure is then its ``__context__``).
 
     Args:
         device: An ``async def resolve(base, request)``, or an object with an
@@ -571,23 +538,33 @@ async def open_persist(
         shutdown_grace=shutdown_grace,
     )
     hooks = adapt_device(device)
-    if backend is not None and not (hasattr(backend, "serve") and hasattr(backend, "run")):
-        raise TypeError(
-            "backend must be None or a trio-persist backend such as "
-            f"trio_persist.redis.RedisBackend, got {type(backend).__name__}"
-        )
+    checked_backend = check_backend(backend)
     body_error: BaseException | None = None
-    async with trio.open_nursery() as nursery:
-        persist = Persist(hooks=hooks, options=options, nursery=nursery, backend=backend)
-        if backend is not None:
-            await nursery.start(backend.serve, persist)
-        try:
-            yield persist
-        except BaseException as exc:
-            # Re-raised below, outside the nursery, so the user's exception is not
-            # wrapped in an ExceptionGroup by a nursery they never opened.
-            body_error = exc
-        finally:
-            await persist._aclose()
+    try:
+        async with trio.open_nursery() as nursery:
+            core = Core(hooks=hooks, options=options, nursery=nursery, backend=checked_backend)
+            persist = Persist(core=core)
+            if checked_backend is not None:
+                await nursery.start(checked_backend.serve, persist)
+            try:
+                yield persist
+            except BaseException as exc:
+                # Re-raised below, outside the nursery, so the user's exception is
+                # not wrapped in an ExceptionGroup by a nursery they never opened.
+                body_error = exc
+            finally:
+                await persist._aclose()
+    except BaseException as failure:
+        # A task of the persist failed. If the block was only cancelled because of
+        # that, or the failure is the program exiting (KeyboardInterrupt,
+        # SystemExit), the failure propagates; otherwise the block's own
+        # exception does, with the failure as its context. Neither is dropped.
+        if body_error is None or isinstance(body_error, trio.Cancelled):
+            raise
+        if _is_exit(failure):
+            if failure.__context__ is None:
+                failure.__context__ = body_error
+            raise
+        raise body_error  # noqa: B904 - the context is the point
     if body_error is not None:
         raise body_error

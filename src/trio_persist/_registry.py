@@ -11,7 +11,7 @@ each call is atomic: no lock is needed, and none of these can be interrupted.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Generic, TypeVar, final
 
@@ -92,6 +92,14 @@ class Registry(Generic[OwnerT]):
             return False
         self._owners[group] = successor
         return True
+
+    def as_mapping(self) -> Mapping[Hashable, OwnerT]:
+        """Return the live group -> owner mapping, read-only.
+
+        It follows every later change (no copy is made); change it only through
+        the registry's methods.
+        """
+        return self._owners
 
     def lookup(self, group: Hashable) -> OwnerT | None:
         """Return the owner of *group*, or None if it is free."""

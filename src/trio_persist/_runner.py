@@ -8,54 +8,63 @@ flight is one ``reschedule``. When an execution must be cancelled because every
 listener left, its runner's scope is cancelled: that runner retires, and the
 flight (with whatever is queued behind the cancelled job) goes on in a fresh
 runner. At most ``limit`` runners stay parked; they end with the persist.
+
+The pool knows flights only as `Runnable`, so it sits below them.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import outcome
 import trio
 
-if TYPE_CHECKING:
-    from ._flight import Flight
+__all__ = ["Runnable", "RunnerPool"]
 
-__all__ = ["RunnerPool"]
+
+class Runnable(Protocol):
+    """What a runner runs (a flight)."""
+
+    @property
+    def over(self) -> bool:
+        """Whether it has ended (freed its group)."""
+
+    async def run(self, scope: trio.CancelScope) -> bool:
+        """Run in a runner whose cancel scope is *scope*; True when over, False
+        when *scope* was cancelled and is spent (then it goes on in a fresh runner)."""
 
 
 class _Runner:
-    __slots__ = ("flight", "scope", "task")
+    __slots__ = ("runnable", "scope", "task")
 
     def __init__(self, task: trio.lowlevel.Task, scope: trio.CancelScope) -> None:
         self.task = task
         self.scope = scope
-        self.flight: Flight | None = None
+        self.runnable: Runnable | None = None
 
 
 class RunnerPool:
-    """Runs flights in reusable tasks of *nursery*. Internal to a persist."""
+    """Runs runnables in reusable tasks of *nursery*. Internal to a persist."""
 
-    __slots__ = ("_idle", "_nursery", "limit", "started")
+    __slots__ = ("_idle", "_nursery", "limit")
 
     def __init__(self, nursery: trio.Nursery, limit: int = 64) -> None:
         self._nursery = nursery
         self._idle: list[_Runner] = []
         self.limit = limit
-        self.started = 0
 
     @property
     def idle(self) -> int:
         """Runners parked now."""
         return len(self._idle)
 
-    def run(self, flight: Flight) -> None:
-        """Run *flight* in a parked runner, or in a new one if none is parked."""
+    def run(self, runnable: Runnable) -> None:
+        """Run *runnable* in a parked runner, or in a new one if none is parked."""
         if self._idle:
             runner = self._idle.pop()
-            trio.lowlevel.reschedule(runner.task, outcome.Value(flight))
+            trio.lowlevel.reschedule(runner.task, outcome.Value(runnable))
         else:
-            self.started += 1
-            self._nursery.start_soon(self._main, flight)
+            self._nursery.start_soon(self._main, runnable)
 
     def close(self) -> None:
         """Let parked runners end (the persist is closing)."""
@@ -64,21 +73,21 @@ class RunnerPool:
             runner = self._idle.pop()
             trio.lowlevel.reschedule(runner.task, outcome.Value(None))
 
-    async def _main(self, flight: Flight | None) -> None:
+    async def _main(self, runnable: Runnable | None) -> None:
         with trio.CancelScope() as scope:
             runner = _Runner(trio.lowlevel.current_task(), scope)
-            while flight is not None:
-                runner.flight = flight
-                if not await flight.run(scope):
+            while runnable is not None:
+                runner.runnable = runnable
+                if not await runnable.run(scope):
                     # The scope was cancelled for an abandoned job: it is spent.
                     break
-                runner.flight = None
-                flight = await self._park(runner)
-        if runner.flight is not None and not runner.flight.over:
+                runner.runnable = None
+                runnable = await self._park(runner)
+        if runner.runnable is not None and not runner.runnable.over:
             # Retired mid-flight: the flight goes on in a fresh runner.
-            self.run(runner.flight)
+            self.run(runner.runnable)
 
-    async def _park(self, runner: _Runner) -> Flight | None:
+    async def _park(self, runner: _Runner) -> Runnable | None:
         if len(self._idle) >= self.limit:
             return None
         self._idle.append(runner)
@@ -87,5 +96,5 @@ class RunnerPool:
             self._idle.remove(runner)
             return trio.lowlevel.Abort.SUCCEEDED
 
-        next_flight: Flight | None = await trio.lowlevel.wait_task_rescheduled(abort)
-        return next_flight
+        next_runnable: Runnable | None = await trio.lowlevel.wait_task_rescheduled(abort)
+        return next_runnable

@@ -8,11 +8,11 @@ live state; `Persist.statistics` and `Persist.snapshot` build them.
 from __future__ import annotations
 
 from collections.abc import Hashable
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 
-__all__ = ["GroupSnapshot", "PersistStatistics"]
+__all__ = ["GroupSnapshot", "Observed", "PersistStatistics", "group_label"]
 
 
 @attrs.frozen
@@ -86,3 +86,20 @@ class GroupSnapshot:
         data = attrs.asdict(self)
         data["group"] = group_label(self.group)
         return data
+
+
+class Observed(Protocol):
+    """What observation reads: a persist, or anything shaped like one.
+
+    The monitor server, frames and the Redis heartbeat read only these, so
+    they depend on the records in this module and never on the persist.
+    """
+
+    @property
+    def name(self) -> str:
+        """The device's name."""
+        ...
+
+    def statistics(self) -> PersistStatistics: ...
+
+    def snapshot(self) -> tuple[GroupSnapshot, ...]: ...

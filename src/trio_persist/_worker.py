@@ -11,26 +11,28 @@ It stops after ``timeout`` seconds with no new request (a cancel scope around
 the wait, never a polling loop), when evicted under ``max_workers``, on
 `Worker.stop`, under the ``"throw"`` error strategy, or when the persist
 closes; each time ``on_idle(group, state)`` runs first, bounded by the
-persist's shutdown grace. After a crash it does not run. Either way the group
-is freed and every request still queued is re-routed to a fresh execution,
+persist's shutdown grace. After a crash it does not run. Either way its host
+(the supervisor) frees the group and re-routes every request still queued,
 never lost and never left hanging.
+
+Two classes: `WorkerTask` is the worker itself, internal, what the registry
+holds and the facade routes to; `Worker` is the public handle users and custom
+``serve`` loops get, a thin face over it.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Hashable
-from typing import TYPE_CHECKING, Any, final
+from typing import Any, Protocol, final
 
 import attrs
 import trio
 
+from ._core import Core
 from ._job import Job, Outcome, leader_died, run_device, running
 
-if TYPE_CHECKING:
-    from ._persist import Persist
-
-__all__ = ["Worker", "WorkerRequest", "WorkerStatistics"]
+__all__ = ["Worker", "WorkerHost", "WorkerRequest", "WorkerStatistics", "WorkerTask", "task_of"]
 
 
 @attrs.frozen
@@ -61,7 +63,20 @@ class WorkerStatistics:
     """Whether the worker has ended."""
     stop_reason: str | None
     """Why it stopped: ``"timeout"``, ``"evicted"``, ``"stopped"``, ``"throw"``,
-    ``"crashed"``, ``"closed"``, ``"unrestored"``, or None while it runs."""
+    ``"crashed"``, ``"closed"``, ``"unrestored"``, ``"forgotten"``, or None while it runs."""
+
+
+class WorkerHost(Protocol):
+    """What a worker tells its supervisor (which lives in the layer above)."""
+
+    def touch(self, task: WorkerTask) -> None:
+        """*task* starts a request: it is now the most recently used worker."""
+
+    def regroup(self, task: WorkerTask, state: Any) -> None:
+        """*task* advanced to *state*: move it to the new state's group if free."""
+
+    def ended(self, task: WorkerTask, crashed: BaseException | None) -> None:
+        """*task* has ended: free its group and re-route what it still holds."""
 
 
 @final
@@ -74,6 +89,7 @@ class WorkerRequest:
     """
 
     _job: Job = attrs.field(alias="job")
+    _task: WorkerTask = attrs.field(alias="task")
 
     @property
     def request(self) -> Any:
@@ -82,214 +98,131 @@ class WorkerRequest:
 
     @property
     def answered(self) -> bool:
+        """Whether the request has been answered."""
         return self._job.done.is_set()
 
     def reply(self, value: Any) -> None:
         """Answer every listener of this request with *value*."""
         if not self._job.done.is_set():
             self._job.succeed(value)
-        self._release()
+        self._task.release(self._job)
 
     def fail(self, error: Exception) -> None:
         """Raise *error* in every listener of this request."""
         if not self._job.done.is_set():
             self._job.fail(error)
-        self._release()
-
-    def _release(self) -> None:
-        owner = self._job.owner
-        if isinstance(owner, Worker):
-            owner._taken.pop(id(self._job), None)
+        self._task.release(self._job)
 
 
 @final
 @attrs.define(eq=False, repr=False)
-class Worker:
-    """A handle on a persistent worker. Made by the persist, never directly.
+class WorkerTask:
+    """A persistent worker. Internal: users hold its `Worker` handle."""
 
-    Attributes:
-        state: The worker's state: what ``device.resolve`` gets as its base.
-    """
-
-    _persist: Persist = attrs.field(alias="persist")
-    _group: Hashable = attrs.field(alias="group")
+    core: Core
+    host: WorkerHost
+    group: Hashable
     state: Any
-    _static: bool = attrs.field(alias="static")
-    _timeout: float = attrs.field(alias="timeout")
-    _restore: bool = attrs.field(default=False, alias="restore")
-    _send: trio.MemorySendChannel[Job] = attrs.field(init=False)
-    _receive: trio.MemoryReceiveChannel[Job] = attrs.field(init=False)
-    _backlog: list[Job] = attrs.field(factory=list, init=False)
-    _queued: dict[int, Job] = attrs.field(factory=dict, init=False)
+    static: bool
+    timeout: float
+    restore: bool = False
+    send: trio.MemorySendChannel[Job] = attrs.field(init=False)
+    receive: trio.MemoryReceiveChannel[Job] = attrs.field(init=False)
+    # Jobs handed over from a flight, or put back, served before the inbox.
+    backlog: list[Job] = attrs.field(factory=list, init=False)
+    # In the inbox: joinable by identical requests until taken.
+    queued: dict[int, Job] = attrs.field(factory=dict, init=False)
     # Taken by the serving loop and not answered yet (a custom loop may hold several).
-    _taken: dict[int, Job] = attrs.field(factory=dict, init=False)
-    _current: Job | None = attrs.field(default=None, init=False)
-    _wait_scope: trio.CancelScope | None = attrs.field(default=None, init=False)
-    _scope: trio.CancelScope | None = attrs.field(default=None, init=False)
-    _waiting: bool = attrs.field(default=False, init=False)
-    _stop_reason: str | None = attrs.field(default=None, init=False)
+    taken: dict[int, Job] = attrs.field(factory=dict, init=False)
+    current: Job | None = attrs.field(default=None, init=False)
+    wait_scope: trio.CancelScope | None = attrs.field(default=None, init=False)
+    scope: trio.CancelScope | None = attrs.field(default=None, init=False)
+    waiting: bool = attrs.field(default=False, init=False)
+    stop_reason: str | None = attrs.field(default=None, init=False)
     # Made on demand: most workers are never waited for (memory per idle worker).
-    _stopped: trio.Event | None = attrs.field(default=None, init=False)
-    _ended: bool = attrs.field(default=False, init=False)
-    _served: int = attrs.field(default=0, init=False)
-    _answered: int = attrs.field(default=0, init=False)
-    _started: float = attrs.field(init=False)
+    stopped: trio.Event | None = attrs.field(default=None, init=False)
+    ended: bool = attrs.field(default=False, init=False)
+    served: int = attrs.field(default=0, init=False)
+    answered: int = attrs.field(default=0, init=False)
+    started: float = attrs.field(init=False)
     last_active: float = attrs.field(init=False)
+    # Owners whose executions this worker's device is waiting for (cycle detection).
     awaiting: list[object] = attrs.field(factory=list, init=False)
     kind: str = attrs.field(default="worker", init=False)
+    # The public face: what the registry holds and users get.
+    handle: Worker = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        self._send, self._receive = trio.open_memory_channel[Job](
-            self._persist.options.worker_inbox
-        )
-        self._started = self.last_active = trio.current_time()
-
-    def __repr__(self) -> str:
-        state = "stopped" if self._ended else "running"
-        return f"<trio_persist.Worker {self._group!r} {state} served={self._served}>"
-
-    @property
-    def group(self) -> Hashable:
-        """The group this worker owns."""
-        return self._group
+        self.send, self.receive = trio.open_memory_channel[Job](self.core.options.worker_inbox)
+        self.started = self.last_active = trio.current_time()
+        self.handle = Worker(task=self)
 
     @property
     def listeners(self) -> int:
-        jobs = (*self._queued.values(), *self._backlog)
-        current = self._current.listeners if self._current is not None else 0
+        jobs = (*self.queued.values(), *self.backlog)
+        current = self.current.listeners if self.current is not None else 0
         return current + sum(job.listeners for job in jobs)
 
     @property
-    def started(self) -> float:
-        """`trio.current_time` when the worker started."""
-        return self._started
-
-    @property
-    def served(self) -> int:
-        """Requests executed so far."""
-        return self._served
-
-    @property
-    def queued(self) -> int:
-        return len(self._backlog) + len(self._queued)
+    def pending(self) -> int:
+        """Requests waiting to be served."""
+        return len(self.backlog) + len(self.queued)
 
     @property
     def busy(self) -> bool:
-        return self._current is not None
+        return self.current is not None
 
     def statistics(self) -> WorkerStatistics:
-        """Return a frozen snapshot of this worker."""
         return WorkerStatistics(
-            group=self._group,
-            static=self._static,
-            timeout=self._timeout,
-            served=self._served,
-            answered=self._answered,
-            queued=self.queued,
+            group=self.group,
+            static=self.static,
+            timeout=self.timeout,
+            served=self.served,
+            answered=self.answered,
+            queued=self.pending,
             listeners=self.listeners,
             busy=self.busy,
-            started=self._started,
+            started=self.started,
             last_active=self.last_active,
-            stopped=self._ended,
-            stop_reason=self._stop_reason,
+            stopped=self.ended,
+            stop_reason=self.stop_reason,
         )
 
     # -- control -----------------------------------------------------------------
 
-    def stop_nowait(self, reason: str = "stopped") -> None:
-        """Ask the worker to stop after the request it is executing, if any.
-
-        Its ``on_idle`` hook runs, then its group is freed and what it still
-        had queued is re-routed. Never blocks; see `stop` to wait for it.
-        """
-        if self._stop_reason is None:
-            self._stop_reason = reason
-        if self._waiting:
-            scope = self._wait_scope or self._scope
+    def stop_nowait(self, reason: str = "stopped", *, cancel: bool = False) -> None:
+        """Stop after the current request (with *cancel*, cancel that too)."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        if self.waiting:
+            scope = self.wait_scope or self.scope
             if scope is not None:
                 scope.cancel()
-
-    async def stop(self) -> None:
-        """Stop the worker and wait until it has ended (``on_idle`` included).
-
-        Cancelling this wait does not undo the stop.
-        """
-        self.stop_nowait()
-        await self.wait_stopped()
+        elif cancel and self.current is not None and self.current.scope is not None:
+            self.current.scope.cancel()
 
     async def wait_stopped(self) -> None:
-        """Wait until the worker has ended, for whatever reason."""
-        if self._ended:
+        if self.ended:
             await trio.lowlevel.checkpoint()
             return
-        if self._stopped is None:
-            self._stopped = trio.Event()
-        await self._stopped.wait()
+        if self.stopped is None:
+            self.stopped = trio.Event()
+        await self.stopped.wait()
 
-    # -- the serving interface (the default loop and custom ``serve`` hooks) --------
-
-    async def receive(self) -> WorkerRequest | None:
-        """Wait for the next request, at most the idle timeout.
-
-        Returns:
-            The next request, in arrival order; or None when the worker should
-            end: it was idle for its timeout, or it was asked to stop. A custom
-            ``serve`` loop returns when it gets None.
-        """
-        job = await self._next_job()
-        return None if job is None else WorkerRequest(job=job)
-
-    def receive_nowait(self) -> WorkerRequest:
-        """Take the next queued request without waiting (for batching loops).
-
-        Raises:
-            trio.WouldBlock: no request is queued now, or the worker is stopping.
-        """
-        job = self._take_nowait() if self._stop_reason is None else None
-        if job is None:
-            raise trio.WouldBlock
-        return WorkerRequest(job=job)
-
-    async def execute(self, request: WorkerRequest) -> Any:
-        """Serve *request* the default way and return its result.
-
-        Runs ``device.resolve(state, request)``, answers the request and every
-        queued request the result also answers (identical ones, or those the
-        device's ``answers`` hook accepts), then advances the state (unless the
-        worker is static) or applies the error strategy. With ``"throw"`` the
-        worker stops once the loop asks for its next request.
-        """
-        return await self._execute(request._job)
-
-    def publish(self, request: Any, value: Any) -> int:
-        """Answer every queued listener that a result for *request* answers.
-
-        Returns how many queued requests were answered.
-        """
-        return self._publish(request, None, value)
-
-    # -- internals ---------------------------------------------------------------
+    # -- routing (called by the facade) ------------------------------------------
 
     def find(self, request: Any, key: object) -> Job | None:
         """Return a live job for an identical request to join, or None."""
-        current = self._current
-        if current is not None and self._same(current, request, key):
+        current = self.current
+        if current is not None and _same(current, request, key):
             return current
-        for job in self._queued.values():
-            if self._same(job, request, key):
+        for job in self.queued.values():
+            if _same(job, request, key):
                 return job
-        for job in self._backlog:
-            if self._same(job, request, key):
+        for job in self.backlog:
+            if _same(job, request, key):
                 return job
         return None
-
-    @staticmethod
-    def _same(job: Job, request: Any, key: object) -> bool:
-        if job.abandoned or job.done.is_set():
-            return False
-        if key is not None:
-            return bool(job.key == key)
-        return bool(job.request == request)
 
     async def submit(self, job: Job) -> bool:
         """Put *job* in the inbox, waiting while it is full.
@@ -297,21 +230,21 @@ class Worker:
         Returns False if the worker stopped first (the job never entered).
         """
         try:
-            self._send.send_nowait(job)
+            self.send.send_nowait(job)
         except trio.WouldBlock:
-            persist = self._persist
-            persist._waiting += 1  # waiting for room is waiting too
+            core = self.core
+            core.waiting += 1  # waiting for room is waiting too
             try:
-                await self._send.send(job)
+                await self.send.send(job)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return False
             finally:
-                persist._waiting -= 1
+                core.waiting -= 1
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return False
         if not job.taken:
             # Joinable by identical requests from now on (a full inbox delays this).
-            self._queued[id(job)] = job
+            self.queued[id(job)] = job
         return True
 
     def abandon(self, job: Job) -> None:
@@ -319,13 +252,19 @@ class Worker:
         if job.scope is not None:
             job.scope.cancel()
 
-    def _take_nowait(self) -> Job | None:
+    def release(self, job: Job) -> None:
+        """A custom loop answered *job*: it is no longer held."""
+        self.taken.pop(id(job), None)
+
+    # -- taking requests ---------------------------------------------------------
+
+    def take_nowait(self) -> Job | None:
         """Take the next live job without waiting; None if there is none now."""
-        receive = self._receive
+        receive = self.receive
         while True:
             job: Job | None = None
-            if self._backlog:
-                job = self._backlog.pop(0)
+            if self.backlog:
+                job = self.backlog.pop(0)
             else:
                 # Not awaited inside an except block: a parked worker would keep
                 # the WouldBlock and its traceback alive (memory per idle worker).
@@ -339,70 +278,80 @@ class Worker:
                 return job
 
     def _accept(self, job: Job) -> bool:
-        self._queued.pop(id(job), None)
+        self.queued.pop(id(job), None)
         if job.abandoned or job.done.is_set():
             return False
         job.taken = True
-        self._taken[id(job)] = job
+        self.taken[id(job)] = job
         return True
 
-    async def _next_job(self, scope: trio.CancelScope | None = None) -> Job | None:
+    async def next_job(self, scope: trio.CancelScope | None = None) -> Job | None:
         """Take the next live job; None when the worker should stop.
 
-        With *scope* (the default loop's long-lived scope), the idle timeout is
-        that scope's deadline and its expiry raises `trio.Cancelled` to the
-        loop; without, a scope is made for this wait alone.
+        A checkpoint when *scope* is None. With *scope* (the default loop's long-lived scope),
+        the idle timeout is that scope's deadline and its expiry raises
+        `trio.Cancelled` to the loop; without, a scope is made for this wait.
         """
         while True:
-            if self._stop_reason is not None:
+            if self.stop_reason is not None:
+                if scope is None:
+                    await trio.lowlevel.checkpoint()
                 return None
-            job = self._take_nowait()
+            job = self.take_nowait()
             if job is not None:
+                if scope is None:
+                    # A custom loop is promised a checkpoint; the default loop
+                    # checkpoints in the device call anyway.
+                    await trio.lowlevel.checkpoint()
                 return job
-            self._waiting = True
-            try:
-                if scope is not None:
-                    # The idle timeout counts from the end of the last request.
-                    timed = self._timeout != math.inf
-                    if timed:
-                        scope.deadline = trio.current_time() + self._timeout
-                    job = await self._receive.receive()
-                    if timed:
-                        scope.deadline = math.inf
-                else:
-                    with trio.CancelScope(
-                        deadline=trio.current_time() + self._timeout
-                    ) as self._wait_scope:
-                        job = await self._receive.receive()
-            finally:
-                self._waiting = False
-                self._wait_scope = None
+            job = await self._wait_job(scope)
             if job is None:
-                if self._stop_reason is None:
-                    self._stop_reason = "timeout"
+                if self.stop_reason is None:
+                    self.stop_reason = "timeout"
                 return None
-            if self._stop_reason is not None:
+            if self.stop_reason is not None:
                 # Stopped as this job was handed over: keep it for re-routing.
-                self._queued.pop(id(job), None)
-                self._backlog.insert(0, job)
+                self.queued.pop(id(job), None)
+                self.backlog.insert(0, job)
                 return None
             if self._accept(job):
                 return job
 
-    async def _execute(self, job: Job, scope: trio.CancelScope | None = None) -> Any:
-        persist = self._persist
-        self._current = job
+    async def _wait_job(self, scope: trio.CancelScope | None) -> Job | None:
+        self.waiting = True
+        try:
+            if scope is not None:
+                # The idle timeout counts from the end of the last request.
+                if self.timeout != math.inf:
+                    scope.deadline = trio.current_time() + self.timeout
+                    job = await self.receive.receive()
+                    scope.deadline = math.inf
+                    return job
+                return await self.receive.receive()
+            with trio.CancelScope(deadline=trio.current_time() + self.timeout) as self.wait_scope:
+                return await self.receive.receive()
+            return None
+        finally:
+            self.waiting = False
+            self.wait_scope = None
+
+    # -- serving -----------------------------------------------------------------
+
+    async def execute(self, job: Job, scope: trio.CancelScope | None = None) -> Any:
+        """Serve *job* the default way; return its result (None if it failed)."""
+        core = self.core
+        self.current = job
         self.last_active = trio.current_time()
-        persist._touch(self)
+        self.host.touch(self)
         outcome = None
-        persist._count_execution()
+        core.executions += 1
         try:
             if scope is not None:
                 job.scope = scope
-                outcome = await run_device(persist._hooks.resolve, self.state, job.request, job)
+                outcome = await run_device(core.hooks.resolve, self.state, job.request, job)
             else:
                 with trio.CancelScope() as job.scope:
-                    outcome = await run_device(persist._hooks.resolve, self.state, job.request, job)
+                    outcome = await run_device(core.hooks.resolve, self.state, job.request, job)
         except trio.Cancelled:
             if job.abandoned:
                 self._abandoned(job)
@@ -411,42 +360,46 @@ class Worker:
                 # hand-over): the job goes back to the head of the queue, to be
                 # served next or re-routed, never lost.
                 job.taken = False
-                self._backlog.insert(0, job)
+                self.backlog.insert(0, job)
             raise
         finally:
             job.scope = None
-            self._current = None
-            self._taken.pop(id(job), None)
+            self.current = None
+            self.taken.pop(id(job), None)
             self.last_active = trio.current_time()
-        self._served += 1
+        self.served += 1
         if outcome is None:
             self._abandoned(job)
             return None
-        self._answered += 1
-        persist._count_outcome(self, job, outcome)
+        return self._settle(job, outcome)
+
+    def _settle(self, job: Job, outcome: Outcome) -> Any:
+        self.answered += 1
+        self.core.count_outcome("worker", self.group, job, outcome)
         if outcome is Outcome.CRASHED:
-            self._stop_reason = "crashed"
+            self.stop_reason = "crashed"
             raise _WorkerCrashed(job.error)
         if outcome is Outcome.FAILED:
-            if persist.options.error_strategy == "throw":
-                self._stop_reason = "throw"
+            if self.core.options.error_strategy == "throw":
+                self.stop_reason = "throw"
             return None
         value = job.value
-        if self._queued or self._backlog:
-            self._publish(job.request, job.key, value)
-        if not self._static:
+        if self.queued or self.backlog:
+            self.publish(job.request, job.key, value)
+        if not self.static:
             self.state = value
-            persist._regroup(self, value)
+            self.host.regroup(self, value)
         return value
 
     def _abandoned(self, job: Job) -> None:
-        self._persist._count_outcome(self, job, None)
+        self.core.count_outcome("worker", self.group, job, None)
         job.fail(leader_died("the execution was cancelled: every listener left"))
 
-    def _publish(self, request: Any, key: object, value: Any) -> int:
-        answers = self._persist._hooks.answers
+    def publish(self, request: Any, key: object, value: Any) -> int:
+        """Answer every queued job that a result for *request* answers; return how many."""
+        answers = self.core.hooks.answers
         count = 0
-        for job in (*self._queued.values(), *self._backlog):
+        for job in (*self.queued.values(), *self.backlog):
             if job.done.is_set() or job.abandoned:
                 continue
             if answers is not None:
@@ -458,43 +411,42 @@ class Worker:
             if hit:
                 job.succeed(value)
                 count += 1
-        self._answered += count
-        self._persist._deduplicated += count
+        self.answered += count
+        self.core.deduplicated += count
         return count
 
-    def _set_group(self, group: Hashable) -> None:
-        self._group = group
-
-    def _take_unanswered(self) -> list[Job]:
+    def take_unanswered(self) -> list[Job]:
         """Close the inbox and return every job not answered yet, in order."""
-        jobs = [*self._taken.values(), *self._backlog]
-        self._taken.clear()
-        self._backlog.clear()
+        jobs = [*self.taken.values(), *self.backlog]
+        self.taken.clear()
+        self.backlog.clear()
         while True:
             try:
-                jobs.append(self._receive.receive_nowait())
+                jobs.append(self.receive.receive_nowait())
             except (trio.WouldBlock, trio.EndOfChannel):
                 break
-        self._receive.close()  # wakes senders blocked on a full inbox: they re-route
-        self._queued.clear()
+        self.receive.close()  # wakes senders blocked on a full inbox: they re-route
+        self.queued.clear()
         return [job for job in jobs if not job.done.is_set() and not job.abandoned]
 
+    # -- the task ----------------------------------------------------------------
+
     async def run(self) -> None:
-        persist = self._persist
+        """The worker's task: restore, serve until told to stop, save, end."""
         crashed: BaseException | None = None
         valid_state = True
         running.set(self)
         try:
-            if self._restore:
-                restored = await persist._restore_state(self)
+            if self.restore:
+                restored = await self._restore_state()
                 if restored is None:
                     valid_state = False
-                    self._stop_reason = "unrestored"
+                    self.stop_reason = "unrestored"
                     return
                 self.state = restored
-            serve = persist._hooks.serve
+            serve = self.core.hooks.serve
             if serve is not None:
-                await serve(self)
+                await serve(self.handle)
             else:
                 await self._serve_default()
         except _WorkerCrashed as exc:
@@ -504,19 +456,19 @@ class Worker:
         except Exception as exc:  # a custom serve loop failed: that is a crash too
             crashed = exc
         finally:
-            if self._stop_reason is None:
-                self._stop_reason = "stopped"
+            if self.stop_reason is None:
+                self.stop_reason = "stopped"
             if crashed is not None:
-                self._stop_reason = "crashed"
+                self.stop_reason = "crashed"
                 valid_state = False
             try:
                 if valid_state:
-                    await persist._run_on_idle(self)
+                    await self._run_on_idle()
             finally:
-                persist._worker_ended(self, crashed)
-                self._ended = True
-                if self._stopped is not None:
-                    self._stopped.set()
+                self.host.ended(self, crashed)
+                self.ended = True
+                if self.stopped is not None:
+                    self.stopped.set()
 
     async def _serve_default(self) -> None:
         # One cancel scope serves many requests: entering one costs more than
@@ -526,20 +478,51 @@ class Worker:
         while True:
             waiting = True
             with trio.CancelScope() as scope:
-                self._scope = scope
-                while (job := await self._next_job(scope)) is not None:
+                self.scope = scope
+                while (job := await self.next_job(scope)) is not None:
                     waiting = False
-                    await self._execute(job, scope)
+                    await self.execute(job, scope)
                     if scope.cancel_called:
                         break  # the device swallowed a cancellation: the scope is spent
                     waiting = True
                 return
-            self._scope = None
-            if self._stop_reason is not None:
+            self.scope = None
+            if self.stop_reason is not None:
                 return
             if waiting:
-                self._stop_reason = "timeout"
+                self.stop_reason = "timeout"
                 return
+
+    async def _restore_state(self) -> Any:
+        restore = self.core.hooks.restore
+        assert restore is not None
+        try:
+            return await restore(self.group)
+        except Exception as exc:
+            self.core.events.emit("worker.crashed", self.group, f"restore failed: {exc!r}")
+            return None
+
+    async def _run_on_idle(self) -> None:
+        core = self.core
+        on_idle = core.hooks.on_idle
+        if on_idle is None:
+            return
+        # Shielded, so closing the persist cannot cut the save short; bounded, so
+        # a hung hook cannot hang shutdown.
+        with trio.CancelScope(shield=True) as scope:
+            scope.deadline = trio.current_time() + core.options.shutdown_grace
+            try:
+                await on_idle(self.group, self.state)
+            except Exception as exc:
+                core.events.emit("worker.crashed", self.group, f"on_idle failed: {exc!r}")
+
+
+def _same(job: Job, request: Any, key: object) -> bool:
+    if job.abandoned or job.done.is_set():
+        return False
+    if key is not None:
+        return bool(job.key == key)
+    return bool(job.request == request)
 
 
 class _WorkerCrashed(BaseException):
@@ -548,3 +531,124 @@ class _WorkerCrashed(BaseException):
     def __init__(self, error: BaseException | None) -> None:
         super().__init__()
         self.error = error
+
+
+@final
+@attrs.define(eq=False, repr=False)
+class Worker:
+    """A handle on a persistent worker. Made by the persist, never directly.
+
+    `Persist.start_worker` returns one, `Persist.workers` lists them, the
+    persist's registry holds one for each group a worker owns, and a device's
+    custom ``serve(worker)`` loop is given one.
+    """
+
+    _task: WorkerTask = attrs.field(alias="task")
+
+    def __repr__(self) -> str:
+        task = self._task
+        state = "stopped" if task.ended else "running"
+        return f"<trio_persist.Worker {task.group!r} {state} served={task.served}>"
+
+    @property
+    def group(self) -> Hashable:
+        """The group this worker owns."""
+        return self._task.group
+
+    @property
+    def state(self) -> Any:
+        """The worker's state: what ``device.resolve`` gets as its base."""
+        return self._task.state
+
+    @state.setter
+    def state(self, value: Any) -> None:
+        self._task.state = value
+
+    @property
+    def started(self) -> float:
+        """`trio.current_time` when the worker started."""
+        return self._task.started
+
+    @property
+    def served(self) -> int:
+        """Requests executed so far."""
+        return self._task.served
+
+    def statistics(self) -> WorkerStatistics:
+        """Return a frozen snapshot of this worker."""
+        return self._task.statistics()
+
+    # -- control -----------------------------------------------------------------
+
+    def stop_nowait(self, reason: str = "stopped") -> None:
+        """Ask the worker to stop after the request it is executing, if any.
+
+        Its ``on_idle`` hook runs, then its group is freed and what it still
+        had queued is re-routed. Never blocks; see `stop` to wait for it.
+        """
+        self._task.stop_nowait(reason)
+
+    async def stop(self) -> None:
+        """Stop the worker and wait until it has ended (``on_idle`` included).
+
+        Always a checkpoint. Cancelling this wait does not undo the stop.
+        """
+        self._task.stop_nowait()
+        await self._task.wait_stopped()
+
+    async def wait_stopped(self) -> None:
+        """Wait until the worker has ended, for whatever reason. Always a checkpoint."""
+        await self._task.wait_stopped()
+
+    # -- the serving interface (custom ``serve`` hooks) ---------------------------
+
+    async def receive(self) -> WorkerRequest | None:
+        """Wait for the next request, at most the idle timeout.
+
+        Always a checkpoint, even when a request is already queued.
+
+        Returns:
+            The next request, in arrival order; or None when the worker should
+            end: it was idle for its timeout, or it was asked to stop. A custom
+            ``serve`` loop returns when it gets None.
+        """
+        task = self._task
+        job = await task.next_job()
+        return None if job is None else WorkerRequest(job=job, task=task)
+
+    def receive_nowait(self) -> WorkerRequest:
+        """Take the next queued request without waiting (for batching loops).
+
+        Raises:
+            trio.WouldBlock: no request is queued now, or the worker is stopping.
+        """
+        task = self._task
+        job = task.take_nowait() if task.stop_reason is None else None
+        if job is None:
+            raise trio.WouldBlock
+        return WorkerRequest(job=job, task=task)
+
+    async def execute(self, request: WorkerRequest) -> Any:
+        """Serve *request* the default way and return its result.
+
+        Runs ``device.resolve(state, request)``, answers the request and every
+        queued request the result also answers (identical ones, or those the
+        device's ``answers`` hook accepts), then advances the state (unless the
+        worker is static) or applies the error strategy. With ``"throw"`` the
+        worker stops once the loop asks for its next request. Always a
+        checkpoint, whatever the device does.
+        """
+        await trio.lowlevel.checkpoint()
+        return await self._task.execute(request._job)
+
+    def publish(self, request: Any, value: Any) -> int:
+        """Answer every queued listener that a result for *request* answers.
+
+        Returns how many queued requests were answered.
+        """
+        return self._task.publish(request, None, value)
+
+
+def task_of(worker: Worker) -> WorkerTask:
+    """The worker behind a handle (what the registry holds is the handle)."""
+    return worker._task

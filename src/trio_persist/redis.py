@@ -58,15 +58,13 @@ from ._codec import JsonCodec, PickleCodec, decode_outcome, encode_error, encode
 from ._exceptions import BackendUnavailable, LeaderDied
 from ._grouping import canonical_encoding, default_group
 from ._monitor import build_frame
-from ._stats import group_label
+from ._stats import Observed, group_label
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
 
 if TYPE_CHECKING:
     import coredis
-
-    from ._persist import Persist
 
 __all__ = [
     "NodeSnapshot",
@@ -168,7 +166,7 @@ class RedisBackend:
     _codec: JsonCodec | PickleCodec = attrs.field(init=False)
     _node: str = attrs.field(init=False)
     _counts: dict[str, int] = attrs.field(init=False)
-    _persist: Persist | None = attrs.field(default=None, init=False)
+    _persist: Observed | None = attrs.field(default=None, init=False)
     # Leases held now, renewed together by one loop: a task per flight would cost
     # more than the flight's own bookkeeping.
     _leases: dict[tuple[str, int], None] = attrs.field(factory=dict, init=False)
@@ -229,7 +227,7 @@ class RedisBackend:
     # -- life cycle --------------------------------------------------------------
 
     async def serve(
-        self, persist: Persist, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self, persist: Observed, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Own the Redis client and send heartbeats until cancelled. Started by the persist."""
         import coredis
@@ -267,7 +265,7 @@ class RedisBackend:
             async with self._beat_lock:
                 await client.delete([self._k("node", self._node)])
 
-    async def _beat(self, persist: Persist) -> None:
+    async def _beat(self, persist: Observed) -> None:
         frame = build_frame(persist, max_groups=50)
         record = {
             "node": self._node,
@@ -275,7 +273,11 @@ class RedisBackend:
             "pid": os.getpid(),
             "namespace": self.namespace,
             "statistics": persist.statistics().to_json(),
-            "workers": [group_label(w.group) for w in persist.workers()],
+            "workers": [
+                group_label(record.group)
+                for record in persist.snapshot()
+                if record.kind == "worker"
+            ],
             "flights": [g["group"] for g in frame["snapshot"] if g["kind"] == "flight"],
             "wall": time.time(),
             "time": frame["time"],

@@ -1,0 +1,122 @@
+"""The state a persist's flights, workers and facade share, one level below them all.
+
+A `Persist` is a facade over one `Core`, the way trio's channels sit over one
+``MemoryChannelState``: the hooks and options, the nursery every task lives in,
+the registry of owners, the event hub, the backend, the counters, and whether
+the persist has closed. Flights and workers are handed the core, never the
+persist, so nothing below the facade can reach back up into it. The one thing
+they need from above, giving a request whose worker stopped to a new owner, is
+the `Core.reroute` callback the facade installs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Hashable, Mapping
+from typing import Any
+
+import attrs
+import trio
+
+from ._backend import Backend
+from ._device import DeviceHooks
+from ._events import EventHub
+from ._job import Job, Outcome
+from ._options import PersistOptions
+from ._registry import Registry
+from ._stats import PersistStatistics
+
+__all__ = ["Core", "Resolve"]
+
+Resolve = Callable[[Any, Any], Awaitable[Any]]
+
+
+def _no_reroute(job: Job) -> None:  # pragma: no cover - replaced by the facade at once
+    raise AssertionError("Core.reroute was not installed")
+
+
+@attrs.define(eq=False, repr=False)
+class Core:
+    """Shared state of one persist. Internal; `Persist` is its public face.
+
+    Counters only grow; gauges (``in_flight``, ``waiting``) say what is true
+    now. Everything here is touched from the persist's Trio thread only, and
+    no method checkpoints.
+    """
+
+    hooks: DeviceHooks
+    options: PersistOptions
+    nursery: trio.Nursery
+    backend: Backend | None = None
+    # Which owner holds each group: a flight, or a worker's public handle.
+    registry: Registry[Any] = attrs.field(factory=Registry)
+    # The registry's live mapping, read on every resolve (a dict lookup is
+    # cheaper than a method call on the hot path). Changed only through registry.
+    owners: Mapping[Hashable, Any] = attrs.field(init=False)
+    events: EventHub = attrs.field(factory=EventHub)
+    reroute: Callable[[Job], None] = _no_reroute
+    closed: bool = False
+    requests: int = 0
+    executions: int = 0
+    deduplicated: int = 0
+    failures: int = 0
+    crashes: int = 0
+    abandoned: int = 0
+    worker_timeouts: int = 0
+    evictions: int = 0
+    workers_started: int = 0
+    in_flight: int = 0
+    waiting: int = 0
+
+    def __attrs_post_init__(self) -> None:
+        self.owners = self.registry.as_mapping()
+
+    def resolver(self, group: Hashable, request: Any, group_is_request: bool) -> Resolve:
+        """What one execution of *group* runs: the device, through the backend if any."""
+        resolve = self.hooks.resolve
+        backend = self.backend
+        if backend is None:
+            return resolve
+        key = backend.key_of(group, request, group_is_request)
+        if key is None:
+            return resolve
+
+        async def across_processes(base: Any, request: Any) -> Any:
+            return await backend.run(key, base, request, resolve)
+
+        return across_processes
+
+    def count_outcome(
+        self, kind: str, group: Hashable | None, job: Job, outcome: Outcome | None
+    ) -> None:
+        """Count how one execution of a *kind* owner ended (None: abandoned), and say so."""
+        events = self.events
+        if outcome is Outcome.OK:
+            events.emit("worker.served" if kind == "worker" else "flight.finished", group)
+        elif outcome is None:
+            self.abandoned += 1
+            events.emit(f"{kind}.cancelled", group)
+        else:
+            self.failures += 1
+            if outcome is Outcome.CRASHED:
+                self.crashes += 1
+            error = job.error
+            detail = f"{type(error).__name__}: {error}" if error is not None else ""
+            events.emit(f"{kind}.failed", group, detail)
+
+    def statistics(self, workers: int) -> PersistStatistics:
+        """The counters and gauges as a frozen record (*workers*: alive now)."""
+        return PersistStatistics(
+            requests=self.requests,
+            executions=self.executions,
+            deduplicated=self.deduplicated,
+            failures=self.failures,
+            crashes=self.crashes,
+            abandoned=self.abandoned,
+            worker_timeouts=self.worker_timeouts,
+            evictions=self.evictions,
+            workers_started=self.workers_started,
+            in_flight=self.in_flight,
+            waiters=self.waiting,
+            workers=workers,
+            groups=len(self.owners),
+        )

@@ -1,0 +1,98 @@
+"""The shape of the code: layers and private names (docs/architecture.md).
+
+The layers themselves are import-linter's contract in pyproject.toml, run by
+`.ci/run` (`lint-imports`). What import-linter cannot see is a module reaching
+into another's private state through an object it was handed: that is checked
+here, by reading the source.
+"""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+import trio_persist
+
+PACKAGE = pathlib.Path(trio_persist.__file__).parent
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def _defined_here(tree: ast.Module) -> set[str]:
+    """Every private name a module defines: functions, classes, fields, attributes."""
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+        elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+            names.add(node.attr)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            names.add(node.value)  # __slots__ entries
+    return {name for name in names if _private(name)}
+
+
+def _foreign_private_uses(path: pathlib.Path) -> list[str]:
+    tree = ast.parse(path.read_text(), str(path))
+    own = _defined_here(tree)
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level > 0:
+            found += [
+                f"{path.name}:{node.lineno} imports {alias.name}"
+                for alias in node.names
+                if _private(alias.name)
+            ]
+        elif isinstance(node, ast.Attribute) and _private(node.attr):
+            receiver = node.value
+            if isinstance(receiver, ast.Name) and receiver.id in ("self", "cls"):
+                continue
+            if node.attr not in own:
+                found.append(f"{path.name}:{node.lineno} uses .{node.attr}")
+    return found
+
+
+def test_no_module_uses_another_modules_private_names() -> None:
+    found = [use for path in sorted(PACKAGE.glob("*.py")) for use in _foreign_private_uses(path)]
+    # Trio's and the standard library's own low-level names are not ours to rename.
+    allowed = {"os._exit", "sys._getframe"}
+    assert [use for use in found if not any(name in use for name in allowed)] == []
+
+
+def test_the_checker_sees_a_reach_into_another_modules_private_state(
+    tmp_path: pathlib.Path,
+) -> None:
+    source = tmp_path / "_example.py"
+    source.write_text(
+        "from ._core import _hidden\n"
+        "class A:\n"
+        "    def __init__(self):\n"
+        "        self._mine = 1\n"
+        "    def f(self, other):\n"
+        "        return self._mine + other._mine + other._theirs\n"
+    )
+    assert _foreign_private_uses(source) == [
+        "_example.py:1 imports _hidden",
+        "_example.py:6 uses ._theirs",
+    ]
+
+
+@pytest.mark.skipif(
+    shutil.which("lint-imports") is None
+    and not (pathlib.Path(sys.executable).parent / "lint-imports").exists(),
+    reason="import-linter is in the dev extra",
+)
+def test_the_layers_contract_holds() -> None:
+    lint_imports = pathlib.Path(sys.executable).parent / "lint-imports"
+    result = subprocess.run(
+        [str(lint_imports)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
