@@ -28,14 +28,25 @@ def test_dict_order_does_not_change_the_group() -> None:
     )
 
 
-def test_a_top_level_priv_key_is_left_out_of_base_and_request() -> None:
-    assert default_group({"a": 1, "priv": "secret"}, {"r": 1, "priv": 2}) == default_group(
-        {"a": 1}, {"r": 1}
+def test_every_key_counts_by_default_priv_included() -> None:
+    # Upstream dropped "priv": two callers differing only there shared a result.
+    assert default_group({"a": 1}, {"r": 1, "priv": "alice"}) != default_group(
+        {"a": 1}, {"r": 1, "priv": "mallory"}
     )
 
 
-def test_a_nested_priv_key_still_counts() -> None:
-    assert default_group({"a": {"priv": 1}}, None) != default_group({"a": {}}, None)
+def test_ignored_top_level_keys_are_left_out_of_base_and_request() -> None:
+    ignore = ("priv",)
+    assert default_group(
+        {"a": 1, "priv": "secret"}, {"r": 1, "priv": 2}, ignore_keys=ignore
+    ) == default_group({"a": 1}, {"r": 1}, ignore_keys=ignore)
+
+
+def test_an_ignored_key_still_counts_when_nested() -> None:
+    ignore = ("priv",)
+    assert default_group({"a": {"priv": 1}}, None, ignore_keys=ignore) != default_group(
+        {"a": {}}, None, ignore_keys=ignore
+    )
 
 
 @pytest.mark.parametrize(

@@ -498,8 +498,9 @@ async def test_a_failing_on_idle_is_reported_and_does_not_crash_anything() -> No
             worker = await persist.start_worker("w")
             await worker.stop()
             kinds = [events.receive_nowait() for _ in range(3)]
-    assert [event.kind for event in kinds] == ["worker.started", "worker.crashed", "worker.stopped"]
-    assert "disk full" in kinds[1].detail
+        assert persist.statistics().hook_failures == 1
+    assert [event.kind for event in kinds] == ["worker.started", "hook.failed", "worker.stopped"]
+    assert kinds[1].detail == "on_idle: OSError: disk full"
 
 
 async def test_closing_mid_request_gives_the_requester_leader_died() -> None:

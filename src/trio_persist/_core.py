@@ -22,12 +22,20 @@ from ._device import DeviceHooks
 from ._events import EventHub
 from ._job import Job, Outcome
 from ._options import PersistOptions
+from ._logging import logger
 from ._registry import Registry
-from ._stats import PersistStatistics
+from ._stats import PersistStatistics, group_label
+from ._text import safe_str
 
-__all__ = ["Core", "Resolve"]
+__all__ = ["Core", "Resolve", "describe"]
 
 Resolve = Callable[[Any, Any], Awaitable[Any]]
+
+
+def describe(error: BaseException) -> str:
+    """``"Type: message"`` for an error, even one whose ``__str__`` raises."""
+    message = safe_str(error)
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__
 
 
 def _no_reroute(job: Job) -> None:  # pragma: no cover - replaced by the facade at once
@@ -62,6 +70,7 @@ class Core:
     crashes: int = 0
     abandoned: int = 0
     worker_timeouts: int = 0
+    hook_failures: int = 0
     evictions: int = 0
     workers_started: int = 0
     in_flight: int = 0
@@ -76,11 +85,13 @@ class Core:
         backend = self.backend
         if backend is None:
             return resolve
-        key = backend.key_of(group, request, group_is_request)
-        if key is None:
-            return resolve
 
         async def across_processes(base: Any, request: Any) -> Any:
+            # The key is computed here, inside the job: a request the backend
+            # cannot name fails (or runs locally) for its own callers only.
+            key = backend.key_of(group, request, group_is_request)
+            if key is None:
+                return await resolve(base, request)
             return await backend.run(key, base, request, resolve)
 
         return across_processes
@@ -100,8 +111,31 @@ class Core:
             if outcome is Outcome.CRASHED:
                 self.crashes += 1
             error = job.error
-            detail = f"{type(error).__name__}: {error}" if error is not None else ""
+            detail = describe(error) if error is not None else ""
             events.emit(f"{kind}.failed", group, detail)
+            if outcome is Outcome.CRASHED:
+                logger.error(
+                    "a %s of group %s crashed: %s",
+                    kind,
+                    group_label(group),
+                    detail,
+                    exc_info=error.__cause__ if error is not None else None,
+                )
+            else:
+                logger.debug("an execution of group %s failed: %s", group_label(group), detail)
+
+    def hook_failed(self, hook: str, group: Hashable | None, error: BaseException) -> None:
+        """A device hook raised: count it, say so, and log it with its traceback."""
+        self.hook_failures += 1
+        detail = f"{hook}: {describe(error)}"
+        self.events.emit("hook.failed", group, detail)
+        logger.error(
+            "the device's %s hook failed for group %s: %s",
+            hook,
+            group_label(group),
+            describe(error),
+            exc_info=error,
+        )
 
     def statistics(self, workers: int) -> PersistStatistics:
         """The counters and gauges as a frozen record (*workers*: alive now)."""
@@ -113,6 +147,7 @@ class Core:
             crashes=self.crashes,
             abandoned=self.abandoned,
             worker_timeouts=self.worker_timeouts,
+            hook_failures=self.hook_failures,
             evictions=self.evictions,
             workers_started=self.workers_started,
             in_flight=self.in_flight,

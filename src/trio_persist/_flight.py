@@ -24,7 +24,7 @@ import attrs
 import trio
 
 from ._core import Core
-from ._grouping import default_group
+from ._grouping import default_group, same_request
 from ._job import Job, Outcome, leader_died, run_device, running
 from ._supervisor import Supervisor
 from ._worker import WorkerTask
@@ -53,6 +53,8 @@ class Flight:
     # A worker asked for while this flight ran: it takes over after the current job.
     successor: WorkerTask | None = attrs.field(default=None, init=False)
     over: bool = attrs.field(default=False, init=False)
+    # Abandoned jobs still in `pending` (compacted away in bulk).
+    dead: int = attrs.field(default=0, init=False)
 
     def __attrs_post_init__(self) -> None:
         self.last_active = self.started
@@ -69,32 +71,40 @@ class Flight:
         """Whether an execution runs now."""
         return self.current.scope is not None and not self.current.done.is_set()
 
-    def first(self, base: Any, request: Any, spawn_worker: bool, key: object) -> Job:
-        """Make the job this flight starts with, and return it."""
-        job = self.current = Job(base, request, self, spawn_worker, key)
-        return job
+    def find(self, request: Any, key: object = None) -> Job | None:
+        """Return a live, shared job for *request* to join, or None.
 
-    def find(self, request: Any) -> Job | None:
-        """Return a live job for *request* to join, or None."""
-        current = self.current
-        if not current.abandoned and (self.group_is_request or current.request == request):
-            return current
-        for job in self.pending:
-            if not job.abandoned and (self.group_is_request or job.request == request):
+        With the default grouper a group names one request, so any job of it
+        is identical (*key* is then the group; it is not needed).
+        """
+        for job in (self.current, *self.pending) if self.pending else (self.current,):
+            if (
+                not job.abandoned
+                and job.shared
+                and (self.group_is_request or same_request(job.request, request))
+            ):
                 return job
         return None
 
-    def enqueue(self, base: Any, request: Any, spawn_worker: bool, key: object) -> Job:
-        """Queue a job behind the current one, and return it."""
-        job = Job(base, request, self, spawn_worker, key)
+    def enqueue(self, job: Job) -> Job:
+        """Queue *job* behind the current one, and return it."""
+        job.owner = self
         self.pending.append(job)
         return job
 
     def abandon(self, job: Job) -> None:
-        """*job* lost its last listener: cancel it if it runs, skip it if it waits."""
+        """*job* lost its last listener: cancel it if it runs, drop it if it waits."""
         job.abandoned = True
         if job.scope is not None:
             job.scope.cancel()
+        elif job is not self.current:
+            # Dropped from the queue now, not when reached, so callers that give
+            # up behind a long execution cost nothing: the queue is compacted
+            # once more than half of it is abandoned (amortised O(1)).
+            self.dead += 1
+            if self.dead > 16 and 2 * self.dead > len(self.pending):
+                self.pending = deque(queued for queued in self.pending if not queued.abandoned)
+                self.dead = 0
 
     async def run(self, scope: trio.CancelScope) -> bool:
         """Run jobs until none is left, in a runner whose cancel scope is *scope*.
@@ -156,6 +166,7 @@ class Flight:
             if not job.abandoned:
                 self.current = job
                 return True
+            self.dead = max(0, self.dead - 1)
         return False
 
     def _spawn_worker(self, job: Job) -> bool:
@@ -166,8 +177,8 @@ class Flight:
         state = job.value
         if core.hooks.group is None:  # the default grouper: the worker owns group(state, None)
             try:
-                group: Hashable = default_group(state, None)
-            except TypeError:
+                group: Hashable = default_group(state, None, ignore_keys=core.options.ignore_keys)
+            except Exception:
                 return False  # a result the default grouper cannot name has no worker
             if group not in core.owners:
                 self.supervisor.start(self.supervisor.new_worker(group, state))
@@ -182,6 +193,7 @@ class Flight:
         if not self.supervisor.take_over(self.group, self, task, self.pending):
             return False
         self.pending.clear()
+        self.dead = 0
         return True
 
     def _end(self) -> None:

@@ -7,27 +7,34 @@ payload, so ``1``, ``1.0``, ``True``, ``"1"`` and ``b"1"`` all encode apart,
 mappings and sets are sorted by their encoded members (order never matters), and
 anything the encoding does not know raises `TypeError` naming its type and where
 it sits.
+
+The encoder is a loop over an explicit stack, not a recursion: a request nested
+600 deep (an ordinary JSON body for a web service) encodes like any other, the
+recursion limit never matters, nesting past `MAX_DEPTH` and self-referencing
+containers are a `TypeError` with their path, and ints of any size encode
+exactly (Python's 4,300-digit limit on ``str(int)`` never applies).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Set
+from collections.abc import Callable, Collection, Mapping, Set
 from hashlib import blake2b
 from typing import Any
 
-__all__ = ["canonical_encoding", "default_group", "default_group_and_base"]
+__all__ = [
+    "MAX_DEPTH",
+    "canonical_encoding",
+    "default_group",
+    "default_group_and_base",
+    "same_request",
+]
+
+MAX_DEPTH = 1000
+"""The deepest nesting of containers the default grouper encodes."""
 
 _DIGEST_SIZE = 16  # 128 bits: collisions need ~2**64 live groups
 _PAIR = b"P"
-_PRIV = "priv"
-
-
-class _Unencodable(Exception):
-    """Internal: carries the offending value up the stack, gathering its path."""
-
-    def __init__(self, value: object) -> None:
-        self.value = value
-        self.path: list[str] = []
+_SMALL_INT = 1 << 63
 
 
 def _enc_none(_x: Any) -> bytes:
@@ -39,7 +46,13 @@ def _enc_bool(x: Any) -> bytes:
 
 
 def _enc_int(x: Any) -> bytes:
-    return b"i%d;" % x
+    if -_SMALL_INT < x < _SMALL_INT:
+        return b"i%d;" % x
+    # Big ints as two's-complement bytes: exact, linear, and free of the
+    # int-to-str digit limit. The tag differs, and the magnitude decides the
+    # tag, so an int always encodes one way.
+    data = int.to_bytes(x, (x.bit_length() + 8) // 8, "big", signed=True)
+    return b"I%d:%s" % (len(data), data)
 
 
 def _enc_float(x: Any) -> bytes:
@@ -57,44 +70,7 @@ def _enc_bytes(x: Any) -> bytes:
     return b"b%d:%s" % (len(data), data)
 
 
-def _enc_seq(tag: bytes) -> Callable[[Any], bytes]:
-    def enc(x: Any) -> bytes:
-        parts = [b"%s%d:" % (tag, len(x))]
-        for index, item in enumerate(x):
-            try:
-                parts.append(_encode(item))
-            except _Unencodable as exc:
-                exc.path.append(f"[{index}]")
-                raise
-        return b"".join(parts)
-
-    return enc
-
-
-def _enc_mapping(x: Any, *, skip_priv: bool = False) -> bytes:
-    pairs = []
-    for key, value in x.items():
-        if skip_priv and key == _PRIV:
-            continue
-        try:
-            pairs.append(_encode(key) + _encode(value))
-        except _Unencodable as exc:
-            exc.path.append(f"[{key!r}]")
-            raise
-    pairs.sort()
-    return b"d%d:%s" % (len(pairs), b"".join(pairs))
-
-
-def _enc_set(x: Any) -> bytes:
-    try:
-        items = sorted(_encode(item) for item in x)
-    except _Unencodable as exc:
-        exc.path.append("{...}")
-        raise
-    return b"S%d:%s" % (len(items), b"".join(items))
-
-
-_ENCODERS: dict[type, Callable[[Any], bytes]] = {
+_LEAVES: dict[type, Callable[[Any], bytes]] = {
     type(None): _enc_none,
     bool: _enc_bool,
     int: _enc_int,
@@ -103,13 +79,15 @@ _ENCODERS: dict[type, Callable[[Any], bytes]] = {
     bytes: _enc_bytes,
     bytearray: _enc_bytes,
     memoryview: _enc_bytes,
-    list: _enc_seq(b"l"),
-    tuple: _enc_seq(b"t"),
-    dict: _enc_mapping,
-    set: _enc_set,
-    frozenset: _enc_set,
 }
-
+# Containers: their tag. A mapping's members are (key, value) pairs.
+_CONTAINERS: dict[type, bytes] = {
+    list: b"l",
+    tuple: b"t",
+    dict: b"d",
+    set: b"S",
+    frozenset: b"S",
+}
 # Subclasses (IntEnum, OrderedDict, str enums, ...) fall back to these, in order.
 _FALLBACKS: tuple[tuple[type, type], ...] = (
     (bool, bool),
@@ -124,32 +102,119 @@ _FALLBACKS: tuple[tuple[type, type], ...] = (
 )
 
 
-def _encode(x: Any) -> bytes:
-    encoder = _ENCODERS.get(type(x))
-    if encoder is None:
-        for cls, as_type in _FALLBACKS:
-            if isinstance(x, cls):
-                encoder = _ENCODERS[as_type]
-                break
+def _kind(x: Any) -> type | None:
+    cls = type(x)
+    if cls in _LEAVES or cls in _CONTAINERS:
+        return cls
+    for base, as_type in _FALLBACKS:
+        if isinstance(x, base):
+            return as_type
+    return None
+
+
+class _Frame:
+    """One container being encoded: its members left, and their encodings so far."""
+
+    __slots__ = ("container", "label", "members", "parts", "tag")
+
+    def __init__(self, container: Any, tag: bytes, members: Any, label: str) -> None:
+        self.container = container
+        self.tag = tag
+        self.members = members
+        self.parts: list[bytes] = []
+        self.label = label
+
+    def finish(self) -> bytes:
+        parts = self.parts
+        if self.tag == b"p":  # a mapping's pair: key then value, no header
+            return b"".join(parts)
+        if self.tag in (b"d", b"S"):
+            parts.sort()
+        return b"%s%d:%s" % (self.tag, len(parts), b"".join(parts))
+
+
+def _members(x: Any, tag: bytes, skip: Collection[Any]) -> Any:
+    """(label, member) pairs of a container, in its own order."""
+    if tag == b"d":
+        return ((f"[{_short_repr(k)}]", (k, v)) for k, v in x.items() if not (skip and k in skip))
+    if tag == b"S":
+        return (("{...}", member) for member in x)
+    if tag == b"p":
+        return iter((("", x[0]), ("", x[1])))
+    return ((f"[{i}]", member) for i, member in enumerate(x))
+
+
+def _short_repr(value: Any) -> str:
+    try:
+        text = repr(value)
+    except Exception:
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _encode(value: Any, root: str, skip: Collection[Any] = ()) -> bytes:
+    """The canonical encoding of *value*; *skip*: top-level mapping keys left out."""
+    kind = _kind(value)
+    if kind in _LEAVES:
+        return _LEAVES[kind](value)  # the common case: no stack at all
+    stack: list[_Frame] = []
+    on_path: set[int] = set()  # ids of the containers being encoded (cycles)
+    label = ""
+    while True:
+        # Encode *value*: a leaf at once, a container by pushing a frame.
+        if kind is None:
+            raise _error(value, root, stack, label, "cannot group a value of type")
+        if kind in _LEAVES:
+            encoded = _LEAVES[kind](value)
         else:
-            raise _Unencodable(x)
-    return encoder(x)
+            tag = b"p" if kind is _Pair else _CONTAINERS[kind]
+            if tag != b"p":
+                if id(value) in on_path:
+                    raise _error(value, root, stack, label, "a container holds itself: a")
+                if len(on_path) >= MAX_DEPTH:
+                    raise _error(
+                        value, root, stack, label, f"nesting deeper than {MAX_DEPTH} levels:"
+                    )
+                on_path.add(id(value))
+            members = _members(value, tag, skip if not stack else ())
+            stack.append(_Frame(value, tag, members, label))
+            encoded = b""
+        # Feed finished encodings to their parents until one has a member left.
+        while True:
+            if encoded:
+                if not stack:
+                    return encoded
+                stack[-1].parts.append(encoded)
+            frame = stack[-1]
+            member: Any = next(frame.members, _DONE)
+            if member is not _DONE:
+                label, value = member
+                kind = _Pair if frame.tag == b"d" else _kind(value)
+                break
+            stack.pop()
+            if frame.tag != b"p":
+                on_path.discard(id(frame.container))
+            encoded = frame.finish()
 
 
-def _encode_top(x: Any) -> bytes:
-    # Upstream drops the top-level "priv" key of each message; nested ones stay.
-    if type(x) is dict or (not isinstance(x, (str, bytes)) and isinstance(x, Mapping)):
-        return _enc_mapping(x, skip_priv=True)
-    return _encode(x)
+class _Pair:
+    """Marker kind: a mapping's (key, value) member."""
 
 
-def _type_error(exc: _Unencodable, root: str) -> TypeError:
-    where = root + "".join(reversed(exc.path))
-    kind = type(exc.value)
+_DONE = object()
+
+
+def _error(value: Any, root: str, stack: list[_Frame], label: str, what: str) -> TypeError:
+    labels = [frame.label for frame in stack[1:]] + [label]
+    if len(labels) > 12:
+        labels = [*labels[:6], f"...({len(labels) - 10} more)...", *labels[-4:]]
+    where = root + "".join(labels)
+    kind = type(value)
     return TypeError(
-        f"cannot group a value of type {kind.__module__}.{kind.__qualname__} at {where}: "
-        "the default grouper encodes None, bool, int, float, str, bytes, lists, tuples, "
-        "mappings and sets; give the device a group() hook for other values"
+        f"{what} {kind.__module__}.{kind.__qualname__} at {where}: the default grouper "
+        "encodes None, bool, int, float, str, bytes, lists, tuples, mappings and sets, "
+        f"nested at most {MAX_DEPTH} deep and never inside themselves; give the device "
+        "a group() hook for other values"
     )
 
 
@@ -160,52 +225,62 @@ def canonical_encoding(value: Any) -> bytes:
     values of different types never do.
 
     Raises:
-        TypeError: *value* holds something that cannot be encoded; the message
-            names its type and its path inside *value*.
+        TypeError: *value* holds something that cannot be encoded (an unknown
+            type, a container inside itself, nesting past `MAX_DEPTH`); the
+            message names its type and its path inside *value*.
     """
-    try:
-        return _encode(value)
-    except _Unencodable as exc:
-        raise _type_error(exc, "value") from None
+    return _encode(value, "value")
 
 
-def _encoded_base(base: Any) -> bytes:
-    try:
-        return _encode_top(base)
-    except _Unencodable as exc:
-        raise _type_error(exc, "base") from None
-
-
-def _encoded_request(request: Any) -> bytes:
-    try:
-        return _encode_top(request)
-    except _Unencodable as exc:
-        raise _type_error(exc, "request") from None
-
-
-def default_group(base: Any, request: Any) -> str:
+def default_group(base: Any, request: Any, *, ignore_keys: Collection[Any] = ()) -> str:
     """Return the default group of ``(base, request)``: a 128-bit BLAKE2b hex digest.
 
-    A top-level ``"priv"`` key of a mapping *base* or *request* is left out.
+    Every value counts, except the top-level keys of a mapping *base* or
+    *request* named in *ignore_keys* (two calls that differ only there share
+    one group, and so one result).
 
     Raises:
         TypeError: a value cannot be encoded (see `canonical_encoding`).
     """
     h = blake2b(_PAIR, digest_size=_DIGEST_SIZE)
-    h.update(_encoded_base(base))
-    h.update(_encoded_request(request))
+    h.update(_encode(base, "base", ignore_keys))
+    h.update(_encode(request, "request", ignore_keys))
     return h.hexdigest()
 
 
-def default_group_and_base(base: Any, request: Any) -> tuple[str, str]:
+def default_group_and_base(
+    base: Any, request: Any, ignore_keys: Collection[Any] = ()
+) -> tuple[str, str]:
     """Return ``(default_group(base, request), default_group(base, None))``.
 
     The base is encoded once: the hash state after it is copied, so finding a
     worker for the base costs one more tiny hash, not a second encoding.
     """
     h = blake2b(_PAIR, digest_size=_DIGEST_SIZE)
-    h.update(_encoded_base(base))
+    h.update(_encode(base, "base", ignore_keys))
     base_only = h.copy()
     base_only.update(b"N")
-    h.update(_encoded_request(request))
+    h.update(_encode(request, "request", ignore_keys))
     return h.hexdigest(), base_only.hexdigest()
+
+
+def same_request(left: Any, right: Any) -> bool:
+    """Whether two requests of one group are the same, without trusting ``==``.
+
+    Identity first; then ``==`` if it answers with a real bool; else (numpy and
+    pandas values answer with arrays, some objects raise) their canonical
+    encodings, and False if those cannot be made. Never raises: one request's
+    comparison can never fail another caller.
+    """
+    if left is right:
+        return True
+    try:
+        answer = left == right
+    except Exception:
+        answer = None
+    if answer is True or answer is False:
+        return answer
+    try:
+        return _encode(left, "request") == _encode(right, "request")
+    except Exception:
+        return False

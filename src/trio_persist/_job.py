@@ -59,6 +59,8 @@ class Job:
     spawn_worker: bool = False
     # Set by a worker's dedup key, or None for request equality.
     key: object = None
+    # False for share=False (a write): nobody joins this job.
+    shared: bool = True
     listeners: int = 0
     done: trio.Event = attrs.field(factory=trio.Event)
     value: Any = None

@@ -1,10 +1,21 @@
 """The monitor socket: newline-delimited JSON frames of a persist, read-only.
 
 `serve_monitor` listens on a Unix socket (mode 0600) and sends each client a
-frame as soon as it connects, then one every ``interval`` seconds. Whatever a
-client sends is read and thrown away: nothing a client does can change the
-persist or crash the server. A client that stops reading is dropped once a
-frame has waited ``interval * 5`` seconds to go out; the others never notice.
+frame as soon as it connects, then one every ``interval`` seconds. The monitor
+must never slow the persist it watches, whoever connects:
+
+* a frame is built at most once per interval and the same bytes go to every
+  client, so ten clients cost what one does;
+* at most ``max_clients`` are served; one more gets a one-line refusal
+  (``{"refused": "..."}``) and is closed;
+* whatever a client sends is read and thrown away, at most 4 KiB per client per
+  interval (a client sending junk only fills its own socket buffer);
+* a client that stops reading is dropped once a frame has waited
+  ``interval * 5`` seconds to go out; the others never notice.
+
+A socket file left behind by a killed process is detected (nothing accepts on
+it) and replaced; a live one is refused. On exit the server removes the socket
+file only if it is still the one it created.
 
 A frame (version 1) is one JSON object per line::
 
@@ -24,16 +35,20 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import heapq
 import json
+import math
 import os
 import socket as stdlib_socket
 import stat
 import time
 from typing import Any
 
+import attrs
 import trio
 
 from ._stats import GroupSnapshot, Observed
+from ._text import safe_repr
 
 __all__ = ["FRAME_VERSION", "build_frame", "serve_monitor"]
 
@@ -47,7 +62,8 @@ def _activity(record: GroupSnapshot) -> tuple[int, int, float]:
 def build_frame(persist: Observed, *, max_groups: int = 200) -> dict[str, Any]:
     """Build one monitor frame (a JSON-ready dict) from *persist* as it is now."""
     records = persist.snapshot()
-    busiest = sorted(records, key=_activity)[:max_groups]
+    # The busiest few of possibly very many groups: O(n log k), not a full sort.
+    busiest = heapq.nsmallest(max_groups, records, key=_activity)
     return {
         "version": FRAME_VERSION,
         "time": trio.current_time(),
@@ -60,20 +76,31 @@ def build_frame(persist: Observed, *, max_groups: int = 200) -> dict[str, Any]:
 
 
 def encode_frame(frame: dict[str, Any]) -> bytes:
-    return json.dumps(frame, separators=(",", ":"), default=repr).encode() + b"\n"
+    return json.dumps(frame, separators=(",", ":"), default=safe_repr).encode() + b"\n"
 
 
 def _claim_path(path: str) -> None:
-    """Refuse a path that is taken or that we cannot create, with a clear error."""
+    """Refuse a path that is taken or that we cannot create, with a clear error.
+
+    A socket nobody accepts on (left by a killed process) is removed.
+    """
     try:
         mode = os.lstat(path).st_mode
     except FileNotFoundError:
         pass
     else:
-        what = "a socket (is another monitor running?)" if stat.S_ISSOCK(mode) else "a file"
-        raise FileExistsError(
-            errno.EEXIST, f"the monitor socket path is taken: {path} is already {what}"
-        )
+        if not stat.S_ISSOCK(mode):
+            raise FileExistsError(
+                errno.EEXIST, f"the monitor socket path is taken: {path} is already a file"
+            )
+        if _is_alive(path):
+            raise FileExistsError(
+                errno.EEXIST,
+                f"the monitor socket path is taken: {path} is a live socket "
+                "(is another monitor running?)",
+            )
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # dead: left by a process that is gone
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise FileNotFoundError(
@@ -85,27 +112,77 @@ def _claim_path(path: str) -> None:
         )
 
 
+def _is_alive(path: str) -> bool:
+    """Whether something accepts connections on the Unix socket at *path*."""
+    probe = stdlib_socket.socket(stdlib_socket.AF_UNIX, stdlib_socket.SOCK_STREAM)
+    probe.setblocking(False)
+    try:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        return False
+    except OSError:
+        return True  # busy (EAGAIN) or not ours to judge: never remove it
+    finally:
+        probe.close()
+    return True
+
+
+def _check_options(interval: object, max_groups: object, max_clients: object) -> float:
+    if isinstance(interval, bool) or not isinstance(interval, (int, float)):
+        raise TypeError(f"interval must be a number of seconds, got {type(interval).__name__}")
+    if not 0 < interval < math.inf:  # NaN fails this too
+        raise ValueError(f"interval must be > 0 seconds and finite, got {interval!r}")
+    for name, value in (("max_groups", max_groups), ("max_clients", max_clients)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be a positive int, got {type(value).__name__}")
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value!r}")
+    return float(interval)
+
+
+@attrs.define(eq=False)
+class _Frames:
+    """The latest frame's bytes, rebuilt at most once per interval for all clients."""
+
+    persist: Observed
+    interval: float
+    max_groups: int
+    clients: int = 0
+    data: bytes = b""
+    built: float = -math.inf
+
+    def current(self) -> bytes:
+        if trio.current_time() >= self.built + self.interval or not self.data:
+            self.data = encode_frame(build_frame(self.persist, max_groups=self.max_groups))
+            self.built = trio.current_time()
+        return self.data
+
+    def next_due(self) -> float:
+        return self.built + self.interval
+
+
 async def serve_monitor(
     persist: Observed,
     path: str | os.PathLike[str],
     *,
     interval: float = 1.0,
     max_groups: int = 200,
+    max_clients: int = 64,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve *persist*'s frames on a Unix socket at *path* until cancelled.
 
     Start it with ``await nursery.start(persist.serve_monitor, path)``: it
     returns once the socket accepts connections. The socket is removed when
-    the server ends.
+    the server ends, if it is still the one this server created.
 
     Raises:
-        FileExistsError: *path* exists already.
+        TypeError, ValueError: an option is wrong (the message names it).
+        FileExistsError: *path* is a file, or a socket something accepts on.
         FileNotFoundError, PermissionError: its directory is missing or not
             writable.
     """
-    if interval <= 0:
-        raise ValueError(f"interval must be > 0 seconds, got {interval!r}")
+    seconds = _check_options(interval, max_groups, max_clients)
     path = os.fspath(path)
     _claim_path(path)
     raw = stdlib_socket.socket(stdlib_socket.AF_UNIX, stdlib_socket.SOCK_STREAM)
@@ -114,12 +191,14 @@ async def serve_monitor(
     old_umask = os.umask(0o177)  # born 0600: no window in which others could connect
     try:
         raw.bind(path)
+        created = os.stat(path)
     except BaseException:
         raw.close()
         raise
     finally:
         os.umask(old_umask)
     sock = trio.socket.from_stdlib_socket(raw)
+    frames = _Frames(persist, seconds, max_groups)
     try:
         await trio.lowlevel.checkpoint()
         os.chmod(path, 0o600)
@@ -128,38 +207,64 @@ async def serve_monitor(
         task_status.started(path)
 
         async def client(stream: trio.SocketStream) -> None:
-            await _serve_client(persist, stream, interval, max_groups)
+            await _serve_client(frames, stream, max_clients)
 
         await trio.serve_listeners(client, [listener])
     finally:
         sock.close()
+        _remove_if_ours(path, created)
+
+
+def _remove_if_ours(path: str, created: os.stat_result) -> None:
+    """Unlink *path* only if it is still the socket this server created."""
+    try:
+        now = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if (now.st_dev, now.st_ino) == (created.st_dev, created.st_ino):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
 
 
-async def _serve_client(
-    persist: Observed, stream: trio.SocketStream, interval: float, max_groups: int
-) -> None:
-    async with stream, trio.open_nursery() as nursery:
-        nursery.start_soon(_discard_input, stream, nursery.cancel_scope)
+async def _serve_client(frames: _Frames, stream: trio.SocketStream, max_clients: int) -> None:
+    async with stream:
+        if frames.clients >= max_clients:
+            refusal = {"refused": f"this monitor serves at most {max_clients} clients"}
+            with trio.move_on_after(frames.interval), contextlib.suppress(trio.BrokenResourceError):
+                await stream.send_all(json.dumps(refusal).encode() + b"\n")
+            return
+        frames.clients += 1
         try:
-            while True:
-                frame = encode_frame(build_frame(persist, max_groups=max_groups))
-                with trio.move_on_after(interval * 5) as slow:
-                    await stream.send_all(frame)
-                if slow.cancelled_caught:
-                    break  # a client that does not read is dropped
-                await trio.sleep(interval)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-        nursery.cancel_scope.cancel()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_discard_input, stream, frames.interval, nursery.cancel_scope)
+                await _send_frames(frames, stream)
+                nursery.cancel_scope.cancel()
+        finally:
+            frames.clients -= 1
 
 
-async def _discard_input(stream: trio.SocketStream, scope: trio.CancelScope) -> None:
-    # Read-only: anything a client sends is read and dropped. Its end of input
-    # is no reason to stop sending (it may still read); a broken connection is.
+async def _send_frames(frames: _Frames, stream: trio.SocketStream) -> None:
+    try:
+        while True:
+            with trio.move_on_after(frames.interval * 5) as slow:
+                await stream.send_all(frames.current())
+            if slow.cancelled_caught:
+                return  # a client that does not read is dropped
+            # Every client wakes at the same due time, so the first one up
+            # rebuilds the frame and the rest send the same bytes.
+            await trio.sleep_until(frames.next_due())
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+
+
+async def _discard_input(
+    stream: trio.SocketStream, interval: float, scope: trio.CancelScope
+) -> None:
+    # Read-only: anything a client sends is read and dropped, at most 4 KiB per
+    # interval, so junk costs the persist nearly nothing. Its end of input is no
+    # reason to stop sending (it may still read); a broken connection is.
     try:
         while await stream.receive_some(4096):
-            pass
+            await trio.sleep(interval)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         scope.cancel()

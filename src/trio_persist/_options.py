@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Any, Literal
 
 import attrs
@@ -42,6 +43,7 @@ class PersistOptions:
     max_workers: int | None
     worker_inbox: int
     shutdown_grace: float
+    ignore_keys: frozenset[Any] = frozenset()
 
     @classmethod
     def check(
@@ -55,6 +57,7 @@ class PersistOptions:
         max_workers: object,
         worker_inbox: object,
         shutdown_grace: object,
+        ignore_keys: object = (),
     ) -> PersistOptions:
         """Check every option; raise `TypeError` or `ValueError` naming the first bad one."""
         if not isinstance(await_inprogress, (bool, str)):
@@ -85,6 +88,7 @@ class PersistOptions:
             max_workers=checked_max,
             worker_inbox=checked_inbox if checked_inbox is not None else 1,
             shutdown_grace=_number("shutdown_grace", shutdown_grace, allow_none=True),
+            ignore_keys=_keys("ignore_keys", ignore_keys),
         )
 
 
@@ -97,6 +101,18 @@ def _count(name: str, value: object, *, allow_none: bool) -> int | None:
     if value < 1:
         raise ValueError(f"{name} must be >= 1, got {value!r}")
     return value
+
+
+def _keys(name: str, value: object) -> frozenset[Any]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise TypeError(
+            f"{name} must be a collection of mapping keys, such as ('priv',), "
+            f"got {type(value).__name__}"
+        )
+    try:
+        return frozenset(value)
+    except TypeError:
+        raise TypeError(f"{name} must hold hashable mapping keys") from None
 
 
 def check_duration(name: str, value: object) -> float:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import os
 import sys
-from collections.abc import AsyncIterator, Hashable
+from collections.abc import AsyncIterator, Hashable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any, final
 
@@ -36,6 +36,7 @@ from ._registry import Registry
 from ._runner import RunnerPool
 from ._stats import GroupSnapshot, PersistStatistics
 from ._supervisor import Supervisor
+from ._text import safe_repr
 from ._worker import Worker, WorkerTask, task_of
 
 if sys.version_info < (3, 11):  # pragma: no cover
@@ -139,15 +140,24 @@ class Persist:
         hook = self._core.hooks.group
         if hook is not None:
             return hook(base, request)
-        return default_group(base, request)
+        return default_group(base, request, ignore_keys=self._core.options.ignore_keys)
 
-    async def resolve(self, base: Any, request: Any = None, *, spawn_worker: bool = False) -> Any:
+    async def resolve(
+        self,
+        base: Any,
+        request: Any = None,
+        *,
+        spawn_worker: bool = False,
+        share: bool = True,
+    ) -> Any:
         """Resolve *request* against *base*, sharing identical in-flight work.
 
         Identical requests in flight share one execution: every caller gets the
         same result object, or the same exception raised in its own task.
         Different requests of one group run one after another, in arrival
-        order. A group owned by a worker is served by it.
+        order. A group owned by a worker is served by it (an advancing worker
+        executes every request; a static one may answer identical queued
+        requests with one execution).
 
         The execution runs in a task of the persist, not in the caller's:
         cancelling a caller (the first one included) leaves it running for the
@@ -160,6 +170,9 @@ class Persist:
             request: The request.
             spawn_worker: After a successful execution, keep a worker for the
                 group with the result as its state.
+            share: False for a write: this call gets an execution of its own,
+                never joins another and is never joined, and is still served
+                in arrival order by its group's flight or worker.
 
         Raises:
             PersistClosed: the persist's block has been left.
@@ -169,20 +182,19 @@ class Persist:
             LeaderDied: the execution ended without an outcome: the device
                 crashed (see ``__cause__``) or the persist closed under a
                 caller outside it.
-            TypeError: the default grouper cannot encode the base or request.
+            TypeError: the default grouper cannot encode the base or request,
+                or a flag is not a bool.
+            ValueError: ``spawn_worker=True`` on a persist that does not group.
         """
         core = self._core
         if core.closed:
             raise PersistClosed(
                 "this persist is closed: resolve() is only possible inside its block"
             )
-        if not isinstance(spawn_worker, bool):
-            raise TypeError(
-                f"spawn_worker must be True or False, got {type(spawn_worker).__name__}"
-            )
+        self._check_flags(spawn_worker, share)
         if self._mode == _UNGROUPED:
             core.requests += 1
-            job = self._new_flight(None, None, base, request, spawn_worker)
+            job = self._new_flight(None, base, request, False, None, share)
             return await self._listen(job, job.owner, running.get())
         group, by_base, key = self._name(base, request)
         core.requests += 1
@@ -190,18 +202,17 @@ class Persist:
         while True:
             owner = self._owner(group, by_base, base)
             if owner is None:
-                job = self._new_flight(group, key, base, request, spawn_worker)
+                job = self._new_flight(group, base, request, spawn_worker, key, share)
                 return await self._listen(job, job.owner, current)
             if current is not None and _waits_for(owner, current):
                 return await self._recurse(owner, current, group, base, request)
-            if isinstance(owner, Flight):
-                job = self._join_or_queue(owner, base, request, key, spawn_worker)
-                return await self._listen(job, owner, current)
-            joined = owner.find(request, key)
+            joined = owner.find(request, key) if share else None
             if joined is not None:
-                core.deduplicated += 1
+                self._joined(owner)
                 return await self._listen(joined, owner, current)
-            job = Job(base, request, owner, spawn_worker, key)
+            job = Job(base, request, owner, spawn_worker, key, share)
+            if isinstance(owner, Flight):
+                return await self._listen(owner.enqueue(job), owner, current)
             if await owner.submit(job):
                 return await self._listen(job, owner, current)
             # The worker stopped while we waited for room in its inbox: route again.
@@ -288,6 +299,7 @@ class Persist:
         *,
         interval: float = 1.0,
         max_groups: int = 200,
+        max_clients: int = 64,
         task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Serve this persist's frames on a Unix socket, for ``trio-persist monitor``.
@@ -296,15 +308,25 @@ class Persist:
         socket is created with mode 0600 and is read-only: each client gets a
         frame (newline-delimited JSON with ``"version"``, ``"statistics"`` and
         ``"snapshot"``) as soon as it connects, then every *interval* seconds.
-        The socket file is removed when the server is cancelled.
+        One frame is built per interval whatever the number of clients; at
+        most *max_clients* are served (one more is refused with a line saying
+        so); *max_groups* of the busiest groups go in each frame. A socket
+        file left by a killed process is replaced; the file is removed when
+        the server is cancelled, if it is still this server's.
 
         Raises:
-            FileExistsError: *path* is taken.
+            TypeError, ValueError: an option is wrong (the message names it).
+            FileExistsError: *path* is a file, or a socket in use.
             FileNotFoundError, PermissionError: its directory is missing or not
                 writable.
         """
         await serve_monitor(
-            self, path, interval=interval, max_groups=max_groups, task_status=task_status
+            self,
+            path,
+            interval=interval,
+            max_groups=max_groups,
+            max_clients=max_clients,
+            task_status=task_status,
         )
 
     def statistics(self) -> PersistStatistics:
@@ -343,11 +365,12 @@ class Persist:
         """Return ``(group, base's group or None, worker dedup key or None)``."""
         if self._mode == _HOOK:
             return self._core.hooks.group(base, request), None, None  # type: ignore[misc]
+        ignore = self._core.options.ignore_keys
         if self._supervisor.workers or self._supervisor.retired:
             # A worker started for *base* serves every request on it.
-            group, by_base = default_group_and_base(base, request)
+            group, by_base = default_group_and_base(base, request, ignore)
             return group, by_base, group
-        group = default_group(base, request)
+        group = default_group(base, request, ignore_keys=ignore)
         return group, None, group
 
     def _owner(self, group: Hashable, by_base: Hashable | None, base: Any) -> Owner | None:
@@ -363,15 +386,24 @@ class Persist:
             return self._supervisor.restoring(retired, base)
         return None
 
-    def _join_or_queue(
-        self, flight: Flight, base: Any, request: Any, key: Hashable | None, spawn: bool
-    ) -> Job:
-        job = flight.find(request)
-        if job is not None:
-            self._core.deduplicated += 1
-            self._core.events.emit("flight.joined", flight.group)
-            return job
-        return flight.enqueue(base, request, spawn, key)
+    def _check_flags(self, spawn_worker: object, share: object) -> None:
+        if not isinstance(spawn_worker, bool):
+            raise TypeError(
+                f"spawn_worker must be True or False, got {type(spawn_worker).__name__}"
+            )
+        if not isinstance(share, bool):
+            raise TypeError(f"share must be True or False, got {type(share).__name__}")
+        if spawn_worker and self._mode == _UNGROUPED:
+            raise ValueError(
+                "spawn_worker=True needs groups: this persist does not group requests "
+                f"(await_inprogress={self.options.await_inprogress!r}), so no worker "
+                "could own one"
+            )
+
+    def _joined(self, owner: Owner) -> None:
+        self._core.deduplicated += 1
+        if isinstance(owner, Flight):
+            self._core.events.emit("flight.joined", owner.group)
 
     async def _recurse(
         self, owner: Owner, current: Owner, group: Hashable, base: Any, request: Any
@@ -382,7 +414,7 @@ class Persist:
             self._core.executions += 1
             return await self._core.hooks.resolve(base, request)
         raise InfiniteRecursion(
-            f"resolving group {group!r} would wait for an execution that is waiting "
+            f"resolving group {safe_repr(group)} would wait for an execution that is waiting "
             "for this call; pass allow_infinite=True to execute it directly instead"
         )
 
@@ -405,12 +437,18 @@ class Persist:
         return job.outcome()
 
     def _new_flight(
-        self, group: Hashable | None, key: Hashable | None, base: Any, request: Any, spawn: bool
+        self,
+        group: Hashable | None,
+        base: Any,
+        request: Any,
+        spawn: bool,
+        key: Hashable | None,
+        share: bool,
     ) -> Job:
         """Start a flight for *group* (None: ungrouped, never registered); return its job."""
         core = self._core
         flight = Flight(core, self._supervisor, group, self._mode != _HOOK, trio.current_time())
-        job = flight.first(base, request, spawn, key)
+        job = flight.current = Job(base, request, flight, spawn, key, share)
         if group is not None:
             core.registry.register(group, flight)
         self._start_flight(flight)
@@ -431,7 +469,11 @@ class Persist:
             if self._mode == _HOOK:
                 group = core.hooks.group(job.base, job.request)  # type: ignore[misc]
             else:
-                group = job.key if job.key is not None else default_group(job.base, job.request)
+                group = job.key
+                if group is None:
+                    group = default_group(
+                        job.base, job.request, ignore_keys=core.options.ignore_keys
+                    )
         except Exception as exc:
             job.fail(exc)
             return
@@ -493,6 +535,7 @@ async def open_persist(
     backend: object = None,
     worker_inbox: int = 64,
     shutdown_grace: float | None = 5.0,
+    ignore_keys: Iterable[Hashable] = (),
 ) -> AsyncIterator[Persist]:
     """Open a persist for *device*; every flight and worker lives inside the block.
 
@@ -522,6 +565,10 @@ async def open_persist(
             `trio_persist.redis.RedisBackend`.
         worker_inbox: Requests a worker's inbox holds before callers wait.
         shutdown_grace: Seconds each ``on_idle`` may take (None: no bound).
+        ignore_keys: Top-level mapping keys the default grouper leaves out of
+            ``base`` and ``request``. Calls that differ only there share one
+            execution and so one result: pass ``("priv",)`` for upstream's
+            behaviour only if those keys never change what the device returns.
 
     Raises:
         TypeError: an option has the wrong type (the message names it).
@@ -536,6 +583,7 @@ async def open_persist(
         max_workers=max_workers,
         worker_inbox=worker_inbox,
         shutdown_grace=shutdown_grace,
+        ignore_keys=ignore_keys,
     )
     hooks = adapt_device(device)
     checked_backend = check_backend(backend)

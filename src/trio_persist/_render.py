@@ -3,6 +3,11 @@
 Nothing here does I/O or reads a clock: a renderable depends only on the
 frames it is given (and the view's sort and pause), so it can be tested on a
 capture console and drawn by any driver.
+
+Frames come from outside (a socket, other processes through Redis), so
+`clean_frame` checks and coerces every field first, and every text is shown
+literally: never read as Rich markup, control characters replaced, long text
+cut. A group named ``[/]`` or carrying escape sequences is shown as written.
 """
 
 from __future__ import annotations
@@ -14,11 +19,69 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-__all__ = ["SORTS", "render_frame", "sitrep"]
+from ._text import literal
+
+__all__ = ["SORTS", "clean_frame", "render_frame", "sitrep"]
 
 Frame = Mapping[str, Any]
 
 SORTS = ("activity", "served", "age", "group")
+
+
+_GROUP_NUMBERS = ("listeners", "queued", "served")
+_GROUP_TIMES = ("started", "last_active")
+
+
+def _number(value: Any, default: float = 0) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        return default
+    return value
+
+
+def _clean_group(group: Any) -> dict[str, Any] | None:
+    if not isinstance(group, Mapping):
+        return None
+    clean: dict[str, Any] = {
+        "group": literal(group.get("group", "?")),
+        "kind": literal(group.get("kind", "?"), 10),
+        "busy": group.get("busy") is True,
+    }
+    for name in _GROUP_NUMBERS:
+        clean[name] = int(_number(group.get(name)))
+    for name in _GROUP_TIMES:
+        clean[name] = float(_number(group.get(name)))
+    return clean
+
+
+def clean_frame(frame: Any) -> dict[str, Any] | None:
+    """A frame safe to render: every field present and of its type, every text literal.
+
+    Returns None for something that is not a version-1 frame at all.
+    """
+    if not isinstance(frame, Mapping) or frame.get("version") != 1:
+        return None
+    raw_stats = frame.get("statistics")
+    stats = raw_stats if isinstance(raw_stats, Mapping) else {}
+    raw_groups = frame.get("snapshot")
+    groups = [
+        clean
+        for clean in map(_clean_group, raw_groups if isinstance(raw_groups, list) else [])
+        if clean is not None
+    ]
+    return {
+        "version": 1,
+        "time": float(_number(frame.get("time"))),
+        "wall": float(_number(frame.get("wall"))),
+        "device": literal(frame.get("device", "?"), 80),
+        "statistics": {literal(name, 40): int(_number(value)) for name, value in stats.items()},
+        "groups_total": int(_number(frame.get("groups_total"), len(groups))),
+        "snapshot": groups,
+    }
+
+
+def _stat(frame: Frame, name: str) -> int:
+    value: int = frame["statistics"].get(name, 0)
+    return value
 
 
 def _age(seconds: float) -> str:
@@ -35,7 +98,7 @@ def _rate(frame: Frame, previous: Frame | None, key: str) -> float | None:
     elapsed: float = frame["wall"] - previous["wall"]
     if elapsed <= 0:
         return None
-    change: float = frame["statistics"][key] - previous["statistics"][key]
+    change: float = _stat(frame, key) - _stat(previous, key)
     return change / elapsed
 
 
@@ -51,20 +114,19 @@ def _sort_key(sort: str, now: float) -> Any:
 
 def header(frame: Frame, previous: Frame | None) -> Text:
     """The totals line: executions and their rate, deduplication, load, trouble."""
-    stats = frame["statistics"]
     rate = _rate(frame, previous, "executions")
-    requests = stats["requests"]
-    ratio = stats["deduplicated"] / requests if requests else 0.0
+    requests = _stat(frame, "requests")
+    ratio = _stat(frame, "deduplicated") / requests if requests > 0 else 0.0
     listeners = sum(g["listeners"] for g in frame["snapshot"])
     text = Text()
-    text.append(f"executions {stats['executions']}", style="bold")
+    text.append(f"executions {_stat(frame, 'executions')}", style="bold")
     text.append(f" ({rate:.1f}/s)" if rate is not None else " (-/s)")
     text.append(f"  dedup {ratio:.0%}")
-    text.append(f"  in flight {stats['in_flight']}")
+    text.append(f"  in flight {_stat(frame, 'in_flight')}")
     text.append(f"  listeners {listeners}")
-    text.append(f"  workers {stats['workers']}")
-    text.append(f"  timeouts {stats['worker_timeouts']}")
-    failures = stats["failures"]
+    text.append(f"  workers {_stat(frame, 'workers')}")
+    text.append(f"  timeouts {_stat(frame, 'worker_timeouts')}")
+    failures = _stat(frame, "failures")
     text.append(f"  failures {failures}", style="red" if failures else "")
     return text
 
@@ -89,7 +151,7 @@ def render_frame(
         groups = groups[:limit]
     title = Text()
     title.append("trio-persist", style="bold cyan")
-    title.append(f"  {frame.get('device', '?')}  ")
+    title.append(f"  {literal(frame.get('device', '?'), 80)}  ")
     title.append(f"{frame['groups_total']} groups")
     if paused:
         title.append("  [paused]", style="bold yellow")
@@ -104,15 +166,18 @@ def render_frame(
     for g in groups:
         idle = "busy" if g["busy"] else _age(now - g["last_active"])
         table.add_row(
-            g["group"],
-            g["kind"],
+            Text(literal(g["group"])),  # a Text: never parsed as markup
+            Text(literal(g["kind"], 10)),
             str(g["listeners"]),
             str(g["queued"]),
             str(g["served"]),
             _age(now - g["started"]),
             idle,
         )
-    footer = Text(status if status is not None else f"q quit  p pause  s sort: {sort}", style="dim")
+    footer = Text(
+        literal(status) if status is not None else f"q quit  p pause  s sort: {sort}",
+        style="dim",
+    )
     return Group(title, header(frame, previous), Text(""), table, Text(""), footer)
 
 
@@ -128,7 +193,7 @@ def sitrep(
     Returns the lines (none when nothing changed) and the new state to pass
     next time. Unlike upstream, groups that went away are reported too.
     """
-    now = {g["group"]: _view(g) for g in frame["snapshot"]}
+    now = {literal(g["group"]): _view(g) for g in frame["snapshot"]}
     changed = [name for name, view in now.items() if last.get(name) != view]
     gone = [name for name in last if name not in now]
     if not changed and not gone:

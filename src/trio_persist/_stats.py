@@ -12,6 +12,8 @@ from typing import Any, Protocol
 
 import attrs
 
+from ._text import cut, safe_repr
+
 __all__ = ["GroupSnapshot", "Observed", "PersistStatistics", "group_label"]
 
 
@@ -37,6 +39,8 @@ class PersistStatistics:
     """Executions cancelled because every listener left."""
     worker_timeouts: int
     """Workers that stopped after their idle timeout."""
+    hook_failures: int
+    """Device hooks (``on_idle``, ``restore``, ``answers``, ...) that raised."""
     evictions: int
     """Idle workers stopped to make room under ``max_workers``."""
     workers_started: int
@@ -55,10 +59,13 @@ class PersistStatistics:
 
 
 def group_label(group: Hashable | None) -> str:
-    """A short, stable text for a group: digests and strings as they are."""
+    """A short text for a group: digests and strings as they are, others' repr.
+
+    Never raises: a ``repr`` that fails gives a placeholder. Long text is cut.
+    """
     if isinstance(group, str):
-        return group
-    return repr(group)
+        return cut(group, 200)
+    return safe_repr(group)
 
 
 @attrs.frozen

@@ -138,7 +138,10 @@ class Supervisor:
     def regroup(self, task: WorkerTask, state: Any) -> None:
         hook = self.core.hooks.group
         try:
-            new = hook(state, None) if hook is not None else default_group(state, None)
+            if hook is not None:
+                new = hook(state, None)
+            else:
+                new = default_group(state, None, ignore_keys=self.core.options.ignore_keys)
         except Exception:
             return  # a state the grouper cannot name keeps the old group
         old = task.group

@@ -10,9 +10,11 @@ is the pure `render_frame`.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import signal
+import stat
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TextIO
@@ -23,7 +25,31 @@ from rich.console import Console, RenderableType
 from rich.live import Live
 from rich.text import Text
 
-from ._render import SORTS, render_frame, sitrep
+from ._render import SORTS, clean_frame, render_frame, sitrep
+from ._text import literal
+
+MAX_LINE = 4 * 1024 * 1024
+"""The longest frame line the monitor keeps (a 200-group frame is ~50 KB)."""
+
+
+class MonitorRefused(Exception):
+    """The monitor server refused this client (it has too many)."""
+
+
+async def _connect(path: str) -> trio.SocketStream:
+    """Connect to the monitor socket at *path*, refusing anything but a socket."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise FileNotFoundError(errno.ENOENT, "no such socket", path) from None
+    if not stat.S_ISSOCK(mode):
+        raise OSError(errno.ENOTSOCK, "not a socket (is the path right?)", path)
+    return await trio.open_unix_socket(path)
+
+
+def _reason(exc: OSError) -> str:
+    return literal(exc.strerror or str(exc), 120)
+
 
 __all__ = ["MonitorView", "follow", "read_frames", "run_live", "run_once", "run_plain"]
 
@@ -43,9 +69,13 @@ class MonitorView:
     frames_seen: int = 0
 
     def feed(self, frame: Frame) -> None:
+        """Take a frame from outside (checked and made literal first; junk is ignored)."""
+        clean = clean_frame(frame)
+        if clean is None:
+            return
         self.frames_seen += 1
         if not self.paused:
-            self.previous, self.frame = self.frame, frame
+            self.previous, self.frame = self.frame, clean
 
     def key(self, key: str) -> bool:
         """Apply a key press; True means quit."""
@@ -74,7 +104,10 @@ class MonitorView:
 class read_frames:  # used like a function: ``async for frame in read_frames(stream)``
     """The JSON frames of a monitor stream, as an async iterator.
 
-    Lines that are not version-1 frames are skipped.
+    Lines that are not version-1 frames are skipped. A line longer than
+    `MAX_LINE` bytes is dropped as it arrives, so a hostile socket cannot make
+    the monitor buffer without bound. A server's refusal (too many clients)
+    raises `MonitorRefused` with its words.
 
     A class rather than an async generator, so breaking out of the loop early
     leaves nothing to finalise.
@@ -83,6 +116,7 @@ class read_frames:  # used like a function: ``async for frame in read_frames(str
     _stream: trio.abc.ReceiveStream
     _lines: list[bytes] = attrs.field(factory=list)
     _buffer: bytes = b""
+    _skipping: bool = False
 
     def __aiter__(self) -> read_frames:
         return self
@@ -94,13 +128,21 @@ class read_frames:  # used like a function: ``async for frame in read_frames(str
                     frame = json.loads(self._lines.pop(0))
                 except ValueError:
                     continue
+                if isinstance(frame, dict) and isinstance(frame.get("refused"), str):
+                    raise MonitorRefused(literal(frame["refused"]))
                 if isinstance(frame, dict) and frame.get("version") == 1:
                     return frame
             data = await self._stream.receive_some(65536)
             if not data:
                 raise StopAsyncIteration
-            *lines, self._buffer = (self._buffer + data).split(b"\n")
-            self._lines.extend(lines)
+            *lines, rest = (self._buffer + data).split(b"\n")
+            if self._skipping and lines:
+                lines.pop(0)  # the end of an over-long line
+                self._skipping = False
+            if len(rest) > MAX_LINE:
+                rest, self._skipping = b"", True
+            self._buffer = rest
+            self._lines.extend(line for line in lines if len(line) <= MAX_LINE)
 
 
 async def follow(
@@ -109,14 +151,14 @@ async def follow(
     """Feed *view* from the socket at *path*, reconnecting whenever it is missing or gone."""
     while True:
         try:
-            stream = await trio.open_unix_socket(path)
+            stream = await _connect(path)
         except OSError as exc:
-            reason = "no such socket" if isinstance(exc, FileNotFoundError) else exc.strerror
-            view.status = f"waiting for {path}: {reason} (retrying; q quits)"
+            view.status = f"waiting for {path}: {_reason(exc)} (retrying; q quits)"
             redraw()
             await trio.sleep(retry)
             continue
         view.status = None
+        gone = f"the application went away ({path}); waiting for it to come back (q quits)"
         async with stream:
             try:
                 async for frame in read_frames(stream):
@@ -124,7 +166,9 @@ async def follow(
                     redraw()
             except trio.BrokenResourceError:
                 pass
-        view.status = f"the application went away ({path}); waiting for it to come back (q quits)"
+            except MonitorRefused as exc:
+                gone = f"{path} refused this monitor: {exc} (retrying; q quits)"
+        view.status = gone
         redraw()
         await trio.sleep(retry)
 
@@ -229,9 +273,9 @@ async def run_once(path: str, console: Console, err: TextIO | None = None) -> in
     """Print one frame of the monitor at *path*; 1 with a message if there is none."""
     err = err if err is not None else sys.stderr
     try:
-        stream = await trio.open_unix_socket(path)
+        stream = await _connect(path)
     except OSError as exc:
-        reason = "no such socket" if isinstance(exc, FileNotFoundError) else exc.strerror
+        reason = _reason(exc)
         print(
             f"trio-persist monitor: cannot connect to {path}: {reason}. Is the application "
             "running with `await nursery.start(persist.serve_monitor, path)`?",
@@ -239,8 +283,14 @@ async def run_once(path: str, console: Console, err: TextIO | None = None) -> in
         )
         return 1
     async with stream:
-        async for frame in read_frames(stream):
-            console.print(render_frame(frame, status=""))
-            return 0
+        try:
+            async for frame in read_frames(stream):
+                clean = clean_frame(frame)
+                if clean is not None:
+                    console.print(render_frame(clean, status=""))
+                    return 0
+        except MonitorRefused as exc:
+            print(f"trio-persist monitor: {path} refused: {exc}", file=err)
+            return 1
     print(f"trio-persist monitor: {path} closed before sending a frame", file=err)
     return 1

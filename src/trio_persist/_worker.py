@@ -30,6 +30,7 @@ import attrs
 import trio
 
 from ._core import Core
+from ._grouping import same_request
 from ._job import Job, Outcome, leader_died, run_device, running
 
 __all__ = ["Worker", "WorkerHost", "WorkerRequest", "WorkerStatistics", "WorkerTask", "task_of"]
@@ -212,7 +213,14 @@ class WorkerTask:
     # -- routing (called by the facade) ------------------------------------------
 
     def find(self, request: Any, key: object) -> Job | None:
-        """Return a live job for an identical request to join, or None."""
+        """Return a live job for an identical request to join, or None.
+
+        Only a static worker shares executions: an advancing one executes every
+        request, since each result becomes its next state (two identical
+        requests are two transitions).
+        """
+        if not self.static:
+            return None
         current = self.current
         if current is not None and _same(current, request, key):
             return current
@@ -251,6 +259,8 @@ class WorkerTask:
         job.abandoned = True
         if job.scope is not None:
             job.scope.cancel()
+        else:
+            self.queued.pop(id(job), None)  # dropped at once, not when reached
 
     def release(self, job: Job) -> None:
         """A custom loop answered *job*: it is no longer held."""
@@ -304,7 +314,27 @@ class WorkerTask:
                     # checkpoints in the device call anyway.
                     await trio.lowlevel.checkpoint()
                 return job
-            job = await self._wait_job(scope)
+            # Waited for here, not in a helper: one coroutine frame less per
+            # parked worker (memory per idle worker).
+            self.waiting = True
+            try:
+                if scope is not None:
+                    # The idle timeout counts from the end of the last request.
+                    timed = self.timeout != math.inf
+                    if timed:
+                        scope.deadline = trio.current_time() + self.timeout
+                    job = await self.receive.receive()
+                    if timed:
+                        scope.deadline = math.inf
+                else:
+                    job = None
+                    with trio.CancelScope(
+                        deadline=trio.current_time() + self.timeout
+                    ) as self.wait_scope:
+                        job = await self.receive.receive()
+            finally:
+                self.waiting = False
+                self.wait_scope = None
             if job is None:
                 if self.stop_reason is None:
                     self.stop_reason = "timeout"
@@ -316,24 +346,6 @@ class WorkerTask:
                 return None
             if self._accept(job):
                 return job
-
-    async def _wait_job(self, scope: trio.CancelScope | None) -> Job | None:
-        self.waiting = True
-        try:
-            if scope is not None:
-                # The idle timeout counts from the end of the last request.
-                if self.timeout != math.inf:
-                    scope.deadline = trio.current_time() + self.timeout
-                    job = await self.receive.receive()
-                    scope.deadline = math.inf
-                    return job
-                return await self.receive.receive()
-            with trio.CancelScope(deadline=trio.current_time() + self.timeout) as self.wait_scope:
-                return await self.receive.receive()
-            return None
-        finally:
-            self.waiting = False
-            self.wait_scope = None
 
     # -- serving -----------------------------------------------------------------
 
@@ -384,7 +396,7 @@ class WorkerTask:
                 self.stop_reason = "throw"
             return None
         value = job.value
-        if self.queued or self.backlog:
+        if self.static and (self.queued or self.backlog):
             self.publish(job.request, job.key, value)
         if not self.static:
             self.state = value
@@ -400,14 +412,18 @@ class WorkerTask:
         answers = self.core.hooks.answers
         count = 0
         for job in (*self.queued.values(), *self.backlog):
-            if job.done.is_set() or job.abandoned:
+            if job.done.is_set() or job.abandoned or not job.shared:
                 continue
             if answers is not None:
-                hit = answers(job.request, request)
+                try:
+                    hit = answers(job.request, request) is True
+                except Exception as exc:
+                    self.core.hook_failed("answers", self.group, exc)
+                    hit = False
             elif key is not None:
                 hit = job.key == key
             else:
-                hit = job.request == request
+                hit = same_request(job.request, request)
             if hit:
                 job.succeed(value)
                 count += 1
@@ -499,7 +515,7 @@ class WorkerTask:
         try:
             return await restore(self.group)
         except Exception as exc:
-            self.core.events.emit("worker.crashed", self.group, f"restore failed: {exc!r}")
+            self.core.hook_failed("restore", self.group, exc)
             return None
 
     async def _run_on_idle(self) -> None:
@@ -514,15 +530,15 @@ class WorkerTask:
             try:
                 await on_idle(self.group, self.state)
             except Exception as exc:
-                core.events.emit("worker.crashed", self.group, f"on_idle failed: {exc!r}")
+                core.hook_failed("on_idle", self.group, exc)
 
 
 def _same(job: Job, request: Any, key: object) -> bool:
-    if job.abandoned or job.done.is_set():
+    if job.abandoned or job.done.is_set() or not job.shared:
         return False
     if key is not None:
-        return bool(job.key == key)
-    return bool(job.request == request)
+        return job.key == key  # a digest
+    return same_request(job.request, request)
 
 
 class _WorkerCrashed(BaseException):
