@@ -21,8 +21,8 @@ from ._backend import Backend
 from ._device import DeviceHooks
 from ._events import EventHub
 from ._job import Job, Outcome
-from ._options import PersistOptions
 from ._logging import logger
+from ._options import PersistOptions
 from ._registry import Registry
 from ._stats import PersistStatistics, group_label
 from ._text import safe_str

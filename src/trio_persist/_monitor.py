@@ -264,7 +264,9 @@ async def _discard_input(
     # interval, so junk costs the persist nearly nothing. Its end of input is no
     # reason to stop sending (it may still read); a broken connection is.
     try:
-        while await stream.receive_some(4096):
-            await trio.sleep(interval)
+        while True:
+            if not await stream.receive_some(4096):
+                return
+            await trio.sleep(interval)  # the throttle: nothing to wait for but time
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         scope.cancel()
