@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
+import subprocess
+import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -173,3 +177,172 @@ async def test_frames_are_json_lines_that_any_client_can_read(tmp_path: Path) ->
         frame = json.loads(data.split(b"\n")[0])
         assert frame["device"] == "device"
         nursery.cancel_scope.cancel()
+
+
+# -- the monitor never slows the persist, whoever connects --------------------------
+
+
+class CountingObserved:
+    """An `Observed` that counts how often the monitor reads it (frames built)."""
+
+    name = "counted"
+
+    def __init__(self, persist: trio_persist.Persist) -> None:
+        self.persist = persist
+        self.snapshots: list[float] = []
+
+    def statistics(self) -> trio_persist.PersistStatistics:
+        return self.persist.statistics()
+
+    def snapshot(self) -> tuple[trio_persist.GroupSnapshot, ...]:
+        self.snapshots.append(trio.current_time())
+        return self.persist.snapshot()
+
+
+async def test_one_frame_is_built_per_interval_whatever_the_number_of_clients(
+    autojump_clock: object, tmp_path: Path
+) -> None:
+    from trio_persist._monitor import serve_monitor
+
+    path = str(tmp_path / "monitor.sock")
+    received: list[bytes] = []
+    async with trio_persist.open_persist(device) as persist, trio.open_nursery() as nursery:
+        observed = CountingObserved(persist)
+        await nursery.start(partial(serve_monitor, observed, path))
+
+        async def client() -> None:
+            async with await trio.open_unix_socket(path) as stream:
+                frames = 0
+                async for frame in read_frames(stream):
+                    received.append(json.dumps(frame).encode())
+                    frames += 1
+                    if frames == 3:
+                        break
+
+        with trio.fail_after(10):
+            async with trio.open_nursery() as clients:
+                for _ in range(10):
+                    clients.start_soon(client)
+        nursery.cancel_scope.cancel()
+    assert observed.snapshots == [0, 1, 2]  # not 30: one frame, sent to all ten
+    assert len(received) == 30
+    assert len(set(received)) == 3  # the same bytes for everyone
+
+
+async def test_a_client_over_the_cap_gets_a_one_line_refusal(
+    autojump_clock: object, tmp_path: Path
+) -> None:
+    path = str(tmp_path / "monitor.sock")
+    async with trio_persist.open_persist(device) as persist, trio.open_nursery() as nursery:
+        await nursery.start(partial(persist.serve_monitor, path, max_clients=2))
+        first = await trio.open_unix_socket(path)
+        second = await trio.open_unix_socket(path)
+        await trio.testing.wait_all_tasks_blocked()
+        async with await trio.open_unix_socket(path) as third:
+            data = b""
+            with trio.fail_after(5):
+                while chunk := await third.receive_some(4096):
+                    data += chunk
+        assert json.loads(data) == {"refused": "this monitor serves at most 2 clients"}
+        await first.aclose()
+        await trio.testing.wait_all_tasks_blocked()
+        async with await trio.open_unix_socket(path) as fourth:  # room again
+            frames = read_frames(fourth)
+            assert (await frames.__anext__())["version"] == 1
+        await second.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_client_sending_junk_is_read_at_most_4_kib_an_interval(
+    autojump_clock: object, tmp_path: Path
+) -> None:
+    path = str(tmp_path / "monitor.sock")
+    async with trio_persist.open_persist(device) as persist, trio.open_nursery() as nursery:
+        await nursery.start(persist.serve_monitor, path)
+        async with await trio.open_unix_socket(path) as stream:
+            sent = 0
+
+            async def flood() -> None:
+                nonlocal sent
+                while sent < 8 << 20:  # bounded: a server reading it all ends it fast
+                    await stream.send_all(b"x" * 4096)
+                    sent += 4096
+
+            async with trio.open_nursery() as flooding:
+                flooding.start_soon(flood)
+                await trio.sleep(10)
+                sent_at_10 = sent
+                await trio.sleep(10)
+                flooding.cancel_scope.cancel()
+        nursery.cancel_scope.cancel()
+    # Once the socket buffers are full, the flood advances only as fast as the
+    # server reads: 4 KiB a second (a server reading everything took all 8 MiB).
+    assert 0 < sent_at_10 <= sent < 2 << 20
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "match"),
+    [
+        ({"interval": float("nan")}, ValueError, "interval must be > 0 seconds and finite"),
+        ({"interval": float("inf")}, ValueError, "interval must be > 0 seconds and finite"),
+        ({"interval": "1"}, TypeError, "interval must be a number of seconds"),
+        ({"max_groups": 0}, ValueError, "max_groups must be >= 1"),
+        ({"max_clients": 1.5}, TypeError, "max_clients must be a positive int"),
+    ],
+)
+async def test_monitor_options_are_checked_before_anything_is_bound(
+    tmp_path: Path, options: dict[str, Any], error: type[Exception], match: str
+) -> None:
+    path = tmp_path / "m.sock"
+    async with trio_persist.open_persist(device) as persist:
+        with pytest.raises(error, match=match):
+            await persist.serve_monitor(str(path), **options)
+    assert not path.exists()
+
+
+# -- the socket file survives restarts and belongs to its server ----------------------
+
+
+def test_a_socket_left_by_a_killed_process_is_replaced(tmp_path: Path) -> None:
+    path = tmp_path / "monitor.sock"
+    script = (
+        "import socket, os, sys\n"
+        "s = socket.socket(socket.AF_UNIX)\n"
+        f"s.bind({str(path)!r}); s.listen(1)\n"
+        "print('bound', flush=True)\n"
+        "os.kill(os.getpid(), 9)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=30)
+    assert done.returncode == -signal.SIGKILL
+    assert stat.S_ISSOCK(path.stat().st_mode)  # left behind, nobody listening
+
+    async def main() -> None:
+        async with trio_persist.open_persist(device) as persist, trio.open_nursery() as nursery:
+            await nursery.start(persist.serve_monitor, str(path))
+            async with await trio.open_unix_socket(str(path)) as stream:
+                assert (await read_frames(stream).__anext__())["version"] == 1
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    assert not path.exists()
+
+
+async def test_a_server_removes_its_socket_only_if_it_is_still_its_own(tmp_path: Path) -> None:
+    path = str(tmp_path / "monitor.sock")
+    first = trio.CancelScope()
+
+    async def serve_first(task_status: trio.TaskStatus[None]) -> None:
+        with first:
+            await persist.serve_monitor(path, task_status=task_status)
+
+    async with trio_persist.open_persist(device) as persist, trio.open_nursery() as nursery:
+        await nursery.start(serve_first)
+        os.unlink(path)  # the path is taken over by another server
+        await nursery.start(persist.serve_monitor, path)
+        first.cancel()  # the first server stops...
+        await trio.testing.wait_all_tasks_blocked()
+        assert stat.S_ISSOCK(os.stat(path).st_mode)  # ...and leaves the second's socket
+        async with await trio.open_unix_socket(path) as stream:
+            assert (await read_frames(stream).__anext__())["version"] == 1
+        nursery.cancel_scope.cancel()
+    assert not await trio.Path(path).exists()

@@ -17,7 +17,7 @@ from ._exceptions import (
     PersistError,
     RemoteError,
 )
-from ._grouping import canonical_encoding, default_group
+from ._grouping import MAX_DEPTH, canonical_encoding, default_group
 from ._options import PersistOptions
 from ._persist import Persist, open_persist
 from ._registry import Registry, RegistryStatistics
@@ -25,6 +25,7 @@ from ._stats import GroupSnapshot, PersistStatistics
 from ._worker import Worker, WorkerRequest, WorkerStatistics
 
 __all__ = [
+    "MAX_DEPTH",
     "BackendUnavailable",
     "CorruptResult",
     "EventSubscription",

@@ -25,17 +25,11 @@ from ._logging import logger
 from ._options import PersistOptions
 from ._registry import Registry
 from ._stats import PersistStatistics, group_label
-from ._text import safe_str
+from ._text import describe
 
-__all__ = ["Core", "Resolve", "describe"]
+__all__ = ["Core", "Resolve"]
 
 Resolve = Callable[[Any, Any], Awaitable[Any]]
-
-
-def describe(error: BaseException) -> str:
-    """``"Type: message"`` for an error, even one whose ``__str__`` raises."""
-    message = safe_str(error)
-    return f"{type(error).__name__}: {message}" if message else type(error).__name__
 
 
 def _no_reroute(job: Job) -> None:  # pragma: no cover - replaced by the facade at once

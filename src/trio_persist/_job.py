@@ -20,6 +20,7 @@ import attrs
 import trio
 
 from ._exceptions import LeaderDied
+from ._text import describe
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
@@ -116,7 +117,7 @@ async def run_device(
     except BaseException as exc:
         if _must_propagate(exc):
             raise
-        job.fail(leader_died(f"the device crashed: {type(exc).__name__}: {exc}", exc))
+        job.fail(leader_died(f"the device crashed: {describe(exc)}", exc))
         return Outcome.CRASHED
     job.succeed(value)
     return Outcome.OK

@@ -72,15 +72,30 @@ class Registry(Generic[OwnerT]):
     def unregister(self, group: Hashable, owner: OwnerT) -> bool:
         """Remove *group* if, and only if, *owner* owns it.
 
+        A group whose hash changed after it was registered is still found (by
+        identity) and removed: an entry never outlives its owner.
+
         Returns:
             True if the entry was removed; False if *group* was free or owned by
             someone else (their entry is left alone).
         """
-        if self._owners.get(group) is owner:
-            del self._owners[group]
+        owners = self._owners
+        if owners.get(group) is owner:
+            del owners[group]
             return True
-        if group in self._owners:
+        if group in owners:
             self._foreign_refused += 1
+            return False
+        # Not found: free, or a group whose hash changed since it was registered
+        # (a mutable group from a hook). The second must not leak: find the entry
+        # by identity and rebuild the map without it (rare, so O(n) is fine; in
+        # place, so views of the mapping stay live).
+        for key, value in owners.items():
+            if key is group and value is owner:
+                kept = [(k, v) for k, v in owners.items() if not (k is group and v is owner)]
+                owners.clear()
+                owners.update(kept)
+                return True
         return False
 
     def replace(self, group: Hashable, owner: OwnerT, successor: OwnerT) -> bool:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["cut", "literal", "safe_repr", "safe_str"]
+__all__ = ["cut", "describe", "literal", "safe_repr", "safe_str"]
 
 # C0 and C1 controls and DEL: the bytes that drive a terminal.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -60,3 +60,10 @@ def literal(text: object, limit: int = 200) -> str:
     if not isinstance(text, str):
         text = safe_str(text, limit)
     return cut(_CONTROL.sub("�", text), limit)
+
+
+def describe(error: BaseException) -> str:
+    """``"Type: message"`` for an error (just ``"Type"`` without a message), even
+    one whose ``__str__`` raises."""
+    message = safe_str(error)
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__

@@ -396,7 +396,7 @@ class WorkerTask:
                 self.stop_reason = "throw"
             return None
         value = job.value
-        if self.static and (self.queued or self.backlog):
+        if self.static and job.shared and (self.queued or self.backlog):
             self.publish(job.request, job.key, value)
         if not self.static:
             self.state = value
