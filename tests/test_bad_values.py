@@ -189,3 +189,33 @@ async def test_an_exception_whose_str_raises_reaches_its_callers_and_nobody_else
             assert await persist.resolve("b", "good") == "good"
             kinds = [events.receive_nowait() for _ in range(4)]
     assert kinds[1].detail == "Unprintable: <Unprintable with a failing __str__>"
+
+
+async def test_a_request_the_backend_cannot_name_fails_nobody_on_redis(
+    redis_url: str, namespace: str
+) -> None:
+    from trio_persist.redis import RedisBackend
+
+    class Orders:
+        def group(self, base: Any, request: Any) -> Any:
+            return "orders"  # the hook names it; the backend needs the request too
+
+        async def resolve(self, base: Any, request: Any) -> Any:
+            await trio.sleep(0)
+            return "ok" if isinstance(request, str) else "deep"
+
+    backend = RedisBackend(redis_url, namespace=namespace, lease_ttl=2)
+    results: dict[str, Any] = {}
+    with trio.fail_after(20):
+        async with trio_persist.open_persist(Orders(), backend=backend) as persist:
+
+            async def call(name: str, request: Any) -> None:
+                results[name] = await persist.resolve("base", request)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(call, "deep", nested(MAX_DEPTH + 50))
+                nursery.start_soon(call, "plain", "plain")
+            # The unnamable one ran locally; the other went through Redis.
+            assert results == {"deep": "deep", "plain": "ok"}
+            assert backend.statistics().led == 1
+            assert not persist.closed

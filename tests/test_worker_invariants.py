@@ -30,6 +30,8 @@ class Op:
     group: int
     behaviour: str  # "ok", "fail", "crash"
     cancel_after: float | None
+    request: int = 0
+    share: bool = True
 
 
 ops = st.lists(
@@ -40,9 +42,11 @@ ops = st.lists(
         group=st.integers(0, 3),
         behaviour=st.sampled_from(["ok", "ok", "ok", "fail", "crash"]),
         cancel_after=st.none() | st.sampled_from([0.5, 1.5]),
+        request=st.integers(0, 2),
+        share=st.sampled_from([True, True, False]),
     ),
-    min_size=1,
-    max_size=14,
+    min_size=4,
+    max_size=40,
 )
 
 
@@ -59,19 +63,21 @@ class Device:
             raise ValueError("failed")
         if request[1] == "crash":
             raise Crash()
-        return request
+        return (request, object())  # a token per execution
 
     async def on_idle(self, group: Any, state: Any) -> None:
         self.saved.append(group)
 
 
-@settings(deadline=None, max_examples=150)
+@settings(deadline=None, max_examples=7000)
 @given(ops, st.sampled_from(["ignore", "throw"]))
 def test_no_request_is_lost_or_answered_twice_and_workers_stay_bounded(
     schedule: list[Op], strategy: Any
 ) -> None:
     device = Device()
     outcomes: dict[int, list[str]] = {}
+    tokens: dict[int, list[bool]] = {}  # execution -> the share flags of its callers
+    alive: list[object] = []
     max_workers = 2
 
     def check_bounds(persist: trio_persist.Persist) -> None:
@@ -94,8 +100,11 @@ def test_no_request_is_lost_or_answered_twice_and_workers_stay_bounded(
                 if op.cancel_after is not None:
                     scope.deadline = trio.current_time() + op.cancel_after
                 try:
-                    result = await persist.resolve(op.group, (index, op.behaviour))
-                    assert result == (index, op.behaviour)
+                    request = (op.request, op.behaviour)
+                    result, token = await persist.resolve(op.group, request, share=op.share)
+                    assert result == request
+                    tokens.setdefault(id(token), []).append(op.share)
+                    alive.append(token)  # ids stay unique while we compare them
                     got.append("result")
                 except ValueError:
                     got.append("error")
@@ -132,3 +141,5 @@ def test_no_request_is_lost_or_answered_twice_and_workers_stay_bounded(
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
     assert all(len(got) == 1 for got in outcomes.values()), outcomes
     assert not any("lost" in got for got in outcomes.values()), outcomes
+    # A write (share=False) is never answered by an execution shared with anyone.
+    assert all(flags == [False] or all(flags) for flags in tokens.values()), tokens
