@@ -201,7 +201,7 @@ async def test_a_request_the_backend_cannot_name_fails_nobody_on_redis(
             return "orders"  # the hook names it; the backend needs the request too
 
         async def resolve(self, base: Any, request: Any) -> Any:
-            await trio.sleep(0)
+            await trio.lowlevel.checkpoint()
             return "ok" if isinstance(request, str) else "deep"
 
     backend = RedisBackend(redis_url, namespace=namespace, lease_ttl=2)
