@@ -6,11 +6,13 @@ import gc
 import weakref
 from typing import Any
 
+import pytest
 import trio
 import trio.lowlevel
 import trio.testing
 
 import trio_persist
+from trio_persist import _supervisor
 
 
 class Request:
@@ -108,3 +110,27 @@ async def test_a_group_whose_hash_changes_does_not_leak_its_registration() -> No
         assert len(persist.registry) == 0
         assert persist.snapshot() == ()
         assert persist.registry.statistics().groups == 0
+
+
+async def test_groups_remembered_for_restore_are_capped(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Reaching in: the cap is 65,536; shrunk here so the test stays small.
+    monkeypatch.setattr(_supervisor, "RETIRED_LIMIT", 3)
+    restored: list[Any] = []
+
+    class Sessions:
+        def group(self, base: Any, request: Any) -> Any:
+            return base
+
+        async def resolve(self, base: Any, request: Any) -> Any:
+            return base
+
+        async def restore(self, group: Any) -> Any:
+            restored.append(group)
+            return group
+
+    async with trio_persist.open_persist(Sessions()) as persist:
+        for user in range(5):
+            await (await persist.start_worker(user)).stop()
+        await persist.resolve(0, "visit")  # forgotten: the oldest beyond the cap
+        await persist.resolve(4, "visit")  # remembered: restored
+    assert restored == [4]

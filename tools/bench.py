@@ -252,6 +252,84 @@ def worker_round_trip(n: int, use_floor: bool, timeout: float | None = None) -> 
     return timed(main)
 
 
+_READER = """
+import select, socket, sys, time
+path, count = sys.argv[1], int(sys.argv[2])
+socks = []
+for _ in range(count):
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(path)
+    s.setblocking(False)
+    socks.append(s)
+print("connected", flush=True)
+end = time.monotonic() + 60
+while time.monotonic() < end:
+    ready, _, _ = select.select(socks, [], [], 1)
+    for s in ready:
+        if not s.recv(1 << 20):
+            socks.remove(s)
+    if not socks:
+        break
+"""
+
+
+class ManyGroups:
+    """Groups named by their request; "live" requests stay in flight."""
+
+    def group(self, base: Any, request: Any) -> Any:
+        return (base, request)
+
+    async def resolve(self, base: Any, request: Any) -> Any:
+        if base == "live":
+            await trio.sleep_forever()
+        return request
+
+
+def monitor_load(clients: int, live: int = 10_000, seconds: float = 3.0) -> float:
+    """Microseconds per resolve beside *live* groups while *clients* read the monitor
+    (the clients run in another process, so only the server's cost counts)."""
+    import subprocess
+    import tempfile
+
+    out: list[float] = []
+
+    async def main() -> int:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "m.sock")
+            async with (
+                trio_persist.open_persist(ManyGroups()) as persist,
+                trio.open_nursery() as nursery,
+            ):
+                for i in range(live):
+                    nursery.start_soon(persist.resolve, "live", i)
+                await trio.testing.wait_all_tasks_blocked()
+                await nursery.start(persist.serve_monitor, path)
+                reader = None
+                if clients:
+                    reader = subprocess.Popen(  # noqa: ASYNC220 - started once, not awaited
+                        [sys.executable, "-c", _READER, path, str(clients)],
+                        stdout=subprocess.PIPE,
+                    )
+                    assert reader.stdout is not None
+                    await trio.to_thread.run_sync(reader.stdout.readline)
+                await trio.sleep(1.5)  # every client has had its first frames
+                count = 0
+                start = time.perf_counter()
+                end = start + seconds
+                while time.perf_counter() < end:
+                    await persist.resolve("probe", count)
+                    count += 1
+                out.append((time.perf_counter() - start) / count * 1e6)
+                if reader is not None:
+                    reader.kill()
+                    reader.wait()
+                nursery.cancel_scope.cancel()
+        return 1
+
+    trio.run(main)
+    return out[0]
+
+
 def rss_kib() -> int:
     with open(f"/proc/{os.getpid()}/status") as status:
         for line in status:
@@ -355,6 +433,14 @@ def main() -> int:
     print(
         f"  per-call cost beside 100 live flights: {small:.2f} us; beside {100_000 // scale}: {large:.2f} us"
         f" (ratio {large / small:.2f})"
+    )
+    print("\nThe monitor (10,000 live groups; clients read in another process)")
+    ok &= row(
+        "resolve cost with 50 monitor clients",
+        best_of(runs, lambda: monitor_load(50)),
+        best_of(runs, lambda: monitor_load(0)),
+        "us",
+        1.11,  # throughput at least 90% of the same run with no client
     )
     print("\nPersistent workers")
     w = 20_000 // scale
