@@ -69,6 +69,8 @@ class Core:
     workers_started: int = 0
     in_flight: int = 0
     waiting: int = 0
+    # Tasks in `Persist.wait_quiet`, made on first use (most persists never wait).
+    quiet: trio.lowlevel.ParkingLot | None = None
 
     def __attrs_post_init__(self) -> None:
         self.owners = self.registry.as_mapping()
@@ -130,6 +132,11 @@ class Core:
             describe(error),
             exc_info=error,
         )
+
+    def maybe_quiet(self) -> None:
+        """Wake `Persist.wait_quiet` callers if nothing runs and nobody waits now."""
+        if self.quiet is not None and not self.in_flight and not self.waiting:
+            self.quiet.unpark_all()
 
     def statistics(self, workers: int) -> PersistStatistics:
         """The counters and gauges as a frozen record (*workers*: alive now)."""

@@ -55,7 +55,7 @@ class Shop:
         return self.saved.get(group)
 
 
-async def _visitors(persist: Persist, rng: random.Random) -> None:
+async def _visitors(persist: Persist[Any, Any, Any], rng: random.Random) -> None:
     async def visit(page: int) -> None:
         with contextlib.suppress(TimeoutError):  # a failed page is part of the show
             await persist.resolve("page", page)
@@ -68,7 +68,7 @@ async def _visitors(persist: Persist, rng: random.Random) -> None:
             await trio.sleep(rng.uniform(0.1, 0.4))
 
 
-async def _sessions(persist: Persist, shop: Shop) -> None:
+async def _sessions(persist: Persist[Any, Any, Any], shop: Shop) -> None:
     rng = shop.rng
 
     async def browse(user: int) -> None:
@@ -85,7 +85,7 @@ async def _sessions(persist: Persist, shop: Shop) -> None:
             await trio.sleep(rng.uniform(0.05, 0.3))
 
 
-async def workload(persist: Persist, shop: Shop) -> None:
+async def workload(persist: Persist[Any, Any, Any], shop: Shop) -> None:
     """Run the demo's visitors and sessions against *persist* (opened on *shop*)."""
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_visitors, persist, shop.rng)

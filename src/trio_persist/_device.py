@@ -22,13 +22,30 @@ from __future__ import annotations
 import inspect
 import types
 from collections.abc import Awaitable, Callable, Hashable
-from typing import Any
+from typing import Any, Protocol, TypeAlias, TypeVar
 
 import attrs
 
-__all__ = ["DeviceHooks", "adapt_device"]
+__all__ = ["Device", "DeviceHooks", "SupportsResolve", "adapt_device"]
 
 ResolveFn = Callable[[Any, Any], Awaitable[Any]]
+
+B = TypeVar("B")
+R = TypeVar("R")
+T = TypeVar("T")
+B_contra = TypeVar("B_contra", contravariant=True)
+R_contra = TypeVar("R_contra", contravariant=True)
+T_co = TypeVar("T_co", covariant=True)
+
+
+class SupportsResolve(Protocol[B_contra, R_contra, T_co]):
+    """A device object: an async ``resolve(base, request)`` method (and optional hooks)."""
+
+    def resolve(self, base: B_contra, request: R_contra, /) -> Awaitable[T_co]: ...
+
+
+Device: TypeAlias = SupportsResolve[B, R, T] | Callable[[B, R], Awaitable[T]]
+"""A device resolving requests of type ``R`` against bases of type ``B`` into ``T``."""
 
 
 @attrs.frozen
@@ -44,12 +61,27 @@ class DeviceHooks:
     answers: Callable[[Any, Any], bool] | None = None
 
 
-def _check_async(fn: object, what: str) -> None:
+def _check_async(fn: object, what: str, arity: int | None = None) -> None:
     if not callable(fn):
         raise TypeError(f"{what} must be callable, got {type(fn).__name__}")
     plain = isinstance(fn, (types.FunctionType, types.MethodType))
     if plain and not inspect.iscoroutinefunction(fn):
         raise TypeError(f"{what} must be an async function (async def), got a plain function")
+    if arity is not None:
+        _check_arity(fn, what, arity)
+
+
+def _check_arity(fn: object, what: str, arity: int) -> None:
+    """Refuse a callable that cannot take *arity* positional arguments."""
+    try:
+        signature = inspect.signature(fn)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return  # a builtin or C callable without a signature: trust it
+    try:
+        signature.bind(*range(arity))
+    except TypeError:
+        names = "(base, request)" if arity == 2 else f"{arity} arguments"
+        raise TypeError(f"{what} must accept {names}, but its signature is {signature}") from None
 
 
 def _check_sync(fn: object, what: str) -> None:
@@ -73,10 +105,10 @@ def adapt_device(device: object) -> DeviceHooks:
                 "device must be an async function resolve(base, request) or an object "
                 f"with an async resolve(base, request) method, got {type(device).__name__}"
             )
-        _check_async(device, "device")
+        _check_async(device, "device", 2)
         name = getattr(device, "__qualname__", type(device).__name__)
         return DeviceHooks(resolve=device, name=name)
-    _check_async(resolve, "device.resolve")
+    _check_async(resolve, "device.resolve", 2)
     hooks: dict[str, Any] = {}
     for hook in ("on_idle", "restore", "serve"):
         fn = getattr(device, hook, None)

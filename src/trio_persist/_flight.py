@@ -199,6 +199,8 @@ class Flight:
     def _end(self) -> None:
         core = self.core
         core.in_flight -= 1
+        if core.quiet is not None:
+            core.maybe_quiet()
         if self.group is not None:
             core.registry.unregister(self.group, self)
         if self.successor is not None and not core.closed:

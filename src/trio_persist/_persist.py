@@ -17,14 +17,14 @@ import os
 import sys
 from collections.abc import AsyncIterator, Hashable, Iterable
 from contextlib import asynccontextmanager
-from typing import Any, final
+from typing import Any, Generic, TypeVar, final, overload
 
 import attrs
 import trio
 
 from ._backend import check_backend
 from ._core import Core
-from ._device import adapt_device
+from ._device import Device, adapt_device
 from ._events import EventSubscription
 from ._exceptions import InfiniteRecursion, PersistClosed
 from ._flight import Flight
@@ -45,6 +45,10 @@ if sys.version_info < (3, 11):  # pragma: no cover
 __all__ = ["Persist", "open_persist"]
 
 Owner = Flight | WorkerTask
+
+B = TypeVar("B")
+R = TypeVar("R", contravariant=True)
+T = TypeVar("T", covariant=True)
 
 # How requests are grouped.
 _UNGROUPED, _DIGEST, _HOOK = range(3)
@@ -72,10 +76,13 @@ def _waits_for(start: Any, target: Any) -> bool:
 
 @final
 @attrs.define(eq=False, repr=False)
-class Persist:
+class Persist(Generic[B, R, T]):
     """Deduplicated execution and persistent workers for one device.
 
     Made by `open_persist`; every flight and worker is a task in its nursery.
+    Generic over its device: for ``async def resolve(base: B, request: R) -> T``
+    (or an object whose ``resolve`` has that signature), ``open_persist``
+    yields a ``Persist[B, R, T]`` and ``await persist.resolve(...)`` is a ``T``.
     """
 
     _core: Core = attrs.field(alias="core")
@@ -106,7 +113,7 @@ class Persist:
         return self._core.options
 
     @property
-    def registry(self) -> Registry[Flight | Worker]:
+    def registry(self) -> Registry[Flight | Worker[B]]:
         """Which flight or worker owns each group (read it; do not change it)."""
         return self._core.registry
 
@@ -141,6 +148,16 @@ class Persist:
         if hook is not None:
             return hook(base, request)
         return default_group(base, request, ignore_keys=self._core.options.ignore_keys)
+
+    @overload
+    async def resolve(
+        self, base: B, request: R, *, spawn_worker: bool = ..., share: bool = ...
+    ) -> T: ...
+
+    @overload
+    async def resolve(
+        self: Persist[B, None, T], base: B, *, spawn_worker: bool = ..., share: bool = ...
+    ) -> T: ...
 
     async def resolve(
         self,
@@ -219,11 +236,11 @@ class Persist:
 
     async def start_worker(
         self,
-        base: Any,
+        base: B,
         group: Hashable | None = None,
         static: bool | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 - SPEC's name: the idle timeout
-    ) -> Worker:
+    ) -> Worker[B]:
         """Start a worker with *base* as its state, or return the group's worker.
 
         If the group has a worker already, that one is returned. If a flight
@@ -262,6 +279,19 @@ class Persist:
         self._supervisor.start(task)
         return task.handle
 
+    async def wait_quiet(self) -> None:
+        """Wait until no flight runs and no caller waits (workers may live on).
+
+        Always a checkpoint; it never polls. Useful in tests, and before a
+        graceful shutdown.
+        """
+        core = self._core
+        await trio.lowlevel.checkpoint()
+        while core.in_flight or core.waiting:
+            if core.quiet is None:
+                core.quiet = trio.lowlevel.ParkingLot()
+            await core.quiet.park()
+
     def forget(self, group: Hashable) -> bool:
         """Make the next call for *group* start afresh (Go singleflight's ``Forget``).
 
@@ -280,7 +310,7 @@ class Persist:
             owner.stop_nowait("forgotten")
         return True
 
-    def workers(self) -> tuple[Worker, ...]:
+    def workers(self) -> tuple[Worker[B], ...]:
         """Return every live worker, least recently used first."""
         return tuple(task.handle for task in self._supervisor.workers)
 
@@ -428,6 +458,8 @@ class Persist:
             await job.done.wait()
         finally:
             core.waiting -= 1
+            if core.quiet is not None:
+                core.maybe_quiet()
             if current is not None:
                 current.awaiting.remove(owner)
             if not job.done.is_set():
@@ -524,7 +556,7 @@ class Persist:
 
 @asynccontextmanager
 async def open_persist(
-    device: object,
+    device: Device[B, R, T],
     *,
     await_inprogress: AwaitMode = True,
     worker_timeout: float | None = 10.0,
@@ -536,7 +568,7 @@ async def open_persist(
     worker_inbox: int = 64,
     shutdown_grace: float | None = 5.0,
     ignore_keys: Iterable[Hashable] = (),
-) -> AsyncIterator[Persist]:
+) -> AsyncIterator[Persist[B, R, T]]:
     """Open a persist for *device*; every flight and worker lives inside the block.
 
     Leaving the block stops every worker (each runs its ``on_idle`` first,
@@ -591,7 +623,7 @@ async def open_persist(
     try:
         async with trio.open_nursery() as nursery:
             core = Core(hooks=hooks, options=options, nursery=nursery, backend=checked_backend)
-            persist = Persist(core=core)
+            persist: Persist[B, R, T] = Persist(core=core)
             if checked_backend is not None:
                 await nursery.start(checked_backend.serve, persist)
             try:

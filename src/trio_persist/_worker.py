@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable
-from typing import Any, Protocol, final
+from typing import Any, Generic, Protocol, TypeVar, final
 
 import attrs
 import trio
@@ -34,6 +34,8 @@ from ._grouping import same_request
 from ._job import Job, Outcome, leader_died, run_device, running
 
 __all__ = ["Worker", "WorkerHost", "WorkerRequest", "WorkerStatistics", "WorkerTask", "task_of"]
+
+S = TypeVar("S")
 
 
 @attrs.frozen
@@ -151,7 +153,7 @@ class WorkerTask:
     awaiting: list[object] = attrs.field(factory=list, init=False)
     kind: str = attrs.field(default="worker", init=False)
     # The public face: what the registry holds and users get.
-    handle: Worker = attrs.field(init=False)
+    handle: Worker[Any] = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self.send, self.receive = trio.open_memory_channel[Job](self.core.options.worker_inbox)
@@ -551,7 +553,7 @@ class _WorkerCrashed(BaseException):
 
 @final
 @attrs.define(eq=False, repr=False)
-class Worker:
+class Worker(Generic[S]):
     """A handle on a persistent worker. Made by the persist, never directly.
 
     `Persist.start_worker` returns one, `Persist.workers` lists them, the
@@ -572,12 +574,13 @@ class Worker:
         return self._task.group
 
     @property
-    def state(self) -> Any:
+    def state(self) -> S:
         """The worker's state: what ``device.resolve`` gets as its base."""
-        return self._task.state
+        state: S = self._task.state
+        return state
 
     @state.setter
-    def state(self, value: Any) -> None:
+    def state(self, value: S) -> None:
         self._task.state = value
 
     @property
@@ -665,6 +668,6 @@ class Worker:
         return self._task.publish(request, None, value)
 
 
-def task_of(worker: Worker) -> WorkerTask:
+def task_of(worker: Worker[Any]) -> WorkerTask:
     """The worker behind a handle (what the registry holds is the handle)."""
     return worker._task
