@@ -118,8 +118,10 @@ class CrashingOnLeave:
     def key_of(self, group: Any, request: Any, group_is_request: bool) -> str | None:
         return None
 
-    async def run(self, key: str, base: Any, request: Any, resolve: Any) -> Any:
-        return await resolve(base, request)
+    async def run(
+        self, key: str, base: Any, request: Any, resolve: Any, *, linger: float = 0.0
+    ) -> Any:
+        return await resolve(base, request)  # pragma: no cover - key_of names nothing
 
 
 async def test_the_blocks_own_exception_wins_over_a_task_failing_at_the_same_time() -> None:

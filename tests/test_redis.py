@@ -506,3 +506,35 @@ async def test_a_follower_waiting_when_redis_stops_gets_a_clear_error_and_recove
                 assert await b.resolve("base", "again") == "done"
     finally:
         server.stop()
+
+
+async def test_a_follower_taking_over_after_another_already_finished_gets_that_result(
+    redis_url: str, namespace: str
+) -> None:
+    # The race behind a rare double execution, made deterministic: two followers
+    # see one leader vanish; the first takes over and commits before the second
+    # tries. The second must get that result, not lead a second execution.
+    async def device(base: Any, request: Any) -> Any:
+        return "unused"  # pragma: no cover
+
+    backends = [RedisBackend(redis_url, namespace=namespace, lease_ttl=30) for _ in range(3)]
+    with trio.fail_after(20):
+        async with (
+            trio_persist.open_persist(device, backend=backends[0]),
+            trio_persist.open_persist(device, backend=backends[1]),
+            trio_persist.open_persist(device, backend=backends[2]),
+            coredis.Redis.from_url(redis_url) as control,
+        ):
+            leader, first, second = backends
+            won, vanished = await leader._acquire("key")  # reaching in: one step at a time
+            assert won
+            assert await first._acquire("key") == (False, vanished)
+            assert await second._acquire("key") == (False, vanished)
+            await control.delete([f"{namespace}:lease:key"])  # the leader dies
+            won, token = await first._acquire("key", 0, vanished)  # takes over...
+            assert won
+            assert await first.commit("key", token, b'{"v":1,"token":%d,"ok":true,'
+                                      b'"codec":"json","value":"first"}' % token)  # fmt: skip
+            taken = await second._acquire("key", 0, vanished)  # ...before the second tries
+            assert isinstance(taken, bytes)
+            assert b'"value":"first"' in taken

@@ -39,8 +39,13 @@ class Backend(Protocol):
         base: Any,
         request: Any,
         resolve: Callable[[Any, Any], Awaitable[Any]],
+        *,
+        linger: float = 0.0,
     ) -> Any:
-        """Execute ``resolve(base, request)`` once across processes for *key*."""
+        """Execute ``resolve(base, request)`` once across processes for *key*.
+
+        A success committed less than *linger* seconds ago answers at once.
+        """
 
 
 def check_backend(backend: object) -> Backend | None:

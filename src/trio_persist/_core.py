@@ -27,7 +27,13 @@ from ._registry import Registry
 from ._stats import PersistStatistics, group_label
 from ._text import describe
 
-__all__ = ["Core", "Resolve"]
+__all__ = ["LINGER_LIMIT", "MISS", "Core", "Resolve"]
+
+LINGER_LIMIT = 65536
+"""The most results that linger at once (the oldest go first)."""
+
+MISS: Any = object()
+"""No lingering result (and: a lingering result that answers any request of its group)."""
 
 Resolve = Callable[[Any, Any], Awaitable[Any]]
 
@@ -71,16 +77,21 @@ class Core:
     waiting: int = 0
     # Tasks in `Persist.wait_quiet`, made on first use (most persists never wait).
     quiet: trio.lowlevel.ParkingLot | None = None
+    # Results lingering after their flight: group -> (request, value, expiry),
+    # in order of expiry (the linger is one constant). Empty unless linger > 0.
+    lingering: dict[Hashable, tuple[Any, Any, float]] = attrs.field(factory=dict)
 
     def __attrs_post_init__(self) -> None:
         self.owners = self.registry.as_mapping()
 
-    def resolver(self, group: Hashable, request: Any, group_is_request: bool) -> Resolve:
-        """What one execution of *group* runs: the device, through the backend if any."""
-        resolve = self.hooks.resolve
+    def resolver(
+        self, group: Hashable, request: Any, group_is_request: bool, resolve: Resolve
+    ) -> Resolve:
+        """What one execution of *group* runs: *resolve*, through the backend if any."""
         backend = self.backend
         if backend is None:
             return resolve
+        linger = self.options.linger
 
         async def across_processes(base: Any, request: Any) -> Any:
             # The key is computed here, inside the job: a request the backend
@@ -88,7 +99,7 @@ class Core:
             key = backend.key_of(group, request, group_is_request)
             if key is None:
                 return await resolve(base, request)
-            return await backend.run(key, base, request, resolve)
+            return await backend.run(key, base, request, resolve, linger=linger)
 
         return across_processes
 
@@ -132,6 +143,35 @@ class Core:
             describe(error),
             exc_info=error,
         )
+
+    def linger(self, group: Hashable, request: Any, value: Any) -> None:
+        """Keep a successful result answering identical calls for ``options.linger``."""
+        seconds = self.options.linger
+        if not seconds:
+            return
+        now = trio.current_time()
+        lingering = self.lingering
+        lingering.pop(group, None)  # re-inserted last: the order stays by expiry
+        lingering[group] = (request, value, now + seconds)
+        # Bounded: expired entries go now, and at most LINGER_LIMIT stay.
+        while lingering:
+            first = next(iter(lingering))
+            if lingering[first][2] > now and len(lingering) <= LINGER_LIMIT:
+                break
+            del lingering[first]
+
+    def lingered(self, group: Hashable, request: Any, same: Callable[[Any, Any], bool]) -> Any:
+        """A result still lingering for *group* and *request*, or `MISS`."""
+        entry = self.lingering.get(group)
+        if entry is None:
+            return MISS
+        stored, value, expiry = entry
+        if expiry <= trio.current_time():
+            del self.lingering[group]
+            return MISS
+        if stored is not MISS and not same(stored, request):
+            return MISS
+        return value
 
     def maybe_quiet(self) -> None:
         """Wake `Persist.wait_quiet` callers if nothing runs and nobody waits now."""

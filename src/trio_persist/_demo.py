@@ -73,9 +73,10 @@ async def _sessions(persist: Persist[Any, Any, Any], shop: Shop) -> None:
 
     async def browse(user: int) -> None:
         group = f"session/u{user}"
-        # A user seen before is brought back by the device's restore hook.
-        if persist.registry.lookup(group) is None and group not in shop.saved:
-            await persist.start_worker({"user": f"u{user}", "views": 0, "last": None})
+        # The session's worker: live, restored from its saved state, or fresh.
+        await persist.get_worker(
+            group, default=lambda: {"user": f"u{user}", "views": 0, "last": None}
+        )
         await persist.resolve("session", {"user": f"u{user}", "page": rng.randint(1, PAGES)})
 
     async with trio.open_nursery() as nursery:

@@ -23,7 +23,7 @@ from typing import Any
 import attrs
 import trio
 
-from ._core import Core
+from ._core import MISS, Core
 from ._grouping import default_group, same_request
 from ._job import Job, Outcome, leader_died, run_device, running
 from ._supervisor import Supervisor
@@ -115,7 +115,6 @@ class Flight:
             is spent: the runner retires and the flight goes on in a fresh one.
         """
         core = self.core
-        resolve = core.hooks.resolve
         through_backend = core.backend is not None and self.group is not None
         running.set(self)
         job = self.current
@@ -125,8 +124,11 @@ class Flight:
                 if not job.abandoned:
                     core.executions += 1
                     job.scope = scope
+                    resolve = core.hooks.resolve if job.call is None else job.call
                     if through_backend:
-                        resolve = core.resolver(self.group, job.request, self.group_is_request)
+                        resolve = core.resolver(
+                            self.group, job.request, self.group_is_request, resolve
+                        )
                     try:
                         outcome = await run_device(resolve, job.base, job.request, job)
                     except trio.Cancelled:
@@ -142,6 +144,10 @@ class Flight:
                     self.served += 1
                     self.last_active = trio.current_time()
                     core.count_outcome("flight", self.group, job, outcome)
+                    if outcome is Outcome.OK and job.shared and self.group is not None:
+                        core.linger(
+                            self.group, MISS if self.group_is_request else job.request, job.value
+                        )
                     if outcome is Outcome.OK and job.spawn_worker and self._spawn_worker(job):
                         return True
                     if scope.cancel_called:

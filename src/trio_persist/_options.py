@@ -44,6 +44,7 @@ class PersistOptions:
     worker_inbox: int
     shutdown_grace: float
     ignore_keys: frozenset[Any] = frozenset()
+    linger: float = 0.0
 
     @classmethod
     def check(
@@ -58,6 +59,7 @@ class PersistOptions:
         worker_inbox: object,
         shutdown_grace: object,
         ignore_keys: object = (),
+        linger: object = 0.0,
     ) -> PersistOptions:
         """Check every option; raise `TypeError` or `ValueError` naming the first bad one."""
         if not isinstance(await_inprogress, (bool, str)):
@@ -89,6 +91,7 @@ class PersistOptions:
             worker_inbox=checked_inbox if checked_inbox is not None else 1,
             shutdown_grace=_number("shutdown_grace", shutdown_grace, allow_none=True),
             ignore_keys=_keys("ignore_keys", ignore_keys),
+            linger=_linger(linger),
         )
 
 
@@ -101,6 +104,14 @@ def _count(name: str, value: object, *, allow_none: bool) -> int | None:
     if value < 1:
         raise ValueError(f"{name} must be >= 1, got {value!r}")
     return value
+
+
+def _linger(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"linger must be a number of seconds, got {type(value).__name__}")
+    if not 0 <= value < math.inf:  # NaN fails this too
+        raise ValueError(f"linger must be >= 0 seconds and finite, got {value!r}")
+    return float(value)
 
 
 def _keys(name: str, value: object) -> frozenset[Any]:

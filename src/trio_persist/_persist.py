@@ -12,23 +12,24 @@ down, in its `Core`; this module only routes, reports and closes.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import sys
-from collections.abc import AsyncIterator, Hashable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable
 from contextlib import asynccontextmanager
-from typing import Any, Generic, TypeVar, final, overload
+from typing import Any, Generic, ParamSpec, TypeVar, final, overload
 
 import attrs
 import trio
 
 from ._backend import check_backend
-from ._core import Core
+from ._core import MISS, Core, Resolve
 from ._device import Device, adapt_device
 from ._events import EventSubscription
 from ._exceptions import InfiniteRecursion, PersistClosed
 from ._flight import Flight
-from ._grouping import default_group, default_group_and_base
+from ._grouping import default_group, default_group_and_base, same_request
 from ._job import Job, leader_died, running
 from ._monitor import serve_monitor
 from ._options import AwaitMode, ErrorStrategy, PersistOptions, check_duration
@@ -49,6 +50,8 @@ Owner = Flight | WorkerTask
 B = TypeVar("B")
 R = TypeVar("R", contravariant=True)
 T = TypeVar("T", covariant=True)
+P = ParamSpec("P")
+V = TypeVar("V")
 
 # How requests are grouped.
 _UNGROUPED, _DIGEST, _HOOK = range(3)
@@ -89,6 +92,8 @@ class Persist(Generic[B, R, T]):
     _supervisor: Supervisor = attrs.field(init=False)
     _runners: RunnerPool = attrs.field(init=False)
     _mode: int = attrs.field(init=False)
+    # Functions wrapped by this persist, by name (a name means one function).
+    _wrapped: dict[str, Callable[..., Any]] = attrs.field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:
         core = self._core
@@ -218,6 +223,10 @@ class Persist(Generic[B, R, T]):
         current = running.get()
         while True:
             owner = self._owner(group, by_base, base)
+            if owner is None and core.lingering and share:
+                value = core.lingered(group, request, same_request)
+                if value is not MISS:
+                    return await self._lingered(value)
             if owner is None:
                 job = self._new_flight(group, base, request, spawn_worker, key, share)
                 return await self._listen(job, job.owner, current)
@@ -279,6 +288,134 @@ class Persist(Generic[B, R, T]):
         self._supervisor.start(task)
         return task.handle
 
+    async def get_worker(
+        self,
+        group: Hashable,
+        *,
+        default: Callable[[], B] | None = None,
+        static: bool | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - the idle timeout, as start_worker's
+    ) -> Worker[B]:
+        """Return *group*'s worker, starting it if it has none (the session pattern).
+
+        A live worker (or one waiting to take over from a flight) is returned as
+        it is. Otherwise the device's ``restore(group)`` hook is asked for the
+        state, for any group, including one this process has never seen (after
+        a restart); if there is no hook, or it returns None, ``default()`` makes
+        a fresh state. Always a checkpoint.
+
+        Raises:
+            PersistClosed: the persist's block has been left.
+            LookupError: nothing could be restored and *default* is None.
+        """
+        await trio.lowlevel.checkpoint()
+        core = self._core
+        found = self._live_worker(group)
+        if found is not None:
+            return found
+        state: Any = None
+        restore = core.hooks.restore
+        if restore is not None and not core.closed:
+            try:
+                state = await restore(group)
+            except Exception as exc:
+                core.hook_failed("restore", group, exc)
+            found = self._live_worker(group)  # started by someone else meanwhile
+            if found is not None:
+                return found
+        if state is None:
+            if default is None:
+                raise LookupError(
+                    f"group {safe_repr(group)} has no worker and nothing to restore; "
+                    "pass default= to start one with a fresh state"
+                )
+            state = default()
+        self._supervisor.retired.pop(group, None)
+        return await self.start_worker(state, group, static, timeout)
+
+    def _live_worker(self, group: Hashable) -> Worker[B] | None:
+        owner = self._core.owners.get(group)
+        if isinstance(owner, Worker):
+            return owner
+        if isinstance(owner, Flight) and owner.successor is not None:
+            return owner.successor.handle
+        return None
+
+    def wrap(
+        self, fn: Callable[P, Awaitable[V]], *, name: str | None = None, share: bool = True
+    ) -> Callable[P, Awaitable[V]]:
+        """Return *fn* deduplicated: concurrent identical calls share one execution.
+
+        The result has *fn*'s exact signature. Calls are grouped by the
+        default grouper over the function's name (its module and qualified
+        name, or *name*) and its arguments, so every argument must be one the
+        grouper encodes (`TypeError` otherwise, at the call). Cancellation,
+        recursion and errors behave as for `resolve`: the execution runs in a
+        task of the persist; the last caller to leave cancels it. With
+        ``share=False`` (a function that writes) every call executes on its
+        own, one after another per group of arguments, in arrival order. Calls
+        go through the persist's backend like any other, named by the
+        function's name, so it must mean one function in every process.
+
+        Raises:
+            ValueError: another function was wrapped under the same name (two
+                closures of one factory, say): give them distinct names.
+        """
+        if not isinstance(share, bool):
+            raise TypeError(f"share must be True or False, got {type(share).__name__}")
+        label = name if name is not None else f"{fn.__module__}.{fn.__qualname__}"
+        known = self._wrapped.setdefault(label, fn)
+        if known is not fn:
+            raise ValueError(
+                f"another function is already wrapped as {label!r} by this persist; "
+                "pass name= to tell them apart"
+            )
+
+        def call(args: Any, kwargs: Any) -> Awaitable[Any]:
+            return fn(*args, **kwargs)
+
+        @functools.wraps(fn)
+        async def deduplicated(*args: P.args, **kwargs: P.kwargs) -> V:
+            value: V = await self._call_wrapped(label, call, args, kwargs, share)
+            return value
+
+        return deduplicated
+
+    async def _call_wrapped(
+        self, label: str, call: Resolve, args: Any, kwargs: Any, share: bool
+    ) -> Any:
+        core = self._core
+        if core.closed:
+            raise PersistClosed("this persist is closed: wrapped calls need its block")
+        group = default_group(label, (args, kwargs))
+        core.requests += 1
+        current = running.get()
+        owner = self._owner(group, None, None)
+        if owner is None and core.lingering and share:
+            value = core.lingered(group, None, same_request)
+            if value is not MISS:
+                return await self._lingered(value)
+        if owner is None:
+            job = self._new_flight(group, args, kwargs, False, group, share, call)
+            return await self._listen(job, job.owner, current)
+        if current is not None and _waits_for(owner, current):
+            if not self.options.allow_infinite:
+                raise InfiniteRecursion(
+                    f"{label} called with the same arguments from inside its own execution; "
+                    "pass allow_infinite=True to execute it directly instead"
+                )
+            await trio.lowlevel.checkpoint()
+            core.executions += 1
+            return await call(args, kwargs)
+        joined = owner.find(None, group) if share else None
+        if joined is not None:
+            self._joined(owner)
+            return await self._listen(joined, owner, current)
+        if not isinstance(owner, Flight):  # a worker was started for this very group
+            raise TypeError(f"{label}: its group is owned by a worker, not by wrapped calls")
+        job = Job(args, kwargs, owner, False, group, share, call=call)
+        return await self._listen(owner.enqueue(job), owner, current)
+
     async def wait_quiet(self) -> None:
         """Wait until no flight runs and no caller waits (workers may live on).
 
@@ -296,15 +433,17 @@ class Persist(Generic[B, R, T]):
         """Make the next call for *group* start afresh (Go singleflight's ``Forget``).
 
         A running flight goes on for the listeners it already has; nobody new
-        joins it. A worker is stopped (its ``on_idle`` runs). Never blocks.
+        joins it. A worker is stopped (its ``on_idle`` runs); a lingering
+        result is dropped. Never blocks.
 
         Returns:
-            Whether *group* had an owner.
+            Whether *group* had an owner or a lingering result.
         """
         core = self._core
+        lingered = core.lingering.pop(group, None) is not None
         owner = core.owners.get(group)
         if owner is None:
-            return False
+            return lingered
         core.registry.unregister(group, owner)
         if isinstance(owner, Worker):
             owner.stop_nowait("forgotten")
@@ -430,6 +569,11 @@ class Persist(Generic[B, R, T]):
                 "could own one"
             )
 
+    async def _lingered(self, value: Any) -> Any:
+        self._core.deduplicated += 1
+        await trio.lowlevel.checkpoint()
+        return value
+
     def _joined(self, owner: Owner) -> None:
         self._core.deduplicated += 1
         if isinstance(owner, Flight):
@@ -476,11 +620,16 @@ class Persist(Generic[B, R, T]):
         spawn: bool,
         key: Hashable | None,
         share: bool,
+        call: Resolve | None = None,
     ) -> Job:
-        """Start a flight for *group* (None: ungrouped, never registered); return its job."""
+        """Start a flight for *group* (None: ungrouped, never registered); return its job.
+
+        *call* replaces the device for this job (a wrapped function).
+        """
         core = self._core
-        flight = Flight(core, self._supervisor, group, self._mode != _HOOK, trio.current_time())
-        job = flight.current = Job(base, request, flight, spawn, key, share)
+        by_request = self._mode != _HOOK or call is not None
+        flight = Flight(core, self._supervisor, group, by_request, trio.current_time())
+        job = flight.current = Job(base, request, flight, spawn, key, share, call=call)
         if group is not None:
             core.registry.register(group, flight)
         self._start_flight(flight)
@@ -568,6 +717,7 @@ async def open_persist(
     worker_inbox: int = 64,
     shutdown_grace: float | None = 5.0,
     ignore_keys: Iterable[Hashable] = (),
+    linger: float = 0.0,
 ) -> AsyncIterator[Persist[B, R, T]]:
     """Open a persist for *device*; every flight and worker lives inside the block.
 
@@ -601,6 +751,11 @@ async def open_persist(
             ``base`` and ``request``. Calls that differ only there share one
             execution and so one result: pass ``("priv",)`` for upstream's
             behaviour only if those keys never change what the device returns.
+        linger: Seconds a successful result keeps answering identical calls
+            after its execution ended (0: not at all). Failures never linger,
+            writes (``share=False``) neither; `forget` drops a lingering
+            result; at most 65,536 linger at once. Not a cache: there is no
+            per-key configuration. With a backend, it holds across processes.
 
     Raises:
         TypeError: an option has the wrong type (the message names it).
@@ -616,6 +771,7 @@ async def open_persist(
         worker_inbox=worker_inbox,
         shutdown_grace=shutdown_grace,
         ignore_keys=ignore_keys,
+        linger=linger,
     )
     hooks = adapt_device(device)
     checked_backend = check_backend(backend)

@@ -74,9 +74,26 @@ __all__ = [
     "watch_cluster",
 ]
 
-# KEYS: lease, fence. ARGV: ttl_ms. Returns token (we lead) or -token (we follow it):
-# one integer is the cheapest reply to parse.
+# KEYS: lease, fence, linger, result. ARGV: ttl_ms, "1" to honour a lingering
+# result, the token a follower saw vanish ("0" on a first acquire).
+# Returns a payload (a lingering result, or on a takeover a result committed at
+# or after the vanished token: someone else took over and finished first), else
+# token (we lead) or -token (we follow it): one integer is the cheapest reply.
 _ACQUIRE = """
+if ARGV[2] == '1' then
+  local lingering = redis.call('GET', KEYS[3])
+  if lingering then return lingering end
+end
+if ARGV[3] ~= '0' then
+  local committed = redis.call('GET', KEYS[4])
+  if committed then
+    local ok, envelope = pcall(cjson.decode, committed)
+    if ok and type(envelope) == 'table' and tonumber(envelope['token'])
+        and tonumber(envelope['token']) >= tonumber(ARGV[3]) then
+      return committed
+    end
+  end
+end
 local current = redis.call('GET', KEYS[1])
 if current then return -tonumber(current) end
 local token = redis.call('INCR', KEYS[2])
@@ -90,10 +107,12 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
-# KEYS: lease, result. ARGV: token, payload, channel, result_ttl_ms. 1 if committed.
+# KEYS: lease, result, linger. ARGV: token, payload, channel, result_ttl_ms,
+# linger_ms (0: a failure, or no linger). 1 if committed.
 _COMMIT = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[4])
+if ARGV[5] ~= '0' then redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[5]) end
 redis.call('PUBLISH', ARGV[3], ARGV[2])
 redis.call('DEL', KEYS[1])
 return 1
@@ -315,20 +334,35 @@ class RedisBackend:
         base: Any,
         request: Any,
         resolve: Callable[[Any, Any], Awaitable[Any]],
+        *,
+        linger: float = 0.0,
     ) -> Any:
-        """Execute ``resolve(base, request)`` once across the cluster for *key*."""
+        """Execute ``resolve(base, request)`` once across the cluster for *key*.
+
+        With *linger*, a successful result committed by any process less than
+        *linger* seconds ago answers at once (one round trip), and this
+        execution's success lingers as long for the others.
+        """
         vanished = 0
+        vanished_token = 0
         while True:
             try:
-                leader, token = await self._acquire(key)
+                acquired = await self._acquire(key, linger, vanished_token)
             except BackendUnavailable:
                 if self.fallback == "local":
                     return await resolve(base, request)
                 raise
+            if isinstance(acquired, bytes):  # lingering, or committed by another taker
+                _, ok, value = decode_outcome(self._codec, acquired, self._k("result", key))
+                self._counts["followed"] += 1
+                if ok:
+                    return value
+                raise value
+            leader, token = acquired
             if leader:
                 if vanished:
                     self._counts["takeovers"] += 1
-                return await self._lead(key, token, base, request, resolve)
+                return await self._lead(key, token, base, request, resolve, linger)
             outcome = await self._follow(key, token)
             if outcome is not None:
                 ok, value = outcome
@@ -336,6 +370,7 @@ class RedisBackend:
                     return value
                 raise value
             vanished += 1
+            vanished_token = token
             if vanished > self.max_takeovers:
                 raise LeaderDied(f"the remote leader of {key} vanished {vanished} times; giving up")
 
@@ -371,12 +406,27 @@ class RedisBackend:
         self._counts["unavailable"] += 1
         return BackendUnavailable(f"Redis at {self.url} is unreachable: {exc}")
 
-    async def _acquire(self, key: str) -> tuple[bool, int]:
+    async def _acquire(
+        self, key: str, linger: float = 0.0, vanished_token: int = 0
+    ) -> tuple[bool, int] | bytes:
+        """Lead (True, token) or follow (False, token) *key*; or a result's payload.
+
+        On a takeover (*vanished_token*: the token of the leader that vanished)
+        a result committed at or after it is returned instead of the lease, so
+        two followers of one vanished leader never both execute.
+        """
         signed = await self._script(
             "acquire",
-            [self._k("lease", key), self._k("fence", "counter")],
-            [int(self.lease_ttl * 1000)],
+            [
+                self._k("lease", key),
+                self._k("fence", "counter"),
+                self._k("linger", key),
+                self._k("result", key),
+            ],
+            [int(self.lease_ttl * 1000), "1" if linger > 0 else "0", vanished_token],
         )
+        if isinstance(signed, (bytes, str)):
+            return signed.encode() if isinstance(signed, str) else signed
         return signed > 0, abs(int(signed))
 
     async def _lead(
@@ -386,6 +436,7 @@ class RedisBackend:
         base: Any,
         request: Any,
         resolve: Callable[[Any, Any], Awaitable[Any]],
+        linger: float = 0.0,
     ) -> Any:
         self._counts["led"] += 1
         self._counts["leading"] += 1
@@ -402,7 +453,8 @@ class RedisBackend:
                 payload = encode_value(self._codec, value, token)
             except TypeError as exc:
                 payload = encode_error(exc, token)  # other processes get the reason
-            committed = await self._commit_quietly(key, token, payload)
+                linger = 0.0  # a failure for the others: it must not linger
+            committed = await self._commit_quietly(key, token, payload, linger)
             return value
         finally:
             del self._leases[lease]
@@ -428,21 +480,32 @@ class RedisBackend:
                 with contextlib.suppress(BackendUnavailable):
                     await self._script("renew", [self._k("lease", key)], [token, ttl_ms])
 
-    async def commit(self, key: str, token: int, payload: bytes) -> bool:
-        """Store, publish and release in one step, if *token* still holds the lease."""
+    async def commit(self, key: str, token: int, payload: bytes, linger: float = 0.0) -> bool:
+        """Store, publish and release in one step, if *token* still holds the lease.
+
+        With *linger*, the payload (a success) also answers acquires for that long.
+        """
         done = await self._script(
             "commit",
-            [self._k("lease", key), self._k("result", key)],
-            [token, payload, self._k("channel", key), int(max(self.lease_ttl, 1) * 1000)],
+            [self._k("lease", key), self._k("result", key), self._k("linger", key)],
+            [
+                token,
+                payload,
+                self._k("channel", key),
+                int(max(self.lease_ttl, 1) * 1000),
+                int(linger * 1000),
+            ],
         )
         if not done:
             self._counts["fenced"] += 1
         return bool(done)
 
-    async def _commit_quietly(self, key: str, token: int, payload: bytes) -> bool:
+    async def _commit_quietly(
+        self, key: str, token: int, payload: bytes, linger: float = 0.0
+    ) -> bool:
         with trio.CancelScope(shield=True):
             try:
-                return await self.commit(key, token, payload)
+                return await self.commit(key, token, payload, linger)
             except BackendUnavailable:
                 pass  # our callers have their outcome; followers will take over
         return False
