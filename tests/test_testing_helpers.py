@@ -13,7 +13,7 @@ from trio_persist.testing import RecordingDevice, wait_quiet
 
 
 async def test_a_blocked_device_shows_ten_callers_sharing_one_execution() -> None:
-    device: RecordingDevice[Any] = RecordingDevice()
+    device = RecordingDevice()
     async with trio_persist.open_persist(device) as persist, trio.open_nursery() as nursery:
         device.block()
         for _ in range(10):
@@ -60,7 +60,7 @@ async def test_wait_quiet_returns_once_every_flight_and_caller_is_done(
 
 
 async def test_wait_quiet_can_also_wait_for_workers_to_end(autojump_clock: object) -> None:
-    device: RecordingDevice[Any] = RecordingDevice()
+    device = RecordingDevice()
     async with trio_persist.open_persist(device, worker_timeout=5) as persist:
         await persist.start_worker("state")
         await persist.resolve("state", "r")

@@ -22,7 +22,7 @@ from __future__ import annotations
 import inspect
 import types
 from collections.abc import Awaitable, Callable, Hashable
-from typing import Any, Protocol, TypeAlias, TypeVar
+from typing import Any, Protocol, TypeAlias, TypeVar, cast
 
 import attrs
 
@@ -107,7 +107,7 @@ def adapt_device(device: object) -> DeviceHooks:
             )
         _check_async(device, "device", 2)
         name = getattr(device, "__qualname__", type(device).__name__)
-        return DeviceHooks(resolve=device, name=name)
+        return DeviceHooks(resolve=cast("ResolveFn", device), name=name)
     _check_async(resolve, "device.resolve", 2)
     hooks: dict[str, Any] = {}
     for hook in ("on_idle", "restore", "serve"):

@@ -371,8 +371,10 @@ class Persist(Generic[B, R, T]):
                 "pass name= to tell them apart"
             )
 
+        unchecked: Callable[..., Awaitable[Any]] = fn  # its arguments come from P
+
         def call(args: Any, kwargs: Any) -> Awaitable[Any]:
-            return fn(*args, **kwargs)
+            return unchecked(*args, **kwargs)
 
         @functools.wraps(fn)
         async def deduplicated(*args: P.args, **kwargs: P.kwargs) -> V:

@@ -28,10 +28,12 @@ class Runnable(Protocol):
     @property
     def over(self) -> bool:
         """Whether it has ended (freed its group)."""
+        ...
 
     async def run(self, scope: trio.CancelScope) -> bool:
         """Run in a runner whose cancel scope is *scope*; True when over, False
         when *scope* was cancelled and is spent (then it goes on in a fresh runner)."""
+        ...
 
 
 class _Runner:
@@ -74,8 +76,9 @@ class RunnerPool:
             trio.lowlevel.reschedule(runner.task, outcome.Value(None))
 
     async def _main(self, runnable: Runnable | None) -> None:
-        with trio.CancelScope() as scope:
-            runner = _Runner(trio.lowlevel.current_task(), scope)
+        scope = trio.CancelScope()
+        runner = _Runner(trio.lowlevel.current_task(), scope)
+        with scope:
             while runnable is not None:
                 runner.runnable = runnable
                 if not await runnable.run(scope):

@@ -520,8 +520,9 @@ class RedisBackend:
         self._counts["round_trips"] += 1
         outcome: tuple[bool, Any] | None = None
         error: Exception | None = None
+        leaving = trio.CancelScope()
         try:
-            with trio.CancelScope() as leaving:
+            with leaving:
                 # Nothing may be raised inside the pubsub block: coredis's nursery
                 # would wrap it in an exception group. Capture, leave, then raise.
                 async with client.pubsub(channels=[self._k("channel", key)]) as pubsub:

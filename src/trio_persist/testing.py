@@ -20,15 +20,13 @@ Both work under Trio's virtual clock (``autojump_clock``) and the real one::
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar, final
+from typing import Any, final
 
 import trio
 
 from ._persist import Persist
 
 __all__ = ["RecordingDevice", "wait_quiet"]
-
-T = TypeVar("T")
 
 
 async def wait_quiet(persist: Persist[Any, Any, Any], *, workers: bool = False) -> None:
@@ -45,7 +43,7 @@ async def wait_quiet(persist: Persist[Any, Any, Any], *, workers: bool = False) 
 
 
 @final
-class RecordingDevice(Generic[T]):
+class RecordingDevice:
     """A device that records its executions and does what a test tells it.
 
     By default an execution returns ``result(base, request)`` (the pair
@@ -57,7 +55,7 @@ class RecordingDevice(Generic[T]):
         calls: Every ``(base, request)`` executed, in order.
     """
 
-    def __init__(self, result: Callable[[Any, Any], T] | None = None) -> None:
+    def __init__(self, result: Callable[[Any, Any], Any] | None = None) -> None:
         self._result = result
         self.calls: list[tuple[Any, Any]] = []
         self._gate: trio.Event | None = None
@@ -103,7 +101,7 @@ class RecordingDevice(Generic[T]):
         while self._running < count:
             await self._changed.park()
 
-    async def resolve(self, base: Any, request: Any) -> T:
+    async def resolve(self, base: Any, request: Any) -> Any:
         """The device: record, wait if blocked, raise if told, else return."""
         self.calls.append((base, request))
         raise_now = self._raise_next.pop(0) if self._raise_next else None
@@ -118,7 +116,7 @@ class RecordingDevice(Generic[T]):
             if raise_now is not None:
                 raise raise_now
             if self._result is None:
-                return (base, request)  # type: ignore[return-value]
+                return (base, request)
             return self._result(base, request)
         finally:
             self._running -= 1

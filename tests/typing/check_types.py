@@ -1,0 +1,61 @@
+"""Static checks of the public types, run by mypy and pyright in `.ci/run`.
+
+Not a pytest module: type checkers read it (nothing here needs to run). If a
+result type degrades to ``Any``, an ``assert_type`` below fails the check.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from typing_extensions import assert_type
+
+import trio_persist
+from trio_persist.testing import RecordingDevice
+
+
+async def profile(base: str, request: int) -> dict[str, int]:
+    return {base: request}
+
+
+class Ledger:
+    async def resolve(self, base: list[str], request: str) -> tuple[str, ...]:
+        return (*base, request)
+
+    def group(self, base: list[str], request: str | None) -> str:
+        return request or ""
+
+
+async def fetch(user: str, *, version: int = 1) -> bytes:
+    return f"{user}:{version}".encode()
+
+
+async def functions() -> None:
+    async with trio_persist.open_persist(profile) as persist:
+        assert_type(persist, trio_persist.Persist[str, int, dict[str, int]])
+        assert_type(await persist.resolve("db", 1), dict[str, int])
+        assert_type(await persist.resolve("db", 1, share=False), dict[str, int])
+        worker = await persist.start_worker("state")
+        assert_type(worker, trio_persist.Worker[str])
+        assert_type(worker.state, str)
+        assert_type(persist.workers(), tuple[trio_persist.Worker[str], ...])
+
+
+async def objects() -> None:
+    async with trio_persist.open_persist(Ledger(), static_worker=True) as persist:
+        assert_type(await persist.resolve(["a"], "b"), tuple[str, ...])
+        assert_type(await persist.get_worker("g", default=list), trio_persist.Worker[list[str]])
+
+
+async def wrapped() -> None:
+    async with trio_persist.open_persist(RecordingDevice()) as persist:
+        fetch_once = persist.wrap(fetch)
+        assert_type(await fetch_once("ann", version=2), bytes)
+        await fetch_once("ann", 2)  # type: ignore[call-arg]  # pyright: ignore[reportCallIssue]
+
+
+async def untyped(device: Any) -> None:
+    async with trio_persist.open_persist(device) as persist:
+        assert_type(persist, trio_persist.Persist[Any, Any, Any])
+    async with trio_persist.open_persist(RecordingDevice()) as recorded:
+        assert_type(await recorded.resolve("b", "r"), Any)
