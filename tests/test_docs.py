@@ -65,6 +65,7 @@ def test_an_example_file_runs(path: Path) -> None:
 
 
 def test_the_reference_documents_every_public_name() -> None:
+    # The reference is generated (autodoc); each public name needs its directive.
     reference = (ROOT / "docs" / "reference.md").read_text()
-    missing = [name for name in trio_persist.__all__ if f"`{name}" not in reference]
+    missing = [name for name in trio_persist.__all__ if f":: {name}\n" not in reference]
     assert missing == []

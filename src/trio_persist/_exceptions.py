@@ -46,7 +46,7 @@ class RemoteError(PersistError):
     """An execution in another process failed.
 
     Its ``str()`` holds the original exception's type name and message;
-    `type_name` and `message` hold them separately.
+    ``type_name`` and ``message`` hold them separately.
     """
 
     def __init__(self, type_name: str, message: str) -> None:

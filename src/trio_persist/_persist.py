@@ -129,7 +129,10 @@ class Persist(Generic[B, R, T]):
 
     @property
     def backend(self) -> Any:
-        """The backend the persist was opened with (e.g. a `RedisBackend`), or None."""
+        """The backend the persist was opened with, or None.
+
+        For example a `trio_persist.redis.RedisBackend`.
+        """
         return self._core.backend
 
     @property
@@ -755,7 +758,7 @@ async def open_persist(
             behaviour only if those keys never change what the device returns.
         linger: Seconds a successful result keeps answering identical calls
             after its execution ended (0: not at all). Failures never linger,
-            writes (``share=False``) neither; `forget` drops a lingering
+            writes (``share=False``) neither; `Persist.forget` drops a lingering
             result; at most 65,536 linger at once. Not a cache: there is no
             per-key configuration. With a backend, it holds across processes.
 

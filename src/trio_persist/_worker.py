@@ -575,7 +575,7 @@ class Worker(Generic[S]):
 
     @property
     def state(self) -> S:
-        """The worker's state: what ``device.resolve`` gets as its base."""
+        """What ``device.resolve`` gets as its base, kept between requests."""
         state: S = self._task.state
         return state
 

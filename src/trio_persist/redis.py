@@ -19,12 +19,12 @@ a ``SET NX PX`` lease, atomically):
   key, so no publication can be missed; it accepts only outcomes at least as
   new as the leader it saw. If the lease disappears with no outcome (the leader
   died), one follower takes over: acquiring is atomic, so exactly one wins,
-  within two lease TTLs. After ``max_takeovers`` vanished leaders, `LeaderDied`.
+  within two lease TTLs. After ``max_takeovers`` vanished leaders, `~trio_persist.LeaderDied`.
 
 Outcomes cross processes through a codec (JSON-like values by default; signed
-pickles with ``signing_key``). A remote failure is `RemoteError` with the
-original type name and message; garbage is `CorruptResult`. If Redis does not
-answer within ``timeout``, callers get `BackendUnavailable` (or, with
+pickles with ``signing_key``). A remote failure is `~trio_persist.RemoteError` with the
+original type name and message; garbage is `~trio_persist.CorruptResult`. If Redis does not
+answer within ``timeout``, callers get `~trio_persist.BackendUnavailable` (or, with
 ``fallback="local"``, the call executes locally); the client reconnects by
 itself when Redis is back.
 
@@ -162,13 +162,13 @@ class RedisBackend:
         lease_ttl: Seconds a leader's lease lives without renewal (renewed every
             third of it while the work runs).
         timeout: Seconds any Redis command may take before callers get
-            `BackendUnavailable`.
+            `~trio_persist.BackendUnavailable`.
         signing_key: Send results as pickles signed with this HMAC key; without
             it only JSON-like values cross processes.
-        fallback: ``"error"`` (default): raise `BackendUnavailable` when Redis
+        fallback: ``"error"`` (default): raise `~trio_persist.BackendUnavailable` when Redis
             is unreachable; ``"local"``: execute locally instead.
         max_takeovers: How many vanished leaders one call survives before
-            `LeaderDied`.
+            `~trio_persist.LeaderDied`.
         heartbeat: Seconds between cluster heartbeats (a node record lives
             three of them).
     """
@@ -400,7 +400,7 @@ class RedisBackend:
             raise self._unavailable(exc) from exc
 
     def _unavailable(self, exc: Exception) -> Exception:
-        """A connection failure becomes `BackendUnavailable`; anything else stays itself."""
+        """A connection failure becomes `~trio_persist.BackendUnavailable`; others stay."""
         if not _is_connection_error(exc):
             return exc
         self._counts["unavailable"] += 1

@@ -1,0 +1,50 @@
+"""Sphinx configuration: the docs are Markdown (MyST); the reference is autodoc.
+
+Build with ``sphinx-build -W -b html docs docs/_build/html`` (`.ci/run` does).
+"""
+
+from __future__ import annotations
+
+import trio_persist
+
+project = "trio-persist"
+author = "the trio-persist developers"
+release = trio_persist.__version__
+extensions = [
+    "sphinx.ext.autodoc",
+    "sphinx.ext.napoleon",
+    "sphinxcontrib_trio",
+    "myst_parser",
+]
+source_suffix = {".md": "markdown"}
+root_doc = "index"
+exclude_patterns = ["_build", "examples"]
+html_theme = "furo"
+html_title = "trio-persist"
+
+# Every reference must resolve: a broken one fails the build (-W).
+nitpicky = True
+default_role = "py:obj"
+# The build runs offline (no intersphinx): names from other projects and the
+# standard library cannot be linked, so they are not checked. Ours all are.
+nitpick_ignore_regex = [
+    (r"py:.*", r"(trio|attrs|outcome|coredis|rich|collections|typing|contextlib|os)\..*"),
+    (r"py:.*", r"(Any|Hashable|Callable|Awaitable|Iterable|Mapping|AsyncIterator)"),
+    (r"py:.*", r"(B|R|T|S|P|V|P\.args|P\.kwargs|S_co|T_co|R_contra|B_contra)"),
+    (r"py:.*", r"(int|float|str|bytes|bool|object|None|list|tuple|dict|type|frozenset)"),
+    (r"py:(exc|class|obj)", r".*(Error|Exception|Exit|Interrupt|Cancelled|WouldBlock)"),
+    (r"py:.*", r"(ExceptionGroup|BaseExceptionGroup|EndOfChannel|ClosedResourceError)"),
+    (r"py:.*", r"(TracebackType|TaskStatus|PathLike|Nursery|CancelScope|Event)"),
+    # Internals in signatures (constructors users never call) and type variables.
+    (r"py:.*", r"trio_persist\._\w+\.\w+"),
+    (r"py:.*", r"~?(OwnerT|Job|WorkerTask|P)"),
+]
+
+autodoc_member_order = "bysource"
+autodoc_typehints = "description"
+autodoc_class_signature = "separated"
+napoleon_google_docstring = True
+napoleon_numpy_docstring = False
+napoleon_use_rtype = False
+myst_heading_anchors = 3
+suppress_warnings = ["myst.xref_missing"]  # links between pages are checked by MyST's own
