@@ -90,6 +90,15 @@ class BadHook:
     answers = 42
 
 
+async def one_argument(base: Any) -> Any:
+    return base  # pragma: no cover
+
+
+class ThreeArguments:
+    async def resolve(self, base: Any, request: Any, extra: Any) -> Any:
+        return base  # pragma: no cover
+
+
 @pytest.mark.parametrize(
     ("bad", "message"),
     [
@@ -99,6 +108,8 @@ class BadHook:
         (AsyncGroup(), "device.group must be a plain function, not async def"),
         (SyncOnIdle(), "device.on_idle must be an async function"),
         (BadHook(), "device.answers must be callable, got int"),
+        (one_argument, r"device must accept \(base, request\), but its signature is \(base:"),
+        (ThreeArguments(), r"device.resolve must accept \(base, request\)"),
     ],
 )
 async def test_a_device_of_the_wrong_shape_is_refused_with_what_was_wrong(
