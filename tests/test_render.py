@@ -46,7 +46,7 @@ def test_a_frame_renders_totals_rates_and_groups_by_activity() -> None:
         "session/u2                                         worker          1       0       3  1.0m      busy\n"
         "session/u1                                         worker          0       0      12  1.5m      4.5s\n"
         "\n"
-        "q quit  p pause  s sort: activity\n"
+        "q quit  p pause  s sort: activity  g names\n"
     )  # fmt: skip
 
 
@@ -82,15 +82,15 @@ def test_a_sitrep_lists_changed_and_vanished_groups_only() -> None:
     lines, state = sitrep(frame(), {})
     assert lines == [
         "== Sitrep ==> 3 groups. 3 changes.",
-        "[session/u1: worker] #M: 0 listeners: 0",
-        "[page/7: flight] #M: 1 listeners: 4",
-        "[session/u2: worker] #M: 0 listeners: 1",
+        "[session/u1: worker] queued: 0 listeners: 0",
+        "[page/7: flight] queued: 1 listeners: 4",
+        "[session/u2: worker] queued: 0 listeners: 1",
     ]
     assert sitrep(frame(), state)[0] == []  # nothing changed, nothing printed
     later = frame(snapshot=[dict(frame()["snapshot"][0], queued=2)])
     assert sitrep(later, state)[0] == [
         "== Sitrep ==> 1 groups. 3 changes.",
-        "[session/u1: worker] #M: 2 listeners: 0",
+        "[session/u1: worker] queued: 2 listeners: 0",
         "[page/7: gone]",
         "[session/u2: gone]",
     ]

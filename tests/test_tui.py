@@ -115,7 +115,7 @@ async def test_plain_prints_sitrep_lines_and_status_changes(
     assert lines[0].startswith(f"waiting for {path}")
     assert len(lines) == 3  # the status once, then one sitrep for the one change
     assert lines[1] == "== Sitrep ==> 1 groups. 1 changes."
-    assert lines[2].endswith(": flight] #M: 0 listeners: 1")
+    assert lines[2] == "['r': flight] queued: 0 listeners: 1"  # shown by its label
 
 
 async def test_the_demo_runs_its_workload_and_prints_a_summary(autojump_clock: object) -> None:
@@ -204,7 +204,7 @@ def test_the_demo_draws_the_table_live_and_restores_the_terminal() -> None:
     text = visible(screen)
     assert "trio-persist  Shop" in text
     assert "listeners  queued  served" in text
-    assert "q quit  p pause  s sort: activity" in text
+    assert "q quit  p pause  s sort: activity  g names" in text
     assert "\x1b[?1049h" in screen  # entered the alternate screen...
     assert screen.rindex("\x1b[?1049l") > screen.rindex("q quit")  # ...and left it at the end
     assert "trio-persist demo:" in screen.split("\x1b[?1049l")[-1]  # then the summary

@@ -11,6 +11,7 @@ the `Core.reroute` callback the facade installs.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable, Hashable, Mapping
 from typing import Any
 
@@ -25,9 +26,14 @@ from ._logging import logger
 from ._options import PersistOptions
 from ._registry import Registry
 from ._stats import PersistStatistics, group_label
-from ._text import describe
+from ._text import describe, literal, safe_repr
 
 __all__ = ["LINGER_LIMIT", "MISS", "Core", "Resolve"]
+
+LABEL_WIDTH = 80
+"""The longest label shown for a group."""
+
+_DIGEST = re.compile(r"[0-9a-f]{32}")
 
 LINGER_LIMIT = 65536
 """The most results that linger at once (the oldest go first)."""
@@ -172,6 +178,25 @@ class Core:
         if stored is not MISS and not same(stored, request):
             return MISS
         return value
+
+    def label_of(self, group: Hashable, base: Any, request: Any) -> str:
+        """What an operator sees for *group*: the ``label`` hook's text, or a short
+        rendering of the request (the state, for a worker), or a readable group.
+
+        Never raises: a failing hook is counted and logged, and the default used.
+        """
+        hook = self.hooks.label
+        if hook is not None:
+            try:
+                text = hook(base, request)
+                if not isinstance(text, str):
+                    raise TypeError(f"label() returned a {type(text).__name__}, not a str")
+                return literal(text, LABEL_WIDTH)
+            except Exception as exc:
+                self.hook_failed("label", group, exc)
+        if isinstance(group, str) and not _DIGEST.fullmatch(group):
+            return literal(group, LABEL_WIDTH)  # a name a group hook chose
+        return literal(safe_repr(base if request is None else request, LABEL_WIDTH), LABEL_WIDTH)
 
     def maybe_quiet(self) -> None:
         """Wake `Persist.wait_quiet` callers if nothing runs and nobody waits now."""

@@ -15,6 +15,9 @@ hooks (the counterparts of upstream's device ``info`` map):
 * ``answers(waiting, published) -> bool``: the custom await; may the result a
   worker published for request *published* answer a listener waiting on
   request *waiting*?
+* ``label(base, request) -> str``: what an operator sees for a group in the
+  monitor (``request`` is None for a worker's state); without it, a short safe
+  rendering of the request (or the state, or a readable group name).
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ class DeviceHooks:
     restore: Callable[[Hashable], Awaitable[Any]] | None = None
     serve: Callable[[Any], Awaitable[object]] | None = None
     answers: Callable[[Any, Any], bool] | None = None
+    label: Callable[[Any, Any], str] | None = None
 
 
 def _check_async(fn: object, what: str, arity: int | None = None) -> None:
@@ -115,7 +119,7 @@ def adapt_device(device: object) -> DeviceHooks:
         if fn is not None:
             _check_async(fn, f"device.{hook}")
             hooks[hook] = fn
-    for hook in ("group", "answers"):
+    for hook in ("group", "answers", "label"):
         fn = getattr(device, hook, None)
         if fn is not None:
             _check_sync(fn, f"device.{hook}")

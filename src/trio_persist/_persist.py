@@ -24,7 +24,7 @@ import attrs
 import trio
 
 from ._backend import check_backend
-from ._core import MISS, Core, Resolve
+from ._core import LABEL_WIDTH, MISS, Core, Resolve
 from ._device import Device, adapt_device
 from ._events import EventSubscription
 from ._exceptions import InfiniteRecursion, PersistClosed
@@ -37,7 +37,7 @@ from ._registry import Registry
 from ._runner import RunnerPool
 from ._stats import GroupSnapshot, PersistStatistics
 from ._supervisor import Supervisor
-from ._text import safe_repr
+from ._text import literal, safe_repr
 from ._worker import Worker, WorkerTask, task_of
 
 if sys.version_info < (3, 11):  # pragma: no cover
@@ -55,6 +55,12 @@ V = TypeVar("V")
 
 # How requests are grouped.
 _UNGROUPED, _DIGEST, _HOOK = range(3)
+
+
+def _call_label(name: str, args: Any, kwargs: Any) -> str:
+    shown = [safe_repr(arg, 30) for arg in args]
+    shown += [f"{key}={safe_repr(value, 30)}" for key, value in kwargs.items()]
+    return literal(f"{name}({', '.join(shown)})", LABEL_WIDTH)
 
 
 def _is_exit(error: BaseException) -> bool:
@@ -379,6 +385,8 @@ class Persist(Generic[B, R, T]):
         def call(args: Any, kwargs: Any) -> Awaitable[Any]:
             return unchecked(*args, **kwargs)
 
+        call.__name__ = label  # what the monitor shows for its groups
+
         @functools.wraps(fn)
         async def deduplicated(*args: P.args, **kwargs: P.kwargs) -> V:
             value: V = await self._call_wrapped(label, call, args, kwargs, share)
@@ -513,12 +521,19 @@ class Persist(Generic[B, R, T]):
         Empty when all is quiet and no worker lives.
         """
         records = []
-        for group, held in self._core.owners.items():
+        core = self._core
+        for group, held in core.owners.items():
             owner = held if isinstance(held, Flight) else task_of(held)
             if isinstance(owner, Flight):
                 queued = sum(1 for job in owner.pending if not job.abandoned)
+                job = owner.current
+                if job.call is None:
+                    label = core.label_of(group, job.base, job.request)
+                else:  # a wrapped function: the call, as written
+                    label = _call_label(job.call.__name__, job.base, job.request)
             else:
                 queued = owner.pending
+                label = core.label_of(group, owner.state, None)
             records.append(
                 GroupSnapshot(
                     group=group,
@@ -529,6 +544,7 @@ class Persist(Generic[B, R, T]):
                     started=owner.started,
                     last_active=owner.last_active,
                     busy=owner.busy,
+                    label=label,
                 )
             )
         return tuple(records)

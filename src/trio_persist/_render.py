@@ -43,6 +43,7 @@ def _clean_group(group: Any) -> dict[str, Any] | None:
         return None
     clean: dict[str, Any] = {
         "group": literal(group.get("group", "?")),
+        "label": literal(group.get("label") or group.get("group", "?")),
         "kind": literal(group.get("kind", "?"), 10),
         "busy": group.get("busy") is True,
     }
@@ -139,11 +140,13 @@ def render_frame(
     paused: bool = False,
     status: str | None = None,
     limit: int | None = None,
+    names: bool = False,
 ) -> RenderableType:
     """Render one frame: a title, the totals, and the groups sorted by *sort*.
 
     *previous* (the frame before) gives the rates. *status* replaces the
-    key help on the last line (a connection message, say).
+    key help on the last line (a connection message, say). Groups are shown
+    by their labels, or by their names (digests, say) with *names*.
     """
     now = frame["time"]
     groups = sorted(frame["snapshot"], key=_sort_key(sort, now))
@@ -166,7 +169,7 @@ def render_frame(
     for g in groups:
         idle = "busy" if g["busy"] else _age(now - g["last_active"])
         table.add_row(
-            Text(literal(g["group"])),  # a Text: never parsed as markup
+            Text(g["group"] if names else g.get("label", g["group"])),  # Text: never markup
             Text(literal(g["kind"], 10)),
             str(g["listeners"]),
             str(g["queued"]),
@@ -175,23 +178,29 @@ def render_frame(
             idle,
         )
     footer = Text(
-        literal(status) if status is not None else f"q quit  p pause  s sort: {sort}",
+        literal(status)
+        if status is not None
+        else f"q quit  p pause  s sort: {sort}  g {'labels' if names else 'names'}",
         style="dim",
     )
     return Group(title, header(frame, previous), Text(""), table, Text(""), footer)
 
 
-def _view(g: Mapping[str, Any]) -> tuple[str, int, int]:
-    return (g["kind"], g["listeners"], g["queued"])
+SitrepState = dict[str, tuple[str, str, int, int]]
+
+
+def _view(g: Mapping[str, Any]) -> tuple[str, str, int, int]:
+    return (literal(g.get("label", g["group"])), g["kind"], g["listeners"], g["queued"])
 
 
 def sitrep(
-    frame: Frame, last: Mapping[str, tuple[str, int, int]]
-) -> tuple[list[str], dict[str, tuple[str, int, int]]]:
+    frame: Frame, last: Mapping[str, tuple[str, str, int, int]]
+) -> tuple[list[str], SitrepState]:
     """Upstream's "sitrep": lines for the groups that changed since *last*.
 
     Returns the lines (none when nothing changed) and the new state to pass
-    next time. Unlike upstream, groups that went away are reported too.
+    next time. Groups are shown by their labels; unlike upstream, groups that
+    went away are reported too, and the queue is called what it is.
     """
     now = {literal(g["group"]): _view(g) for g in frame["snapshot"]}
     changed = [name for name, view in now.items() if last.get(name) != view]
@@ -200,7 +209,7 @@ def sitrep(
         return [], now
     lines = [f"== Sitrep ==> {len(now)} groups. {len(changed) + len(gone)} changes."]
     for name in changed:
-        kind, listeners, queued = now[name]
-        lines.append(f"[{name}: {kind}] #M: {queued} listeners: {listeners}")
-    lines.extend(f"[{name}: gone]" for name in gone)
+        label, kind, listeners, queued = now[name]
+        lines.append(f"[{label}: {kind}] queued: {queued} listeners: {listeners}")
+    lines.extend(f"[{last[name][0]}: gone]" for name in gone)
     return lines, now

@@ -88,6 +88,9 @@ class GroupSnapshot:
     """`trio.current_time` when it last started or finished an execution."""
     busy: bool = False
     """Whether an execution runs now."""
+    label: str = ""
+    """What an operator sees for the group: the device's ``label`` hook, or a
+    short rendering of its request (see `Persist.snapshot`)."""
 
     def to_json(self) -> dict[str, Any]:
         data = attrs.asdict(self)

@@ -25,7 +25,7 @@ from rich.console import Console, RenderableType
 from rich.live import Live
 from rich.text import Text
 
-from ._render import SORTS, clean_frame, render_frame, sitrep
+from ._render import SORTS, SitrepState, clean_frame, render_frame, sitrep
 from ._text import literal
 
 MAX_LINE = 4 * 1024 * 1024
@@ -67,6 +67,7 @@ class MonitorView:
     paused: bool = False
     status: str | None = None
     frames_seen: int = 0
+    names: bool = False  # show group names (digests) instead of labels
 
     def feed(self, frame: Frame) -> None:
         """Take a frame from outside (checked and made literal first; junk is ignored)."""
@@ -85,6 +86,8 @@ class MonitorView:
             self.paused = not self.paused
         elif key in ("s", "S"):
             self.sort = SORTS[(SORTS.index(self.sort) + 1) % len(SORTS)]
+        elif key in ("g", "G"):
+            self.names = not self.names
         return False
 
     def renderable(self, limit: int | None = None) -> RenderableType:
@@ -97,6 +100,7 @@ class MonitorView:
             paused=self.paused,
             status=self.status,
             limit=limit,
+            names=self.names,
         )
 
 
@@ -251,7 +255,7 @@ async def run_plain(
     duration: float | None = None,
 ) -> None:
     """Print sitrep lines whenever a group changes, and status changes, to *out*."""
-    state: dict[str, tuple[str, int, int]] = {}
+    state: SitrepState = {}
     last_status: list[str | None] = [None]
 
     def redraw() -> None:

@@ -1,0 +1,84 @@
+"""Readable groups: labels from a hook, or a short safe rendering of the request."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+import trio.testing
+
+import trio_persist
+from trio_persist.testing import RecordingDevice
+
+
+async def test_a_digest_group_is_labelled_by_its_request(autojump_clock: object) -> None:
+    async def slow(base: Any, request: Any) -> Any:
+        await trio.sleep(10)
+
+    async with trio_persist.open_persist(slow) as persist, trio.open_nursery() as nursery:
+        nursery.start_soon(persist.resolve, "db", {"user": "ann"})
+        await trio.testing.wait_all_tasks_blocked()
+        [record] = persist.snapshot()
+        assert len(str(record.group)) == 32  # a digest...
+        assert record.label == "{'user': 'ann'}"  # ...shown by what it asks
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_label_hook_names_groups_and_a_failing_one_is_counted(
+    autojump_clock: object,
+) -> None:
+    class Labelled:
+        async def resolve(self, base: Any, request: Any) -> Any:
+            await trio.sleep(10)
+
+        def label(self, base: Any, request: Any) -> str:
+            if request == "bad":
+                raise KeyError("no label")
+            return f"user {request} \x1b[2J"
+
+    async with trio_persist.open_persist(Labelled()) as persist, trio.open_nursery() as nursery:
+        nursery.start_soon(persist.resolve, "db", "ann")
+        nursery.start_soon(persist.resolve, "db", "bad")
+        await trio.testing.wait_all_tasks_blocked()
+        labels = sorted(record.label for record in persist.snapshot())
+        assert labels == ["'bad'", "user ann �[2J"]  # literal, and the default for "bad"
+        assert persist.statistics().hook_failures == 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_workers_and_wrapped_functions_have_readable_labels(autojump_clock: object) -> None:
+    async def lookup(sku: str, *, region: str = "eu") -> str:
+        await trio.sleep(10)
+        return sku
+
+    class Sessions:
+        def group(self, base: Any, request: Any) -> Any:
+            return f"session/{base['user']}" if request is None else f"session/{request}"
+
+        async def resolve(self, base: Any, request: Any) -> Any:
+            return base  # pragma: no cover
+
+    async with trio_persist.open_persist(Sessions()) as persist, trio.open_nursery() as nursery:
+        await persist.start_worker({"user": "ann"})
+        nursery.start_soon(persist.wrap(lookup, name="lookup"), "book-1")
+        await trio.testing.wait_all_tasks_blocked()
+        labels = {record.kind: record.label for record in persist.snapshot()}
+        assert labels == {"worker": "session/ann", "flight": "lookup('book-1')"}
+        nursery.cancel_scope.cancel()
+
+
+async def test_labels_reach_the_frames(tmp_path: Any) -> None:
+    device = RecordingDevice()
+    path = str(tmp_path / "m.sock")
+    async with trio_persist.open_persist(device) as persist, trio.open_nursery() as nursery:
+        device.block()
+        nursery.start_soon(persist.resolve, "db", "alice")
+        await device.wait_running()
+        await nursery.start(persist.serve_monitor, path)
+        from trio_persist._tui import read_frames
+
+        async with await trio.open_unix_socket(path) as stream:
+            frame = await read_frames(stream).__anext__()
+        assert frame["snapshot"][0]["label"] == "'alice'"
+        device.release()
+        nursery.cancel_scope.cancel()
