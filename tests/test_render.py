@@ -94,3 +94,15 @@ def test_a_sitrep_lists_changed_and_vanished_groups_only() -> None:
         "[page/7: gone]",
         "[session/u2: gone]",
     ]
+
+
+def test_durations_show_in_the_header_and_per_group_when_known() -> None:
+    timed = frame(
+        statistics={**frame()["statistics"], "execution_p50": 0.012, "execution_p99": 0.04,
+                    "wait_p99": 1.5},
+        snapshot=[dict(frame()["snapshot"][0], execution_p50=0.0004, execution_p99=2.0)],
+    )  # fmt: skip
+    text = show(render_frame(timed))
+    assert "\nexec p50 12ms p99 40ms  wait p99 1.5s\n" in text
+    [row] = [line for line in text.splitlines() if line.startswith("session/u1")]
+    assert row.split()[-2:] == ["400us", "2.0s"]

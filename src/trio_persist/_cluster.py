@@ -106,14 +106,21 @@ def cluster_frame(nodes: tuple[NodeSnapshot, ...], namespace: str) -> dict[str, 
     Each group is labelled ``host:pid group``; its times are rebased so that
     ages read the same as on its own node.
     """
-    totals: dict[str, int] = dict.fromkeys(_STAT_NAMES, 0)
+    totals: dict[str, float] = dict.fromkeys(_STAT_NAMES, 0)
     snapshot = []
     for node in nodes:
         for name, value in node.statistics.items():
-            totals[name] = totals.get(name, 0) + value
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue  # a record written by someone else: skipped, not fatal
+            if isinstance(value, float):
+                # Durations do not add up: the slowest node's figure bounds them.
+                totals[name] = max(totals.get(name, 0.0), value)
+            else:
+                totals[name] = totals.get(name, 0) + value
         for record in node.snapshot:
             rebased = dict(record)
             rebased["group"] = f"{node.host}:{node.pid} {record['group']}"
+            rebased["label"] = f"{node.host}:{node.pid} {record.get('label') or record['group']}"
             rebased["started"] = record["started"] - node.time
             rebased["last_active"] = record["last_active"] - node.time
             snapshot.append(rebased)

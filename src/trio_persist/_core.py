@@ -21,6 +21,7 @@ import trio
 from ._backend import Backend
 from ._device import DeviceHooks
 from ._events import EventHub
+from ._histogram import Histogram
 from ._job import Job, Outcome
 from ._logging import logger
 from ._options import PersistOptions
@@ -34,6 +35,9 @@ LABEL_WIDTH = 80
 """The longest label shown for a group."""
 
 _DIGEST = re.compile(r"[0-9a-f]{32}")
+
+RECENT = 64
+"""How many recent execution times each flight or worker keeps (for its snapshot)."""
 
 LINGER_LIMIT = 65536
 """The most results that linger at once (the oldest go first)."""
@@ -86,6 +90,8 @@ class Core:
     # Results lingering after their flight: group -> (request, value, expiry),
     # in order of expiry (the linger is one constant). Empty unless linger > 0.
     lingering: dict[Hashable, tuple[Any, Any, float]] = attrs.field(factory=dict)
+    execution_time: Histogram = attrs.field(factory=Histogram)
+    wait_time: Histogram = attrs.field(factory=Histogram)
 
     def __attrs_post_init__(self) -> None:
         self.owners = self.registry.as_mapping()
@@ -220,4 +226,12 @@ class Core:
             waiters=self.waiting,
             workers=workers,
             groups=len(self.owners),
+            execution_p50=self.execution_time.quantile(0.5),
+            execution_p90=self.execution_time.quantile(0.9),
+            execution_p99=self.execution_time.quantile(0.99),
+            execution_max=self.execution_time.maximum,
+            wait_p50=self.wait_time.quantile(0.5),
+            wait_p90=self.wait_time.quantile(0.9),
+            wait_p99=self.wait_time.quantile(0.99),
+            wait_max=self.wait_time.maximum,
         )

@@ -23,7 +23,7 @@ from typing import Any
 import attrs
 import trio
 
-from ._core import MISS, Core
+from ._core import MISS, RECENT, Core
 from ._grouping import default_group, same_request
 from ._job import Job, Outcome, leader_died, run_device, running
 from ._supervisor import Supervisor
@@ -55,6 +55,8 @@ class Flight:
     over: bool = attrs.field(default=False, init=False)
     # Abandoned jobs still in `pending` (compacted away in bulk).
     dead: int = attrs.field(default=0, init=False)
+    # Its last execution times (made on the first).
+    recent: deque[float] | None = attrs.field(default=None, init=False)
 
     def __attrs_post_init__(self) -> None:
         self.last_active = self.started
@@ -124,6 +126,7 @@ class Flight:
                 if not job.abandoned:
                     core.executions += 1
                     job.scope = scope
+                    began = trio.current_time()
                     resolve = core.hooks.resolve if job.call is None else job.call
                     if through_backend:
                         resolve = core.resolver(
@@ -142,7 +145,11 @@ class Flight:
                     finally:
                         job.scope = None
                     self.served += 1
-                    self.last_active = trio.current_time()
+                    self.last_active = now = trio.current_time()
+                    core.execution_time.record(now - began)
+                    if self.recent is None:
+                        self.recent = deque(maxlen=RECENT)
+                    self.recent.append(now - began)
                     core.count_outcome("flight", self.group, job, outcome)
                     if outcome is Outcome.OK and job.shared and self.group is not None:
                         core.linger(

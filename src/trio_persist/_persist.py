@@ -30,6 +30,7 @@ from ._events import EventSubscription
 from ._exceptions import InfiniteRecursion, PersistClosed
 from ._flight import Flight
 from ._grouping import default_group, default_group_and_base, same_request
+from ._histogram import recent_quantiles
 from ._job import Job, leader_died, running
 from ._monitor import serve_monitor
 from ._options import AwaitMode, ErrorStrategy, PersistOptions, check_duration
@@ -534,6 +535,7 @@ class Persist(Generic[B, R, T]):
             else:
                 queued = owner.pending
                 label = core.label_of(group, owner.state, None)
+            p50, p99 = recent_quantiles(tuple(owner.recent or ()))
             records.append(
                 GroupSnapshot(
                     group=group,
@@ -545,6 +547,8 @@ class Persist(Generic[B, R, T]):
                     last_active=owner.last_active,
                     busy=owner.busy,
                     label=label,
+                    execution_p50=p50,
+                    execution_p99=p99,
                 )
             )
         return tuple(records)
@@ -617,10 +621,12 @@ class Persist(Generic[B, R, T]):
         core = self._core
         job.listeners += 1
         core.waiting += 1
+        arrived = trio.current_time()
         if current is not None:
             current.awaiting.append(owner)
         try:
             await job.done.wait()
+            core.wait_time.record(trio.current_time() - arrived)
         finally:
             core.waiting -= 1
             if core.quiet is not None:

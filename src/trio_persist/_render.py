@@ -30,6 +30,8 @@ SORTS = ("activity", "served", "age", "group")
 
 _GROUP_NUMBERS = ("listeners", "queued", "served")
 _GROUP_TIMES = ("started", "last_active")
+_GROUP_DURATIONS = ("execution_p50", "execution_p99")
+_DURATIONS = ("execution_", "wait_")
 
 
 def _number(value: Any, default: float = 0) -> Any:
@@ -51,6 +53,9 @@ def _clean_group(group: Any) -> dict[str, Any] | None:
         clean[name] = int(_number(group.get(name)))
     for name in _GROUP_TIMES:
         clean[name] = float(_number(group.get(name)))
+    for name in _GROUP_DURATIONS:
+        if name in group:  # frames from older servers have none
+            clean[name] = float(_number(group.get(name)))
     return clean
 
 
@@ -74,7 +79,12 @@ def clean_frame(frame: Any) -> dict[str, Any] | None:
         "time": float(_number(frame.get("time"))),
         "wall": float(_number(frame.get("wall"))),
         "device": literal(frame.get("device", "?"), 80),
-        "statistics": {literal(name, 40): int(_number(value)) for name, value in stats.items()},
+        "statistics": {
+            literal(name, 40): (
+                float(_number(value)) if name.startswith(_DURATIONS) else int(_number(value))
+            )
+            for name, value in stats.items()
+        },
         "groups_total": int(_number(frame.get("groups_total"), len(groups))),
         "snapshot": groups,
     }
@@ -129,7 +139,24 @@ def header(frame: Frame, previous: Frame | None) -> Text:
     text.append(f"  timeouts {_stat(frame, 'worker_timeouts')}")
     failures = _stat(frame, "failures")
     text.append(f"  failures {failures}", style="red" if failures else "")
+    stats = frame["statistics"]
+    if "execution_p50" in stats:
+        text.append(
+            f"\nexec p50 {_duration(stats['execution_p50'])} "
+            f"p99 {_duration(stats['execution_p99'])}"
+            f"  wait p99 {_duration(stats.get('wait_p99', 0.0))}"
+        )
     return text
+
+
+def _duration(seconds: float) -> str:
+    if seconds <= 0:
+        return "-"
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.0f}us"
+    if seconds < 1:
+        return f"{seconds * 1e3:.0f}ms"
+    return _age(seconds)
 
 
 def render_frame(
@@ -166,8 +193,17 @@ def render_frame(
     table.add_column("served", justify="right")
     table.add_column("age", justify="right")
     table.add_column("idle for", justify="right")
+    durations = any(g.get("execution_p50", 0.0) > 0 for g in groups)  # only when known
+    if durations:
+        table.add_column("p50", justify="right")
+        table.add_column("p99", justify="right")
     for g in groups:
         idle = "busy" if g["busy"] else _age(now - g["last_active"])
+        extra = (
+            (_duration(g.get("execution_p50", 0.0)), _duration(g.get("execution_p99", 0.0)))
+            if durations
+            else ()
+        )
         table.add_row(
             Text(g["group"] if names else g.get("label", g["group"])),  # Text: never markup
             Text(literal(g["kind"], 10)),
@@ -176,6 +212,7 @@ def render_frame(
             str(g["served"]),
             _age(now - g["started"]),
             idle,
+            *extra,
         )
     footer = Text(
         literal(status)

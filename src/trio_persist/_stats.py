@@ -53,8 +53,24 @@ class PersistStatistics:
     """Workers alive now."""
     groups: int
     """Groups registered now (flights and workers)."""
+    execution_p50: float = 0.0
+    """Median seconds a device call took (all executions so far, within ~3%)."""
+    execution_p90: float = 0.0
+    """90th percentile of execution time, in seconds."""
+    execution_p99: float = 0.0
+    """99th percentile of execution time, in seconds."""
+    execution_max: float = 0.0
+    """The longest execution, in seconds."""
+    wait_p50: float = 0.0
+    """Median seconds from a caller's arrival to its answer."""
+    wait_p90: float = 0.0
+    """90th percentile of wait time, in seconds."""
+    wait_p99: float = 0.0
+    """99th percentile of wait time, in seconds."""
+    wait_max: float = 0.0
+    """The longest wait, in seconds."""
 
-    def to_json(self) -> dict[str, int]:
+    def to_json(self) -> dict[str, Any]:
         return attrs.asdict(self)
 
 
@@ -91,6 +107,10 @@ class GroupSnapshot:
     label: str = ""
     """What an operator sees for the group: the device's ``label`` hook, or a
     short rendering of its request (see `Persist.snapshot`)."""
+    execution_p50: float = 0.0
+    """Median seconds of this owner's recent executions (its last 64)."""
+    execution_p99: float = 0.0
+    """99th percentile of this owner's recent executions, in seconds."""
 
     def to_json(self) -> dict[str, Any]:
         data = attrs.asdict(self)

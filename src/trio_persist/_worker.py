@@ -23,13 +23,14 @@ holds and the facade routes to; `Worker` is the public handle users and custom
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Hashable
 from typing import Any, Generic, Protocol, TypeVar, final
 
 import attrs
 import trio
 
-from ._core import Core
+from ._core import RECENT, Core
 from ._grouping import same_request
 from ._job import Job, Outcome, leader_died, run_device, running
 
@@ -152,6 +153,8 @@ class WorkerTask:
     # Owners whose executions this worker's device is waiting for (cycle detection).
     awaiting: list[object] = attrs.field(factory=list, init=False)
     kind: str = attrs.field(default="worker", init=False)
+    # Its last execution times (made on the first: most idle workers have none).
+    recent: deque[float] | None = attrs.field(default=None, init=False)
     # The public face: what the registry holds and users get.
     handle: Worker[Any] = attrs.field(init=False)
 
@@ -355,7 +358,7 @@ class WorkerTask:
         """Serve *job* the default way; return its result (None if it failed)."""
         core = self.core
         self.current = job
-        self.last_active = trio.current_time()
+        self.last_active = began = trio.current_time()
         self.host.touch(self)
         outcome = None
         core.executions += 1
@@ -385,6 +388,11 @@ class WorkerTask:
         if outcome is None:
             self._abandoned(job)
             return None
+        elapsed = self.last_active - began
+        core.execution_time.record(elapsed)
+        if self.recent is None:
+            self.recent = deque(maxlen=RECENT)
+        self.recent.append(elapsed)
         return self._settle(job, outcome)
 
     def _settle(self, job: Job, outcome: Outcome) -> Any:

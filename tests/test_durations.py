@@ -1,0 +1,76 @@
+"""Durations: execution and wait times as bounded histograms, overall and per group."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+import trio_persist
+from trio_persist._histogram import Histogram, recent_quantiles
+
+
+async def sleepy(base: Any, request: Any) -> Any:
+    await trio.sleep(request)
+    return request
+
+
+def close(measured: float, exact: float) -> bool:
+    """Within the histogram's precision (its buckets are ~3% wide)."""
+    return exact <= measured <= exact * 1.07
+
+
+async def test_execution_and_wait_times_are_measured(autojump_clock: object) -> None:
+    async with trio_persist.open_persist(sleepy) as persist:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(persist.resolve, "b", 2)
+            await trio.sleep(0.5)
+            nursery.start_soon(persist.resolve, "b", 2)  # joins: waits 1.5 s
+            nursery.start_soon(persist.resolve, "b", 1)
+            nursery.start_soon(persist.resolve, "b", 3)
+        stats = persist.statistics()
+    assert stats.execution_max == 3
+    assert close(stats.execution_p50, 2)
+    assert close(stats.execution_p99, 3)
+    assert stats.wait_max == 3  # waits: 2, 1.5 (joined at 0.5), 1 and 3 (own groups)
+    assert close(stats.wait_p50, 1.5)
+
+
+async def test_a_worker_reports_its_recent_execution_times(autojump_clock: object) -> None:
+    async with trio_persist.open_persist(sleepy, static_worker=True) as persist:
+        worker = await persist.start_worker("state")
+        for seconds in (1, 1, 1, 3):
+            await persist.resolve("state", seconds)
+        [record] = persist.snapshot()
+        assert (record.execution_p50, record.execution_p99) == (1, 3)
+        assert worker.statistics().served == 4
+
+
+def test_the_histogram_keeps_quantiles_in_bounded_memory() -> None:
+    rng = random.Random(7)
+    samples = [rng.expovariate(10) for _ in range(100_000)]
+    histogram = Histogram()
+    for sample in samples:
+        histogram.record(sample)
+    ordered = sorted(samples)
+    for q in (0.5, 0.9, 0.99):
+        exact = ordered[int(q * len(ordered))]
+        assert histogram.quantile(q) == pytest.approx(exact, rel=0.07)
+    assert histogram.maximum == max(samples)
+    assert histogram.count == 100_000
+    assert len(histogram._buckets) < 600  # reaching in: the memory is what is tested
+
+
+def test_empty_and_tiny_durations_are_handled() -> None:
+    histogram = Histogram()
+    assert histogram.quantile(0.5) == 0.0
+    assert histogram.mean == 0.0
+    histogram.record(0.0)
+    histogram.record(-1.0)
+    histogram.record(1e-15)
+    assert histogram.quantile(0.99) <= 1e-15
+    assert recent_quantiles(()) == (0.0, 0.0)
+    assert recent_quantiles((5.0,)) == (5.0, 5.0)
