@@ -56,7 +56,7 @@ class Flight:
     # Abandoned jobs still in `pending` (compacted away in bulk).
     dead: int = attrs.field(default=0, init=False)
     # Its last execution times (made on the first).
-    recent: deque[float] | None = attrs.field(default=None, init=False)
+    recent: list[float] | None = attrs.field(default=None, init=False)
 
     def __attrs_post_init__(self) -> None:
         self.last_active = self.started
@@ -126,7 +126,8 @@ class Flight:
                 if not job.abandoned:
                     core.executions += 1
                     job.scope = scope
-                    began = trio.current_time()
+                    # When the last job ended (or the flight started): no clock read.
+                    began = self.last_active
                     resolve = core.hooks.resolve if job.call is None else job.call
                     if through_backend:
                         resolve = core.resolver(
@@ -145,11 +146,15 @@ class Flight:
                     finally:
                         job.scope = None
                     self.served += 1
-                    self.last_active = now = trio.current_time()
+                    self.last_active = job.finished = now = trio.current_time()
                     core.execution_time.record(now - began)
-                    if self.recent is None:
-                        self.recent = deque(maxlen=RECENT)
-                    self.recent.append(now - began)
+                    recent = self.recent
+                    if recent is None:
+                        self.recent = [now - began]
+                    else:
+                        recent.append(now - began)
+                        if len(recent) > 2 * RECENT:
+                            del recent[:-RECENT]
                     core.count_outcome("flight", self.group, job, outcome)
                     if outcome is Outcome.OK and job.shared and self.group is not None:
                         core.linger(

@@ -62,6 +62,8 @@ class Job:
     key: object = None
     # False for share=False (a write): nobody joins this job.
     shared: bool = True
+    # When it was answered by its own execution (`trio.current_time`), if so.
+    finished: float | None = None
     # What executes instead of the device (a wrapped function), or None.
     call: Callable[[Any, Any], Awaitable[Any]] | None = None
     listeners: int = 0

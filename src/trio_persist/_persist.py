@@ -239,7 +239,8 @@ class Persist(Generic[B, R, T]):
                     return await self._lingered(value)
             if owner is None:
                 job = self._new_flight(group, base, request, spawn_worker, key, share)
-                return await self._listen(job, job.owner, current)
+                flight: Any = job.owner
+                return await self._listen(job, flight, current, flight.started)
             if current is not None and _waits_for(owner, current):
                 return await self._recurse(owner, current, group, base, request)
             joined = owner.find(request, key) if share else None
@@ -535,7 +536,7 @@ class Persist(Generic[B, R, T]):
             else:
                 queued = owner.pending
                 label = core.label_of(group, owner.state, None)
-            p50, p99 = recent_quantiles(tuple(owner.recent or ()))
+            p50, p99 = recent_quantiles(owner.recent)
             records.append(
                 GroupSnapshot(
                     group=group,
@@ -617,16 +618,24 @@ class Persist(Generic[B, R, T]):
             "for this call; pass allow_infinite=True to execute it directly instead"
         )
 
-    async def _listen(self, job: Job, owner: Any, current: Any) -> Any:
+    async def _listen(
+        self, job: Job, owner: Any, current: Any, arrived: float | None = None
+    ) -> Any:
         core = self._core
         job.listeners += 1
         core.waiting += 1
-        arrived = trio.current_time()
+        if arrived is None:
+            arrived = trio.current_time()
         if current is not None:
             current.awaiting.append(owner)
         try:
             await job.done.wait()
-            core.wait_time.record(trio.current_time() - arrived)
+            # The answer's time is the execution's end when there was one: the
+            # clock is read once per execution, not once per listener.
+            finished = job.finished
+            core.wait_time.record(
+                (finished if finished is not None else trio.current_time()) - arrived
+            )
         finally:
             core.waiting -= 1
             if core.quiet is not None:

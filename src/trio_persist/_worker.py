@@ -23,7 +23,6 @@ holds and the facade routes to; `Worker` is the public handle users and custom
 from __future__ import annotations
 
 import math
-from collections import deque
 from collections.abc import Hashable
 from typing import Any, Generic, Protocol, TypeVar, final
 
@@ -154,7 +153,7 @@ class WorkerTask:
     awaiting: list[object] = attrs.field(factory=list, init=False)
     kind: str = attrs.field(default="worker", init=False)
     # Its last execution times (made on the first: most idle workers have none).
-    recent: deque[float] | None = attrs.field(default=None, init=False)
+    recent: list[float] | None = attrs.field(default=None, init=False)
     # The public face: what the registry holds and users get.
     handle: Worker[Any] = attrs.field(init=False)
 
@@ -388,11 +387,16 @@ class WorkerTask:
         if outcome is None:
             self._abandoned(job)
             return None
+        job.finished = self.last_active
         elapsed = self.last_active - began
         core.execution_time.record(elapsed)
-        if self.recent is None:
-            self.recent = deque(maxlen=RECENT)
-        self.recent.append(elapsed)
+        recent = self.recent
+        if recent is None:
+            self.recent = [elapsed]
+        else:
+            recent.append(elapsed)
+            if len(recent) > 2 * RECENT:
+                del recent[:-RECENT]
         return self._settle(job, outcome)
 
     def _settle(self, job: Job, outcome: Outcome) -> Any:
