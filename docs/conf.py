@@ -28,7 +28,7 @@ default_role = "py:obj"
 # The build runs offline (no intersphinx): names from other projects and the
 # standard library cannot be linked, so they are not checked. Ours all are.
 nitpick_ignore_regex = [
-    (r"py:.*", r"(trio|attrs|outcome|coredis|rich|collections|typing|contextlib|os)\..*"),
+    (r"py:.*", r"(trio|attrs|outcome|coredis|rich|collections|typing|contextlib|os|prometheus_client)\..*"),
     (r"py:.*", r"(Any|Hashable|Callable|Awaitable|Iterable|Mapping|AsyncIterator)"),
     (r"py:.*", r"(B|R|T|S|P|V|P\.args|P\.kwargs|S_co|T_co|R_contra|B_contra)"),
     (r"py:.*", r"(int|float|str|bytes|bool|object|None|list|tuple|dict|type|frozenset)"),

@@ -21,13 +21,14 @@ from ._grouping import MAX_DEPTH, canonical_encoding, default_group
 from ._options import PersistOptions
 from ._persist import Persist, open_persist
 from ._registry import Registry, RegistryStatistics
-from ._stats import GroupSnapshot, PersistStatistics
+from ._stats import DurationHistogram, GroupSnapshot, PersistDurations, PersistStatistics
 from ._worker import Worker, WorkerRequest, WorkerStatistics
 
 __all__ = [
     "MAX_DEPTH",
     "BackendUnavailable",
     "CorruptResult",
+    "DurationHistogram",
     "EventSubscription",
     "GroupSnapshot",
     "GroupTaken",
@@ -35,6 +36,7 @@ __all__ = [
     "LeaderDied",
     "Persist",
     "PersistClosed",
+    "PersistDurations",
     "PersistError",
     "PersistEvent",
     "PersistOptions",

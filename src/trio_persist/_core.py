@@ -26,7 +26,13 @@ from ._job import Job, Outcome
 from ._logging import logger
 from ._options import PersistOptions
 from ._registry import Registry
-from ._stats import PersistStatistics, group_label
+from ._stats import (
+    BOUNDARIES,
+    DurationHistogram,
+    PersistDurations,
+    PersistStatistics,
+    group_label,
+)
 from ._text import describe, literal, safe_repr
 
 __all__ = ["LINGER_LIMIT", "MISS", "Core", "Resolve"]
@@ -203,6 +209,18 @@ class Core:
         if isinstance(group, str) and not _DIGEST.fullmatch(group):
             return literal(group, LABEL_WIDTH)  # a name a group hook chose
         return literal(safe_repr(base if request is None else request, LABEL_WIDTH), LABEL_WIDTH)
+
+    def durations(self) -> PersistDurations:
+        """The duration histograms, exported at `BOUNDARIES`."""
+
+        def export(histogram: Histogram) -> DurationHistogram:
+            return DurationHistogram(
+                count=histogram.count,
+                sum=histogram.total,
+                buckets=histogram.cumulative(BOUNDARIES),
+            )
+
+        return PersistDurations(execution=export(self.execution_time), wait=export(self.wait_time))
 
     def maybe_quiet(self) -> None:
         """Wake `Persist.wait_quiet` callers if nothing runs and nobody waits now."""

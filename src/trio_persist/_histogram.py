@@ -98,6 +98,16 @@ class Histogram:
                 return min(_upper_bound(index), self.maximum_)
         return self.maximum_  # pragma: no cover - the loop always reaches the rank
 
+    def cumulative(self, boundaries: tuple[float, ...]) -> tuple[tuple[float, int], ...]:
+        """``(le, samples <= le)`` for each boundary (within a bucket's width)."""
+        self._fold()
+        counts = self._counts
+        result = []
+        for le in boundaries:
+            # Buckets whose upper bound is at most *le* hold only samples below it.
+            result.append((le, sum(counts[: bisect_right(_UPPERS, le)])))
+        return tuple(result)
+
     @property
     def buckets(self) -> int:
         """Buckets in use (memory is bounded by `_BUCKETS` whatever the samples)."""

@@ -36,7 +36,7 @@ from ._monitor import serve_monitor
 from ._options import AwaitMode, ErrorStrategy, PersistOptions, check_duration
 from ._registry import Registry
 from ._runner import RunnerPool
-from ._stats import GroupSnapshot, PersistStatistics
+from ._stats import GroupSnapshot, PersistDurations, PersistStatistics
 from ._supervisor import Supervisor
 from ._text import literal, safe_repr
 from ._worker import Worker, WorkerTask, task_of
@@ -516,6 +516,15 @@ class Persist(Generic[B, R, T]):
     def statistics(self) -> PersistStatistics:
         """Return a frozen snapshot of this persist's counters and gauges."""
         return self._core.statistics(workers=len(self._supervisor.workers))
+
+    def durations(self) -> PersistDurations:
+        """Return the execution and wait-time histograms (for metrics exporters).
+
+        `statistics` has their quantiles; this has their buckets, cumulative at
+        fixed boundaries from 0.1 ms to 60 s, as Prometheus and OpenTelemetry
+        histograms want them.
+        """
+        return self._core.durations()
 
     def snapshot(self) -> tuple[GroupSnapshot, ...]:
         """Return one frozen record per registered group, in registration order.

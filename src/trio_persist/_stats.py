@@ -14,7 +14,15 @@ import attrs
 
 from ._text import cut, safe_repr
 
-__all__ = ["GroupSnapshot", "Observed", "PersistStatistics", "group_label"]
+__all__ = [
+    "BOUNDARIES",
+    "DurationHistogram",
+    "GroupSnapshot",
+    "Observed",
+    "PersistDurations",
+    "PersistStatistics",
+    "group_label",
+]
 
 
 @attrs.frozen
@@ -116,6 +124,35 @@ class GroupSnapshot:
         data = attrs.asdict(self)
         data["group"] = group_label(self.group)
         return data
+
+
+BOUNDARIES = (
+    0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+    0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)  # fmt: skip
+"""Seconds at which duration histograms are exported (Prometheus-style ``le``)."""
+
+
+@attrs.frozen
+class DurationHistogram:
+    """A histogram of durations, as `Persist.durations` returns it."""
+
+    count: int
+    """Samples recorded."""
+    sum: float
+    """Their total, in seconds."""
+    buckets: tuple[tuple[float, int], ...]
+    """``(le, samples at most le seconds)`` for each of `BOUNDARIES`, cumulative."""
+
+
+@attrs.frozen
+class PersistDurations:
+    """Execution and wait times of a persist, as `Persist.durations` returns them."""
+
+    execution: DurationHistogram
+    """Device calls, from start to outcome."""
+    wait: DurationHistogram
+    """Callers, from arrival to answer."""
 
 
 class Observed(Protocol):
