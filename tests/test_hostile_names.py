@@ -7,6 +7,7 @@ view: never read as Rich markup, control characters replaced, long text cut.
 from __future__ import annotations
 
 import io
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -133,6 +134,7 @@ async def test_hostile_groups_reach_the_once_view_literally(tmp_path: Path) -> N
                 [sys.executable, "-m", "trio_persist", "monitor", path, "--once"],
                 capture_stdout=True,
                 capture_stderr=True,
+                env={**os.environ, "COLUMNS": "200"},  # wide enough for whole names
             )
         nursery.cancel_scope.cancel()
     out = done.stdout.decode()

@@ -39,14 +39,14 @@ def show(renderable: Any, width: int = 100) -> str:
 def test_a_frame_renders_totals_rates_and_groups_by_activity() -> None:
     assert show(render_frame(frame(10, 1002.0), frame(6, 1000.0))) == (
         "trio-persist  Shop  3 groups\n"
-        "executions 10 (2.0/s)  dedup 75%  in flight 1  listeners 5  workers 2  timeouts 1  failures 2\n"
+        "executions 10 (2.0/s)  dedup 75%  in flight 1  listeners 5  workers 2  idle timeouts 1  failures 2\n"
         "\n"
         "group                                              kind    listeners  queued  served   age  idle for\n"
         "page/7                                             flight          4       1       0  1.0s      busy\n"
         "session/u2                                         worker          1       0       3  1.0m      busy\n"
         "session/u1                                         worker          0       0      12  1.5m      4.5s\n"
         "\n"
-        "q quit  p pause  s sort: activity  g names\n"
+        "q quit  p pause  s sort: activity  g names  ? legend\n"
     )  # fmt: skip
 
 
@@ -106,3 +106,28 @@ def test_durations_show_in_the_header_and_per_group_when_known() -> None:
     assert "\nexec p50 12ms p99 40ms  wait p99 1.5s\n" in text
     [row] = [line for line in text.splitlines() if line.startswith("session/u1")]
     assert row.split()[-2:] == ["400us", "2.0s"]
+
+
+def test_the_legend_explains_every_column() -> None:
+    text = show(render_frame(frame(), legend=True), width=100)
+    for word in ("listeners", "queued", "served", "idle for", "p50 p99", "dedup", "history"):
+        assert f"\n{word}" in text
+    assert "session/u1" not in text  # the legend replaces the groups
+
+
+def test_recent_history_shows_as_sparklines() -> None:
+    history = [(0.0, 0.0), (10.0, 0.5), (40.0, 0.9), (5.0, 0.0)]
+    text = show(render_frame(frame(), history=history))
+    assert "history  exec/s ▁▂█▁ (max 40.0)  dedup ▁▅█▁" in text
+    assert "history" not in show(render_frame(frame(), history=history[:1]))
+
+
+def test_long_labels_are_cut_in_the_middle_to_fit_the_width() -> None:
+    long = "tenant-0042/" + "x" * 100 + "/report-7"
+    wide = frame(snapshot=[dict(frame()["snapshot"][0], group=long, label=long)])
+    narrow_text = show(render_frame(wide, width=80), width=80)
+    [row] = [line for line in narrow_text.splitlines() if line.startswith("tenant")]
+    assert "…" in row
+    assert row.split()[0].endswith("/report-7")  # both ends stay readable
+    wide_text = show(render_frame(wide, width=200), width=200)
+    assert long in wide_text

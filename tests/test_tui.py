@@ -139,17 +139,19 @@ def test_the_command_line_reports_a_missing_socket(tmp_path: Path, capsys: Any) 
 # -- the real programs, in a pseudo-terminal ------------------------------------------
 
 
-def run_in_pty(args: list[str], *, seconds: float, keys: bytes = b"") -> tuple[int, str, list[Any]]:
-    """Run `trio-persist ARGS` on a pty of 100x30; return its exit code, screen bytes,
-    and the terminal modes before and after."""
+def run_in_pty(
+    args: list[str], *, seconds: float, keys: bytes = b"", columns: int = 100
+) -> tuple[int, str, list[Any]]:
+    """Run `trio-persist ARGS` on a pty of COLUMNSx30; return its exit code, screen
+    bytes, and the terminal modes before and after."""
     master, slave = pty.openpty()
     os.set_blocking(master, False)
     import fcntl
     import struct
 
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, columns, 0, 0))
     before = termios.tcgetattr(slave)
-    env = dict(os.environ, TERM="xterm-256color", COLUMNS="100", LINES="30")
+    env = dict(os.environ, TERM="xterm-256color", COLUMNS=str(columns), LINES="30")
     process = subprocess.Popen(
         [sys.executable, "-m", "trio_persist", *args],
         stdin=slave,
@@ -204,7 +206,7 @@ def test_the_demo_draws_the_table_live_and_restores_the_terminal() -> None:
     text = visible(screen)
     assert "trio-persist  Shop" in text
     assert "listeners  queued  served" in text
-    assert "q quit  p pause  s sort: activity  g names" in text
+    assert "q quit  p pause  s sort: activity  g names  ? legend" in text
     assert "\x1b[?1049h" in screen  # entered the alternate screen...
     assert screen.rindex("\x1b[?1049l") > screen.rindex("q quit")  # ...and left it at the end
     assert "trio-persist demo:" in screen.split("\x1b[?1049l")[-1]  # then the summary
@@ -242,3 +244,27 @@ async def test_a_terminal_resize_triggers_a_redraw() -> None:
         with trio.fail_after(5):
             await redrawn.wait()
         nursery.cancel_scope.cancel()
+
+
+def test_the_view_keeps_a_minute_of_history_and_toggles_the_legend() -> None:
+    view = MonitorView()
+    base = {"version": 1, "time": 0.0, "snapshot": [], "groups_total": 0}
+    for second, executions in enumerate((0, 10, 50, 50)):
+        stats = {"executions": executions, "requests": executions * 2, "deduplicated": executions}
+        view.feed({**base, "wall": float(second), "statistics": stats})
+    assert list(view.history) == [(10.0, 0.5), (40.0, 0.5), (0.0, 0.0)]
+    view.key("?")
+    assert view.legend
+    view.key("?")
+    assert not view.legend
+
+
+@pytest.mark.parametrize("columns", [80, 200])
+def test_the_live_view_fits_80_and_200_columns_with_labels_and_history(columns: int) -> None:
+    code, screen, _ = run_in_pty(["demo", "--duration", "3"], seconds=60, columns=columns)
+    assert code == 0
+    text = visible(screen)
+    assert "page/" in text  # groups by their labels
+    assert "history  exec/s" in text  # a burst that came and went stays visible
+    assert "? legend" in text
+    assert "idle for" in text  # every column still fits

@@ -80,7 +80,8 @@ async def _cluster_once(url: str, namespace: str, out: TextIO) -> int:
         print(f"trio-persist monitor: {view.status}", file=sys.stderr)
         return 1
     view.status = ""
-    Console(file=out).print(view.renderable())
+    console = Console(file=out)
+    console.print(view.renderable(width=console.width))
     return 0
 
 

@@ -12,14 +12,14 @@ cut. A group named ``[/]`` or carrying escape sequences is shown as written.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from ._text import literal
+from ._text import cut, literal
 
 __all__ = ["SORTS", "clean_frame", "render_frame", "sitrep"]
 
@@ -136,7 +136,7 @@ def header(frame: Frame, previous: Frame | None) -> Text:
     text.append(f"  in flight {_stat(frame, 'in_flight')}")
     text.append(f"  listeners {listeners}")
     text.append(f"  workers {_stat(frame, 'workers')}")
-    text.append(f"  timeouts {_stat(frame, 'worker_timeouts')}")
+    text.append(f"  idle timeouts {_stat(frame, 'worker_timeouts')}")
     failures = _stat(frame, "failures")
     text.append(f"  failures {failures}", style="red" if failures else "")
     stats = frame["statistics"]
@@ -168,12 +168,19 @@ def render_frame(
     status: str | None = None,
     limit: int | None = None,
     names: bool = False,
+    history: Sequence[tuple[float, float]] = (),
+    width: int | None = None,
+    legend: bool = False,
 ) -> RenderableType:
     """Render one frame: a title, the totals, and the groups sorted by *sort*.
 
     *previous* (the frame before) gives the rates. *status* replaces the
     key help on the last line (a connection message, say). Groups are shown
-    by their labels, or by their names (digests, say) with *names*.
+    by their labels, or by their names (digests, say) with *names*, cut in
+    the middle to fit *width* columns. *history* (executions per second and
+    deduplicated share of each recent interval, oldest first) draws the
+    recent-history line; *legend* shows what every column means instead of
+    the groups.
     """
     now = frame["time"]
     groups = sorted(frame["snapshot"], key=_sort_key(sort, now))
@@ -185,6 +192,11 @@ def render_frame(
     title.append(f"{frame['groups_total']} groups")
     if paused:
         title.append("  [paused]", style="bold yellow")
+    if legend:
+        return Group(
+            title, header(frame, previous), Text(""), LEGEND, Text(""), _footer(status, sort, names)
+        )
+    history_line = _history_line(history)
     table = Table(expand=True, box=None, header_style="bold", pad_edge=False)
     table.add_column("group", ratio=1, no_wrap=True, overflow="ellipsis")
     table.add_column("kind")
@@ -204,8 +216,11 @@ def render_frame(
             if durations
             else ()
         )
+        shown = g["group"] if names else g.get("label", g["group"])
+        if width is not None:
+            shown = cut(shown, max(12, width - (74 if durations else 60)))  # the middle goes
         table.add_row(
-            Text(g["group"] if names else g.get("label", g["group"])),  # Text: never markup
+            Text(shown),  # a Text: never parsed as markup
             Text(literal(g["kind"], 10)),
             str(g["listeners"]),
             str(g["queued"]),
@@ -214,13 +229,60 @@ def render_frame(
             idle,
             *extra,
         )
-    footer = Text(
+    parts: list[RenderableType] = [title, header(frame, previous)]
+    if history_line is not None:
+        parts.append(history_line)
+    parts += [Text(""), table, Text(""), _footer(status, sort, names)]
+    return Group(*parts)
+
+
+def _footer(status: str | None, sort: str, names: bool) -> Text:
+    return Text(
         literal(status)
         if status is not None
-        else f"q quit  p pause  s sort: {sort}  g {'labels' if names else 'names'}",
+        else f"q quit  p pause  s sort: {sort}  g {'labels' if names else 'names'}  ? legend",
         style="dim",
     )
-    return Group(title, header(frame, previous), Text(""), table, Text(""), footer)
+
+
+_SPARKS = "▁▂▃▄▅▆▇█"
+
+LEGEND = Text(
+    "group        the group's label (g: its name, a digest for default groups)\n"
+    "kind         flight: an execution and the calls queued behind it; worker: a\n"
+    "             persistent worker holding the group's state\n"
+    "listeners    callers waiting on the group now\n"
+    "queued       requests waiting behind the one executing (sitrep lines say the same)\n"
+    "served       executions this flight or worker has finished\n"
+    "age          how long the flight or worker has existed\n"
+    "idle for     time since its last execution started or ended (busy: one runs now)\n"
+    "p50 p99      its recent executions' median and 99th-percentile times\n"
+    "executions   device calls so far (per second since the last frame)\n"
+    "dedup        share of calls answered by an execution another call started\n"
+    "idle timeouts workers that stopped after their idle timeout\n"
+    "exec / wait  execution times, and callers' waits from arrival to answer\n"
+    "history      executions per second and dedup share, over the last minute"
+)
+"""What every column and figure means (the ``?`` key)."""
+
+
+def _spark(values: Sequence[float]) -> str:
+    top = max(values, default=0.0)
+    if top <= 0:
+        return _SPARKS[0] * len(values)
+    return "".join(_SPARKS[min(7, int(value / top * 7.999))] for value in values)
+
+
+def _history_line(history: Sequence[tuple[float, float]]) -> Text | None:
+    """Recent rates as sparklines: a burst that came and went stays visible."""
+    if len(history) < 2:
+        return None
+    rates = [rate for rate, _ in history]
+    shares = [share for _, share in history]
+    text = Text("history  ", style="dim")
+    text.append(f"exec/s {_spark(rates)} (max {max(rates):.1f})")
+    text.append(f"  dedup {_spark(shares)}")
+    return text
 
 
 SitrepState = dict[str, tuple[str, str, int, int]]

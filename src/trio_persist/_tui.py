@@ -16,6 +16,7 @@ import os
 import signal
 import stat
 import sys
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TextIO
 
@@ -30,6 +31,18 @@ from ._text import literal
 
 MAX_LINE = 4 * 1024 * 1024
 """The longest frame line the monitor keeps (a 200-group frame is ~50 KB)."""
+
+
+def _interval(before: Frame, after: Frame) -> tuple[float, float]:
+    """Executions per second and deduplicated share between two frames."""
+    elapsed = after["wall"] - before["wall"]
+    stats, old = after["statistics"], before["statistics"]
+    executions = stats.get("executions", 0) - old.get("executions", 0)
+    requests = stats.get("requests", 0) - old.get("requests", 0)
+    deduplicated = stats.get("deduplicated", 0) - old.get("deduplicated", 0)
+    rate = executions / elapsed if elapsed > 0 else 0.0
+    share = deduplicated / requests if requests > 0 else 0.0
+    return max(rate, 0.0), min(max(share, 0.0), 1.0)
 
 
 class MonitorRefused(Exception):
@@ -68,6 +81,9 @@ class MonitorView:
     status: str | None = None
     frames_seen: int = 0
     names: bool = False  # show group names (digests) instead of labels
+    legend: bool = False  # show what the columns mean instead of the groups
+    # (executions/s, deduplicated share) of each recent interval, for the history line.
+    history: deque[tuple[float, float]] = attrs.field(factory=lambda: deque(maxlen=60))
 
     def feed(self, frame: Frame) -> None:
         """Take a frame from outside (checked and made literal first; junk is ignored)."""
@@ -77,6 +93,8 @@ class MonitorView:
         self.frames_seen += 1
         if not self.paused:
             self.previous, self.frame = self.frame, clean
+            if self.previous is not None:
+                self.history.append(_interval(self.previous, clean))
 
     def key(self, key: str) -> bool:
         """Apply a key press; True means quit."""
@@ -88,9 +106,11 @@ class MonitorView:
             self.sort = SORTS[(SORTS.index(self.sort) + 1) % len(SORTS)]
         elif key in ("g", "G"):
             self.names = not self.names
+        elif key == "?":
+            self.legend = not self.legend
         return False
 
-    def renderable(self, limit: int | None = None) -> RenderableType:
+    def renderable(self, limit: int | None = None, width: int | None = None) -> RenderableType:
         if self.frame is None:
             return Text(self.status or "waiting for the first frame...")
         return render_frame(
@@ -101,6 +121,9 @@ class MonitorView:
             status=self.status,
             limit=limit,
             names=self.names,
+            history=tuple(self.history),
+            width=width,
+            legend=self.legend,
         )
 
 
@@ -232,7 +255,10 @@ async def run_live(
     ) as live:
 
         def redraw() -> None:
-            live.update(view.renderable(limit=max(console.size.height - 6, 1)), refresh=True)
+            size = console.size
+            live.update(
+                view.renderable(limit=max(size.height - 7, 1), width=size.width), refresh=True
+            )
 
         with contextlib.ExitStack() as stack:
             interactive = keys_fd is not None and stack.enter_context(_cbreak(keys_fd))
@@ -291,7 +317,7 @@ async def run_once(path: str, console: Console, err: TextIO | None = None) -> in
             async for frame in read_frames(stream):
                 clean = clean_frame(frame)
                 if clean is not None:
-                    console.print(render_frame(clean, status=""))
+                    console.print(render_frame(clean, status="", width=console.width))
                     return 0
         except MonitorRefused as exc:
             print(f"trio-persist monitor: {path} refused: {exc}", file=err)
