@@ -178,7 +178,7 @@ async def test_many_processes_with_many_callers_cause_exactly_one_execution(
 
 
 async def test_a_leader_killed_mid_flight_is_replaced_by_one_follower(
-    redis_url: str, namespace: str
+    redis_url: str, namespace: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     leader = await trio.lowlevel.open_process(
         [sys.executable, WORKER, redis_url, namespace, "hang", "1"]
@@ -211,9 +211,12 @@ async def test_a_leader_killed_mid_flight_is_replaced_by_one_follower(
     assert device_calls == 1  # exactly one follower took over
     assert results == ["taken over"] * 3
     assert sum(b.statistics().takeovers for b in backends) == 1
+    assert sum("took over" in r.getMessage() for r in caplog.records) == 1  # at WARNING
 
 
-async def test_a_stale_leaders_commit_is_refused(redis_url: str, namespace: str) -> None:
+async def test_a_stale_leaders_commit_is_refused(
+    redis_url: str, namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
     async def device(base: Any, request: Any) -> Any:
         return "unused"  # pragma: no cover
 
@@ -235,6 +238,7 @@ async def test_a_stale_leaders_commit_is_refused(redis_url: str, namespace: str)
             assert await control.get(f"{namespace}:result:key") is None
             assert await fresh.commit("key", new_token, b"on time") is True
     assert stale.statistics().fenced == 1
+    assert any("stale commit of key was refused" in r.getMessage() for r in caplog.records)
 
 
 async def test_a_leader_stalled_past_its_lease_cannot_publish(
@@ -254,7 +258,7 @@ async def test_a_leader_stalled_past_its_lease_cannot_publish(
 
 
 async def test_redis_going_away_gives_a_clear_error_in_time_and_it_reconnects(
-    namespace: str,
+    namespace: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     server = RedisServer()
     server.start()
@@ -273,6 +277,10 @@ async def test_redis_going_away_gives_a_clear_error_in_time_and_it_reconnects(
                 assert backend.statistics().unavailable >= 1
     finally:
         server.stop()
+    # The outage is logged when it starts and when it ends, not once per call.
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert sum("is unreachable" in message for message in warnings) == 1
+    assert sum("answers again" in message for message in warnings) == 1
 
 
 async def test_redis_stopped_mid_flight_leaves_nobody_hanging(namespace: str) -> None:

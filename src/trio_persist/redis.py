@@ -57,6 +57,7 @@ from ._cluster import watch_cluster as watch_cluster
 from ._codec import JsonCodec, PickleCodec, decode_outcome, encode_error, encode_value
 from ._exceptions import BackendUnavailable, LeaderDied
 from ._grouping import canonical_encoding, default_group
+from ._logging import logger
 from ._monitor import build_frame
 from ._stats import Observed, group_label
 
@@ -192,6 +193,7 @@ class RedisBackend:
     # A heartbeat must never land after leave() removed the record.
     _beat_lock: trio.Lock = attrs.field(factory=trio.Lock, init=False)
     _leaving: bool = attrs.field(default=False, init=False)
+    _down: bool = attrs.field(default=False, init=False)
 
     def __attrs_post_init__(self) -> None:
         if not str(self.url).startswith(("redis://", "rediss://", "unix://")):
@@ -362,6 +364,9 @@ class RedisBackend:
             if leader:
                 if vanished:
                     self._counts["takeovers"] += 1
+                    logger.warning(
+                        "took over %s from a leader that vanished (token %d)", key, vanished_token
+                    )
                 return await self._lead(key, token, base, request, resolve, linger)
             outcome = await self._follow(key, token)
             if outcome is not None:
@@ -374,6 +379,17 @@ class RedisBackend:
             if vanished > self.max_takeovers:
                 raise LeaderDied(f"the remote leader of {key} vanished {vanished} times; giving up")
 
+    def _went_down(self, error: BaseException) -> None:
+        """Log an outage once, when it starts (not once per call)."""
+        if not self._down:
+            self._down = True
+            logger.warning("Redis at %s is unreachable: %s", self.url, error)
+
+    def _came_back(self) -> None:
+        if self._down:
+            self._down = False
+            logger.warning("Redis at %s answers again", self.url)
+
     async def _load_scripts(self, client: coredis.Redis[bytes]) -> None:
         for source in _SCRIPTS.values():
             await client.script_load(source)
@@ -384,7 +400,9 @@ class RedisBackend:
         self._counts["round_trips"] += 1
         try:
             try:
-                return await client.evalsha(_SHAS[name], keys=keys, args=args)
+                answer = await client.evalsha(_SHAS[name], keys=keys, args=args)
+                self._came_back()
+                return answer
             except _no_script_error():  # the server restarted and forgot our scripts
                 await self._load_scripts(client)
                 return await client.evalsha(_SHAS[name], keys=keys, args=args)
@@ -404,6 +422,7 @@ class RedisBackend:
         if not _is_connection_error(exc):
             return exc
         self._counts["unavailable"] += 1
+        self._went_down(exc)
         return BackendUnavailable(f"Redis at {self.url} is unreachable: {exc}")
 
     async def _acquire(
@@ -498,6 +517,9 @@ class RedisBackend:
         )
         if not done:
             self._counts["fenced"] += 1
+            logger.warning(
+                "a stale commit of %s was refused: its lease (token %d) had passed on", key, token
+            )
         return bool(done)
 
     async def _commit_quietly(
@@ -575,6 +597,7 @@ class RedisBackend:
             _is_connection_error(e) or isinstance(e, trio.TooSlowError) for e in leaves
         ):
             self._counts["unavailable"] += 1
+            self._went_down(leaves[0])
             return BackendUnavailable(f"Redis at {self.url} failed while following: {leaves[0]}")
         if len(leaves) == 1:
             return leaves[0]
