@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable, Hashable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import trio
@@ -35,7 +35,7 @@ from ._stats import (
 )
 from ._text import describe, literal, safe_repr
 
-__all__ = ["LINGER_LIMIT", "MISS", "Core", "Resolve"]
+__all__ = ["LINGER_LIMIT", "MISS", "Core", "Observer", "Resolve"]
 
 LABEL_WIDTH = 80
 """The longest label shown for a group."""
@@ -52,6 +52,25 @@ MISS: Any = object()
 """No lingering result (and: a lingering result that answers any request of its group)."""
 
 Resolve = Callable[[Any, Any], Awaitable[Any]]
+
+
+class Observer(Protocol):
+    """Told about every execution (what instrumentation, such as OpenTelemetry, needs).
+
+    Called synchronously on the persist's thread; it must be quick and must not
+    raise (an observer that raises is counted as a failing hook and skipped).
+    """
+
+    def execution_started(self, kind: str, group: Hashable | None, label: str, job: Job) -> None:
+        """An execution of *group* starts (``kind``: ``"flight"`` or ``"worker"``)."""
+
+    def joined(self, kind: str, group: Hashable | None, job: Job) -> None:
+        """A caller joined *job*'s execution instead of starting one (in its own task)."""
+
+    def execution_ended(
+        self, kind: str, group: Hashable | None, job: Job, outcome: Outcome | None, seconds: float
+    ) -> None:
+        """*job*'s execution ended: *outcome* None means abandoned (every caller left)."""
 
 
 def _no_reroute(job: Job) -> None:  # pragma: no cover - replaced by the facade at once
@@ -96,6 +115,7 @@ class Core:
     # Results lingering after their flight: group -> (request, value, expiry),
     # in order of expiry (the linger is one constant). Empty unless linger > 0.
     lingering: dict[Hashable, tuple[Any, Any, float]] = attrs.field(factory=dict)
+    observers: list[Observer] = attrs.field(factory=list)
     execution_time: Histogram = attrs.field(factory=Histogram)
     wait_time: Histogram = attrs.field(factory=Histogram)
 
@@ -221,6 +241,27 @@ class Core:
             )
 
         return PersistDurations(execution=export(self.execution_time), wait=export(self.wait_time))
+
+    def observe_start(self, kind: str, group: Hashable | None, job: Job) -> None:
+        label = self.label_of(group, job.base, job.request)
+        for observer in tuple(self.observers):
+            self._tell(observer, "execution_started", group, kind, group, label, job)
+
+    def observe_join(self, kind: str, group: Hashable | None, job: Job) -> None:
+        for observer in tuple(self.observers):
+            self._tell(observer, "joined", group, kind, group, job)
+
+    def observe_end(
+        self, kind: str, group: Hashable | None, job: Job, outcome: Outcome | None, seconds: float
+    ) -> None:
+        for observer in tuple(self.observers):
+            self._tell(observer, "execution_ended", group, kind, group, job, outcome, seconds)
+
+    def _tell(self, observer: Observer, method: str, group: Hashable | None, *args: Any) -> None:
+        try:
+            getattr(observer, method)(*args)
+        except Exception as exc:
+            self.hook_failed(f"observer {method}", group, exc)
 
     def maybe_quiet(self) -> None:
         """Wake `Persist.wait_quiet` callers if nothing runs and nobody waits now."""

@@ -128,6 +128,8 @@ class Flight:
                     job.scope = scope
                     # When the last job ended (or the flight started): no clock read.
                     began = self.last_active
+                    if core.observers:
+                        core.observe_start("flight", self.group, job)
                     resolve = core.hooks.resolve if job.call is None else job.call
                     if through_backend:
                         resolve = core.resolver(
@@ -138,6 +140,9 @@ class Flight:
                     except trio.Cancelled:
                         if job.abandoned and not core.closed:
                             core.count_outcome("flight", self.group, job, None)
+                            if core.observers:
+                                elapsed = trio.current_time() - began
+                                core.observe_end("flight", self.group, job, None, elapsed)
                             job.fail(
                                 leader_died("the execution was cancelled: every listener left")
                             )
@@ -148,6 +153,8 @@ class Flight:
                     self.served += 1
                     self.last_active = job.finished = now = trio.current_time()
                     core.execution_time.record(now - began)
+                    if core.observers:
+                        core.observe_end("flight", self.group, job, outcome, now - began)
                     recent = self.recent
                     if recent is None:
                         self.recent = [now - began]

@@ -24,7 +24,7 @@ import attrs
 import trio
 
 from ._backend import check_backend
-from ._core import LABEL_WIDTH, MISS, Core, Resolve
+from ._core import LABEL_WIDTH, MISS, Core, Observer, Resolve
 from ._device import Device, adapt_device
 from ._events import EventSubscription
 from ._exceptions import InfiniteRecursion, PersistClosed
@@ -245,7 +245,7 @@ class Persist(Generic[B, R, T]):
                 return await self._recurse(owner, current, group, base, request)
             joined = owner.find(request, key) if share else None
             if joined is not None:
-                self._joined(owner)
+                self._joined(owner, joined)
                 return await self._listen(joined, owner, current)
             job = Job(base, request, owner, spawn_worker, key, share)
             if isinstance(owner, Flight):
@@ -424,12 +424,24 @@ class Persist(Generic[B, R, T]):
             return await call(args, kwargs)
         joined = owner.find(None, group) if share else None
         if joined is not None:
-            self._joined(owner)
+            self._joined(owner, joined)
             return await self._listen(joined, owner, current)
         if not isinstance(owner, Flight):  # a worker was started for this very group
             raise TypeError(f"{label}: its group is owned by a worker, not by wrapped calls")
         job = Job(args, kwargs, owner, False, group, share, call=call)
         return await self._listen(owner.enqueue(job), owner, current)
+
+    def add_observer(self, observer: Observer) -> None:
+        """Tell *observer* about every execution from now on (for instrumentation).
+
+        See `trio_persist.opentelemetry` for one. Costs nothing without observers.
+        """
+        self._core.observers.append(observer)
+
+    def remove_observer(self, observer: Observer) -> None:
+        """Stop telling *observer* (added with `add_observer`)."""
+        if observer in self._core.observers:
+            self._core.observers.remove(observer)
 
     async def wait_quiet(self) -> None:
         """Wait until no flight runs and no caller waits (workers may live on).
@@ -609,10 +621,13 @@ class Persist(Generic[B, R, T]):
         await trio.lowlevel.checkpoint()
         return value
 
-    def _joined(self, owner: Owner) -> None:
-        self._core.deduplicated += 1
+    def _joined(self, owner: Owner, job: Job) -> None:
+        core = self._core
+        core.deduplicated += 1
         if isinstance(owner, Flight):
-            self._core.events.emit("flight.joined", owner.group)
+            core.events.emit("flight.joined", owner.group)
+        if core.observers:
+            core.observe_join(owner.kind, owner.group, job)
 
     async def _recurse(
         self, owner: Owner, current: Owner, group: Hashable, base: Any, request: Any

@@ -359,6 +359,8 @@ class WorkerTask:
         self.current = job
         self.last_active = began = trio.current_time()
         self.host.touch(self)
+        if core.observers:
+            core.observe_start("worker", self.group, job)
         outcome = None
         core.executions += 1
         try:
@@ -369,6 +371,9 @@ class WorkerTask:
                 with trio.CancelScope() as job.scope:
                     outcome = await run_device(core.hooks.resolve, self.state, job.request, job)
         except trio.Cancelled:
+            if core.observers:
+                elapsed = trio.current_time() - began
+                core.observe_end("worker", self.group, job, None, elapsed)
             if job.abandoned:
                 self._abandoned(job)
             elif not job.done.is_set():
@@ -390,6 +395,8 @@ class WorkerTask:
         job.finished = self.last_active
         elapsed = self.last_active - began
         core.execution_time.record(elapsed)
+        if core.observers:
+            core.observe_end("worker", self.group, job, outcome, elapsed)
         recent = self.recent
         if recent is None:
             self.recent = [elapsed]
