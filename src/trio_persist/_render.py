@@ -196,7 +196,8 @@ def render_frame(
         return Group(
             title, header(frame, previous), Text(""), LEGEND, Text(""), _footer(status, sort, names)
         )
-    history_line = _history_line(history)
+    # Two sparklines on one line: as many recent intervals as the width allows.
+    history_line = _history_line(history[-max(10, (width or 100) // 2 - 20) :])
     table = Table(expand=True, box=None, header_style="bold", pad_edge=False)
     table.add_column("group", ratio=1, no_wrap=True, overflow="ellipsis")
     table.add_column("kind")
