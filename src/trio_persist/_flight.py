@@ -79,11 +79,15 @@ class Flight:
         With the default grouper a group names one request, so any job of it
         is identical (*key* is then the group; it is not needed).
         """
-        for job in (self.current, *self.pending) if self.pending else (self.current,):
+        by_request = self.group_is_request
+        job = self.current
+        if not job.abandoned and job.shared and (by_request or same_request(job.request, request)):
+            return job
+        for job in self.pending:
             if (
                 not job.abandoned
                 and job.shared
-                and (self.group_is_request or same_request(job.request, request))
+                and (by_request or same_request(job.request, request))
             ):
                 return job
         return None

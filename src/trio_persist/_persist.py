@@ -223,7 +223,8 @@ class Persist(Generic[B, R, T]):
             raise PersistClosed(
                 "this persist is closed: resolve() is only possible inside its block"
             )
-        self._check_flags(spawn_worker, share)
+        if spawn_worker is not False or share is not True:  # the common case skips a call
+            self._check_flags(spawn_worker, share)
         if self._mode == _UNGROUPED:
             core.requests += 1
             job = self._new_flight(None, base, request, False, None, share)
