@@ -155,8 +155,11 @@ class Flight:
                     finally:
                         job.scope = None
                     self.served += 1
-                    self.last_active = job.finished = now = trio.current_time()
-                    core.execution_time.record(now - began)
+                    self.last_active = job.finished = now = core.now()
+                    core.execution_time.add(now - began)
+                    core.unsettled -= 1
+                    if not core.unsettled:
+                        core.settle_durations()
                     if core.observers:
                         core.observe_end("flight", self.group, job, outcome, now - began)
                     recent = self.recent

@@ -650,7 +650,7 @@ class Persist(Generic[B, R, T]):
         job.listeners += 1
         core.waiting += 1
         if arrived is None:
-            arrived = trio.current_time()
+            arrived = core.now()
         if current is not None:
             current.awaiting.append(owner)
         try:
@@ -658,8 +658,8 @@ class Persist(Generic[B, R, T]):
             # The answer's time is the execution's end when there was one: the
             # clock is read once per execution, not once per listener.
             finished = job.finished
-            core.wait_time.record(
-                (finished if finished is not None else trio.current_time()) - arrived
+            core.wait_time.add(  # settled once per execution, by the flight or worker
+                (finished if finished is not None else core.now()) - arrived
             )
         finally:
             core.waiting -= 1
@@ -689,7 +689,7 @@ class Persist(Generic[B, R, T]):
         """
         core = self._core
         by_request = self._mode != _HOOK or call is not None
-        flight = Flight(core, self._supervisor, group, by_request, trio.current_time())
+        flight = Flight(core, self._supervisor, group, by_request, core.now())
         job = flight.current = Job(base, request, flight, spawn, key, share, call=call)
         if group is not None:
             core.registry.register(group, flight)

@@ -357,7 +357,7 @@ class WorkerTask:
         """Serve *job* the default way; return its result (None if it failed)."""
         core = self.core
         self.current = job
-        self.last_active = began = trio.current_time()
+        self.last_active = began = core.now()
         self.host.touch(self)
         if core.observers:
             core.observe_start("worker", self.group, job)
@@ -387,23 +387,26 @@ class WorkerTask:
             job.scope = None
             self.current = None
             self.taken.pop(id(job), None)
-            self.last_active = trio.current_time()
+            self.last_active = core.now()
         self.served += 1
         if outcome is None:
             self._abandoned(job)
             return None
         job.finished = self.last_active
         elapsed = self.last_active - began
-        core.execution_time.record(elapsed)
+        core.execution_time.add(elapsed)
+        core.unsettled -= 1
+        if not core.unsettled:
+            core.settle_durations()
         if core.observers:
             core.observe_end("worker", self.group, job, outcome, elapsed)
-        recent = self.recent
-        if recent is None:
-            self.recent = [elapsed]
+        # A ring of the last RECENT times: one index store per request.
+        if self.served <= RECENT:
+            if self.recent is None:
+                self.recent = []
+            self.recent.append(elapsed)
         else:
-            recent.append(elapsed)
-            if len(recent) > 2 * RECENT:
-                del recent[:-RECENT]
+            self.recent[self.served % RECENT] = elapsed  # type: ignore[index]
         return self._settle(job, outcome)
 
     def _settle(self, job: Job, outcome: Outcome) -> Any:
