@@ -37,6 +37,7 @@ class Supervisor:
     workers: dict[WorkerTask, None] = attrs.field(factory=dict)
     # Groups whose worker stopped and that ``restore`` may bring back.
     retired: dict[Hashable, None] = attrs.field(factory=dict)
+    _last_touched: WorkerTask | None = attrs.field(default=None, init=False)
 
     def new_worker(
         self,
@@ -101,6 +102,7 @@ class Supervisor:
             if active >= limit:
                 self._evict_one()
         self.workers[task] = None
+        self._last_touched = task  # the most recently used now
         core.workers_started += 1
         core.nursery.start_soon(task.run)
         core.events.emit("worker.started", task.group)
@@ -130,10 +132,13 @@ class Supervisor:
     # -- WorkerHost ----------------------------------------------------------------
 
     def touch(self, task: WorkerTask) -> None:
+        if task is self._last_touched:
+            return  # already the most recently used (one busy worker: the common case)
         workers = self.workers
         if task in workers:
             del workers[task]
             workers[task] = None
+            self._last_touched = task
 
     def regroup(self, task: WorkerTask, state: Any) -> None:
         hook = self.core.hooks.group
