@@ -39,7 +39,8 @@ def show(renderable: Any, width: int = 100) -> str:
 def test_a_frame_renders_totals_rates_and_groups_by_activity() -> None:
     assert show(render_frame(frame(10, 1002.0), frame(6, 1000.0))) == (
         "trio-persist  Shop  3 groups\n"
-        "executions 10 (2.0/s)  dedup 75%  in flight 1  listeners 5  workers 2  idle timeouts 1  failures 2\n"
+        "executions 10 (2.0/s)  dedup 75%  in flight 1  listeners 5  workers 2\n"
+        "idle timeouts 1  failures 2\n"
         "\n"
         "group                                              kind    listeners  queued  served   age  idle for\n"
         "page/7                                             flight          4       1       0  1.0s      busy\n"
@@ -103,7 +104,7 @@ def test_durations_show_in_the_header_and_per_group_when_known() -> None:
         snapshot=[dict(frame()["snapshot"][0], execution_p50=0.0004, execution_p99=2.0)],
     )  # fmt: skip
     text = show(render_frame(timed))
-    assert "\nexec p50 12ms p99 40ms  wait p99 1.5s\n" in text
+    assert "\nidle timeouts 1  failures 2  exec p50 12ms p99 40ms  wait p99 1.5s\n" in text
     [row] = [line for line in text.splitlines() if line.startswith("session/u1")]
     assert row.split()[-2:] == ["400us", "2.0s"]
 

@@ -136,13 +136,14 @@ def header(frame: Frame, previous: Frame | None) -> Text:
     text.append(f"  in flight {_stat(frame, 'in_flight')}")
     text.append(f"  listeners {listeners}")
     text.append(f"  workers {_stat(frame, 'workers')}")
-    text.append(f"  idle timeouts {_stat(frame, 'worker_timeouts')}")
+    # A second line, so that the first fits 80 columns whatever the counts.
+    text.append(f"\nidle timeouts {_stat(frame, 'worker_timeouts')}")
     failures = _stat(frame, "failures")
     text.append(f"  failures {failures}", style="red" if failures else "")
     stats = frame["statistics"]
     if "execution_p50" in stats:
         text.append(
-            f"\nexec p50 {_duration(stats['execution_p50'])} "
+            f"  exec p50 {_duration(stats['execution_p50'])} "
             f"p99 {_duration(stats['execution_p99'])}"
             f"  wait p99 {_duration(stats.get('wait_p99', 0.0))}"
         )
