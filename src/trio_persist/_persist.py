@@ -655,23 +655,30 @@ class Persist(Generic[B, R, T]):
             current.awaiting.append(owner)
         try:
             await job.done.wait()
-            # The answer's time is the execution's end when there was one: the
-            # clock is read once per execution, not once per listener.
-            finished = job.finished
-            core.wait_time.add(  # settled once per execution, by the flight or worker
-                (finished if finished is not None else core.now()) - arrived
-            )
-        finally:
+        except BaseException:
+            # Left before the answer (cancelled): the last one out abandons the job.
             core.waiting -= 1
-            if core.quiet is not None:
-                core.maybe_quiet()
             if current is not None:
                 current.awaiting.remove(owner)
             if not job.done.is_set():
                 job.listeners -= 1
                 if job.listeners == 0:
                     job.owner.abandon(job)
-        return job.outcome()
+            if core.quiet is not None:
+                core.maybe_quiet()
+            raise
+        core.waiting -= 1
+        if current is not None:
+            current.awaiting.remove(owner)
+        # The answer's time is the execution's end when there was one: the
+        # clock is read once per execution, not once per listener.
+        finished = job.finished
+        core.wait_time.add((finished if finished is not None else core.now()) - arrived)
+        if core.quiet is not None:
+            core.maybe_quiet()
+        if job.error is None:
+            return job.value
+        return job.outcome()  # raises, with the execution's traceback
 
     def _new_flight(
         self,
