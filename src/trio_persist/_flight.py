@@ -122,6 +122,7 @@ class Flight:
         """
         core = self.core
         through_backend = core.backend is not None and self.group is not None
+        lingers = core.options.linger > 0  # most persists never linger: no call per job
         running.set(self)
         job = self.current
         over = True
@@ -170,7 +171,7 @@ class Flight:
                         if len(recent) > 2 * RECENT:
                             del recent[:-RECENT]
                     core.count_outcome("flight", self.group, job, outcome)
-                    if outcome is Outcome.OK and job.shared and self.group is not None:
+                    if lingers and outcome is Outcome.OK and job.shared and self.group is not None:
                         core.linger(
                             self.group, MISS if self.group_is_request else job.request, job.value
                         )
