@@ -1,0 +1,124 @@
+"""Behaviours a sampled mutation run found unpinned (issue 14), now pinned down.
+
+Each test here failed on a mutant that every other test let through: a record
+of nested calls never cleared, a gauge never brought back to zero, a closing
+step skipped on cancellation, an off-by-one in the parked-runner limit.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+import trio.testing
+
+import trio_persist
+
+
+async def test_a_nested_call_is_forgotten_once_it_returned(autojump_clock: object) -> None:
+    # Worker a resolves b and gets its answer; later worker b resolves a. That is
+    # no cycle: a stopped waiting for b long ago.
+    class Two:
+        def group(self, base: Any, request: Any) -> Any:
+            return base
+
+        async def resolve(self, state: Any, request: Any) -> Any:
+            if request == "leaf":
+                return f"leaf of {state}"
+            return await persist.resolve(request, "leaf")
+
+    async with trio_persist.open_persist(Two(), static_worker=True) as persist:
+        await persist.start_worker("a")
+        await persist.start_worker("b")
+        assert await persist.resolve("a", "b") == "leaf of b"
+        assert await persist.resolve("b", "a") == "leaf of a"  # not InfiniteRecursion
+
+
+async def test_callers_that_waited_for_room_leave_the_waiters_gauge_at_zero(
+    autojump_clock: object,
+) -> None:
+    async def slow(state: Any, request: Any) -> Any:
+        await trio.sleep(1)
+        return state
+
+    async with trio_persist.open_persist(slow, worker_inbox=1, static_worker=True) as persist:
+        await persist.start_worker("state")
+        async with trio.open_nursery() as nursery:
+            for n in range(5):  # one executes, one fits in the inbox, three wait for room
+                nursery.start_soon(persist.resolve, "state", n)
+            await trio.testing.wait_all_tasks_blocked()
+            assert persist.statistics().waiters == 5
+        assert persist.statistics().waiters == 0
+        assert trio.current_time() == 5
+
+
+async def test_cancelling_the_block_with_a_worker_alive_still_closes_the_event_stream(
+    autojump_clock: object,
+) -> None:
+    ended = trio.Event()
+
+    async def instant(state: Any, request: Any) -> Any:
+        return state
+
+    async with trio.open_nursery() as outside:
+        with trio.CancelScope() as block:
+            async with trio_persist.open_persist(instant) as persist:
+                events = persist.subscribe()
+
+                async def read() -> None:
+                    async for _ in events:
+                        pass
+                    ended.set()
+
+                outside.start_soon(read)
+                await persist.start_worker("state")
+                block.cancel()
+                await trio.sleep_forever()
+        with trio.fail_after(5):
+            await ended.wait()  # the subscriber outside saw the stream end
+    assert block.cancelled_caught
+    assert persist.closed
+
+
+async def test_at_most_64_runners_stay_parked(autojump_clock: object) -> None:
+    async def slow(base: Any, request: Any) -> Any:
+        await trio.sleep(1)
+
+    async with trio_persist.open_persist(slow) as persist:
+        async with trio.open_nursery() as nursery:
+            for n in range(100):
+                nursery.start_soon(persist.resolve, "b", n)
+        await trio.testing.wait_all_tasks_blocked()
+        # Reaching in: the pool's size is not public; 64 is its documented limit.
+        assert persist._runners.idle == 64
+        assert len(persist._core.nursery.child_tasks) == 64
+
+
+async def test_the_leading_and_following_gauges_return_to_zero(
+    redis_url: str, namespace: str
+) -> None:
+    from trio_persist.redis import RedisBackend
+
+    release = trio.Event()
+
+    async def held(base: Any, request: Any) -> Any:
+        await release.wait()
+        return "done"
+
+    first = RedisBackend(redis_url, namespace=namespace)
+    second = RedisBackend(redis_url, namespace=namespace)
+    with trio.fail_after(20):
+        async with (
+            trio_persist.open_persist(held, backend=first) as a,
+            trio_persist.open_persist(held, backend=second) as b,
+            trio.open_nursery() as nursery,
+        ):
+            nursery.start_soon(a.resolve, "base", "r")
+            while first.statistics().leading != 1:
+                await trio.sleep(0.01)
+            nursery.start_soon(b.resolve, "base", "r")
+            while second.statistics().following != 1:
+                await trio.sleep(0.01)
+            release.set()
+    assert (first.statistics().leading, first.statistics().led) == (0, 1)
+    assert (second.statistics().following, second.statistics().followed) == (0, 1)
