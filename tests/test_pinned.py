@@ -94,6 +94,14 @@ async def test_at_most_64_runners_stay_parked(autojump_clock: object) -> None:
         assert len(persist._core.nursery.child_tasks) == 64
 
 
+async def eventually(predicate: Any) -> None:
+    """Wait (on the real clock, in small steps) until *predicate* holds."""
+    while True:
+        if predicate():
+            return
+        await trio.sleep(0.01)
+
+
 async def test_the_leading_and_following_gauges_return_to_zero(
     redis_url: str, namespace: str
 ) -> None:
@@ -114,11 +122,9 @@ async def test_the_leading_and_following_gauges_return_to_zero(
             trio.open_nursery() as nursery,
         ):
             nursery.start_soon(a.resolve, "base", "r")
-            while first.statistics().leading != 1:
-                await trio.sleep(0.01)
+            await eventually(lambda: first.statistics().leading == 1)
             nursery.start_soon(b.resolve, "base", "r")
-            while second.statistics().following != 1:
-                await trio.sleep(0.01)
+            await eventually(lambda: second.statistics().following == 1)
             release.set()
     assert (first.statistics().leading, first.statistics().led) == (0, 1)
     assert (second.statistics().following, second.statistics().followed) == (0, 1)
