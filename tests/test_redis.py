@@ -24,6 +24,8 @@ import trio.testing
 
 import trio_persist
 from redis_server import RedisServer
+from trio_persist._codec import Seal
+from trio_persist._redis_scripts import keys_of
 from trio_persist.redis import RedisBackend
 
 WORKER = str(Path(__file__).with_name("redis_worker.py"))
@@ -214,47 +216,59 @@ async def test_a_leader_killed_mid_flight_is_replaced_by_one_follower(
     assert sum("took over" in r.getMessage() for r in caplog.records) == 1  # at WARNING
 
 
-async def test_a_stale_leaders_commit_is_refused(
+async def test_a_fenced_leader_answers_its_callers_with_the_winners_result(
     redis_url: str, namespace: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async def device(base: Any, request: Any) -> Any:
-        return "unused"  # pragma: no cover
-
+    # The stale leader's lease is taken (as after a pause past its TTL); another
+    # process leads and commits. The stale one's commit is refused, and its
+    # callers get the committed result, not their own stale value.
+    stale_device, fresh_device = Recorder("stale"), Recorder("fresh")
+    fresh_device.release.set()
     stale = RedisBackend(redis_url, namespace=namespace, lease_ttl=30)
     fresh = RedisBackend(redis_url, namespace=namespace, lease_ttl=30)
+    got: list[Any] = []
     with trio.fail_after(20):
         async with (
-            trio_persist.open_persist(device, backend=stale),
-            trio_persist.open_persist(device, backend=fresh),
+            trio_persist.open_persist(stale_device, backend=stale) as a,
+            trio_persist.open_persist(fresh_device, backend=fresh) as b,
             coredis.Redis.from_url(redis_url) as control,
+            trio.open_nursery() as nursery,
         ):
-            won, old_token = await stale._acquire("key")
-            assert won
-            await control.delete([f"{namespace}:lease:key"])  # its lease ran out while it stalled
-            won, new_token = await fresh._acquire("key")
-            assert won
-            assert new_token > old_token
-            assert await stale.commit("key", old_token, b"late") is False
-            assert await control.get(f"{namespace}:result:key") is None
-            assert await fresh.commit("key", new_token, b"on time") is True
+
+            async def call() -> None:
+                got.append(await a.resolve("base", "req"))
+
+            for _ in range(3):
+                nursery.start_soon(call)
+            await eventually(lambda: stale_device.calls == 1)
+            [lease] = await control.keys(f"{{{namespace}:*}}:lease")
+            await control.delete([lease])  # its lease ran out while it stalled
+            assert await b.resolve("base", "req") == "fresh"
+            stale_device.release.set()
+    assert got == ["fresh"] * 3
     assert stale.statistics().fenced == 1
-    assert any("stale commit of key was refused" in r.getMessage() for r in caplog.records)
+    assert any("stale commit" in r.getMessage() for r in caplog.records)
 
 
-async def test_a_leader_stalled_past_its_lease_cannot_publish(
+async def test_a_leader_whose_lease_expired_unclaimed_still_commits(
     redis_url: str, namespace: str
 ) -> None:
     import time
 
     async def stalling(base: Any, request: Any) -> Any:
         time.sleep(1.5)  # noqa: ASYNC251 - a real stall: no renewal can run meanwhile
-        return "stale"
+        return "late"
 
     backend = RedisBackend(redis_url, namespace=namespace, lease_ttl=0.5)
     with trio.fail_after(20):
-        async with trio_persist.open_persist(stalling, backend=backend) as persist:
-            assert await persist.resolve("base", "req") == "stale"  # its own callers keep it
-    assert backend.statistics().fenced == 1
+        async with (
+            trio_persist.open_persist(stalling, backend=backend) as persist,
+            coredis.Redis.from_url(redis_url) as control,
+        ):
+            assert await persist.resolve("base", "req") == "late"
+            [result] = await control.keys(f"{{{namespace}:*}}:result")
+            assert (await control.get(result)).endswith(b'"value":"late"}')
+    assert backend.statistics().fenced == 0
 
 
 async def test_redis_going_away_gives_a_clear_error_in_time_and_it_reconnects(
@@ -318,25 +332,28 @@ async def test_with_fallback_local_a_call_executes_locally_while_redis_is_away(
 
 async def plant(url: str, namespace: str, key: str, payload: bytes) -> None:
     """Make a fake leader hold *key* and leave *payload* as its result."""
+    names = keys_of(namespace, key)
     async with coredis.Redis.from_url(url) as control:
-        await control.set(f"{namespace}:lease:{key}", "999999999", px=30000)
-        await control.set(f"{namespace}:result:{key}", payload, px=30000)
+        await control.set(names["lease"], "ab" * 16 + ":999999999", px=30000)
+        await control.set(names["result"], payload, px=30000)
+
+
+def sealed(namespace: str, key: str, token: int, body: dict[str, Any], key_: bytes | None) -> bytes:
+    """A payload as a backend with signing key *key_* would write it for *key*."""
+    return Seal(namespace, key_).wrap(keys_of(namespace, key)["result"], token, body)
+
+
+PICKLED_X = {"ok": True, "codec": "pickle", "value": "gASVBQAAAAAAAACMAXiULg=="}
 
 
 @pytest.mark.parametrize(
     ("payload", "message"),
     [
         (b"\x00\xffnot json", "holds garbage, not a trio-persist result"),
-        (b'{"v": 2, "token": 1, "ok": true}', "holds garbage"),
-        (
-            b'{"v":1,"token":999999999,"ok":true,"codec":"pickle","value":"gASVBQAAAAAAAACMAXiULg=="}',
-            "unsigned pickle",
-        ),
-        (
-            b'{"v":1,"token":999999999,"ok":true,"codec":"pickle",'
-            b'"value":"gASVBQAAAAAAAACMAXiULg==","mac":"00"}',
-            "signature does not match",
-        ),
+        (b"999999999::[1]", "signature does not match"),  # unsigned, to a signing backend
+        (b"999999999::" + json.dumps(PICKLED_X).encode(), "signature does not match"),
+        (b"999999999:00:" + json.dumps(PICKLED_X).encode(), "signature does not match"),
+        (b"99999999999999999999:00:{}", "holds garbage"),  # a token no clock makes
     ],
 )
 async def test_garbage_unsigned_or_tampered_results_are_refused(
@@ -345,7 +362,7 @@ async def test_garbage_unsigned_or_tampered_results_are_refused(
     async def device(base: Any, request: Any) -> Any:
         return "unused"  # pragma: no cover
 
-    backend = RedisBackend(redis_url, namespace=namespace, signing_key=b"secret", lease_ttl=30)
+    backend = RedisBackend(redis_url, namespace=namespace, signing_key=b"secret", lease_ttl=0.6)
     with trio.fail_after(20):
         async with trio_persist.open_persist(device, backend=backend) as persist:
             key = backend.key_of(persist.group("base", "req"), "req", True)
@@ -359,17 +376,12 @@ async def test_a_json_backend_refuses_a_pickled_result(redis_url: str, namespace
     async def device(base: Any, request: Any) -> Any:
         return "unused"  # pragma: no cover
 
-    backend = RedisBackend(redis_url, namespace=namespace, lease_ttl=30)
+    backend = RedisBackend(redis_url, namespace=namespace, lease_ttl=0.6)
     with trio.fail_after(20):
         async with trio_persist.open_persist(device, backend=backend) as persist:
             key = backend.key_of(persist.group("b", "r"), "r", True)
             assert key is not None
-            await plant(
-                redis_url,
-                namespace,
-                key,
-                b'{"v":1,"token":999999999,"ok":true,"codec":"pickle","value":"x","mac":"y"}',
-            )
+            await plant(redis_url, namespace, key, b"999999999::" + json.dumps(PICKLED_X).encode())
             with pytest.raises(trio_persist.CorruptResult, match="no signing key"):
                 await persist.resolve("b", "r")
 
@@ -421,7 +433,7 @@ async def test_the_cluster_view_lists_every_live_process_and_its_workers(
 
 
 def test_backend_options_are_checked() -> None:
-    with pytest.raises(ValueError, match="url must be a redis:// URL"):
+    with pytest.raises(ValueError, match="url must be a redis://, rediss:// or unix:// URL"):
         RedisBackend("http://x")
     with pytest.raises(ValueError, match="lease_ttl must be a finite number of seconds > 0"):
         RedisBackend("redis://x", lease_ttl=0)
@@ -526,6 +538,7 @@ async def test_a_follower_taking_over_after_another_already_finished_gets_that_r
         return "unused"  # pragma: no cover
 
     backends = [RedisBackend(redis_url, namespace=namespace, lease_ttl=30) for _ in range(3)]
+    names = keys_of(namespace, "key")
     with trio.fail_after(20):
         async with (
             trio_persist.open_persist(device, backend=backends[0]),
@@ -534,15 +547,18 @@ async def test_a_follower_taking_over_after_another_already_finished_gets_that_r
             coredis.Redis.from_url(redis_url) as control,
         ):
             leader, first, second = backends
-            won, vanished = await leader._acquire("key")  # reaching in: one step at a time
-            assert won
-            assert await first._acquire("key") == (False, vanished)
-            assert await second._acquire("key") == (False, vanished)
-            await control.delete([f"{namespace}:lease:key"])  # the leader dies
-            won, token = await first._acquire("key", 0, vanished)  # takes over...
-            assert won
-            assert await first.commit("key", token, b'{"v":1,"token":%d,"ok":true,'
-                                      b'"codec":"json","value":"first"}' % token)  # fmt: skip
-            taken = await second._acquire("key", 0, vanished)  # ...before the second tries
-            assert isinstance(taken, bytes)
-            assert b'"value":"first"' in taken
+            kind, vanished, _ = await leader._acquire(
+                names, 0, 0
+            )  # reaching in: one step at a time
+            assert kind == "l"
+            assert await first._acquire(names, 0, 0) == ("f", vanished, None)
+            assert await second._acquire(names, 0, 0) == ("f", vanished, None)
+            await control.delete([names["lease"]])  # the leader dies
+            kind, token, lease = await first._acquire(names, 0, vanished)  # takes over...
+            assert kind == "l"
+            payload = sealed(
+                namespace, "key", token, {"ok": True, "codec": "json", "value": "first"}, None
+            )
+            await control.set(names["result"], payload)  # ...and commits...
+            taken = await second._acquire(names, 0, vanished)  # ...before the second tries
+            assert taken == ("r", 0, payload)

@@ -10,16 +10,13 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 import trio
 
 from ._monitor import FRAME_VERSION
 from ._stats import PersistStatistics
-
-if TYPE_CHECKING:
-    import coredis
 
 __all__ = ["NodeSnapshot", "cluster_frame", "read_nodes", "watch_cluster"]
 
@@ -40,16 +37,41 @@ class NodeSnapshot:
     snapshot: tuple[dict[str, Any], ...] = ()
 
 
-async def read_nodes(client: coredis.Redis[bytes], namespace: str) -> tuple[NodeSnapshot, ...]:
-    """Read the heartbeat records of every live process on *namespace*."""
-    keys = [key async for key in client.scan_iter(match=f"{namespace}:node:*")]
-    values = await client.mget(keys) if keys else []
+NODES = "{trio-persist:nodes}"
+"""The set of live processes' ids; each record is ``NODES + ":" + id`` (one hash slot)."""
+
+# KEYS: record, set. ARGV: record, ttl_ms, node id.
+BEAT = """
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('SADD', KEYS[2], ARGV[3])
+return 1
+"""
+# KEYS: record, set. ARGV: node id.
+LEAVE = """
+redis.call('DEL', KEYS[1])
+redis.call('SREM', KEYS[2], ARGV[1])
+return 1
+"""
+
+
+async def read_nodes(client: Any, namespace: str | None) -> tuple[NodeSnapshot, ...]:
+    """Read the heartbeat records of every live process (on *namespace*, if given).
+
+    Records of processes that died expire; their ids are pruned from the set.
+    """
+    ids = sorted(await client.smembers(NODES))
+    values = await client.mget([NODES + ":" + _text(i) for i in ids]) if ids else []
+    gone = [i for i, value in zip(ids, values, strict=True) if value is None]
+    if gone:
+        await client.srem(NODES, gone)
     records = []
     for value in values:
         if value is None:
             continue
         try:
             data = json.loads(value)
+            if namespace is not None and data["namespace"] != namespace:
+                continue
             records.append(
                 NodeSnapshot(
                     node=data["node"],
@@ -69,9 +91,13 @@ async def read_nodes(client: coredis.Redis[bytes], namespace: str) -> tuple[Node
     return tuple(sorted(records, key=lambda n: n.node))
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 async def watch_cluster(
     url: str,
-    namespace: str,
+    namespace: str | None,
     on_frame: Callable[[dict[str, Any]], None],
     on_status: Callable[[str | None], None],
     *,
@@ -79,28 +105,29 @@ async def watch_cluster(
 ) -> None:
     """Call *on_frame* with a cluster frame every *interval* seconds, until cancelled.
 
-    When Redis cannot be reached, *on_status* gets a message and the watch
+    *namespace* None shows every namespace. When Redis cannot be reached,
+    *on_status* gets a message (the URL's password redacted) and the watch
     goes on trying; it gets None once frames flow again.
     """
-    import coredis
+    from ._redis_link import classify, open_client, redact
 
-    client: coredis.Redis[bytes] = coredis.Redis.from_url(
-        url, connect_timeout=interval * 5, stream_timeout=interval * 5
-    )
+    client = open_client(url, interval * 5)
+    shown = redact(url)
     async with client:
         while True:
             try:
                 with trio.fail_after(interval * 5):
                     nodes = await read_nodes(client, namespace)
             except (Exception, trio.TooSlowError) as exc:
-                on_status(f"cannot read the cluster at {url}: {exc} (retrying; q quits)")
+                reason = classify(exc, f"Redis at {shown}") or exc
+                on_status(f"cannot read the cluster: {reason} (retrying; q quits)")
             else:
                 on_status(None)
                 on_frame(cluster_frame(nodes, namespace))
             await trio.sleep(interval)
 
 
-def cluster_frame(nodes: tuple[NodeSnapshot, ...], namespace: str) -> dict[str, Any]:
+def cluster_frame(nodes: tuple[NodeSnapshot, ...], namespace: str | None) -> dict[str, Any]:
     """One monitor frame for a whole cluster: summed statistics, every node's groups.
 
     Each group is labelled ``host:pid group``; its times are rebased so that
@@ -128,7 +155,7 @@ def cluster_frame(nodes: tuple[NodeSnapshot, ...], namespace: str) -> dict[str, 
         "version": FRAME_VERSION,
         "time": 0.0,
         "wall": time.time(),
-        "device": f"cluster {namespace!r}, {len(nodes)} processes",
+        "device": f"cluster {namespace or 'all namespaces'!r}, {len(nodes)} processes",
         "statistics": totals,
         "groups_total": totals["groups"],
         "snapshot": snapshot,

@@ -1,14 +1,23 @@
-"""Codecs: how outcomes cross processes through the backend.
+"""Codecs: how outcomes cross processes through the backend, sealed to their key.
 
-An outcome travels as one JSON envelope::
+A payload is ``b"<token>:<mac>:<body>"``. The token comes first so the Redis
+scripts can order payloads without decoding them; the body is JSON::
 
-    {"v": 1, "token": 17, "ok": true, "codec": "json", "value": ...}
-    {"v": 1, "token": 17, "ok": false, "type": "ValueError", "message": "..."}
+    {"ok": true, "codec": "json", "value": ...}
+    {"ok": true, "codec": "pickle", "value": "<base64>"}
+    {"ok": false, "type": "ValueError", "message": "..."}
+    {"abandoned": true}
 
-`JsonCodec` (the default) carries JSON-like values. `PickleCodec` carries any
-picklable value, and only signed: the pickle is base64 text with an
-HMAC-SHA256 over the token and the data, checked before anything is loaded.
-An envelope that is garbage, unsigned or tampered with raises `CorruptResult`.
+With a signing key, ``mac`` is an HMAC-SHA256 over the namespace, the key, the
+token and the body, checked before anything is decoded: a payload moved to
+another key, replayed with another token or forged is `CorruptResult`, and so
+is any unsigned payload. Without a key ``mac`` is empty and nothing is
+authenticated (so pickles are never loaded).
+
+`JsonCodec` (no signing key) carries JSON values and refuses what would not
+come back equal (tuples, non-string keys, NaN): a leader's callers and its
+followers never see different values. `PickleCodec` (with a signing key)
+carries anything picklable.
 """
 
 from __future__ import annotations
@@ -24,102 +33,113 @@ import attrs
 
 from ._exceptions import CorruptResult, RemoteError
 
-__all__ = ["JsonCodec", "PickleCodec", "decode_outcome", "encode_error", "encode_value"]
+__all__ = ["ABANDONED", "Seal", "decode_outcome", "encode_error", "encode_value"]
+
+MAX_TOKEN = 10**16  # tokens are microseconds of a server clock: 16 digits last until 2286
+ABANDONED = object()  # decode_outcome's value for an abandonment notice
 
 
 @attrs.frozen
-class JsonCodec:
-    """JSON-like values only (dicts with string keys, lists, str, numbers, bools, None)."""
+class Seal:
+    """Signs and checks payloads for one namespace (authenticated with *key*)."""
 
-    name: str = "json"
+    namespace: str
+    key: bytes | None = attrs.field(default=None, repr=False)
 
-    def dump(self, value: Any, token: int) -> dict[str, Any]:
-        return {"codec": "json", "value": value}  # checked when the envelope is encoded
+    def mac(self, redis_key: str, token: int, body: bytes) -> str:
+        if self.key is None:
+            return ""
+        message = b"\0".join((self.namespace.encode(), redis_key.encode(), b"%d" % token, body))
+        return hmac.new(self.key, message, hashlib.sha256).hexdigest()
 
-    def load(self, envelope: dict[str, Any], where: str) -> Any:
-        if envelope.get("codec") != "json":
+    def wrap(self, redis_key: str, token: int, body: dict[str, Any]) -> bytes:
+        data = json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
+        return b"%d:%s:%s" % (token, self.mac(redis_key, token, data).encode(), data)
+
+    def open(self, redis_key: str, payload: bytes | str, where: str) -> tuple[int, dict[str, Any]]:
+        """Return ``(token, body)`` of an authentic payload; else `CorruptResult`."""
+        if isinstance(payload, str):
+            payload = payload.encode()
+        try:
+            raw_token, mac, data = payload.split(b":", 2)
+            if not raw_token.isdigit() or len(raw_token) > 16:
+                raise ValueError("no token")
+            token = int(raw_token)
+            body = None
+            if self.key is None or hmac.compare_digest(
+                mac, self.mac(redis_key, token, data).encode()
+            ):
+                body = json.loads(data)
+                if not isinstance(body, dict):
+                    raise ValueError("not an object")
+        except ValueError:
             raise CorruptResult(
-                f"{where} holds a {envelope.get('codec')!r} result, but this backend has no "
-                "signing key: refusing to load it"
-            )
-        return envelope["value"]
-
-
-@attrs.frozen
-class PickleCodec:
-    """Any picklable value, signed with HMAC-SHA256 under *key*; never loaded unsigned."""
-
-    key: bytes = attrs.field(repr=False)
-    name: str = "pickle"
-
-    def _mac(self, token: int, data: str) -> str:
-        return hmac.new(self.key, f"{token}:{data}".encode(), hashlib.sha256).hexdigest()
-
-    def dump(self, value: Any, token: int) -> dict[str, Any]:
-        data = base64.b64encode(pickle.dumps(value)).decode()
-        return {"codec": "pickle", "value": data, "mac": self._mac(token, data)}
-
-    def load(self, envelope: dict[str, Any], where: str) -> Any:
-        if envelope.get("codec") == "json":
-            return envelope["value"]
-        data, mac = envelope.get("value"), envelope.get("mac")
-        if not isinstance(data, str) or not isinstance(mac, str):
-            raise CorruptResult(f"{where} holds an unsigned pickle: refusing to load it")
-        if not hmac.compare_digest(mac, self._mac(envelope["token"], data)):
+                f"{where} holds garbage, not a trio-persist result: {payload[:40]!r}"
+            ) from None
+        if body is None:
             raise CorruptResult(
-                f"{where}: the pickle's signature does not match: refusing to load it"
+                f"{where}: the result's signature does not match this key and namespace "
+                "(unsigned, forged or moved): refusing it"
             )
-        return pickle.loads(base64.b64decode(data))
+        return token, body
 
 
-Codec = JsonCodec | PickleCodec
-
-
-def encode_value(codec: Codec, value: Any, token: int) -> bytes:
-    """The envelope of a result.
+def encode_value(seal: Seal, redis_key: str, value: Any, token: int) -> bytes:
+    """The payload of a result.
 
     Raises:
-        TypeError: the value does not fit the codec (not JSON-like, for `JsonCodec`).
+        TypeError: the value would not cross faithfully (not JSON that reads back
+            equal, without a signing key; not picklable, with one).
     """
-    envelope = {"v": 1, "token": token, "ok": True, **codec.dump(value, token)}
+    if seal.key is not None:
+        try:
+            data = base64.b64encode(pickle.dumps(value)).decode()
+        except Exception as exc:
+            raise TypeError(
+                f"cannot send a {type(value).__name__} across processes: it does not pickle ({exc})"
+            ) from None
+        return seal.wrap(redis_key, token, {"ok": True, "codec": "pickle", "value": data})
     try:
-        return json.dumps(envelope, separators=(",", ":")).encode()
-    except (TypeError, ValueError) as exc:
-        raise TypeError(
-            f"cannot send a {type(value).__name__} across processes with the JSON codec "
-            f"({exc}); return JSON-like values, or give the backend a signing_key to use "
-            "signed pickles"
-        ) from None
+        faithful = json.loads(json.dumps(value, allow_nan=False)) == value
+    except (TypeError, ValueError, RecursionError) as exc:
+        reason = str(exc)
+    else:
+        reason = "it would not read back equal: tuples, non-string keys, ..."
+        if faithful:
+            return seal.wrap(redis_key, token, {"ok": True, "codec": "json", "value": value})
+    raise TypeError(
+        f"cannot send a {type(value).__name__} across processes with the JSON codec "
+        f"({reason}); return JSON values (dicts with string keys, lists, str, numbers, "
+        "bools, None), or give the backend a signing_key to use signed pickles"
+    )
 
 
-def encode_error(error: BaseException, token: int) -> bytes:
-    envelope = {
-        "v": 1,
-        "token": token,
-        "ok": False,
-        "type": type(error).__name__,
-        "message": str(error),
-    }
-    return json.dumps(envelope, separators=(",", ":")).encode()
+def encode_error(seal: Seal, redis_key: str, error: BaseException, token: int) -> bytes:
+    body = {"ok": False, "type": type(error).__name__, "message": str(error)}
+    return seal.wrap(redis_key, token, body)
 
 
-def decode_outcome(codec: Codec, payload: bytes | str, where: str) -> tuple[int, bool, Any]:
-    """Return ``(token, ok, value_or_error)``; raise `CorruptResult` for garbage."""
-    try:
-        envelope = json.loads(payload)
-        token = envelope["token"]
-        ok = envelope["ok"]
-        if envelope.get("v") != 1 or not isinstance(token, int) or not isinstance(ok, bool):
-            raise ValueError("not a version-1 envelope")
-    except (ValueError, TypeError, KeyError):
-        shown = payload[:40]
-        raise CorruptResult(
-            f"{where} holds garbage, not a trio-persist result: {shown!r}"
-        ) from None
-    if ok:
-        return token, True, codec.load(envelope, where)
-    return (
-        token,
-        False,
-        RemoteError(str(envelope.get("type", "Error")), str(envelope.get("message", ""))),
+def decode_outcome(
+    seal: Seal, redis_key: str, payload: bytes | str, where: str
+) -> tuple[int, bool, Any]:
+    """Return ``(token, ok, value_or_error)`` (`ABANDONED` for a notice); else `CorruptResult`."""
+    token, body = seal.open(redis_key, payload, where)
+    if body.get("abandoned") is True:
+        return token, False, ABANDONED
+    ok = body.get("ok")
+    if ok is False:
+        return token, False, RemoteError(str(body.get("type")), str(body.get("message")))
+    codec = body.get("codec")
+    if ok is not True or "value" not in body:
+        raise CorruptResult(f"{where} holds garbage, not a trio-persist result")
+    if codec == "json":
+        return token, True, body["value"]
+    if codec == "pickle" and seal.key is not None and isinstance(body["value"], str):
+        try:
+            return token, True, pickle.loads(base64.b64decode(body["value"]))
+        except Exception as exc:
+            raise CorruptResult(f"{where}: a signed pickle failed to load ({exc})") from None
+    raise CorruptResult(
+        f"{where} holds a {codec!r} result, but this backend has no signing key: "
+        "refusing to load it"
     )

@@ -8,25 +8,28 @@
 
 Within a process nothing changes: identical calls join the local flight, and
 only that flight talks to Redis. Across processes, a flight first tries to
-become the leader of its key with one Lua script (an ``INCR`` fencing token and
-a ``SET NX PX`` lease, atomically):
+become the leader of its key with one Lua script (a new fencing token and a
+lease, atomically):
 
-* The **leader** runs the device, renews its lease every third of the TTL, and
-  commits the outcome with one Lua script that checks its token, stores the
-  result, publishes it and drops the lease. A leader whose lease has passed to
-  someone else can never commit: its token is fenced. Two round trips in all.
-* A **follower** subscribes to the key's channel first, then reads the result
-  key, so no publication can be missed; it accepts only outcomes at least as
-  new as the leader it saw. If the lease disappears with no outcome (the leader
-  died), one follower takes over: acquiring is atomic, so exactly one wins,
-  within two lease TTLs. After ``max_takeovers`` vanished leaders, `~trio_persist.LeaderDied`.
+* The **leader** runs the device while one loop renews all of the process's
+  leases together; a lease that is lost (taken over, or unrenewed for a whole
+  TTL) cancels its execution, whose callers then follow the new leader. It
+  commits the outcome with one script that checks the lease, stores the
+  result, publishes it and drops the lease. A leader whose commit is refused
+  answers its callers with the winner's outcome, never with its own stale
+  one. `fencing_token` tells a device its token, to fence its own writes.
+* A **follower** is registered with the process's one subscriber before it
+  asks, so it hears the leader's publication without a round trip of its own;
+  when it has heard nothing for a third of the TTL it looks at the lease and
+  the result. A leader that vanishes (crashed, or cancelled: it says so) is
+  replaced by exactly one follower; after ``max_takeovers`` vanished leaders,
+  `~trio_persist.LeaderDied`.
 
-Outcomes cross processes through a codec (JSON-like values by default; signed
-pickles with ``signing_key``). A remote failure is `~trio_persist.RemoteError` with the
-original type name and message; garbage is `~trio_persist.CorruptResult`. If Redis does not
-answer within ``timeout``, callers get `~trio_persist.BackendUnavailable` (or, with
-``fallback="local"``, the call executes locally); the client reconnects by
-itself when Redis is back.
+Every step is bounded by ``timeout``: callers get their value, or
+`~trio_persist.BackendUnavailable` (with ``fallback="local"``, a local
+execution) within the bounds `docs/redis.md` states. Outcomes cross processes
+sealed to their namespace, key and token (authenticated with ``signing_key``):
+see `trio_persist._codec`.
 
 Each persist also publishes a heartbeat record (its statistics and workers,
 with a TTL, so a dead process disappears): see `RedisBackend.cluster` and
@@ -36,97 +39,58 @@ with a TTL, so a dead process disappears): see `RedisBackend.cluster` and
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import hashlib
 import json
 import math
 import os
+import secrets
 import socket
-import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Hashable, Iterator
-from typing import TYPE_CHECKING, Any, final
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Any, final
 
 import attrs
 import trio
 
+from ._cluster import BEAT, LEAVE, NODES, read_nodes
 from ._cluster import NodeSnapshot as NodeSnapshot
 from ._cluster import cluster_frame as cluster_frame
-from ._cluster import read_nodes
 from ._cluster import watch_cluster as watch_cluster
-from ._codec import JsonCodec, PickleCodec, decode_outcome, encode_error, encode_value
-from ._exceptions import BackendUnavailable, LeaderDied
+from ._codec import ABANDONED, Seal, decode_outcome, encode_error, encode_value
+from ._exceptions import BackendUnavailable, CorruptResult, LeaderDied
 from ._grouping import canonical_encoding, default_group
 from ._logging import logger
 from ._monitor import build_frame
+from ._redis_link import Subscriber, Watch, classify, describe, open_client, redact
+from ._redis_scripts import ACQUIRE, COMMIT, PEEK, RELEASE, RENEW, keys_of
 from ._stats import Observed, group_label
-
-if sys.version_info < (3, 11):  # pragma: no cover
-    from exceptiongroup import BaseExceptionGroup
-
-if TYPE_CHECKING:
-    import coredis
 
 __all__ = [
     "NodeSnapshot",
     "RedisBackend",
     "RedisBackendStatistics",
     "cluster_frame",
+    "fencing_token",
     "watch_cluster",
 ]
 
-# KEYS: lease, fence, linger, result. ARGV: ttl_ms, "1" to honour a lingering
-# result, the token a follower saw vanish ("0" on a first acquire).
-# Returns a payload (a lingering result, or on a takeover a result committed at
-# or after the vanished token: someone else took over and finished first), else
-# token (we lead) or -token (we follow it): one integer is the cheapest reply.
-_ACQUIRE = """
-if ARGV[2] == '1' then
-  local lingering = redis.call('GET', KEYS[3])
-  if lingering then return lingering end
-end
-if ARGV[3] ~= '0' then
-  local committed = redis.call('GET', KEYS[4])
-  if committed then
-    local ok, envelope = pcall(cjson.decode, committed)
-    if ok and type(envelope) == 'table' and tonumber(envelope['token'])
-        and tonumber(envelope['token']) >= tonumber(ARGV[3]) then
-      return committed
-    end
-  end
-end
-local current = redis.call('GET', KEYS[1])
-if current then return -tonumber(current) end
-local token = redis.call('INCR', KEYS[2])
-redis.call('SET', KEYS[1], token, 'PX', ARGV[1])
-return token
-"""
-# KEYS: lease. ARGV: token, ttl_ms. 1 if still ours (renewed), else 0.
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-# KEYS: lease, result, linger. ARGV: token, payload, channel, result_ttl_ms,
-# linger_ms (0: a failure, or no linger). 1 if committed.
-_COMMIT = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[4])
-if ARGV[5] ~= '0' then redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[5]) end
-redis.call('PUBLISH', ARGV[3], ARGV[2])
-redis.call('DEL', KEYS[1])
-return 1
-"""
-# KEYS: lease. ARGV: token. Drops the lease if it is still ours (an abandoned execution).
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
+_token: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "trio_persist_fencing_token", default=None
+)
 
 
-_SCRIPTS = {"acquire": _ACQUIRE, "renew": _RENEW, "commit": _COMMIT, "release": _RELEASE}
-_SHAS = {name: hashlib.sha1(source.encode()).hexdigest() for name, source in _SCRIPTS.items()}
+def fencing_token() -> int | None:
+    """The fencing token of the execution running in this task, if it leads through Redis.
+
+    Tokens of one key only grow, across leaders and Redis restarts: a store the
+    device writes to can refuse a write whose token is lower than one it has
+    already seen, so a leader that lost its lease (paused, partitioned) cannot
+    overwrite its successor. None outside an execution led through a
+    `RedisBackend`.
+    """
+    return _token.get()
 
 
 @attrs.frozen
@@ -141,8 +105,12 @@ class RedisBackendStatistics:
     """Times this process took over from a leader that vanished."""
     fenced: int
     """Commits refused because the lease had passed on (a stale leader)."""
+    lost: int
+    """Executions cancelled because their lease was lost."""
     unavailable: int
-    """Calls that found Redis unreachable."""
+    """Steps that found Redis unreachable or too slow."""
+    corrupt: int
+    """Malformed values met: channel messages ignored, foreign leases replaced, bad results."""
     round_trips: int
     """Redis commands sent for flights (heartbeats not included)."""
     leading: int
@@ -151,53 +119,99 @@ class RedisBackendStatistics:
     """Flights following another process now."""
 
 
+@attrs.define(eq=False)
+class _Lease:
+    key: str
+    value: str
+    token: int
+    scope: trio.CancelScope
+    renewed: float
+    lost: bool = False
+
+
+_COUNTERS = (
+    "led",
+    "followed",
+    "takeovers",
+    "fenced",
+    "lost",
+    "unavailable",
+    "corrupt",
+    "round_trips",
+    "leading",
+    "following",
+)
+_MAX_KEY = 200
+
+
 @final
 @attrs.define(eq=False, repr=False)
 class RedisBackend:
-    """Deduplication across processes on a Redis (or Valkey) server.
+    """Deduplication across processes on a Redis (or Valkey) server, Cluster or Sentinel.
 
     Args:
-        url: ``redis://host:port/db``.
-        namespace: Prefix of every key; persists on different namespaces never
-            meet.
+        url: A ``redis://``, ``rediss://`` or ``unix://`` URL, or a coredis
+            client configured as coredis documents it (``coredis.Redis``,
+            ``coredis.RedisCluster``, or a primary client from
+            ``coredis.sentinel.Sentinel``). The backend enters the client's
+            ``async with`` itself (coredis clients may be entered again).
+            ``rediss://`` checks the certificate and the hostname unless the
+            URL says otherwise.
+        namespace: Prefix of every key. None (the default) uses
+            ``"trio-persist:"`` and the persist's name (the device's qualified
+            name), so different devices never share results; set one to share
+            results between devices that compute the same thing.
         lease_ttl: Seconds a leader's lease lives without renewal (renewed every
             third of it while the work runs).
-        timeout: Seconds any Redis command may take before callers get
+        timeout: Seconds any one Redis step may take before callers get
             `~trio_persist.BackendUnavailable`.
-        signing_key: Send results as pickles signed with this HMAC key; without
-            it only JSON-like values cross processes.
-        fallback: ``"error"`` (default): raise `~trio_persist.BackendUnavailable` when Redis
-            is unreachable; ``"local"``: execute locally instead.
+        signing_key: Authenticate every result (a MAC over namespace, key,
+            token and payload) and send them as pickles; without it, only JSON
+            values cross processes and nothing is authenticated.
+        fallback: ``"error"`` (default): raise `~trio_persist.BackendUnavailable`
+            when Redis cannot be used; ``"local"``: execute locally instead.
         max_takeovers: How many vanished leaders one call survives before
             `~trio_persist.LeaderDied`.
         heartbeat: Seconds between cluster heartbeats (a node record lives
             three of them).
     """
 
-    url: str
-    namespace: str = "trio-persist"
+    url: Any
+    namespace: str | None = None
     lease_ttl: float = 10.0
     timeout: float = 5.0
     signing_key: bytes | None = attrs.field(default=None, repr=False)
     fallback: str = "error"
     max_takeovers: int = 3
     heartbeat: float = 1.0
-    _client: coredis.Redis[bytes] | None = attrs.field(default=None, init=False)
-    _codec: JsonCodec | PickleCodec = attrs.field(init=False)
+    _client: Any = attrs.field(default=None, init=False)
+    _where: str = attrs.field(init=False)
+    _seal: Seal = attrs.field(init=False)
     _node: str = attrs.field(init=False)
     _counts: dict[str, int] = attrs.field(init=False)
-    _persist: Observed | None = attrs.field(default=None, init=False)
+    _subscriber: Subscriber = attrs.field(init=False)
     # Leases held now, renewed together by one loop: a task per flight would cost
     # more than the flight's own bookkeeping.
-    _leases: dict[tuple[str, int], None] = attrs.field(factory=dict, init=False)
-    # A heartbeat must never land after leave() removed the record.
+    _leases: dict[str, _Lease] = attrs.field(factory=dict, init=False)
     _beat_lock: trio.Lock = attrs.field(factory=trio.Lock, init=False)
     _leaving: bool = attrs.field(default=False, init=False)
     _down: bool = attrs.field(default=False, init=False)
+    _scripts: dict[str, Any] = attrs.field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:
-        if not str(self.url).startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"url must be a redis:// URL, got {self.url!r}")
+        if isinstance(self.url, str):
+            if not self.url.startswith(("redis://", "rediss://", "unix://")):
+                raise ValueError(
+                    f"url must be a redis://, rediss:// or unix:// URL, or a coredis client; "
+                    f"got {redact(self.url)!r}"
+                )
+            self._where = f"Redis at {redact(self.url)}"
+        elif callable(getattr(self.url, "evalsha", None)):
+            self._where = f"Redis at {describe(self.url)}"
+        else:
+            raise TypeError(
+                f"url must be a Redis URL or a coredis client, got {type(self.url).__name__}"
+            )
         for name in ("lease_ttl", "timeout", "heartbeat"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -208,61 +222,73 @@ class RedisBackend:
             raise ValueError(f"fallback must be 'error' or 'local', got {self.fallback!r}")
         if self.signing_key is not None and not isinstance(self.signing_key, bytes):
             raise TypeError("signing_key must be bytes")
-        self._codec = PickleCodec(self.signing_key) if self.signing_key else JsonCodec()
+        if self.namespace is not None:
+            _check_namespace(self.namespace)
         self._node = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._counts = dict.fromkeys(
-            (
-                "led",
-                "followed",
-                "takeovers",
-                "fenced",
-                "unavailable",
-                "round_trips",
-                "leading",
-                "following",
-            ),
-            0,
-        )
+        self._counts = dict.fromkeys(_COUNTERS, 0)
+        self._bind(self.namespace or "trio-persist")
+
+    def _bind(self, namespace: str) -> None:
+        self._seal = Seal(namespace, self.signing_key)
+        self._subscriber = Subscriber(namespace, self.timeout)
 
     def __repr__(self) -> str:
-        return f"<trio_persist.redis.RedisBackend {self.url} namespace={self.namespace!r}>"
+        return f"<trio_persist.redis.RedisBackend {self._where[9:]} namespace={self.namespace!r}>"
 
     def statistics(self) -> RedisBackendStatistics:
         """Return a frozen snapshot of this backend's counters."""
-        return RedisBackendStatistics(**self._counts)
+        counts = dict(self._counts)
+        counts["corrupt"] += self._subscriber.malformed
+        return RedisBackendStatistics(**counts)
 
     # -- keys --------------------------------------------------------------------
 
     def key_of(self, group: Hashable, request: Any, group_is_request: bool) -> str | None:
-        """The cluster-wide key of one execution, or None if it cannot be named."""
+        """The cluster-wide key of one execution, or None if it cannot be named.
+
+        A string group names its key as it is (readable in Redis) when it is
+        short and printable; anything else is hashed.
+        """
         try:
             if group_is_request and isinstance(group, str):
-                return group
+                if len(group) <= _MAX_KEY and group.isprintable():
+                    return group
+                return "h:" + hashlib.sha256(group.encode("utf-8", "replace")).hexdigest()
             return default_group(canonical_encoding(group), request)
         except TypeError:
             return None  # executes locally: nothing stable to agree on across processes
-
-    def _k(self, kind: str, key: str) -> str:
-        return f"{self.namespace}:{kind}:{key}"
 
     # -- life cycle --------------------------------------------------------------
 
     async def serve(
         self, persist: Observed, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Own the Redis client and send heartbeats until cancelled. Started by the persist."""
-        import coredis
+        """Own the client, the subscriber, lease renewal and heartbeats until cancelled.
 
-        self._persist = persist
-        client: coredis.Redis[bytes] = coredis.Redis.from_url(
-            self.url, connect_timeout=self.timeout, stream_timeout=self.timeout
-        )
+        Started by the persist; reports started once subscribed, or after
+        ``timeout`` if Redis is away (calls then fail or fall back until it is back).
+        """
+        from coredis.commands.script import Script
+
+        if self.namespace is None:
+            self.namespace = "trio-persist:" + _clean(persist.name)
+            self._bind(self.namespace)
+        client = open_client(self.url, self.timeout) if isinstance(self.url, str) else self.url
+        for name, source in (
+            ("acquire", ACQUIRE),
+            ("renew", RENEW),
+            ("commit", COMMIT),
+            ("release", RELEASE),
+            ("peek", PEEK),
+            ("beat", BEAT),
+            ("leave", LEAVE),
+        ):
+            self._scripts[name] = Script(script=source)
         async with client:
-            with contextlib.suppress(Exception):  # Redis away: loaded on first use instead
-                await self._load_scripts(client)
             try:
                 async with trio.open_nursery() as nursery:
                     self._client = client
+                    await nursery.start(self._subscriber.run, client)
                     await self._beat(persist)  # in the cluster view from the start
                     nursery.start_soon(self._renew_leases)
                     task_status.started()
@@ -279,12 +305,13 @@ class RedisBackend:
         three heartbeats anyway.
         """
         self._leaving = True
-        client = self._client
-        if client is None:
+        if self._client is None:
             return
         with trio.move_on_after(self.timeout), contextlib.suppress(Exception):
             async with self._beat_lock:
-                await client.delete([self._k("node", self._node)])
+                await self._scripts["leave"](
+                    keys=[NODES + ":" + self._node, NODES], args=[self._node], client=self._client
+                )
 
     async def _beat(self, persist: Observed) -> None:
         frame = build_frame(persist, max_groups=50)
@@ -304,29 +331,54 @@ class RedisBackend:
             "time": frame["time"],
             "snapshot": frame["snapshot"],
         }
-        assert self._client is not None
-        try:
-            with trio.fail_after(self.timeout):
-                async with self._beat_lock:
-                    if self._leaving:
-                        return
-                    await self._client.set(
-                        self._k("node", self._node),
-                        json.dumps(record),
-                        px=int(self.heartbeat * 3000),
-                    )
-        except (Exception, trio.TooSlowError):
-            pass  # Redis away: the record simply expires; the next beat tries again
+        with trio.move_on_after(self.timeout), contextlib.suppress(Exception):
+            async with self._beat_lock:
+                if self._leaving:
+                    return
+                await self._scripts["beat"](
+                    keys=[NODES + ":" + self._node, NODES],
+                    args=[json.dumps(record), int(self.heartbeat * 3000), self._node],
+                    client=self._client,
+                )
 
     async def cluster(self) -> tuple[NodeSnapshot, ...]:
         """Every live process on this namespace, from their heartbeats."""
-        with trio.fail_after(self.timeout):
-            return await read_nodes(self._require(), self.namespace)
+        return await self._step(
+            "reading the cluster view", read_nodes, self._client, self.namespace
+        )
 
-    def _require(self) -> coredis.Redis[bytes]:
+    # -- one bounded step ---------------------------------------------------------
+
+    async def _step(self, what: str, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        """Run one Redis step under the deadline; failures become clear errors."""
         if self._client is None:
-            raise BackendUnavailable(f"the Redis backend at {self.url} is not running")
-        return self._client
+            raise BackendUnavailable(f"{self._where}: the backend is not running")
+        self._counts["round_trips"] += 1
+        try:
+            with trio.fail_after(self.timeout):
+                answer = await fn(*args)
+        except BaseException as exc:
+            translated = classify(exc, f"{self._where} ({what})")
+            if translated is None:
+                raise
+            if isinstance(translated, BackendUnavailable):
+                self._counts["unavailable"] += 1
+                if not self._down:
+                    self._down = True
+                    logger.warning("%s", translated)
+            else:
+                self._counts["corrupt"] += 1
+            raise translated from None
+        if self._down:
+            self._down = False
+            logger.warning("%s answers again", self._where)
+        return answer
+
+    async def _script(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        return await self._step(name, self._run_script, name, keys, args)
+
+    async def _run_script(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        return await self._scripts[name](keys=keys, args=args, client=self._client)
 
     # -- flights ------------------------------------------------------------------
 
@@ -345,290 +397,313 @@ class RedisBackend:
         *linger* seconds ago answers at once (one round trip), and this
         execution's success lingers as long for the others.
         """
+        keys = keys_of(self._seal.namespace, key)
         vanished = 0
         vanished_token = 0
-        while True:
-            try:
-                acquired = await self._acquire(key, linger, vanished_token)
-            except BackendUnavailable:
-                if self.fallback == "local":
-                    return await resolve(base, request)
-                raise
-            if isinstance(acquired, bytes):  # lingering, or committed by another taker
-                _, ok, value = decode_outcome(self._codec, acquired, self._k("result", key))
-                self._counts["followed"] += 1
-                if ok:
-                    return value
-                raise value
-            leader, token = acquired
-            if leader:
-                if vanished:
-                    self._counts["takeovers"] += 1
-                    logger.warning(
-                        "took over %s from a leader that vanished (token %d)", key, vanished_token
+        with self._subscriber.watch(key) as watch:
+            while True:
+                try:
+                    outcome = await self._round(
+                        keys, linger, vanished_token, watch, base, request, resolve, vanished
                     )
-                return await self._lead(key, token, base, request, resolve, linger)
-            outcome = await self._follow(key, token)
-            if outcome is not None:
-                ok, value = outcome
-                if ok:
-                    return value
-                raise value
-            vanished += 1
-            vanished_token = token
-            if vanished > self.max_takeovers:
-                raise LeaderDied(f"the remote leader of {key} vanished {vanished} times; giving up")
+                except (BackendUnavailable, CorruptResult) as exc:
+                    if self.fallback != "local" or isinstance(exc, _Undecodable):
+                        raise
+                    logger.info("executing %s locally: %s", key, exc)
+                    return await resolve(base, request)
+                if outcome[0] != "vanished":
+                    return _answer(outcome)
+                vanished += 1
+                vanished_token = outcome[1]
+                if vanished > self.max_takeovers:
+                    raise LeaderDied(
+                        f"the remote leader of {key} vanished {vanished} times; giving up"
+                    )
 
-    def _went_down(self, error: BaseException) -> None:
-        """Log an outage once, when it starts (not once per call)."""
-        if not self._down:
-            self._down = True
-            logger.warning("Redis at %s is unreachable: %s", self.url, error)
-
-    def _came_back(self) -> None:
-        if self._down:
-            self._down = False
-            logger.warning("Redis at %s answers again", self.url)
-
-    async def _load_scripts(self, client: coredis.Redis[bytes]) -> None:
-        for source in _SCRIPTS.values():
-            await client.script_load(source)
-
-    async def _script(self, name: str, keys: list[str], args: list[Any]) -> Any:
-        """Run one of our Lua scripts: one round trip (two after a server restart)."""
-        client = self._require()
-        self._counts["round_trips"] += 1
-        try:
-            try:
-                answer = await client.evalsha(_SHAS[name], keys=keys, args=args)
-                self._came_back()
-                return answer
-            except _no_script_error():  # the server restarted and forgot our scripts
-                await self._load_scripts(client)
-                return await client.evalsha(_SHAS[name], keys=keys, args=args)
-        except Exception as exc:
-            raise self._unavailable(exc) from exc
-
-    async def _call(self, what: Callable[[], Awaitable[Any]]) -> Any:
-        # Bounded by the client's own connect and stream timeouts (self.timeout).
-        self._counts["round_trips"] += 1
-        try:
-            return await what()
-        except Exception as exc:
-            raise self._unavailable(exc) from exc
-
-    def _unavailable(self, exc: Exception) -> Exception:
-        """A connection failure becomes `~trio_persist.BackendUnavailable`; others stay."""
-        if not _is_connection_error(exc):
-            return exc
-        self._counts["unavailable"] += 1
-        self._went_down(exc)
-        return BackendUnavailable(f"Redis at {self.url} is unreachable: {exc}")
-
-    async def _acquire(
-        self, key: str, linger: float = 0.0, vanished_token: int = 0
-    ) -> tuple[bool, int] | bytes:
-        """Lead (True, token) or follow (False, token) *key*; or a result's payload.
-
-        On a takeover (*vanished_token*: the token of the leader that vanished)
-        a result committed at or after it is returned instead of the lease, so
-        two followers of one vanished leader never both execute.
-        """
-        signed = await self._script(
-            "acquire",
-            [
-                self._k("lease", key),
-                self._k("fence", "counter"),
-                self._k("linger", key),
-                self._k("result", key),
-            ],
-            [int(self.lease_ttl * 1000), "1" if linger > 0 else "0", vanished_token],
-        )
-        if isinstance(signed, (bytes, str)):
-            return signed.encode() if isinstance(signed, str) else signed
-        return signed > 0, abs(int(signed))
-
-    async def _lead(
+    async def _round(
         self,
-        key: str,
-        token: int,
+        keys: dict[str, str],
+        linger: float,
+        vanished_token: int,
+        watch: Watch,
         base: Any,
         request: Any,
         resolve: Callable[[Any, Any], Awaitable[Any]],
-        linger: float = 0.0,
-    ) -> Any:
+        vanished: int,
+    ) -> tuple[Any, ...]:
+        """One acquire and what follows: an outcome, or ("vanished", token)."""
+        kind, token, payload = await self._acquire(keys, linger, vanished_token)
+        if kind == "r":
+            self._counts["followed"] += 1
+            return self._decode(keys, payload)
+        if kind == "l":
+            if vanished:
+                self._counts["takeovers"] += 1
+                logger.warning(
+                    "took over %s from a leader that vanished (token %d)",
+                    keys["lease"],
+                    vanished_token,
+                )
+            led = await self._lead(keys, token, payload, base, request, resolve, linger)
+            if led[0] != "f":
+                return led
+            token = led[1]  # our lease passed on: follow whoever has it
+        outcome = await self._follow(keys, token, watch)
+        if outcome is None:
+            return ("vanished", token)
+        self._counts["followed"] += 1
+        return outcome
+
+    def _decode(self, keys: dict[str, str], payload: Any) -> tuple[bool, Any]:
+        try:
+            _, ok, value = decode_outcome(self._seal, keys["result"], payload, keys["result"])
+        except CorruptResult as exc:
+            self._counts["corrupt"] += 1
+            raise _Undecodable(str(exc)) from None
+        if value is ABANDONED:
+            raise _Undecodable(f"{keys['result']} holds an abandonment, not a result")
+        return ok, value
+
+    async def _acquire(
+        self, keys: dict[str, str], linger: float, vanished_token: int
+    ) -> tuple[str, int, Any]:
+        """("l", token, lease value) to lead, ("f", token, None) to follow, ("r", 0, payload)."""
+        lease_id = secrets.token_hex(16)
+        reply = await self._script(
+            "acquire",
+            [keys["lease"], keys["fence"], keys["linger"], keys["result"]],
+            [
+                int(self.lease_ttl * 1000),
+                "1" if linger > 0 else "0",
+                vanished_token,
+                lease_id,
+                int(self._result_ttl() * 1000) + int(self.lease_ttl * 1000),
+            ],
+        )
+        kind = _text(reply[0])
+        if kind == "r":
+            return "r", 0, reply[1]
+        token = int(reply[1])
+        if kind == "l":
+            if int(reply[2]):
+                self._counts["corrupt"] += 1
+                logger.warning("replaced a malformed lease at %s", keys["lease"])
+            return "l", token, f"{lease_id}:{token}"
+        return "f", token, None
+
+    def _result_ttl(self) -> float:
+        """How long a result outlives its commit: a follower looks at least every
+        third of the TTL, and each look may take ``timeout``."""
+        return max(3 * self.lease_ttl, self.lease_ttl + 2 * self.timeout, 1.0)
+
+    async def _lead(
+        self,
+        keys: dict[str, str],
+        token: int,
+        lease_value: str,
+        base: Any,
+        request: Any,
+        resolve: Callable[[Any, Any], Awaitable[Any]],
+        linger: float,
+    ) -> tuple[Any, ...]:
+        """Run the device as the leader: ("ok"|"err", value), or ("f", token) to follow."""
         self._counts["led"] += 1
         self._counts["leading"] += 1
-        committed = False
-        lease = (key, token)
-        self._leases[lease] = None
+        lease = _Lease(keys["lease"], lease_value, token, trio.CancelScope(), trio.current_time())
+        self._leases[lease_value] = lease
+        settled = False
+        reset = _token.set(token)
         try:
-            try:
-                value = await resolve(base, request)
-            except Exception as exc:
-                committed = await self._commit_quietly(key, token, encode_error(exc, token))
-                raise
-            try:
-                payload = encode_value(self._codec, value, token)
-            except TypeError as exc:
-                payload = encode_error(exc, token)  # other processes get the reason
-                linger = 0.0  # a failure for the others: it must not linger
-            committed = await self._commit_quietly(key, token, payload, linger)
-            return value
+            outcome: tuple[Any, ...] | None = None
+            with lease.scope:
+                try:
+                    value = await resolve(base, request)
+                except Exception as exc:
+                    outcome = ("err", exc)
+                    payload = encode_error(self._seal, keys["result"], exc, token)
+                    linger = 0.0
+                else:
+                    outcome = ("ok", value)
+                    try:
+                        payload = encode_value(self._seal, keys["result"], value, token)
+                    except TypeError as exc:
+                        payload = encode_error(self._seal, keys["result"], exc, token)
+                        linger = 0.0  # a failure for the others: it must not linger
+            if lease.lost or outcome is None:
+                settled = True  # lost: the lease is someone else's now
+                return ("f", token)
+            settled, reply = await self._commit(keys, lease, payload, linger)
+            if reply is None:
+                return outcome
+            kind = _text(reply[0])
+            self._counts["fenced"] += 1
+            logger.warning(
+                "a stale commit of %s was refused (token %d): answering with the winner's outcome",
+                keys["lease"],
+                token,
+            )
+            if kind == "r":
+                return self._decode(keys, reply[1])
+            if kind == "f":
+                return ("f", int(reply[1]))
+            return outcome  # no winner to answer with: ours is the only outcome
         finally:
-            del self._leases[lease]
+            _token.reset(reset)
+            del self._leases[lease_value]
             self._counts["leading"] -= 1
-            if not committed:
-                # Abandoned, crashed or cancelled: drop the lease so a follower
-                # takes over at once instead of after the TTL.
-                with (
-                    trio.CancelScope(shield=True),
-                    trio.move_on_after(self.timeout),
-                    contextlib.suppress(Exception),  # the lease expires anyway
-                ):
-                    await self._release(key, token)
+            if not settled:
+                # Abandoned, crashed or cancelled: drop the lease and say so, so a
+                # follower takes over at once instead of after the TTL.
+                with trio.CancelScope(shield=True), contextlib.suppress(Exception):
+                    await self._script(
+                        "release",
+                        [keys["lease"]],
+                        [
+                            lease_value,
+                            keys["channel"],
+                            self._seal.wrap(keys["result"], token, {"abandoned": True}),
+                            "0",
+                        ],
+                    )
+
+    async def _commit(
+        self, keys: dict[str, str], lease: _Lease, payload: bytes, linger: float
+    ) -> tuple[bool, Any]:
+        """Commit; (settled, None) if done (or Redis is away), (True, reply) if refused."""
+        with trio.CancelScope(shield=True):  # the value is ready: publish it
+            try:
+                reply = await self._script(
+                    "commit",
+                    [keys["lease"], keys["result"], keys["linger"], keys["fence"]],
+                    [
+                        lease.value,
+                        lease.token,
+                        payload,
+                        keys["channel"],
+                        int(self._result_ttl() * 1000),
+                        int(linger * 1000),
+                        "0",
+                    ],
+                )
+            except (BackendUnavailable, CorruptResult):
+                # Our callers have their outcome; followers look again and take over.
+                return False, None
+        if _text(reply[0]) == "c":
+            return True, None
+        return True, reply
 
     async def _renew_leases(self) -> None:
-        """Every third of the TTL, renew each lease held now (a lease younger than
-        that is fresh enough), until cancelled."""
+        """Every third of the TTL, renew every lease held now in one pipeline; cancel
+        the executions whose lease is lost (or unrenewed for a whole TTL)."""
         ttl_ms = int(self.lease_ttl * 1000)
         while True:
             await trio.sleep(self.lease_ttl / 3)
-            for key, token in list(self._leases):
-                # Redis away: keep trying; the commit will tell whether the lease held.
-                with contextlib.suppress(BackendUnavailable):
-                    await self._script("renew", [self._k("lease", key)], [token, ttl_ms])
-
-    async def commit(self, key: str, token: int, payload: bytes, linger: float = 0.0) -> bool:
-        """Store, publish and release in one step, if *token* still holds the lease.
-
-        With *linger*, the payload (a success) also answers acquires for that long.
-        """
-        done = await self._script(
-            "commit",
-            [self._k("lease", key), self._k("result", key), self._k("linger", key)],
-            [
-                token,
-                payload,
-                self._k("channel", key),
-                int(max(self.lease_ttl, 1) * 1000),
-                int(linger * 1000),
-            ],
-        )
-        if not done:
-            self._counts["fenced"] += 1
-            logger.warning(
-                "a stale commit of %s was refused: its lease (token %d) had passed on", key, token
-            )
-        return bool(done)
-
-    async def _commit_quietly(
-        self, key: str, token: int, payload: bytes, linger: float = 0.0
-    ) -> bool:
-        with trio.CancelScope(shield=True):
+            leases = list(self._leases.values())
+            if not leases:
+                continue
             try:
-                return await self.commit(key, token, payload, linger)
-            except BackendUnavailable:
-                pass  # our callers have their outcome; followers will take over
-        return False
+                answers = await self._step("renewing leases", self._renew, leases, ttl_ms)
+            except (BackendUnavailable, CorruptResult):
+                answers = None
+            now = trio.current_time()
+            for lease, answer in zip(leases, answers or [None] * len(leases), strict=True):
+                if answer == 1:
+                    lease.renewed = now
+                elif answer == 0 or now - lease.renewed >= self.lease_ttl:
+                    self._lose(lease)
 
-    async def _release(self, key: str, token: int) -> None:
-        await self._script("release", [self._k("lease", key)], [token])
+    async def _renew(self, leases: list[_Lease], ttl_ms: int) -> list[Any]:
+        script = self._scripts["renew"]
+        async with self._client.pipeline(transaction=False, raise_on_error=False) as pipe:
+            requests = [
+                script(keys=[lease.key], args=[lease.value, ttl_ms], client=pipe)
+                for lease in leases
+            ]
+        return [await request for request in requests]
 
-    async def _follow(self, key: str, token: int) -> tuple[bool, Any] | None:
+    def _lose(self, lease: _Lease) -> None:
+        if not lease.lost:
+            lease.lost = True
+            self._counts["lost"] += 1
+            logger.warning(
+                "lost the lease of %s (token %d): cancelling its execution", lease.key, lease.token
+            )
+            lease.scope.cancel()
+
+    async def _follow(
+        self, keys: dict[str, str], token: int, watch: Watch
+    ) -> tuple[bool, Any] | None:
         """Wait for *token*'s outcome (or a newer one); None if its leader vanished."""
-        client = self._require()
         self._counts["following"] += 1
-        self._counts["round_trips"] += 1
-        outcome: tuple[bool, Any] | None = None
-        error: Exception | None = None
-        leaving = trio.CancelScope()
         try:
-            with leaving:
-                # Nothing may be raised inside the pubsub block: coredis's nursery
-                # would wrap it in an exception group. Capture, leave, then raise.
-                async with client.pubsub(channels=[self._k("channel", key)]) as pubsub:
-                    try:
-                        outcome = await self._await_outcome(pubsub, client, key, token)
-                    except Exception as exc:
-                        error = exc
-                    # Unsubscribing from a dead server could wait forever: bound it.
-                    leaving.deadline = trio.current_time() + self.timeout
-        except Exception as exc:  # the subscription itself failed
-            error = error or exc
+            while True:
+                heard = self._heard(keys, token, watch)
+                if heard is not None:
+                    return None if heard is ABANDONED else heard
+                await watch.wait(self.lease_ttl / 3)
+                if watch.inbox:
+                    continue
+                # Quiet (or poked after a reconnect): is the leader still there?
+                lease, result = await self._script("peek", [keys["lease"], keys["result"]], [])
+                if result:
+                    found_token = _payload_token(result)
+                    if found_token is None or found_token >= token:  # garbage: say so
+                        return self._decode(keys, result)
+                heard = self._heard(keys, token, watch)  # what arrived meanwhile
+                if heard is not None:
+                    return None if heard is ABANDONED else heard
+                if _text(lease) in ("", "bad"):
+                    return None  # vanished (or corrupt): take over
         finally:
             self._counts["following"] -= 1
-        if leaving.cancelled_caught and error is None and outcome is None:
-            error = BackendUnavailable(f"Redis at {self.url} stopped answering")
-        if error is not None:
-            raise self._translate(error)
-        if outcome is not None:
-            self._counts["followed"] += 1
-        return outcome
 
-    async def _await_outcome(
-        self, pubsub: Any, client: Any, key: str, token: int
-    ) -> tuple[bool, Any] | None:
-        where = f"Redis key {self._k('result', key)}"
-        # Subscribed first, then read: a commit in between is in the key.
-        found = await self._read_result(key, token, where)
-        if found is not None:
-            return found
-        while True:
-            with trio.move_on_after(self.lease_ttl / 3):
-                async for message in pubsub:
-                    data = message["data"]
-                    if message["type"] != "message" or not isinstance(data, (bytes, str)):
-                        continue
-                    got, ok, value = decode_outcome(self._codec, data, where)
-                    if got >= token:
-                        return ok, value
-            # Quiet for a third of the TTL: is the leader still there?
-            lease = await self._call(lambda: client.get(self._k("lease", key)))
-            found = await self._read_result(key, token, where)
-            if found is not None:
-                return found
-            if lease is None:
-                return None  # vanished: take over
-
-    def _translate(self, error: Exception) -> Exception:
-        leaves = list(_leaves(error))
-        if leaves and all(
-            _is_connection_error(e) or isinstance(e, trio.TooSlowError) for e in leaves
-        ):
-            self._counts["unavailable"] += 1
-            self._went_down(leaves[0])
-            return BackendUnavailable(f"Redis at {self.url} failed while following: {leaves[0]}")
-        if len(leaves) == 1:
-            return leaves[0]
-        return error
-
-    async def _read_result(self, key: str, token: int, where: str) -> tuple[bool, Any] | None:
-        client = self._require()
-        payload = await self._call(lambda: client.get(self._k("result", key)))
-        if payload is None:
-            return None
-        got, ok, value = decode_outcome(self._codec, payload, where)
-        return (ok, value) if got >= token else None
+    def _heard(self, keys: dict[str, str], token: int, watch: Watch) -> Any:
+        """The outcome in *watch*'s inbox for *token* or newer (`ABANDONED`), else None."""
+        while watch.inbox:
+            data = watch.inbox.pop(0)
+            try:
+                got, ok, value = decode_outcome(self._seal, keys["result"], data, keys["channel"])
+            except CorruptResult as exc:
+                self._counts["corrupt"] += 1
+                logger.warning("ignored a malformed message: %s", exc)
+                continue
+            if got < token:
+                continue  # an older round's news
+            if value is ABANDONED:
+                return ABANDONED
+            return ok, value
+        return None
 
 
-def _leaves(error: BaseException) -> Iterator[Exception]:
-    if isinstance(error, BaseExceptionGroup):
-        for inner in error.exceptions:
-            yield from _leaves(inner)
-    elif isinstance(error, Exception):
-        yield error
+class _Undecodable(CorruptResult):
+    """A result that was read but cannot be trusted: never a reason to run locally."""
 
 
-def _no_script_error() -> type[Exception]:
-    from coredis.exceptions import NoScriptError
+def _answer(outcome: tuple[Any, ...]) -> Any:
+    ok, value = outcome[0], outcome[1]
+    if ok is True or ok == "ok":
+        return value
+    raise value
 
-    return NoScriptError
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _is_connection_error(exc: BaseException) -> bool:
-    try:
-        from coredis.exceptions import ConnectionError as RedisConnectionError
-    except ImportError:  # pragma: no cover
-        return isinstance(exc, (ConnectionError, TimeoutError))
-    return isinstance(exc, (RedisConnectionError, ConnectionError, TimeoutError))
+def _payload_token(payload: Any) -> int | None:
+    head = (payload if isinstance(payload, bytes) else str(payload).encode()).split(b":", 1)[0]
+    return int(head) if head.isdigit() and len(head) <= 16 else None
+
+
+def _check_namespace(namespace: object) -> None:
+    if not isinstance(namespace, str):
+        raise TypeError(f"namespace must be a str, got {type(namespace).__name__}")
+    if not namespace or len(namespace) > _MAX_KEY or not namespace.isprintable():
+        raise ValueError("namespace must be 1 to 200 printable characters")
+    if "{" in namespace or "}" in namespace:
+        raise ValueError("namespace must not contain braces (they are Redis Cluster hash tags)")
+
+
+def _clean(name: str) -> str:
+    cleaned = "".join(c for c in name if c.isprintable() and c not in "{}")
+    return cleaned[: _MAX_KEY - 20] or "device"

@@ -1,0 +1,280 @@
+"""The Redis backend's connections: the client, its errors, and one shared subscriber.
+
+Every command the backend sends runs under its own deadline (the backend's
+``timeout``) on a client built without retries: a command either answers in
+time or its caller gets `~trio_persist.BackendUnavailable`. coredis multiplexes
+commands over its pooled connections, so no command holds a connection while
+it waits for another.
+
+Every followed key is served by *one* subscriber connection per backend, a
+pattern subscription to all of the namespace's channels: following a key costs
+no subscribe or unsubscribe round trip, and publications are dispatched in
+process to the flights that wait for them (`Subscriber.watch`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ssl
+import sys
+import urllib.parse
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+
+from ._exceptions import BackendUnavailable, CorruptResult
+from ._logging import logger
+from ._redis_scripts import key_of_channel, pattern_of
+
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup
+
+if TYPE_CHECKING:
+    import coredis
+
+__all__ = ["Subscriber", "Watch", "classify", "open_client", "redact"]
+
+
+def redact(url: str) -> str:
+    """*url* with its password (in the authority or the query) replaced by ``***``."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return "<an unparsable Redis URL>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        credentials, _, host = netloc.rpartition("@")
+        user, colon, _ = credentials.partition(":")
+        netloc = f"{user}:***@{host}" if colon else f"***@{host}"
+    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    shown = [(k, "***" if k.lower() == "password" else v) for k, v in query]
+    return urllib.parse.urlunsplit(
+        (parts.scheme, netloc, parts.path, urllib.parse.urlencode(shown, safe="*"), "")
+    )
+
+
+def describe(client: Any) -> str:
+    """A client's address for messages, without credentials."""
+    pool = getattr(client, "connection_pool", None)
+    location = getattr(pool, "location", None)
+    if location is not None:
+        host, port = getattr(location, "host", None), getattr(location, "port", None)
+        if host is not None:
+            return f"redis://{host}:{port}"
+        path = getattr(location, "path", None)
+        if path is not None:
+            return f"unix://{path}"
+    return f"a {type(client).__name__} client"
+
+
+def secure_url(url: str) -> str:
+    """A ``rediss://`` URL with certificate and hostname checks on, unless it says otherwise."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "rediss":
+        return url
+    query = dict(urllib.parse.parse_qsl(parts.query, keep_blank_values=True))
+    query.setdefault("ssl_cert_reqs", "required")
+    query.setdefault("ssl_check_hostname", "true")
+    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
+
+
+def open_client(url: str, timeout: float) -> coredis.Redis[bytes]:
+    """A client for *url* that never retries: the backend's deadlines are the bound."""
+    import coredis
+    from coredis.retry import NoRetryPolicy
+
+    return coredis.Redis.from_url(
+        secure_url(url),
+        connect_timeout=timeout,
+        stream_timeout=timeout,
+        retry_policy=NoRetryPolicy(),
+        # Commands are multiplexed; a full pool only queues them (under our deadlines).
+        max_connections=16,
+    )
+
+
+def _leaves(error: BaseException) -> Iterator[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield error
+
+
+def _certificate_error(error: BaseException) -> ssl.SSLError | None:
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ssl.SSLError):
+            return current
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def classify(error: BaseException, where: str) -> Exception | None:
+    """The error a caller gets for a failed Redis step, or None if *error* is not Redis's.
+
+    Unreachable, slow or failing servers become `BackendUnavailable`
+    (certificate failures say so); a key of the wrong type in the namespace is
+    `CorruptResult`. Cancellation and anything not from Redis return None.
+    """
+    from coredis.exceptions import ResponseError
+
+    leaves = list(_leaves(error))
+    if not leaves or any(not isinstance(leaf, Exception) for leaf in leaves):
+        return None
+    first = leaves[0]
+    for leaf in leaves:
+        if isinstance(leaf, ResponseError) and "WRONGTYPE" in str(leaf):
+            return CorruptResult(
+                f"{where}: a key in the namespace holds a foreign value ({leaf}); "
+                "delete it or choose another namespace"
+            )
+    certificate = _certificate_error(first)
+    if certificate is not None:
+        return BackendUnavailable(f"{where}: TLS certificate verification failed: {certificate}")
+    if isinstance(first, trio.TooSlowError):
+        return BackendUnavailable(f"{where} did not answer in time")
+    from coredis.exceptions import ConnectionError as RedisConnectionError
+
+    if isinstance(first, (RedisConnectionError, OSError)):
+        return BackendUnavailable(f"{where} is unreachable: {first}")
+    if isinstance(first, _connection_errors()):
+        return BackendUnavailable(f"{where} failed: {first}")
+    return None
+
+
+def _connection_errors() -> tuple[type[BaseException], ...]:
+    import anyio
+    from coredis.exceptions import RedisError
+
+    return (
+        RedisError,
+        OSError,
+        TimeoutError,
+        trio.TooSlowError,
+        anyio.ClosedResourceError,
+        anyio.BrokenResourceError,
+        anyio.EndOfStream,
+    )
+
+
+@attrs.define(eq=False)
+class Watch:
+    """What one following flight hears about its key: payloads, and pokes to look again."""
+
+    key: str
+    inbox: list[bytes] = attrs.Factory(list)
+    poked: bool = False
+    _event: trio.Event = attrs.Factory(trio.Event)
+
+    def deliver(self, data: bytes) -> None:
+        self.inbox.append(data)
+        self._event.set()
+
+    def poke(self) -> None:
+        """Ask the follower to check the key now (a reconnect may have lost messages)."""
+        self.poked = True
+        self._event.set()
+
+    async def wait(self, seconds: float) -> None:
+        """Wait until something arrives or *seconds* pass; checkpoints."""
+        if not self.inbox and not self.poked:
+            with trio.move_on_after(seconds):
+                await self._event.wait()
+        else:
+            await trio.lowlevel.checkpoint()
+        self._event = trio.Event()
+        self.poked = False
+
+
+@attrs.define(eq=False)
+class Subscriber:
+    """One pattern subscription per backend, dispatching publications to `Watch` es."""
+
+    namespace: str
+    timeout: float
+    watches: dict[str, set[Watch]] = attrs.Factory(dict)
+    up: bool = False
+    malformed: int = 0
+    connects: int = 0
+
+    @contextlib.contextmanager
+    def watch(self, key: str) -> Iterator[Watch]:
+        """Hear about *key* inside the block (registered before anything is sent)."""
+        watch = Watch(key)
+        watchers = self.watches.setdefault(key, set())
+        watchers.add(watch)
+        try:
+            yield watch
+        finally:
+            watchers.discard(watch)
+            if not watchers:
+                del self.watches[key]
+
+    def _on_message(self, message: Any) -> None:
+        # Runs inside coredis's reader: must never raise.
+        key = key_of_channel(self.namespace, message.get("channel"))
+        data = message.get("data")
+        if key is None or not isinstance(data, (bytes, str)):
+            self.malformed += 1
+            return
+        if isinstance(data, str):
+            data = data.encode()
+        for watch in self.watches.get(key, ()):
+            watch.deliver(data)
+
+    def _poke_all(self) -> None:
+        for watchers in self.watches.values():
+            for watch in watchers:
+                watch.poke()
+
+    async def run(
+        self, client: Any, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Keep the subscription up, reconnecting, until cancelled.
+
+        Reports started once subscribed, or after ``timeout`` if Redis is away
+        (followers then poll until it is back).
+        """
+        pattern = pattern_of(self.namespace)
+        started = False
+        pause = 0.05
+        while True:
+            failure: BaseException | None = None
+            try:
+                with trio.fail_after(self.timeout) as connecting:
+                    async with client.pubsub(
+                        pattern_handlers={pattern: self._on_message},
+                        ignore_subscribe_messages=True,
+                        retry_policy=None,
+                        subscription_timeout=self.timeout,
+                        max_idle_seconds=max(self.timeout, 1.0),
+                    ):
+                        connecting.deadline = float("inf")
+                        self.up = True
+                        self.connects += 1
+                        pause = 0.05
+                        self._poke_all()  # what was published while we were away
+                        if not started:
+                            started = True
+                            task_status.started()
+                        await trio.sleep_forever()
+            except BaseException as exc:
+                # A dropped connection, or coredis tearing down under cancellation
+                # (then the checkpoint below raises our own Cancelled).
+                allowed = (trio.Cancelled, *_connection_errors())
+                if not all(isinstance(leaf, allowed) for leaf in _leaves(exc)):
+                    raise
+                failure = exc
+            self.up = False
+            self._poke_all()
+            logger.debug("the Redis subscription dropped: %r", failure)
+            if not started:
+                started = True
+                task_status.started()
+            await trio.sleep(pause)
+            pause = min(pause * 2, 1.0)

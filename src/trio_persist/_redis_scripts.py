@@ -1,0 +1,212 @@
+"""The Redis backend's keys and Lua scripts: every state change is one atomic script.
+
+Keys of one request share a Redis Cluster hash slot (the ``{namespace:key}``
+hash tag), so each script touches one slot:
+
+* ``{ns:key}:lease``: ``"<id>:<token>"``, with a TTL. The id (128 random bits,
+  new for every acquire) is the leader's identity; every equality check
+  (renew, commit, release) compares the whole value.
+* ``{ns:key}:fence``: the last ordering token issued for the key.
+* ``{ns:key}:result`` and ``{ns:key}:linger``: the last committed outcome (and
+  a success that lingers for late callers).
+* channel ``{ns:key}:done``: where commits and abandonments are announced.
+
+**Tokens** order leaders of one key and never repeat, even after Redis lost
+its data: a token is the server's clock in microseconds, or one more than the
+last token issued for the key if that is larger. A restart that forgets the
+fence key resumes from the clock, above every token issued before (assuming
+the server's clock, or the promoted replica's, does not step back by more than
+the restart took).
+
+Payloads are ``b"<token>:<mac>:<json>"`` (see `trio_persist._codec`): the
+scripts read the token without decoding the rest.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["ACQUIRE", "COMMIT", "PEEK", "RELEASE", "RENEW", "keys_of", "pattern_of"]
+
+# Shared by the scripts: the token of a lease value or payload (nil if malformed).
+_HELPERS = """
+local function lease_token(value)
+  if not value then return nil end
+  local id, token = string.match(value, '^(%x+):(%d+)$')
+  if id == nil or #id ~= 32 or #token > 16 then return nil end
+  return tonumber(token)
+end
+local function payload_token(value)
+  if not value then return nil end
+  local token = string.match(value, '^(%d+):')
+  if token == nil or #token > 16 then return nil end
+  return tonumber(token)
+end
+local function get(key)
+  local ok, value = pcall(redis.call, 'GET', key)
+  if not ok then return redis.error_reply('WRONGTYPE ' .. key) end
+  return value
+end
+"""
+
+# KEYS: lease, fence, linger, result. ARGV: ttl_ms, "1" to honour a lingering
+# result, the token of a leader seen to vanish ("0" if none), the new lease id,
+# fence_ttl_ms.
+# Returns {"r", payload}: a lingering result, or on a takeover one committed at
+# or after the vanished token; {"f", token}: follow the live leader; {"l",
+# token, repaired}: we lead ("repaired" is 1 when a malformed lease was replaced).
+# Idempotent: a retried acquire that finds its own id leads with its token.
+ACQUIRE = (
+    _HELPERS
+    + """
+if ARGV[2] == '1' then
+  local lingering = get(KEYS[3])
+  if type(lingering) == 'table' then return lingering end
+  if lingering then return {'r', lingering} end
+end
+if ARGV[3] ~= '0' then
+  local committed = get(KEYS[4])
+  if type(committed) == 'table' then return committed end
+  local token = payload_token(committed)
+  if token and token >= tonumber(ARGV[3]) then return {'r', committed} end
+end
+local current = get(KEYS[1])
+if type(current) == 'table' then return current end
+local repaired = 0
+if current then
+  local token = lease_token(current)
+  if token and string.sub(current, 1, 32) == ARGV[4] then
+    return {'l', string.format('%.0f', token), 0}
+  end
+  if token and redis.call('PTTL', KEYS[1]) > 0 then
+    return {'f', string.format('%.0f', token)}
+  end
+  repaired = 1  -- foreign, malformed or immortal: never followed, replaced
+end
+local fence = get(KEYS[2])
+if type(fence) == 'table' then return fence end
+local now = redis.call('TIME')
+local token = tonumber(now[1]) * 1000000 + tonumber(now[2])
+local last = tonumber(fence)
+if last and last >= token and last < 1e16 then token = last + 1 end
+local text = string.format('%.0f', token)
+redis.call('SET', KEYS[2], text, 'PX', ARGV[5])
+redis.call('SET', KEYS[1], ARGV[4] .. ':' .. text, 'PX', ARGV[1])
+return {'l', text, repaired}
+"""
+)
+
+# KEYS: lease. ARGV: lease value, ttl_ms. 1 if still ours (renewed), else 0.
+RENEW = """
+local ok, value = pcall(redis.call, 'GET', KEYS[1])
+if ok and value == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
+# KEYS: lease, result, linger, fence. ARGV: lease value, token, payload,
+# channel, result_ttl_ms, linger_ms (0: none), "1" for sharded publication.
+# Commits when the lease is ours, or gone with no newer token issued since
+# (it expired and nobody took over). Returns {"c"} (committed), else
+# {"r", payload} (the newest result, for the refused leader to answer with),
+# {"f", token} (follow the leader that took over) or {"x"} (nothing to follow).
+# Idempotent: a retried commit finds no lease and its own token as the fence.
+COMMIT = (
+    _HELPERS
+    + """
+local current = get(KEYS[1])
+if type(current) == 'table' then return current end
+local token = tonumber(ARGV[2])
+if current ~= ARGV[1] then
+  local fence = get(KEYS[4])
+  if type(fence) == 'table' then return fence end
+  if current or (fence and tonumber(fence) and tonumber(fence) > token) then
+    local result = get(KEYS[2])
+    if type(result) == 'table' then return result end
+    local committed = payload_token(result)
+    if committed and committed > token then return {'r', result} end
+    local leader = lease_token(current)
+    if leader then return {'f', string.format('%.0f', leader)} end
+    return {'x'}
+  end
+end
+redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[5])
+if ARGV[6] ~= '0' then redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[6]) end
+if ARGV[7] == '1' then
+  redis.call('SPUBLISH', ARGV[4], ARGV[3])
+else
+  redis.call('PUBLISH', ARGV[4], ARGV[3])
+end
+if current then redis.call('DEL', KEYS[1]) end
+return {'c'}
+"""
+)
+
+# KEYS: lease. ARGV: lease value, channel, abandonment message, "1" sharded.
+# Drops the lease if still ours and says so on the channel (followers take over
+# at once). 1 if dropped.
+RELEASE = """
+local ok, value = pcall(redis.call, 'GET', KEYS[1])
+if not ok or value ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+if ARGV[4] == '1' then
+  redis.call('SPUBLISH', ARGV[2], ARGV[3])
+else
+  redis.call('PUBLISH', ARGV[2], ARGV[3])
+end
+return 1
+"""
+
+# KEYS: lease, result. What a follower checks when it has heard nothing:
+# {lease token or "", result or ""}. Malformed leases read as "bad".
+PEEK = (
+    _HELPERS
+    + """
+local lease = get(KEYS[1])
+if type(lease) == 'table' then return lease end
+local result = get(KEYS[2])
+if type(result) == 'table' then return result end
+local token = ''
+if lease then
+  local parsed = lease_token(lease)
+  if parsed and redis.call('PTTL', KEYS[1]) > 0 then
+    token = string.format('%.0f', parsed)
+  else
+    token = 'bad'
+  end
+end
+return {token, result or ''}
+"""
+)
+
+
+def keys_of(namespace: str, key: str) -> dict[str, str]:
+    """The names of one request's keys and channel (all in one hash slot)."""
+    tag = "{" + namespace + ":" + key + "}"
+    return {
+        "lease": tag + ":lease",
+        "fence": tag + ":fence",
+        "linger": tag + ":linger",
+        "result": tag + ":result",
+        "channel": tag + ":done",
+    }
+
+
+_GLOB_SPECIAL = "\\*?[]^"
+
+
+def pattern_of(namespace: str) -> str:
+    """The PSUBSCRIBE pattern matching every channel of *namespace*."""
+    escaped = "".join("\\" + c if c in _GLOB_SPECIAL else c for c in namespace)
+    return "{" + escaped + ":*}:done"
+
+
+def key_of_channel(namespace: str, channel: Any) -> str | None:
+    """The request key a channel name belongs to, or None if it is not ours."""
+    if isinstance(channel, bytes):
+        channel = channel.decode("utf-8", "replace")
+    prefix, suffix = "{" + namespace + ":", "}:done"
+    if not isinstance(channel, str) or not channel.startswith(prefix):
+        return None
+    if not channel.endswith(suffix) or len(channel) < len(prefix) + len(suffix):
+        return None
+    return channel[len(prefix) : -len(suffix)]
