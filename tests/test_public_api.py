@@ -52,6 +52,7 @@ def test_the_redis_module_exports_its_backend_and_records() -> None:
         "RedisBackend",
         "RedisBackendStatistics",
         "cluster_frame",
+        "fencing_token",
         "watch_cluster",
     }
     for name in redis.__all__:

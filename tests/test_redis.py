@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,36 +22,13 @@ import trio
 import trio.testing
 
 import trio_persist
+from redis_helpers import Recorder, eventually
 from redis_server import RedisServer
 from trio_persist._codec import Seal
 from trio_persist._redis_scripts import keys_of
 from trio_persist.redis import RedisBackend
 
 WORKER = str(Path(__file__).with_name("redis_worker.py"))
-
-
-async def eventually(predicate: Callable[[], bool]) -> None:
-    """Wait (on the real clock, in small steps) until *predicate* holds."""
-    while True:
-        if predicate():
-            return
-        await trio.sleep(0.01)
-
-
-class Recorder:
-    """A device that counts executions and can be held open."""
-
-    def __init__(self, result: Any = "done") -> None:
-        self.calls = 0
-        self.release = trio.Event()
-        self.result = result
-
-    async def __call__(self, base: Any, request: Any) -> Any:
-        self.calls += 1
-        await self.release.wait()
-        if isinstance(self.result, Exception):
-            raise self.result
-        return self.result
 
 
 async def test_two_persists_on_one_namespace_share_one_execution(
@@ -554,7 +530,7 @@ async def test_a_follower_taking_over_after_another_already_finished_gets_that_r
             assert await first._acquire(names, 0, 0) == ("f", vanished, None)
             assert await second._acquire(names, 0, 0) == ("f", vanished, None)
             await control.delete([names["lease"]])  # the leader dies
-            kind, token, lease = await first._acquire(names, 0, vanished)  # takes over...
+            kind, token, _ = await first._acquire(names, 0, vanished)  # takes over...
             assert kind == "l"
             payload = sealed(
                 namespace, "key", token, {"ok": True, "codec": "json", "value": "first"}, None

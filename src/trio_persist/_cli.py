@@ -6,6 +6,7 @@ It sits on top of the library and is never imported by it.
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import sys
 from collections.abc import Callable, Sequence
@@ -60,7 +61,10 @@ async def demo(duration: float | None, plain: bool, seed: int, out: TextIO = sys
     return 0
 
 
-async def _cluster_once(url: str, namespace: str, out: TextIO) -> int:
+ENV_URL = "TRIO_PERSIST_REDIS_URL"
+
+
+async def _cluster_once(url: str, namespace: str | None, out: TextIO) -> int:
     from ._cluster import watch_cluster
 
     view = MonitorView()
@@ -92,7 +96,7 @@ async def monitor(
     out: TextIO = sys.stdout,
     *,
     redis: str | None = None,
-    namespace: str = "trio-persist",
+    namespace: str | None = None,
 ) -> int:
     """Watch the monitor socket at *path*, or a whole cluster through *redis*."""
     if redis is not None:
@@ -151,16 +155,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         "path", nargs="?", help="the Unix socket given to persist.serve_monitor"
     )
     monitor_parser.add_argument(
-        "--redis", metavar="URL", help="watch every process on a Redis backend instead"
+        "--redis",
+        metavar="URL",
+        nargs="?",
+        const=ENV_URL,
+        help=f"watch every process on a Redis backend instead; without URL, read it from "
+        f"${ENV_URL} (keeps a password off the command line)",
     )
     monitor_parser.add_argument(
-        "--namespace", default="trio-persist", help="the backend's namespace (with --redis)"
+        "--namespace", default=None, help="show only this namespace (with --redis; default: all)"
     )
     monitor_parser.add_argument("--once", action="store_true", help="print one frame and exit")
     monitor_parser.add_argument(
         "--plain", action="store_true", help="print sitrep lines when something changes"
     )
     args = parser.parse_args(argv)
+    if args.command == "monitor" and args.redis == ENV_URL:
+        args.redis = os.environ.get(ENV_URL)
+        if not args.redis:
+            print(f"trio-persist monitor: --redis without a URL needs ${ENV_URL}", file=sys.stderr)
+            return 2
     # Not a terminal (a pipe, a log): plain lines instead of the live view.
     plain = args.plain or not _is_terminal(sys.stdout)
     try:

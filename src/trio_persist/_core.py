@@ -103,6 +103,7 @@ class Core:
     closed: bool = False
     requests: int = 0
     executions: int = 0
+    remote: int = 0  # executions another process answered (moved out of executions)
     deduplicated: int = 0
     failures: int = 0
     crashes: int = 0
@@ -146,7 +147,19 @@ class Core:
             key = backend.key_of(group, request, group_is_request)
             if key is None:
                 return await resolve(base, request)
-            return await backend.run(key, base, request, resolve, linger=linger)
+            ran = False
+
+            async def here(base: Any, request: Any) -> Any:
+                nonlocal ran
+                ran = True
+                return await resolve(base, request)
+
+            try:
+                return await backend.run(key, base, request, here, linger=linger)
+            finally:
+                if not ran:  # another process ran it: not an execution of ours
+                    self.executions -= 1
+                    self.remote += 1
 
         return across_processes
 
@@ -288,6 +301,7 @@ class Core:
         return PersistStatistics(
             requests=self.requests,
             executions=self.executions,
+            remote=self.remote,
             deduplicated=self.deduplicated,
             failures=self.failures,
             crashes=self.crashes,

@@ -121,14 +121,16 @@ def classify(error: BaseException, where: str) -> Exception | None:
     (certificate failures say so); a key of the wrong type in the namespace is
     `CorruptResult`. Cancellation and anything not from Redis return None.
     """
-    from coredis.exceptions import ResponseError
+    from coredis.exceptions import ResponseError, WrongTypeError
 
     leaves = list(_leaves(error))
     if not leaves or any(not isinstance(leaf, Exception) for leaf in leaves):
         return None
     first = leaves[0]
     for leaf in leaves:
-        if isinstance(leaf, ResponseError) and "WRONGTYPE" in str(leaf):
+        if isinstance(leaf, WrongTypeError) or (
+            isinstance(leaf, ResponseError) and "WRONGTYPE" in str(leaf)
+        ):
             return CorruptResult(
                 f"{where}: a key in the namespace holds a foreign value ({leaf}); "
                 "delete it or choose another namespace"

@@ -36,7 +36,7 @@ class PersistStatistics:
     requests: int
     """Calls to `Persist.resolve` that got past argument checks."""
     executions: int
-    """Device calls started (by flights, workers and direct executions)."""
+    """Device calls started here (by flights, workers and direct executions)."""
     deduplicated: int
     """Calls answered by an execution that another call started."""
     failures: int
@@ -77,6 +77,9 @@ class PersistStatistics:
     """99th percentile of wait time, in seconds."""
     wait_max: float = 0.0
     """The longest wait, in seconds."""
+    remote: int = 0
+    """Executions answered by another process through the backend (the device did
+    not run here; not counted in ``executions``)."""
 
     def to_json(self) -> dict[str, Any]:
         return attrs.asdict(self)

@@ -350,13 +350,23 @@ class RedisBackend:
     # -- one bounded step ---------------------------------------------------------
 
     async def _step(self, what: str, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
-        """Run one Redis step under the deadline; failures become clear errors."""
+        """Run one Redis step under the deadline; failures become clear errors.
+
+        A step whose connection broke is tried once more within the same
+        deadline (a pooled connection may have died with a server restart):
+        every script is idempotent, so a repeat never acts twice.
+        """
         if self._client is None:
             raise BackendUnavailable(f"{self._where}: the backend is not running")
+        from coredis.exceptions import ConnectionError as RedisConnectionError
+
         self._counts["round_trips"] += 1
         try:
             with trio.fail_after(self.timeout):
-                answer = await fn(*args)
+                try:
+                    answer = await fn(*args)
+                except RedisConnectionError:
+                    answer = await fn(*args)
         except BaseException as exc:
             translated = classify(exc, f"{self._where} ({what})")
             if translated is None:
