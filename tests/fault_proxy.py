@@ -1,0 +1,74 @@
+"""A small TCP proxy for fault injection: one process's traffic to Redis, stalled,
+delayed or cut at will, in the test's own Trio run."""
+
+from __future__ import annotations
+
+import socket
+
+import trio
+
+
+class FaultProxy:
+    """Forward 127.0.0.1:<port> to *target_port*; `stalled` holds every byte, `delay`
+    adds latency per chunk, `cut` drops every connection."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.delay = 0.0
+        self.stalled = False
+        self._resumed = trio.Event()
+        self._open: set[trio.CancelScope] = set()
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = int(probe.getsockname()[1])
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def stall(self) -> None:
+        self.stalled = True
+        self._resumed = trio.Event()
+
+    def resume(self) -> None:
+        self.stalled = False
+        self._resumed.set()
+
+    def cut(self) -> None:
+        """Drop every open connection (new ones are accepted)."""
+        for scope in self._open:
+            scope.cancel()
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(self.port, host="127.0.0.1")
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            await trio.serve_listeners(self._handle, listeners, handler_nursery=nursery)
+
+    async def _handle(self, client: trio.SocketStream) -> None:
+        scope = trio.CancelScope()
+        self._open.add(scope)
+        with scope:
+            try:
+                server = await trio.open_tcp_stream("127.0.0.1", self.target_port)
+            except OSError:
+                await client.aclose()
+                return
+            async with client, server, trio.open_nursery() as nursery:
+                nursery.start_soon(self._pump, client, server, nursery.cancel_scope)
+                nursery.start_soon(self._pump, server, client, nursery.cancel_scope)
+        self._open.discard(scope)
+
+    async def _pump(
+        self, source: trio.SocketStream, sink: trio.SocketStream, both: trio.CancelScope
+    ) -> None:
+        try:
+            async for chunk in source:
+                while self.stalled:
+                    await self._resumed.wait()
+                if self.delay:
+                    await trio.sleep(self.delay)
+                await sink.send_all(chunk)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        both.cancel()  # one side closed: close the other

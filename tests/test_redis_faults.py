@@ -1,0 +1,300 @@
+"""The Redis backend under load and faults, on real servers: nothing hangs past
+its bound, every caller gets a value or a clear error, one result per round.
+
+Faults are real: servers stopped and restarted, a process's traffic stalled
+by a TCP proxy, leaders cancelled. Every wait is bounded by ``fail_after``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import signal
+from typing import Any
+
+import coredis
+import trio
+
+import trio_persist
+from fault_proxy import FaultProxy
+from redis_helpers import Recorder, eventually
+from redis_server import RedisServer
+from trio_persist._codec import Seal
+from trio_persist.redis import RedisBackend
+
+
+def names_for(persist: trio_persist.Persist, request: Any) -> dict[str, str]:
+    from trio_persist._redis_scripts import keys_of
+
+    backend = persist.backend
+    return keys_of(backend.namespace, backend.key_of(persist.group("base", request), request, True))
+
+
+async def test_one_process_following_a_thousand_keys_answers_them_all(
+    redis_url: str, namespace: str
+) -> None:
+    device = Recorder()
+    leader = RedisBackend(redis_url, namespace=namespace, lease_ttl=30)
+    follower = RedisBackend(redis_url, namespace=namespace, lease_ttl=30)
+    answered = 0
+    with trio.fail_after(60):
+        async with (
+            trio_persist.open_persist(device, backend=leader) as a,
+            trio_persist.open_persist(device, backend=follower) as b,
+            trio.open_nursery() as nursery,
+        ):
+
+            async def follow(key: int) -> None:
+                nonlocal answered
+                assert await b.resolve("base", key) == "done"
+                answered += 1
+
+            for key in range(1000):
+                nursery.start_soon(a.resolve, "base", key)
+            await eventually(lambda: leader.statistics().leading == 1000)
+            for key in range(1000):
+                nursery.start_soon(follow, key)
+            await eventually(lambda: follower.statistics().following == 1000)
+            device.release.set()
+    assert answered == 1000
+    assert device.calls == 1000
+    assert follower.statistics().round_trips == 1000  # one acquire each; woken by the publication
+
+
+async def test_a_follower_is_woken_by_the_publication_not_by_polling(
+    redis_url: str, namespace: str
+) -> None:
+    device = Recorder()
+    leader = RedisBackend(redis_url, namespace=namespace, lease_ttl=60)  # polls every 20 s
+    follower = RedisBackend(redis_url, namespace=namespace, lease_ttl=60)
+    with trio.fail_after(10):
+        async with (
+            trio_persist.open_persist(device, backend=leader) as a,
+            trio_persist.open_persist(device, backend=follower) as b,
+            trio.open_nursery() as nursery,
+        ):
+            nursery.start_soon(a.resolve, "base", "r")
+            await eventually(lambda: leader.statistics().leading == 1)
+            got: list[Any] = []
+
+            async def follow() -> None:
+                got.append(await b.resolve("base", "r"))
+
+            nursery.start_soon(follow)
+            await eventually(lambda: follower.statistics().following == 1)
+            device.release.set()
+            await eventually(lambda: got == ["done"])  # long before any poll
+    assert follower.statistics().round_trips == 1
+
+
+async def test_a_lease_is_renewed_while_a_long_execution_runs(
+    redis_url: str, namespace: str
+) -> None:
+    async def slow(base: Any, request: Any) -> Any:
+        await trio.sleep(2)  # more than three lease TTLs
+        return "slow"
+
+    leader = RedisBackend(redis_url, namespace=namespace, lease_ttl=0.6)
+    follower = RedisBackend(redis_url, namespace=namespace, lease_ttl=0.6)
+    got: list[Any] = []
+    with trio.fail_after(20):
+        async with (
+            trio_persist.open_persist(slow, backend=leader) as a,
+            trio_persist.open_persist(slow, backend=follower) as b,
+            trio.open_nursery() as nursery,
+        ):
+            nursery.start_soon(a.resolve, "base", "r")
+            await eventually(lambda: leader.statistics().leading == 1)
+
+            async def follow() -> None:
+                got.append(await b.resolve("base", "r"))
+
+            nursery.start_soon(follow)
+    assert got == ["slow"]
+    assert follower.statistics().led == 0  # never took over: the lease held
+    assert leader.statistics().lost == 0
+
+
+async def test_a_lost_lease_cancels_its_execution_and_its_callers_get_the_new_leaders_result(
+    redis_url: str, namespace: str
+) -> None:
+    cancelled = trio.Event()
+
+    async def device(base: Any, request: Any) -> Any:
+        try:
+            await trio.sleep_forever()
+        finally:
+            cancelled.set()
+
+    backend = RedisBackend(redis_url, namespace=namespace, lease_ttl=0.6)
+    got: list[Any] = []
+    with trio.fail_after(20):
+        async with (
+            trio_persist.open_persist(device, backend=backend) as persist,
+            coredis.Redis.from_url(redis_url) as control,
+            trio.open_nursery() as nursery,
+        ):
+
+            async def call() -> None:
+                got.append(await persist.resolve("base", "r"))
+
+            for _ in range(3):
+                nursery.start_soon(call)
+            await eventually(lambda: backend.statistics().leading == 1)
+            names = names_for(persist, "r")
+            token = int(time.time() * 1e6) + 10**9  # another process took the key over
+            await control.set(names["lease"], "cd" * 16 + f":{token}", px=30000)
+            await cancelled.wait()  # the next renewal finds the lease gone
+            await eventually(lambda: backend.statistics().following == 1)
+            payload = Seal(backend.namespace).wrap(
+                names["result"], token, {"ok": True, "codec": "json", "value": "theirs"}
+            )
+            await control.set(names["result"], payload)
+            await control.delete([names["lease"]])
+            await control.publish(names["channel"], payload)
+    assert got == ["theirs"] * 3
+    assert backend.statistics().lost == 1
+
+
+async def test_a_cancelled_leader_tells_its_followers_who_take_over_at_once(
+    redis_url: str, namespace: str
+) -> None:
+    device = Recorder("second")
+    leader = RedisBackend(redis_url, namespace=namespace, lease_ttl=60)  # polls every 20 s
+    follower = RedisBackend(redis_url, namespace=namespace, lease_ttl=60)
+    got: list[Any] = []
+    with trio.fail_after(10):
+        async with (
+            trio_persist.open_persist(device, backend=leader) as a,
+            trio_persist.open_persist(device, backend=follower) as b,
+            trio.open_nursery() as nursery,
+        ):
+            lead_scope = trio.CancelScope()
+
+            async def lead() -> None:
+                with lead_scope:
+                    await a.resolve("base", "r")
+
+            nursery.start_soon(lead)
+            await eventually(lambda: leader.statistics().leading == 1)
+
+            async def follow() -> None:
+                got.append(await b.resolve("base", "r"))
+
+            nursery.start_soon(follow)
+            await eventually(lambda: follower.statistics().following == 1)
+            lead_scope.cancel()  # its only caller leaves: abandoned, and said so
+            await eventually(lambda: follower.statistics().leading == 1)
+            device.release.set()
+    assert got == ["second"]
+    assert follower.statistics().takeovers == 1
+
+
+async def test_with_fallback_local_waiting_followers_execute_locally_when_redis_goes(
+    namespace: str,
+) -> None:
+    server = RedisServer()
+    server.start()
+    try:
+        device = Recorder("value")
+        options: dict[str, Any] = {"namespace": namespace, "timeout": 0.5, "lease_ttl": 0.6}
+        leader = RedisBackend(server.url, **options)
+        follower = RedisBackend(server.url, fallback="local", **options)
+        got: list[Any] = []
+        with trio.fail_after(20):
+            async with (
+                trio_persist.open_persist(device, backend=leader) as a,
+                trio_persist.open_persist(device, backend=follower) as b,
+                trio.open_nursery() as nursery,
+            ):
+                nursery.start_soon(a.resolve, "base", "r")
+                await eventually(lambda: leader.statistics().leading == 1)
+
+                async def follow(request: Any) -> None:
+                    got.append(await b.resolve("base", request))
+
+                nursery.start_soon(follow, "r")
+                await eventually(lambda: follower.statistics().following == 1)
+                server.stop()
+                device.release.set()  # both the leader's and the local execution
+                await eventually(lambda: len(got) == 1)
+    finally:
+        server.stop()
+    assert got == ["value"]
+    assert device.calls == 2  # the leader, and the follower's local execution
+
+
+async def test_redis_restarted_empty_mid_flight_ends_with_one_committed_result(
+    namespace: str,
+) -> None:
+    server = RedisServer()
+    server.start()
+    try:
+        first_device, second_device = Recorder("first"), Recorder("second")
+        options: dict[str, Any] = {"namespace": namespace, "timeout": 1.0, "lease_ttl": 0.6}
+        a_backend = RedisBackend(server.url, **options)
+        b_backend = RedisBackend(server.url, **options)
+        got: list[Any] = []
+        with trio.fail_after(30):
+            async with (
+                trio_persist.open_persist(first_device, backend=a_backend) as a,
+                trio_persist.open_persist(second_device, backend=b_backend) as b,
+                trio.open_nursery() as nursery,
+            ):
+
+                async def call(persist: trio_persist.Persist) -> None:
+                    got.append(await persist.resolve("base", "r"))
+
+                nursery.start_soon(call, a)
+                await eventually(lambda: a_backend.statistics().leading == 1)
+                server.process.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
+                server.process.wait()  # type: ignore[union-attr]
+                server.process = None
+                server.start()  # empty: the lease and the fence are gone
+                await eventually(lambda: b_backend._subscriber.up)
+                nursery.start_soon(call, b)  # leads: a new token, above the lost one
+                await eventually(lambda: b_backend.statistics().leading == 1)
+                await eventually(lambda: a_backend.statistics().lost == 1)
+                second_device.release.set()
+        assert got == ["second", "second"]  # the first leader's callers follow the second
+        assert first_device.calls == second_device.calls == 1
+    finally:
+        server.stop()
+
+
+async def test_a_stalled_process_loses_its_lease_and_never_answers_a_stale_value(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    proxy = FaultProxy(redis_server.port)
+    first_device, second_device = Recorder("stale"), Recorder("fresh")
+    second_device.release.set()
+    options: dict[str, Any] = {"namespace": namespace, "timeout": 0.5, "lease_ttl": 0.6}
+    got: list[Any] = []
+    with trio.fail_after(30):
+        async with trio.open_nursery() as outer:
+            await outer.start(proxy.serve)
+            stalled = RedisBackend(proxy.url, **options)
+            healthy = RedisBackend(redis_server.url, **options)
+            async with (
+                trio_persist.open_persist(first_device, backend=stalled) as a,
+                trio_persist.open_persist(second_device, backend=healthy) as b,
+                trio.open_nursery() as nursery,
+            ):
+
+                async def call() -> None:
+                    try:
+                        got.append(await a.resolve("base", "r"))
+                    except trio_persist.BackendUnavailable as exc:
+                        got.append(exc)
+
+                nursery.start_soon(call)
+                await eventually(lambda: stalled.statistics().leading == 1)
+                proxy.stall()  # a partition: its renewals stop arriving
+                await eventually(lambda: stalled.statistics().lost == 1)
+                assert await b.resolve("base", "r") == "fresh"  # took over after the TTL
+                proxy.resume()
+                first_device.release.set()
+            outer.cancel_scope.cancel()
+    [answer] = got
+    assert answer == "fresh" or isinstance(answer, trio_persist.BackendUnavailable)
+    assert os.getpid()  # one process plays both sides: the proxy splits their networks
