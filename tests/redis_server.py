@@ -65,3 +65,90 @@ class RedisServer:
             self.process.terminate()
             self.process.wait(timeout=10)
             self.process = None
+
+
+class RedisCluster:
+    """Three masters with ``--cluster-enabled yes``, slots split evenly, joined by CLUSTER MEET."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.ports = [free_cluster_port() for _ in range(3)]
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.ports[0]}/0"
+
+    def start(self) -> None:
+        for port in self.ports:
+            self.processes.append(
+                subprocess.Popen(
+                    [server_binary(), "--port", str(port), "--bind", "127.0.0.1",
+                     "--cluster-enabled", "yes", "--cluster-config-file",
+                     str(self.tmp / f"nodes-{port}.conf"), "--save", "", "--appendonly", "no",
+                     "--protected-mode", "no"],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.tmp,
+                )
+            )  # fmt: skip
+        try:
+            self._join()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _join(self) -> None:
+        for port in self.ports:
+            _wait_for(port)
+        share = 16384 // 3
+        ranges = [(0, share - 1), (share, 2 * share - 1), (2 * share, 16383)]
+        for port, (low, high) in zip(self.ports, ranges, strict=True):
+            _command(port, "CLUSTER", "ADDSLOTSRANGE", str(low), str(high))
+        for port in self.ports[1:]:
+            _command(self.ports[0], "CLUSTER", "MEET", "127.0.0.1", str(port))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if all(b"cluster_state:ok" in _command(p, "CLUSTER", "INFO") for p in self.ports):
+                return
+            time.sleep(0.05)  # the cluster is converging (harness, not a test)
+        raise RuntimeError("the cluster did not converge")
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.terminate()
+            process.wait(timeout=10)
+        self.processes = []
+
+
+def free_cluster_port() -> int:
+    """A free port below 55536 whose cluster-bus port (+10000) is free too."""
+    import random
+
+    while True:
+        port = random.randint(20000, 55000)
+        try:
+            for candidate in (port, port + 10000):
+                with socket.socket() as probe:
+                    probe.bind(("127.0.0.1", candidate))
+        except OSError:
+            continue
+        return port
+
+
+def _wait_for(port: int) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            if _command(port, "PING").startswith(b"+PONG"):
+                return
+        except OSError:
+            time.sleep(0.02)  # the server is starting (harness, not a test)
+    raise RuntimeError(f"the server on port {port} did not start")
+
+
+def _command(port: int, *words: str) -> bytes:
+    """Send one command in RESP and return the raw reply (enough for the harness)."""
+    payload = f"*{len(words)}\r\n" + "".join(f"${len(w)}\r\n{w}\r\n" for w in words)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+        conn.sendall(payload.encode())
+        time.sleep(0.01)
+        return conn.recv(65536)

@@ -8,8 +8,8 @@ by a TCP proxy, leaders cancelled. Every wait is bounded by ``fail_after``.
 from __future__ import annotations
 
 import os
-import time
 import signal
+import time
 from typing import Any
 
 import coredis

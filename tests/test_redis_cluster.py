@@ -1,0 +1,129 @@
+"""The Redis backend on a real 3-master Redis Cluster (valkey-server or redis-server
+with ``--cluster-enabled yes``): keys of one request share a slot, publications
+reach followers on any node, and the cluster view reads every node."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import coredis
+import pytest
+import trio
+
+import trio_persist
+from redis_helpers import Recorder, eventually
+from redis_server import RedisCluster
+from trio_persist.redis import RedisBackend
+
+
+def new_client(cluster: RedisCluster) -> Any:
+    """A cluster client, configured the way coredis documents it."""
+    from coredis.connection import TCPLocation
+
+    return coredis.RedisCluster(startup_nodes=[TCPLocation("127.0.0.1", cluster.ports[0])])
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    servers = RedisCluster(Path(tmp_path_factory.mktemp("cluster")))
+    servers.start()
+    try:
+        yield servers
+    finally:
+        servers.stop()
+
+
+@pytest.fixture
+async def cluster_client(cluster: RedisCluster) -> AsyncIterator[Any]:
+    client = new_client(cluster)
+    async with client:
+        yield client
+
+
+async def test_two_processes_on_a_cluster_share_one_execution_per_key(
+    cluster: RedisCluster, namespace: str
+) -> None:
+    device = Recorder()
+    first_client = new_client(cluster)
+    second_client = new_client(cluster)
+    first = RedisBackend(first_client, namespace=namespace)
+    second = RedisBackend(second_client, namespace=namespace)
+    got: list[Any] = []
+    with trio.fail_after(30):
+        async with (
+            trio_persist.open_persist(device, backend=first) as a,
+            trio_persist.open_persist(device, backend=second) as b,
+            trio.open_nursery() as nursery,
+        ):
+
+            async def call(persist: trio_persist.Persist, key: int) -> None:
+                got.append(await persist.resolve("base", key))
+
+            for key in range(30):  # spread over every master's slots
+                nursery.start_soon(call, a, key)
+            await eventually(lambda: first.statistics().leading == 30)
+            for key in range(30):
+                nursery.start_soon(call, b, key)
+            await eventually(lambda: second.statistics().following == 30)
+            device.release.set()
+    assert got == ["done"] * 60
+    assert device.calls == 30
+    nodes = await _cluster_view(first_client, namespace)
+    assert nodes == 0  # both left
+
+
+async def _cluster_view(client: Any, namespace: str) -> int:
+    from trio_persist._cluster import read_nodes
+
+    async with client:
+        return len(await read_nodes(client, namespace))
+
+
+async def test_a_vanished_leader_is_replaced_on_a_cluster(
+    cluster: RedisCluster, namespace: str
+) -> None:
+    device = Recorder("second")
+    leader = RedisBackend(new_client(cluster), namespace=namespace)
+    follower = RedisBackend(new_client(cluster), namespace=namespace)
+    got: list[Any] = []
+    with trio.fail_after(30):
+        async with (
+            trio_persist.open_persist(device, backend=leader) as a,
+            trio_persist.open_persist(device, backend=follower) as b,
+            trio.open_nursery() as nursery,
+        ):
+            lead_scope = trio.CancelScope()
+
+            async def lead() -> None:
+                with lead_scope:
+                    await a.resolve("base", "k")
+
+            async def follow() -> None:
+                got.append(await b.resolve("base", "k"))
+
+            nursery.start_soon(lead)
+            await eventually(lambda: leader.statistics().leading == 1)
+            nursery.start_soon(follow)
+            await eventually(lambda: follower.statistics().following == 1)
+            lead_scope.cancel()
+            await eventually(lambda: follower.statistics().leading == 1)
+            device.release.set()
+    assert got == ["second"]
+    assert follower.statistics().takeovers == 1
+
+
+async def test_the_cluster_view_reads_every_process_on_a_cluster(
+    cluster: RedisCluster, namespace: str, cluster_client: Any
+) -> None:
+    from trio_persist._cluster import read_nodes
+
+    backends = [RedisBackend(new_client(cluster), namespace=namespace) for _ in range(2)]
+    with trio.fail_after(30):
+        async with (
+            trio_persist.open_persist(Recorder(), backend=backends[0]),
+            trio_persist.open_persist(Recorder(), backend=backends[1]),
+        ):
+            assert len(await backends[0].cluster()) == 2
+            assert len(await read_nodes(cluster_client, namespace)) == 2
