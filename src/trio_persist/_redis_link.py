@@ -77,7 +77,8 @@ def secure_url(url: str) -> str:
     query = dict(urllib.parse.parse_qsl(parts.query, keep_blank_values=True))
     query.setdefault("ssl_cert_reqs", "required")
     query.setdefault("ssl_check_hostname", "true")
-    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
+    scheme, netloc, path, _, fragment = parts
+    return urllib.parse.urlunsplit((scheme, netloc, path, urllib.parse.urlencode(query), fragment))
 
 
 def open_client(url: str, timeout: float) -> coredis.Redis[bytes]:
@@ -268,7 +269,10 @@ class Subscriber:
             except BaseException as exc:
                 # A dropped connection, or coredis tearing down under cancellation
                 # (then the checkpoint below raises our own Cancelled).
-                allowed = (trio.Cancelled, *_connection_errors())
+                allowed: tuple[type[BaseException], ...] = (
+                    trio.Cancelled,
+                    *_connection_errors(),
+                )
                 if not all(isinstance(leaf, allowed) for leaf in _leaves(exc)):
                     raise
                 failure = exc

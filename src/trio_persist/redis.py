@@ -17,7 +17,7 @@ lease, atomically):
   commits the outcome with one script that checks the lease, stores the
   result, publishes it and drops the lease. A leader whose commit is refused
   answers its callers with the winner's outcome, never with its own stale
-  one. `fencing_token` tells a device its token, to fence its own writes.
+  one. `fencing_token()` tells a device its token, to fence its own writes.
 * A **follower** is registered with the process's one subscriber before it
   asks, so it hears the leader's publication without a round trip of its own;
   when it has heard nothing for a third of the TTL it looks at the lease and
@@ -27,9 +27,9 @@ lease, atomically):
 
 Every step is bounded by ``timeout``: callers get their value, or
 `~trio_persist.BackendUnavailable` (with ``fallback="local"``, a local
-execution) within the bounds `docs/redis.md` states. Outcomes cross processes
-sealed to their namespace, key and token (authenticated with ``signing_key``):
-see `trio_persist._codec`.
+execution) within the bounds the Redis page of the docs states. Outcomes cross
+processes sealed to their namespace, key and token (authenticated with
+``signing_key``).
 
 Each persist also publishes a heartbeat record (its statistics and workers,
 with a TTL, so a dead process disappears): see `RedisBackend.cluster` and
@@ -110,7 +110,7 @@ class RedisBackendStatistics:
     unavailable: int
     """Steps that found Redis unreachable or too slow."""
     corrupt: int
-    """Malformed values met: channel messages ignored, foreign leases replaced, bad results."""
+    """Malformed values met (channel messages ignored, leases replaced, bad results)."""
     round_trips: int
     """Redis commands sent for flights (heartbeats not included)."""
     leading: int
@@ -343,9 +343,10 @@ class RedisBackend:
 
     async def cluster(self) -> tuple[NodeSnapshot, ...]:
         """Every live process on this namespace, from their heartbeats."""
-        return await self._step(
+        nodes: tuple[NodeSnapshot, ...] = await self._step(
             "reading the cluster view", read_nodes, self._client, self.namespace
         )
+        return nodes
 
     # -- one bounded step ---------------------------------------------------------
 
@@ -525,6 +526,7 @@ class RedisBackend:
         reset = _token.set(token)
         try:
             outcome: tuple[Any, ...] | None = None
+            payload = b""
             with lease.scope:
                 try:
                     value = await resolve(base, request)
@@ -598,9 +600,10 @@ class RedisBackend:
             except (BackendUnavailable, CorruptResult):
                 # Our callers have their outcome; followers look again and take over.
                 return False, None
-        if _text(reply[0]) == "c":
-            return True, None
-        return True, reply
+            if _text(reply[0]) == "c":
+                return True, None
+            return True, reply
+        raise AssertionError("unreachable: a shielded scope never swallows")  # pragma: no cover
 
     async def _renew_leases(self) -> None:
         """Every third of the TTL, renew every lease held now in one pipeline; cancel
