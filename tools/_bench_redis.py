@@ -71,6 +71,78 @@ async def many_processes(url: str, processes: int, callers: int) -> tuple[int, i
     return executions, processes * callers
 
 
+async def follower_latency(url: str, n: int) -> float:
+    """Seconds a follower waits beyond the device's 20 ms (median of *n* rounds)."""
+    namespace = f"bench-{uuid.uuid4().hex[:8]}"
+
+    async def device(base: Any, request: Any) -> Any:
+        await trio.sleep(0.02)
+        return request
+
+    leader = RedisBackend(url, namespace=namespace)
+    follower = RedisBackend(url, namespace=namespace)
+    extra = []
+    async with (
+        trio_persist.open_persist(device, backend=leader) as a,
+        trio_persist.open_persist(device, backend=follower) as b,
+    ):
+        for i in range(n):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(a.resolve, "base", i)
+                while leader.statistics().leading == 0:
+                    await trio.lowlevel.checkpoint()
+                start = time.perf_counter()
+                await b.resolve("base", i)
+                extra.append(time.perf_counter() - start - 0.02)
+    return sorted(extra)[len(extra) // 2]
+
+
+async def shared_loop(url: str, processes: int, callers: int, seconds: float) -> tuple[int, int]:
+    """*processes* backends x *callers* looping over the same keys in the same order
+    (device 20 ms): (flights that reached Redis, device executions)."""
+    namespace = f"bench-{uuid.uuid4().hex[:8]}"
+    executions = 0
+
+    async def device(base: Any, request: Any) -> Any:
+        nonlocal executions
+        executions += 1
+        await trio.sleep(0.02)
+        return request
+
+    async with trio.open_nursery() as outer:
+        persists = []
+        backends = []
+        for _ in range(processes):
+            backend = RedisBackend(url, namespace=namespace)
+            backends.append(backend)
+            persists.append(
+                await outer.start(_hold_persist, device, backend)  # type: ignore[arg-type]
+            )
+        deadline = trio.current_time() + seconds
+
+        async def loop(persist: trio_persist.Persist) -> None:
+            i = 0
+            while trio.current_time() < deadline:
+                await persist.resolve("base", i % callers)
+                i += 1
+
+        async with trio.open_nursery() as nursery:
+            for persist in persists:
+                for _ in range(callers):
+                    nursery.start_soon(loop, persist)
+        outer.cancel_scope.cancel()
+    flights = sum(b.statistics().led + b.statistics().followed for b in backends)
+    return flights, executions
+
+
+async def _hold_persist(
+    device: Any, backend: RedisBackend, *, task_status: trio.TaskStatus[Any]
+) -> None:
+    async with trio_persist.open_persist(device, backend=backend) as persist:
+        task_status.started(persist)
+        await trio.sleep_forever()
+
+
 def redis_figures(row: Callable[..., bool], *, quick: bool) -> bool:
     server = RedisServer()
     server.start()
@@ -92,6 +164,21 @@ def redis_figures(row: Callable[..., bool], *, quick: bool) -> bool:
             "us",
             3.0,
         )
+        rtt_ms = rtt / 1000
+        extra = trio.run(follower_latency, server.url, 30 if quick else 100) * 1000
+        print(
+            f"  follower latency beyond the 20 ms device: {extra:.2f} ms "
+            f"({extra / rtt_ms:.1f} round trips; bar 2)"
+        )
+        ok &= extra / rtt_ms <= 2.0
+        flights, ran = trio.run(shared_loop, server.url, 4, 50, 1.0 if quick else 3.0)
+        rate = 1 - ran / flights
+        print(
+            f"  4 backends x 50 callers looping over 50 keys (device 20 ms): {flights} flights, "
+            f"{ran} executions: {1 - ran / flights:.1%} of flights served by another "
+            f"backend's execution (at most 75% with 4 backends)"
+        )
+        ok &= rate >= 0.65
         executions, calls = trio.run(many_processes, server.url, 3, 50)
         print(f"  3 processes x 50 callers on one key: {calls} calls, {executions} execution(s)")
         return ok and executions == 1
