@@ -22,7 +22,7 @@ import trio
 import trio.testing
 
 import trio_persist
-from redis_helpers import Recorder, eventually
+from redis_helpers import Recorder, eventually, open_pair
 from redis_server import RedisServer
 from trio_persist._codec import Seal
 from trio_persist._redis_scripts import keys_of
@@ -75,27 +75,14 @@ async def lead_and_follow(
     """
     first = RedisBackend(url, namespace=namespace, **options)
     second = RedisBackend(url, namespace=namespace, **options)
-    got: dict[str, Any] = {}
     with trio.fail_after(20):
-        async with (
-            trio_persist.open_persist(device, backend=first) as a,
-            trio_persist.open_persist(device, backend=second) as b,
-            trio.open_nursery() as nursery,
-        ):
-
-            async def call(name: str, persist: trio_persist.Persist) -> None:
-                try:
-                    got[name] = await persist.resolve("base", "req")
-                except Exception as exc:
-                    got[name] = exc
-
-            nursery.start_soon(call, "leader", a)
-            await eventually(lambda: first.statistics().leading != 0)
-            nursery.start_soon(call, "follower", b)
-            await eventually(lambda: second.statistics().following != 0)
+        async with open_pair(first, second, device) as pair:
+            await pair.lead("req")
+            await pair.follow("req")
             device.release.set()
     assert device.calls == 1
-    return got["leader"], got["follower"]
+    leader, follower = pair.got
+    return leader, follower
 
 
 async def test_a_remote_failure_is_a_remote_error_with_type_and_message(

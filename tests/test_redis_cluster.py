@@ -13,7 +13,7 @@ import pytest
 import trio
 
 import trio_persist
-from redis_helpers import Recorder, eventually
+from redis_helpers import Recorder, eventually, open_pair
 from redis_server import RedisCluster
 from trio_persist.redis import RedisBackend
 
@@ -87,30 +87,14 @@ async def test_a_vanished_leader_is_replaced_on_a_cluster(
     device = Recorder("second")
     leader = RedisBackend(new_client(cluster), namespace=namespace)
     follower = RedisBackend(new_client(cluster), namespace=namespace)
-    got: list[Any] = []
     with trio.fail_after(30):
-        async with (
-            trio_persist.open_persist(device, backend=leader) as a,
-            trio_persist.open_persist(device, backend=follower) as b,
-            trio.open_nursery() as nursery,
-        ):
-            lead_scope = trio.CancelScope()
-
-            async def lead() -> None:
-                with lead_scope:
-                    await a.resolve("base", "k")
-
-            async def follow() -> None:
-                got.append(await b.resolve("base", "k"))
-
-            nursery.start_soon(lead)
-            await eventually(lambda: leader.statistics().leading == 1)
-            nursery.start_soon(follow)
-            await eventually(lambda: follower.statistics().following == 1)
-            lead_scope.cancel()
+        async with open_pair(leader, follower, device) as pair:
+            await pair.lead("k")
+            await pair.follow("k")
+            pair.lead_scope.cancel()
             await eventually(lambda: follower.statistics().leading == 1)
             device.release.set()
-    assert got == ["second"]
+    assert pair.got == ["second"]
     assert follower.statistics().takeovers == 1
 
 

@@ -17,17 +17,10 @@ import trio
 
 import trio_persist
 from fault_proxy import FaultProxy
-from redis_helpers import Recorder, eventually
+from redis_helpers import Recorder, eventually, names_for, open_pair
 from redis_server import RedisServer
 from trio_persist._codec import Seal
 from trio_persist.redis import RedisBackend
-
-
-def names_for(persist: trio_persist.Persist, request: Any) -> dict[str, str]:
-    from trio_persist._redis_scripts import keys_of
-
-    backend = persist.backend
-    return keys_of(backend.namespace, backend.key_of(persist.group("base", request), request, True))
 
 
 async def test_one_process_following_a_thousand_keys_answers_them_all(
@@ -68,22 +61,11 @@ async def test_a_follower_is_woken_by_the_publication_not_by_polling(
     leader = RedisBackend(redis_url, namespace=namespace, lease_ttl=60)  # polls every 20 s
     follower = RedisBackend(redis_url, namespace=namespace, lease_ttl=60)
     with trio.fail_after(10):
-        async with (
-            trio_persist.open_persist(device, backend=leader) as a,
-            trio_persist.open_persist(device, backend=follower) as b,
-            trio.open_nursery() as nursery,
-        ):
-            nursery.start_soon(a.resolve, "base", "r")
-            await eventually(lambda: leader.statistics().leading == 1)
-            got: list[Any] = []
-
-            async def follow() -> None:
-                got.append(await b.resolve("base", "r"))
-
-            nursery.start_soon(follow)
-            await eventually(lambda: follower.statistics().following == 1)
+        async with open_pair(leader, follower, device) as pair:
+            await pair.lead()
+            await pair.follow()
             device.release.set()
-            await eventually(lambda: got == ["done"])  # long before any poll
+            await eventually(lambda: pair.got == ["done", "done"])  # long before any poll
     assert follower.statistics().round_trips == 1
 
 
@@ -96,21 +78,11 @@ async def test_a_lease_is_renewed_while_a_long_execution_runs(
 
     leader = RedisBackend(redis_url, namespace=namespace, lease_ttl=0.6)
     follower = RedisBackend(redis_url, namespace=namespace, lease_ttl=0.6)
-    got: list[Any] = []
     with trio.fail_after(20):
-        async with (
-            trio_persist.open_persist(slow, backend=leader) as a,
-            trio_persist.open_persist(slow, backend=follower) as b,
-            trio.open_nursery() as nursery,
-        ):
-            nursery.start_soon(a.resolve, "base", "r")
-            await eventually(lambda: leader.statistics().leading == 1)
-
-            async def follow() -> None:
-                got.append(await b.resolve("base", "r"))
-
-            nursery.start_soon(follow)
-    assert got == ["slow"]
+        async with open_pair(leader, follower, slow) as pair:
+            await pair.lead()
+            await pair.follow()
+    assert pair.got == ["slow", "slow"]
     assert follower.statistics().led == 0  # never took over: the lease held
     assert leader.statistics().lost == 0
 
@@ -162,31 +134,14 @@ async def test_a_cancelled_leader_tells_its_followers_who_take_over_at_once(
     device = Recorder("second")
     leader = RedisBackend(redis_url, namespace=namespace, lease_ttl=60)  # polls every 20 s
     follower = RedisBackend(redis_url, namespace=namespace, lease_ttl=60)
-    got: list[Any] = []
     with trio.fail_after(10):
-        async with (
-            trio_persist.open_persist(device, backend=leader) as a,
-            trio_persist.open_persist(device, backend=follower) as b,
-            trio.open_nursery() as nursery,
-        ):
-            lead_scope = trio.CancelScope()
-
-            async def lead() -> None:
-                with lead_scope:
-                    await a.resolve("base", "r")
-
-            nursery.start_soon(lead)
-            await eventually(lambda: leader.statistics().leading == 1)
-
-            async def follow() -> None:
-                got.append(await b.resolve("base", "r"))
-
-            nursery.start_soon(follow)
-            await eventually(lambda: follower.statistics().following == 1)
-            lead_scope.cancel()  # its only caller leaves: abandoned, and said so
+        async with open_pair(leader, follower, device) as pair:
+            await pair.lead()
+            await pair.follow()
+            pair.lead_scope.cancel()  # its only caller leaves: abandoned, and said so
             await eventually(lambda: follower.statistics().leading == 1)
             device.release.set()
-    assert got == ["second"]
+    assert pair.got == ["second"]
     assert follower.statistics().takeovers == 1
 
 
@@ -200,27 +155,16 @@ async def test_with_fallback_local_waiting_followers_execute_locally_when_redis_
         options: dict[str, Any] = {"namespace": namespace, "timeout": 0.5, "lease_ttl": 0.6}
         leader = RedisBackend(server.url, **options)
         follower = RedisBackend(server.url, fallback="local", **options)
-        got: list[Any] = []
         with trio.fail_after(20):
-            async with (
-                trio_persist.open_persist(device, backend=leader) as a,
-                trio_persist.open_persist(device, backend=follower) as b,
-                trio.open_nursery() as nursery,
-            ):
-                nursery.start_soon(a.resolve, "base", "r")
-                await eventually(lambda: leader.statistics().leading == 1)
-
-                async def follow(request: Any) -> None:
-                    got.append(await b.resolve("base", request))
-
-                nursery.start_soon(follow, "r")
-                await eventually(lambda: follower.statistics().following == 1)
+            async with open_pair(leader, follower, device) as pair:
+                await pair.lead()
+                await pair.follow()
                 server.stop()
                 device.release.set()  # both the leader's and the local execution
-                await eventually(lambda: len(got) == 1)
+                await eventually(lambda: len(pair.got) == 2)
     finally:
         server.stop()
-    assert got == ["value"]
+    assert pair.got == ["value", "value"]
     assert device.calls == 2  # the leader, and the follower's local execution
 
 

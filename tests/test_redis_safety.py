@@ -15,18 +15,11 @@ import pytest
 import trio
 
 import trio_persist
-from redis_helpers import Recorder, eventually
+from redis_helpers import Recorder, eventually, names_for, open_pair
 from redis_server import RedisServer
 from trio_persist._codec import Seal
 from trio_persist._redis_scripts import keys_of
 from trio_persist.redis import RedisBackend, fencing_token
-
-
-def names_for(persist: trio_persist.Persist, base: Any, request: Any) -> dict[str, str]:
-    """The Redis keys of the execution ``persist.resolve(base, request)`` would lead."""
-    backend = persist.backend
-    key = backend.key_of(persist.group(base, request), request, True)
-    return keys_of(backend.namespace, key)
 
 
 async def test_tokens_keep_growing_after_redis_restarts_empty(namespace: str) -> None:
@@ -124,7 +117,7 @@ async def test_a_malformed_lease_is_replaced_not_followed(
             trio_persist.open_persist(device, backend=backend) as persist,
             coredis.Redis.from_url(redis_url) as control,
         ):
-            names = names_for(persist, "base", "k")
+            names = names_for(persist, "k")
             await control.set(names["lease"], planted)  # no PX: immortal
             assert await persist.resolve("base", "k") == "fresh", why
     assert device.calls == 1
@@ -144,7 +137,7 @@ async def test_a_key_of_the_wrong_type_is_a_clear_error_or_a_local_execution(
             trio_persist.open_persist(device, backend=lenient) as b,
             coredis.Redis.from_url(redis_url) as control,
         ):
-            await control.hset(names_for(a, "base", "k")["lease"], {"field": "value"})
+            await control.hset(names_for(a, "k")["lease"], {"field": "value"})
             with pytest.raises(trio_persist.CorruptResult, match="holds a foreign value"):
                 await a.resolve("base", "k")
             assert await b.resolve("base", "k") == "local"
@@ -162,8 +155,8 @@ async def test_a_signed_result_replayed_into_another_key_is_refused(
             coredis.Redis.from_url(redis_url) as control,
         ):
             assert await persist.resolve("base", "a") == "x"
-            genuine = await control.get(names_for(persist, "base", "a")["result"])
-            target = names_for(persist, "base", "b")
+            genuine = await control.get(names_for(persist, "a")["result"])
+            target = names_for(persist, "b")
             await control.set(target["lease"], "ab" * 16 + ":999999999999999", px=30000)
             await control.set(target["result"], genuine)  # a real MAC, for key "a"
             with pytest.raises(trio_persist.CorruptResult, match="signature does not match"):
@@ -179,7 +172,7 @@ async def test_unsigned_json_and_errors_are_refused_by_a_signing_backend(
             trio_persist.open_persist(Recorder(), backend=backend) as persist,
             coredis.Redis.from_url(redis_url) as control,
         ):
-            names = names_for(persist, "base", "c")
+            names = names_for(persist, "c")
             unsigned = Seal(namespace).wrap(
                 names["result"], 999999999999999, {"ok": False, "type": "X", "message": "forged"}
             )
@@ -195,29 +188,19 @@ async def test_a_malformed_channel_message_is_ignored_and_the_followers_still_an
     device = Recorder("real")
     leader = RedisBackend(redis_url, namespace=namespace)
     follower = RedisBackend(redis_url, namespace=namespace)
-    got: list[Any] = []
     with trio.fail_after(20):
         async with (
-            trio_persist.open_persist(device, backend=leader) as a,
-            trio_persist.open_persist(device, backend=follower) as b,
+            open_pair(leader, follower, device) as pair,
             coredis.Redis.from_url(redis_url) as control,
-            trio.open_nursery() as nursery,
         ):
-            nursery.start_soon(a.resolve, "base", "m")
-            await eventually(lambda: leader.statistics().leading == 1)
-
-            async def follow() -> None:
-                got.append(await b.resolve("base", "m"))
-
-            for _ in range(3):
-                nursery.start_soon(follow)
-            await eventually(lambda: follower.statistics().following == 1)
-            channel = names_for(a, "base", "m")["channel"]
+            await pair.lead("m")
+            await pair.follow("m", callers=3)
+            channel = names_for(pair.a, "m")["channel"]
             await control.publish(channel, b"\x00garbage")
             await control.publish(channel, b"99999999999999:zz:{}")
             await eventually(lambda: follower.statistics().corrupt == 2)
             device.release.set()
-    assert got == ["real"] * 3
+    assert pair.got == ["real"] * 4
 
 
 async def test_json_refuses_what_would_not_read_back_equal(redis_url: str, namespace: str) -> None:
@@ -225,28 +208,15 @@ async def test_json_refuses_what_would_not_read_back_equal(redis_url: str, names
     device = Recorder(value)
     first = RedisBackend(redis_url, namespace=namespace)
     second = RedisBackend(redis_url, namespace=namespace)
-    got: dict[str, Any] = {}
     with trio.fail_after(20):
-        async with (
-            trio_persist.open_persist(device, backend=first) as a,
-            trio_persist.open_persist(device, backend=second) as b,
-            trio.open_nursery() as nursery,
-        ):
-
-            async def call(name: str, persist: trio_persist.Persist) -> None:
-                try:
-                    got[name] = await persist.resolve("base", "r")
-                except Exception as exc:
-                    got[name] = exc
-
-            nursery.start_soon(call, "leader", a)
-            await eventually(lambda: first.statistics().leading == 1)
-            nursery.start_soon(call, "follower", b)
-            await eventually(lambda: second.statistics().following == 1)
+        async with open_pair(first, second, device) as pair:
+            await pair.lead()
+            await pair.follow()
             device.release.set()
-    assert got["leader"] is value  # the leader's callers keep their value
-    assert isinstance(got["follower"], trio_persist.RemoteError)
-    assert "would not read back equal" in str(got["follower"])
+    leader_got, follower_got = pair.got
+    assert leader_got is value  # the leader's callers keep their value
+    assert isinstance(follower_got, trio_persist.RemoteError)
+    assert "would not read back equal" in str(follower_got)
 
 
 async def test_the_default_namespace_keeps_different_devices_apart(redis_url: str) -> None:
@@ -317,17 +287,11 @@ async def test_remote_answers_are_not_counted_as_executions(redis_url: str, name
     first = RedisBackend(redis_url, namespace=namespace)
     second = RedisBackend(redis_url, namespace=namespace)
     with trio.fail_after(20):
-        async with (
-            trio_persist.open_persist(device, backend=first) as a,
-            trio_persist.open_persist(device, backend=second) as b,
-            trio.open_nursery() as nursery,
-        ):
-            nursery.start_soon(a.resolve, "base", "r")
-            await eventually(lambda: first.statistics().leading == 1)
-            nursery.start_soon(b.resolve, "base", "r")
-            await eventually(lambda: second.statistics().following == 1)
+        async with open_pair(first, second, device) as pair:
+            await pair.lead()
+            await pair.follow()
             device.release.set()
-            await eventually(lambda: b.statistics().remote == 1)
-            assert (a.statistics().executions, a.statistics().remote) == (1, 0)
-            assert (b.statistics().executions, b.statistics().remote) == (0, 1)
-    assert json.dumps(b.statistics().to_json())
+    a, b = pair.a.statistics(), pair.b.statistics()
+    assert (a.executions, a.remote) == (1, 0)
+    assert (b.executions, b.remote) == (0, 1)
+    assert json.dumps(b.to_json())

@@ -203,7 +203,6 @@ class Subscriber:
     watches: dict[str, set[Watch]] = attrs.Factory(dict)
     up: bool = False
     malformed: int = 0
-    connects: int = 0
 
     @contextlib.contextmanager
     def watch(self, key: str) -> Iterator[Watch]:
@@ -259,7 +258,6 @@ class Subscriber:
                     ):
                         connecting.deadline = float("inf")
                         self.up = True
-                        self.connects += 1
                         pause = 0.05
                         self._poke_all()  # what was published while we were away
                         if not started:

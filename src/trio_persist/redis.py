@@ -422,10 +422,13 @@ class RedisBackend:
                         raise
                     logger.info("executing %s locally: %s", key, exc)
                     return await resolve(base, request)
-                if outcome[0] != "vanished":
-                    return _answer(outcome)
+                if not isinstance(outcome, int):
+                    ok, value = outcome
+                    if ok:
+                        return value
+                    raise value
                 vanished += 1
-                vanished_token = outcome[1]
+                vanished_token = outcome
                 if vanished > self.max_takeovers:
                     raise LeaderDied(
                         f"the remote leader of {key} vanished {vanished} times; giving up"
@@ -441,8 +444,8 @@ class RedisBackend:
         request: Any,
         resolve: Callable[[Any, Any], Awaitable[Any]],
         vanished: int,
-    ) -> tuple[Any, ...]:
-        """One acquire and what follows: an outcome, or ("vanished", token)."""
+    ) -> tuple[bool, Any] | int:
+        """One acquire and what follows: ``(ok, value)``, or the token of a leader that vanished."""
         kind, token, payload = await self._acquire(keys, linger, vanished_token)
         if kind == "r":
             self._counts["followed"] += 1
@@ -456,12 +459,12 @@ class RedisBackend:
                     vanished_token,
                 )
             led = await self._lead(keys, token, payload, base, request, resolve, linger)
-            if led[0] != "f":
+            if not isinstance(led, int):
                 return led
-            token = led[1]  # our lease passed on: follow whoever has it
+            token = led  # our lease passed on: follow whoever has it
         outcome = await self._follow(keys, token, watch)
         if outcome is None:
-            return ("vanished", token)
+            return token
         self._counts["followed"] += 1
         return outcome
 
@@ -516,8 +519,8 @@ class RedisBackend:
         request: Any,
         resolve: Callable[[Any, Any], Awaitable[Any]],
         linger: float,
-    ) -> tuple[Any, ...]:
-        """Run the device as the leader: ("ok"|"err", value), or ("f", token) to follow."""
+    ) -> tuple[bool, Any] | int:
+        """Run the device as the leader: ``(ok, value)``, or a token to follow instead."""
         self._counts["led"] += 1
         self._counts["leading"] += 1
         lease = _Lease(keys["lease"], lease_value, token, trio.CancelScope(), trio.current_time())
@@ -525,17 +528,17 @@ class RedisBackend:
         settled = False
         reset = _token.set(token)
         try:
-            outcome: tuple[Any, ...] | None = None
+            outcome: tuple[bool, Any] | None = None
             payload = b""
             with lease.scope:
                 try:
                     value = await resolve(base, request)
                 except Exception as exc:
-                    outcome = ("err", exc)
+                    outcome = (False, exc)
                     payload = encode_error(self._seal, keys["result"], exc, token)
                     linger = 0.0
                 else:
-                    outcome = ("ok", value)
+                    outcome = (True, value)
                     try:
                         payload = encode_value(self._seal, keys["result"], value, token)
                     except TypeError as exc:
@@ -543,7 +546,7 @@ class RedisBackend:
                         linger = 0.0  # a failure for the others: it must not linger
             if lease.lost or outcome is None:
                 settled = True  # lost: the lease is someone else's now
-                return ("f", token)
+                return token
             settled, reply = await self._commit(keys, lease, payload, linger)
             if reply is None:
                 return outcome
@@ -557,7 +560,7 @@ class RedisBackend:
             if kind == "r":
                 return self._decode(keys, reply[1])
             if kind == "f":
-                return ("f", int(reply[1]))
+                return int(reply[1])
             return outcome  # no winner to answer with: ours is the only outcome
         finally:
             _token.reset(reset)
@@ -690,13 +693,6 @@ class RedisBackend:
 
 class _Undecodable(CorruptResult):
     """A result that was read but cannot be trusted: never a reason to run locally."""
-
-
-def _answer(outcome: tuple[Any, ...]) -> Any:
-    ok, value = outcome[0], outcome[1]
-    if ok is True or ok == "ok":
-        return value
-    raise value
 
 
 def _text(value: Any) -> str:
