@@ -242,3 +242,36 @@ async def test_a_stalled_process_loses_its_lease_and_never_answers_a_stale_value
     [answer] = got
     assert answer == "fresh" or isinstance(answer, trio_persist.BackendUnavailable)
     assert os.getpid()  # one process plays both sides: the proxy splits their networks
+
+
+async def test_only_a_commit_someone_follows_is_published(redis_url: str, namespace: str) -> None:
+    # Publications reach every process on the namespace: an uncontended key
+    # must not cost them anything.
+    device = Recorder()
+    leader = RedisBackend(redis_url, namespace=namespace)
+    follower = RedisBackend(redis_url, namespace=namespace)
+    heard: list[Any] = []
+    with trio.fail_after(20):
+        async with (
+            coredis.Redis.from_url(redis_url) as control,
+            control.pubsub(
+                patterns=[f"{{{namespace}:*}}:done"], ignore_subscribe_messages=True
+            ) as pubsub,
+            open_pair(leader, follower, device) as pair,
+        ):
+
+            async def listen() -> None:
+                async for message in pubsub:
+                    heard.append(message["channel"])
+
+            pair.nursery.start_soon(listen)
+            device.release.set()
+            assert await pair.a.resolve("base", "alone") == "done"
+            device.release = trio.Event()
+            await pair.lead("shared")
+            await pair.follow("shared")
+            device.release.set()
+            await eventually(lambda: len(pair.got) == 2)
+            await eventually(lambda: len(heard) == 1)
+            pair.nursery.cancel_scope.cancel()
+    assert heard == [names_for(pair.a, "shared")["channel"].encode()]

@@ -9,6 +9,9 @@ hash tag), so each script touches one slot:
 * ``{ns:key}:fence``: the last ordering token issued for the key.
 * ``{ns:key}:result`` and ``{ns:key}:linger``: the last committed outcome (and
   a success that lingers for late callers).
+* ``{ns:key}:waiting``: set when a process follows the current leader; a commit
+  or abandonment is published only then (and clears it), so uncontended keys
+  cost no publication and no process hears news nobody waits for.
 * channel ``{ns:key}:done``: where commits and abandonments are announced.
 
 **Tokens** order leaders of one key and never repeat, even after Redis lost
@@ -49,7 +52,7 @@ local function get(key)
 end
 """
 
-# KEYS: lease, fence, linger, result. ARGV: ttl_ms, "1" to honour a lingering
+# KEYS: lease, fence, linger, result, waiting. ARGV: ttl_ms, "1" to honour a lingering
 # result, the token of a leader seen to vanish ("0" if none), the new lease id,
 # fence_ttl_ms.
 # Returns {"r", payload}: a lingering result, or on a takeover one committed at
@@ -79,6 +82,7 @@ if current then
     return {'l', string.format('%.0f', token), 0}
   end
   if token and redis.call('PTTL', KEYS[1]) > 0 then
+    redis.call('SET', KEYS[5], '1', 'PX', ARGV[5])
     return {'f', string.format('%.0f', token)}
   end
   repaired = 1  -- foreign, malformed or immortal: never followed, replaced
@@ -103,7 +107,7 @@ if ok and value == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) e
 return 0
 """
 
-# KEYS: lease, result, linger, fence. ARGV: lease value, token, payload,
+# KEYS: lease, result, linger, fence, waiting. ARGV: lease value, token, payload,
 # channel, result_ttl_ms, linger_ms (0: none), "1" for sharded publication.
 # Commits when the lease is ours, or gone with no newer token issued since
 # (it expired and nobody took over). Returns {"c"} (committed), else
@@ -131,27 +135,31 @@ if current ~= ARGV[1] then
 end
 redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[5])
 if ARGV[6] ~= '0' then redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[6]) end
-if ARGV[7] == '1' then
-  redis.call('SPUBLISH', ARGV[4], ARGV[3])
-else
-  redis.call('PUBLISH', ARGV[4], ARGV[3])
+if redis.call('DEL', KEYS[5]) == 1 then  -- someone follows: tell them
+  if ARGV[7] == '1' then
+    redis.call('SPUBLISH', ARGV[4], ARGV[3])
+  else
+    redis.call('PUBLISH', ARGV[4], ARGV[3])
+  end
 end
 if current then redis.call('DEL', KEYS[1]) end
 return {'c'}
 """
 )
 
-# KEYS: lease. ARGV: lease value, channel, abandonment message, "1" sharded.
+# KEYS: lease, waiting. ARGV: lease value, channel, abandonment message, "1" sharded.
 # Drops the lease if still ours and says so on the channel (followers take over
 # at once). 1 if dropped.
 RELEASE = """
 local ok, value = pcall(redis.call, 'GET', KEYS[1])
 if not ok or value ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1])
-if ARGV[4] == '1' then
-  redis.call('SPUBLISH', ARGV[2], ARGV[3])
-else
-  redis.call('PUBLISH', ARGV[2], ARGV[3])
+if redis.call('DEL', KEYS[2]) == 1 then
+  if ARGV[4] == '1' then
+    redis.call('SPUBLISH', ARGV[2], ARGV[3])
+  else
+    redis.call('PUBLISH', ARGV[2], ARGV[3])
+  end
 end
 return 1
 """
@@ -187,6 +195,7 @@ def keys_of(namespace: str, key: str) -> dict[str, str]:
         "fence": tag + ":fence",
         "linger": tag + ":linger",
         "result": tag + ":result",
+        "waiting": tag + ":waiting",
         "channel": tag + ":done",
     }
 

@@ -422,6 +422,9 @@ class RedisBackend:
                         raise
                     logger.info("executing %s locally: %s", key, exc)
                     return await resolve(base, request)
+                if isinstance(outcome, _Again):
+                    vanished_token = outcome.token
+                    continue
                 if not isinstance(outcome, int):
                     ok, value = outcome
                     if ok:
@@ -444,8 +447,9 @@ class RedisBackend:
         request: Any,
         resolve: Callable[[Any, Any], Awaitable[Any]],
         vanished: int,
-    ) -> tuple[bool, Any] | int:
-        """One acquire and what follows: ``(ok, value)``, or the token of a leader that vanished."""
+    ) -> tuple[bool, Any] | int | _Again:
+        """One acquire and what follows: ``(ok, value)``, the token of a leader that
+        vanished, or `_Again` when our own lease passed on."""
         kind, token, payload = await self._acquire(keys, linger, vanished_token)
         if kind == "r":
             self._counts["followed"] += 1
@@ -459,9 +463,11 @@ class RedisBackend:
                     vanished_token,
                 )
             led = await self._lead(keys, token, payload, base, request, resolve, linger)
-            if not isinstance(led, int):
-                return led
-            token = led  # our lease passed on: follow whoever has it
+            if isinstance(led, int):
+                # Our lease passed on: ask again (as a follower, so the winner
+                # publishes to us), accepting any result at or after our token.
+                return _Again(led)
+            return led
         outcome = await self._follow(keys, token, watch)
         if outcome is None:
             return token
@@ -485,7 +491,7 @@ class RedisBackend:
         lease_id = secrets.token_hex(16)
         reply = await self._script(
             "acquire",
-            [keys["lease"], keys["fence"], keys["linger"], keys["result"]],
+            [keys["lease"], keys["fence"], keys["linger"], keys["result"], keys["waiting"]],
             [
                 int(self.lease_ttl * 1000),
                 "1" if linger > 0 else "0",
@@ -572,7 +578,7 @@ class RedisBackend:
                 with trio.CancelScope(shield=True), contextlib.suppress(Exception):
                     await self._script(
                         "release",
-                        [keys["lease"]],
+                        [keys["lease"], keys["waiting"]],
                         [
                             lease_value,
                             keys["channel"],
@@ -589,7 +595,13 @@ class RedisBackend:
             try:
                 reply = await self._script(
                     "commit",
-                    [keys["lease"], keys["result"], keys["linger"], keys["fence"]],
+                    [
+                        keys["lease"],
+                        keys["result"],
+                        keys["linger"],
+                        keys["fence"],
+                        keys["waiting"],
+                    ],
                     [
                         lease.value,
                         lease.token,
@@ -689,6 +701,13 @@ class RedisBackend:
                 return ABANDONED
             return ok, value
         return None
+
+
+@attrs.frozen
+class _Again:
+    """Acquire again, accepting results at or after *token* (not a vanished leader)."""
+
+    token: int
 
 
 class _Undecodable(CorruptResult):
