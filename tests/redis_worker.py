@@ -6,6 +6,9 @@ MODE ``callers``: CALLERS tasks resolve one key; the device counts its
 executions in Redis and waits for the test's ``go``; the process reports
 ``ready`` once its flight has reached Redis, and prints the results as JSON.
 MODE ``hang``: one caller leads and hangs (to be SIGKILLed).
+MODE ``follow``: resolve each request popped from ``go`` (until ``-1``) and push
+``"<request> <time.time()>"`` to ``answered`` when it is answered (the bench's
+follower in another process).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from typing import Any
 
 import coredis
@@ -34,6 +38,16 @@ async def main(url: str, namespace: str, mode: str, callers: int) -> None:
             return {"pid": os.getpid(), "request": request}
 
         backend = RedisBackend(url, namespace=namespace, lease_ttl=1.0)
+        if mode == "follow":
+            backend = RedisBackend(url, namespace=namespace)
+            async with trio_persist.open_persist(device, backend=backend) as persist:
+                while True:
+                    _, raw = await control.blpop([f"{namespace}:go"], timeout=30)
+                    request = int(raw)
+                    if request < 0:
+                        return
+                    await persist.resolve("base", request)
+                    await control.rpush(f"{namespace}:answered", [f"{request} {time.time()}"])
         async with trio_persist.open_persist(device, backend=backend) as persist:
             results: list[Any] = []
 
