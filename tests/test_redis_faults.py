@@ -7,12 +7,17 @@ by a TCP proxy, leaders cancelled. Every wait is bounded by ``fail_after``.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import coredis
+import pytest
 import trio
 
 import trio_persist
@@ -275,3 +280,59 @@ async def test_only_a_commit_someone_follows_is_published(redis_url: str, namesp
             await eventually(lambda: len(heard) == 1)
             pair.nursery.cancel_scope.cancel()
     assert heard == [names_for(pair.a, "shared")["channel"].encode()]
+
+
+WORKER = str(Path(__file__).with_name("redis_worker.py"))
+
+
+async def test_a_leader_process_paused_past_its_lease_is_replaced_then_answers_the_winners_value(
+    redis_url: str, namespace: str
+) -> None:
+    paused = await trio.lowlevel.open_process(
+        [sys.executable, WORKER, redis_url, namespace, "hang", "1"], stdout=subprocess.PIPE
+    )
+
+    async def device(base: Any, request: Any) -> Any:
+        return "taken over"
+
+    backend = RedisBackend(redis_url, namespace=namespace, lease_ttl=1.0)
+    with trio.fail_after(30):
+        async with coredis.Redis.from_url(redis_url) as control:
+            assert await control.blpop([f"{namespace}:leading"], timeout=25) is not None
+            os.kill(paused.pid, signal.SIGSTOP)  # a GC pause, a frozen VM: past its TTL
+            async with trio_persist.open_persist(device, backend=backend) as persist:
+                assert await persist.resolve("shared-base", "shared-request") == "taken over"
+            os.kill(paused.pid, signal.SIGCONT)
+            assert paused.stdout is not None
+            output = b""
+            async for chunk in paused.stdout:
+                output += chunk
+            assert await paused.wait() == 0
+    # Woken, it finds its lease gone, cancels its execution and answers its
+    # caller with the committed value, not one of its own.
+    assert json.loads(output) == ["taken over"]
+
+
+async def test_a_paused_redis_gives_a_clear_error_within_the_timeout_then_recovers(
+    namespace: str,
+) -> None:
+    server = RedisServer()
+    server.start()
+    device = Recorder()
+    device.release.set()
+    backend = RedisBackend(server.url, namespace=namespace, timeout=0.5)
+    try:
+        async with trio_persist.open_persist(device, backend=backend) as persist:
+            assert await persist.resolve("base", 1) == "done"
+            assert server.process is not None
+            server.process.send_signal(signal.SIGSTOP)
+            try:
+                with trio.fail_after(1.5):  # the bound: one step's timeout
+                    with pytest.raises(trio_persist.BackendUnavailable, match="in time"):
+                        await persist.resolve("base", 2)
+            finally:
+                server.process.send_signal(signal.SIGCONT)
+            with trio.fail_after(5):
+                assert await persist.resolve("base", 3) == "done"
+    finally:
+        server.stop()
