@@ -34,8 +34,9 @@ def free_port() -> int:
 class RedisServer:
     """One server process; `stop` and `start` again keep its port."""
 
-    def __init__(self) -> None:
+    def __init__(self, replica_of: int | None = None) -> None:
         self.port = free_port()
+        self.replica_of = replica_of
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -45,7 +46,8 @@ class RedisServer:
     def start(self) -> None:
         self.process = subprocess.Popen(
             [server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--protected-mode", "no"],
+             "--save", "", "--appendonly", "no", "--protected-mode", "no",
+             *(["--replicaof", "127.0.0.1", str(self.replica_of)] if self.replica_of else [])],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
@@ -152,3 +154,42 @@ def _command(port: int, *words: str) -> bytes:
         conn.sendall(payload.encode())
         time.sleep(0.01)
         return conn.recv(65536)
+
+
+class RedisSentinel:
+    """A primary, a replica and one Sentinel watching them as ``primary``."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.primary = RedisServer()
+        self.replica = RedisServer(replica_of=self.primary.port)
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.primary.start()
+        self.replica.start()
+        config = self.tmp / "sentinel.conf"
+        config.write_text(
+            f"port {self.port}\nbind 127.0.0.1\nprotected-mode no\n"
+            f"sentinel monitor primary 127.0.0.1 {self.primary.port} 1\n"
+            "sentinel down-after-milliseconds primary 1000\n"
+            "sentinel failover-timeout primary 3000\n"
+        )
+        self.process = subprocess.Popen(
+            [server_binary(), str(config), "--sentinel"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.tmp,
+        )  # fmt: skip
+        try:
+            _wait_for(self.port)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None
+        self.replica.stop()
+        self.primary.stop()
