@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -72,25 +73,25 @@ class RedisServer:
 class RedisCluster:
     """Three masters with ``--cluster-enabled yes``, slots split evenly, joined by CLUSTER MEET."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, replicas: bool = False) -> None:
         self.tmp = tmp
         self.ports = [free_cluster_port() for _ in range(3)]
-        self.processes: list[subprocess.Popen[bytes]] = []
+        self.replica_ports = [free_cluster_port() for _ in range(3)] if replicas else []
+        self.processes: dict[int, subprocess.Popen[bytes]] = {}
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.ports[0]}/0"
 
     def start(self) -> None:
-        for port in self.ports:
-            self.processes.append(
-                subprocess.Popen(
-                    [server_binary(), "--port", str(port), "--bind", "127.0.0.1",
-                     "--cluster-enabled", "yes", "--cluster-config-file",
-                     str(self.tmp / f"nodes-{port}.conf"), "--save", "", "--appendonly", "no",
-                     "--protected-mode", "no"],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.tmp,
-                )
+        for port in self.ports + self.replica_ports:
+            self.processes[port] = subprocess.Popen(
+                [server_binary(), "--port", str(port), "--bind", "127.0.0.1",
+                 "--cluster-enabled", "yes", "--cluster-config-file",
+                 str(self.tmp / f"nodes-{port}.conf"), "--cluster-node-timeout", "1000",
+                 "--repl-diskless-sync-delay", "0", "--cluster-replica-validity-factor", "0",
+                 "--save", "", "--appendonly", "no", "--protected-mode", "no"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.tmp,
             )  # fmt: skip
         try:
             self._join()
@@ -99,26 +100,51 @@ class RedisCluster:
             raise
 
     def _join(self) -> None:
-        for port in self.ports:
+        for port in self.ports + self.replica_ports:
             _wait_for(port)
         share = 16384 // 3
         ranges = [(0, share - 1), (share, 2 * share - 1), (2 * share, 16383)]
         for port, (low, high) in zip(self.ports, ranges, strict=True):
             _command(port, "CLUSTER", "ADDSLOTSRANGE", str(low), str(high))
-        for port in self.ports[1:]:
+        for port in self.ports[1:] + self.replica_ports:
             _command(self.ports[0], "CLUSTER", "MEET", "127.0.0.1", str(port))
+        self._converge(lambda: all(
+            b"cluster_state:ok" in _command(p, "CLUSTER", "INFO") for p in self.ports
+        ))  # fmt: skip
+        for primary, replica in zip(self.ports, self.replica_ports, strict=False):
+            node = _command(primary, "CLUSTER", "MYID").split(b"\r\n")[1].decode()
+            # The replica must know the primary before it can follow it.
+            self._converge(lambda n=node, r=replica: n.encode() in _command(r, "CLUSTER", "NODES"))
+            _command(replica, "CLUSTER", "REPLICATE", node)
+        self._converge(lambda: all(
+            b"cluster_state:ok" in _command(p, "CLUSTER", "INFO")
+            for p in self.ports + self.replica_ports
+        ))  # fmt: skip
+        # Synchronised replicas: a primary killed from now on is failed over.
+        self._converge(lambda: all(
+            b"master_link_status:up" in _command(p, "INFO", "replication")
+            for p in self.replica_ports
+        ))  # fmt: skip
+
+    def _converge(self, done: Callable[[], bool]) -> None:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            if all(b"cluster_state:ok" in _command(p, "CLUSTER", "INFO") for p in self.ports):
+            if done():
                 return
             time.sleep(0.05)  # the cluster is converging (harness, not a test)
         raise RuntimeError("the cluster did not converge")
 
+    def kill(self, port: int) -> None:
+        """SIGKILL one node (its replica, if any, is promoted after the node timeout)."""
+        process = self.processes.pop(port)
+        process.kill()
+        process.wait(timeout=10)
+
     def stop(self) -> None:
-        for process in self.processes:
+        for process in self.processes.values():
             process.terminate()
             process.wait(timeout=10)
-        self.processes = []
+        self.processes = {}
 
 
 def free_cluster_port() -> int:
