@@ -9,6 +9,7 @@ registered, nobody waits and no flight is left.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import attrs
@@ -53,7 +54,7 @@ calls = st.lists(
 # Examples of random schedules (4 to 40 calls each). With the worker invariants'
 # 7,000 this makes about 105,000 random calls per run, in about a minute
 # (docs/reliability.md).
-EXAMPLES = 7000
+EXAMPLES = int(os.environ.get("TRIO_PERSIST_EXAMPLES", "7000"))  # fewer under mutation runs
 
 
 class Device:

@@ -8,6 +8,7 @@ everything has idled out nothing is left.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import attrs
@@ -69,7 +70,7 @@ class Device:
         self.saved.append(group)
 
 
-@settings(deadline=None, max_examples=7000)
+@settings(deadline=None, max_examples=int(os.environ.get("TRIO_PERSIST_EXAMPLES", "7000")))
 @given(ops, st.sampled_from(["ignore", "throw"]))
 def test_no_request_is_lost_or_answered_twice_and_workers_stay_bounded(
     schedule: list[Op], strategy: Any
