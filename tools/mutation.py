@@ -44,7 +44,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 
 # The tests that exercise each module. In-process modules share the quick
-# in-process suite (the invariants with fewer Hypothesis examples).
+# in-process suite (the invariants with fewer Hypothesis examples), then the
+# two quick Redis files: the core's path through a backend is theirs.
 IN_PROCESS = [
     "tests/test_dedup.py", "tests/test_cancellation.py", "tests/test_failures.py",
     "tests/test_recursion.py", "tests/test_pinned.py", "tests/test_checkpoints.py",
@@ -54,7 +55,7 @@ IN_PROCESS = [
     "tests/test_bad_values.py", "tests/test_hostile_names.py", "tests/test_options.py",
     "tests/test_events.py", "tests/test_labels.py", "tests/test_durations.py",
     "tests/test_logging.py", "tests/test_testing_helpers.py", "tests/test_invariants.py",
-    "tests/test_worker_invariants.py",
+    "tests/test_worker_invariants.py", "tests/test_redis.py", "tests/test_redis_safety.py",
 ]  # fmt: skip
 REDIS = [
     "tests/test_redis.py", "tests/test_redis_safety.py", "tests/test_redis_faults.py",
