@@ -6,6 +6,9 @@ MODE ``callers``: CALLERS tasks resolve one key; the device counts its
 executions in Redis and waits for the test's ``go``; the process reports
 ``ready`` once its flight has reached Redis, and prints the results as JSON.
 MODE ``hang``: one caller leads and hangs (to be SIGKILLed).
+MODE ``rounds``: for 3 s, at every 100 ms boundary resolve CALLERS keys of that
+round at once (a 20 ms device) and print the backend's counts as JSON (the
+bench's synchronised rounds).
 MODE ``follow``: resolve each request popped from ``go`` (until ``-1``) and push
 ``"<request> <time.time()>"`` to ``answered`` when it is answered (the bench's
 follower in another process).
@@ -38,6 +41,9 @@ async def main(url: str, namespace: str, mode: str, callers: int) -> None:
             return {"pid": os.getpid(), "request": request}
 
         backend = RedisBackend(url, namespace=namespace, lease_ttl=1.0)
+        if mode == "rounds":
+            await rounds(url, namespace, callers)
+            return
         if mode == "follow":
             backend = RedisBackend(url, namespace=namespace)
             async with trio_persist.open_persist(device, backend=backend) as persist:
@@ -64,6 +70,27 @@ async def main(url: str, namespace: str, mode: str, callers: int) -> None:
                     await trio.sleep(0.01)
                 await control.rpush(f"{namespace}:ready", [str(os.getpid())])
     print(json.dumps(results))
+
+
+async def rounds(url: str, namespace: str, keys: int) -> None:
+    async def device(base: Any, request: Any) -> Any:
+        await trio.sleep(0.02)
+        return request
+
+    backend = RedisBackend(url, namespace=namespace)
+    slowest = 0.0
+    async with trio_persist.open_persist(device, backend=backend) as persist:
+        end = time.time() + 3.0
+        while time.time() < end:
+            epoch = int(time.time() * 10) + 1
+            await trio.sleep(epoch / 10 - time.time())
+            start = time.time()
+            async with trio.open_nursery() as nursery:
+                for key in range(keys):
+                    nursery.start_soon(persist.resolve, "base", f"{epoch}:{key}")
+            slowest = max(slowest, time.time() - start)
+    stats = backend.statistics()
+    print(json.dumps({"led": stats.led, "followed": stats.followed, "slowest": slowest}))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ processes x M callers on one key (bar: exactly one execution).
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -164,6 +165,27 @@ async def _hold_persist(
         await trio.sleep_forever()
 
 
+async def synchronised_rounds(url: str, processes: int, keys: int) -> tuple[float, float]:
+    """*processes* processes resolving *keys* shared keys every 100 ms for 3 s:
+    (deduplicated flights per second, the slowest round in seconds)."""
+    namespace = f"bench-{uuid.uuid4().hex[:8]}"
+    worker = str(TESTS / "redis_worker.py")
+    outputs = []
+    async with trio.open_nursery() as nursery:
+
+        async def one() -> None:
+            done = await trio.run_process(
+                [sys.executable, worker, url, namespace, "rounds", str(keys)],
+                capture_stdout=True,
+            )
+            outputs.append(json.loads(done.stdout))
+
+        for _ in range(processes):
+            nursery.start_soon(one)
+    followed = sum(o["followed"] for o in outputs)
+    return followed / 3.0, max(o["slowest"] for o in outputs)
+
+
 def redis_figures(row: Callable[..., bool], *, quick: bool) -> bool:
     server = RedisServer()
     server.start()
@@ -208,6 +230,12 @@ def redis_figures(row: Callable[..., bool], *, quick: bool) -> bool:
             f"backend's execution (at most 75% with 4 backends)"
         )
         ok &= rate >= 0.65
+        per_second, slowest = trio.run(synchronised_rounds, server.url, 4, 50)
+        print(
+            f"  4 processes, rounds of 50 shared keys every 100 ms: {per_second:.0f} "
+            f"deduplicated flights/s (bar 1000), slowest round {slowest * 1000:.0f} ms"
+        )
+        ok &= per_second >= 1000
         executions, calls = trio.run(many_processes, server.url, 3, 50)
         print(f"  3 processes x 50 callers on one key: {calls} calls, {executions} execution(s)")
         return ok and executions == 1
