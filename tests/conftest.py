@@ -1,20 +1,53 @@
 """Shared fixtures: devices that record what they execute.
 
 Every async test runs under Trio (``trio_mode = true``); tests about time take
-the ``autojump_clock`` fixture and assert exact virtual times.
+the ``autojump_clock`` fixture and assert exact virtual times. Every async test
+is also bounded (`bounded`): a regression that makes it wait for ever fails in
+seconds instead of costing pytest-timeout's five minutes.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import itertools
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from redis_server import RedisServer
+
+REAL_BOUND = 120.0  # seconds on the real clock (cross-process tests)
+VIRTUAL_BOUND = 1e9  # under a MockClock: a deadlock jumps straight to it
+
+
+def bounded(test: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """*test* under a deadline of its run's clock.
+
+    Under ``autojump_clock`` a test that waits for ever has nothing else to wait
+    for, so the clock jumps to the deadline and it fails at once; on the real
+    clock it fails after `REAL_BOUND` seconds.
+    """
+
+    @functools.wraps(test)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        virtual = isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock)
+        with trio.fail_after(VIRTUAL_BOUND if virtual else REAL_BOUND):
+            return await test(*args, **kwargs)
+
+    wrapper.__bounded__ = True  # type: ignore[attr-defined]
+    return wrapper
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        test = getattr(item, "obj", None)
+        if inspect.iscoroutinefunction(test) and test is not None:
+            item.obj = bounded(test)  # type: ignore[attr-defined]
 
 
 class SlowDevice:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 
@@ -128,3 +129,19 @@ async def test_the_leading_and_following_gauges_return_to_zero(
             release.set()
     assert (first.statistics().leading, first.statistics().led) == (0, 1)
     assert (second.statistics().following, second.statistics().followed) == (0, 1)
+
+
+def test_a_test_that_would_wait_for_ever_fails_at_once_under_the_autojump_clock() -> None:
+    from conftest import VIRTUAL_BOUND, bounded
+
+    async def hangs() -> None:
+        await trio.sleep_forever()
+
+    clock = trio.testing.MockClock(autojump_threshold=0)
+    with pytest.raises(trio.TooSlowError):
+        trio.run(bounded(hangs), clock=clock)
+    assert clock.current_time() == VIRTUAL_BOUND
+
+
+async def test_every_async_test_runs_under_a_deadline() -> None:
+    assert trio.current_effective_deadline() < float("inf")
