@@ -7,6 +7,7 @@ step skipped on cancellation, an off-by-one in the parked-runner limit.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import pytest
@@ -145,3 +146,59 @@ def test_a_test_that_would_wait_for_ever_fails_at_once_under_the_autojump_clock(
 
 async def test_every_async_test_runs_under_a_deadline() -> None:
     assert trio.current_effective_deadline() < float("inf")
+
+
+async def test_a_spawned_result_whose_group_is_taken_keeps_the_owner_there() -> None:
+    async def device(base: Any, request: Any) -> Any:
+        return {"state": "shared"}
+
+    async with trio_persist.open_persist(device, static_worker=True) as persist:
+        group = persist.group({"state": "shared"}, None)
+        owner = await persist.start_worker({"state": "shared"}, group)
+        assert await persist.resolve("db", "load", spawn_worker=True) == {"state": "shared"}
+        assert persist.workers() == (owner,)  # not replaced, not doubled
+        assert persist.statistics().workers_started == 1
+
+
+async def test_a_caller_leaving_as_the_block_closes_is_cancelled_and_nothing_stays() -> None:
+    started = trio.Event()
+
+    async def device(base: Any, request: Any) -> Any:
+        started.set()
+        await trio.sleep_forever()
+
+    leaving = trio.CancelScope()
+    async with trio.open_nursery() as outside:
+        async with trio_persist.open_persist(device) as persist:
+
+            async def caller() -> None:
+                with leaving:
+                    await persist.resolve("base", "r")
+
+            outside.start_soon(caller)
+            await started.wait()
+            leaving.cancel()  # the caller leaves, and the block closes, in one step
+    assert leaving.cancelled_caught
+    stats = persist.statistics()
+    assert (stats.waiters, stats.in_flight, stats.groups) == (0, 0, 0)
+
+
+async def test_a_spawn_whose_group_a_started_worker_claimed_first_leaves_that_worker(
+    autojump_clock: object,
+) -> None:
+    class Device:
+        def group(self, base: Any, request: Any) -> Any:
+            return "g"
+
+        async def resolve(self, base: Any, request: Any) -> Any:
+            await trio.sleep(1)
+            return {"from": request}
+
+    async with trio_persist.open_persist(Device(), static_worker=True) as persist:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(partial(persist.resolve, "b", "spawn", spawn_worker=True))
+            await trio.testing.wait_all_tasks_blocked()
+            claimed = await persist.start_worker({"explicit": 1}, "g")  # takes over after it
+        assert persist.workers() == (claimed,)
+        assert claimed.state == {"explicit": 1}
+        assert persist.statistics().workers_started == 1
