@@ -336,3 +336,50 @@ async def test_a_paused_redis_gives_a_clear_error_within_the_timeout_then_recove
                 assert await persist.resolve("base", 3) == "done"
     finally:
         server.stop()
+
+
+class Crash(BaseException):
+    """A crash that is not an Exception (as KeyboardInterrupt or SystemExit are)."""
+
+
+async def test_a_crashed_leader_releases_its_lease_and_a_follower_takes_over_at_once(
+    redis_url: str, namespace: str
+) -> None:
+    crash = trio.Event()
+
+    async def crashing(base: Any, request: Any) -> Any:
+        await crash.wait()
+        raise Crash
+
+    device = Recorder("after the crash")
+    device.release.set()
+    leader = RedisBackend(redis_url, namespace=namespace, lease_ttl=60)  # polls every 20 s
+    follower = RedisBackend(redis_url, namespace=namespace, lease_ttl=60)
+    with trio.fail_after(10):
+        async with open_pair(leader, follower, crashing, device) as pair:
+            await pair.lead()
+            await pair.follow()
+            crash.set()
+    leader_got, follower_got = pair.got
+    assert isinstance(leader_got, trio_persist.LeaderDied)  # the crash is its cause
+    assert follower_got == "after the crash"
+    assert follower.statistics().takeovers == 1
+
+
+async def test_cancelling_the_block_with_a_worker_alive_still_leaves_the_cluster_view(
+    redis_url: str, namespace: str
+) -> None:
+    async def device(base: Any, request: Any) -> Any:
+        return base
+
+    backend = RedisBackend(redis_url, namespace=namespace, heartbeat=60)
+    watcher = RedisBackend(redis_url, namespace=namespace)
+    with trio.fail_after(20):
+        async with trio_persist.open_persist(device, backend=watcher):
+            with trio.CancelScope() as scope:
+                async with trio_persist.open_persist(device, backend=backend) as persist:
+                    await persist.start_worker("state")
+                    assert len(await watcher.cluster()) == 2
+                    scope.cancel()
+                    await trio.sleep_forever()
+            assert len(await watcher.cluster()) == 1  # not left to expire in 180 s

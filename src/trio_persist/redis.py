@@ -197,6 +197,7 @@ class RedisBackend:
     _leaving: bool = attrs.field(default=False, init=False)
     _down: bool = attrs.field(default=False, init=False)
     _scripts: dict[str, Any] = attrs.field(factory=dict, init=False)
+    _unled: trio.Event | None = attrs.field(default=None, init=False)  # set: none leading
 
     def __attrs_post_init__(self) -> None:
         if isinstance(self.url, str):
@@ -284,26 +285,58 @@ class RedisBackend:
             ("leave", LEAVE),
         ):
             self._scripts[name] = Script(script=source)
-        async with client:
+        # The client's connections live in a shielded scope, so that however
+        # serve is cancelled (the persist closing, or its block cancelled, which
+        # tears this task down before the persist's own leave() runs) the
+        # backend can still drop the leases of cancelled leaders and remove its
+        # record, bounded by the timeout, before the connections close.
+        work = trio.CancelScope()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self._run_client, client, persist, work)
             try:
-                async with trio.open_nursery() as nursery:
-                    self._client = client
-                    await nursery.start(self._subscriber.run, client)
-                    await self._beat(persist)  # in the cluster view from the start
-                    nursery.start_soon(self._renew_leases)
-                    task_status.started()
-                    while True:
-                        await trio.sleep(self.heartbeat)
-                        await self._beat(persist)
+                task_status.started()
+                await trio.sleep_forever()
             finally:
-                self._client = None
+                work.cancel()
+
+    async def _run_client(
+        self,
+        client: Any,
+        persist: Observed,
+        work: trio.CancelScope,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        with trio.CancelScope(shield=True):
+            async with client:
+                self._client = client
+                try:
+                    with work:
+                        async with trio.open_nursery() as nursery:
+                            await nursery.start(self._subscriber.run, client)
+                            await self._beat(persist)  # in the cluster view from the start
+                            nursery.start_soon(self._renew_leases)
+                            task_status.started()
+                            while True:
+                                await trio.sleep(self.heartbeat)
+                                await self._beat(persist)
+                    if self._counts["leading"]:
+                        # Cancelled leaders are dropping their leases (shielded).
+                        self._unled = trio.Event()
+                        with trio.move_on_after(self.timeout):
+                            await self._unled.wait()
+                    await self.leave()
+                finally:
+                    self._client = None
 
     async def leave(self) -> None:
         """Remove this process from the cluster view (the persist is closing).
 
         Best effort, bounded by the timeout: a record left behind expires after
-        three heartbeats anyway.
+        three heartbeats anyway. Only the first call does anything.
         """
+        if self._leaving:
+            return
         self._leaving = True
         if self._client is None:
             return
@@ -580,7 +613,6 @@ class RedisBackend:
         finally:
             _token.reset(reset)
             del self._leases[lease_value]
-            self._counts["leading"] -= 1
             if not settled:
                 # Abandoned, crashed or cancelled: drop the lease and say so, so a
                 # follower takes over at once instead of after the TTL.
@@ -595,6 +627,9 @@ class RedisBackend:
                             "0",
                         ],
                     )
+            self._counts["leading"] -= 1
+            if not self._counts["leading"] and self._unled is not None:
+                self._unled.set()
 
     async def _commit(
         self, keys: dict[str, str], lease: _Lease, payload: bytes, linger: float
