@@ -4,6 +4,7 @@ delayed or cut at will, in the test's own Trio run."""
 from __future__ import annotations
 
 import socket
+import ssl
 
 import trio
 
@@ -12,8 +13,9 @@ class FaultProxy:
     """Forward 127.0.0.1:<port> to *target_port*; `stalled` holds every byte, `delay`
     adds latency per chunk, `cut` drops every connection."""
 
-    def __init__(self, target_port: int) -> None:
+    def __init__(self, target_port: int, tls: ssl.SSLContext | None = None) -> None:
         self.target_port = target_port
+        self.tls = tls  # terminate TLS here (a TLS front for a plain server)
         self.delay = 0.0
         self.stalled = False
         self._resumed = trio.Event()
@@ -45,7 +47,7 @@ class FaultProxy:
             task_status.started()
             await trio.serve_listeners(self._handle, listeners, handler_nursery=nursery)
 
-    async def _handle(self, client: trio.SocketStream) -> None:
+    async def _handle(self, client: trio.abc.Stream) -> None:
         scope = trio.CancelScope()
         self._open.add(scope)
         with scope:
@@ -54,13 +56,15 @@ class FaultProxy:
             except OSError:
                 await client.aclose()
                 return
+            if self.tls is not None:
+                client = trio.SSLStream(client, self.tls, server_side=True)
             async with client, server, trio.open_nursery() as nursery:
                 nursery.start_soon(self._pump, client, server, nursery.cancel_scope)
                 nursery.start_soon(self._pump, server, client, nursery.cancel_scope)
         self._open.discard(scope)
 
     async def _pump(
-        self, source: trio.SocketStream, sink: trio.SocketStream, both: trio.CancelScope
+        self, source: trio.abc.Stream, sink: trio.abc.Stream, both: trio.CancelScope
     ) -> None:
         try:
             async for chunk in source:
@@ -69,6 +73,6 @@ class FaultProxy:
                 if self.delay:
                     await trio.sleep(self.delay)
                 await sink.send_all(chunk)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError):
             pass
         both.cancel()  # one side closed: close the other

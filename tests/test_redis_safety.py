@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import coredis
@@ -15,6 +18,7 @@ import pytest
 import trio
 
 import trio_persist
+from fault_proxy import FaultProxy
 from redis_helpers import Recorder, eventually, names_for, open_pair
 from redis_server import RedisServer
 from trio_persist._codec import Seal
@@ -295,3 +299,43 @@ async def test_remote_answers_are_not_counted_as_executions(redis_url: str, name
     assert (a.executions, a.remote) == (1, 0)
     assert (b.executions, b.remote) == (0, 1)
     assert json.dumps(b.to_json())
+
+
+@pytest.fixture
+async def tls_front(redis_server: RedisServer, tmp_path: Path) -> AsyncIterator[tuple[int, Path]]:
+    """A TLS front (certificate for "localhost", from a test CA) to the plain server:
+    (its port, the CA's certificate file)."""
+    import trustme
+
+    authority = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("localhost").configure_cert(context)
+    ca_file = tmp_path / "ca.pem"
+    authority.cert_pem.write_to_path(str(ca_file))
+    proxy = FaultProxy(redis_server.port, tls=context)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(proxy.serve)
+        yield proxy.port, ca_file
+        nursery.cancel_scope.cancel()
+
+
+async def test_rediss_refuses_a_certificate_for_another_host_and_says_why(
+    tls_front: tuple[int, Path], namespace: str
+) -> None:
+    port, ca_file = tls_front
+    device = Recorder("over tls")
+    device.release.set()
+    wrong_host = RedisBackend(
+        f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={ca_file}", namespace=namespace, timeout=2
+    )
+    right_host = RedisBackend(
+        f"rediss://localhost:{port}/0?ssl_ca_certs={ca_file}", namespace=namespace, timeout=2
+    )
+    with trio.fail_after(20):
+        async with trio_persist.open_persist(device, backend=wrong_host) as persist:
+            with pytest.raises(
+                trio_persist.BackendUnavailable, match="TLS certificate verification failed"
+            ):
+                await persist.resolve("base", "r")
+        async with trio_persist.open_persist(device, backend=right_host) as persist:
+            assert await persist.resolve("base", "r") == "over tls"
