@@ -159,6 +159,8 @@ def run(args: argparse.Namespace) -> int:
     rng = random.Random(args.seed)
     chosen = pool if args.all else rng.sample(pool, min(args.sample, len(pool)))
     chosen.sort(key=lambda pair: (pair[0], pair[1].mutations[0].start_pos))
+    if args.reverse:  # a second runner from the other end (merge with --merge)
+        chosen.reverse()
     print(f"{len(chosen)} mutants of {len(pool)} (seed {args.seed})", flush=True)
     equivalents = load_equivalents()
     results = []
@@ -237,8 +239,27 @@ def report(results: list[dict[str, Any]]) -> None:
             print(f"  {r['module']}:{r['line']} {r['operator']}  {r['source']}")
 
 
+def merge(paths: list[str]) -> int:
+    """Report the results of runners that shared one draw (each mutant once)."""
+    seen: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for path in paths:
+        for line in Path(path).read_text().splitlines():
+            record = json.loads(line)
+            key = (record["module"], record["line"], record["operator"], record["occurrence"])
+            seen.setdefault(key, record)
+    equivalents = load_equivalents()
+    for record in seen.values():
+        reason = equivalents.get((record["module"], record["operator"], record["source"]))
+        if record["outcome"] == "survived" and reason:
+            record.update(outcome="equivalent", reason=reason)
+    report(list(seen.values()))
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reverse", action="store_true", help="run the draw from its end")
+    parser.add_argument("--merge", nargs="+", metavar="RESULTS", help="report results files")
     parser.add_argument("--sample", type=int, default=240, help="mutants to draw")
     parser.add_argument("--seed", type=int, default=14, help="seed of the draw")
     parser.add_argument("--all", action="store_true", help="every mutant, no sampling")
@@ -247,7 +268,10 @@ def main() -> int:
         "--timeout", type=float, default=None, help="seconds per mutant (60 in-process, 150 Redis)"
     )
     parser.add_argument("--workdir", default="/tmp/trio-persist-mutation")
-    return run(parser.parse_args())
+    args = parser.parse_args()
+    if args.merge:
+        return merge(args.merge)
+    return run(args)
 
 
 if __name__ == "__main__":
