@@ -74,3 +74,39 @@ def test_empty_and_tiny_durations_are_handled() -> None:
     assert histogram.quantile(0.99) <= 1e-15
     assert recent_quantiles(()) == (0.0, 0.0)
     assert recent_quantiles((5.0,)) == (5.0, 5.0)
+
+
+async def test_the_ninetieth_percentiles_are_those_of_the_samples(autojump_clock: object) -> None:
+    async with trio_persist.open_persist(sleepy) as persist:
+        async with trio.open_nursery() as nursery:
+            for seconds in range(1, 11):  # ten groups, each waited for and run alone
+                nursery.start_soon(persist.resolve, "b", seconds)
+        stats = persist.statistics()
+    assert close(stats.execution_p90, 9)
+    assert close(stats.wait_p90, 9)
+
+
+async def test_an_observer_is_told_how_long_an_abandoned_execution_ran(
+    autojump_clock: object,
+) -> None:
+    ended: list[tuple[Any, float]] = []
+
+    class Watcher:
+        def execution_started(self, kind: str, group: Any, label: str, job: Any) -> None:
+            pass
+
+        def joined(self, kind: str, group: Any, job: Any) -> None:
+            pass  # pragma: no cover - nobody joins here
+
+        def execution_ended(
+            self, kind: str, group: Any, job: Any, outcome: Any, seconds: float
+        ) -> None:
+            ended.append((outcome, seconds))
+
+    async with trio_persist.open_persist(sleepy) as persist:
+        persist.add_observer(Watcher())
+        await trio.sleep(1)  # the clock does not start at zero for the execution
+        with trio.move_on_after(3):
+            await persist.resolve("b", 60)  # its only caller leaves after 3 s
+        await persist.wait_quiet()
+    assert ended == [(None, 3)]
