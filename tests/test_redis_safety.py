@@ -339,3 +339,32 @@ async def test_rediss_refuses_a_certificate_for_another_host_and_says_why(
                 await persist.resolve("base", "r")
         async with trio_persist.open_persist(device, backend=right_host) as persist:
             assert await persist.resolve("base", "r") == "over tls"
+
+
+async def test_a_follower_never_answers_with_an_older_rounds_result(
+    redis_url: str, namespace: str
+) -> None:
+    backend = RedisBackend(redis_url, namespace=namespace, lease_ttl=0.3)  # looks every 0.1 s
+    with trio.fail_after(20):
+        async with (
+            trio_persist.open_persist(Recorder(), backend=backend) as persist,
+            coredis.Redis.from_url(redis_url) as control,
+            trio.open_nursery() as nursery,
+        ):
+            names = names_for(persist, "r")
+            seal = Seal(namespace)
+            old = seal.wrap(names["result"], 5, {"ok": True, "codec": "json", "value": "old"})
+            new = seal.wrap(names["result"], 900, {"ok": True, "codec": "json", "value": "new"})
+            await control.set(names["result"], old)  # the last round's result
+            await control.set(names["lease"], "ab" * 16 + ":900", px=30000)  # this round's leader
+            got: list[Any] = []
+
+            async def call() -> None:
+                got.append(await persist.resolve("base", "r"))
+
+            nursery.start_soon(call)
+            await eventually(lambda: backend.statistics().round_trips >= 4)  # it looked, twice
+            assert got == []
+            await control.set(names["result"], new)
+            await control.delete([names["lease"]])
+            await eventually(lambda: got == ["new"])
