@@ -407,6 +407,16 @@ def test_backend_options_are_checked() -> None:
     with pytest.raises(TypeError, match="signing_key must be bytes"):
         RedisBackend("redis://x", signing_key="text")  # type: ignore[arg-type]
     assert "namespace='ns'" in repr(RedisBackend("redis://x", namespace="ns"))
+    with pytest.raises(TypeError, match="namespace must be a str"):
+        RedisBackend("redis://x", namespace=b"ns")  # type: ignore[arg-type]
+    for bad in ("", "x" * 201, "tab\there"):
+        with pytest.raises(ValueError, match="namespace must be 1 to 200 printable characters"):
+            RedisBackend("redis://x", namespace=bad)
+    RedisBackend("redis://x", namespace="x" * 200)  # the longest accepted
+    with pytest.raises(ValueError, match="must not contain braces"):
+        RedisBackend("redis://x", namespace="a{b}")
+    with pytest.raises(TypeError, match="a Redis URL or a coredis client"):
+        RedisBackend(42)
 
 
 async def test_the_cluster_monitor_shows_every_process_in_one_frame(

@@ -383,3 +383,48 @@ async def test_cancelling_the_block_with_a_worker_alive_still_leaves_the_cluster
                     scope.cancel()
                     await trio.sleep_forever()
             assert len(await watcher.cluster()) == 1  # not left to expire in 180 s
+
+
+async def test_a_taken_lease_is_noticed_at_the_next_renewal_and_counted_once(
+    redis_url: str, namespace: str
+) -> None:
+    # The device ignores cancellation for a while, so renewals keep finding the
+    # lease gone: it is lost once, and noticed at the first renewal (every
+    # second here), long before the three-second TTL would say so.
+    noticed = trio.Event()
+
+    async def stubborn(base: Any, request: Any) -> Any:
+        with trio.CancelScope(shield=True):
+            await trio.sleep(2.5)  # renewals at 1 s and 2 s both find the lease taken
+        return "mine"
+
+    backend = RedisBackend(redis_url, namespace=namespace, lease_ttl=3)
+    got: list[Any] = []
+    with trio.fail_after(20):
+        async with (
+            trio_persist.open_persist(stubborn, backend=backend) as persist,
+            coredis.Redis.from_url(redis_url) as control,
+            trio.open_nursery() as nursery,
+        ):
+
+            async def call() -> None:
+                got.append(await persist.resolve("base", "r"))
+
+            nursery.start_soon(call)
+            await eventually(lambda: backend.statistics().leading == 1)
+            names = names_for(persist, "r")
+            token = int(time.time() * 1e6) + 10**9  # another process took the key over
+            await control.set(names["lease"], "cd" * 16 + f":{token}", px=30000)
+            with trio.fail_after(2):  # before the TTL could have said so
+                await eventually(lambda: backend.statistics().lost == 1)
+            noticed.set()
+            await eventually(lambda: backend.statistics().following == 1)
+            payload = Seal(backend.namespace).wrap(
+                names["result"], token, {"ok": True, "codec": "json", "value": "theirs"}
+            )
+            await control.set(names["result"], payload)
+            await control.delete([names["lease"]])
+            await control.publish(names["channel"], payload)
+    assert noticed.is_set()
+    assert got == ["theirs"]  # not its own value, although its device finished
+    assert backend.statistics().lost == 1

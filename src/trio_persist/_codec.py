@@ -35,7 +35,6 @@ from ._exceptions import CorruptResult, RemoteError
 
 __all__ = ["ABANDONED", "Seal", "decode_outcome", "encode_error", "encode_value"]
 
-MAX_TOKEN = 10**16  # tokens are microseconds of a server clock: 16 digits last until 2286
 ABANDONED = object()  # decode_outcome's value for an abandonment notice
 
 
