@@ -57,9 +57,9 @@ IN_PROCESS = [
     "tests/test_logging.py", "tests/test_testing_helpers.py", "tests/test_invariants.py",
     "tests/test_worker_invariants.py", "tests/test_redis.py", "tests/test_redis_safety.py",
 ]  # fmt: skip
-REDIS = [
-    "tests/test_redis.py", "tests/test_redis_safety.py", "tests/test_redis_faults.py",
-    "tests/test_redis_cluster.py", "tests/test_redis_sentinel.py",
+REDIS = [  # quickest first: with -x, most mutants die early
+    "tests/test_codec.py", "tests/test_redis_safety.py", "tests/test_redis.py",
+    "tests/test_redis_faults.py", "tests/test_redis_cluster.py", "tests/test_redis_sentinel.py",
 ]  # fmt: skip
 IN_PROCESS_MODULES = [
     "_core", "_flight", "_grouping", "_job", "_persist", "_registry", "_runner",
