@@ -70,8 +70,8 @@ class Flight:
 
     @property
     def busy(self) -> bool:
-        """Whether an execution runs now."""
-        return self.current.scope is not None and not self.current.done.is_set()
+        """Whether an execution runs now (its job has a scope only while it runs)."""
+        return self.current.scope is not None
 
     def find(self, request: Any, key: object = None) -> Job | None:
         """Return a live, shared job for *request* to join, or None.
