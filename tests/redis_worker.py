@@ -10,8 +10,9 @@ MODE ``rounds``: for 3 s, at every 100 ms boundary resolve CALLERS keys of that
 round at once (a 20 ms device) and print the backend's counts as JSON (the
 bench's synchronised rounds).
 MODE ``follow``: resolve each request popped from ``go`` (until ``-1``) and push
-``"<request> <time.time()>"`` to ``answered`` when it is answered (the bench's
-follower in another process).
+``{"request", "value", "at"}`` (JSON; ``at`` from ``time.time()``) to ``answered``
+when it is answered (the bench's follower in another process). An optional fifth
+argument is the lease TTL (and timeout) in seconds.
 """
 
 from __future__ import annotations
@@ -45,15 +46,17 @@ async def main(url: str, namespace: str, mode: str, callers: int) -> None:
             await rounds(url, namespace, callers)
             return
         if mode == "follow":
-            backend = RedisBackend(url, namespace=namespace)
+            ttl = float(sys.argv[5]) if len(sys.argv) > 5 else 10.0
+            backend = RedisBackend(url, namespace=namespace, lease_ttl=ttl, timeout=min(ttl, 5.0))
             async with trio_persist.open_persist(device, backend=backend) as persist:
                 while True:
                     _, raw = await control.blpop([f"{namespace}:go"], timeout=30)
                     request = int(raw)
                     if request < 0:
                         return
-                    await persist.resolve("base", request)
-                    await control.rpush(f"{namespace}:answered", [f"{request} {time.time()}"])
+                    value = await persist.resolve("base", request)
+                    answer = {"request": request, "value": value, "at": time.time()}
+                    await control.rpush(f"{namespace}:answered", [json.dumps(answer)])
         async with trio_persist.open_persist(device, backend=backend) as persist:
             results: list[Any] = []
 

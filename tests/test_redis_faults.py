@@ -428,3 +428,39 @@ async def test_a_taken_lease_is_noticed_at_the_next_renewal_and_counted_once(
     assert noticed.is_set()
     assert got == ["theirs"]  # not its own value, although its device finished
     assert backend.statistics().lost == 1
+
+
+async def test_a_follower_paused_until_the_result_expired_answers_from_what_it_was_sent(
+    redis_url: str, namespace: str
+) -> None:
+    # Its publication waits in the paused process's socket; the result key
+    # expires meanwhile. Woken, it must drain what it was sent before deciding
+    # the leader vanished: no second execution.
+    device = Recorder({"from": "leader"})
+    leader = RedisBackend(redis_url, namespace=namespace, lease_ttl=0.3, timeout=0.3)
+    follower = await trio.lowlevel.open_process(
+        [sys.executable, WORKER, redis_url, namespace, "follow", "0", "0.3"]
+    )
+    with trio.fail_after(30):
+        async with (
+            trio_persist.open_persist(device, backend=leader) as persist,
+            coredis.Redis.from_url(redis_url) as control,
+            trio.open_nursery() as nursery,
+        ):
+            nursery.start_soon(persist.resolve, "base", 0)
+            await eventually(lambda: leader.statistics().leading == 1)
+            await control.rpush(f"{namespace}:go", ["0"])
+            names = names_for(persist, 0)
+            while not await control.exists([names["waiting"]]):  # noqa: ASYNC110 - Redis, not a flag
+                await trio.sleep(0.01)
+            os.kill(follower.pid, signal.SIGSTOP)
+            device.release.set()
+            await eventually(lambda: leader.statistics().leading == 0)
+            await trio.sleep(1.5)  # the result (kept 1 s here) expires meanwhile
+            assert not await control.exists([names["result"]])
+            os.kill(follower.pid, signal.SIGCONT)
+            _, raw = await control.blpop([f"{namespace}:answered"], timeout=20)
+            await control.rpush(f"{namespace}:go", ["-1"])
+            await follower.wait()
+            assert json.loads(raw)["value"] == {"from": "leader"}
+            assert await control.get(f"{namespace}:executions") is None  # it never ran

@@ -112,8 +112,8 @@ async def follower_latency(url: str, n: int) -> float:
                     await trio.sleep(0.001)
                 release.set()
             _, raw = await control.blpop([f"{namespace}:answered"], timeout=30)
-            request, answered = raw.split()
-            extra.append(float(answered) - finished[int(request)])
+            answer = json.loads(raw)
+            extra.append(answer["at"] - finished[answer["request"]])
         await control.rpush(f"{namespace}:go", ["-1"])
     await follower.wait()
     return sorted(extra)[len(extra) // 2]
