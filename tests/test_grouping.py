@@ -134,3 +134,12 @@ def test_two_values_share_an_encoding_exactly_when_they_are_the_same(a: Any, b: 
 def test_any_insertion_order_of_a_mapping_gives_one_group(mapping: dict[str, int]) -> None:
     reversed_mapping = dict(reversed(list(mapping.items())))
     assert default_group(mapping, mapping) == default_group(reversed_mapping, reversed_mapping)
+
+
+def test_ints_encode_as_decimal_below_two_to_the_63_and_as_bytes_from_there() -> None:
+    # The encoding is part of every group's identity (across processes too): its
+    # threshold must not drift.
+    for small in (0, 2**63 - 1, -(2**63) + 1):
+        assert canonical_encoding(small) == b"i%d;" % small
+    for big in (2**63, -(2**63), 2**64):
+        assert canonical_encoding(big).startswith(b"I")

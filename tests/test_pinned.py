@@ -202,3 +202,29 @@ async def test_a_spawn_whose_group_a_started_worker_claimed_first_leaves_that_wo
         assert persist.workers() == (claimed,)
         assert claimed.state == {"explicit": 1}
         assert persist.statistics().workers_started == 1
+
+
+async def test_requests_queued_behind_a_spawn_are_served_once_by_the_new_worker(
+    autojump_clock: object,
+) -> None:
+    class Device:
+        def __init__(self) -> None:
+            self.executed: list[Any] = []
+
+        def group(self, base: Any, request: Any) -> Any:
+            return "g"
+
+        async def resolve(self, base: Any, request: Any) -> Any:
+            self.executed.append(request)
+            await trio.sleep(1)
+            return {"after": request}
+
+    device = Device()
+    async with trio_persist.open_persist(device, static_worker=True) as persist:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(partial(persist.resolve, "b", "spawn", spawn_worker=True))
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(persist.resolve, "b", "queued")  # behind it, in the flight
+        [worker] = persist.workers()
+        assert worker.statistics().served == 1  # the queued one, handed over
+    assert device.executed == ["spawn", "queued"]  # once each

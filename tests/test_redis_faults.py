@@ -428,6 +428,7 @@ async def test_a_taken_lease_is_noticed_at_the_next_renewal_and_counted_once(
     assert noticed.is_set()
     assert got == ["theirs"]  # not its own value, although its device finished
     assert backend.statistics().lost == 1
+    assert backend.statistics().fenced == 0  # a lost lease is not committed at all
 
 
 async def test_a_follower_paused_until_the_result_expired_answers_from_what_it_was_sent(

@@ -368,3 +368,55 @@ async def test_a_follower_never_answers_with_an_older_rounds_result(
             await control.set(names["result"], new)
             await control.delete([names["lease"]])
             await eventually(lambda: got == ["new"])
+
+
+async def test_a_result_outlives_its_commit_by_the_stated_rule(
+    redis_url: str, namespace: str
+) -> None:
+    # max(3 x lease_ttl, lease_ttl + 2 x timeout, 1 s): every follower looks again
+    # within a third of the TTL, each look taking up to the timeout.
+    for lease_ttl, timeout, kept in ((2.0, 0.5, 6.0), (1.0, 2.0, 5.0), (0.2, 0.1, 1.0)):
+        device = Recorder("v")
+        device.release.set()
+        backend = RedisBackend(redis_url, namespace=namespace, lease_ttl=lease_ttl, timeout=timeout)
+        with trio.fail_after(20):
+            async with (
+                trio_persist.open_persist(device, backend=backend) as persist,
+                coredis.Redis.from_url(redis_url) as control,
+            ):
+                request = f"{lease_ttl}-{timeout}"
+                await persist.resolve("base", request)
+                pttl = await control.pttl(names_for(persist, request)["result"])
+        assert kept * 1000 - 1000 < pttl <= kept * 1000, (lease_ttl, timeout, pttl)
+
+
+async def test_a_refused_commit_with_no_winner_answers_with_its_own_outcome(
+    redis_url: str, namespace: str
+) -> None:
+    # Its lease was taken, and the taker went away without a result: nobody has
+    # an outcome to answer with but this leader.
+    device = Recorder("own")
+    stale = RedisBackend(redis_url, namespace=namespace, lease_ttl=30)
+    taker = RedisBackend(redis_url, namespace=namespace, lease_ttl=30)
+    got: list[Any] = []
+    with trio.fail_after(20):
+        async with (
+            trio_persist.open_persist(device, backend=stale) as persist,
+            trio_persist.open_persist(Recorder(), backend=taker),
+            coredis.Redis.from_url(redis_url) as control,
+            trio.open_nursery() as nursery,
+        ):
+
+            async def call() -> None:
+                got.append(await persist.resolve("base", "r"))
+
+            nursery.start_soon(call)
+            await eventually(lambda: stale.statistics().leading == 1)
+            names = names_for(persist, "r")
+            await control.delete([names["lease"]])  # expired while it stalled
+            kind, _, _ = await taker._acquire(names, 0, 0)  # reaching in: a bare taker
+            assert kind == "l"
+            await control.delete([names["lease"]])  # and the taker went away
+            device.release.set()
+    assert got == ["own"]
+    assert stale.statistics().fenced == 1

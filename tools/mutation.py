@@ -130,16 +130,28 @@ def candidates(workdir: Path, module: str, timeout: float) -> tuple[Path, list[A
     return db, items
 
 
+def enclosing(source: str, line: int) -> str:
+    """The name of the innermost function (or class) around *line*, or "<module>"."""
+    best, depth = "<module>", -1
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            end = node.end_lineno or node.lineno
+            if node.lineno <= line <= end and node.col_offset > depth:
+                best, depth = node.name, node.col_offset
+    return best
+
+
 def describe(workdir: Path, item: Any) -> dict[str, Any]:
     mutation = item.mutations[0]
     line = mutation.start_pos[0]
-    text = (workdir / mutation.module_path).read_text().splitlines()[line - 1].strip()
+    source = (workdir / mutation.module_path).read_text()
     return {
         "module": Path(mutation.module_path).stem,
+        "function": enclosing(source, line),
         "operator": mutation.operator_name.removeprefix("core/"),
         "occurrence": mutation.occurrence,
         "line": line,
-        "source": text,
+        "source": source.splitlines()[line - 1].strip(),
     }
 
 
@@ -175,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
             outcome = str(result.test_outcome.value if result.test_outcome else "error")
             if outcome == "killed" and (result.output or "").strip() == "timeout":
                 outcome = "hung"
-            reason = equivalents.get((record["module"], record["operator"], record["source"]))
+            reason = equivalents.get(equivalence_key(record))
             if outcome == "survived" and reason:
                 outcome = "equivalent"
             record.update(
@@ -203,12 +215,17 @@ def limit(args: argparse.Namespace, module: str) -> float:
     return 150.0 if module in REDIS_MODULES else 60.0
 
 
-def load_equivalents() -> dict[tuple[str, str, str], str]:
+def equivalence_key(record: dict[str, Any]) -> tuple[str, str, str, str]:
+    return (record["module"], record["function"], record["operator"], record["source"])
+
+
+def load_equivalents() -> dict[tuple[str, str, str, str], str]:
+    """Known equivalent mutants, by module, function, operator and source line."""
     path = ROOT / "tools" / "mutation_equivalents.toml"
     if not path.exists():
         return {}
     data = tomllib.loads(path.read_text())
-    return {(e["module"], e["operator"], e["source"]): e["reason"] for e in data["equivalent"]}
+    return {equivalence_key(e): e["reason"] for e in data["equivalent"]}
 
 
 def report(results: list[dict[str, Any]]) -> None:
@@ -236,7 +253,7 @@ def report(results: list[dict[str, Any]]) -> None:
     if survivors:
         print("\nsurvivors (gaps, or equivalents to list with a reason):")
         for r in survivors:
-            print(f"  {r['module']}:{r['line']} {r['operator']}  {r['source']}")
+            print(f"  {r['module']}:{r['line']} ({r['function']}) {r['operator']}  {r['source']}")
 
 
 def merge(paths: list[str]) -> int:
@@ -249,7 +266,8 @@ def merge(paths: list[str]) -> int:
             seen.setdefault(key, record)
     equivalents = load_equivalents()
     for record in seen.values():
-        reason = equivalents.get((record["module"], record["operator"], record["source"]))
+        record.setdefault("function", "")
+        reason = equivalents.get(equivalence_key(record))
         if record["outcome"] == "survived" and reason:
             record.update(outcome="equivalent", reason=reason)
     report(list(seen.values()))
