@@ -143,3 +143,26 @@ def test_ints_encode_as_decimal_below_two_to_the_63_and_as_bytes_from_there() ->
         assert canonical_encoding(small) == b"i%d;" % small
     for big in (2**63, -(2**63), 2**64):
         assert canonical_encoding(big).startswith(b"I")
+
+
+@pytest.mark.parametrize(
+    ("value", "encoded"),
+    [
+        (None, b"N"),
+        (True, b"T"),
+        (False, b"F"),
+        (-1, b"i-1;"),
+        (1.5, b"f0x1.8000000000000p+0;"),
+        (-0.0, b"f-0x0.0p+0;"),
+        ("s", b"s1:s"),
+        (b"b", b"b1:b"),
+        ((1, "a"), b"t2:i1;s1:a"),
+        ([1], b"l1:i1;"),
+        ({"k": 1}, b"d1:s1:ki1;"),
+        (frozenset({1}), b"S1:i1;"),
+    ],
+)
+def test_the_canonical_encoding_of_each_kind_is_fixed(value: Any, encoded: bytes) -> None:
+    # Groups are digests of this encoding, shared by every process on a backend
+    # (and every version of the library on it): it must never drift.
+    assert canonical_encoding(value) == encoded
