@@ -132,3 +132,12 @@ def test_long_labels_are_cut_in_the_middle_to_fit_the_width() -> None:
     assert row.split()[0].endswith("/report-7")  # both ends stay readable
     wide_text = show(render_frame(wide, width=200), width=200)
     assert long in wide_text
+
+
+def test_answers_from_other_processes_show_beside_the_executions_run_here() -> None:
+    remote = frame(10, 1002.0)
+    remote["statistics"]["remote"] = 7
+    assert "executions 10 (2.0/s)  remote 7  dedup 75%" in show(
+        render_frame(remote, frame(6, 1000.0))
+    )
+    assert "remote" not in show(render_frame(frame(10, 1002.0), frame(6, 1000.0)))

@@ -132,6 +132,9 @@ def header(frame: Frame, previous: Frame | None) -> Text:
     text = Text()
     text.append(f"executions {_stat(frame, 'executions')}", style="bold")
     text.append(f" ({rate:.1f}/s)" if rate is not None else " (-/s)")
+    remote = _stat(frame, "remote")
+    if remote:  # answered by another process through the backend
+        text.append(f"  remote {remote}")
     text.append(f"  dedup {ratio:.0%}")
     text.append(f"  in flight {_stat(frame, 'in_flight')}")
     text.append(f"  listeners {listeners}")
@@ -260,6 +263,7 @@ LEGEND = Text(
     "idle for     time since its last execution started or ended (busy: one runs now)\n"
     "p50 p99      its recent executions' median and 99th-percentile times\n"
     "executions   device calls so far (per second since the last frame)\n"
+    "remote       executions another process answered (through the backend)\n"
     "dedup        share of calls answered by an execution another call started\n"
     "idle timeouts workers that stopped after their idle timeout\n"
     "exec / wait  execution times, and callers' waits from arrival to answer\n"
