@@ -420,3 +420,19 @@ async def test_a_refused_commit_with_no_winner_answers_with_its_own_outcome(
             device.release.set()
     assert got == ["own"]
     assert stale.statistics().fenced == 1
+
+
+async def test_a_lease_lives_its_ttl(redis_url: str, namespace: str) -> None:
+    device = Recorder()
+    backend = RedisBackend(redis_url, namespace=namespace, lease_ttl=100)
+    with trio.fail_after(20):
+        async with (
+            trio_persist.open_persist(device, backend=backend) as persist,
+            coredis.Redis.from_url(redis_url) as control,
+            trio.open_nursery() as nursery,
+        ):
+            nursery.start_soon(persist.resolve, "base", "r")
+            await eventually(lambda: backend.statistics().leading == 1)
+            pttl = await control.pttl(names_for(persist, "r")["lease"])
+            device.release.set()
+    assert 99_000 < pttl <= 100_000
