@@ -424,7 +424,7 @@ async def test_a_refused_commit_with_no_winner_answers_with_its_own_outcome(
 
 async def test_a_lease_lives_its_ttl(redis_url: str, namespace: str) -> None:
     device = Recorder()
-    backend = RedisBackend(redis_url, namespace=namespace, lease_ttl=100)
+    backend = RedisBackend(redis_url, namespace=namespace, lease_ttl=1000)
     with trio.fail_after(20):
         async with (
             trio_persist.open_persist(device, backend=backend) as persist,
@@ -435,4 +435,4 @@ async def test_a_lease_lives_its_ttl(redis_url: str, namespace: str) -> None:
             await eventually(lambda: backend.statistics().leading == 1)
             pttl = await control.pttl(names_for(persist, "r")["lease"])
             device.release.set()
-    assert 99_000 < pttl <= 100_000
+    assert 999_500 < pttl <= 1_000_000  # half a second of slack for a loaded machine
