@@ -5,6 +5,7 @@ stay secret. Each test failed on the backend before its redesign.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import ssl
@@ -436,3 +437,63 @@ async def test_a_lease_lives_its_ttl(redis_url: str, namespace: str) -> None:
             pttl = await control.pttl(names_for(persist, "r")["lease"])
             device.release.set()
     assert 999_500 < pttl <= 1_000_000  # half a second of slack for a loaded machine
+
+
+async def test_a_long_or_unprintable_string_group_is_hashed_and_still_shared(
+    redis_url: str, namespace: str
+) -> None:
+    class ByName:
+        def group(self, base: Any, request: Any) -> Any:
+            return request  # the request names its group
+
+        async def resolve(self, base: Any, request: Any) -> Any:
+            await device.release.wait()
+            device.calls += 1
+            return "shared"
+
+    device = Recorder()
+    for name in ("x" * 500, "line\nbreak"):
+        first = RedisBackend(redis_url, namespace=namespace)
+        second = RedisBackend(redis_url, namespace=namespace)
+        assert first.key_of(name, name, True) == "h:" + hashlib.sha256(name.encode()).hexdigest()
+        device.release = trio.Event()
+        with trio.fail_after(20):
+            async with open_pair(first, second, ByName()) as pair:
+                await pair.lead(name)
+                await pair.follow(name)
+                device.release.set()
+        assert pair.got == ["shared", "shared"]
+    assert device.calls == 2  # once per name: each shared across the two processes
+
+
+def test_backends_are_distinct_objects() -> None:
+    one, two = RedisBackend("redis://x"), RedisBackend("redis://x")
+    assert one != two
+    assert len({one, two}) == 2  # hashable: usable as keys
+
+
+async def test_the_heartbeat_record_lives_three_heartbeats_and_lists_the_busiest_fifty(
+    redis_url: str, namespace: str
+) -> None:
+    from trio_persist._cluster import NODES
+
+    device = Recorder()
+    backend = RedisBackend(redis_url, namespace=namespace, heartbeat=10)
+    with trio.fail_after(20):
+        async with (
+            trio_persist.open_persist(device, backend=backend) as persist,
+            coredis.Redis.from_url(redis_url) as control,
+            trio.open_nursery() as nursery,
+        ):
+            for n in range(60):
+                nursery.start_soon(persist.resolve, "base", n)
+            await eventually(lambda: backend.statistics().leading == 60)
+            await backend._beat(persist)  # reaching in: one heartbeat now
+            [node] = await backend.cluster()
+            [record_key] = [
+                key for key in await control.keys(NODES + ":*") if backend._node in key.decode()
+            ]
+            pttl = await control.pttl(record_key)
+            device.release.set()
+    assert len(node.snapshot) == 50
+    assert 29_000 < pttl <= 30_000
