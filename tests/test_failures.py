@@ -98,22 +98,17 @@ async def test_keyboard_interrupt_and_system_exit_propagate_as_in_any_trio_progr
             await persist.resolve("base", "req")
 
 
-class CrashingOnLeave:
-    """A backend whose background task fails as the persist closes."""
-
-    def __init__(self) -> None:
-        self.leaving = trio.Event()
+class CrashingOnClose:
+    """A backend whose background task fails as it cleans up, the persist closing."""
 
     async def serve(
         self, persist: Any, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         task_status.started()
-        await self.leaving.wait()
-        raise RuntimeError("the backend's task failed")
-
-    async def leave(self) -> None:
-        self.leaving.set()
-        await trio.lowlevel.checkpoint()
+        try:
+            await trio.sleep_forever()
+        finally:
+            raise RuntimeError("the backend's task failed")
 
     def key_of(self, group: Any, request: Any, group_is_request: bool) -> str | None:
         return None
@@ -129,7 +124,7 @@ async def test_the_blocks_own_exception_wins_over_a_task_failing_at_the_same_tim
         return request
 
     with pytest.raises(KeyError, match="the block's own") as info:
-        async with trio_persist.open_persist(device, backend=CrashingOnLeave()):
+        async with trio_persist.open_persist(device, backend=CrashingOnClose()):
             raise KeyError("the block's own")
     # The task's failure is not dropped either: it is the context.
     context = info.value.__context__
@@ -142,5 +137,5 @@ async def test_a_task_failing_while_the_block_is_quiet_propagates() -> None:
         return request
 
     with pytest.RaisesGroup(pytest.RaisesExc(RuntimeError, match="backend's task")):
-        async with trio_persist.open_persist(device, backend=CrashingOnLeave()):
+        async with trio_persist.open_persist(device, backend=CrashingOnClose()):
             pass

@@ -2,9 +2,10 @@
 
 A backend (`trio_persist.redis.RedisBackend` is the one shipped) is started
 once per persist with ``await nursery.start(backend.serve, persist)``, names
-each execution with `Backend.key_of`, runs it once across processes with
-`Backend.run`, and leaves the cluster when the persist closes. It sees the
-persist only as an `Observed` (its name, statistics and snapshot).
+each execution with `Backend.key_of`, and runs it once across processes with
+`Backend.run`. When the persist closes (or its block is cancelled) ``serve``
+is cancelled, and cleans up after itself. It sees the persist only as an
+`Observed` (its name, statistics and snapshot).
 """
 
 from __future__ import annotations
@@ -18,17 +19,17 @@ from ._stats import Observed
 
 __all__ = ["Backend", "check_backend"]
 
-_METHODS = ("serve", "leave", "key_of", "run")
+_METHODS = ("serve", "key_of", "run")
 
 
 class Backend(Protocol):
     """The methods a persist calls on its ``backend=``."""
 
     async def serve(self, persist: Observed, *, task_status: trio.TaskStatus[None] = ...) -> None:
-        """Run the backend's connections and background work until cancelled."""
+        """Run the backend's connections and background work until cancelled.
 
-    async def leave(self) -> None:
-        """The persist is closing: leave the cluster (bounded; never raises)."""
+        Cancelled when the persist closes; it cleans up (bounded) before it ends.
+        """
 
     def key_of(self, group: Hashable, request: Any, group_is_request: bool) -> str | None:
         """The cluster-wide key of one execution, or None to execute locally."""

@@ -761,9 +761,6 @@ class Persist(Generic[B, R, T]):
                     scope.deadline = trio.current_time() + 2 * grace
                 for task in tasks:
                     await task.wait_stopped()
-            if core.backend is not None:
-                with trio.CancelScope(shield=True):
-                    await core.backend.leave()
         finally:
             # Whatever happened above, nothing of the persist may outlive its block.
             self._runners.close()

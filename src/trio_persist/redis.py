@@ -330,10 +330,12 @@ class RedisBackend:
                     self._client = None
 
     async def leave(self) -> None:
-        """Remove this process from the cluster view (the persist is closing).
+        """Remove this process from the cluster view.
 
-        Best effort, bounded by the timeout: a record left behind expires after
-        three heartbeats anyway. Only the first call does anything.
+        ``serve`` does this when it ends (the persist closing, or its block
+        cancelled); call it to leave earlier. Best effort, bounded by the
+        timeout: a record left behind expires after three heartbeats anyway.
+        Only the first call does anything.
         """
         if self._leaving:
             return
