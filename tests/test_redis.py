@@ -246,11 +246,14 @@ async def test_redis_going_away_gives_a_clear_error_in_time_and_it_reconnects(
         with trio.fail_after(30):
             async with trio_persist.open_persist(device, backend=backend) as persist:
                 assert await persist.resolve("base", 1) == "done"
+                assert backend.statistics().subscribed
                 server.stop()
                 with pytest.raises(trio_persist.BackendUnavailable, match="unreachable"):
                     await persist.resolve("base", 2)
+                await eventually(lambda: not backend.statistics().subscribed)
                 server.start()
                 assert await persist.resolve("base", 3) == "done"
+                await eventually(lambda: backend.statistics().subscribed)
                 assert backend.statistics().unavailable >= 1
     finally:
         server.stop()

@@ -117,6 +117,9 @@ class RedisBackendStatistics:
     """Executions leading now."""
     following: int
     """Flights following another process now."""
+    subscribed: bool = False
+    """Whether the subscription that hears publications is up now (followers poll
+    while it is not)."""
 
 
 @attrs.define(eq=False)
@@ -240,7 +243,7 @@ class RedisBackend:
         """Return a frozen snapshot of this backend's counters."""
         counts = dict(self._counts)
         counts["corrupt"] += self._subscriber.malformed
-        return RedisBackendStatistics(**counts)
+        return RedisBackendStatistics(**counts, subscribed=self._subscriber.up)
 
     # -- keys --------------------------------------------------------------------
 
