@@ -160,9 +160,38 @@ def test_ints_encode_as_decimal_below_two_to_the_63_and_as_bytes_from_there() ->
         ([1], b"l1:i1;"),
         ({"k": 1}, b"d1:s1:ki1;"),
         (frozenset({1}), b"S1:i1;"),
+        ([[1], 2], b"l2:l1:i1;i2;"),  # nested: each part in its own container
+        ({"a": [1, (2,)]}, b"d1:s1:al2:i1;t1:i2;"),
     ],
 )
 def test_the_canonical_encoding_of_each_kind_is_fixed(value: Any, encoded: bytes) -> None:
     # Groups are digests of this encoding, shared by every process on a backend
     # (and every version of the library on it): it must never drift.
     assert canonical_encoding(value) == encoded
+
+
+def test_a_deep_path_in_an_error_is_shortened_in_the_middle() -> None:
+    deep: Any = object()
+    for index in range(14):
+        deep = [deep] if index % 2 else {f"k{index}": deep}
+    with pytest.raises(TypeError) as info:
+        canonical_encoding(deep)
+    assert "at value[0]['k12'][0]['k10']...(11 more)...[0]['k0']: " in str(info.value)
+
+
+def test_requests_are_the_same_only_when_equal_or_encoded_alike() -> None:
+    from trio_persist._grouping import same_request
+
+    nan = float("nan")
+    assert same_request(nan, nan)  # the very same object
+    assert not same_request(nan, float("nan"))  # NaN is not equal to itself
+
+    class Odd(dict):  # type: ignore[type-arg]
+        def __eq__(self, other: object) -> Any:
+            return "maybe"  # not a bool: the encodings decide
+
+        __hash__ = dict.__hash__  # type: ignore[assignment]
+
+    assert same_request(Odd(a=1), Odd(a=1))
+    assert not same_request(Odd(a=1), Odd(a=2))
+    assert not same_request(Odd(a=2), Odd(a=1))

@@ -346,3 +346,22 @@ async def test_a_server_removes_its_socket_only_if_it_is_still_its_own(tmp_path:
             assert (await read_frames(stream).__anext__())["version"] == 1
         nursery.cancel_scope.cancel()
     assert not await trio.Path(path).exists()
+
+
+async def test_by_default_sixty_four_clients_are_served_and_one_more_refused(
+    autojump_clock: object, tmp_path: Path
+) -> None:
+    path = str(tmp_path / "monitor.sock")
+    async with trio_persist.open_persist(device) as persist, trio.open_nursery() as nursery:
+        await nursery.start(persist.serve_monitor, path)
+        served = [await trio.open_unix_socket(path) for _ in range(64)]
+        await trio.testing.wait_all_tasks_blocked()
+        async with await trio.open_unix_socket(path) as extra:
+            data = b""
+            with trio.fail_after(5):
+                while chunk := await extra.receive_some(4096):
+                    data += chunk
+        assert json.loads(data) == {"refused": "this monitor serves at most 64 clients"}
+        for stream in served:
+            await stream.aclose()
+        nursery.cancel_scope.cancel()

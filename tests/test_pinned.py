@@ -228,3 +228,78 @@ async def test_requests_queued_behind_a_spawn_are_served_once_by_the_new_worker(
         [worker] = persist.workers()
         assert worker.statistics().served == 1  # the queued one, handed over
     assert device.executed == ["spawn", "queued"]  # once each
+
+
+@pytest.mark.parametrize(("flags", "name"), [({"spawn_worker": 0}, "spawn_worker"),
+                                             ({"share": 1}, "share")])  # fmt: skip
+async def test_flags_must_be_true_or_false_not_merely_falsy_or_truthy(
+    flags: dict[str, Any], name: str
+) -> None:
+    async def device(base: Any, request: Any) -> Any:
+        return request  # pragma: no cover
+
+    async with trio_persist.open_persist(device) as persist:
+        with pytest.raises(TypeError, match=f"{name} must be True or False"):
+            await persist.resolve("base", "r", **flags)
+
+
+async def test_a_wrapped_functions_result_lingers_too(autojump_clock: object) -> None:
+    calls = 0
+
+    async def fetch(page: int) -> str:
+        nonlocal calls
+        calls += 1
+        return f"page {page}"
+
+    async def device(base: Any, request: Any) -> Any:
+        return request  # pragma: no cover - only the wrapped function runs
+
+    async with trio_persist.open_persist(device, linger=10) as persist:
+        cached = persist.wrap(fetch)
+        assert await cached(1) == "page 1"
+        await trio.sleep(5)
+        assert await cached(1) == "page 1"  # within its window: no second call
+    assert calls == 1
+
+
+async def test_a_removed_observer_hears_nothing_more_and_removing_twice_is_harmless() -> None:
+    heard: list[Any] = []
+
+    class Ears:
+        def execution_started(self, kind: str, group: Any, label: str, job: Any) -> None:
+            heard.append(label)
+
+        def joined(self, kind: str, group: Any, job: Any) -> None:
+            pass  # pragma: no cover
+
+        def execution_ended(self, *args: Any) -> None:
+            pass
+
+    async def device(base: Any, request: Any) -> Any:
+        return request
+
+    ears = Ears()
+    async with trio_persist.open_persist(device) as persist:
+        persist.add_observer(ears)
+        await persist.resolve("base", 1)
+        persist.remove_observer(ears)
+        persist.remove_observer(ears)
+        await persist.resolve("base", 2)
+    assert len(heard) == 1
+
+
+async def test_a_worker_reports_the_times_of_its_last_sixty_four_requests(
+    autojump_clock: object,
+) -> None:
+    async def device(state: Any, seconds: float) -> Any:
+        await trio.sleep(seconds)
+        return state
+
+    async with trio_persist.open_persist(device, static_worker=True) as persist:
+        await persist.start_worker("s")
+        for _ in range(100):  # slow ones first: they roll out of the window
+            await persist.resolve("s", 5)
+        for _ in range(64):
+            await persist.resolve("s", 1)
+        [record] = persist.snapshot()
+    assert (record.execution_p50, record.execution_p99) == (1, 1)

@@ -497,3 +497,27 @@ async def test_the_heartbeat_record_lives_three_heartbeats_and_lists_the_busiest
             device.release.set()
     assert len(node.snapshot) == 50
     assert 29_000 < pttl <= 30_000
+
+
+async def test_under_a_group_hook_different_requests_of_one_group_never_share_a_result(
+    redis_url: str, namespace: str
+) -> None:
+    class OneGroup:
+        def group(self, base: Any, request: Any) -> Any:
+            return "g"  # a string group: still not the cross-process key on its own
+
+        async def resolve(self, base: Any, request: Any) -> Any:
+            await device.release.wait()
+            return request
+
+    device = Recorder()
+    first = RedisBackend(redis_url, namespace=namespace)
+    second = RedisBackend(redis_url, namespace=namespace)
+    with trio.fail_after(20):
+        async with open_pair(first, second, OneGroup()) as pair:
+            await pair.lead("one")
+            pair.nursery.start_soon(pair.b.resolve, "base", "two")
+            await eventually(lambda: second.statistics().leading == 1)  # its own, not a follower
+            device.release.set()
+    assert pair.got == ["one"]
+    assert (first.statistics().followed, second.statistics().followed) == (0, 0)

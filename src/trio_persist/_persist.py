@@ -695,8 +695,7 @@ class Persist(Generic[B, R, T]):
         *call* replaces the device for this job (a wrapped function).
         """
         core = self._core
-        by_request = self._mode != _HOOK or call is not None
-        flight = Flight(core, self._supervisor, group, by_request, core.now())
+        flight = Flight(core, self._supervisor, group, self._by_request(call), core.now())
         job = flight.current = Job(base, request, flight, spawn, key, share, call=call)
         if group is not None:
             core.registry.register(group, flight)
@@ -707,6 +706,11 @@ class Persist(Generic[B, R, T]):
         self._core.in_flight += 1
         self._runners.run(flight)
         self._core.events.emit("flight.started", flight.group)
+
+    def _by_request(self, call: object) -> bool:
+        """Whether a flight's group names its request alone (so, across processes,
+        the group is the key): always but under a group hook, and wrapped calls."""
+        return self._mode != _HOOK or call is not None
 
     def _reroute(self, job: Job) -> None:
         """Give a job whose worker stopped to its group's owner now, or a new flight."""
@@ -729,7 +733,7 @@ class Persist(Generic[B, R, T]):
         owner = core.owners.get(group)
         if owner is None:
             flight = Flight(
-                core, self._supervisor, group, self._mode == _DIGEST, trio.current_time()
+                core, self._supervisor, group, self._by_request(job.call), trio.current_time()
             )
             flight.current = job
             job.owner = flight
