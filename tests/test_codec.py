@@ -31,6 +31,7 @@ def test_values_errors_and_abandonments_round_trip(key: bytes | None) -> None:
         {"ok": True},  # no value
         {"ok": "yes", "codec": "json", "value": 1},  # not a bool
         {"ok": True, "codec": "yaml", "value": 1},  # no such codec
+        {"ok": True, "codec": "data", "value": 1},  # nor this one
         {"value": 1},  # no outcome at all
     ],
 )

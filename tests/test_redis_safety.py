@@ -364,6 +364,8 @@ async def test_a_follower_never_answers_with_an_older_rounds_result(
                 got.append(await persist.resolve("base", "r"))
 
             nursery.start_soon(call)
+            await eventually(lambda: backend.statistics().following == 1)
+            await control.publish(names["channel"], old)  # old news on the channel too
             await eventually(lambda: backend.statistics().round_trips >= 4)  # it looked, twice
             assert got == []
             await control.set(names["result"], new)
