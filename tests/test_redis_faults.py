@@ -465,3 +465,32 @@ async def test_a_follower_paused_until_the_result_expired_answers_from_what_it_w
             await follower.wait()
             assert json.loads(raw)["value"] == {"from": "leader"}
             assert await control.get(f"{namespace}:executions") is None  # it never ran
+
+
+async def test_a_follower_looks_every_third_of_the_ttl_when_it_hears_nothing(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    # The leader is cut off and its lease disappears without a word (as when its
+    # process dies): the follower finds out at its next look, a third of the TTL
+    # later, not a whole TTL later.
+    device = Recorder("taken over")
+    proxy = FaultProxy(redis_server.port)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as outer:
+            await outer.start(proxy.serve)
+            leader = RedisBackend(proxy.url, namespace=namespace, lease_ttl=3, timeout=1)
+            follower = RedisBackend(redis_server.url, namespace=namespace, lease_ttl=3)
+            async with (
+                open_pair(leader, follower, device) as pair,
+                coredis.Redis.from_url(redis_server.url) as control,
+            ):
+                await pair.lead()
+                await pair.follow()
+                proxy.stall()
+                await control.delete([names_for(pair.a, "r")["lease"]])
+                with trio.fail_after(2.5):  # one look (1 s) and its round trips; not the TTL
+                    await eventually(lambda: follower.statistics().takeovers == 1)
+                device.release.set()
+                proxy.resume()
+            outer.cancel_scope.cancel()
+    assert "taken over" in pair.got

@@ -23,6 +23,7 @@ from fault_proxy import FaultProxy
 from redis_helpers import Recorder, eventually, names_for, open_pair
 from redis_server import RedisServer
 from trio_persist._codec import Seal
+from trio_persist._redis_link import Watch
 from trio_persist._redis_scripts import keys_of
 from trio_persist.redis import RedisBackend, fencing_token
 
@@ -523,3 +524,13 @@ async def test_under_a_group_hook_different_requests_of_one_group_never_share_a_
             device.release.set()
     assert pair.got == ["one"]
     assert (first.statistics().followed, second.statistics().followed) == (0, 0)
+
+
+def test_a_follower_reads_past_malformed_messages_to_its_outcome() -> None:
+    backend = RedisBackend("redis://x", namespace="ns")
+    names = keys_of("ns", "k")
+    watch = Watch("k")
+    watch.deliver(b"\x00garbage")
+    watch.deliver(Seal("ns").wrap(names["result"], 7, {"ok": True, "codec": "json", "value": 1}))
+    assert backend._heard(names, 7, watch) == (True, 1)  # reaching in: one drain
+    assert backend.statistics().corrupt == 1
