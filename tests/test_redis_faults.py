@@ -494,3 +494,23 @@ async def test_a_follower_looks_every_third_of_the_ttl_when_it_hears_nothing(
                 proxy.resume()
             outer.cancel_scope.cancel()
     assert "taken over" in pair.got
+
+
+async def test_a_slow_process_still_shares_one_execution_and_gets_the_value(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    device = Recorder("shared")
+    proxy = FaultProxy(redis_server.port)
+    proxy.delay = 0.05  # every chunk of its traffic, both ways, 50 ms late
+    with trio.fail_after(20):
+        async with trio.open_nursery() as outer:
+            await outer.start(proxy.serve)
+            leader = RedisBackend(redis_server.url, namespace=namespace)
+            slow = RedisBackend(proxy.url, namespace=namespace)
+            async with open_pair(leader, slow, device) as pair:
+                await pair.lead()
+                await pair.follow(callers=3)
+                device.release.set()
+            outer.cancel_scope.cancel()
+    assert pair.got == ["shared"] * 4
+    assert device.calls == 1
