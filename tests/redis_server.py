@@ -35,9 +35,10 @@ def free_port() -> int:
 class RedisServer:
     """One server process; `stop` and `start` again keep its port."""
 
-    def __init__(self, replica_of: int | None = None) -> None:
+    def __init__(self, replica_of: int | None = None, data_dir: Path | None = None) -> None:
         self.port = free_port()
         self.replica_of = replica_of
+        self.data_dir = data_dir  # with a directory: append-only persistence there
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -47,7 +48,7 @@ class RedisServer:
     def start(self) -> None:
         self.process = subprocess.Popen(
             [server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--protected-mode", "no",
+             "--save", "", "--protected-mode", "no", *self._persistence(),
              *(["--replicaof", "127.0.0.1", str(self.replica_of)] if self.replica_of else [])],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -62,6 +63,11 @@ class RedisServer:
             except OSError:
                 time.sleep(0.02)  # the server is starting (harness, not a test)
         raise RuntimeError(f"the Redis server on port {self.port} did not start")
+
+    def _persistence(self) -> list[str]:
+        if self.data_dir is None:
+            return ["--appendonly", "no"]
+        return ["--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.data_dir)]
 
     def stop(self) -> None:
         if self.process is not None:

@@ -514,3 +514,31 @@ async def test_a_slow_process_still_shares_one_execution_and_gets_the_value(
             outer.cancel_scope.cancel()
     assert pair.got == ["shared"] * 4
     assert device.calls == 1
+
+
+async def test_redis_killed_and_restarted_with_persistence_loses_nothing(
+    namespace: str, tmp_path: Path
+) -> None:
+    server = RedisServer(data_dir=tmp_path)
+    server.start()
+    try:
+        device = Recorder("once")
+        options: dict[str, Any] = {"namespace": namespace, "timeout": 1.0, "lease_ttl": 3}
+        leader = RedisBackend(server.url, **options)
+        follower = RedisBackend(server.url, **options)
+        with trio.fail_after(30):
+            async with open_pair(leader, follower, device) as pair:
+                await pair.lead()
+                assert server.process is not None
+                server.process.send_signal(signal.SIGKILL)
+                server.process.wait()
+                server.process = None
+                server.start()  # from its append-only file: the lease is still there
+                await eventually(lambda: follower.statistics().subscribed)
+                await pair.follow()  # follows the same leader: nothing was forgotten
+                device.release.set()
+        assert pair.got == ["once", "once"]
+        assert device.calls == 1
+        assert leader.statistics().lost == 0
+    finally:
+        server.stop()
