@@ -110,3 +110,25 @@ async def test_an_observer_is_told_how_long_an_abandoned_execution_ran(
             await persist.resolve("b", 60)  # its only caller leaves after 3 s
         await persist.wait_quiet()
     assert ended == [(None, 3)]
+
+
+async def test_an_observer_is_told_each_execution_that_ends(autojump_clock: object) -> None:
+    ended: list[tuple[Any, float]] = []
+
+    class Watcher:
+        def execution_started(self, kind: str, group: Any, label: str, job: Any) -> None:
+            pass
+
+        def joined(self, kind: str, group: Any, job: Any) -> None:
+            pass  # pragma: no cover - nobody joins here
+
+        def execution_ended(
+            self, kind: str, group: Any, job: Any, outcome: Any, seconds: float
+        ) -> None:
+            ended.append((outcome, seconds))
+
+    async with trio_persist.open_persist(sleepy) as persist:
+        persist.add_observer(Watcher())
+        await persist.resolve("b", 2)
+    [(outcome, seconds)] = ended
+    assert (outcome.name, seconds) == ("OK", 2)

@@ -162,6 +162,8 @@ def test_ints_encode_as_decimal_below_two_to_the_63_and_as_bytes_from_there() ->
         (frozenset({1}), b"S1:i1;"),
         ([[1], 2], b"l2:l1:i1;i2;"),  # nested: each part in its own container
         ({"a": [1, (2,)]}, b"d1:s1:al2:i1;t1:i2;"),
+        (2**64, b"I9:\x01" + bytes(8)),  # two's complement, one sign byte to spare
+        (-(2**70), b"I9:\xc0" + bytes(8)),
     ],
 )
 def test_the_canonical_encoding_of_each_kind_is_fixed(value: Any, encoded: bytes) -> None:

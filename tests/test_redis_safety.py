@@ -10,6 +10,7 @@ import json
 import os
 import ssl
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -390,8 +391,11 @@ async def test_a_result_outlives_its_commit_by_the_stated_rule(
             ):
                 request = f"{lease_ttl}-{timeout}"
                 await persist.resolve("base", request)
-                pttl = await control.pttl(names_for(persist, request)["result"])
+                names = names_for(persist, request)
+                pttl = await control.pttl(names["result"])
+                fence = await control.pttl(names["fence"])  # the token outlives both
         assert kept * 1000 - 1000 < pttl <= kept * 1000, (lease_ttl, timeout, pttl)
+        assert (kept + lease_ttl) * 1000 - 1000 < fence <= (kept + lease_ttl) * 1000
 
 
 async def test_a_refused_commit_with_no_winner_answers_with_its_own_outcome(
@@ -534,3 +538,76 @@ def test_a_follower_reads_past_malformed_messages_to_its_outcome() -> None:
     watch.deliver(Seal("ns").wrap(names["result"], 7, {"ok": True, "codec": "json", "value": 1}))
     assert backend._heard(names, 7, watch) == (True, 1)  # reaching in: one drain
     assert backend.statistics().corrupt == 1
+
+
+async def test_a_persist_that_does_not_linger_never_takes_anothers_lingering_result(
+    redis_url: str, namespace: str
+) -> None:
+    lingering, strict = Recorder("a"), Recorder("b")
+    lingering.release.set()
+    strict.release.set()
+    with trio.fail_after(20):
+        async with (
+            trio_persist.open_persist(
+                lingering, backend=RedisBackend(redis_url, namespace=namespace), linger=60
+            ) as a,
+            trio_persist.open_persist(
+                strict, backend=RedisBackend(redis_url, namespace=namespace)
+            ) as b,
+        ):
+            assert await a.resolve("base", "r") == "a"
+            assert await b.resolve("base", "r") == "b"  # runs its own: it asked for no linger
+    assert (lingering.calls, strict.calls) == (1, 1)
+
+
+async def test_a_value_that_cannot_cross_does_not_linger_as_an_error(
+    redis_url: str, namespace: str
+) -> None:
+    odd = object()
+    first, second = Recorder(odd), Recorder("fine")
+    first.release.set()
+    second.release.set()
+    with trio.fail_after(20):
+        async with (
+            trio_persist.open_persist(
+                first, backend=RedisBackend(redis_url, namespace=namespace), linger=60
+            ) as a,
+            trio_persist.open_persist(
+                second, backend=RedisBackend(redis_url, namespace=namespace), linger=60
+            ) as b,
+        ):
+            assert await a.resolve("base", "r") is odd  # its own callers keep it
+            assert await b.resolve("base", "r") == "fine"  # not a lingering RemoteError
+
+
+async def test_a_fenced_leader_whose_successor_still_runs_follows_it(
+    redis_url: str, namespace: str
+) -> None:
+    device = Recorder("stale")
+    backend = RedisBackend(redis_url, namespace=namespace, lease_ttl=30)  # no renewal meanwhile
+    got: list[Any] = []
+    with trio.fail_after(20):
+        async with (
+            trio_persist.open_persist(device, backend=backend) as persist,
+            coredis.Redis.from_url(redis_url) as control,
+            trio.open_nursery() as nursery,
+        ):
+
+            async def call() -> None:
+                got.append(await persist.resolve("base", "r"))
+
+            nursery.start_soon(call)
+            await eventually(lambda: backend.statistics().leading == 1)
+            names = names_for(persist, "r")
+            token = int(time.time() * 1e6) + 10**9  # taken over while it stalled
+            await control.set(names["lease"], "cd" * 16 + f":{token}", px=30000)
+            device.release.set()  # its commit is refused: it follows the successor
+            await eventually(lambda: backend.statistics().following == 1)
+            payload = Seal(namespace).wrap(
+                names["result"], token, {"ok": True, "codec": "json", "value": "successor's"}
+            )
+            await control.set(names["result"], payload)
+            await control.delete([names["lease"]])
+            await control.publish(names["channel"], payload)
+    assert got == ["successor's"]
+    assert (backend.statistics().fenced, backend.statistics().lost) == (1, 0)

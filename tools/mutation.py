@@ -55,11 +55,12 @@ IN_PROCESS = [
     "tests/test_bad_values.py", "tests/test_hostile_names.py", "tests/test_options.py",
     "tests/test_events.py", "tests/test_labels.py", "tests/test_durations.py",
     "tests/test_logging.py", "tests/test_testing_helpers.py", "tests/test_invariants.py",
-    "tests/test_worker_invariants.py", "tests/test_redis.py", "tests/test_redis_safety.py",
+    "tests/test_worker_invariants.py", "tests/test_monitor_server.py",
+    "tests/test_opentelemetry.py", "tests/test_redis.py", "tests/test_redis_safety.py",
 ]  # fmt: skip
 REDIS = [  # quickest first: with -x, most mutants die early
     "tests/test_codec.py", "tests/test_redis_link.py", "tests/test_redis_safety.py",
-    "tests/test_redis.py",
+    "tests/test_redis.py", "tests/test_front.py",
     "tests/test_redis_faults.py", "tests/test_redis_cluster.py", "tests/test_redis_sentinel.py",
 ]  # fmt: skip
 IN_PROCESS_MODULES = [
