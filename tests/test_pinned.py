@@ -303,3 +303,27 @@ async def test_a_worker_reports_the_times_of_its_last_sixty_four_requests(
             await persist.resolve("s", 1)
         [record] = persist.snapshot()
     assert (record.execution_p50, record.execution_p99) == (1, 1)
+
+
+async def test_identical_requests_to_a_static_worker_share_one_execution(
+    autojump_clock: object,
+) -> None:
+    executed: list[Any] = []
+
+    async def device(state: Any, request: Any) -> Any:
+        executed.append(request)
+        await trio.sleep(1)
+        return {"for": request}
+
+    async with trio_persist.open_persist(device, static_worker=True) as persist:
+        await persist.start_worker("s")
+        got: list[Any] = []
+        async with trio.open_nursery() as nursery:
+            for request in ({"page": 1}, {"page": 1}, {"page": 2}, {"page": 2}):
+                nursery.start_soon(lambda r=request: _append(got, persist.resolve("s", r)))
+    assert sorted(executed, key=str) == [{"page": 1}, {"page": 2}]  # each once: twins joined
+    assert sorted(got, key=str) == [{"for": {"page": 1}}] * 2 + [{"for": {"page": 2}}] * 2
+
+
+async def _append(into: list[Any], call: Any) -> None:
+    into.append(await call)

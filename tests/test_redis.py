@@ -62,6 +62,7 @@ async def test_two_persists_on_one_namespace_share_one_execution(
     assert results == [{"answer": 42}] * 10
     stats = [first.statistics(), second.statistics()]
     assert sorted((s.led, s.followed) for s in stats) == [(0, 1), (1, 0)]
+    assert [s.takeovers for s in stats] == [0, 0]  # a plain lead is no takeover
     leader = next(s for s in stats if s.led)
     assert leader.round_trips == 2  # acquire, then commit-and-publish
 
