@@ -74,6 +74,14 @@ TESTS = {
 }
 
 
+def test_command(module: str) -> list[str]:
+    """pytest on *module*'s tests, stopping at the first failure. Each test gets 30 s:
+    a mutant that loops without a checkpoint (where Trio's deadlines cannot reach)
+    fails there, instead of running into the whole run's limit."""
+    return [PY, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "--timeout=30",
+            *TESTS[module]]  # fmt: skip
+
+
 def annotation_lines(source: str) -> set[tuple[int, int]]:
     """(line, column) positions covered by type annotations."""
     covered: set[tuple[int, int]] = set()
@@ -108,7 +116,7 @@ def candidates(workdir: Path, module: str, timeout: float) -> tuple[Path, list[A
     from cosmic_ray.work_db import WorkDB, use_db
 
     config = workdir / ".mutation" / f"{module}.toml"
-    command = " ".join([PY, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *TESTS[module]])
+    command = " ".join(test_command(module))
     config.write_text(
         "[cosmic-ray]\n"
         f'module-path = "src/trio_persist/{module}.py"\n'
@@ -180,9 +188,7 @@ def run(args: argparse.Namespace) -> int:
     results = []
     with (workdir / "results.jsonl").open("w") as out:
         for n, (module, item) in enumerate(chosen, 1):
-            command = " ".join(
-                [PY, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *TESTS[module]]
-            )
+            command = " ".join(test_command(module))
             start = time.monotonic()
             result = mutate_and_test(item.mutations, command, limit(args, module))
             record = describe(workdir, item)
