@@ -327,3 +327,22 @@ async def test_identical_requests_to_a_static_worker_share_one_execution(
 
 async def _append(into: list[Any], call: Any) -> None:
     into.append(await call)
+
+
+async def test_a_busy_workers_statistics_count_its_queue_and_listeners(
+    autojump_clock: object,
+) -> None:
+    async def device(state: Any, request: Any) -> Any:
+        await trio.sleep(1)
+        return request
+
+    async with trio_persist.open_persist(device, static_worker=True) as persist:
+        worker = await persist.start_worker("s")
+        async with trio.open_nursery() as nursery:
+            for request in ("a", "b", "b", "c"):  # the two "b" callers share one request
+                nursery.start_soon(persist.resolve, "s", request)
+            await trio.testing.wait_all_tasks_blocked()
+            stats = worker.statistics()
+            assert (stats.busy, stats.queued, stats.listeners) == (True, 2, 4)
+        [record] = persist.snapshot()
+        assert (record.execution_p50, record.execution_p99) == (1, 1)

@@ -58,3 +58,13 @@ async def test_a_poked_follower_looks_once_then_waits_again(autojump_clock: obje
     watch.deliver(b"news")
     await watch.wait(5)
     assert (trio.current_time(), watch.inbox) == (5, [b"news"])
+
+
+def test_a_backend_on_a_client_names_its_address_without_credentials() -> None:
+    import coredis
+
+    from trio_persist.redis import RedisBackend
+
+    client = coredis.Redis(host="127.0.0.1", port=6390, password="hunter2")
+    assert "redis://127.0.0.1:6390" in repr(RedisBackend(client))
+    assert "hunter2" not in repr(RedisBackend(client))

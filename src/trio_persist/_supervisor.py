@@ -60,12 +60,10 @@ class Supervisor:
             restore=restore,
         )
 
-    def start(self, task: WorkerTask) -> bool:
-        """Register *task* for its group and launch it; False if the group is taken."""
-        if not self.core.registry.register(task.group, task.handle):
-            return False
-        self.launch(task)
-        return True
+    def start(self, task: WorkerTask) -> None:
+        """Register *task* for its group and launch it (nothing, if the group is taken)."""
+        if self.core.registry.register(task.group, task.handle):
+            self.launch(task)
 
     def take_over(
         self, group: Hashable, owner: object, task: WorkerTask, jobs: Iterable[Job]
