@@ -33,6 +33,7 @@ def test_values_errors_and_abandonments_round_trip(key: bytes | None) -> None:
         {"ok": True, "codec": "yaml", "value": 1},  # no such codec
         {"ok": True, "codec": "data", "value": 1},  # nor this one
         {"value": 1},  # no outcome at all
+        {"abandoned": 1},  # not quite an abandonment either
     ],
 )
 def test_a_body_that_is_not_an_outcome_is_corrupt(body: dict[str, object]) -> None:

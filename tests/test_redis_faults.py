@@ -542,3 +542,35 @@ async def test_redis_killed_and_restarted_with_persistence_loses_nothing(
         assert leader.statistics().lost == 0
     finally:
         server.stop()
+
+
+async def test_an_outage_shorter_than_the_lease_does_not_cancel_the_execution(
+    namespace: str,
+) -> None:
+    server = RedisServer()
+    server.start()
+    try:
+        device = Recorder("survived")
+        backend = RedisBackend(server.url, namespace=namespace, lease_ttl=3, timeout=0.5)
+        with trio.fail_after(30):
+            async with (
+                trio_persist.open_persist(device, backend=backend) as persist,
+                trio.open_nursery() as nursery,
+            ):
+                got: list[Any] = []
+
+                async def call() -> None:
+                    got.append(await persist.resolve("base", "r"))
+
+                nursery.start_soon(call)
+                await eventually(lambda: backend.statistics().leading == 1)
+                assert server.process is not None
+                server.process.send_signal(signal.SIGSTOP)  # one renewal (at 1 s) fails
+                await trio.sleep(1.6)
+                server.process.send_signal(signal.SIGCONT)
+                await trio.sleep(1.0)  # the next renewal succeeds
+                device.release.set()
+        assert got == ["survived"]
+        assert backend.statistics().lost == 0  # the lease may still be ours: kept
+    finally:
+        server.stop()
