@@ -60,7 +60,7 @@ IN_PROCESS = [
 ]  # fmt: skip
 REDIS = [  # quickest first: with -x, most mutants die early
     "tests/test_codec.py", "tests/test_redis_link.py", "tests/test_redis_safety.py",
-    "tests/test_redis.py", "tests/test_front.py",
+    "tests/test_redis.py", "tests/test_front.py", "tests/test_pinned.py",
     "tests/test_redis_faults.py", "tests/test_redis_cluster.py", "tests/test_redis_sentinel.py",
 ]  # fmt: skip
 IN_PROCESS_MODULES = [
