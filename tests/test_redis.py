@@ -411,6 +411,9 @@ def test_backend_options_are_checked() -> None:
     with pytest.raises(TypeError, match="signing_key must be bytes"):
         RedisBackend("redis://x", signing_key="text")  # type: ignore[arg-type]
     assert "namespace='ns'" in repr(RedisBackend("redis://x", namespace="ns"))
+    defaults = RedisBackend("redis://x")
+    assert (defaults.lease_ttl, defaults.timeout, defaults.heartbeat) == (10.0, 5.0, 1.0)
+    assert (defaults.fallback, defaults.max_takeovers, defaults.namespace) == ("error", 3, None)
     with pytest.raises(TypeError, match="namespace must be a str"):
         RedisBackend("redis://x", namespace=b"ns")  # type: ignore[arg-type]
     for bad in ("", "x" * 201, "tab\there"):
