@@ -241,9 +241,7 @@ class RedisBackend:
 
     def statistics(self) -> RedisBackendStatistics:
         """Return a frozen snapshot of this backend's counters."""
-        counts = dict(self._counts)
-        counts["corrupt"] += self._subscriber.malformed
-        return RedisBackendStatistics(**counts, subscribed=self._subscriber.up)
+        return RedisBackendStatistics(**self._counts, subscribed=self._subscriber.up)
 
     # -- keys --------------------------------------------------------------------
 
