@@ -197,3 +197,9 @@ def test_requests_are_the_same_only_when_equal_or_encoded_alike() -> None:
     assert same_request(Odd(a=1), Odd(a=1))
     assert not same_request(Odd(a=1), Odd(a=2))
     assert not same_request(Odd(a=2), Odd(a=1))
+
+
+@pytest.mark.parametrize("shared", [(1, 2), frozenset({1}), {"a": 1}, [1]])
+def test_a_container_shared_twice_is_not_a_cycle(shared: Any) -> None:
+    # Only a container inside itself is refused; the same one twice side by side is fine.
+    assert canonical_encoding([shared, shared]).count(canonical_encoding(shared)) == 2
