@@ -36,7 +36,7 @@ nitpick_ignore_regex = [
     (r"py:.*", r"(ExceptionGroup|BaseExceptionGroup|EndOfChannel|ClosedResourceError)"),
     (r"py:.*", r"(TracebackType|TaskStatus|PathLike|Nursery|CancelScope|Event)"),
     # Internals in signatures (constructors users never call) and type variables.
-    (r"py:.*", r"trio_persist\._\w+\.\w+"),
+    (r"py:.*", r"trio_persist\.(redis\.)?(_\w+\.)+\w+"),
     (r"py:.*", r"~?(OwnerT|Job|WorkerTask|P)"),
 ]
 

@@ -42,7 +42,7 @@ class Recorder:
 
 def names_for(persist: trio_persist.Persist, request: Any, base: Any = "base") -> dict[str, str]:
     """The Redis keys of the execution ``persist.resolve(base, request)`` would lead."""
-    from trio_persist._redis_scripts import keys_of
+    from trio_persist.redis._scripts import keys_of
 
     backend = persist.backend
     key = backend.key_of(persist.group(base, request), request, True)

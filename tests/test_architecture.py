@@ -9,6 +9,7 @@ here, by reading the source.
 from __future__ import annotations
 
 import ast
+import os
 import pathlib
 import shutil
 import subprocess
@@ -61,7 +62,7 @@ def _foreign_private_uses(path: pathlib.Path) -> list[str]:
 
 
 def test_no_module_uses_another_modules_private_names() -> None:
-    found = [use for path in sorted(PACKAGE.glob("*.py")) for use in _foreign_private_uses(path)]
+    found = [use for path in sorted(PACKAGE.rglob("*.py")) for use in _foreign_private_uses(path)]
     # Trio's and the standard library's own low-level names are not ours to rename.
     allowed = {"os._exit", "sys._getframe"}
     assert [use for use in found if not any(name in use for name in allowed)] == []
@@ -85,14 +86,53 @@ def test_the_checker_sees_a_reach_into_another_modules_private_state(
     ]
 
 
-@pytest.mark.skipif(
-    shutil.which("lint-imports") is None
-    and not (pathlib.Path(sys.executable).parent / "lint-imports").exists(),
-    reason="import-linter is in the dev extra",
-)
-def test_the_layers_contract_holds() -> None:
-    lint_imports = pathlib.Path(sys.executable).parent / "lint-imports"
-    result = subprocess.run(
-        [str(lint_imports)], capture_output=True, text=True, timeout=120, check=False
+ROOT = PACKAGE.parent.parent
+LINT_IMPORTS = pathlib.Path(sys.executable).parent / "lint-imports"
+
+
+def _lint_imports(root: pathlib.Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(LINT_IMPORTS), "--no-cache"],
+        cwd=root,
+        # wide, so that no contract's name is wrapped onto two lines
+        env={**os.environ, "PYTHONPATH": str(root / "src"), "COLUMNS": "500"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
+
+
+@pytest.mark.skipif(not LINT_IMPORTS.exists(), reason="import-linter is in the dev extra")
+def test_the_contracts_hold() -> None:
+    result = _lint_imports(ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# (module, an import it must not have, the contract that says so)
+WRONG_IMPORTS = [
+    ("redis/_backend.py", "from .._core import _flight", "sees the engine only through"),
+    ("redis/_link.py", "from .._core import _state", "sees the engine only through"),
+    ("_core/_state.py", "from ..redis import _link", "engine never imports a backend"),
+    ("_core/_flight.py", "from .._cli import _render", "engine never imports a backend"),
+    ("_cli/_render.py", "from .._core import _job", "Observation reads records"),
+    ("prometheus.py", "from ._core import _supervisor", "Observation reads records"),
+    ("_core/_flight.py", "from . import _persist", "The engine: the facade routes"),
+    ("_core/_job.py", "from . import _registry", "The engine: the facade routes"),
+    ("_grouping.py", "from . import _monitor", "features side by side"),
+]
+
+
+@pytest.mark.skipif(not LINT_IMPORTS.exists(), reason="import-linter is in the dev extra")
+@pytest.mark.parametrize(("module", "line", "contract"), WRONG_IMPORTS)
+def test_a_wrong_import_breaks_its_contract(
+    tmp_path: pathlib.Path, module: str, line: str, contract: str
+) -> None:
+    shutil.copytree(PACKAGE, tmp_path / "src" / "trio_persist")
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    with (tmp_path / "src" / "trio_persist" / module).open("a") as source:
+        source.write(f"\n{line}  # noqa\n")
+    result = _lint_imports(tmp_path)
+    assert result.returncode != 0
+    broken = [row for row in result.stdout.splitlines() if row.endswith("BROKEN")]
+    assert any(contract in row for row in broken), result.stdout

@@ -162,7 +162,7 @@ async def test_a_group_whose_repr_raises_does_not_stop_the_monitor(tmp_path: Any
         await nursery.start(persist.serve_monitor, path)
         nursery.start_soon(persist.resolve, "b", "r")
         await trio.testing.wait_all_tasks_blocked()
-        from trio_persist._tui import read_frames
+        from trio_persist._cli._tui import read_frames
 
         async with await trio.open_unix_socket(path) as stream:
             async for frame in read_frames(stream):

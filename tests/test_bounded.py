@@ -12,7 +12,7 @@ import trio.lowlevel
 import trio.testing
 
 import trio_persist
-from trio_persist import _supervisor
+from trio_persist._core import _supervisor
 
 
 class Request:

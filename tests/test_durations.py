@@ -10,7 +10,7 @@ import trio
 import trio.testing
 
 import trio_persist
-from trio_persist._histogram import Histogram, recent_quantiles
+from trio_persist._core._histogram import Histogram, recent_quantiles
 
 
 async def sleepy(base: Any, request: Any) -> Any:

@@ -160,9 +160,9 @@ async def test_a_lingering_result_answers_only_its_own_request_under_a_group_hoo
 async def test_lingering_results_are_bounded(
     autojump_clock: object, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from trio_persist import _core
+    from trio_persist._core import _state
 
-    monkeypatch.setattr(_core, "LINGER_LIMIT", 3)  # reaching in: the cap is 65,536
+    monkeypatch.setattr(_state, "LINGER_LIMIT", 3)  # reaching in: the cap is 65,536
     device = RecordingDevice()
     async with trio_persist.open_persist(device, linger=100) as persist:
         for n in range(5):

@@ -18,8 +18,8 @@ import trio.testing
 from rich.console import Console
 
 import trio_persist
-from trio_persist._render import clean_frame, render_frame, sitrep
-from trio_persist._tui import MonitorView, read_frames
+from trio_persist._cli._render import clean_frame, render_frame, sitrep
+from trio_persist._cli._tui import MonitorView, read_frames
 from trio_persist.redis import NodeSnapshot, cluster_frame
 
 HOSTILE = [

@@ -75,7 +75,7 @@ async def test_labels_reach_the_frames(tmp_path: Any) -> None:
         nursery.start_soon(persist.resolve, "db", "alice")
         await device.wait_running()
         await nursery.start(persist.serve_monitor, path)
-        from trio_persist._tui import read_frames
+        from trio_persist._cli._tui import read_frames
 
         async with await trio.open_unix_socket(path) as stream:
             frame = await read_frames(stream).__anext__()

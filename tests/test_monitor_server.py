@@ -17,7 +17,7 @@ import trio
 import trio.testing
 
 import trio_persist
-from trio_persist._tui import read_frames
+from trio_persist._cli._tui import read_frames
 
 
 async def device(base: Any, request: Any) -> Any:

@@ -25,8 +25,8 @@ import trio_persist
 from redis_helpers import Recorder, eventually, open_pair
 from redis_server import RedisServer
 from trio_persist._codec import Seal
-from trio_persist._redis_scripts import keys_of
 from trio_persist.redis import RedisBackend
+from trio_persist.redis._scripts import keys_of
 
 WORKER = str(Path(__file__).with_name("redis_worker.py"))
 

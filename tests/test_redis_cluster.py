@@ -75,7 +75,7 @@ async def test_two_processes_on_a_cluster_share_one_execution_per_key(
 
 
 async def _cluster_view(client: Any, namespace: str) -> int:
-    from trio_persist._cluster import read_nodes
+    from trio_persist.redis._cluster import read_nodes
 
     async with client:
         return len(await read_nodes(client, namespace))
@@ -101,7 +101,7 @@ async def test_a_vanished_leader_is_replaced_on_a_cluster(
 async def test_the_cluster_view_reads_every_process_on_a_cluster(
     cluster: RedisCluster, namespace: str, cluster_client: Any
 ) -> None:
-    from trio_persist._cluster import read_nodes
+    from trio_persist.redis._cluster import read_nodes
 
     backends = [RedisBackend(new_client(cluster), namespace=namespace) for _ in range(2)]
     with trio.fail_after(30):

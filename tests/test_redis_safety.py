@@ -24,9 +24,9 @@ from fault_proxy import FaultProxy
 from redis_helpers import Recorder, eventually, names_for, open_pair
 from redis_server import RedisServer
 from trio_persist._codec import Seal
-from trio_persist._redis_link import Watch
-from trio_persist._redis_scripts import keys_of
 from trio_persist.redis import RedisBackend, fencing_token
+from trio_persist.redis._link import Watch
+from trio_persist.redis._scripts import keys_of
 
 
 async def test_tokens_keep_growing_after_redis_restarts_empty(namespace: str) -> None:
@@ -72,7 +72,7 @@ async def test_a_stale_commit_after_a_restart_is_refused_and_answered_with_the_n
             _, new, _ = await b._acquire(names, 0, 0)
             lease = a._leases.get(old_value)
             assert lease is None  # reaching in: commit as the stale leader would
-            from trio_persist.redis import _Lease
+            from trio_persist.redis._backend import _Lease
 
             stale = _Lease(names["lease"], old_value, old, trio.CancelScope(), 0.0)
             payload = Seal(a._seal.namespace).wrap(
@@ -282,7 +282,7 @@ async def test_the_monitor_reads_the_url_from_the_environment_and_never_shows_it
 
 
 def test_rediss_urls_check_the_certificate_and_its_hostname_by_default() -> None:
-    from trio_persist._redis_link import secure_url
+    from trio_persist.redis._link import secure_url
 
     assert "ssl_check_hostname=true" in secure_url("rediss://h:1/0")
     assert "ssl_cert_reqs=required" in secure_url("rediss://h:1/0")
@@ -483,7 +483,7 @@ def test_backends_are_distinct_objects() -> None:
 async def test_the_heartbeat_record_lives_three_heartbeats_and_lists_the_busiest_fifty(
     redis_url: str, namespace: str
 ) -> None:
-    from trio_persist._cluster import NODES
+    from trio_persist.redis._cluster import NODES
 
     device = Recorder()
     backend = RedisBackend(redis_url, namespace=namespace, heartbeat=10)

@@ -6,7 +6,7 @@ from typing import Any
 
 from rich.console import Console
 
-from trio_persist._render import render_frame, sitrep
+from trio_persist._cli._render import render_frame, sitrep
 
 
 def frame(executions: int = 10, wall: float = 1002.0, **changes: Any) -> dict[str, Any]:

@@ -24,8 +24,8 @@ import trio.testing
 from rich.console import Console
 
 import trio_persist
-from trio_persist._cli import demo, main
-from trio_persist._tui import MonitorView, follow, run_once, run_plain
+from trio_persist._cli._main import demo, main
+from trio_persist._cli._tui import MonitorView, follow, run_once, run_plain
 
 
 async def slow(base: Any, request: Any) -> Any:
@@ -233,7 +233,7 @@ def test_the_monitor_on_a_missing_socket_shows_a_message_not_a_traceback(tmp_pat
 async def test_a_terminal_resize_triggers_a_redraw() -> None:
     import signal
 
-    from trio_persist._tui import _resizes
+    from trio_persist._cli._tui import _resizes
 
     redrawn = trio.Event()
 

@@ -14,7 +14,7 @@ import trio
 import trio.testing
 
 import trio_persist
-from trio_persist._demo import Shop
+from trio_persist._cli._demo import Shop
 
 
 class Cart:

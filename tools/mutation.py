@@ -1,7 +1,7 @@
 """Mutation testing: how much of the library's behaviour the tests pin down.
 
     .venv/bin/python tools/mutation.py --sample 240 --seed 14   # the sampled run (docs/testing.md)
-    .venv/bin/python tools/mutation.py --all --modules _registry _job   # every mutant of some
+    .venv/bin/python tools/mutation.py --all --modules _core/_registry _core/_job   # every mutant of some
 
 Mutants are cosmic-ray's (``cosmic-ray init``: operators, comparisons, booleans,
 numbers, break/continue, loops, exceptions, decorators), less those inside type
@@ -63,11 +63,12 @@ REDIS = [  # quickest first: with -x, most mutants die early
     "tests/test_redis.py", "tests/test_front.py", "tests/test_pinned.py",
     "tests/test_redis_faults.py", "tests/test_redis_cluster.py", "tests/test_redis_sentinel.py",
 ]  # fmt: skip
+# Modules by their path under src/trio_persist, without ".py".
 IN_PROCESS_MODULES = [
-    "_core", "_flight", "_grouping", "_job", "_persist", "_registry", "_runner",
-    "_supervisor", "_worker",
+    "_core/_state", "_core/_flight", "_grouping", "_core/_job", "_core/_persist",
+    "_core/_registry", "_core/_runner", "_core/_supervisor", "_core/_worker",
 ]  # fmt: skip
-REDIS_MODULES = ["redis", "_redis_link", "_redis_scripts", "_codec"]
+REDIS_MODULES = ["redis/_backend", "redis/_link", "redis/_scripts", "_codec"]
 TESTS = {
     **dict.fromkeys(IN_PROCESS_MODULES, IN_PROCESS),
     **dict.fromkeys(REDIS_MODULES, REDIS),
@@ -115,7 +116,7 @@ def candidates(workdir: Path, module: str, timeout: float) -> tuple[Path, list[A
     """The work items of *module*'s cosmic-ray session, annotations left out."""
     from cosmic_ray.work_db import WorkDB, use_db
 
-    config = workdir / ".mutation" / f"{module}.toml"
+    config = workdir / ".mutation" / f"{module.replace('/', '.')}.toml"
     command = " ".join(test_command(module))
     config.write_text(
         "[cosmic-ray]\n"
@@ -125,7 +126,7 @@ def candidates(workdir: Path, module: str, timeout: float) -> tuple[Path, list[A
         f"test-command = {json.dumps(command)}\n"
         '[cosmic-ray.distributor]\nname = "local"\n'
     )
-    db = workdir / ".mutation" / f"{module}.sqlite"
+    db = workdir / ".mutation" / f"{module.replace('/', '.')}.sqlite"
     subprocess.run(
         [str(Path(PY).with_name("cosmic-ray")), "init", str(config), str(db)],
         cwd=workdir,
@@ -156,7 +157,10 @@ def describe(workdir: Path, item: Any) -> dict[str, Any]:
     line = mutation.start_pos[0]
     source = (workdir / mutation.module_path).read_text()
     return {
-        "module": Path(mutation.module_path).stem,
+        "module": Path(mutation.module_path)
+        .relative_to("src/trio_persist")
+        .with_suffix("")
+        .as_posix(),
         "function": enclosing(source, line),
         "operator": mutation.operator_name.removeprefix("core/"),
         "occurrence": mutation.occurrence,

@@ -6,7 +6,11 @@ stream and a monitor show all of it. The implementation lives in private
 modules; this module is the public API, re-exported once.
 """
 
-from ._events import EventSubscription, PersistEvent
+from ._core._events import EventSubscription, PersistEvent
+from ._core._options import PersistOptions
+from ._core._persist import Persist, open_persist
+from ._core._registry import Registry, RegistryStatistics
+from ._core._worker import Worker, WorkerRequest, WorkerStatistics
 from ._exceptions import (
     BackendUnavailable,
     CorruptResult,
@@ -18,11 +22,7 @@ from ._exceptions import (
     RemoteError,
 )
 from ._grouping import MAX_DEPTH, canonical_encoding, default_group
-from ._options import PersistOptions
-from ._persist import Persist, open_persist
-from ._registry import Registry, RegistryStatistics
 from ._stats import DurationHistogram, GroupSnapshot, PersistDurations, PersistStatistics
-from ._worker import Worker, WorkerRequest, WorkerStatistics
 
 __all__ = [
     "MAX_DEPTH",

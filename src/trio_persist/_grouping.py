@@ -17,6 +17,7 @@ exactly (Python's 4,300-digit limit on ``str(int)`` never applies).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Collection, Mapping, Set
 from hashlib import blake2b
 from typing import Any
@@ -26,6 +27,7 @@ __all__ = [
     "canonical_encoding",
     "default_group",
     "default_group_and_base",
+    "group_digest",
     "same_request",
 ]
 
@@ -33,6 +35,7 @@ MAX_DEPTH = 1000
 """The deepest nesting of containers the default grouper encodes."""
 
 _DIGEST_SIZE = 16  # 128 bits: collisions need ~2**64 live groups
+_HEX_DIGEST = re.compile(f"[0-9a-f]{{{2 * _DIGEST_SIZE}}}")
 _PAIR = b"P"
 _SMALL_INT = 1 << 63
 
@@ -262,6 +265,28 @@ def default_group_and_base(
     base_only.update(b"N")
     h.update(_encode(request, "request", ignore_keys))
     return h.hexdigest(), base_only.hexdigest()
+
+
+def group_digest(group: Any) -> str:
+    """A name for *group* that says nothing of what it holds: a 128-bit hex digest.
+
+    A default group (already a digest) is itself; any other group is hashed
+    from its canonical encoding, or from its ``repr`` when it cannot be
+    encoded. This is how a group is named wherever it leaves the process
+    (Redis heartbeats, spans), unless the device's ``label`` hook names it.
+    """
+    if isinstance(group, str) and _HEX_DIGEST.fullmatch(group):
+        return group
+    h = blake2b(b"G", digest_size=_DIGEST_SIZE)
+    try:
+        h.update(_encode(group, "group"))
+    except (TypeError, RecursionError):
+        try:
+            text = repr(group)
+        except Exception:
+            text = f"<{type(group).__qualname__} at {id(group):#x}>"
+        h.update(b"r" + text.encode("utf-8", "surrogatepass"))
+    return h.hexdigest()
 
 
 def same_request(left: Any, right: Any) -> bool:

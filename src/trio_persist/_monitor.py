@@ -47,6 +47,7 @@ from typing import Any
 import attrs
 import trio
 
+from ._grouping import group_digest
 from ._stats import GroupSnapshot, Observed
 from ._text import safe_repr
 
@@ -59,11 +60,22 @@ def _activity(record: GroupSnapshot) -> tuple[int, int, float]:
     return (-(record.listeners + record.queued), -int(record.busy), -record.last_active)
 
 
-def build_frame(persist: Observed, *, max_groups: int = 200) -> dict[str, Any]:
-    """Build one monitor frame (a JSON-ready dict) from *persist* as it is now."""
+def build_frame(
+    persist: Observed, *, max_groups: int = 200, leaves_process: bool = False
+) -> dict[str, Any]:
+    """Build one monitor frame (a JSON-ready dict) from *persist* as it is now.
+
+    With *leaves_process* (a Redis heartbeat, which any client of the server
+    can read), groups are named by `group_digest` and labelled only by what
+    the device's ``label`` hook returned: nothing of a request goes out.
+    """
     records = persist.snapshot()
     # The busiest few of possibly very many groups: O(n log k), not a full sort.
     busiest = heapq.nsmallest(max_groups, records, key=_activity)
+    if leaves_process:
+        shown = [_outside(record) for record in busiest]
+    else:
+        shown = [record.to_json() for record in busiest]
     return {
         "version": FRAME_VERSION,
         "time": trio.current_time(),
@@ -71,8 +83,15 @@ def build_frame(persist: Observed, *, max_groups: int = 200) -> dict[str, Any]:
         "device": persist.name,
         "statistics": persist.statistics().to_json(),
         "groups_total": len(records),
-        "snapshot": [record.to_json() for record in busiest],
+        "snapshot": shown,
     }
+
+
+def _outside(record: GroupSnapshot) -> dict[str, Any]:
+    data = record.to_json()
+    data["group"] = group_digest(record.group)
+    data["label"] = record.label if record.label_from_hook else ""
+    return data
 
 
 def encode_frame(frame: dict[str, Any]) -> bytes:

@@ -122,6 +122,10 @@ class GroupSnapshot:
     """Median seconds of this owner's recent executions (its last 64)."""
     execution_p99: float = 0.0
     """99th percentile of this owner's recent executions, in seconds."""
+    label_from_hook: bool = False
+    """Whether `label` is what the device's ``label`` hook returned. Only such a
+    label leaves the process (Redis heartbeats, spans); otherwise the group is
+    named there by its digest, so nothing of a request is shown outside."""
 
     def to_json(self) -> dict[str, Any]:
         data = attrs.asdict(self)

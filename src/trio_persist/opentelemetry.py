@@ -37,8 +37,8 @@ from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.trace import Span, Status, StatusCode
 
-from ._job import Job, Outcome
-from ._persist import Persist
+from ._core._job import Job, Outcome
+from ._core._persist import Persist
 from ._stats import group_label
 from ._text import describe
 

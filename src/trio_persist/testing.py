@@ -24,7 +24,7 @@ from typing import Any, final
 
 import trio
 
-from ._persist import Persist
+from ._core._persist import Persist
 
 __all__ = ["RecordingDevice", "wait_quiet"]
 

@@ -18,22 +18,22 @@ from typing import Any, Protocol
 import attrs
 import trio
 
-from ._backend import Backend
-from ._device import DeviceHooks
-from ._events import EventHub
-from ._histogram import Histogram
-from ._job import Job, Outcome
-from ._logging import logger
-from ._options import PersistOptions
-from ._registry import Registry
-from ._stats import (
+from .._backend import Backend
+from .._logging import logger
+from .._stats import (
     BOUNDARIES,
     DurationHistogram,
     PersistDurations,
     PersistStatistics,
     group_label,
 )
-from ._text import describe, literal, safe_repr
+from .._text import describe, literal, safe_repr
+from ._device import DeviceHooks
+from ._events import EventHub
+from ._histogram import Histogram
+from ._job import Job, Outcome
+from ._options import PersistOptions
+from ._registry import Registry
 
 __all__ = ["LINGER_LIMIT", "MISS", "Core", "Observer", "Resolve"]
 

@@ -15,8 +15,8 @@ from typing import Any
 import attrs
 import trio
 
-from ._monitor import FRAME_VERSION
-from ._stats import PersistStatistics
+from .._monitor import FRAME_VERSION
+from .._stats import PersistStatistics
 
 __all__ = ["NodeSnapshot", "cluster_frame", "read_nodes", "watch_cluster"]
 
@@ -109,7 +109,7 @@ async def watch_cluster(
     *on_status* gets a message (the URL's password redacted) and the watch
     goes on trying; it gets None once frames flow again.
     """
-    from ._redis_link import classify, open_client, redact
+    from ._link import classify, open_client, redact
 
     client = open_client(url, interval * 5)
     shown = redact(url)

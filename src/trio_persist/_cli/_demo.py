@@ -17,7 +17,7 @@ from typing import Any
 
 import trio
 
-from ._persist import Persist
+from .._core._persist import Persist
 
 __all__ = ["Shop", "workload"]
 

@@ -19,8 +19,8 @@ from typing import Any, Protocol
 import attrs
 import trio
 
-from ._exceptions import LeaderDied
-from ._text import describe
+from .._exceptions import LeaderDied
+from .._text import describe
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup

@@ -15,9 +15,9 @@ from typing import Any
 
 import attrs
 
-from ._core import Core
-from ._grouping import default_group
+from .._grouping import default_group
 from ._job import Job
+from ._state import Core
 from ._worker import WorkerTask
 
 __all__ = ["Supervisor"]

@@ -17,7 +17,7 @@ from typing import Generic, TypeVar, final
 
 import attrs
 
-from ._exceptions import GroupTaken
+from .._exceptions import GroupTaken
 
 __all__ = ["Registry", "RegistryStatistics"]
 

@@ -26,8 +26,8 @@ from rich.console import Console, RenderableType
 from rich.live import Live
 from rich.text import Text
 
+from .._text import literal
 from ._render import SORTS, SitrepState, clean_frame, render_frame, sitrep
-from ._text import literal
 
 MAX_LINE = 4 * 1024 * 1024
 """The longest frame line the monitor keeps (a 200-group frame is ~50 KB)."""

@@ -23,9 +23,9 @@ from typing import Any
 import attrs
 import trio
 
-from ._core import MISS, RECENT, Core
-from ._grouping import default_group, same_request
+from .._grouping import default_group, same_request
 from ._job import Job, Outcome, leader_died, run_device, running
+from ._state import MISS, RECENT, Core
 from ._supervisor import Supervisor
 from ._worker import WorkerTask
 

@@ -19,7 +19,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from ._text import cut, literal
+from .._text import cut, literal
 
 __all__ = ["SORTS", "clean_frame", "render_frame", "sitrep"]
 

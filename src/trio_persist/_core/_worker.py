@@ -29,9 +29,9 @@ from typing import Any, Generic, Protocol, TypeVar, final
 import attrs
 import trio
 
-from ._core import RECENT, Core
-from ._grouping import same_request
+from .._grouping import same_request
 from ._job import Job, Outcome, leader_died, run_device, running
+from ._state import RECENT, Core
 
 __all__ = ["Worker", "WorkerHost", "WorkerRequest", "WorkerStatistics", "WorkerTask", "task_of"]
 

@@ -23,22 +23,22 @@ from typing import Any, Generic, ParamSpec, TypeVar, final, overload
 import attrs
 import trio
 
-from ._backend import check_backend
-from ._core import LABEL_WIDTH, MISS, Core, Observer, Resolve
+from .._backend import check_backend
+from .._exceptions import InfiniteRecursion, PersistClosed
+from .._grouping import default_group, default_group_and_base, same_request
+from .._monitor import serve_monitor
+from .._stats import GroupSnapshot, PersistDurations, PersistStatistics
+from .._text import literal, safe_repr
 from ._device import Device, adapt_device
 from ._events import EventSubscription
-from ._exceptions import InfiniteRecursion, PersistClosed
 from ._flight import Flight
-from ._grouping import default_group, default_group_and_base, same_request
 from ._histogram import recent_quantiles
 from ._job import Job, leader_died, running
-from ._monitor import serve_monitor
 from ._options import AwaitMode, ErrorStrategy, PersistOptions, check_duration
 from ._registry import Registry
 from ._runner import RunnerPool
-from ._stats import GroupSnapshot, PersistDurations, PersistStatistics
+from ._state import LABEL_WIDTH, MISS, Core, Observer, Resolve
 from ._supervisor import Supervisor
-from ._text import literal, safe_repr
 from ._worker import Worker, WorkerTask, task_of
 
 if sys.version_info < (3, 11):  # pragma: no cover

@@ -1,40 +1,5 @@
-"""The Redis backend: deduplication and a cluster view across processes and hosts.
-
-``pip install trio-persist[redis]``, then::
-
-    backend = trio_persist.redis.RedisBackend("redis://127.0.0.1:6379/0")
-    async with trio_persist.open_persist(device, backend=backend) as persist:
-        ...
-
-Within a process nothing changes: identical calls join the local flight, and
-only that flight talks to Redis. Across processes, a flight first tries to
-become the leader of its key with one Lua script (a new fencing token and a
-lease, atomically):
-
-* The **leader** runs the device while one loop renews all of the process's
-  leases together; a lease that is lost (taken over, or unrenewed for a whole
-  TTL) cancels its execution, whose callers then follow the new leader. It
-  commits the outcome with one script that checks the lease, stores the
-  result, publishes it and drops the lease. A leader whose commit is refused
-  answers its callers with the winner's outcome, never with its own stale
-  one. `fencing_token()` tells a device its token, to fence its own writes.
-* A **follower** is registered with the process's one subscriber before it
-  asks, so it hears the leader's publication without a round trip of its own;
-  when it has heard nothing for a third of the TTL it looks at the lease and
-  the result. A leader that vanishes (crashed, or cancelled: it says so) is
-  replaced by exactly one follower; after ``max_takeovers`` vanished leaders,
-  `~trio_persist.LeaderDied`.
-
-Every step is bounded by ``timeout``: callers get their value, or
-`~trio_persist.BackendUnavailable` (with ``fallback="local"``, a local
-execution) within the bounds the Redis page of the docs states. Outcomes cross
-processes sealed to their namespace, key and token (authenticated with
-``signing_key``).
-
-Each persist also publishes a heartbeat record (its statistics and workers,
-with a TTL, so a dead process disappears): see `RedisBackend.cluster` and
-``trio-persist monitor --redis URL``.
-"""
+"""`RedisBackend`: its configuration, connections, heartbeat and the lease protocol
+it runs for each flight (see the package docstring for the whole story)."""
 
 from __future__ import annotations
 
@@ -54,18 +19,18 @@ from typing import Any, final
 import attrs
 import trio
 
+from .._codec import ABANDONED, Seal, decode_outcome, encode_error, encode_value
+from .._exceptions import BackendUnavailable, CorruptResult, LeaderDied
+from .._grouping import canonical_encoding, default_group
+from .._logging import logger
+from .._monitor import build_frame
+from .._stats import Observed, group_label
 from ._cluster import BEAT, LEAVE, NODES, read_nodes
 from ._cluster import NodeSnapshot as NodeSnapshot
 from ._cluster import cluster_frame as cluster_frame
 from ._cluster import watch_cluster as watch_cluster
-from ._codec import ABANDONED, Seal, decode_outcome, encode_error, encode_value
-from ._exceptions import BackendUnavailable, CorruptResult, LeaderDied
-from ._grouping import canonical_encoding, default_group
-from ._logging import logger
-from ._monitor import build_frame
-from ._redis_link import Subscriber, Watch, classify, describe, open_client, redact
-from ._redis_scripts import ACQUIRE, COMMIT, PEEK, RELEASE, RENEW, keys_of
-from ._stats import Observed, group_label
+from ._link import Subscriber, Watch, classify, describe, open_client, redact
+from ._scripts import ACQUIRE, COMMIT, PEEK, RELEASE, RENEW, keys_of
 
 __all__ = [
     "NodeSnapshot",

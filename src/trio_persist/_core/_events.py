@@ -19,7 +19,7 @@ from typing import Any, final
 import attrs
 import trio
 
-from ._stats import group_label
+from .._stats import group_label
 
 __all__ = ["EventHub", "EventSubscription", "PersistEvent"]
 

@@ -16,9 +16,9 @@ from typing import Any, TextIO
 import trio
 from rich.console import Console
 
+from .._core._persist import open_persist
+from .._monitor import build_frame
 from ._demo import Shop, workload
-from ._monitor import build_frame
-from ._persist import open_persist
 from ._tui import MonitorView, follow, run_live, run_once, run_plain
 
 
@@ -65,7 +65,7 @@ ENV_URL = "TRIO_PERSIST_REDIS_URL"
 
 
 async def _cluster_once(url: str, namespace: str | None, out: TextIO) -> int:
-    from ._cluster import watch_cluster
+    from ..redis._cluster import watch_cluster
 
     view = MonitorView()
     with trio.CancelScope() as scope:
@@ -100,7 +100,7 @@ async def monitor(
 ) -> int:
     """Watch the monitor socket at *path*, or a whole cluster through *redis*."""
     if redis is not None:
-        from ._cluster import watch_cluster
+        from ..redis._cluster import watch_cluster
 
         cluster_url = redis
         if once:
@@ -188,7 +188,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except KeyboardInterrupt:
         return 130
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
-from ._exceptions import BackendUnavailable, CorruptResult
-from ._logging import logger
-from ._redis_scripts import key_of_channel, pattern_of
+from .._exceptions import BackendUnavailable, CorruptResult
+from .._logging import logger
+from ._scripts import key_of_channel, pattern_of
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
