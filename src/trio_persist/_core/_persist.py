@@ -6,12 +6,15 @@ flight. Routing is synchronous from the lookup to the registration, so on
 Trio's single thread it is atomic: of N concurrent first callers exactly one
 starts an execution.
 
-Everything the persist shares with its flights and workers lives one layer
-down, in its `Core`; this module only routes, reports and closes.
+Flights and workers are both an `Owner`: routing asks an owner to find a job
+to join, or to admit one, and never which kind it is. Everything the persist
+shares with them lives one layer down, in its `Core`; this module only routes,
+reports and closes.
 """
 
 from __future__ import annotations
 
+import enum
 import functools
 import math
 import os
@@ -25,28 +28,26 @@ import trio
 
 from .._backend import check_backend
 from .._exceptions import InfiniteRecursion, PersistClosed
-from .._grouping import default_group, default_group_and_base, same_request
+from .._grouping import default_group, default_group_and_base
 from .._monitor import serve_monitor
 from .._stats import GroupSnapshot, PersistDurations, PersistStatistics
-from .._text import literal, safe_repr
+from .._text import safe_repr
 from ._device import Device, adapt_device
 from ._events import EventSubscription
 from ._flight import Flight
-from ._histogram import recent_quantiles
-from ._job import Job, leader_died, running
+from ._job import Job, Owner, leader_died, request_name, running
+from ._linger import MISS
 from ._options import AwaitMode, ErrorStrategy, PersistOptions, check_duration
-from ._registry import Registry
+from ._registry import RegistryView
 from ._runner import RunnerPool
-from ._state import LABEL_WIDTH, MISS, Core, Observer, Resolve
+from ._state import Core, Observer
 from ._supervisor import Supervisor
-from ._worker import Worker, WorkerTask, task_of
+from ._worker import Worker, WorkerTask
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
 
 __all__ = ["Persist", "open_persist"]
-
-Owner = Flight | WorkerTask
 
 B = TypeVar("B")
 R = TypeVar("R", contravariant=True)
@@ -54,14 +55,20 @@ T = TypeVar("T", covariant=True)
 P = ParamSpec("P")
 V = TypeVar("V")
 
-# How requests are grouped.
-_UNGROUPED, _DIGEST, _HOOK = range(3)
+Resolve = Callable[[Any, Any], Awaitable[Any]]
 
 
-def _call_label(name: str, args: Any, kwargs: Any) -> str:
-    shown = [safe_repr(arg, 30) for arg in args]
-    shown += [f"{key}={safe_repr(value, 30)}" for key, value in kwargs.items()]
-    return literal(f"{name}({', '.join(shown)})", LABEL_WIDTH)
+class Grouping(enum.Enum):
+    """How a persist names requests (from ``await_inprogress`` and the device)."""
+
+    NONE = "none"  # no groups: every call executes on its own, nothing registered
+    DIGEST = "digest"  # the default grouper: a group names one request
+    HOOK = "hook"  # the device's group hook: a group may hold several requests
+
+
+def _face(owner: Owner) -> object:
+    """An owner as `Persist.registry` shows it: a worker as its public handle."""
+    return owner.handle if isinstance(owner, WorkerTask) else owner
 
 
 def _is_exit(error: BaseException) -> bool:
@@ -70,7 +77,7 @@ def _is_exit(error: BaseException) -> bool:
     return isinstance(error, (KeyboardInterrupt, SystemExit))
 
 
-def _waits_for(start: Any, target: Any) -> bool:
+def _waits_for(awaiting: dict[Owner, list[Owner]], start: Owner, target: Owner) -> bool:
     """Whether owner *start* is, or transitively waits for, owner *target*."""
     stack = [start]
     seen: set[int] = set()
@@ -80,7 +87,7 @@ def _waits_for(start: Any, target: Any) -> bool:
             return True
         if id(node) not in seen:
             seen.add(id(node))
-            stack.extend(node.awaiting)
+            stack.extend(awaiting.get(node, ()))
     return False
 
 
@@ -98,9 +105,11 @@ class Persist(Generic[B, R, T]):
     _core: Core = attrs.field(alias="core")
     _supervisor: Supervisor = attrs.field(init=False)
     _runners: RunnerPool = attrs.field(init=False)
-    _mode: int = attrs.field(init=False)
+    _grouping: Grouping = attrs.field(init=False)
     # Functions wrapped by this persist, by name (a name means one function).
     _wrapped: dict[str, Callable[..., Any]] = attrs.field(factory=dict, init=False)
+    # Which owners each owner's device waits for now (nested calls: cycle detection).
+    _awaiting: dict[Owner, list[Owner]] = attrs.field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:
         core = self._core
@@ -110,9 +119,9 @@ class Persist(Generic[B, R, T]):
         mode = core.options.await_inprogress
         has_hook = core.hooks.group is not None
         if mode is False or (mode == "named" and not has_hook):
-            self._mode = _UNGROUPED
+            self._grouping = Grouping.NONE
         else:
-            self._mode = _HOOK if has_hook else _DIGEST
+            self._grouping = Grouping.HOOK if has_hook else Grouping.DIGEST
 
     def __repr__(self) -> str:
         core = self._core
@@ -125,9 +134,9 @@ class Persist(Generic[B, R, T]):
         return self._core.options
 
     @property
-    def registry(self) -> Registry[Flight | Worker[B]]:
-        """Which flight or worker owns each group (read it; do not change it)."""
-        return self._core.registry
+    def registry(self) -> RegistryView[Any, object]:
+        """Which flight or worker owns each group, read-only (a worker as its `Worker`)."""
+        return RegistryView(registry=self._core.registry, face=_face)
 
     @property
     def name(self) -> str:
@@ -159,10 +168,7 @@ class Persist(Generic[B, R, T]):
             TypeError: the default grouper cannot encode a value (the message
                 says which and where).
         """
-        hook = self._core.hooks.group
-        if hook is not None:
-            return hook(base, request)
-        return default_group(base, request, ignore_keys=self._core.options.ignore_keys)
+        return self._core.group_of(base, request)
 
     @overload
     async def resolve(
@@ -225,33 +231,53 @@ class Persist(Generic[B, R, T]):
             )
         if spawn_worker is not False or share is not True:  # the common case skips a call
             self._check_flags(spawn_worker, share)
-        if self._mode == _UNGROUPED:
-            core.requests += 1
-            job = self._new_flight(None, base, request, False, None, share)
-            return await self._listen(job, job.owner, running.get())
+        if self._grouping is Grouping.NONE:
+            core.counters.requests += 1
+            job = Job(base, request, None, False, None, share)
+            flight = Flight.start(core, self._supervisor, self._runners, None, job, True)
+            return await self._listen(job, flight, running.get(), flight.started)
         group, by_base, key = self._name(base, request)
-        core.requests += 1
+        core.counters.requests += 1
+        return await self._route(group, by_base, base, request, key, share, spawn_worker)
+
+    async def _route(
+        self,
+        group: Hashable,
+        by_base: Hashable | None,
+        base: Any,
+        request: Any,
+        key: object,
+        share: bool,
+        spawn_worker: bool = False,
+        call: Resolve | None = None,
+    ) -> Any:
+        """Take a named call to its group's owner: join, queue, or start a flight.
+
+        Synchronous from the lookup to the admission, so atomic on Trio's thread.
+        *call* replaces the device (a wrapped function).
+        """
+        core = self._core
         current = running.get()
         while True:
             owner = self._owner(group, by_base, base)
-            if owner is None and core.lingering and share:
-                value = core.lingered(group, request, same_request)
-                if value is not MISS:
-                    return await self._lingered(value)
             if owner is None:
-                job = self._new_flight(group, base, request, spawn_worker, key, share)
-                flight: Any = job.owner
+                if share and core.linger and key is not None:
+                    value = core.linger.get(group, key)
+                    if value is not MISS:
+                        return await self._lingered(value)
+                job = Job(base, request, None, spawn_worker, key, share, call=call)
+                flight = self._start_flight(group, job)
                 return await self._listen(job, flight, current, flight.started)
-            if current is not None and _waits_for(owner, current):
-                return await self._recurse(owner, current, group, base, request)
+            if call is not None and owner.kind != "flight":
+                raise TypeError(f"{call.__name__}: its group is owned by a worker, not by calls")
+            if current is not None and _waits_for(self._awaiting, owner, current):
+                return await self._recurse(owner, current, group, base, request, call)
             joined = owner.find(request, key) if share else None
             if joined is not None:
                 self._joined(owner, joined)
                 return await self._listen(joined, owner, current)
-            job = Job(base, request, owner, spawn_worker, key, share)
-            if isinstance(owner, Flight):
-                return await self._listen(owner.enqueue(job), owner, current)
-            if await owner.submit(job):
+            job = Job(base, request, None, spawn_worker, key, share, call=call)
+            if owner.admit_nowait(job) or await owner.admit(job):
                 return await self._listen(job, owner, current)
             # The worker stopped while we waited for room in its inbox: route again.
 
@@ -288,15 +314,13 @@ class Persist(Generic[B, R, T]):
             raise TypeError(f"static must be True, False or None, got {type(static).__name__}")
         seconds = None if timeout is None else check_duration("timeout", timeout)
         if group is None:
-            group = self.group(base, None)
+            group = core.group_of(base, None)
         owner = core.owners.get(group)
-        if isinstance(owner, Worker):
-            return owner
+        if isinstance(owner, WorkerTask):
+            return owner.handle
         task = self._supervisor.new_worker(group, base, static=static, timeout=seconds)
         if isinstance(owner, Flight):
-            if owner.successor is None:
-                owner.successor = task
-            return owner.successor.handle
+            return owner.hand_to(task).handle
         self._supervisor.start(task)
         return task.handle
 
@@ -342,13 +366,13 @@ class Persist(Generic[B, R, T]):
                     "pass default= to start one with a fresh state"
                 )
             state = default()
-        self._supervisor.retired.pop(group, None)
+        self._supervisor.forget_retired(group)
         return await self.start_worker(state, group, static, timeout)
 
     def _live_worker(self, group: Hashable) -> Worker[B] | None:
         owner = self._core.owners.get(group)
-        if isinstance(owner, Worker):
-            return owner
+        if isinstance(owner, WorkerTask):
+            return owner.handle
         if isinstance(owner, Flight) and owner.successor is not None:
             return owner.successor.handle
         return None
@@ -404,45 +428,21 @@ class Persist(Generic[B, R, T]):
         if core.closed:
             raise PersistClosed("this persist is closed: wrapped calls need its block")
         group = default_group(label, (args, kwargs))
-        core.requests += 1
-        current = running.get()
-        owner = self._owner(group, None, None)
-        if owner is None and core.lingering and share:
-            value = core.lingered(group, None, same_request)
-            if value is not MISS:
-                return await self._lingered(value)
-        if owner is None:
-            job = self._new_flight(group, args, kwargs, False, group, share, call)
-            return await self._listen(job, job.owner, current)
-        if current is not None and _waits_for(owner, current):
-            if not self.options.allow_infinite:
-                raise InfiniteRecursion(
-                    f"{label} called with the same arguments from inside its own execution; "
-                    "pass allow_infinite=True to execute it directly instead"
-                )
-            await trio.lowlevel.checkpoint()
-            core.executions += 1
-            return await call(args, kwargs)
-        joined = owner.find(None, group) if share else None
-        if joined is not None:
-            self._joined(owner, joined)
-            return await self._listen(joined, owner, current)
-        if not isinstance(owner, Flight):  # a worker was started for this very group
-            raise TypeError(f"{label}: its group is owned by a worker, not by wrapped calls")
-        job = Job(args, kwargs, owner, False, group, share, call=call)
-        return await self._listen(owner.enqueue(job), owner, current)
+        core.counters.requests += 1
+        return await self._route(group, None, args, kwargs, group, share, False, call)
 
     def add_observer(self, observer: Observer) -> None:
         """Tell *observer* about every execution from now on (for instrumentation).
 
         See `trio_persist.opentelemetry` for one. Costs nothing without observers.
         """
-        self._core.observers.append(observer)
+        self._core.observers.listening.append(observer)
 
     def remove_observer(self, observer: Observer) -> None:
         """Stop telling *observer* (added with `add_observer`)."""
-        if observer in self._core.observers:
-            self._core.observers.remove(observer)
+        listening = self._core.observers.listening
+        if observer in listening:
+            listening.remove(observer)
 
     async def wait_quiet(self) -> None:
         """Wait until no flight runs and no caller waits (workers may live on).
@@ -452,7 +452,7 @@ class Persist(Generic[B, R, T]):
         """
         core = self._core
         await trio.lowlevel.checkpoint()
-        while core.in_flight or core.waiting:
+        while core.counters.in_flight or core.counters.waiters:
             if core.quiet is None:
                 core.quiet = trio.lowlevel.ParkingLot()
             await core.quiet.park()
@@ -468,12 +468,12 @@ class Persist(Generic[B, R, T]):
             Whether *group* had an owner or a lingering result.
         """
         core = self._core
-        lingered = core.lingering.pop(group, None) is not None
+        lingered = core.linger.drop(group)
         owner = core.owners.get(group)
         if owner is None:
             return lingered
         core.registry.unregister(group, owner)
-        if isinstance(owner, Worker):
+        if isinstance(owner, WorkerTask):
             owner.stop_nowait("forgotten")
         return True
 
@@ -537,51 +537,26 @@ class Persist(Generic[B, R, T]):
         fixed boundaries from 0.1 ms to 60 s, as Prometheus and OpenTelemetry
         histograms want them.
         """
-        return self._core.durations()
+        return self._core.timings.durations()
 
     def snapshot(self) -> tuple[GroupSnapshot, ...]:
         """Return one frozen record per registered group, in registration order.
 
         Empty when all is quiet and no worker lives.
         """
-        records = []
-        core = self._core
-        for group, held in core.owners.items():
-            owner = held if isinstance(held, Flight) else task_of(held)
-            if isinstance(owner, Flight):
-                queued = sum(1 for job in owner.pending if not job.abandoned)
-                job = owner.current
-                if job.call is None:
-                    label = core.label_of(group, job.base, job.request)
-                else:  # a wrapped function: the call, as written
-                    label = _call_label(job.call.__name__, job.base, job.request)
-            else:
-                queued = owner.pending
-                label = core.label_of(group, owner.state, None)
-            p50, p99 = recent_quantiles(owner.recent)
-            records.append(
-                GroupSnapshot(
-                    group=group,
-                    kind=owner.kind,
-                    listeners=owner.listeners,
-                    queued=queued,
-                    served=owner.served,
-                    started=owner.started,
-                    last_active=owner.last_active,
-                    busy=owner.busy,
-                    label=label,
-                    execution_p50=p50,
-                    execution_p99=p99,
-                )
-            )
-        return tuple(records)
+        owners = self._core.owners
+        return tuple(owner.describe(group) for group, owner in owners.items())
 
     # -- routing -----------------------------------------------------------------
 
-    def _name(self, base: Any, request: Any) -> tuple[Hashable, Hashable | None, Hashable | None]:
-        """Return ``(group, base's group or None, worker dedup key or None)``."""
-        if self._mode == _HOOK:
-            return self._core.hooks.group(base, request), None, None  # type: ignore[misc]
+    def _name(self, base: Any, request: Any) -> tuple[Hashable, Hashable | None, object]:
+        """Return ``(group, base's group or None, the request's name or None)``.
+
+        A request's name says which requests are identical: under the default
+        grouper its group, under a group hook its canonical encoding.
+        """
+        if self._grouping is Grouping.HOOK:
+            return self._core.hooks.group(base, request), None, request_name(request)  # type: ignore[misc]
         ignore = self._core.options.ignore_keys
         if self._supervisor.workers or self._supervisor.retired:
             # A worker started for *base* serves every request on it.
@@ -595,9 +570,9 @@ class Persist(Generic[B, R, T]):
         owners = self._core.owners
         owner = owners.get(group)
         if owner is not None:
-            return owner if isinstance(owner, Flight) else task_of(owner)
-        if by_base is not None and isinstance(worker := owners.get(by_base), Worker):
-            return task_of(worker)
+            return owner
+        if by_base is not None and isinstance(worker := owners.get(by_base), WorkerTask):
+            return worker
         retired = group if by_base is None else by_base
         if retired in self._supervisor.retired:
             return self._supervisor.restoring(retired, base)
@@ -610,7 +585,7 @@ class Persist(Generic[B, R, T]):
             )
         if not isinstance(share, bool):
             raise TypeError(f"share must be True or False, got {type(share).__name__}")
-        if spawn_worker and self._mode == _UNGROUPED:
+        if spawn_worker and self._grouping is Grouping.NONE:
             raise ValueError(
                 "spawn_worker=True needs groups: this persist does not group requests "
                 f"(await_inprogress={self.options.await_inprogress!r}), so no worker "
@@ -618,99 +593,83 @@ class Persist(Generic[B, R, T]):
             )
 
     async def _lingered(self, value: Any) -> Any:
-        self._core.deduplicated += 1
+        self._core.counters.deduplicated += 1
         await trio.lowlevel.checkpoint()
         return value
 
     def _joined(self, owner: Owner, job: Job) -> None:
         core = self._core
-        core.deduplicated += 1
-        if isinstance(owner, Flight):
+        core.counters.deduplicated += 1
+        if owner.kind == "flight":
             core.events.emit("flight.joined", owner.group)
         if core.observers:
-            core.observe_join(owner.kind, owner.group, job)
+            core.observers.joined(owner.kind, owner.group, job)
 
     async def _recurse(
-        self, owner: Owner, current: Owner, group: Hashable, base: Any, request: Any
+        self,
+        owner: Owner,
+        current: Owner,
+        group: Hashable,
+        base: Any,
+        request: Any,
+        call: Resolve | None,
     ) -> Any:
-        """A resolve that would wait for its own caller: execute directly, or refuse."""
-        if (owner is current and isinstance(owner, WorkerTask)) or self.options.allow_infinite:
+        """A call that would wait for its own caller: execute directly, or refuse.
+
+        A worker's own device calling into its group executes directly (it
+        holds the state); anything else only with ``allow_infinite``.
+        """
+        if (owner is current and owner.kind == "worker") or self.options.allow_infinite:
             await trio.lowlevel.checkpoint()  # promised, whatever the device does
-            self._core.executions += 1
-            return await self._core.hooks.resolve(base, request)
+            self._core.counters.executions += 1
+            resolve = self._core.hooks.resolve if call is None else call
+            return await resolve(base, request)
         raise InfiniteRecursion(
             f"resolving group {safe_repr(group)} would wait for an execution that is waiting "
             "for this call; pass allow_infinite=True to execute it directly instead"
         )
 
     async def _listen(
-        self, job: Job, owner: Any, current: Any, arrived: float | None = None
+        self, job: Job, owner: Owner, current: Owner | None, arrived: float | None = None
     ) -> Any:
         core = self._core
-        job.listeners += 1
-        core.waiting += 1
+        counters = core.counters
+        job.listen()
+        counters.waiters += 1
         if arrived is None:
             arrived = core.now()
         if current is not None:
-            current.awaiting.append(owner)
+            self._awaiting.setdefault(current, []).append(owner)
         try:
             await job.done.wait()
         except BaseException:
             # Left before the answer (cancelled): the last one out abandons the job.
-            core.waiting -= 1
+            counters.waiters -= 1
             if current is not None:
-                current.awaiting.remove(owner)
+                self._stop_awaiting(current, owner)
             if not job.done.is_set():
-                job.listeners -= 1
-                if job.listeners == 0:
-                    job.owner.abandon(job)
+                job.leave()
             if core.quiet is not None:
                 core.maybe_quiet()
             raise
-        core.waiting -= 1
+        counters.waiters -= 1
         if current is not None:
-            current.awaiting.remove(owner)
+            self._stop_awaiting(current, owner)
         # The answer's time is the execution's end when there was one: the
         # clock is read once per execution, not once per listener.
         finished = job.finished
-        core.wait_time.add((finished if finished is not None else core.now()) - arrived)
+        core.timings.wait.add((finished if finished is not None else core.now()) - arrived)
         if core.quiet is not None:
             core.maybe_quiet()
         if job.error is None:
             return job.value
         return job.outcome()  # raises, with the execution's traceback
 
-    def _new_flight(
-        self,
-        group: Hashable | None,
-        base: Any,
-        request: Any,
-        spawn: bool,
-        key: Hashable | None,
-        share: bool,
-        call: Resolve | None = None,
-    ) -> Job:
-        """Start a flight for *group* (None: ungrouped, never registered); return its job.
-
-        *call* replaces the device for this job (a wrapped function).
-        """
-        core = self._core
-        flight = Flight(core, self._supervisor, group, self._by_request(call), core.now())
-        job = flight.current = Job(base, request, flight, spawn, key, share, call=call)
-        if group is not None:
-            core.registry.register(group, flight)
-        self._start_flight(flight)
-        return job
-
-    def _start_flight(self, flight: Flight) -> None:
-        self._core.in_flight += 1
-        self._runners.run(flight)
-        self._core.events.emit("flight.started", flight.group)
-
-    def _by_request(self, call: object) -> bool:
-        """Whether a flight's group names its request alone (so, across processes,
-        the group is the key): always but under a group hook, and wrapped calls."""
-        return self._mode != _HOOK or call is not None
+    def _stop_awaiting(self, current: Owner, owner: Owner) -> None:
+        awaited = self._awaiting[current]
+        awaited.remove(owner)
+        if not awaited:
+            del self._awaiting[current]
 
     def _reroute(self, job: Job) -> None:
         """Give a job whose worker stopped to its group's owner now, or a new flight."""
@@ -719,36 +678,25 @@ class Persist(Generic[B, R, T]):
             job.fail(leader_died("the persist closed before this request was served"))
             return
         try:
-            if self._mode == _HOOK:
-                group = core.hooks.group(job.base, job.request)  # type: ignore[misc]
-            else:
-                group = job.key
-                if group is None:
-                    group = default_group(
-                        job.base, job.request, ignore_keys=core.options.ignore_keys
-                    )
+            group = job.key if self._grouping is Grouping.DIGEST else None
+            if group is None:
+                group = core.group_of(job.base, job.request)
+            owner = core.owners.get(group)
         except Exception as exc:
             job.fail(exc)
             return
-        owner = core.owners.get(group)
         if owner is None:
-            flight = Flight(
-                core, self._supervisor, group, self._by_request(job.call), trio.current_time()
-            )
-            flight.current = job
-            job.owner = flight
-            core.registry.register(group, flight)
-            self._start_flight(flight)
-        elif isinstance(owner, Flight):
-            job.owner = owner
-            owner.pending.append(job)
-        else:
-            task = task_of(owner)
-            job.owner = task
-            core.nursery.start_soon(self._forward, task, job)
+            self._start_flight(group, job)
+        elif not owner.admit_nowait(job):
+            core.nursery.start_soon(self._forward, owner, job)
 
-    async def _forward(self, task: WorkerTask, job: Job) -> None:
-        if not await task.submit(job):
+    def _start_flight(self, group: Hashable, job: Job) -> Flight:
+        # A group names one request but under a group hook (wrapped calls never use it).
+        by_request = self._grouping is not Grouping.HOOK or job.call is not None
+        return Flight.start(self._core, self._supervisor, self._runners, group, job, by_request)
+
+    async def _forward(self, owner: Owner, job: Job) -> None:
+        if not await owner.admit(job):
             self._reroute(job)
 
     # -- closing -----------------------------------------------------------------
@@ -770,6 +718,7 @@ class Persist(Generic[B, R, T]):
             self._runners.close()
             core.nursery.cancel_scope.cancel()
             core.events.close()
+            core.throttle.flush()
 
 
 @asynccontextmanager
