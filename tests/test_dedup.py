@@ -334,3 +334,54 @@ async def test_resolve_rejects_a_non_bool_spawn_worker(counting: Counting) -> No
     async with trio_persist.open_persist(counting) as persist:
         with pytest.raises(TypeError, match="spawn_worker must be True or False"):
             await persist.resolve("base", "req", spawn_worker="yes")  # type: ignore[arg-type]
+
+
+# -- identical means identical ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [(1, 1.0), (1, True), (0.0, -0.0), ({"amount": 1}, {"amount": True})],
+    ids=["1/1.0", "1/True", "0.0/-0.0", "amount 1/True"],
+)
+async def test_equal_but_different_requests_never_share_an_execution_under_a_group_hook(
+    autojump_clock: object, one_group: Any, first: Any, second: Any
+) -> None:
+    # `==` says these are equal; their canonical encodings differ, and so do they.
+    async with trio_persist.open_persist(one_group) as persist, trio.open_nursery() as nursery:
+        for request in (first, second, first, second):
+            nursery.start_soon(persist.resolve, "base", request)
+    assert sorted(map(repr, one_group.executed)) == sorted([repr(first), repr(second)])
+
+
+async def test_a_request_joins_a_queued_identical_one_without_comparing_to_each(
+    autojump_clock: object,
+) -> None:
+    # Under a group hook, many distinct requests queue behind one execution; an
+    # arrival finds its identical request by name, never by `==` against each.
+    compared = 0
+
+    class Request(str):
+        __hash__ = str.__hash__
+
+        def __eq__(self, other: object) -> bool:
+            nonlocal compared
+            compared += 1
+            return str.__eq__(self, other)
+
+    class OneGroup:
+        def group(self, base: Any, request: Any) -> str:
+            return "all"
+
+        async def resolve(self, base: Any, request: Any) -> Any:
+            await trio.sleep(1)
+            return request
+
+    async with trio_persist.open_persist(OneGroup()) as persist, trio.open_nursery() as nursery:
+        for n in range(500):
+            nursery.start_soon(persist.resolve, "base", Request(f"r{n}"))
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(persist.resolve, "base", Request("r499"))
+        await trio.testing.wait_all_tasks_blocked()
+        assert persist.statistics().deduplicated == 1
+    assert compared == 0

@@ -88,12 +88,18 @@ class Linger:
         """Let *value*, the result of the request named *key*, answer identical calls."""
         if not self.seconds:
             return
-        self.drop(group)  # re-inserted last: the order stays by expiry
+        try:
+            self.drop(group)  # re-inserted last: the order stays by expiry
+        except Exception:  # a group whose hash raises now: it does not linger
+            return
         size = estimated_size(value)
         if size > self.limit:
             return
         now = trio.current_time()
-        self.entries[group] = (key, value, now + self.seconds, size)
+        try:
+            self.entries[group] = (key, value, now + self.seconds, size)
+        except Exception:  # a group whose hash raises now: it does not linger
+            return
         self.size += size
         self._trim(now)
 

@@ -23,6 +23,7 @@ from .._exceptions import GroupTaken
 __all__ = ["Registry", "RegistryStatistics", "RegistryView"]
 
 OwnerT = TypeVar("OwnerT")
+_FREE = object()
 ShownT = TypeVar("ShownT")
 
 
@@ -82,30 +83,41 @@ class Registry(Generic[OwnerT]):
             someone else (their entry is left alone).
         """
         owners = self._owners
-        if owners.get(group) is owner:
+        try:
+            held = owners.get(group, _FREE)
+        except Exception:  # a group whose hash (or ==) raises now: found by identity
+            held = _FREE
+        if held is owner:
             del owners[group]
             return True
-        if group in owners:
+        if held is not _FREE:
             self._foreign_refused += 1
             return False
-        # Not found: free, or a group whose hash changed since it was registered
-        # (a mutable group from a hook). The second must not leak: find the entry
-        # by identity and rebuild the map without it (rare, so O(n) is fine; in
-        # place, so views of the mapping stay live).
-        for key, value in owners.items():
-            if key is group and value is owner:
-                kept = [(k, v) for k, v in owners.items() if not (k is group and v is owner)]
-                owners.clear()
-                owners.update(kept)
-                return True
-        return False
+        # Not found: free, or a group whose hash changed (or raises) since it was
+        # registered (a mutable group from a hook). The second must not leak.
+        return self._drop(group, owner)
+
+    def _drop(self, group: Hashable, owner: OwnerT) -> bool:
+        """Find *group*'s entry by identity and rebuild the map without it, never
+        hashing *group*. Rare, so O(n) is fine; in place, so views stay live."""
+        owners = self._owners
+        if not any(key is group and value is owner for key, value in owners.items()):
+            return False
+        kept = [(k, v) for k, v in owners.items() if not (k is group and v is owner)]
+        owners.clear()
+        owners.update(kept)
+        return True
 
     def replace(self, group: Hashable, owner: OwnerT, successor: OwnerT) -> bool:
         """Hand *group* from *owner* to *successor* in one step, if *owner* owns it.
 
         Used when a flight becomes a worker: nobody can slip in between.
         """
-        if self._owners.get(group) is not owner:
+        try:
+            held = self._owners.get(group)
+        except Exception:  # a group whose hash (or ==) raises now cannot move
+            return False
+        if held is not owner:
             return False
         self._owners[group] = successor
         return True

@@ -100,6 +100,14 @@ class Supervisor:
         core.nursery.start_soon(task.main)
         core.events.emit("worker.started", task.group)
 
+    def _retire(self, group: Hashable) -> None:
+        try:
+            self.retired[group] = None
+        except Exception:
+            return  # a group whose hash raises now cannot be restored later
+        if len(self.retired) > RETIRED_LIMIT:
+            del self.retired[next(iter(self.retired))]
+
     def forget_retired(self, group: Hashable) -> None:
         """*group* gets a fresh worker: its stopped one is no longer restored."""
         self.retired.pop(group, None)
@@ -163,8 +171,6 @@ class Supervisor:
         detail = f"{type(crashed).__name__}: {crashed}" if crashed is not None else (reason or "")
         core.events.emit(kind, group, detail)
         if core.hooks.restore is not None and reason != "unrestored" and not core.closed:
-            self.retired[group] = None
-            if len(self.retired) > RETIRED_LIMIT:
-                del self.retired[next(iter(self.retired))]
+            self._retire(group)
         for job in unanswered:
             core.reroute(job)
