@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.lowlevel
 import trio.testing
 
 import trio_persist
@@ -132,3 +133,23 @@ async def test_an_observer_is_told_each_execution_that_ends(autojump_clock: obje
         await persist.resolve("b", 2)
     [(outcome, seconds)] = ended
     assert (outcome.name, seconds) == ("OK", 2)
+
+
+@pytest.mark.parametrize("owner", ["flight", "worker"])
+async def test_pending_duration_samples_stay_few_however_many_executions(owner: str) -> None:
+    # Samples are appended on the hot path and folded in every few hundred
+    # executions, by flights and workers alike: memory stays bounded.
+    async with trio_persist.open_persist(echo_after_a_checkpoint, static_worker=True) as persist:
+        if owner == "worker":
+            await persist.start_worker("state")
+        for n in range(1000):
+            await persist.resolve("state", n)
+        timings = persist._core.timings  # reaching in: nothing public shows unfolded samples
+        assert timings.execution.pending < 256
+        assert timings.wait.pending < 256
+        assert persist.statistics().executions == 1000
+
+
+async def echo_after_a_checkpoint(base: Any, request: Any) -> Any:
+    await trio.lowlevel.checkpoint()
+    return request

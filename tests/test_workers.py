@@ -657,3 +657,46 @@ async def test_start_worker_checks_its_arguments() -> None:
         with pytest.raises(ValueError, match="timeout must be > 0 seconds"):
             await persist.start_worker("s", timeout=-1)
         assert persist.workers() == ()
+
+
+async def test_eviction_stops_an_idle_worker_before_a_busy_least_recently_used_one(
+    autojump_clock: object,
+) -> None:
+    class Device:
+        def group(self, base: Any, request: Any) -> Any:
+            return base
+
+        async def resolve(self, base: Any, request: Any) -> Any:
+            await trio.sleep(10 if request == "long" else 0)
+            return base
+
+    async with trio_persist.open_persist(Device(), max_workers=2, static_worker=True) as persist:
+        busy = await persist.start_worker("busy")
+        idle = await persist.start_worker("idle")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(persist.resolve, "busy", "long")
+            await trio.testing.wait_all_tasks_blocked()
+            await persist.resolve("idle", "quick")  # busy is now the least recently used
+            await persist.start_worker("new")
+            await idle.wait_stopped()
+            assert idle.statistics().stop_reason == "evicted"
+            assert not busy.statistics().stopped
+        assert trio.current_time() == 10
+
+
+async def test_subscribers_see_every_worker_stop_when_the_persist_closes(
+    autojump_clock: object,
+) -> None:
+    class Saving:
+        async def resolve(self, base: Any, request: Any) -> Any:
+            return base
+
+        async def on_idle(self, group: Any, state: Any) -> None:
+            await trio.sleep(1)  # saving takes a while
+
+    async with trio_persist.open_persist(Saving()) as persist:
+        events = persist.subscribe()
+        for n in range(3):
+            await persist.start_worker(f"state {n}")
+    kinds = [event.kind async for event in events]
+    assert kinds.count("worker.stopped") == 3
