@@ -144,6 +144,16 @@ class Persist(Generic[B, R, T]):
         return self._core.hooks.name
 
     @property
+    def qualified_name(self) -> str:
+        """The device's module-qualified name (``module.name``).
+
+        What tells apart two applications whose devices share a name: a
+        backend's default namespace is made from it.
+        """
+        hooks = self._core.hooks
+        return f"{hooks.module}.{hooks.name}" if hooks.module else hooks.name
+
+    @property
     def backend(self) -> Any:
         """The backend the persist was opened with, or None.
 
