@@ -153,3 +153,20 @@ async def test_pending_duration_samples_stay_few_however_many_executions(owner: 
 async def echo_after_a_checkpoint(base: Any, request: Any) -> Any:
     await trio.lowlevel.checkpoint()
     return request
+
+
+async def test_a_worker_reports_the_times_of_its_last_sixty_four_requests(
+    autojump_clock: object,
+) -> None:
+    async def device(state: Any, seconds: float) -> Any:
+        await trio.sleep(seconds)
+        return state
+
+    async with trio_persist.open_persist(device, static_worker=True) as persist:
+        await persist.start_worker("s")
+        for _ in range(100):  # slow ones first: they roll out of the window
+            await persist.resolve("s", 5)
+        for _ in range(64):
+            await persist.resolve("s", 1)
+        [record] = persist.snapshot()
+    assert (record.execution_p50, record.execution_p99) == (1, 1)

@@ -261,3 +261,22 @@ async def test_a_result_lingers_across_processes_on_redis(redis_url: str, namesp
                 await b.resolve("db", "bob")
             await a.resolve("db", "bob")  # the failure did not linger
             assert first.executions == 2
+
+
+async def test_a_wrapped_functions_result_lingers_too(autojump_clock: object) -> None:
+    calls = 0
+
+    async def fetch(page: int) -> str:
+        nonlocal calls
+        calls += 1
+        return f"page {page}"
+
+    async def device(base: Any, request: Any) -> Any:
+        return request  # pragma: no cover - only the wrapped function runs
+
+    async with trio_persist.open_persist(device, linger=10) as persist:
+        cached = persist.wrap(fetch)
+        assert await cached(1) == "page 1"
+        await trio.sleep(5)
+        assert await cached(1) == "page 1"  # within its window: no second call
+    assert calls == 1

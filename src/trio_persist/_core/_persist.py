@@ -296,7 +296,7 @@ class Persist(Generic[B, R, T]):
         base: B,
         group: Hashable | None = None,
         static: bool | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109 - SPEC's name: the idle timeout
+        timeout: float | None = None,  # noqa: ASYNC109 - the public name: the idle timeout
     ) -> Worker[B]:
         """Start a worker with *base* as its state, or return the group's worker.
 
