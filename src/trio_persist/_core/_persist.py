@@ -220,7 +220,9 @@ class Persist(Generic[B, R, T]):
                 group with the result as its state.
             share: False for a write: this call gets an execution of its own,
                 never joins another and is never joined, and is still served
-                in arrival order by its group's flight or worker.
+                in arrival order by its group's flight or worker. With a
+                backend it executes in this process, never through the
+                backend's shared key (docs/guarantees.md).
 
         Raises:
             PersistClosed: the persist's block has been left.
@@ -777,13 +779,16 @@ async def open_persist(
         shutdown_grace: Seconds each ``on_idle`` may take (None: no bound).
         ignore_keys: Top-level mapping keys the default grouper leaves out of
             ``base`` and ``request``. Calls that differ only there share one
-            execution and so one result: pass ``("priv",)`` for upstream's
-            behaviour only if those keys never change what the device returns.
+            execution and so one result (a lingering one too, for the whole
+            *linger* window, whoever's call made it): pass ``("priv",)`` for
+            the original's behaviour only if those keys never change what the
+            device returns.
         linger: Seconds a successful result keeps answering identical calls
             after its execution ended (0: not at all). Failures never linger,
             writes (``share=False``) neither; `Persist.forget` drops a lingering
-            result; at most 65,536 linger at once. Not a cache: there is no
-            per-key configuration. With a backend, it holds across processes.
+            result; at most 64 MiB of results (estimated) linger at once, the
+            oldest going first. Not a cache: there is no per-key configuration.
+            With a backend, it holds across processes.
 
     Raises:
         TypeError: an option has the wrong type (the message names it).
