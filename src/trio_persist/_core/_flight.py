@@ -26,11 +26,11 @@ import trio
 
 from .._backend import Backend
 from .._stats import GroupSnapshot
-from ._histogram import recent_quantiles, remember
+from ._histogram import remember
 from ._job import Job, Outcome, leader_died, run_device, running
 from ._labels import call_label
 from ._runner import RunnerPool
-from ._state import Core, Counters
+from ._state import Core, Counters, describe_owner
 from ._supervisor import Supervisor
 from ._worker import WorkerTask
 
@@ -163,21 +163,7 @@ class Flight:
                 self.label = self.core.label_of(group, job.base, job.request)
             else:  # a wrapped function: the call, as written
                 self.label = (call_label(job.call.__name__, job.base, job.request), False)
-        p50, p99 = recent_quantiles(self.recent)
-        return GroupSnapshot(
-            group=group,
-            kind=self.kind,
-            listeners=self.listeners,
-            queued=sum(1 for job in self.queue if not job.abandoned),
-            served=self.served,
-            started=self.started,
-            last_active=self.last_active,
-            busy=self.busy,
-            label=self.label[0],
-            execution_p50=p50,
-            execution_p99=p99,
-            label_from_hook=self.label[1],
-        )
+        return describe_owner(self, group, sum(1 for job in self.queue if not job.abandoned))
 
     def hand_to(self, task: WorkerTask) -> WorkerTask:
         """Let *task* own the group once the current execution ends, with the jobs

@@ -26,6 +26,7 @@ from .._logging import Throttle, logger
 from .._stats import (
     BOUNDARIES,
     DurationHistogram,
+    GroupSnapshot,
     PersistDurations,
     PersistStatistics,
     group_label,
@@ -33,14 +34,14 @@ from .._stats import (
 from .._text import describe, literal
 from ._device import DeviceHooks
 from ._events import EventHub
-from ._histogram import Histogram
+from ._histogram import Histogram, recent_quantiles
 from ._job import Job, Outcome, Owner
 from ._labels import LABEL_WIDTH, default_label
 from ._linger import MISS, Linger
 from ._options import PersistOptions
 from ._registry import Registry
 
-__all__ = ["MISS", "Core", "Counters", "Observer", "Observers", "Timings"]
+__all__ = ["MISS", "Core", "Counters", "Observer", "Observers", "Timings", "describe_owner"]
 
 SETTLE_EVERY = 256
 """Executions between two foldings of pending duration samples (bounded memory)."""
@@ -160,6 +161,27 @@ class Observers:
             getattr(observer, method)(*args)
         except Exception as exc:
             self.failed(f"observer {method}", group, exc)
+
+
+def describe_owner(owner: Any, group: Hashable, queued: int) -> GroupSnapshot:
+    """The `GroupSnapshot` of *owner* (a flight or a worker) for *group*; its
+    ``label`` (text, and whether the hook chose it) must be made already."""
+    p50, p99 = recent_quantiles(owner.recent)
+    text, from_hook = owner.label
+    return GroupSnapshot(
+        group=group,
+        kind=owner.kind,
+        listeners=owner.listeners,
+        queued=queued,
+        served=owner.served,
+        started=owner.started,
+        last_active=owner.last_active,
+        busy=owner.busy,
+        label=text,
+        execution_p50=p50,
+        execution_p99=p99,
+        label_from_hook=from_hook,
+    )
 
 
 def _no_reroute(job: Job) -> None:  # pragma: no cover - replaced by the facade at once

@@ -30,9 +30,9 @@ import attrs
 import trio
 
 from .._stats import GroupSnapshot
-from ._histogram import recent_quantiles, remember
+from ._histogram import remember
 from ._job import Job, Outcome, leader_died, request_name, run_device, running
-from ._state import Core
+from ._state import Core, describe_owner
 
 __all__ = ["Worker", "WorkerHost", "WorkerRequest", "WorkerStatistics", "WorkerTask"]
 
@@ -302,21 +302,7 @@ class WorkerTask:
         """What this worker does now (its label is made once per group)."""
         if self.label is None:
             self.label = self.core.label_of(group, self.state, None)
-        p50, p99 = recent_quantiles(self.recent)
-        return GroupSnapshot(
-            group=group,
-            kind=self.kind,
-            listeners=self.listeners,
-            queued=self.queue_length,
-            served=self.served,
-            started=self.started,
-            last_active=self.last_active,
-            busy=self.busy,
-            label=self.label[0],
-            execution_p50=p50,
-            execution_p99=p99,
-            label_from_hook=self.label[1],
-        )
+        return describe_owner(self, group, self.queue_length)
 
     def _index(self, job: Job) -> None:
         if not self.static or not job.shared or job.key is None:
