@@ -188,3 +188,33 @@ async def test_a_busy_workers_statistics_count_its_queue_and_listeners(
             assert (stats.busy, stats.queued, stats.listeners) == (True, 2, 4)
         [record] = persist.snapshot()
         assert (record.execution_p50, record.execution_p99) == (1, 1)
+
+
+async def test_an_execution_another_process_answers_is_never_counted_here(
+    redis_url: str, namespace: str
+) -> None:
+    # Counters only grow: a follower counts a remote answer, never an execution
+    # taken back later.
+    from trio_persist.redis import RedisBackend
+
+    release = trio.Event()
+
+    async def device(base: Any, request: Any) -> Any:
+        await release.wait()
+        return request
+
+    first = RedisBackend(redis_url, namespace=namespace, lease_ttl=2)
+    second = RedisBackend(redis_url, namespace=namespace, lease_ttl=2)
+    with trio.fail_after(20):
+        async with (
+            trio_persist.open_persist(device, backend=first) as a,
+            trio_persist.open_persist(device, backend=second) as b,
+            trio.open_nursery() as nursery,
+        ):
+            nursery.start_soon(a.resolve, "base", "request")
+            await eventually(lambda: first.statistics().leading == 1)
+            nursery.start_soon(b.resolve, "base", "request")
+            await eventually(lambda: second.statistics().following == 1)
+            assert (a.statistics().executions, b.statistics().executions) == (1, 0)
+            release.set()
+        assert (b.statistics().executions, b.statistics().remote) == (0, 1)

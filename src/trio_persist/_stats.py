@@ -29,8 +29,8 @@ __all__ = [
 class PersistStatistics:
     """Counters of a `Persist`, as returned by `Persist.statistics`.
 
-    Counters (``executions`` ... ``crashes``) only grow; gauges
-    (``in_flight`` ... ``groups``) say what is true now.
+    Every counter only grows; the gauges (``in_flight``, ``waiters``,
+    ``workers``, ``groups``) say what is true now.
     """
 
     requests: int
