@@ -362,7 +362,7 @@ async def test_a_server_removes_its_socket_only_if_it_is_still_its_own(tmp_path:
             nursery.cancel_scope.cancel()  # ...and the server stops
             await trio.testing.wait_all_tasks_blocked()
         assert stat.S_ISSOCK(os.stat(path).st_mode)  # the other program's socket stays
-    assert not os.path.exists(path + ".lock")  # the server's lock file is gone
+    assert not await trio.Path(path + ".lock").exists()  # the server's lock file is gone
 
 
 async def test_two_servers_claiming_one_stale_path_at_once_never_lose_a_live_socket(
