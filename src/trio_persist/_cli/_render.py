@@ -34,8 +34,15 @@ _GROUP_DURATIONS = ("execution_p50", "execution_p99")
 _DURATIONS = ("execution_", "wait_")
 
 
+_LARGEST = 1e15
+"""Figures beyond this (a count, a time, an age) are junk, not data: shown as the default."""
+
+
 def _number(value: Any, default: float = 0) -> Any:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+    # JSON gives Infinity, NaN and integers of any size; none may reach int()/float().
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return default
+    if not -_LARGEST <= value <= _LARGEST:  # NaN fails this too
         return default
     return value
 
@@ -147,7 +154,7 @@ def header(frame: Frame, previous: Frame | None) -> Text:
     if "execution_p50" in stats:
         text.append(
             f"  exec p50 {_duration(stats['execution_p50'])} "
-            f"p99 {_duration(stats['execution_p99'])}"
+            f"p99 {_duration(stats.get('execution_p99', 0.0))}"
             f"  wait p99 {_duration(stats.get('wait_p99', 0.0))}"
         )
     return text
