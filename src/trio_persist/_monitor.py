@@ -49,10 +49,6 @@ from typing import Any
 import attrs
 import trio
 
-if sys.platform != "win32":  # Unix sockets and their locks; importable anywhere
-    import fcntl
-    import termios
-
 from ._grouping import group_digest
 from ._stats import GroupSnapshot, Observed
 from ._text import safe_repr
@@ -61,8 +57,7 @@ __all__ = ["FRAME_VERSION", "build_frame", "serve_monitor"]
 
 FRAME_VERSION = 1
 
-# How much a client has left unread: the ioctl on Linux, the socket option on BSDs.
-_OUTQ: int | None = getattr(termios, "TIOCOUTQ", None) if sys.platform == "linux" else None
+# How much a client has left unread: the socket option on macOS (an ioctl on Linux).
 _NWRITE: int | None = getattr(
     stdlib_socket, "SO_NWRITE", 0x1024 if sys.platform == "darwin" else None
 )
@@ -135,6 +130,8 @@ def _lock(path: str) -> int:
     Two servers claiming one path at the same moment: one holds the lock, the
     other is refused; so no server ever replaces a socket another one serves.
     """
+    import fcntl  # here: the package imports on any platform (Unix sockets need Unix)
+
     lock_path = path + LOCK_SUFFIX
     while True:
         try:
@@ -330,11 +327,14 @@ async def _serve_client(frames: _Frames, stream: trio.SocketStream, max_clients:
 def _unread(sock: trio.socket.SocketType) -> int | None:
     """Bytes sent on *sock* that its peer has not read yet (None: cannot tell here)."""
     try:
-        if _OUTQ is not None:  # Linux: the queue's size, zero once all is read
+        if sys.platform == "linux":  # the queue's size, zero once all is read
+            import fcntl  # here: the package imports on any platform
+            import termios
+
             buffer = array.array("i", [0])
-            fcntl.ioctl(sock.fileno(), _OUTQ, buffer, True)
+            fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, buffer, True)
             return buffer[0]
-        if _NWRITE is not None:  # BSDs and macOS
+        if _NWRITE is not None:
             return sock.getsockopt(stdlib_socket.SOL_SOCKET, _NWRITE)
     except OSError:
         pass

@@ -49,7 +49,7 @@ from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.trace import Span, Status, StatusCode
 
-from ._core._job import Job, Outcome
+from ._core._observer import Execution
 from ._core._persist import Persist
 from ._grouping import group_digest
 from ._handoff import Handoff, Reading, take_reading
@@ -59,12 +59,6 @@ __all__ = ["instrument"]
 
 _SCOPE = "trio_persist"
 _EXECUTE = "trio_persist.execute"
-_OUTCOMES = {
-    Outcome.OK: "ok",
-    Outcome.FAILED: "failed",
-    Outcome.CRASHED: "crashed",
-    None: "abandoned",
-}
 _COUNTERS = (
     "requests", "executions", "remote", "deduplicated", "failures", "crashes", "abandoned"
 )  # fmt: skip
@@ -102,7 +96,7 @@ class _Tracing:
         self._tracer = tracer
         # Weakly keyed: a job dropped before it ran (all its callers left) takes
         # its span with it instead of leaking it.
-        self.spans: weakref.WeakKeyDictionary[Job, Span] = weakref.WeakKeyDictionary()
+        self.spans: weakref.WeakKeyDictionary[Execution, Span] = weakref.WeakKeyDictionary()
         self._device = persist.name
         self.readings = _Readings(persist)
         self._duration = meter.create_histogram(
@@ -123,26 +117,29 @@ class _Tracing:
 
         return read
 
-    def _span(self, kind: str, group: Hashable | None, job: Job) -> Span:
-        span = self.spans.get(job)
+    def _span(self, kind: str, group: Hashable | None, execution: Execution) -> Span:
+        span = self.spans.get(execution)
         if span is None:
-            name = _EXECUTE if job.call is None else job.call.__name__
+            call = getattr(execution, "call", None)  # a wrapped function, named as wrapped
+            name = _EXECUTE if call is None else call.__name__
             attributes = {"trio_persist.device": self._device, "trio_persist.kind": kind}
-            span = self.spans[job] = self._tracer.start_span(
+            span = self.spans[execution] = self._tracer.start_span(
                 name, attributes={**attributes, **_group_attribute(group)}
             )
         return span
 
-    def execution_started(self, kind: str, group: Hashable | None, label: str, job: Job) -> None:
-        span = self._span(kind, group, job)
+    def execution_started(
+        self, kind: str, group: Hashable | None, label: str, execution: Execution
+    ) -> None:
+        span = self._span(kind, group, execution)
         if label:  # a label hook's text or a wrapped function's name: chosen to be seen
             span.set_attribute("trio_persist.label", label)
 
-    def joined(self, kind: str, group: Hashable | None, job: Job) -> None:
+    def joined(self, kind: str, group: Hashable | None, execution: Execution) -> None:
         # Callers may join before the execution has started: the span then
         # starts with the first join, and covers the time the execution waited.
-        span = self._span(kind, group, job)
-        span.add_event("trio_persist.joined", {"trio_persist.listeners": job.listeners + 1})
+        span = self._span(kind, group, execution)
+        span.add_event("trio_persist.joined", {"trio_persist.listeners": execution.listeners + 1})
         context = span.get_span_context()
         trace.get_current_span().add_event(
             "trio_persist.joined_execution",
@@ -154,22 +151,21 @@ class _Tracing:
         )
 
     def execution_ended(
-        self, kind: str, group: Hashable | None, job: Job, outcome: Outcome | None, seconds: float
+        self, kind: str, group: Hashable | None, execution: Execution, outcome: str, seconds: float
     ) -> None:
-        name = _OUTCOMES[outcome]
         self._duration.record(
             seconds,
             {"trio_persist.device": self._device, "trio_persist.kind": kind,
-             "trio_persist.outcome": name},
+             "trio_persist.outcome": outcome},
         )  # fmt: skip
-        span = self.spans.pop(job, None)
+        span = self.spans.pop(execution, None)
         if span is None:
             return
-        span.set_attribute("trio_persist.listeners", job.listeners)
-        span.set_attribute("trio_persist.outcome", name)
-        if outcome is not Outcome.OK:
-            error = job.error
-            span.set_status(Status(StatusCode.ERROR, describe(error) if error else name))
+        span.set_attribute("trio_persist.listeners", execution.listeners)
+        span.set_attribute("trio_persist.outcome", outcome)
+        if outcome != "ok":
+            error = execution.error
+            span.set_status(Status(StatusCode.ERROR, describe(error) if error else outcome))
         span.end()
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable, Hashable, Mapping
-from typing import Any, Protocol
+from typing import Any
 
 import attrs
 import trio
@@ -32,6 +32,7 @@ from ._device import DeviceHooks
 from ._events import EventHub
 from ._histogram import Histogram
 from ._job import Job, Outcome
+from ._observer import Observer
 from ._options import PersistOptions
 from ._registry import Registry
 
@@ -55,29 +56,6 @@ MISS: Any = object()
 """No lingering result (and: a lingering result that answers any request of its group)."""
 
 Resolve = Callable[[Any, Any], Awaitable[Any]]
-
-
-class Observer(Protocol):
-    """Told about every execution (what instrumentation, such as OpenTelemetry, needs).
-
-    Called synchronously on the persist's thread; it must be quick and must not
-    raise (an observer that raises is counted as a failing hook and skipped).
-    """
-
-    def execution_started(self, kind: str, group: Hashable | None, label: str, job: Job) -> None:
-        """An execution of *group* starts (``kind``: ``"flight"`` or ``"worker"``).
-
-        *label* is what may name it outside the process: a wrapped function's
-        name, the device's ``label`` hook's text, or ``""``; never the request.
-        """
-
-    def joined(self, kind: str, group: Hashable | None, job: Job) -> None:
-        """A caller joined *job*'s execution instead of starting one (in its own task)."""
-
-    def execution_ended(
-        self, kind: str, group: Hashable | None, job: Job, outcome: Outcome | None, seconds: float
-    ) -> None:
-        """*job*'s execution ended: *outcome* None means abandoned (every caller left)."""
 
 
 def _no_reroute(job: Job) -> None:  # pragma: no cover - replaced by the facade at once
@@ -302,8 +280,9 @@ class Core:
     def observe_end(
         self, kind: str, group: Hashable | None, job: Job, outcome: Outcome | None, seconds: float
     ) -> None:
+        name = "abandoned" if outcome is None else outcome.value
         for observer in tuple(self.observers):
-            self._tell(observer, "execution_ended", group, kind, group, job, outcome, seconds)
+            self._tell(observer, "execution_ended", group, kind, group, job, name, seconds)
 
     def _tell(self, observer: Observer, method: str, group: Hashable | None, *args: Any) -> None:
         try:
