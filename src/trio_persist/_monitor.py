@@ -10,12 +10,16 @@ must never slow the persist it watches, whoever connects:
   (``{"refused": "..."}``) and is closed;
 * whatever a client sends is read and thrown away, at most 4 KiB per client per
   interval (a client sending junk only fills its own socket buffer);
-* a client that stops reading is dropped once a frame has waited
-  ``interval * 5`` seconds to go out; the others never notice.
+* a client that does not read is dropped once its frames have waited
+  ``interval * 5`` seconds unread (or, where the unread backlog cannot be
+  seen, once a frame has waited that long to go out); the others never
+  notice, and idle clients cannot hold every slot.
 
-A socket file left behind by a killed process is detected (nothing accepts on
+The path is claimed under a lock file, ``PATH.lock``, held while serving: two
+servers starting on one path at once never replace each other's socket. A
+socket file left behind by a killed process is detected (nothing accepts on
 it) and replaced; a live one is refused. On exit the server removes the socket
-file only if it is still the one it created.
+file only if it is still the one it created, then its lock file.
 
 A frame (version 1) is one JSON object per line::
 
