@@ -8,6 +8,7 @@ import threading
 from typing import Any
 
 import attrs
+import pytest
 import trio
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -135,3 +136,34 @@ async def test_remote_answers_and_the_redis_backends_counters_are_exported(
     assert 'trio_persist_backend_subscribed{device="Recorder"}' in done
     for field in attrs.fields(RedisBackendStatistics):  # every figure of the backend
         assert f"trio_persist_backend_{field.name}" in done, field.name
+
+
+def test_a_scrape_after_the_run_ended_serves_the_last_reading() -> None:
+    registry = CollectorRegistry()
+
+    async def main() -> None:
+        async with trio_persist.open_persist(instant) as persist:
+            registry.register(PersistCollector(persist))
+            await persist.resolve("db", 1)
+            generate_latest(registry)  # a scrape while it runs
+
+    trio.run(main)
+    text = generate_latest(registry).decode()  # the run is over: nothing to ask
+    assert scraped(text, "trio_persist_executions_total") == 1
+
+
+def test_a_collector_is_made_inside_the_persists_run() -> None:
+    with pytest.raises(RuntimeError, match=r"inside the persist's trio\.run"):
+        PersistCollector(object())
+
+
+async def test_a_reading_that_fails_fails_the_scrape_not_the_persist() -> None:
+    from trio_persist._handoff import Handoff  # the mechanism both exporters share
+
+    def broken() -> Any:
+        raise ValueError("a broken backend's statistics()")
+
+    handoff = Handoff(broken)
+    with pytest.raises(ValueError, match="broken backend"):
+        await trio.to_thread.run_sync(handoff.read)  # asked from another thread
+    await trio.lowlevel.checkpoint()  # the run goes on
