@@ -6,10 +6,12 @@ stream and a monitor show all of it. The implementation lives in private
 modules; this module is the public API, re-exported once.
 """
 
+from ._core._device import Device
 from ._core._events import EventSubscription, PersistEvent
+from ._core._observer import Execution, Observer
 from ._core._options import PersistOptions
 from ._core._persist import Persist, open_persist
-from ._core._registry import Registry, RegistryStatistics
+from ._core._registry import Registry, RegistryStatistics, RegistryView
 from ._core._worker import Worker, WorkerRequest, WorkerStatistics
 from ._exceptions import (
     BackendUnavailable,
@@ -22,18 +24,28 @@ from ._exceptions import (
     RemoteError,
 )
 from ._grouping import MAX_DEPTH, canonical_encoding, default_group
-from ._stats import DurationHistogram, GroupSnapshot, PersistDurations, PersistStatistics
+from ._stats import (
+    DurationHistogram,
+    GroupSnapshot,
+    Observed,
+    PersistDurations,
+    PersistStatistics,
+)
 
 __all__ = [
     "MAX_DEPTH",
     "BackendUnavailable",
     "CorruptResult",
+    "Device",
     "DurationHistogram",
     "EventSubscription",
+    "Execution",
     "GroupSnapshot",
     "GroupTaken",
     "InfiniteRecursion",
     "LeaderDied",
+    "Observed",
+    "Observer",
     "Persist",
     "PersistClosed",
     "PersistDurations",
@@ -43,6 +55,7 @@ __all__ = [
     "PersistStatistics",
     "Registry",
     "RegistryStatistics",
+    "RegistryView",
     "RemoteError",
     "Worker",
     "WorkerRequest",

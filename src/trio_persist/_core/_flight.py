@@ -218,8 +218,8 @@ class Flight:
         # When the last job ended (or the flight started): no clock read.
         began = self.last_active
         if core.observers:
-            label = self.label or core.label_of(self.group, job.base, job.request)
-            core.observers.started(self.kind, self.group, label[0], job)
+            label = core.observed_label(self.group, job.base, job, self.label)
+            core.observers.started(self.kind, self.group, label, job)
         try:
             outcome = await run_device(self._resolver(job), job.base, job.request, job)
         except trio.Cancelled:

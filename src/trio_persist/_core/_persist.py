@@ -32,15 +32,16 @@ from .._grouping import default_group, default_group_and_base
 from .._monitor import serve_monitor
 from .._stats import GroupSnapshot, PersistDurations, PersistStatistics
 from .._text import safe_repr
-from ._device import Device, adapt_device
+from ._device import DeviceLike, adapt_device
 from ._events import EventSubscription
 from ._flight import Flight
 from ._job import Job, Owner, leader_died, request_name, running
 from ._linger import MISS
+from ._observer import Observer
 from ._options import AwaitMode, ErrorStrategy, PersistOptions, check_duration
 from ._registry import RegistryView
 from ._runner import RunnerPool
-from ._state import Core, Observer
+from ._state import Core
 from ._supervisor import Supervisor
 from ._worker import Worker, WorkerTask
 
@@ -134,8 +135,9 @@ class Persist(Generic[B, R, T]):
         return self._core.options
 
     @property
-    def registry(self) -> RegistryView[Any, object]:
-        """Which flight or worker owns each group, read-only (a worker as its `Worker`)."""
+    def registry(self) -> RegistryView[object]:
+        """The owner of each group, read-only: a `Worker`, or the engine's own record
+        of a flight."""
         return RegistryView(registry=self._core.registry, face=_face)
 
     @property
@@ -735,7 +737,7 @@ class Persist(Generic[B, R, T]):
 
 @asynccontextmanager
 async def open_persist(
-    device: Device[B, R, T],
+    device: DeviceLike[B, R, T],
     *,
     await_inprogress: AwaitMode = True,
     worker_timeout: float | None = 10.0,

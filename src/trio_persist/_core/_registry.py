@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Generic, TypeVar, final
+from typing import Any, Generic, TypeVar, final
 
 import attrs
 
@@ -23,8 +23,8 @@ from .._exceptions import GroupTaken
 __all__ = ["Registry", "RegistryStatistics", "RegistryView"]
 
 OwnerT = TypeVar("OwnerT")
-_FREE = object()
 ShownT = TypeVar("ShownT")
+_FREE = object()
 
 
 @attrs.frozen
@@ -173,14 +173,14 @@ class Registry(Generic[OwnerT]):
 
 @final
 @attrs.frozen
-class RegistryView(Generic[OwnerT, ShownT]):
-    """A read-only view of a `Registry`, showing each owner as *face* makes it.
+class RegistryView(Generic[ShownT]):
+    """A read-only view of a `Registry`, each owner shown as *face* makes it.
 
     ``persist.registry`` is one: it shows a worker as its `Worker` handle.
     """
 
-    _registry: Registry[OwnerT] = attrs.field(alias="registry")
-    _face: Callable[[OwnerT], ShownT] = attrs.field(alias="face")
+    _registry: Registry[Any] = attrs.field(alias="registry")
+    _face: Callable[[Any], ShownT] = attrs.field(alias="face")
 
     def lookup(self, group: Hashable) -> ShownT | None:
         """Return the owner of *group*, or None if it is free."""

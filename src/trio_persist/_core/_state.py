@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Hashable, Mapping
-from typing import Any, Protocol
+from typing import Any
 
 import attrs
 import trio
@@ -38,10 +38,11 @@ from ._histogram import Histogram, recent_quantiles
 from ._job import Job, Outcome, Owner
 from ._labels import LABEL_WIDTH, default_label
 from ._linger import MISS, Linger
+from ._observer import Observer
 from ._options import PersistOptions
 from ._registry import Registry
 
-__all__ = ["MISS", "Core", "Counters", "Observer", "Observers", "Timings", "describe_owner"]
+__all__ = ["MISS", "Core", "Counters", "Observers", "Timings", "describe_owner"]
 
 SETTLE_EVERY = 256
 """Executions between two foldings of pending duration samples (bounded memory)."""
@@ -109,25 +110,6 @@ class Timings:
         return PersistDurations(execution=export(self.execution), wait=export(self.wait))
 
 
-class Observer(Protocol):
-    """Told about every execution (what instrumentation, such as OpenTelemetry, needs).
-
-    Called synchronously on the persist's thread; it must be quick and must not
-    raise (an observer that raises is counted as a failing hook and skipped).
-    """
-
-    def execution_started(self, kind: str, group: Hashable | None, label: str, job: Job) -> None:
-        """An execution of *group* starts (``kind``: ``"flight"`` or ``"worker"``)."""
-
-    def joined(self, kind: str, group: Hashable | None, job: Job) -> None:
-        """A caller joined *job*'s execution instead of starting one (in its own task)."""
-
-    def execution_ended(
-        self, kind: str, group: Hashable | None, job: Job, outcome: Outcome | None, seconds: float
-    ) -> None:
-        """*job*'s execution ended: *outcome* None means abandoned (every caller left)."""
-
-
 @attrs.define(eq=False)
 class Observers:
     """The observers added with `Persist.add_observer`; false while there are none.
@@ -143,6 +125,8 @@ class Observers:
         return bool(self.listening)
 
     def started(self, kind: str, group: Hashable | None, label: str, job: Job) -> None:
+        """*job* starts; *label* is what may name it outside the process (the
+        label hook's text, a wrapped function's name, or "")."""
         for observer in tuple(self.listening):
             self._tell(observer, "execution_started", group, kind, group, label, job)
 
@@ -153,8 +137,9 @@ class Observers:
     def ended(
         self, kind: str, group: Hashable | None, job: Job, outcome: Outcome | None, seconds: float
     ) -> None:
+        name = "abandoned" if outcome is None else outcome.value
         for observer in tuple(self.listening):
-            self._tell(observer, "execution_ended", group, kind, group, job, outcome, seconds)
+            self._tell(observer, "execution_ended", group, kind, group, job, name, seconds)
 
     def _tell(self, observer: Observer, method: str, group: Hashable | None, *args: Any) -> None:
         try:
@@ -321,6 +306,19 @@ class Core:
             except Exception as exc:
                 self.hook_failed("label", group, exc, throttled=True)
         return default_label(group, base if request is None else request), False
+
+    def observed_label(
+        self, group: Hashable | None, base: Any, job: Job, label: tuple[str, bool] | None
+    ) -> str:
+        """What may name *job*'s execution outside the process: a wrapped
+        function's name, or the ``label`` hook's text (*label*: the owner's own,
+        if made already); never a rendering of the request."""
+        if job.call is not None:
+            return job.call.__name__
+        if label is None:
+            request = None if base is not job.base else job.request
+            label = self.label_of(group, base, request)
+        return label[0] if label[1] else ""
 
     def maybe_quiet(self) -> None:
         """Wake `Persist.wait_quiet` callers if nothing runs and nobody waits now."""

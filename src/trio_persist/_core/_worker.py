@@ -415,8 +415,8 @@ class WorkerTask:
         self.last_active = began = core.now()
         self.host.touch(self)
         if core.observers:
-            label = self.label or core.label_of(self.group, self.state, None)
-            core.observers.started(self.kind, self.group, label[0], job)
+            label = core.observed_label(self.group, self.state, job, self.label)
+            core.observers.started(self.kind, self.group, label, job)
         core.counters.executions += 1
         outcome = None
         try:
