@@ -179,7 +179,7 @@ class Observed(Protocol):
 
     @property
     def qualified_name(self) -> str:
-        """The device's module-qualified name: what tells two applications'
+        """The device's module-qualified name, which tells two applications'
         devices of one name apart (the Redis backend's default namespace)."""
         ...
 

@@ -136,8 +136,8 @@ class Persist(Generic[B, R, T]):
 
     @property
     def registry(self) -> RegistryView[object]:
-        """The owner of each group, read-only: a `Worker`, or the engine's own record
-        of a flight."""
+        """The owner of each group, read-only (a `Worker`, or the engine's own record
+        of a flight)."""
         return RegistryView(registry=self._core.registry, face=_face)
 
     @property
@@ -147,7 +147,7 @@ class Persist(Generic[B, R, T]):
 
     @property
     def qualified_name(self) -> str:
-        """The device's module-qualified name (``module.name``).
+        """The device's module-qualified name, ``module.name``.
 
         What tells apart two applications whose devices share a name: a
         backend's default namespace is made from it.
