@@ -115,19 +115,24 @@ class Flight:
         if key is None:
             return None
         job = self.current
-        if job.key == key and job.shared and not job.abandoned:
+        if job.name() == key and job.shared and not job.abandoned:
             return job
         queued = self.joinable.get(key) if self.joinable else None
         if queued is not None and not queued.abandoned:
             return queued
         return None
 
+    @property
+    def shares(self) -> bool:
+        """Identical requests always join one execution here."""
+        return True
+
     def admit_nowait(self, job: Job) -> bool:
         """Queue *job* behind the current one (always room)."""
         job.owner = self
         self.queue.append(job)
-        key = job.key
-        if job.shared and key is not None:
+        key = job.name() if job.shared else None
+        if key is not None:
             joinable = self.joinable
             if joinable is None:
                 joinable = self.joinable = {}
@@ -217,7 +222,7 @@ class Flight:
         job.scope = scope
         # When the last job ended (or the flight started): no clock read.
         began = self.last_active
-        if core.observers:
+        if core.observers.listening:
             label = core.observed_label(self.group, job.base, job, self.label)
             core.observers.started(self.kind, self.group, label, job)
         try:
@@ -232,7 +237,8 @@ class Flight:
         self.last_active = now = core.finish(self, job, outcome, began)
         self.recent = remember(self.recent, self.served, now - began)
         self.served += 1
-        self._unindex(job)
+        if self.joinable:
+            self._unindex(job)
         return outcome
 
     def _resolver(self, job: Job) -> Resolve:
@@ -249,8 +255,10 @@ class Flight:
     def _succeeded(self, job: Job) -> bool:
         """After a success: let it linger; True if the group went to a worker."""
         core = self.core
-        if core.linger.seconds and job.shared and job.key is not None and self.group is not None:
-            core.linger.put(self.group, job.key, job.value)
+        if core.linger.seconds and job.shared and self.group is not None:
+            key = job.name()
+            if key is not None:
+                core.linger.put(self.group, key, job.value)
         return job.spawn_worker and self._spawn_worker(job)
 
     def _unindex(self, job: Job) -> None:

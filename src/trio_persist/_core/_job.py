@@ -27,7 +27,7 @@ from .._text import describe
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
 
-__all__ = ["Job", "Outcome", "Owner", "request_name", "run_device", "running"]
+__all__ = ["UNNAMED", "Job", "Outcome", "Owner", "request_name", "run_device", "running"]
 
 # The flight or worker whose device is running in this task, if any: how a
 # nested resolve knows what it is called from (recursion and cycle detection).
@@ -36,6 +36,10 @@ running: ContextVar[Any] = ContextVar("trio_persist_running", default=None)
 # These must never be turned into an outcome: they belong to Trio or to the
 # program (docs/guarantees.md: they propagate as in any Trio program).
 _PROPAGATE = (trio.Cancelled, KeyboardInterrupt, SystemExit)
+
+
+UNNAMED: Any = object()
+"""A request name not computed yet: `Job.name` makes it when first needed."""
 
 
 class Owner(Protocol):
@@ -48,6 +52,12 @@ class Owner(Protocol):
 
     kind: ClassVar[str]
     """``"flight"`` or ``"worker"``: what snapshots, events and observers call it."""
+
+    @property
+    def shares(self) -> bool:
+        """Whether identical requests may join one execution here (not at an
+        advancing worker, where each request is a transition of its own)."""
+        ...
 
     @property
     def group(self) -> Hashable | None:
@@ -104,8 +114,9 @@ class Job:
     request: Any
     owner: Owner | None = None
     spawn_worker: bool = False
-    # The request's canonical name (a digest) when the caller computed one;
-    # None: requests are compared by their canonical encoding.
+    # The request's name: what makes two requests identical (the group under
+    # the default grouper, else the canonical encoding; None: identical to no
+    # other; `UNNAMED`: not computed yet, see `name`).
     key: object = None
     # False for share=False (a write): nobody joins this job.
     shared: bool = True
@@ -123,9 +134,13 @@ class Job:
     # Taken out of a worker's inbox by its serving loop (no longer joinable there).
     in_service: bool = False
 
-    def listen(self) -> None:
-        """One more caller waits for this job."""
-        self.listeners += 1
+    def name(self) -> object:
+        """The request's name, computed on first use (under a group hook most
+        requests are never compared: the encoding is made only when needed)."""
+        key = self.key
+        if key is UNNAMED:
+            key = self.key = request_name(self.request)
+        return key
 
     def leave(self) -> None:
         """A caller left before the answer; the last one out abandons the job."""

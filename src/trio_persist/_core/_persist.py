@@ -35,7 +35,7 @@ from .._text import safe_repr
 from ._device import DeviceLike, adapt_device
 from ._events import EventSubscription
 from ._flight import Flight
-from ._job import Job, Owner, leader_died, request_name, running
+from ._job import UNNAMED, Job, Owner, leader_died, request_name, running
 from ._linger import MISS
 from ._observer import Observer
 from ._options import AwaitMode, ErrorStrategy, PersistOptions, check_duration
@@ -76,6 +76,12 @@ def _is_exit(error: BaseException) -> bool:
     if isinstance(error, BaseExceptionGroup):
         return error.subgroup((KeyboardInterrupt, SystemExit)) is not None
     return isinstance(error, (KeyboardInterrupt, SystemExit))
+
+
+def _refuse_a_worker(owner: Owner, call: Resolve) -> None:
+    """A wrapped call's group is a flight's: a worker started for it cannot serve it."""
+    if owner.kind != "flight":
+        raise TypeError(f"{call.__name__}: its group is owned by a worker, not by calls")
 
 
 def _waits_for(awaiting: dict[Owner, list[Owner]], start: Owner, target: Owner) -> bool:
@@ -274,16 +280,18 @@ class Persist(Generic[B, R, T]):
         current = running.get()
         while True:
             owner = self._owner(group, by_base, base)
+            if key is UNNAMED:  # under a group hook
+                key = self._name_if_needed(owner, request, share)
             if owner is None:
-                if share and core.linger and key is not None:
-                    value = core.linger.get(group, key)
+                if share and core.linger.entries:
+                    value = self._lingering(group, key)
                     if value is not MISS:
                         return await self._lingered(value)
                 job = Job(base, request, None, spawn_worker, key, share, call=call)
                 flight = self._start_flight(group, job)
                 return await self._listen(job, flight, current, flight.started)
-            if call is not None and owner.kind != "flight":
-                raise TypeError(f"{call.__name__}: its group is owned by a worker, not by calls")
+            if call is not None:
+                _refuse_a_worker(owner, call)
             if current is not None and _waits_for(self._awaiting, owner, current):
                 return await self._recurse(owner, current, group, base, request, call)
             joined = owner.find(request, key) if share else None
@@ -570,7 +578,7 @@ class Persist(Generic[B, R, T]):
         grouper its group, under a group hook its canonical encoding.
         """
         if self._grouping is Grouping.HOOK:
-            return self._core.hooks.group(base, request), None, request_name(request)  # type: ignore[misc]
+            return self._core.hooks.group(base, request), None, UNNAMED  # type: ignore[misc]
         ignore = self._core.options.ignore_keys
         if self._supervisor.workers or self._supervisor.retired:
             # A worker started for *base* serves every request on it.
@@ -616,7 +624,7 @@ class Persist(Generic[B, R, T]):
         core.counters.deduplicated += 1
         if owner.kind == "flight":
             core.events.emit("flight.joined", owner.group)
-        if core.observers:
+        if core.observers.listening:
             core.observers.joined(owner.kind, owner.group, job)
 
     async def _recurse(
@@ -648,7 +656,7 @@ class Persist(Generic[B, R, T]):
     ) -> Any:
         core = self._core
         counters = core.counters
-        job.listen()
+        job.listeners += 1  # inlined `Job.listen`: once per caller
         counters.waiters += 1
         if arrived is None:
             arrived = core.now()
@@ -703,6 +711,21 @@ class Persist(Generic[B, R, T]):
             self._start_flight(group, job)
         elif not owner.admit_nowait(job):
             core.nursery.start_soon(self._forward, owner, job)
+
+    def _lingering(self, group: Hashable, key: object) -> Any:
+        """The result lingering for the request named *key*, or `MISS`."""
+        if key is None or key is UNNAMED:
+            return MISS
+        return self._core.linger.get(group, key)
+
+    def _name_if_needed(self, owner: Owner | None, request: Any, share: bool) -> object:
+        """The request's name if routing needs it now (to find a lingering result,
+        or a job to join), else `UNNAMED`: most requests under a group hook are
+        never compared, so their encoding is made only when one is."""
+        if not share:
+            return UNNAMED
+        needed = owner.shares if owner is not None else bool(self._core.linger.entries)
+        return request_name(request) if needed else UNNAMED
 
     def _start_flight(self, group: Hashable, job: Job) -> Flight:
         # A group names one request but under a group hook (wrapped calls never use it).

@@ -133,6 +133,8 @@ class WorkerTask:
     timeout: float
     # Ask the device's restore hook for the state before serving.
     restore_first: bool = False
+    # Whether identical requests join one execution (a static worker's do).
+    shares: bool = attrs.field(init=False)
     send: trio.MemorySendChannel[Job] = attrs.field(init=False)
     inbox: trio.MemoryReceiveChannel[Job] = attrs.field(init=False)
     # Jobs handed over from a flight, or put back, served before the inbox.
@@ -164,6 +166,7 @@ class WorkerTask:
     handle: Worker[Any] = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
+        self.shares = self.static
         self.send, self.inbox = trio.open_memory_channel[Job](self.core.options.worker_inbox)
         self.started = self.last_active = trio.current_time()
         self.handle = Worker(task=self)
@@ -242,7 +245,7 @@ class WorkerTask:
         if not self.static or key is None:
             return None
         current = self.current
-        if current is not None and current.key == key and _joinable(current):
+        if current is not None and current.name() == key and _joinable(current):
             return current
         job = self.joinable.get(key) if self.joinable else None
         if job is not None and _joinable(job):
@@ -280,7 +283,8 @@ class WorkerTask:
         if job.in_service:
             return  # taken already (a full inbox delays this)
         self.in_inbox[id(job)] = job
-        self._index(job)
+        if self.static:
+            self._index(job)
 
     def adopt(self, jobs: Iterable[Job]) -> None:
         """Serve *jobs*, handed over from a flight, before anything in the inbox."""
@@ -305,7 +309,7 @@ class WorkerTask:
         return describe_owner(self, group, self.queue_length)
 
     def _index(self, job: Job) -> None:
-        if not self.static or not job.shared or job.key is None:
+        if not self.static or not job.shared or job.name() is None:
             return
         joinable = self.joinable
         if joinable is None:
@@ -414,7 +418,7 @@ class WorkerTask:
         self.current = job
         self.last_active = began = core.now()
         self.host.touch(self)
-        if core.observers:
+        if core.observers.listening:
             label = core.observed_label(self.group, self.state, job, self.label)
             core.observers.started(self.kind, self.group, label, job)
         core.counters.executions += 1
@@ -433,7 +437,8 @@ class WorkerTask:
             job.scope = None
             self.current = None
             self.held.pop(id(job), None)
-            self._unindex(job)
+            if self.joinable:
+                self._unindex(job)
         if outcome is None:  # its own scope caught the cancellation: abandoned
             self.served += 1
             self.last_active = core.now()
@@ -450,7 +455,7 @@ class WorkerTask:
         if job.abandoned:
             self._abandoned(job, began)
             return
-        if core.observers:
+        if core.observers.listening:
             core.observers.ended(self.kind, self.group, job, None, self.last_active - began)
         if not job.done.is_set():
             # Cancelled for another reason (closing, a timeout racing the
@@ -475,7 +480,7 @@ class WorkerTask:
             return None
         value = job.value
         if self.static and job.shared and (self.in_inbox or self.backlog):
-            self.publish(job.request, job.key, value)
+            self.publish(job.request, job.name(), value)
         if not self.static:
             self.state = value
             self.host.regroup(self, value)
@@ -502,7 +507,7 @@ class WorkerTask:
                     self.core.hook_failed("answers", self.group, exc)
                     hit = False
             else:
-                hit = key is not None and (job.key == key or request_name(job.request) == key)
+                hit = key is not None and (job.name() == key or request_name(job.request) == key)
             if hit:
                 job.succeed(value)
                 count += 1
