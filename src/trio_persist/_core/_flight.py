@@ -27,7 +27,7 @@ import trio
 from .._backend import Backend
 from .._stats import GroupSnapshot
 from ._histogram import remember
-from ._job import Job, Outcome, leader_died, run_device, running
+from ._job import UNNAMED, Job, Outcome, leader_died, request_name, run_device, running
 from ._labels import call_label
 from ._runner import RunnerPool
 from ._state import Core, Counters, describe_owner
@@ -111,11 +111,15 @@ class Flight:
     # -- Owner ---------------------------------------------------------------------
 
     def find(self, request: Any, key: object) -> Job | None:
-        """Return a live, shared job for the request named *key* to join, or None."""
+        """Return a live, shared job for the request named *key* to join, or None
+        (`UNNAMED`: named from *request* now)."""
+        if key is UNNAMED:
+            key = request_name(request)
         if key is None:
             return None
         job = self.current
-        if job.name() == key and job.shared and not job.abandoned:
+        name = job.key if job.key is not UNNAMED else job.name()
+        if name == key and job.shared and not job.abandoned:
             return job
         queued = self.joinable.get(key) if self.joinable else None
         if queued is not None and not queued.abandoned:

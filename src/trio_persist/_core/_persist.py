@@ -280,11 +280,9 @@ class Persist(Generic[B, R, T]):
         current = running.get()
         while True:
             owner = self._owner(group, by_base, base)
-            if key is UNNAMED:  # under a group hook
-                key = self._name_if_needed(owner, request, share)
             if owner is None:
                 if share and core.linger.entries:
-                    value = self._lingering(group, key)
+                    value = self._lingering(group, key, request)
                     if value is not MISS:
                         return await self._lingered(value)
                 job = Job(base, request, None, spawn_worker, key, share, call=call)
@@ -712,20 +710,14 @@ class Persist(Generic[B, R, T]):
         elif not owner.admit_nowait(job):
             core.nursery.start_soon(self._forward, owner, job)
 
-    def _lingering(self, group: Hashable, key: object) -> Any:
-        """The result lingering for the request named *key*, or `MISS`."""
-        if key is None or key is UNNAMED:
+    def _lingering(self, group: Hashable, key: object, request: Any) -> Any:
+        """The result lingering for the request named *key* (`UNNAMED`: named from
+        *request* now), or `MISS`."""
+        if key is UNNAMED:
+            key = request_name(request)
+        if key is None:
             return MISS
         return self._core.linger.get(group, key)
-
-    def _name_if_needed(self, owner: Owner | None, request: Any, share: bool) -> object:
-        """The request's name if routing needs it now (to find a lingering result,
-        or a job to join), else `UNNAMED`: most requests under a group hook are
-        never compared, so their encoding is made only when one is."""
-        if not share:
-            return UNNAMED
-        needed = owner.shares if owner is not None else bool(self._core.linger.entries)
-        return request_name(request) if needed else UNNAMED
 
     def _start_flight(self, group: Hashable, job: Job) -> Flight:
         # A group names one request but under a group hook (wrapped calls never use it).

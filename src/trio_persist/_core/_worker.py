@@ -31,7 +31,7 @@ import trio
 
 from .._stats import GroupSnapshot
 from ._histogram import remember
-from ._job import Job, Outcome, leader_died, request_name, run_device, running
+from ._job import UNNAMED, Job, Outcome, leader_died, request_name, run_device, running
 from ._state import Core, describe_owner
 
 __all__ = ["Worker", "WorkerHost", "WorkerRequest", "WorkerStatistics", "WorkerTask"]
@@ -242,7 +242,11 @@ class WorkerTask:
         request, since each result becomes its next state (two identical
         requests are two transitions).
         """
-        if not self.static or key is None:
+        if not self.static:
+            return None
+        if key is UNNAMED:
+            key = request_name(request)
+        if key is None:
             return None
         current = self.current
         if current is not None and current.name() == key and _joinable(current):
