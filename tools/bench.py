@@ -392,6 +392,16 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="smaller counts")
     parser.add_argument("--runs", type=int, default=5, help="runs per figure (median)")
     parser.add_argument("--redis", action="store_true", help="also measure the Redis backend")
+    parser.add_argument(
+        "--grouping-only", action="store_true", help="only the default grouper's figures"
+    )
+    parser.add_argument(
+        "--grouping-against",
+        action="append",
+        default=[],
+        metavar="REV",
+        help="also measure the grouping encoder of commit REV (repeatable)",
+    )
     args = parser.parse_args()
     scale = 10 if args.quick else 1
     runs = 1 if args.quick else args.runs
@@ -399,8 +409,13 @@ def main() -> int:
         f"trio-persist {trio_persist.__version__}, trio {trio.__version__}, Python {sys.version.split()[0]}"
     )
     print(f"median of {runs} runs; us = microseconds per call\n")
-    ok = True
-    print("Deduplicated resolution")
+    sys.path.insert(0, os.path.dirname(__file__))
+    from _bench_grouping import grouping_figures
+
+    ok = grouping_figures(row, quick=args.quick, runs=runs, against=args.grouping_against)
+    if args.grouping_only:
+        return 0 if ok else 1
+    print("\nDeduplicated resolution")
     n = 10_000 // scale
     ok &= row(
         f"(i) {n} distinct keys, one after another",
@@ -467,7 +482,6 @@ def main() -> int:
         1.5,
     )
     if args.redis:
-        sys.path.insert(0, os.path.dirname(__file__))
         from _bench_redis import redis_figures
 
         ok &= redis_figures(row, quick=args.quick)
