@@ -9,15 +9,17 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import runpy
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from hashlib import blake2b
+from pathlib import Path
 from typing import Any
 
 import attrs
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from trio_persist import MAX_DEPTH, canonical_encoding, default_group
@@ -128,7 +130,12 @@ def by_the_loop(value: Any) -> bytes:
     return encode_general(value, "value", accelerate=False).encode("utf-8", "surrogatepass")
 
 
+EDGES = [float("nan"), -0.0, float("inf"), float("-inf"), "\ud800\n", 2**63 - 1, -(2**63) + 1]
+
+
 @given(plain_json)
+@example(EDGES)
+@example({"b": EDGES, "a": {"": [None, True, False, "é"]}})
 def test_a_json_value_is_its_sorted_compact_json_written_in_one_c_call(value: Any) -> None:
     expected = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     assert canonical_encoding(value) == expected.encode("utf-8", "surrogatepass")
@@ -138,6 +145,8 @@ def test_a_json_value_is_its_sorted_compact_json_written_in_one_c_call(value: An
 
 
 @given(almost_json)
+@example([*EDGES, 2**63, -(2**63), (1,), b"\x00\xff"])
+@example({(1, 2): frozenset({b"\x00", 2**70, -(2**70)}), 1: [Point(1, "x" * 40)], "t": ()})
 def test_the_c_path_and_the_loop_write_the_same_bytes(value: Any) -> None:
     assert canonical_encoding(value) == by_the_loop(value)
 
@@ -162,6 +171,10 @@ def _strict(value: Any) -> Any:
 
 
 @given(almost_json, almost_json)
+@example(2**70, -(2**70))
+@example(float("nan"), None)
+@example({1: "a"}, {"1": "a"})
+@example(frozenset({(1,)}), frozenset({1}))
 def test_two_values_share_an_encoding_exactly_when_they_are_the_same(a: Any, b: Any) -> None:
     assert (canonical_encoding(a) == canonical_encoding(b)) == (_strict(a) == _strict(b))
 
@@ -238,3 +251,11 @@ def test_a_mutable_record_is_refused_with_what_to_do(make: Any) -> None:
 def test_an_unencodable_field_is_named_by_its_path() -> None:
     with pytest.raises(TypeError, match=r"builtins\.object at value\[0\]\.y\[1\]"):
         canonical_encoding([Point(1, [2, object()])])
+
+
+def test_max_depth_shows_its_own_docstring_in_the_reference() -> None:
+    pytest.importorskip("sphinx")
+    conf = runpy.run_path(str(Path(__file__).resolve().parent.parent / "docs" / "conf.py"))
+    lines = (int.__doc__ or "").splitlines()  # what autodoc finds on the re-exported int
+    conf["_docstring_where_defined"](None, "data", "trio_persist.MAX_DEPTH", MAX_DEPTH, {}, lines)
+    assert lines[0] == "The deepest nesting of containers the default grouper encodes."

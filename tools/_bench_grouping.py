@@ -78,25 +78,33 @@ def floor_group(base: Any, request: Any) -> str:
     return h.hexdigest()
 
 
-def per_call(fn: Callable[[], object], runs: int, budget: float = 0.2) -> float:
-    """Seconds per call of *fn*: the median of *runs* timed batches."""
-    n = 1
-    while True:  # size a batch to about *budget* seconds
-        start = time.perf_counter()
-        for _ in range(n):
-            fn()
-        elapsed = time.perf_counter() - start
-        if elapsed > budget / 4 or n >= 1 << 20:
-            break
-        n *= 4
-    n = max(1, int(n * budget / max(elapsed, 1e-9)))
-    samples = []
+def per_call(
+    fns: dict[str, Callable[[], object]], runs: int, budget: float = 0.1
+) -> dict[str, float]:
+    """Seconds per call of each of *fns*: the median of *runs* rounds, each round
+    timing one batch of every function in turn (so a change of the machine's
+    load touches them all alike)."""
+    sizes = {}
+    for name, fn in fns.items():  # size each batch to about *budget* seconds
+        n = 1
+        while True:
+            start = time.perf_counter()
+            for _ in range(n):
+                fn()
+            elapsed = time.perf_counter() - start
+            if elapsed > budget / 4 or n >= 1 << 20:
+                break
+            n *= 4
+        sizes[name] = max(1, int(n * budget / max(elapsed, 1e-9)))
+    samples: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(max(runs, 1)):
-        start = time.perf_counter()
-        for _ in range(n):
-            fn()
-        samples.append((time.perf_counter() - start) / n)
-    return statistics.median(samples)
+        for name, fn in fns.items():
+            n = sizes[name]
+            start = time.perf_counter()
+            for _ in range(n):
+                fn()
+            samples[name].append((time.perf_counter() - start) / n)
+    return {name: statistics.median(times) for name, times in samples.items()}
 
 
 def load_grouping(rev: str) -> ModuleType:
@@ -129,48 +137,46 @@ SMALL: list[tuple[str, Any]] = [
 ]
 
 
+def _contenders(value: Any, olds: list[tuple[str, ModuleType]]) -> dict[str, Callable[[], object]]:
+    fns: dict[str, Callable[[], object]] = {
+        "ours": lambda: _grouping.default_group("api", value),
+        "floor": lambda: floor_group("api", value),
+    }
+    for rev, old in olds:
+        fns[rev] = lambda old=old: old.default_group("api", value)
+    return fns
+
+
 def grouping_figures(row: Row, *, quick: bool, runs: int, against: list[str]) -> bool:
     """Print the grouping rows; True when every bar holds."""
     olds = [(rev, load_grouping(rev)) for rev in against]
     print("\nThe default grouper (default_group(base, request)), beside sorted JSON + BLAKE2b")
-    flat = flat_request()
-    ok = row(
-        "flat 20-key JSON-like request",
-        per_call(lambda: _grouping.default_group("api", flat), runs) * 1e6,
-        per_call(lambda: floor_group("api", flat), runs) * 1e6,
-        "us",
-        2.0,
-    )
-    for rev, old in olds:
-        figure = per_call(lambda old=old: old.default_group("api", flat), runs) * 1e6
-        print(f"      same, the encoder of {rev}: {figure:.2f} us")
+    flat = per_call(_contenders(flat_request(), olds), max(runs, 3))
+    ok = row("flat 20-key JSON-like request", flat["ours"] * 1e6, flat["floor"] * 1e6, "us", 2.0)
+    for rev, _ in olds:
+        print(f"      same, the encoder of {rev}: {flat[rev] * 1e6:.2f} us")
     for name, value in SMALL:
-        ours = per_call(lambda value=value: _grouping.default_group("api", value), runs) * 1e6
-        floor = per_call(lambda value=value: floor_group("api", value), runs) * 1e6
-        olds_text = "".join(
-            f"; {rev}: {per_call(lambda o=o, v=value: o.default_group('api', v), runs) * 1e6:.2f} us"
-            for rev, o in olds
+        got = per_call(_contenders(value, olds), max(runs, 3))
+        olds_text = "".join(f"; {rev}: {got[rev] * 1e6:.2f} us" for rev, _ in olds)
+        print(
+            f"  {name:<46} {got['ours'] * 1e6:9.2f} us     floor {got['floor'] * 1e6:9.2f} us{olds_text}"
         )
-        print(f"  {name:<46} {ours:9.2f} us     floor {floor:9.2f} us{olds_text}")
     deep = deep_request(depth=900, size=900_000 if quick else 9_000_000)
     text_size = len(json.dumps(deep))
     limit = sys.getrecursionlimit()
-    sys.setrecursionlimit(10_000)  # the floor's json.dumps recurses once per level
+    # The floor's json.dumps (and a recursive encoder of an earlier commit) recurse
+    # once per level: they need more room than the default limit gives.
+    sys.setrecursionlimit(10_000)
     try:
-        floor = per_call(lambda: floor_group("api", deep), min(runs, 3), budget=0.0)
+        got = per_call(_contenders(deep, olds), min(runs, 3), budget=0.0)
     finally:
         sys.setrecursionlimit(limit)
-    ours = per_call(lambda: _grouping.default_group("api", deep), min(runs, 3), budget=0.0)
+    ours = got["ours"]
     mark = "ok" if ours < 0.5 else "OVER BAR"
     print(
         f"  {f'{text_size / 1e6:.1f} MB request nested 900 deep':<46} {ours:9.3f} s      "
-        f"floor {floor:9.3f} s      (bar 0.5 s) {mark}"
+        f"floor {got['floor']:9.3f} s      (bar 0.5 s) {mark}"
     )
-    for rev, old in olds:
-        sys.setrecursionlimit(10_000)  # a recursive encoder would fail at the default
-        try:
-            figure = per_call(lambda old=old: old.default_group("api", deep), 1, budget=0.0)
-        finally:
-            sys.setrecursionlimit(limit)
-        print(f"      same, the encoder of {rev} (recursion limit 10,000): {figure:.3f} s")
+    for rev, _ in olds:
+        print(f"      same, the encoder of {rev}: {got[rev]:.3f} s")
     return ok and ours < 0.5
