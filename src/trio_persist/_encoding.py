@@ -452,25 +452,38 @@ def _how(value: Any) -> tuple[Callable[[Any], str] | None, Opener | None]:
 def encode_general(value: Any, root: str, accelerate: bool = True) -> str:
     """The canonical text of *value* by the loop (flat plain containers by the C
     encoder when *accelerate*); *root* names *value* in error messages."""
+    text = _TEXT.get(type(value))
+    if text is not None:
+        return text(value)
     out: list[str] = []
-    stack: list[_Frame] = []
-    on_path: set[int] = set()  # ids of the containers being written (cycles)
-    while True:
+    frame = _open(value, out, [], set(), root, accelerate)
+    if frame is None:  # a leaf subclass, or a container written whole
+        return "".join(out)
+    return _walk(out, [frame], {id(value)}, root, accelerate)
+
+
+def _walk(
+    out: list[str], stack: list[_Frame], on_path: set[int], root: str, accelerate: bool
+) -> str:
+    """Write the members of the containers on *stack*, depth first, into *out*.
+
+    *on_path* holds the ids of the containers on the stack (a container met
+    again among its own members is a cycle).
+    """
+    while stack:
+        value = stack[-1].next(out)
+        if value is _DONE:
+            on_path.discard(id(stack.pop().container))
+            continue
         text = _TEXT.get(type(value))
         if text is not None:
             out.append(text(value))
-        else:
-            frame = _open(value, out, stack, on_path, root, accelerate)
-            if frame is not None:
-                stack.append(frame)
-                on_path.add(id(value))
-        while stack:
-            value = stack[-1].next(out)
-            if value is not _DONE:
-                break
-            on_path.discard(id(stack.pop().container))
-        else:
-            return "".join(out)
+            continue
+        frame = _open(value, out, stack, on_path, root, accelerate)
+        if frame is not None:
+            stack.append(frame)
+            on_path.add(id(value))
+    return "".join(out)
 
 
 def _open(
