@@ -88,10 +88,46 @@ def test_subclasses_encode_as_their_base_type() -> None:
     class Colour(enum.IntEnum):
         RED = 1
 
+    class Key(str, enum.Enum):
+        NAME = "name"
+
     assert canonical_encoding(Colour.RED) == canonical_encoding(1)
     assert canonical_encoding(OrderedDict(b=1, a=2)) == canonical_encoding({"a": 2, "b": 1})
     assert canonical_encoding(frozenset({1, 2})) == canonical_encoding({2, 1})
     assert canonical_encoding(memoryview(b"xy")) == canonical_encoding(b"xy")
+    assert canonical_encoding({Key.NAME: [Colour.RED]}) == canonical_encoding({"name": [1]})
+    assert canonical_encoding({Colour.RED, 2}) == canonical_encoding({1, 2})
+    assert canonical_encoding({Colour.RED: 2}) == canonical_encoding({1: 2})
+
+
+def test_the_base_is_encoded_once_for_both_of_its_groups() -> None:
+    from trio_persist._grouping import default_group_and_base
+
+    both = default_group_and_base({"user": 1, "priv": "x"}, ["r"], ("priv",))
+    assert both == (
+        default_group({"user": 1}, ["r"]),
+        default_group({"user": 1}, None),
+    )
+
+
+def test_a_group_leaves_the_process_as_a_digest_of_what_it_holds() -> None:
+    from trio_persist._grouping import group_digest
+
+    default = default_group("api", {"user": 42})
+    assert group_digest(default) == default  # already a digest
+    assert group_digest(("orders", 42)) == group_digest(("orders", 42))
+    assert group_digest(("orders", 42)) != group_digest(("orders", 43))
+
+    class Opaque:  # cannot be encoded: its repr names it
+        def __repr__(self) -> str:
+            return "Opaque(7)"
+
+    class Unprintable:
+        def __repr__(self) -> str:
+            raise RuntimeError("no repr")
+
+    assert group_digest(Opaque()) == group_digest(Opaque())
+    assert len(group_digest(Unprintable())) == 32
 
 
 def test_an_unencodable_value_names_its_type_and_path() -> None:
