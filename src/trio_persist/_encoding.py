@@ -96,6 +96,7 @@ _FLAT = _SCALARS | {int}
 _PLAIN = _FLAT | {dict, list}
 _STR = frozenset({str})
 _LEAVES = frozenset(_TEXT)
+_NOT_STR = _LEAVES - _STR
 
 
 # ------------------------------------------------------------ the C path ----
@@ -352,16 +353,26 @@ def _open_mapping(value: Any, out: list[str], accelerate: bool) -> _Frame | None
         if accelerate and type(value) is dict and _flat(value.values()):
             out.append(_json_text(value))
             return None
-    elif kinds <= _LEAVES:  # a key is not a str
-        if accelerate and set(map(type, value.values())) <= _LEAVES:
-            pairs = [f"{_TEXT[type(k)](k)}:{_TEXT[type(v)](v)}" for k, v in value.items()]
+    elif kinds & _NOT_STR or not all(issubclass(kind, str) for kind in kinds):
+        pairs = _leaf_pairs(value) if accelerate else None
+        if pairs is not None:
             out.append(_sorted_text("{<", pairs, ">}"))
             return None
         return _Unordered(value, iter(list(value.items())), pairs=True)
-    elif not all(issubclass(kind, str) for kind in kinds):
-        return _Unordered(value, iter(list(value.items())), pairs=True)
     out.append("{")
     return _Record(value, list(value.items()), fields=False)
+
+
+def _leaf_pairs(mapping: Any) -> list[str] | None:
+    """The ``key:value`` texts of *mapping* when every key and value is of a leaf type."""
+    pairs = []
+    for key, value in mapping.items():
+        key_text = _TEXT.get(type(key))
+        value_text = _TEXT.get(type(value))
+        if key_text is None or value_text is None:
+            return None
+        pairs.append(f"{key_text(key)}:{value_text(value)}")
+    return pairs
 
 
 def _open_set(value: Any, out: list[str], accelerate: bool) -> _Frame | None:
@@ -381,8 +392,8 @@ def _open_record(value: Any, out: list[str], accelerate: bool) -> _Frame:
     return _Record(value, items, fields=True)
 
 
-Opener = Callable[[Any, list[str], bool], "_Frame | None"]
-_OPENERS: dict[type, Opener] = {
+_Opener = Callable[[Any, list[str], bool], "_Frame | None"]
+_OPENERS: dict[type, _Opener] = {
     list: _open_list,
     tuple: _open_tuple,
     dict: _open_mapping,
@@ -390,7 +401,7 @@ _OPENERS: dict[type, Opener] = {
     frozenset: _open_set,
 }
 # Subclasses (IntEnum, str enums, OrderedDict, ...) encode as these, in order.
-_FALLBACKS: tuple[tuple[type, Callable[[Any], str] | None, Opener | None], ...] = (
+_FALLBACKS: tuple[tuple[type, Callable[[Any], str] | None, _Opener | None], ...] = (
     (int, _int_text, None),
     (float, _float_text, None),
     (str, _str_text, None),
@@ -436,7 +447,7 @@ def _record_class(cls: type) -> tuple[str, tuple[str, ...]] | str | None:
     return record
 
 
-def _how(value: Any) -> tuple[Callable[[Any], str] | None, Opener | None]:
+def _how(value: Any) -> tuple[Callable[[Any], str] | None, _Opener | None]:
     """How to write *value*: its text function (a leaf) or its opener (a container)."""
     opener = _OPENERS.get(type(value))
     if opener is not None:
@@ -459,12 +470,13 @@ def encode_general(value: Any, root: str, accelerate: bool = True) -> str:
     frame = _open(value, out, [], set(), root, accelerate)
     if frame is None:  # a leaf subclass, or a container written whole
         return "".join(out)
-    return _walk(out, [frame], {id(value)}, root, accelerate)
+    _walk(out, [frame], {id(value)}, root, accelerate)
+    return "".join(out)
 
 
 def _walk(
     out: list[str], stack: list[_Frame], on_path: set[int], root: str, accelerate: bool
-) -> str:
+) -> None:
     """Write the members of the containers on *stack*, depth first, into *out*.
 
     *on_path* holds the ids of the containers on the stack (a container met
@@ -483,7 +495,6 @@ def _walk(
         if frame is not None:
             stack.append(frame)
             on_path.add(id(value))
-    return "".join(out)
 
 
 def _open(
@@ -541,14 +552,23 @@ def encode(value: Any, root: str = "value", skip: Collection[Any] = ()) -> bytes
     *root* names *value* in error messages; *skip*: top-level mapping keys
     left out. Raises `TypeError` (see `canonical_encoding`).
     """
-    text = _TEXT.get(type(value))
+    kind = type(value)
+    text = _TEXT.get(kind)
     if text is not None:  # the common small case: one call
         return text(value).encode("utf-8", "surrogatepass")
     if skip and isinstance(value, Mapping):
         value = {key: member for key, member in value.items() if key not in skip}
-    if (type(value) is dict or type(value) is list) and _plain(value):
+        kind = dict
+    if (kind is dict or kind is list) and _plain(value):
         try:
             return _json_text(value).encode("utf-8", "surrogatepass")
         except RecursionError:  # C recursion on an already deep stack: the loop never
             pass
-    return encode_general(value, root).encode("utf-8", "surrogatepass")
+    opener = _OPENERS.get(kind)
+    if opener is None:  # a subclass, a record, or what cannot be encoded
+        return encode_general(value, root).encode("utf-8", "surrogatepass")
+    out: list[str] = []  # a container at the top: no cycle or depth to check yet
+    frame = opener(value, out, True)
+    if frame is not None:
+        _walk(out, [frame], {id(value)}, root, True)
+    return "".join(out).encode("utf-8", "surrogatepass")
