@@ -1,4 +1,4 @@
-"""The default grouper: a 128-bit digest of a canonical encoding (never upstream's W1)."""
+"""The default grouper: a 128-bit digest of a canonical encoding, never a short hash."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Group names: the BLAKE2b-128 digest of the canonical encoding of ``(base, request)``.
 
 The default grouper must never let two different requests share a result
-(upstream's 27-bit ``phash2`` could, W1), so it hashes an *injective* encoding
+(upstream's 27-bit ``phash2`` could), so it hashes an *injective* encoding
 (`_encoding`) with BLAKE2b-128: values of different types never share a group,
 mappings and sets are order-free, and anything the encoding does not know is a
 `TypeError` naming its type and where it sits.
@@ -38,12 +38,12 @@ def canonical_encoding(value: Any) -> bytes:
     The bytes are UTF-8 text: JSON with sorted keys and no spaces when *value*
     is JSON-like (``{"a":[1,2.5,null]}``), and self-delimiting tokens JSON
     never starts a value with for the rest (tuples ``(1,2)``, bytes ``b"..."``,
-    ints past 2**63 in hex ``#8000000000000000``, sets and mappings with
-    other than str keys as sorted digests of their members ``<...>``,
-    ``{<...>}``). So equal values give equal bytes whatever their dict or set
-    order, and values of different types never do: ``1``, ``1.0``, ``True``,
-    ``"1"``, ``b"1"``, ``(1,)`` and ``[1]`` are all apart, and ``0.0`` is not
-    ``-0.0``. Subclasses (``IntEnum``, ``OrderedDict``) encode as their base.
+    ints past 2**63 in hex ``#8000000000000000``, sets ``<"a",1>`` and
+    mappings with other keys than str ``{<1:"a">}`` as their members'
+    encodings, sorted, a long one as its digest). So equal values give equal
+    bytes whatever their dict or set order, and values of different types
+    never do: ``1``, ``1.0``, ``True``, ``"1"``, ``b"1"``, ``(1,)`` and ``[1]``
+    are all apart, and ``0.0`` is not ``-0.0``. Subclasses (``IntEnum``, ``OrderedDict``) encode as their base.
 
     A frozen dataclass or attrs instance is encoded by its type (module and
     qualified name) and the fields that take part in its equality:
