@@ -58,14 +58,22 @@ _str_text: Callable[[str], str] = json.encoder.encode_basestring  # C when avail
 
 def _int_text(x: int) -> str:
     if -_SMALL_INT < x < _SMALL_INT:
-        return int.__repr__(x)
+        return repr(x)
     # Hex is exact, linear and free of Python's int-to-decimal digit limit.
-    return "#" + int.__format__(x, "x")
+    return "#" + format(x, "x")
 
 
 def _float_text(x: float) -> str:
-    text = float.__repr__(x)  # the shortest round trip: exact, -0.0 apart from 0.0
+    text = repr(x)  # the shortest round trip: exact, -0.0 apart from 0.0
     return _NONFINITE.get(text, text)
+
+
+def _int_subclass_text(x: int) -> str:
+    return _int_text(int.__int__(x))  # the value, whatever the subclass overrides
+
+
+def _float_subclass_text(x: float) -> str:
+    return _float_text(float.__float__(x))
 
 
 def _bytes_text(x: Any) -> str:
@@ -126,15 +134,6 @@ else:  # pragma: no cover - other interpreters: the same text, written in Python
         return "".join(_py_encoder.iterencode(value))
 
 
-def _members(container: Any) -> Any:
-    """A plain container's members; None when a dict has a key that is not a str."""
-    if type(container) is list:
-        return container
-    if container and set(map(type, container)) != _STR:
-        return None
-    return container.values()
-
-
 def _flat(members: Any) -> bool:
     """Whether *members* are all plain leaves (their container is one C call)."""
     kinds = set(map(type, members))
@@ -158,13 +157,14 @@ def _plain(value: Any) -> bool:
     todo = [value]
     depth = 1
     while todo:
-        container = todo.pop()
-        if container is _UP:  # every member of a container below is checked
+        members = todo.pop()
+        if members is _UP:  # every member of a container below is checked
             depth -= 1
             continue
-        members = _members(container)
-        if members is None:
-            return False
+        if type(members) is dict:
+            if not _STR.issuperset(map(type, members)):
+                return False
+            members = members.values()
         kinds = set(map(type, members))
         if kinds <= _SCALARS:
             continue
@@ -402,8 +402,8 @@ _OPENERS: dict[type, _Opener] = {
 }
 # Subclasses (IntEnum, str enums, OrderedDict, ...) encode as these, in order.
 _FALLBACKS: tuple[tuple[type, Callable[[Any], str] | None, _Opener | None], ...] = (
-    (int, _int_text, None),
-    (float, _float_text, None),
+    (int, _int_subclass_text, None),
+    (float, _float_subclass_text, None),
     (str, _str_text, None),
     (bytes, _bytes_text, None),
     (tuple, None, _open_tuple),

@@ -74,10 +74,9 @@ def default_group(base: Any, request: Any, *, ignore_keys: Collection[Any] = ())
     Raises:
         TypeError: a value cannot be encoded (see `canonical_encoding`).
     """
-    h = blake2b(encode(base, "base", ignore_keys), digest_size=_DIGEST_SIZE, person=_PERSON)
-    h.update(b"\n")  # never inside an encoding (JSON escapes it): the pair is injective
-    h.update(encode(request, "request", ignore_keys))
-    return h.hexdigest()
+    # "\n" is never inside an encoding (JSON escapes it): the pair is injective.
+    both = b"%s\n%s" % (encode(base, "base", ignore_keys), encode(request, "request", ignore_keys))
+    return blake2b(both, digest_size=_DIGEST_SIZE, person=_PERSON).hexdigest()
 
 
 def default_group_and_base(
