@@ -43,7 +43,8 @@ def canonical_encoding(value: Any) -> bytes:
     encodings, sorted, a long one as its digest). So equal values give equal
     bytes whatever their dict or set order, and values of different types
     never do: ``1``, ``1.0``, ``True``, ``"1"``, ``b"1"``, ``(1,)`` and ``[1]``
-    are all apart, and ``0.0`` is not ``-0.0``. Subclasses (``IntEnum``, ``OrderedDict``) encode as their base.
+    are all apart, and ``0.0`` is not ``-0.0``. Subclasses (``IntEnum``,
+    ``OrderedDict``) encode as their base type.
 
     A frozen dataclass or attrs instance is encoded by its type (module and
     qualified name) and the fields that take part in its equality:
