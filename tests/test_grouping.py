@@ -91,6 +91,10 @@ def test_subclasses_encode_as_their_base_type() -> None:
     class Key(str, enum.Enum):
         NAME = "name"
 
+    class Money(float):
+        def __repr__(self) -> str:
+            return f"Money({float(self)})"
+
     assert canonical_encoding(Colour.RED) == canonical_encoding(1)
     assert canonical_encoding(OrderedDict(b=1, a=2)) == canonical_encoding({"a": 2, "b": 1})
     assert canonical_encoding(frozenset({1, 2})) == canonical_encoding({2, 1})
@@ -98,6 +102,7 @@ def test_subclasses_encode_as_their_base_type() -> None:
     assert canonical_encoding({Key.NAME: [Colour.RED]}) == canonical_encoding({"name": [1]})
     assert canonical_encoding({Colour.RED, 2}) == canonical_encoding({1, 2})
     assert canonical_encoding({Colour.RED: 2}) == canonical_encoding({1: 2})
+    assert canonical_encoding([Money(2.5)]) == canonical_encoding([2.5])
 
 
 def test_the_base_is_encoded_once_for_both_of_its_groups() -> None:

@@ -103,6 +103,7 @@ _SCALARS = frozenset({str, float, bool, type(None)})
 _FLAT = _SCALARS | {int}
 _PLAIN = _FLAT | {dict, list}
 _STR = frozenset({str})
+_INT = frozenset({int})
 _LEAVES = frozenset(_TEXT)
 _NOT_STR = _LEAVES - _STR
 
@@ -139,6 +140,8 @@ def _flat(members: Any) -> bool:
     kinds = set(map(type, members))
     if kinds <= _SCALARS:
         return True
+    if kinds == _INT:
+        return min(members) > -_SMALL_INT and max(members) < _SMALL_INT
     if not kinds <= _FLAT:
         return False
     for member in members:
@@ -168,6 +171,10 @@ def _plain(value: Any) -> bool:
         kinds = set(map(type, members))
         if kinds <= _SCALARS:
             continue
+        if kinds == _INT:  # one C pass each instead of a loop
+            if min(members) > -_SMALL_INT and max(members) < _SMALL_INT:
+                continue
+            return False
         if not kinds <= _PLAIN:
             return False
         below = depth
