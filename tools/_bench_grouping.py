@@ -79,7 +79,7 @@ def floor_group(base: Any, request: Any) -> str:
 
 
 def per_call(
-    fns: dict[str, Callable[[], object]], runs: int, budget: float = 0.1
+    fns: dict[str, Callable[[], object]], runs: int, budget: float = 0.02
 ) -> dict[str, float]:
     """Seconds per call of each of *fns*: the median of *runs* rounds, each round
     timing one batch of every function in turn (so a change of the machine's
@@ -161,12 +161,12 @@ def grouping_figures(row: Row, *, quick: bool, runs: int, against: list[str]) ->
     """Print the grouping rows; True when every bar holds."""
     olds = [(rev, load_grouping(rev)) for rev in against]
     print("\nThe default grouper (default_group(base, request)), beside sorted JSON + BLAKE2b")
-    flat = per_call(_contenders(flat_request(), olds), max(runs, 3))
+    flat = per_call(_contenders(flat_request(), olds), 5 * max(runs, 3))
     ok = row("flat 20-key JSON-like request", flat["ours"] * 1e6, flat["floor"] * 1e6, "us", 2.0)
     for rev, _ in olds:
         print(f"      same, the encoder of {rev}: {flat[rev] * 1e6:.2f} us")
     for name, value in SMALL:
-        got = per_call(_contenders(value, olds), max(runs, 3))
+        got = per_call(_contenders(value, olds), 5 * max(runs, 3))
         olds_text = "".join(f"; {rev}: {got[rev] * 1e6:.2f} us" for rev, _ in olds)
         floor = f"floor {got['floor'] * 1e6:9.2f} us" if "floor" in got else "(no JSON floor)"
         print(f"  {name:<46} {got['ours'] * 1e6:9.2f} us     {floor}{olds_text}")

@@ -6,6 +6,8 @@ class, written below and measured in the same process, as a ratio. Run:
     .venv/bin/python tools/bench.py            # everything in-process
     .venv/bin/python tools/bench.py --quick    # smaller counts, for a smoke run
     .venv/bin/python tools/bench.py --redis    # add the cross-process figures
+    .venv/bin/python tools/bench.py --grouping-only --grouping-against REV
+                                               # the default grouper, beside commit REV's
 
 The figures in docs/performance.md come from this script.
 """
