@@ -23,7 +23,8 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from trio_persist import MAX_DEPTH, canonical_encoding, default_group
-from trio_persist._encoding import _plain, encode_general
+from trio_persist._encoding import encode_general
+from trio_persist._plain_json import is_plain
 
 
 def digest(text: bytes) -> bytes:
@@ -75,6 +76,7 @@ class Line:
         ((["x", 2**63],), b'(["x",#8000000000000000])'),
         ((["x", 1],), b'(["x",1])'),  # big ints inside JSON: never the C path's
         ({"n": -(2**63), "s": "x"}, b'{"n":#-8000000000000000,"s":"x"}'),
+        ({"n": 2**63, "s": []}, b'{"n":#8000000000000000,"s":[]}'),
         (
             {"a": [[1, 2**64]], "b": [2**63 - 1]},
             b'{"a":[[1,#10000000000000000]],"b":[9223372036854775807]}',
@@ -149,7 +151,7 @@ def test_a_json_value_is_its_sorted_compact_json_written_in_one_c_call(value: An
     assert canonical_encoding(value) == expected.encode("utf-8", "surrogatepass")
     assert by_the_loop(value) == canonical_encoding(value)
     if isinstance(value, (dict, list)):
-        assert _plain(value)  # so the C path wrote it
+        assert is_plain(value)  # so the C path wrote it
 
 
 @given(almost_json)
@@ -207,7 +209,7 @@ def nested(depth: int) -> Any:
 
 def test_a_plain_value_too_deep_for_the_c_encoders_stack_is_written_by_the_loop() -> None:
     value = nested(50)
-    assert _plain(value)
+    assert is_plain(value)
     expected = canonical_encoding(value)
     with stack_room(30):  # json's C encoder recurses once per level: it cannot
         assert canonical_encoding(value) == expected

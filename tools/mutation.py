@@ -65,7 +65,7 @@ REDIS = [  # quickest first: with -x, most mutants die early
 ]  # fmt: skip
 # Modules by their path under src/trio_persist, without ".py".
 IN_PROCESS_MODULES = [
-    "_core/_state", "_core/_flight", "_grouping", "_encoding", "_core/_job", "_core/_persist",
+    "_core/_state", "_core/_flight", "_grouping", "_encoding", "_plain_json", "_records", "_core/_job", "_core/_persist",
     "_core/_registry", "_core/_runner", "_core/_supervisor", "_core/_worker",
 ]  # fmt: skip
 REDIS_MODULES = ["redis/_backend", "redis/_link", "redis/_scripts", "_codec"]

@@ -7,11 +7,10 @@ docs/concepts.md for the table. Every token is self-delimiting, so equal texts
 mean equal values (long set members up to a BLAKE2b-128 collision) and values
 of different types never share a text.
 
-Two paths write the same text. A value that is plain JSON (exact ``dict`` with
-str keys, ``list``, str, int below 2**63, float, bool, None, at most
-``_FAST_DEPTH`` deep) goes to the standard library's C JSON encoder in one
-call. Anything else goes through a loop over an explicit stack that writes one
-list of chunks, and still hands each flat plain container to the C encoder.
+Two paths write the same text. A value that is plain JSON goes to the standard
+library's C JSON encoder in one call (`_plain_json`). Anything else goes
+through a loop over an explicit stack that writes one list of chunks, and
+still hands each flat plain container to the C encoder.
 Neither recurses in Python: the recursion limit never matters, nesting past
 `MAX_DEPTH` and a container inside itself are a `TypeError` naming where, and
 the time is linear in the size whatever the depth. A set's members are
@@ -22,17 +21,13 @@ once, and at most 33 characters of it are sorted and copied into its set.
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import json.encoder
-import weakref
 from collections.abc import Callable, Collection, Iterator, Mapping, Set
 from hashlib import blake2b
 from operator import itemgetter
 from typing import Any
 
-import attrs
-
+from ._plain_json import SMALL_INT, STR, is_flat, is_plain, json_text, str_text
+from ._records import record_class
 from ._text import safe_repr
 
 __all__ = ["MAX_DEPTH", "encode"]
@@ -45,19 +40,14 @@ A value nested deeper, or a container inside itself, is a `TypeError` from
 call that passed it fails.
 """
 
-_SMALL_INT = 1 << 63  # ints below this (in magnitude) are decimal, as in JSON
-_FAST_DEPTH = 64  # plain values up to this deep go to the C encoder whole
 _SHORT = 32  # a set member's text longer than this is written as its digest
 _NONFINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
 _FIRST = itemgetter(0)
 _DONE: Any = object()
-_UP: Any = object()
-
-_str_text: Callable[[str], str] = json.encoder.encode_basestring  # C when available
 
 
 def _int_text(x: int) -> str:
-    if -_SMALL_INT < x < _SMALL_INT:
+    if -SMALL_INT < x < SMALL_INT:
         return repr(x)
     # Hex is exact, linear and free of Python's int-to-decimal digit limit.
     return "#" + format(x, "x")
@@ -77,7 +67,7 @@ def _float_subclass_text(x: float) -> str:
 
 
 def _bytes_text(x: Any) -> str:
-    return "b" + _str_text(bytes(x).decode("latin-1"))
+    return "b" + str_text(bytes(x).decode("latin-1"))
 
 
 def _none_text(_x: Any) -> str:
@@ -90,7 +80,7 @@ def _bool_text(x: Any) -> str:
 
 # Leaves: their text. _kind maps subclasses (IntEnum, str enums) to these.
 _TEXT: dict[type, Callable[[Any], str]] = {
-    str: _str_text,
+    str: str_text,
     int: _int_text,
     float: _float_text,
     bool: _bool_text,
@@ -99,99 +89,8 @@ _TEXT: dict[type, Callable[[Any], str]] = {
     bytearray: _bytes_text,
     memoryview: _bytes_text,
 }
-_SCALARS = frozenset({str, float, bool, type(None)})
-_FLAT = _SCALARS | {int}
-_PLAIN = _FLAT | {dict, list}
-_STR = frozenset({str})
-_INT = frozenset({int})
 _LEAVES = frozenset(_TEXT)
-_NOT_STR = _LEAVES - _STR
-
-
-# ------------------------------------------------------------ the C path ----
-
-
-def _refuse(value: Any) -> Any:  # pragma: no cover - values are checked first
-    raise TypeError(f"not plain JSON: {type(value).__qualname__}")
-
-
-_make_c_encoder = getattr(json.encoder, "c_make_encoder", None)
-if _make_c_encoder is not None:  # CPython: one C call, no encoder object per call
-    _c_encode = _make_c_encoder(None, _refuse, _str_text, None, ":", ",", True, False, True)
-
-    def _json_text(value: Any) -> str:
-        return "".join(_c_encode(value, 0))
-
-else:  # pragma: no cover - other interpreters: the same text, written in Python
-    _py_encoder = json.JSONEncoder(
-        ensure_ascii=False,
-        check_circular=False,
-        sort_keys=True,
-        separators=(",", ":"),
-        default=_refuse,
-    )
-
-    def _json_text(value: Any) -> str:
-        return "".join(_py_encoder.iterencode(value))
-
-
-def _flat(members: Any) -> bool:
-    """Whether *members* are all plain leaves (their container is one C call)."""
-    kinds = set(map(type, members))
-    if kinds <= _SCALARS:
-        return True
-    if kinds == _INT:
-        return min(members) > -_SMALL_INT and max(members) < _SMALL_INT
-    if not kinds <= _FLAT:
-        return False
-    for member in members:
-        if type(member) is int and not -_SMALL_INT < member < _SMALL_INT:
-            return False
-    return True
-
-
-def _plain(value: Any) -> bool:
-    """Whether the C encoder writes *value* (an exact dict or list) as the loop would.
-
-    Depth-first with a depth bound, so a container inside itself is simply not
-    plain (the loop then reports it) and the check costs at most the bound
-    times the widest container before it gives up.
-    """
-    todo = [value]
-    depth = 1
-    while todo:
-        members = todo.pop()
-        if members is _UP:  # every member of a container below is checked
-            depth -= 1
-            continue
-        if type(members) is dict:
-            if not _STR.issuperset(map(type, members)):
-                return False
-            members = members.values()
-        kinds = set(map(type, members))
-        if kinds <= _SCALARS:
-            continue
-        if kinds == _INT:  # one C pass each instead of a loop
-            if min(members) > -_SMALL_INT and max(members) < _SMALL_INT:
-                continue
-            return False
-        if not kinds <= _PLAIN:
-            return False
-        below = depth
-        for member in members:
-            kind = type(member)
-            if kind is int:
-                if not -_SMALL_INT < member < _SMALL_INT:
-                    return False
-            elif kind is dict or kind is list:
-                if below == depth:
-                    if depth >= _FAST_DEPTH:
-                        return False
-                    todo.append(_UP)
-                    below = depth + 1
-                todo.append(member)
-        depth = below
-    return True
+_NOT_STR = _LEAVES - STR
 
 
 # ------------------------------------------------------------- the loop ----
@@ -255,7 +154,7 @@ class _Record(_Frame):
             out.append("}")
             return _DONE
         self.key = item[0]
-        out.append(f"{',' if self.count else ''}{_str_text(item[0])}:")
+        out.append(f"{',' if self.count else ''}{str_text(item[0])}:")
         self.count += 1
         return item[1]
 
@@ -338,8 +237,8 @@ def _leaf_texts(members: Any) -> list[str] | None:
 
 
 def _open_list(value: Any, out: list[str], accelerate: bool) -> _Frame | None:
-    if accelerate and type(value) is list and _flat(value):
-        out.append(_json_text(value))
+    if accelerate and type(value) is list and is_flat(value):
+        out.append(json_text(value))
         return None
     out.append("[")
     return _Sequence(value, "]")
@@ -356,9 +255,9 @@ def _open_tuple(value: Any, out: list[str], accelerate: bool) -> _Frame | None:
 
 def _open_mapping(value: Any, out: list[str], accelerate: bool) -> _Frame | None:
     kinds = set(map(type, value))
-    if kinds <= _STR:
-        if accelerate and type(value) is dict and _flat(value.values()):
-            out.append(_json_text(value))
+    if kinds <= STR:
+        if accelerate and type(value) is dict and is_flat(value.values()):
+            out.append(json_text(value))
             return None
     elif kinds & _NOT_STR or not all(issubclass(kind, str) for kind in kinds):
         pairs = _leaf_pairs(value) if accelerate else None
@@ -391,7 +290,7 @@ def _open_set(value: Any, out: list[str], accelerate: bool) -> _Frame | None:
 
 
 def _open_record(value: Any, out: list[str], accelerate: bool) -> _Frame:
-    record = _record_class(type(value))
+    record = record_class(type(value))
     assert isinstance(record, tuple)  # _how said so
     prefix, names = record
     out.append(prefix)
@@ -411,47 +310,13 @@ _OPENERS: dict[type, _Opener] = {
 _FALLBACKS: tuple[tuple[type, Callable[[Any], str] | None, _Opener | None], ...] = (
     (int, _int_subclass_text, None),
     (float, _float_subclass_text, None),
-    (str, _str_text, None),
+    (str, str_text, None),
     (bytes, _bytes_text, None),
     (tuple, None, _open_tuple),
     (list, None, _open_list),
     (Mapping, None, _open_mapping),
     (Set, None, _open_set),
 )
-
-
-@attrs.frozen
-class _FrozenProbe:
-    """attrs gives every frozen class this one's ``__setattr__``."""
-
-
-_RECORDS: weakref.WeakKeyDictionary[type, tuple[str, tuple[str, ...]] | str] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _record_class(cls: type) -> tuple[str, tuple[str, ...]] | str | None:
-    """A frozen dataclass or attrs class: its text's start and its compared fields.
-
-    A mutable one: what it is, for the error. Anything else: None.
-    """
-    known = _RECORDS.get(cls)
-    if known is not None:
-        return known
-    if dataclasses.is_dataclass(cls):
-        frozen = cls.__dataclass_params__.frozen  # type: ignore[attr-defined]
-        names = tuple(f.name for f in dataclasses.fields(cls) if f.compare)
-        what = "dataclass"
-    elif attrs.has(cls):
-        frozen = cls.__setattr__ is _FrozenProbe.__setattr__
-        names = tuple(a.name for a in attrs.fields(cls) if a.eq)
-        what = "attrs class"
-    else:
-        return None
-    name = f"{cls.__module__}.{cls.__qualname__}"
-    record = (f"@{_str_text(name)}{{", names) if frozen else f"mutable {what}"
-    _RECORDS[cls] = record
-    return record
 
 
 def _how(value: Any) -> tuple[Callable[[Any], str] | None, _Opener | None]:
@@ -462,7 +327,7 @@ def _how(value: Any) -> tuple[Callable[[Any], str] | None, _Opener | None]:
     for base, text, fallback in _FALLBACKS:
         if isinstance(value, base):
             return text, fallback
-    if isinstance(_record_class(type(value)), tuple):
+    if isinstance(record_class(type(value)), tuple):
         return None, _open_record
     return None, None
 
@@ -526,7 +391,7 @@ def _open(
 
 
 def _unknown(value: Any) -> str:
-    if isinstance(_record_class(type(value)), str):
+    if isinstance(record_class(type(value)), str):
         return "a mutable record cannot name a group:"
     return "cannot group a value of type"
 
@@ -537,7 +402,7 @@ def _error(value: Any, root: str, stack: list[_Frame], what: str) -> TypeError:
         labels = [*labels[:6], f"...({len(labels) - 10} more)...", *labels[-4:]]
     where = root + "".join(labels)
     kind = type(value)
-    record = _record_class(kind)
+    record = record_class(kind)
     if isinstance(record, str):
         how = (
             f"a {record} can change after it named a group; make it frozen "
@@ -566,9 +431,9 @@ def encode(value: Any, root: str = "value", skip: Collection[Any] = ()) -> bytes
     if skip and isinstance(value, Mapping):
         value = {key: member for key, member in value.items() if key not in skip}
         kind = dict
-    if (kind is dict or kind is list) and _plain(value):
+    if (kind is dict or kind is list) and is_plain(value):
         try:
-            return _json_text(value).encode("utf-8", "surrogatepass")
+            return json_text(value).encode("utf-8", "surrogatepass")
         except RecursionError:  # C recursion on an already deep stack: the loop never
             pass
     opener = _OPENERS.get(kind)
