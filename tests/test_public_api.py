@@ -9,7 +9,13 @@ import trio_persist
 
 def test_all_names_are_exported_exactly_once_from_the_package() -> None:
     public = {name for name in dir(trio_persist) if not name.startswith("_")}
-    assert set(trio_persist.__all__) == public - {"redis", "testing", "prometheus", "opentelemetry"}
+    assert set(trio_persist.__all__) == public - {
+        "redis",
+        "stores",
+        "testing",
+        "prometheus",
+        "opentelemetry",
+    }
     assert len(set(trio_persist.__all__)) == len(trio_persist.__all__)  # sorted by ruff (RUF022)
 
 

@@ -20,6 +20,7 @@ from ._exceptions import (
     PersistClosed,
     PersistError,
     RemoteError,
+    StaleOwner,
 )
 from ._grouping import MAX_DEPTH, canonical_encoding, default_group
 from ._stats import DurationHistogram, GroupSnapshot, PersistDurations, PersistStatistics
@@ -44,6 +45,7 @@ __all__ = [
     "Registry",
     "RegistryStatistics",
     "RemoteError",
+    "StaleOwner",
     "Worker",
     "WorkerRequest",
     "WorkerStatistics",
