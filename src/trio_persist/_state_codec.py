@@ -35,7 +35,7 @@ import trio
 
 from ._exceptions import CorruptResult
 
-__all__ = ["HEADER_LIMIT", "MIN_KEY_BYTES", "StateCodec"]
+__all__ = ["HEADER_LIMIT", "MIN_KEY_BYTES", "Encoded", "StateCodec"]
 
 MIN_KEY_BYTES = 16
 """The shortest signing key accepted (HMAC-SHA256 wants at least 128 bits)."""
@@ -47,6 +47,15 @@ HEADER_LIMIT = 1 << 20
 _INLINE = 1 << 16  # larger bodies are hashed and decoded in a worker thread
 _PICKLE_PROTOCOL = 5
 _SAME = -1  # the reply is the state
+
+
+@attrs.frozen
+class Encoded:
+    """A state (and a reply) encoded, not yet sealed."""
+
+    state: bytes
+    reply: bytes | None
+    """None: the reply is the state."""
 
 
 @attrs.frozen
@@ -92,34 +101,35 @@ class StateCodec:
 
     # -- sealing -------------------------------------------------------------
 
+    def encode(self, state: Any, where: str, *, reply: Any = None) -> Encoded:
+        """Encode *state* and *reply* now, in the calling task, without a checkpoint.
+
+        So what is sealed is the values as they are at this call, whatever
+        happens to them later. A reply that is the state is encoded once.
+
+        Raises:
+            TypeError: a value would not read back equal (JSON) or does not
+                pickle; *where* names the group.
+        """
+        state_body = self._dump(state, where, "state")
+        if reply is state:
+            return Encoded(state_body, None)
+        return Encoded(state_body, self._dump(reply, where, "reply"))
+
     async def seal(
         self,
         digest: str,
-        state: Any,
-        where: str,
+        encoded: Encoded,
         *,
         token: int | None = None,
         applied: tuple[str, ...] = (),
-        reply: Any = None,
     ) -> bytes:
-        """Return *state* (and *reply*) sealed for the group named *digest*.
-
-        The values are encoded (and, for JSON, checked) before the first
-        checkpoint, so a state mutated afterwards does not change what is
-        sealed. Large bodies are hashed in a worker thread.
-
-        Raises:
-            TypeError: the value would not read back equal (JSON) or does not
-                pickle; *where* names the group, and nothing is sealed.
-        """
-        state_body = self._dump(state, where, "state")
-        same = reply is state
-        reply_body = b"" if same else self._dump(reply, where, "reply")
-        if len(state_body) + len(reply_body) <= _INLINE:
-            return self._wrap(digest, token, applied, state_body, reply_body, same)
-        return await trio.to_thread.run_sync(
-            self._wrap, digest, token, applied, state_body, reply_body, same
-        )
+        """Return *encoded* sealed for the group named *digest*, with its token and
+        the requests it applied (large bodies are hashed in a worker thread)."""
+        size = len(encoded.state) + len(encoded.reply or b"")
+        if size <= _INLINE:
+            return self._wrap(digest, token, applied, encoded)
+        return await trio.to_thread.run_sync(self._wrap, digest, token, applied, encoded)
 
     def _dump(self, value: Any, where: str, what: str) -> bytes:
         if self.key is not None:
@@ -145,14 +155,9 @@ class StateCodec:
         )
 
     def _wrap(
-        self,
-        digest: str,
-        token: int | None,
-        applied: tuple[str, ...],
-        state_body: bytes,
-        reply_body: bytes,
-        same: bool,
+        self, digest: str, token: int | None, applied: tuple[str, ...], encoded: Encoded
     ) -> bytes:
+        state_body, reply_body = encoded.state, encoded.reply or b""
         checksum = hashlib.sha256(state_body)
         checksum.update(reply_body)
         header = {
@@ -161,7 +166,7 @@ class StateCodec:
             "token": token,
             "applied": list(applied),
             "state": len(state_body),
-            "reply": _SAME if same else len(reply_body),
+            "reply": _SAME if encoded.reply is None else len(reply_body),
             "sha256": checksum.hexdigest(),
         }
         line = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()

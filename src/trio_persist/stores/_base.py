@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Hashable, Iterator
+from collections.abc import AsyncIterator, Hashable, Iterator
 from typing import Any, NoReturn
 
 import attrs
@@ -75,6 +75,7 @@ class StoreBase:
         default=attrs.Factory(lambda self: StateCodec(self.namespace, self.signing_key), True),
     )
     _counts: _Counts = attrs.field(init=False, factory=_Counts)
+    _locks: dict[str, tuple[trio.Lock, list[int]]] = attrs.field(init=False, factory=dict)
 
     # -- what a subclass writes ------------------------------------------------
 
@@ -138,7 +139,9 @@ class StoreBase:
         *state* is encoded before the first checkpoint: mutating it once
         ``save`` has been called does not change what is saved. If ``save``
         returns, the state is saved; if it raises (`trio.Cancelled` included),
-        the previous state is intact. An unfenced save clears the stored token.
+        the previous state is intact. Saves and deletes of one group through
+        one store apply in call order. A save without a token (this one)
+        clears the stored token.
 
         Raises:
             TypeError: *state* cannot be carried faithfully (not JSON that reads
@@ -153,7 +156,8 @@ class StoreBase:
         digest = self._name(group)
         await trio.lowlevel.checkpoint_if_cancelled()
         with self._counting():
-            await self._remove(digest, self._where(digest))
+            async with self._group_lock(digest):
+                await self._remove(digest, self._where(digest))
         self._counts.deletes += 1
         await trio.lowlevel.cancel_shielded_checkpoint()
 
@@ -210,27 +214,39 @@ class StoreBase:
         await trio.lowlevel.checkpoint_if_cancelled()
         started = time.perf_counter()
         with self._counting():
-            data = await self._codec.seal(
-                digest,
-                record.state,
-                where,
-                token=record.token,
-                applied=record.applied,
-                reply=record.reply,
-            )
-            if len(data) > self.max_bytes:
-                raise ValueError(
-                    f"{where} would take {len(data):,} bytes, more than this store's "
-                    f"max_bytes ({self.max_bytes:,}): nothing was saved. Keep states "
-                    "smaller, or give the store a larger max_bytes"
+            encoded = self._codec.encode(record.state, where, reply=record.reply)
+            # Queued before any checkpoint: one group's saves apply in call order.
+            async with self._group_lock(digest):
+                data = await self._codec.seal(
+                    digest, encoded, token=record.token, applied=record.applied
                 )
-            await self._write(digest, data, record.token, where)
+                if len(data) > self.max_bytes:
+                    raise ValueError(
+                        f"{where} would take {len(data):,} bytes, more than this store's "
+                        f"max_bytes ({self.max_bytes:,}): nothing was saved. Keep states "
+                        "smaller, or give the store a larger max_bytes"
+                    )
+                await self._write(digest, data, record.token, where)
         counts = self._counts
         counts.saves += 1
         counts.save_seconds += time.perf_counter() - started
         counts.bytes_saved += len(data)
         counts.largest = max(counts.largest, len(data))
         await trio.lowlevel.cancel_shielded_checkpoint()
+
+    @contextlib.asynccontextmanager
+    async def _group_lock(self, digest: str) -> AsyncIterator[None]:
+        # A fair lock per group, dropped when its last user leaves: the dict
+        # holds only the groups being written now.
+        lock, users = self._locks.setdefault(digest, (trio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._locks[digest]
 
     async def _open(self, digest: str, data: bytes, where: str) -> StateRecord:
         if len(data) > self.max_bytes:

@@ -14,7 +14,7 @@ import secrets
 import stat
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any, NoReturn, final
 
 import attrs
@@ -74,8 +74,7 @@ class FileStore(StoreBase):
     Temporary files of a crashed save are removed when the store is opened
     (``async with``) once they are an hour old.
 
-    Saves of one group through one store are applied in call order; saves of
-    different groups run concurrently. Several stores (and processes) may
+    Saves of different groups run concurrently. Several stores (and processes) may
     share a directory: each save replaces a file whole, and fenced saves
     compare tokens under an ``flock`` of the directory's ``.lock`` file.
 
@@ -93,7 +92,6 @@ class FileStore(StoreBase):
     """
 
     directory: str = attrs.field(converter=_absolute)
-    _locks: dict[str, tuple[trio.Lock, list[int]]] = attrs.field(init=False, factory=dict)
 
     def _place(self) -> str:
         return self.directory
@@ -119,32 +117,16 @@ class FileStore(StoreBase):
             raise self._failed(exc, where, "could not be read") from exc
 
     async def _write(self, digest: str, data: bytes, token: int | None, where: str) -> None:
-        async with self._group_lock(digest):
-            try:
-                await trio.to_thread.run_sync(self._write_sync, digest, data, token, where)
-            except OSError as exc:
-                raise self._failed(exc, where, "could not be saved") from exc
+        try:
+            await trio.to_thread.run_sync(self._write_sync, digest, data, token, where)
+        except OSError as exc:
+            raise self._failed(exc, where, "could not be saved") from exc
 
     async def _remove(self, digest: str, where: str) -> None:
-        async with self._group_lock(digest):
-            try:
-                await trio.to_thread.run_sync(self._remove_sync, self._path(digest))
-            except OSError as exc:
-                raise self._failed(exc, where, "could not be deleted") from exc
-
-    @contextlib.asynccontextmanager
-    async def _group_lock(self, digest: str) -> AsyncIterator[None]:
-        # One lock per group with users, dropped when the last one leaves:
-        # the dict holds only groups being written now.
-        lock, users = self._locks.setdefault(digest, (trio.Lock(), [0]))
-        users[0] += 1
         try:
-            async with lock:
-                yield
-        finally:
-            users[0] -= 1
-            if not users[0]:
-                del self._locks[digest]
+            await trio.to_thread.run_sync(self._remove_sync, self._path(digest))
+        except OSError as exc:
+            raise self._failed(exc, where, "could not be deleted") from exc
 
     def _failed(self, exc: OSError, where: str, what: str) -> OSError:
         remedy = _REMEDIES.get(exc.errno or 0, f"check {self.directory}")
