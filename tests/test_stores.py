@@ -245,7 +245,8 @@ async def test_statistics_count_each_operation_and_its_bytes(store: Any) -> None
     stats = store.statistics()
     assert (stats.saves, stats.loads, stats.found, stats.deletes, stats.failures) == (1, 2, 1, 1, 1)
     assert stats.bytes_saved == stats.bytes_loaded == stats.largest > 0
-    assert stats.save_seconds > 0 and stats.load_seconds > 0
+    assert stats.save_seconds > 0
+    assert stats.load_seconds > 0
     assert stats.to_json()["saves"] == 1
 
 
@@ -255,7 +256,8 @@ def test_the_repr_says_where_states_live_but_never_the_key(make: Factory) -> Non
     text = repr(store)
     assert text.startswith(f"<trio_persist.stores.{type(store).__name__}")
     assert "namespace='shop' signed" in text
-    assert "kkkk" not in text and "signing_key" not in text
+    assert "kkkk" not in text
+    assert "signing_key" not in text
 
 
 # -- records: a state with its owner's token and what it applied --------------------------
@@ -282,7 +284,8 @@ async def test_a_reply_that_is_the_state_is_stored_once_and_reads_back_as_the_st
     twice = store.statistics().bytes_saved - once
     assert 1000 < twice - once < 1100  # the second record holds the state twice
     record = await store.load_record("once")
-    assert record is not None and record.reply is record.state
+    assert record is not None
+    assert record.reply is record.state
 
 
 @every_kind
@@ -446,7 +449,7 @@ def test_check_store_names_what_is_missing() -> None:
         stores.check_store({})
     with pytest.raises(TypeError, match=r"it has no load \(it must be async"):
         stores.check_store(SyncLoad())
-    with pytest.raises(TypeError, match="keeps records.*OnlyStore has no load_record, save_record"):
+    with pytest.raises(TypeError, match=r"keeps records.*OnlyStore has no load_record, save_"):
         stores.check_store(OnlyStore(), records=True)
 
 
@@ -463,7 +466,8 @@ async def test_open_store_enters_a_store_that_has_a_life_and_passes_the_others(
 ) -> None:
     sqlite = stores.SqliteStore(tmp_path / "db")
     async with open_store(sqlite) as opened:
-        assert opened is sqlite and repr(sqlite).endswith(" open>")
+        assert opened is sqlite
+        assert repr(sqlite).endswith(" open>")
     assert repr(sqlite).endswith(" closed>")
     plain = OnlyStore()
     async with open_store(plain) as opened:
