@@ -10,6 +10,7 @@ nothing, and a save that reached its thread finishes.
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import pathlib
 from collections.abc import AsyncIterator, Callable
@@ -482,3 +483,67 @@ async def test_a_store_keeps_its_states_when_closed_and_opened_again(make: Facto
     async with store:
         assert await store.load("g") == {"n": 1}
     assert copy.copy(store.statistics()).saves == 1
+
+
+# -- any sequence of operations: the store behaves as a dict with fencing ------------------
+
+operations = st.lists(
+    st.tuples(
+        st.sampled_from(["save", "save_record", "delete", "load"]),
+        st.integers(0, 2),  # the group
+        st.integers(0, 5),  # the value, and the token of save_record
+    ),
+    max_size=25,
+)
+
+
+@pytest.mark.parametrize(("kind", "examples"), [("memory", 200), ("file", 15), ("sqlite", 15)])
+def test_any_sequence_of_operations_acts_on_a_dict_with_fencing(
+    tmp_path: pathlib.Path, kind: str, examples: int
+) -> None:
+    places = (tmp_path / str(n) for n in itertools.count())
+
+    @settings(max_examples=examples, deadline=None)
+    @given(operations)
+    def check(steps: list[tuple[str, int, int]]) -> None:
+        place = next(places)
+
+        async def main() -> None:
+            store: Any = {
+                "memory": lambda: stores.MemoryStore(),
+                "file": lambda: stores.FileStore(place),
+                "sqlite": lambda: stores.SqliteStore(place),
+            }[kind]()
+            model: dict[int, tuple[int, int | None]] = {}
+            async with store:
+                for operation, group, value in steps:
+                    await _step(store, model, operation, group, value)
+                for group in range(3):
+                    expected = model.get(group)
+                    assert await store.load(group) == (None if expected is None else expected[0])
+
+        trio.run(main)
+
+    check()
+
+
+async def _step(
+    store: Any, model: dict[int, tuple[int, int | None]], operation: str, group: int, value: int
+) -> None:
+    if operation == "save":
+        await store.save(group, value)
+        model[group] = (value, None)
+    elif operation == "save_record":
+        stored = model.get(group, (0, None))[1]
+        if stored is not None and stored > value:
+            with pytest.raises(trio_persist.StaleOwner):
+                await store.save_record(group, stores.StateRecord(value, token=value))
+        else:
+            await store.save_record(group, stores.StateRecord(value, token=value))
+            model[group] = (value, value)
+    elif operation == "delete":
+        await store.delete(group)
+        model.pop(group, None)
+    else:
+        expected = model.get(group)
+        assert await store.load(group) == (None if expected is None else expected[0])
