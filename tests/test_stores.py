@@ -389,12 +389,17 @@ async def test_a_save_cancelled_before_it_starts_saves_nothing(store: Any) -> No
 async def test_a_save_cancelled_while_it_waits_behind_another_saves_nothing(
     store: Any,
 ) -> None:
+    threads = trio.to_thread.current_default_thread_limiter()
+    for token in range(int(threads.total_tokens)):  # no thread may start for now
+        await threads.acquire_on_behalf_of(token)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(store.save, "g", {"blob": "x" * BIG, "n": 1})
-        await trio.lowlevel.checkpoint()
+        nursery.start_soon(store.save, "g", {"blob": "x" * BIG, "n": 1})  # waits in its seal
+        await trio.testing.wait_all_tasks_blocked()
         with trio.CancelScope() as scope:
             nursery.start_soon(_cancel_soon, scope)
             await store.save("g", {"n": 2})
+        for token in range(int(threads.total_tokens)):
+            threads.release_on_behalf_of(token)
     assert scope.cancelled_caught
     assert (await store.load("g"))["n"] == 1
 
