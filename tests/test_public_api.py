@@ -63,3 +63,24 @@ def test_the_redis_module_exports_its_backend_and_records() -> None:
     }
     for name in redis.__all__:
         assert hasattr(redis, name), name
+
+
+def test_the_stores_module_exports_its_stores_and_their_protocol() -> None:
+    import trio_persist.stores as stores
+
+    assert set(stores.__all__) == {
+        "DEFAULT_MAX_BYTES",
+        "MAX_APPLIED",
+        "MAX_REQUEST_ID",
+        "FileStore",
+        "MemoryStore",
+        "RecordStore",
+        "SqliteStore",
+        "StateRecord",
+        "Store",
+        "StoreStatistics",
+        "check_store",
+    }
+    for name in ("FileStore", "MemoryStore", "SqliteStore", "StateRecord", "check_store"):
+        assert getattr(stores, name).__module__ == "trio_persist.stores", name
+    assert issubclass(trio_persist.StaleOwner, trio_persist.PersistError)

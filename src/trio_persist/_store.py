@@ -106,7 +106,7 @@ class StateRecord:
 
 
 class RecordStore(Store, Protocol):
-    """A store that also keeps `StateRecord` s (optional; found by `record_store`)."""
+    """A store that also keeps `StateRecord` s, fenced (optional; the shipped stores do)."""
 
     async def load_record(self, group: Hashable) -> StateRecord | None:
         """The record last saved for *group* (by either save), or None."""
