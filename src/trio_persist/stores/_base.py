@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import AsyncIterator, Hashable, Iterator
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import attrs
 import trio
@@ -22,6 +22,8 @@ from .._state_codec import StateCodec
 from .._store import StateRecord, StoreStatistics
 
 __all__ = ["DEFAULT_MAX_BYTES", "StoreBase", "stale", "too_large"]
+
+S = TypeVar("S", bound="StoreBase")
 
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 """The largest sealed state a store writes or reads, unless told otherwise."""
@@ -200,7 +202,7 @@ class StoreBase:
         """Return a frozen snapshot of this store's counters."""
         return StoreStatistics(**attrs.asdict(self._counts))
 
-    async def __aenter__(self) -> Any:
+    async def __aenter__(self: S) -> S:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
