@@ -47,13 +47,12 @@ __all__ = [
 ]
 
 
-def _fixup_module_metadata() -> None:
+def _claim(names: list[str]) -> None:
     # As trio does: reprs and the reference say trio_persist.stores.X.
-    for name in __all__:
-        obj = globals()[name]
-        if getattr(obj, "__module__", "").startswith("trio_persist."):
-            obj.__module__ = __name__
+    for public in map(globals().__getitem__, names):
+        if callable(public) and public.__module__.startswith("trio_persist."):
+            public.__module__ = __name__
 
 
-_fixup_module_metadata()
-del _fixup_module_metadata
+_claim(__all__)
+del _claim
