@@ -339,6 +339,7 @@ async def test_save_record_takes_a_state_record() -> None:
     ("fields", "error", "message"),
     [
         ({"token": -1}, ValueError, "token must be >= 0"),
+        ({"token": 2**63}, ValueError, r"and < 2\*\*63"),
         ({"token": True}, TypeError, "token must be None or an int"),
         ({"applied": ["r1"]}, TypeError, "applied must be a tuple"),
         ({"applied": ("r",) * 1025}, ValueError, "more than 1024"),

@@ -268,7 +268,7 @@ def _parse_header(line: bytes, where: str) -> _Header:
         raw["codec"] in ("json", "pickle")
         and raw["state"] >= 0
         and raw["reply"] >= _SAME
-        and (token is None or (type(token) is int and token >= 0))
+        and (token is None or (type(token) is int and 0 <= token < 2**63))
         and isinstance(applied, list)
         and all(isinstance(i, str) for i in applied)
     ):

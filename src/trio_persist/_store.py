@@ -70,8 +70,8 @@ class Store(Protocol):
 def _check_token(_record: object, _attribute: object, token: Any) -> None:
     if token is not None and (isinstance(token, bool) or not isinstance(token, int)):
         raise TypeError(f"token must be None or an int, got {type(token).__name__}")
-    if token is not None and token < 0:
-        raise ValueError(f"token must be >= 0, got {token}")
+    if token is not None and not 0 <= token < 2**63:
+        raise ValueError(f"token must be >= 0 and < 2**63, got {token}")
 
 
 def _check_applied(_record: object, _attribute: object, applied: Any) -> None:

@@ -240,7 +240,10 @@ class StoreBase:
     async def _group_lock(self, digest: str) -> AsyncIterator[None]:
         # A fair lock per group, dropped when its last user leaves: the dict
         # holds only the groups being written now.
-        lock, users = self._locks.setdefault(digest, (trio.Lock(), [0]))
+        entry = self._locks.get(digest)
+        if entry is None:
+            entry = self._locks[digest] = (trio.Lock(), [0])
+        lock, users = entry
         users[0] += 1
         try:
             async with lock:
