@@ -124,6 +124,7 @@ WRONG_IMPORTS = [
     ("stores/_base.py", "from . import _file", "The stores: each store over"),
     ("stores/_memory.py", "from .._core import _state", "The stores see neither"),
     ("stores/_file.py", "from ..redis import _link", "The stores see neither"),
+    ("stores/_base.py", "from .. import testing", "features side by side"),
     ("_core/_state.py", "from ..stores import _base", "engine never imports a backend, a store"),
 ]
 
