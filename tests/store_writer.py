@@ -3,6 +3,7 @@
     python store_writer.py DIRECTORY stage STAGE   # save "old", then stop inside saving "new"
     python store_writer.py DIRECTORY loop          # save big states one after another
     python store_writer.py DIRECTORY limited BYTES # save under a file size limit
+    python store_writer.py DIRECTORY full          # save into a (small) file system
     python store_writer.py DIRECTORY readonly      # try a directory this process cannot write
 
 ``stage`` prints STAGE when the save of ``new`` reaches it and then waits for
@@ -84,17 +85,21 @@ async def loop(directory: str) -> None:
         announce(f"saved {n}")
 
 
-async def limited(directory: str, limit: int) -> None:
+async def limited(directory: str, limit: int | None) -> None:
+    """Save a small state, then a big one that cannot be written (a file size
+    limit, or a disk too small for it)."""
     store = stores.FileStore(directory)
     await store.save(GROUP, {"n": 0})
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    if limit is not None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
     try:
         await store.save(GROUP, big(1))
         error: dict[str, Any] = {}
     except OSError as exc:
         error = {"type": type(exc).__name__, "errno": exc.errno, "message": str(exc)}
-    announce(json.dumps({"error": error, "loaded": await store.load(GROUP)}))
+    left = sorted(os.listdir(directory))
+    announce(json.dumps({"error": error, "loaded": await store.load(GROUP), "files": left}))
 
 
 async def readonly(directory: str) -> None:
@@ -118,6 +123,8 @@ def main() -> None:
         trio.run(loop, directory)
     elif mode == "limited":
         trio.run(limited, directory, int(rest[0]))
+    elif mode == "full":
+        trio.run(limited, directory, None)
     else:
         trio.run(readonly, directory)
 

@@ -11,6 +11,7 @@ unprivileged user.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pathlib
@@ -179,7 +180,7 @@ async def test_a_read_only_directory_fails_at_open_and_at_save_and_loads_what_is
     await stores.FileStore(tmp_path).save(GROUP, {"n": 1})
     await trio.Path(tmp_path).chmod(0o555)
     try:
-        result = await _run_writer(tmp_path, "readonly", prefix=_without_root_powers())
+        result = await _run([*_without_root_powers(), *_writer(tmp_path, "readonly")])
     finally:
         await trio.Path(tmp_path).chmod(0o700)
     assert result["open"].startswith("PermissionError: ")
@@ -192,21 +193,44 @@ async def test_a_read_only_directory_fails_at_open_and_at_save_and_loads_what_is
 async def test_a_save_over_the_file_size_limit_fails_and_leaves_the_old_state_and_no_litter(
     tmp_path: pathlib.Path,
 ) -> None:
-    result = await _run_writer(tmp_path, "limited", str(1 << 20))
+    result = await _run(_writer(tmp_path, "limited", str(1 << 20)))
     assert result["error"]["type"] == "OSError"
     assert "could not be saved" in result["error"]["message"]
     assert "larger than this process may write" in result["error"]["message"]
     assert DIGEST in result["error"]["message"]
     assert result["loaded"] == {"n": 0}
-    assert os.listdir(tmp_path) == [f"{DIGEST}.state"]
+    assert result["files"] == [f"{DIGEST}.state"]
 
 
-async def _run_writer(directory: pathlib.Path, *args: str, prefix: list[str] | None = None) -> Any:
+async def test_a_save_to_a_full_disk_fails_and_leaves_the_old_state_and_no_litter(
+    tmp_path: pathlib.Path,
+) -> None:
+    # A real full disk: a 1 MiB file system, mounted in a mount namespace of the
+    # writer's own (nothing outside it sees the mount).
+    unshare = shutil.which("unshare")
+    if os.geteuid() != 0 or unshare is None:
+        pytest.skip("mounting a small file system needs root and unshare")
+    mount = 'mount -t tmpfs -o size=1m,mode=0700 tmpfs "$0" && exec "$@"'
+    command = [unshare, "--mount", "sh", "-c", mount, str(tmp_path), *_writer(tmp_path, "full")]
+    try:
+        result = await _run(command)
+    except subprocess.CalledProcessError as failed:
+        pytest.skip(f"cannot mount a file system here: {failed.stderr!r}")
+    assert result["error"]["type"] == "OSError"
+    assert result["error"]["errno"] == errno.ENOSPC
+    assert "the disk is full: free some space; the previous state is intact" in str(result)
+    assert result["loaded"] == {"n": 0}
+    assert result["files"] == [f"{DIGEST}.state"]
+
+
+def _writer(directory: pathlib.Path, *args: str) -> list[str]:
+    return [sys.executable, str(WRITER), str(directory), *args]
+
+
+async def _run(command: list[str]) -> Any:
+    """Run *command* (a store_writer.py), and return the JSON line it printed last."""
     with trio.fail_after(60):
-        done = await trio.run_process(
-            [*(prefix or []), sys.executable, str(WRITER), str(directory), *args],
-            capture_stdout=True,
-        )
+        done = await trio.run_process(command, capture_stdout=True, capture_stderr=True)
     return json.loads(done.stdout.decode().splitlines()[-1])
 
 
