@@ -154,6 +154,7 @@ class StoreStatistics:
     """Seconds spent in saves that completed."""
 
     def to_json(self) -> dict[str, Any]:
+        """The counters as a JSON object."""
         return attrs.asdict(self)
 
 

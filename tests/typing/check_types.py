@@ -62,6 +62,24 @@ async def untyped(device: Any) -> None:
         assert_type(await recorded.resolve("b", "r"), Any)
 
 
+class Sessions(trio_persist.Device[dict[str, int], str, dict[str, int]]):
+    """Subclassing the documented protocol: the hooks' signatures at hand."""
+
+    async def resolve(self, base: dict[str, int], request: str) -> dict[str, int]:
+        return {**base, request: base.get(request, 0) + 1}
+
+    def label(self, base: Any, request: Any) -> str:
+        return "sessions"
+
+
+async def devices() -> None:
+    ledger: trio_persist.Device[list[str], str, tuple[str, ...]] = Ledger()  # by resolve alone
+    async with trio_persist.open_persist(ledger) as persist:
+        assert_type(await persist.resolve(["a"], "b"), tuple[str, ...])
+    async with trio_persist.open_persist(Sessions()) as sessions:
+        assert_type(await sessions.resolve({}, "ann"), dict[str, int])
+
+
 async def state_stores() -> None:
     # Each shipped store is a Store and a RecordStore to a type checker, too.
     plain: stores.Store = stores.MemoryStore()
