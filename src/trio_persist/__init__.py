@@ -22,6 +22,7 @@ from ._exceptions import (
     PersistClosed,
     PersistError,
     RemoteError,
+    StaleOwner,
 )
 from ._grouping import MAX_DEPTH, canonical_encoding, default_group
 from ._stats import (
@@ -56,6 +57,7 @@ __all__ = [
     "Registry",
     "RegistryStatistics",
     "RemoteError",
+    "StaleOwner",
     "Worker",
     "WorkerRequest",
     "WorkerStatistics",
