@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from trio.testing import assert_checkpoints
 
 import trio_persist
 
@@ -114,3 +115,18 @@ async def test_subscribe_checks_its_buffer_size(counting: Any) -> None:
             persist.subscribe(0)
         with pytest.raises(TypeError, match="max_buffer must be an int"):
             persist.subscribe("8")  # type: ignore[arg-type]
+
+
+async def test_receive_is_a_checkpoint_with_events_buffered_and_after_the_end(
+    counting: Any,
+) -> None:
+    counting.wait = 0
+    async with trio_persist.open_persist(counting) as persist:
+        events = persist.subscribe()
+        await persist.resolve("b", "r")  # two events wait in the buffer
+        for kind in ("flight.started", "flight.finished"):
+            with assert_checkpoints():
+                assert (await events.receive()).kind == kind
+        events.close()
+        with assert_checkpoints(), pytest.raises(trio.EndOfChannel):
+            await events.receive()

@@ -7,7 +7,9 @@ view: never read as Rich markup, control characters replaced, long text cut.
 from __future__ import annotations
 
 import io
+import json
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ from rich.console import Console
 
 import trio_persist
 from trio_persist._cli._render import clean_frame, render_frame, sitrep
-from trio_persist._cli._tui import MonitorView, read_frames
+from trio_persist._cli._tui import MonitorView, read_frames, run_once
 from trio_persist.redis import NodeSnapshot, cluster_frame
 
 HOSTILE = [
@@ -143,3 +145,95 @@ async def test_hostile_groups_reach_the_once_view_literally(tmp_path: Path) -> N
     assert "[bold red]alarm[/bold red]" in out
     assert "\x1b]0;" not in out
     assert "\x1b[2J" not in out
+
+
+# -- numbers JSON allows and text that hides itself ----------------------------------
+
+INVISIBLE = [
+    "\u202eevil",  # right-to-left override: reverses what follows on screen
+    "\u2066isolated\u2069",  # bidi isolates
+    "zero\u200bwidth\u200d\ufeffjoined",  # zero-width space, joiner, BOM
+    "line\u2028separator\u2029paragraph",  # a line break to many readers
+    "lone \ud800 surrogate",  # JSON allows it; a UTF-8 terminal cannot print it
+    "\U000e0041tag",  # a tag character
+]
+JUNK_NUMBERS = (
+    b'{"version": 1, "time": Infinity, "wall": NaN, "device": "D", "groups_total": 1e400,'
+    b' "statistics": {"requests": Infinity, "executions": -Infinity, "failures": NaN,'
+    b' "execution_p50": Infinity, "waiters": ' + b"9" * 4000 + b"},"
+    b' "snapshot": [{"group": "g", "kind": "flight", "listeners": Infinity, "queued": NaN,'
+    b' "served": 1e400, "started": -Infinity, "last_active": Infinity, "busy": true,'
+    b' "execution_p50": NaN, "execution_p99": Infinity}]}\n'
+)
+
+
+def test_every_invisible_or_control_character_is_replaced() -> None:
+    import unicodedata
+
+    from trio_persist._text import literal
+
+    unsafe = [
+        chr(code)
+        for code in range(sys.maxunicode + 1)
+        if unicodedata.category(chr(code)) in {"Cc", "Cf", "Cs", "Zl", "Zp"}
+    ]
+    assert literal("".join(unsafe), len(unsafe)) == "\ufffd" * len(unsafe)
+    assert (
+        literal("a plain name, ünïcödé, 名前, emoji 🙂") == "a plain name, ünïcödé, 名前, emoji 🙂"
+    )
+
+
+def test_invisible_characters_never_reach_the_view_or_the_sitrep() -> None:
+    clean = clean_frame(frame_of(INVISIBLE, device="\u202eShop"))
+    assert clean is not None
+    shown = show(render_frame(clean, status="\u2028status"))
+    lines, _ = sitrep(clean, {})
+    for text in (shown, "\n".join(lines)):
+        assert not any(char in text for char in "\u202e\u2066\u200b\u200d\ufeff\u2028\u2029")
+        assert "\ud800" not in text
+        assert "\U000e0041" not in text
+        text.encode("utf-8")  # printable on a UTF-8 terminal: no lone surrogate
+    assert "�evil" in shown
+
+
+async def test_infinity_nan_and_huge_numbers_never_crash_the_monitor(tmp_path: Path) -> None:
+    path = str(tmp_path / "junk.sock")
+    out = io.StringIO()
+    async with trio.open_nursery() as nursery:
+        raw = socket.socket(socket.AF_UNIX)  # a "server" that sends junk
+        raw.bind(path)
+        raw.listen()
+        listener = trio.SocketListener(trio.socket.from_stdlib_socket(raw))
+        nursery.start_soon(
+            trio.serve_listeners, lambda stream: stream.send_all(JUNK_NUMBERS), [listener]
+        )
+        assert await run_once(path, Console(file=out, width=120)) == 0
+        nursery.cancel_scope.cancel()
+    assert "trio-persist  D  1 groups" in out.getvalue()  # the count shown: the groups sent
+    view = MonitorView()
+    view.feed(json.loads(JUNK_NUMBERS))
+    view.feed(json.loads(JUNK_NUMBERS))  # rates between two junk frames
+    show(view.renderable())
+    lines, _ = sitrep(view.frame or {}, {})
+    assert lines == ["== Sitrep ==> 1 groups. 1 changes.", "[g: flight] queued: 0 listeners: 0"]
+
+
+def test_infinity_and_nan_in_node_records_never_crash_the_cluster_view() -> None:
+    inf, nan = float("inf"), float("nan")
+    node = NodeSnapshot(
+        node="n1",
+        host="h\u202e",
+        pid=1,
+        namespace="ns",
+        statistics={"requests": inf, "executions": nan, "execution_p99": inf, "groups": inf},
+        workers=(),
+        flights=(),
+        wall=inf,
+        time=inf,
+        snapshot=({**frame_of(["g"])["snapshot"][0], "started": inf, "last_active": nan},),
+    )
+    view = MonitorView()
+    view.feed(cluster_frame((node, node), "ns"))
+    text = show(view.renderable())
+    assert "h�:1 g" in text
+    assert "\u202e" not in text

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import stat
 import subprocess
 import sys
+import threading
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -253,6 +255,24 @@ async def test_a_client_over_the_cap_gets_a_one_line_refusal(
         nursery.cancel_scope.cancel()
 
 
+async def test_clients_that_never_read_are_dropped_and_leave_their_slots_to_new_ones(
+    autojump_clock: object, tmp_path: Path
+) -> None:
+    path = str(tmp_path / "monitor.sock")
+    async with trio_persist.open_persist(device) as persist, trio.open_nursery() as nursery:
+        await nursery.start(partial(persist.serve_monitor, path, max_clients=3))
+        idle = [await trio.open_unix_socket(path) for _ in range(3)]  # they never read
+        await trio.sleep(6)  # their first frame has waited five intervals unread
+        async with await trio.open_unix_socket(path) as newcomer:
+            frame = await read_frames(newcomer).__anext__()
+        assert frame["version"] == 1  # served, not refused
+        for stream in idle:  # each was dropped after its first few frames
+            with trio.fail_after(1):
+                assert len(b"".join([chunk async for chunk in stream])) < 10_000
+            await stream.aclose()
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_client_sending_junk_is_read_at_most_4_kib_an_interval(
     autojump_clock: object, tmp_path: Path
 ) -> None:
@@ -268,8 +288,13 @@ async def test_a_client_sending_junk_is_read_at_most_4_kib_an_interval(
                     await stream.send_all(b"x" * 4096)
                     sent += 4096
 
+            async def read() -> None:  # it reads its frames, so it is not dropped
+                async for _ in read_frames(stream):
+                    pass
+
             async with trio.open_nursery() as flooding:
                 flooding.start_soon(flood)
+                flooding.start_soon(read)
                 await trio.sleep(10)
                 sent_at_10 = sent
                 await trio.sleep(10)
@@ -329,23 +354,72 @@ def test_a_socket_left_by_a_killed_process_is_replaced(tmp_path: Path) -> None:
 
 async def test_a_server_removes_its_socket_only_if_it_is_still_its_own(tmp_path: Path) -> None:
     path = str(tmp_path / "monitor.sock")
-    first = trio.CancelScope()
-
-    async def serve_first(task_status: trio.TaskStatus[None]) -> None:
-        with first:
-            await persist.serve_monitor(path, task_status=task_status)
-
     async with trio_persist.open_persist(device) as persist, trio.open_nursery() as nursery:
-        await nursery.start(serve_first)
-        os.unlink(path)  # the path is taken over by another server
         await nursery.start(persist.serve_monitor, path)
-        first.cancel()  # the first server stops...
-        await trio.testing.wait_all_tasks_blocked()
-        assert stat.S_ISSOCK(os.stat(path).st_mode)  # ...and leaves the second's socket
-        async with await trio.open_unix_socket(path) as stream:
-            assert (await read_frames(stream).__anext__())["version"] == 1
-        nursery.cancel_scope.cancel()
-    assert not await trio.Path(path).exists()
+        os.unlink(path)  # the path is taken over by another program...
+        with socket.socket(socket.AF_UNIX) as other:
+            other.bind(path)
+            nursery.cancel_scope.cancel()  # ...and the server stops
+            await trio.testing.wait_all_tasks_blocked()
+        assert stat.S_ISSOCK(os.stat(path).st_mode)  # the other program's socket stays
+    assert not await trio.Path(path + ".lock").exists()  # the server's lock file is gone
+
+
+async def test_two_servers_claiming_one_stale_path_at_once_never_lose_a_live_socket(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The race: server A finds a socket left by a killed process and, while A
+    # decides it is dead, server B replaces it with its live one; A must not
+    # then remove B's socket. The probe is where A decides, so B starts there.
+    from trio_persist import _monitor
+
+    path = str(tmp_path / "monitor.sock")
+    with socket.socket(socket.AF_UNIX) as dead:
+        dead.bind(path)  # left behind: nobody accepts on it
+    outcomes: dict[str, str] = {}
+    probe = _monitor._is_alive
+    b_done = threading.Event()
+    b_stop = threading.Event()
+
+    def run_b() -> None:
+        async def serve_b() -> None:
+            async with trio_persist.open_persist(device) as b, trio.open_nursery() as nursery:
+                try:
+                    await nursery.start(b.serve_monitor, path)
+                except FileExistsError:
+                    outcomes["b"] = "refused"
+                    return
+                finally:
+                    b_done.set()
+                outcomes["b"] = "serving"
+                await trio.to_thread.run_sync(b_stop.wait)
+                nursery.cancel_scope.cancel()
+
+        trio.run(serve_b)
+
+    thread = threading.Thread(target=run_b)
+
+    def probe_while_b_starts(probed: str) -> bool:
+        if not thread.is_alive() and not b_done.is_set():
+            alive = probe(probed)  # A's verdict: dead...
+            thread.start()  # ...and B claims the path before A acts on it
+            assert b_done.wait(30)
+            return alive
+        return probe(probed)
+
+    monkeypatch.setattr(_monitor, "_is_alive", probe_while_b_starts)
+    try:
+        async with trio_persist.open_persist(device) as a, trio.open_nursery() as nursery:
+            await nursery.start(a.serve_monitor, path)
+            outcomes["a"] = "serving"
+            async with await trio.open_unix_socket(path) as stream:
+                frame = await read_frames(stream).__anext__()
+            nursery.cancel_scope.cancel()
+    finally:
+        b_stop.set()
+        await trio.to_thread.run_sync(thread.join, 30)
+    assert outcomes == {"a": "serving", "b": "refused"}  # one server, never two
+    assert frame["version"] == 1  # and the path leads to it
 
 
 async def test_by_default_sixty_four_clients_are_served_and_one_more_refused(

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import sys
+import threading
 from typing import Any
 
+import attrs
+import pytest
 import trio
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -47,3 +51,119 @@ async def test_a_scrape_exposes_counters_gauges_and_duration_histograms(
 async def _quietly(persist: trio_persist.Persist[Any, Any, Any], seconds: float) -> None:
     with contextlib.suppress(ValueError):
         await persist.resolve("db", seconds)
+
+
+async def instant(base: Any, request: Any) -> Any:
+    return request
+
+
+def scraped(text: str, name: str) -> float:
+    [line] = [line for line in text.splitlines() if line.startswith(name + "{")]
+    return float(line.rsplit(" ", 1)[1])
+
+
+async def test_scrapes_from_another_thread_read_one_instant_and_never_harm_the_persist() -> None:
+    # Prometheus scrapes from its HTTP thread. Switching threads every microsecond
+    # makes any read of live structures from there collide with the Trio thread.
+    scrapes: list[str] = []
+    errors: list[BaseException] = []
+    stop = threading.Event()
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        async with trio_persist.open_persist(instant) as persist:
+            registry = CollectorRegistry()
+            registry.register(PersistCollector(persist))
+
+            def scrape() -> None:
+                while not stop.is_set():
+                    try:
+                        scrapes.append(generate_latest(registry).decode())
+                    except BaseException as exc:  # pragma: no cover - the test fails
+                        errors.append(exc)
+                        return
+
+            thread = threading.Thread(target=scrape)
+            thread.start()
+            try:
+                for i in range(2000):
+                    await persist.resolve("db", i)
+                    persist.statistics()  # the Trio thread reads too, as a monitor does
+            finally:
+                stop.set()
+                await trio.to_thread.run_sync(thread.join)
+            final = persist.durations()
+    finally:
+        sys.setswitchinterval(switch)
+    assert errors == []
+    assert final.execution.count == final.wait.count == 2000  # no sample lost
+    assert scrapes
+    for text in scrapes:  # each scrape is one instant: its figures agree
+        executions = scraped(text, "trio_persist_executions_total")
+        in_flight = scraped(text, "trio_persist_in_flight")
+        timed = scraped(text, "trio_persist_execution_seconds_count")
+        assert executions - in_flight <= timed <= executions  # timed when it ends
+        assert scraped(text, "trio_persist_requests_total") - scraped(
+            text, "trio_persist_waiters"
+        ) == scraped(text, "trio_persist_wait_seconds_count")
+
+
+async def test_remote_answers_and_the_redis_backends_counters_are_exported(
+    redis_url: str, namespace: str
+) -> None:
+    from redis_helpers import Recorder, open_pair
+    from trio_persist.redis import RedisBackend, RedisBackendStatistics
+
+    device = Recorder()
+    with trio.fail_after(20):
+        async with open_pair(
+            RedisBackend(redis_url, namespace=namespace),
+            RedisBackend(redis_url, namespace=namespace),
+            device,
+        ) as pair:
+            registry = CollectorRegistry()
+            registry.register(PersistCollector(pair.b))  # the follower
+            await pair.lead()
+            await pair.follow()
+            following = generate_latest(registry).decode()
+            device.release.set()
+        done = generate_latest(registry).decode()  # the last reading, once closed
+    assert scraped(following, "trio_persist_backend_following") == 1
+    assert scraped(done, "trio_persist_remote_total") == 1
+    assert scraped(done, "trio_persist_executions_total") == 0
+    assert scraped(done, "trio_persist_backend_followed_total") == 1
+    assert scraped(done, "trio_persist_backend_following") == 0
+    assert 'trio_persist_backend_subscribed{device="Recorder"}' in done
+    for field in attrs.fields(RedisBackendStatistics):  # every figure of the backend
+        assert f"trio_persist_backend_{field.name}" in done, field.name
+
+
+def test_a_scrape_after_the_run_ended_serves_the_last_reading() -> None:
+    registry = CollectorRegistry()
+
+    async def main() -> None:
+        async with trio_persist.open_persist(instant) as persist:
+            registry.register(PersistCollector(persist))
+            await persist.resolve("db", 1)
+            generate_latest(registry)  # a scrape while it runs
+
+    trio.run(main)
+    text = generate_latest(registry).decode()  # the run is over: nothing to ask
+    assert scraped(text, "trio_persist_executions_total") == 1
+
+
+def test_a_collector_is_made_inside_the_persists_run() -> None:
+    with pytest.raises(RuntimeError, match=r"inside the persist's trio\.run"):
+        PersistCollector(object())
+
+
+async def test_a_reading_that_fails_fails_the_scrape_not_the_persist() -> None:
+    from trio_persist._handoff import Handoff  # the mechanism both exporters share
+
+    def broken() -> Any:
+        raise ValueError("a broken backend's statistics()")
+
+    handoff = Handoff(broken)
+    with pytest.raises(ValueError, match="broken backend"):
+        await trio.to_thread.run_sync(handoff.read)  # asked from another thread
+    await trio.lowlevel.checkpoint()  # the run goes on

@@ -6,7 +6,7 @@ from typing import Any
 
 from rich.console import Console
 
-from trio_persist._cli._render import render_frame, sitrep
+from trio_persist._cli._render import render_frame, render_gone, sitrep
 
 
 def frame(executions: int = 10, wall: float = 1002.0, **changes: Any) -> dict[str, Any]:
@@ -65,11 +65,38 @@ def test_the_groups_follow_the_chosen_sort() -> None:
     assert order("group") == ["page/7", "session/u1", "session/u2"]
 
 
-def test_pause_and_status_show_on_screen_and_limit_cuts_the_table() -> None:
-    text = show(render_frame(frame(), paused=True, status="the application went away", limit=1))
+def test_pause_and_status_show_on_screen() -> None:
+    text = show(render_frame(frame(), paused=True, status="connecting to m.sock"))
     assert "[paused]" in text
-    assert text.rstrip().endswith("the application went away")
+    assert text.rstrip().endswith("connecting to m.sock")
+
+
+def test_groups_that_do_not_fit_the_height_say_how_many_are_hidden() -> None:
+    for height in (20, 10):  # room for all three groups
+        assert "not shown" not in show(render_frame(frame(), height=height))
+    text = show(render_frame(frame(), height=9))
+    assert len(text.splitlines()) == 9
+    assert "page/7" in text  # the busiest, and a line for the other two
+    assert "session/" not in text
+    assert "... 2 more groups not shown (3 in all)" in text
+    assert text.rstrip().endswith("? legend")  # the footer still fits
+
+
+def test_groups_the_server_left_out_of_the_frame_are_counted_too() -> None:
+    text = show(render_frame(frame(groups_total=250)))  # a frame holds the busiest 200
+    assert "... 247 more groups not shown (250 in all)" in text
+    text = show(render_frame(frame(groups_total=250), height=10))
     assert "session/u1" not in text
+    assert "... 248 more groups not shown (250 in all)" in text
+
+
+def test_an_application_that_went_away_shows_its_last_totals_and_no_table() -> None:
+    text = show(render_gone(frame(), "the application is gone: last heard at 12:00:01"))
+    assert text.splitlines()[0] == "trio-persist  Shop  3 groups  [gone]"
+    assert "executions 10" in text
+    assert "the application is gone: last heard at 12:00:01" in text
+    assert "page/7" not in text
+    assert "idle for" not in text
 
 
 def test_durations_read_in_seconds_minutes_and_hours() -> None:

@@ -6,7 +6,9 @@ stream and a monitor show all of it. The implementation lives in private
 modules; this module is the public API, re-exported once.
 """
 
+from ._core._device import Device
 from ._core._events import EventSubscription, PersistEvent
+from ._core._observer import Execution, Observer
 from ._core._options import PersistOptions
 from ._core._persist import Persist, open_persist
 from ._core._registry import Registry, RegistryStatistics
@@ -20,20 +22,31 @@ from ._exceptions import (
     PersistClosed,
     PersistError,
     RemoteError,
+    StaleOwner,
 )
 from ._grouping import MAX_DEPTH, canonical_encoding, default_group
-from ._stats import DurationHistogram, GroupSnapshot, PersistDurations, PersistStatistics
+from ._stats import (
+    DurationHistogram,
+    GroupSnapshot,
+    Observed,
+    PersistDurations,
+    PersistStatistics,
+)
 
 __all__ = [
     "MAX_DEPTH",
     "BackendUnavailable",
     "CorruptResult",
+    "Device",
     "DurationHistogram",
     "EventSubscription",
+    "Execution",
     "GroupSnapshot",
     "GroupTaken",
     "InfiniteRecursion",
     "LeaderDied",
+    "Observed",
+    "Observer",
     "Persist",
     "PersistClosed",
     "PersistDurations",
@@ -44,6 +57,7 @@ __all__ = [
     "Registry",
     "RegistryStatistics",
     "RemoteError",
+    "StaleOwner",
     "Worker",
     "WorkerRequest",
     "WorkerStatistics",

@@ -10,12 +10,16 @@ must never slow the persist it watches, whoever connects:
   (``{"refused": "..."}``) and is closed;
 * whatever a client sends is read and thrown away, at most 4 KiB per client per
   interval (a client sending junk only fills its own socket buffer);
-* a client that stops reading is dropped once a frame has waited
-  ``interval * 5`` seconds to go out; the others never notice.
+* a client that does not read is dropped once its frames have waited
+  ``interval * 5`` seconds unread (or, where the unread backlog cannot be
+  seen, once a frame has waited that long to go out); the others never
+  notice, and idle clients cannot hold every slot.
 
-A socket file left behind by a killed process is detected (nothing accepts on
+The path is claimed under a lock file, ``PATH.lock``, held while serving: two
+servers starting on one path at once never replace each other's socket. A
+socket file left behind by a killed process is detected (nothing accepts on
 it) and replaced; a live one is refused. On exit the server removes the socket
-file only if it is still the one it created.
+file only if it is still the one it created, then its lock file.
 
 A frame (version 1) is one JSON object per line::
 
@@ -33,6 +37,7 @@ says how many there are.
 
 from __future__ import annotations
 
+import array
 import contextlib
 import errno
 import heapq
@@ -41,6 +46,7 @@ import math
 import os
 import socket as stdlib_socket
 import stat
+import sys
 import time
 from typing import Any
 
@@ -54,6 +60,14 @@ from ._text import safe_repr
 __all__ = ["FRAME_VERSION", "build_frame", "serve_monitor"]
 
 FRAME_VERSION = 1
+
+# How much a client has left unread: the socket option on macOS (an ioctl on Linux).
+_NWRITE: int | None = getattr(
+    stdlib_socket, "SO_NWRITE", 0x1024 if sys.platform == "darwin" else None
+)
+
+LOCK_SUFFIX = ".lock"
+"""A server holds ``PATH.lock`` while it serves ``PATH`` (and removes it when done)."""
 
 
 def _activity(record: GroupSnapshot) -> tuple[int, int, float]:
@@ -98,28 +112,7 @@ def encode_frame(frame: dict[str, Any]) -> bytes:
     return json.dumps(frame, separators=(",", ":"), default=safe_repr).encode() + b"\n"
 
 
-def _claim_path(path: str) -> None:
-    """Refuse a path that is taken or that we cannot create, with a clear error.
-
-    A socket nobody accepts on (left by a killed process) is removed.
-    """
-    try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        pass
-    else:
-        if not stat.S_ISSOCK(mode):
-            raise FileExistsError(
-                errno.EEXIST, f"the monitor socket path is taken: {path} is already a file"
-            )
-        if _is_alive(path):
-            raise FileExistsError(
-                errno.EEXIST,
-                f"the monitor socket path is taken: {path} is a live socket "
-                "(is another monitor running?)",
-            )
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)  # dead: left by a process that is gone
+def _check_directory(path: str) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise FileNotFoundError(
@@ -129,6 +122,65 @@ def _claim_path(path: str) -> None:
         raise PermissionError(
             errno.EACCES, f"cannot create the monitor socket: {directory} is not writable"
         )
+
+
+def _taken(path: str, why: str) -> FileExistsError:
+    return FileExistsError(errno.EEXIST, f"the monitor socket path is taken: {path} {why}")
+
+
+def _lock(path: str) -> int:
+    """Hold ``PATH.lock`` for as long as this server serves *path*; its descriptor.
+
+    Two servers claiming one path at the same moment: one holds the lock, the
+    other is refused; so no server ever replaces a socket another one serves.
+    """
+    import fcntl  # here: the package imports on any platform (Unix sockets need Unix)
+
+    lock_path = path + LOCK_SUFFIX
+    while True:
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:
+            raise _taken(path, f"(cannot open its lock file {lock_path}: {exc.strerror})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            locked = os.fstat(fd)
+            now = os.stat(lock_path)
+        except BlockingIOError:
+            os.close(fd)
+            raise _taken(
+                path, "is served by another monitor (is another monitor running?)"
+            ) from None
+        except FileNotFoundError:  # a server that was leaving removed it: try again
+            os.close(fd)
+            continue
+        except BaseException:
+            os.close(fd)
+            raise
+        if (locked.st_dev, locked.st_ino) == (now.st_dev, now.st_ino):
+            return fd
+        os.close(fd)  # replaced since we opened it: lock the file that is there now
+
+
+def _unlock(path: str, fd: int) -> None:
+    """Remove the lock file (still held, so nobody can be claiming it) and release it."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path + LOCK_SUFFIX)
+    os.close(fd)
+
+
+def _clear_path(path: str) -> None:
+    """With the lock held: refuse a file or a live socket, remove a dead socket."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise _taken(path, "is already a file")
+    if _is_alive(path):
+        raise _taken(path, "is a live socket (is another monitor running?)")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)  # dead: left by a process that is gone
 
 
 def _is_alive(path: str) -> bool:
@@ -192,18 +244,45 @@ async def serve_monitor(
     """Serve *persist*'s frames on a Unix socket at *path* until cancelled.
 
     Start it with ``await nursery.start(persist.serve_monitor, path)``: it
-    returns once the socket accepts connections. The socket is removed when
-    the server ends, if it is still the one this server created.
+    returns once the socket accepts connections. While it serves, it holds
+    the lock file ``PATH.lock``, so two servers started on one path at the
+    same moment never replace each other's socket: one is refused. The socket
+    is removed when the server ends, if it is still the one this server
+    created, and the lock file with it.
 
     Raises:
         TypeError, ValueError: an option is wrong (the message names it).
-        FileExistsError: *path* is a file, or a socket something accepts on.
+        FileExistsError: *path* is a file, a socket something accepts on, or
+            served by another server (which holds its lock).
         FileNotFoundError, PermissionError: its directory is missing or not
             writable.
     """
     seconds = _check_options(interval, max_groups, max_clients)
     path = os.fspath(path)
-    _claim_path(path)
+    _check_directory(path)
+    lock = _lock(path)
+    try:
+        _clear_path(path)
+        sock, created = _bind(path)
+        try:
+            frames = _Frames(persist, seconds, max_groups)
+            await trio.lowlevel.checkpoint()
+            listener = trio.SocketListener(sock)
+            task_status.started(path)
+
+            async def client(stream: trio.SocketStream) -> None:
+                await _serve_client(frames, stream, max_clients)
+
+            await trio.serve_listeners(client, [listener])
+        finally:
+            sock.close()
+            _remove_if_ours(path, created)
+    finally:
+        _unlock(path, lock)
+
+
+def _bind(path: str) -> tuple[trio.socket.SocketType, os.stat_result]:
+    """A listening socket at *path*, born 0600, and the file's identity."""
     raw = stdlib_socket.socket(stdlib_socket.AF_UNIX, stdlib_socket.SOCK_STREAM)
     # Bound here, synchronously: a local bind is quick, and Trio's own bind would
     # hop to a thread (which also lets a virtual clock jump in tests).
@@ -211,27 +290,14 @@ async def serve_monitor(
     try:
         raw.bind(path)
         created = os.stat(path)
+        os.chmod(path, 0o600)
+        raw.listen(64)
     except BaseException:
         raw.close()
         raise
     finally:
         os.umask(old_umask)
-    sock = trio.socket.from_stdlib_socket(raw)
-    frames = _Frames(persist, seconds, max_groups)
-    try:
-        await trio.lowlevel.checkpoint()
-        os.chmod(path, 0o600)
-        sock.listen(64)
-        listener = trio.SocketListener(sock)
-        task_status.started(path)
-
-        async def client(stream: trio.SocketStream) -> None:
-            await _serve_client(frames, stream, max_clients)
-
-        await trio.serve_listeners(client, [listener])
-    finally:
-        sock.close()
-        _remove_if_ours(path, created)
+    return trio.socket.from_stdlib_socket(raw), created
 
 
 def _remove_if_ours(path: str, created: os.stat_result) -> None:
@@ -262,10 +328,49 @@ async def _serve_client(frames: _Frames, stream: trio.SocketStream, max_clients:
             frames.clients -= 1
 
 
+def _unread(sock: trio.socket.SocketType) -> int | None:
+    """Bytes sent on *sock* that its peer has not read yet (None: cannot tell here)."""
+    try:
+        if sys.platform == "linux":  # the queue's size, zero once all is read
+            import fcntl  # here: the package imports on any platform
+            import termios
+
+            buffer = array.array("i", [0])
+            fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, buffer, True)
+            return buffer[0]
+        if _NWRITE is not None:
+            return sock.getsockopt(stdlib_socket.SOL_SOCKET, _NWRITE)
+    except OSError:
+        pass
+    return None
+
+
+def _never_reads(clean: float, sock: trio.socket.SocketType, patience: float) -> float | None:
+    """When the client on *sock* last had read everything, or None to drop it.
+
+    *clean* is when it last had; a client that reads has read the last frame
+    by the time the next is due, one whose frames stay unread for *patience*
+    seconds never reads. Where the backlog cannot be told, nobody is dropped
+    here (a client that never reads is then dropped once its buffer is full).
+    """
+    now = trio.current_time()
+    if not _unread(sock):
+        return now
+    return None if now - clean >= patience else clean
+
+
 async def _send_frames(frames: _Frames, stream: trio.SocketStream) -> None:
+    patience = frames.interval * 5
+    read_all = trio.current_time()
     try:
         while True:
-            with trio.move_on_after(frames.interval * 5) as slow:
+            # A client that never reads would hold its slot for minutes while
+            # the socket buffer fills: it is dropped once its frames have waited
+            # five intervals unread.
+            if (checked := _never_reads(read_all, stream.socket, patience)) is None:
+                return
+            read_all = checked
+            with trio.move_on_after(patience) as slow:
                 await stream.send_all(frames.current())
             if slow.cancelled_caught:
                 return  # a client that does not read is dropped

@@ -82,6 +82,7 @@ class PersistStatistics:
     not run here; not counted in ``executions``)."""
 
     def to_json(self) -> dict[str, Any]:
+        """The record as a JSON-ready dict (a monitor frame's ``statistics``)."""
         return attrs.asdict(self)
 
 
@@ -128,6 +129,8 @@ class GroupSnapshot:
     named there by its digest, so nothing of a request is shown outside."""
 
     def to_json(self) -> dict[str, Any]:
+        """The record as a JSON-ready dict (one group of a monitor frame's ``snapshot``),
+        the group as text."""
         data = attrs.asdict(self)
         data["group"] = group_label(self.group)
         return data
@@ -174,6 +177,10 @@ class Observed(Protocol):
         """The device's name."""
         ...
 
-    def statistics(self) -> PersistStatistics: ...
+    def statistics(self) -> PersistStatistics:
+        """Its counters and gauges now (`Persist.statistics`)."""
+        ...
 
-    def snapshot(self) -> tuple[GroupSnapshot, ...]: ...
+    def snapshot(self) -> tuple[GroupSnapshot, ...]:
+        """One record per group now (`Persist.snapshot`)."""
+        ...

@@ -1,9 +1,7 @@
 """Prometheus metrics for a persist: ``pip install trio-persist[prometheus]``.
 
-Register a collector for each persist; it reads
-`trio_persist.Persist.statistics` and `trio_persist.Persist.durations` when
-Prometheus scrapes, so it costs nothing between
-scrapes and nothing at all on the hot path::
+Register a collector for each persist, created inside the persist's Trio run
+(right after `trio_persist.open_persist`, say)::
 
     from prometheus_client import REGISTRY, start_http_server
     from trio_persist.prometheus import PersistCollector
@@ -11,20 +9,35 @@ scrapes and nothing at all on the hot path::
     REGISTRY.register(PersistCollector(persist))
     start_http_server(9100)
 
-Exported (with the prefix ``trio_persist_`` and a ``device`` label):
+It costs nothing between scrapes and nothing at all on the hot path. A scrape
+runs in Prometheus's HTTP thread, which never reads the persist itself: it
+asks the persist's Trio thread for a frozen reading (statistics, durations
+and the backend's counters, all from one instant) and waits for it at most two
+seconds, after which (the loop is stuck, or the run has ended) it gets the last
+reading taken.
 
-* counters: ``requests``, ``executions``, ``deduplicated``, ``failures``,
-  ``crashes``, ``abandoned``, ``worker_timeouts``, ``hook_failures``,
-  ``evictions``, ``workers_started`` (each ``..._total``);
+Exported (with the prefix ``trio_persist_``), each series labelled ``device``
+with the persist's name (`trio_persist.Persist.name`): a bounded set of names,
+never groups or requests. Series for wrapped functions will carry their
+qualified name in a second label, ``function``, from the same bounded set.
+
+* counters: ``requests``, ``executions``, ``remote``, ``deduplicated``,
+  ``failures``, ``crashes``, ``abandoned``, ``worker_timeouts``,
+  ``hook_failures``, ``evictions``, ``workers_started`` (each ``..._total``);
 * gauges: ``in_flight``, ``waiters``, ``workers``, ``groups``;
-* histograms: ``execution_seconds`` and ``wait_seconds``.
+* histograms: ``execution_seconds`` and ``wait_seconds``;
+* with a backend that has ``statistics()`` (`trio_persist.redis.RedisBackend`):
+  each of its counters as ``backend_<name>_total`` (``backend_led_total``,
+  ``backend_followed_total``, ``backend_takeovers_total``, ...) and its gauges
+  ``backend_leading``, ``backend_following`` and ``backend_subscribed`` (1 or 0).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any, Protocol
+from typing import Any
 
+import attrs
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -33,13 +46,15 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from ._stats import DurationHistogram, PersistDurations, PersistStatistics
+from ._handoff import Handoff, Reading, take_reading
+from ._stats import DurationHistogram
 
 __all__ = ["PersistCollector"]
 
 _COUNTERS = {
     "requests": "Calls to resolve that got past argument checks.",
     "executions": "Device calls started.",
+    "remote": "Executions another process answered through the backend.",
     "deduplicated": "Calls answered by an execution another call started.",
     "failures": "Executions that ended with an exception.",
     "crashes": "Executions that crashed with a BaseException.",
@@ -55,29 +70,27 @@ _GAUGES = {
     "workers": "Workers alive now.",
     "groups": "Groups registered now.",
 }
-
-
-class _Source(Protocol):
-    """What the collector reads: a persist (its name, statistics and durations)."""
-
-    @property
-    def name(self) -> str: ...
-
-    def statistics(self) -> PersistStatistics: ...
-
-    def durations(self) -> PersistDurations: ...
+# The backend's figures that say what is true now; its other fields only grow.
+_BACKEND_GAUGES = frozenset({"leading", "following", "subscribed"})
+_Simple = type[CounterMetricFamily] | type[GaugeMetricFamily]
 
 
 class PersistCollector(Collector):
     """A Prometheus collector for one persist (register one per persist).
 
+    Create it inside the persist's Trio run: scrapes from any thread then
+    read a frozen reading taken on that run's thread.
+
     Args:
         persist: The `trio_persist.Persist` to read at each scrape.
         prefix: The metrics' name prefix.
+
+    Raises:
+        RuntimeError: created outside a Trio run.
     """
 
     def __init__(self, persist: Any, *, prefix: str = "trio_persist") -> None:
-        self._persist: _Source = persist
+        self._handoff = Handoff(lambda: take_reading(persist))
         self._prefix = prefix
 
     def describe(self) -> Iterator[Metric]:
@@ -85,25 +98,46 @@ class PersistCollector(Collector):
         return iter(())
 
     def collect(self) -> Iterator[Metric]:
-        """The persist's metrics now (called by the registry at each scrape)."""
-        persist = self._persist
-        labels = {"device": persist.name}
-        stats = persist.statistics()
+        """The persist's metrics (called by the registry at each scrape, in any thread).
+
+        Nothing if the persist's run ended before the first scrape.
+        """
+        reading = self._handoff.read()
+        if reading is not None:
+            yield from self._metrics(reading)
+
+    def _metrics(self, reading: Reading) -> Iterator[Metric]:
+        labels = {"device": reading.name}
+        stats = reading.statistics
         for name, doc in _COUNTERS.items():
-            counter = CounterMetricFamily(f"{self._prefix}_{name}", doc, labels=list(labels))
-            counter.add_metric(list(labels.values()), getattr(stats, name))
-            yield counter
+            yield self._family(CounterMetricFamily, name, doc, labels, getattr(stats, name))
         for name, doc in _GAUGES.items():
-            gauge = GaugeMetricFamily(f"{self._prefix}_{name}", doc, labels=list(labels))
-            gauge.add_metric(list(labels.values()), getattr(stats, name))
-            yield gauge
-        durations = persist.durations()
+            yield self._family(GaugeMetricFamily, name, doc, labels, getattr(stats, name))
+        durations = reading.durations
         yield self._histogram(
             "execution_seconds", "Device call durations.", durations.execution, labels
         )
         yield self._histogram(
             "wait_seconds", "Caller waits, from arrival to answer.", durations.wait, labels
         )
+        if attrs.has(type(reading.backend)):
+            yield from self._backend(reading.backend, labels)
+
+    def _backend(self, record: Any, labels: dict[str, str]) -> Iterator[Metric]:
+        for field in attrs.fields(type(record)):
+            value = getattr(record, field.name)
+            if not isinstance(value, (int, float)):
+                continue
+            doc = f"The backend's {field.name} (see its statistics())."
+            kind = GaugeMetricFamily if field.name in _BACKEND_GAUGES else CounterMetricFamily
+            yield self._family(kind, f"backend_{field.name}", doc, labels, float(value))
+
+    def _family(
+        self, kind: _Simple, name: str, doc: str, labels: dict[str, str], value: float
+    ) -> Metric:
+        family = kind(f"{self._prefix}_{name}", doc, labels=list(labels))
+        family.add_metric(list(labels.values()), value)
+        return family
 
     def _histogram(
         self, name: str, doc: str, histogram: DurationHistogram, labels: dict[str, str]

@@ -11,6 +11,7 @@ from typing import Any
 from typing_extensions import assert_type
 
 import trio_persist
+from trio_persist import stores
 from trio_persist.testing import RecordingDevice
 
 
@@ -59,3 +60,35 @@ async def untyped(device: Any) -> None:
         assert_type(persist, trio_persist.Persist[Any, Any, Any])
     async with trio_persist.open_persist(RecordingDevice()) as recorded:
         assert_type(await recorded.resolve("b", "r"), Any)
+
+
+class Sessions(trio_persist.Device[dict[str, int], str, dict[str, int]]):
+    """Subclassing the documented protocol: the hooks' signatures at hand."""
+
+    async def resolve(self, base: dict[str, int], request: str) -> dict[str, int]:
+        return {**base, request: base.get(request, 0) + 1}
+
+    def label(self, base: Any, request: Any) -> str:
+        return "sessions"
+
+
+async def devices() -> None:
+    ledger: trio_persist.Device[list[str], str, tuple[str, ...]] = Ledger()  # by resolve alone
+    async with trio_persist.open_persist(ledger) as persist:
+        assert_type(await persist.resolve(["a"], "b"), tuple[str, ...])
+    async with trio_persist.open_persist(Sessions()) as sessions:
+        assert_type(await sessions.resolve({}, "ann"), dict[str, int])
+
+
+async def state_stores() -> None:
+    # Each shipped store is a Store and a RecordStore to a type checker, too.
+    plain: stores.Store = stores.MemoryStore()
+    fenced: stores.RecordStore = stores.FileStore("states")
+    async with stores.MemoryStore() as memory:
+        assert_type(memory, stores.MemoryStore)
+    async with stores.SqliteStore("states.db") as sqlite:
+        assert_type(sqlite, stores.SqliteStore)
+        assert_type(await sqlite.load_record("g"), stores.StateRecord | None)
+    assert_type(await plain.load("g"), Any | None)
+    assert_type(await fenced.load_record("g"), stores.StateRecord | None)
+    assert_type(stores.check_store(plain), stores.Store | None)

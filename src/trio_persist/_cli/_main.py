@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import shlex
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, TextIO
@@ -16,8 +18,9 @@ from typing import Any, TextIO
 import trio
 from rich.console import Console
 
-from .._core._persist import open_persist
+from .._core._persist import Persist, open_persist
 from .._monitor import build_frame
+from .._stats import PersistStatistics
 from ._demo import Shop, workload
 from ._tui import MonitorView, follow, run_live, run_once, run_plain
 
@@ -29,36 +32,79 @@ def _is_terminal(stream: TextIO) -> bool:
         return False
 
 
-async def demo(duration: float | None, plain: bool, seed: int, out: TextIO = sys.stdout) -> int:
-    """Run the demo workload on an embedded persist and watch it; print a summary."""
+DEMO_SOCKET = "trio-persist-demo.sock"
+"""The demo's monitor socket, in the temporary directory unless ``--socket`` says."""
+
+
+async def demo(
+    duration: float | None,
+    plain: bool,
+    seed: int,
+    out: TextIO = sys.stdout,
+    *,
+    socket: str | None = None,
+) -> int:
+    """Run the demo workload on an embedded persist and watch it; print a summary.
+
+    The persist's monitor is served on *socket* (by default ``DEMO_SOCKET`` in
+    the temporary directory, or a name of this process's own if another demo
+    serves that one), and the first screen says how to watch it from another
+    terminal.
+    """
     rng = random.Random(seed)
     shop = Shop(rng)
-    async with open_persist(shop, worker_timeout=2.0, max_workers=5) as persist:
+    async with (
+        open_persist(shop, worker_timeout=2.0, max_workers=5) as persist,
+        trio.open_nursery() as nursery,
+    ):
+        try:
+            path = await _serve_demo_monitor(persist, nursery, socket)
+        except OSError as exc:  # --socket names a taken path, or a missing directory
+            print(f"trio-persist demo: {exc}", file=sys.stderr)
+            return 1
+        view = MonitorView(hint=f"in another terminal: trio-persist monitor {shlex.quote(path)}")
+        nursery.start_soon(workload, persist, shop)
 
         async def producer(view: MonitorView, redraw: Callable[[], None]) -> None:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(workload, persist, shop)
-                while True:
-                    view.feed(build_frame(persist, max_groups=50))
-                    redraw()
-                    await trio.sleep(1.0 if plain else 0.25)
+            while True:
+                view.feed(build_frame(persist, max_groups=50))
+                redraw()
+                await trio.sleep(1.0 if plain else 0.25)
 
-        view = MonitorView()
         if plain:
             await run_plain(view, producer, out, duration=duration)
         else:
             console = Console(file=out)
             await run_live(console, view, producer, keys_fd=sys.stdin.fileno(), duration=duration)
-        stats = persist.statistics()
+        nursery.cancel_scope.cancel()
+    print(_summary(persist.statistics()), file=out)
+    return 0
+
+
+async def _serve_demo_monitor(
+    persist: Persist[Any, Any, Any], nursery: trio.Nursery, socket: str | None
+) -> str:
+    """Serve *persist*'s monitor at *socket*, or at the default path (or this process's own)."""
+    if socket is not None:
+        path: str = await nursery.start(persist.serve_monitor, socket)
+        return path
+    shared = os.path.join(tempfile.gettempdir(), DEMO_SOCKET)
+    try:
+        path = await nursery.start(persist.serve_monitor, shared)
+    except FileExistsError:  # another demo serves it: this one gets a name of its own
+        own = shared.replace(".sock", f"-{os.getpid()}.sock")
+        path = await nursery.start(persist.serve_monitor, own)
+    return path
+
+
+def _summary(stats: PersistStatistics) -> str:
     ratio = stats.deduplicated / stats.requests if stats.requests else 0.0
-    print(
+    return (
         f"trio-persist demo: {stats.requests} requests, {stats.executions} executions, "
         f"{stats.deduplicated} deduplicated ({ratio:.0%}); {stats.workers_started} workers "
         f"started, {stats.worker_timeouts} timed out, {stats.evictions} evicted; "
-        f"{stats.failures} failures",
-        file=out,
+        f"{stats.failures} failures"
     )
-    return 0
 
 
 ENV_URL = "TRIO_PERSIST_REDIS_URL"
@@ -150,6 +196,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     demo_parser.add_argument("--plain", action="store_true", help="print sitrep lines instead")
     demo_parser.add_argument("--seed", type=int, default=1, help="seed of the workload")
+    demo_parser.add_argument(
+        "--socket",
+        metavar="PATH",
+        default=None,
+        help=f"serve the monitor here (default: {DEMO_SOCKET} in the temporary directory)",
+    )
     monitor_parser = commands.add_parser("monitor", help="watch a persist's monitor socket")
     monitor_parser.add_argument(
         "path", nargs="?", help="the Unix socket given to persist.serve_monitor"
@@ -179,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     plain = args.plain or not _is_terminal(sys.stdout)
     try:
         if args.command == "demo":
-            return trio.run(demo, args.duration, plain, args.seed)
+            return trio.run(partial(demo, socket=args.socket), args.duration, plain, args.seed)
         return trio.run(
             partial(monitor, redis=args.redis, namespace=args.namespace),
             args.path,

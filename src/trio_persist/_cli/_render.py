@@ -21,7 +21,7 @@ from rich.text import Text
 
 from .._text import cut, literal
 
-__all__ = ["SORTS", "clean_frame", "render_frame", "sitrep"]
+__all__ = ["SORTS", "clean_frame", "render_frame", "render_gone", "sitrep"]
 
 Frame = Mapping[str, Any]
 
@@ -34,8 +34,15 @@ _GROUP_DURATIONS = ("execution_p50", "execution_p99")
 _DURATIONS = ("execution_", "wait_")
 
 
+_LARGEST = 1e15
+"""Figures beyond this (a count, a time, an age) are junk, not data: shown as the default."""
+
+
 def _number(value: Any, default: float = 0) -> Any:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+    # JSON gives Infinity, NaN and integers of any size; none may reach int()/float().
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return default
+    if not -_LARGEST <= value <= _LARGEST:  # NaN fails this too
         return default
     return value
 
@@ -147,7 +154,7 @@ def header(frame: Frame, previous: Frame | None) -> Text:
     if "execution_p50" in stats:
         text.append(
             f"  exec p50 {_duration(stats['execution_p50'])} "
-            f"p99 {_duration(stats['execution_p99'])}"
+            f"p99 {_duration(stats.get('execution_p99', 0.0))}"
             f"  wait p99 {_duration(stats.get('wait_p99', 0.0))}"
         )
     return text
@@ -170,52 +177,99 @@ def render_frame(
     sort: str = "activity",
     paused: bool = False,
     status: str | None = None,
-    limit: int | None = None,
+    height: int | None = None,
     names: bool = False,
     history: Sequence[tuple[float, float]] = (),
     width: int | None = None,
     legend: bool = False,
+    hint: str | None = None,
 ) -> RenderableType:
     """Render one frame: a title, the totals, and the groups sorted by *sort*.
 
     *previous* (the frame before) gives the rates. *status* replaces the
     key help on the last line (a connection message, say). Groups are shown
     by their labels, or by their names (digests, say) with *names*, cut in
-    the middle to fit *width* columns. *history* (executions per second and
-    deduplicated share of each recent interval, oldest first) draws the
-    recent-history line; *legend* shows what every column means instead of
-    the groups.
+    the middle to fit *width* columns; as many as fit in *height* lines, and
+    a line says how many more there are (those the server left out of the
+    frame included). *history* (executions per second and deduplicated share
+    of each recent interval, oldest first) draws the recent-history line;
+    *hint* is a line under the totals (how to watch from elsewhere, say);
+    *legend* shows what every column means instead of the groups.
     """
-    now = frame["time"]
-    groups = sorted(frame["snapshot"], key=_sort_key(sort, now))
-    if limit is not None:
-        groups = groups[:limit]
+    top: list[RenderableType] = [_title(frame, paused), header(frame, previous)]
+    footer = _footer(status, sort, names)
+    if legend:
+        return Group(*top, Text(""), LEGEND, Text(""), footer)
+    # Two sparklines on one line: as many recent intervals as the width allows.
+    history_line = _history_line(history[-max(10, (width or 100) // 2 - 20) :])
+    if history_line is not None:
+        top.append(history_line)
+    if hint:
+        top.append(Text(literal(hint), style="bold"))
+    groups = sorted(frame["snapshot"], key=_sort_key(sort, frame["time"]))
+    total = max(frame["groups_total"], len(groups))
+    # Lines besides the rows: the top (its totals take two), a blank, the
+    # table's header, a blank, the footer.
+    room = None if height is None else height - (len(top) + 1) - 4
+    shown = _fitting(len(groups), total, room)
+    parts = [*top, Text(""), _table(groups[:shown], frame["time"], names, width)]
+    if total > shown:
+        parts.append(
+            Text(f"... {total - shown} more groups not shown ({total} in all)", style="dim")
+        )
+    return Group(*parts, Text(""), footer)
+
+
+def render_gone(
+    frame: Frame, message: str, *, sort: str = "activity", names: bool = False
+) -> RenderableType:
+    """The last totals of an application that went away, and *message* instead of its groups."""
+    title = _title(frame, paused=False)
+    title.append("  [gone]", style="bold red")
+    return Group(
+        title,
+        header(frame, None),
+        Text(""),
+        Text(literal(message, 400), style="bold red"),
+        Text(""),
+        _footer(None, sort, names),
+    )
+
+
+def _title(frame: Frame, paused: bool) -> Text:
     title = Text()
     title.append("trio-persist", style="bold cyan")
     title.append(f"  {literal(frame.get('device', '?'), 80)}  ")
     title.append(f"{frame['groups_total']} groups")
     if paused:
         title.append("  [paused]", style="bold yellow")
-    if legend:
-        return Group(
-            title, header(frame, previous), Text(""), LEGEND, Text(""), _footer(status, sort, names)
-        )
-    # Two sparklines on one line: as many recent intervals as the width allows.
-    history_line = _history_line(history[-max(10, (width or 100) // 2 - 20) :])
+    return title
+
+
+def _fitting(count: int, total: int, room: int | None) -> int:
+    """How many of *count* groups to show in *room* rows, keeping one row to say
+    how many are hidden when some of the *total* are."""
+    if room is None:
+        return count
+    room = max(room, 1)
+    if count <= room and total <= count:
+        return count
+    return max(min(count, room - 1), 0)
+
+
+def _table(
+    groups: Sequence[Mapping[str, Any]], now: float, names: bool, width: int | None
+) -> Table:
     table = Table(expand=True, box=None, header_style="bold", pad_edge=False)
     table.add_column("group", ratio=1, no_wrap=True, overflow="ellipsis")
     table.add_column("kind")
-    table.add_column("listeners", justify="right")
-    table.add_column("queued", justify="right")
-    table.add_column("served", justify="right")
-    table.add_column("age", justify="right")
-    table.add_column("idle for", justify="right")
+    for column in ("listeners", "queued", "served", "age", "idle for"):
+        table.add_column(column, justify="right")
     durations = any(g.get("execution_p50", 0.0) > 0 for g in groups)  # only when known
     if durations:
         table.add_column("p50", justify="right")
         table.add_column("p99", justify="right")
     for g in groups:
-        idle = "busy" if g["busy"] else _age(now - g["last_active"])
         extra = (
             (_duration(g.get("execution_p50", 0.0)), _duration(g.get("execution_p99", 0.0)))
             if durations
@@ -231,14 +285,10 @@ def render_frame(
             str(g["queued"]),
             str(g["served"]),
             _age(now - g["started"]),
-            idle,
+            "busy" if g["busy"] else _age(now - g["last_active"]),
             *extra,
         )
-    parts: list[RenderableType] = [title, header(frame, previous)]
-    if history_line is not None:
-        parts.append(history_line)
-    parts += [Text(""), table, Text(""), _footer(status, sort, names)]
-    return Group(*parts)
+    return table
 
 
 def _footer(status: str | None, sort: str, names: bool) -> Text:

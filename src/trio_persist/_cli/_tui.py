@@ -16,6 +16,7 @@ import os
 import signal
 import stat
 import sys
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TextIO
@@ -27,7 +28,7 @@ from rich.live import Live
 from rich.text import Text
 
 from .._text import literal
-from ._render import SORTS, SitrepState, clean_frame, render_frame, sitrep
+from ._render import SORTS, SitrepState, clean_frame, render_frame, render_gone, sitrep
 
 MAX_LINE = 4 * 1024 * 1024
 """The longest frame line the monitor keeps (a 200-group frame is ~50 KB)."""
@@ -82,6 +83,9 @@ class MonitorView:
     frames_seen: int = 0
     names: bool = False  # show group names (digests) instead of labels
     legend: bool = False  # show what the columns mean instead of the groups
+    hint: str | None = None  # a line under the totals (how to watch from elsewhere)
+    # Set when the application went away: what to say instead of its groups.
+    gone: str | None = None
     # (executions/s, deduplicated share) of each recent interval, for the history line.
     history: deque[tuple[float, float]] = attrs.field(factory=lambda: deque(maxlen=60))
 
@@ -91,8 +95,10 @@ class MonitorView:
         if clean is None:
             return
         self.frames_seen += 1
+        back, self.gone = self.gone is not None, None
         if not self.paused:
-            self.previous, self.frame = self.frame, clean
+            # Back after going away: its counters may have started again from zero.
+            self.previous, self.frame = (None if back else self.frame), clean
             if self.previous is not None:
                 self.history.append(_interval(self.previous, clean))
 
@@ -110,20 +116,24 @@ class MonitorView:
             self.legend = not self.legend
         return False
 
-    def renderable(self, limit: int | None = None, width: int | None = None) -> RenderableType:
+    def renderable(self, height: int | None = None, width: int | None = None) -> RenderableType:
+        """The screen: *height* lines (None: as many as the groups need), *width* columns."""
         if self.frame is None:
-            return Text(self.status or "waiting for the first frame...")
+            return Text(self.gone or self.status or "waiting for the first frame...")
+        if self.gone is not None:
+            return render_gone(self.frame, self.gone, sort=self.sort, names=self.names)
         return render_frame(
             self.frame,
             self.previous,
             sort=self.sort,
             paused=self.paused,
             status=self.status,
-            limit=limit,
+            height=height,
             names=self.names,
             history=tuple(self.history),
             width=width,
             legend=self.legend,
+            hint=self.hint,
         )
 
 
@@ -175,29 +185,47 @@ class read_frames:  # used like a function: ``async for frame in read_frames(str
 async def follow(
     path: str, view: MonitorView, redraw: Callable[[], None], *, retry: float = 1.0
 ) -> None:
-    """Feed *view* from the socket at *path*, reconnecting whenever it is missing or gone."""
+    """Feed *view* from the socket at *path*, reconnecting whenever it is missing or gone.
+
+    When the application goes away after sending frames, *view* says so (and
+    when it was last heard) instead of showing its last groups, until it is back.
+    """
+    heard: float | None = None  # Unix time of the last frame
     while True:
         try:
             stream = await _connect(path)
         except OSError as exc:
-            view.status = f"waiting for {path}: {_reason(exc)} (retrying; q quits)"
-            redraw()
+            if heard is None:
+                view.status = f"waiting for {path}: {_reason(exc)} (retrying; q quits)"
+                redraw()
             await trio.sleep(retry)
             continue
         view.status = None
-        gone = f"the application went away ({path}); waiting for it to come back (q quits)"
+        refused = None
         async with stream:
             try:
                 async for frame in read_frames(stream):
+                    heard = time.time()
                     view.feed(frame)
                     redraw()
             except trio.BrokenResourceError:
                 pass
             except MonitorRefused as exc:
-                gone = f"{path} refused this monitor: {exc} (retrying; q quits)"
-        view.status = gone
+                refused = f"{path} refused this monitor: {exc} (retrying; q quits)"
+        if refused is not None or heard is None:
+            view.status = refused or f"{path} closed before sending a frame (retrying; q quits)"
+        else:
+            view.gone = _gone_message(path, heard)
         redraw()
         await trio.sleep(retry)
+
+
+def _gone_message(path: str, heard: float) -> str:
+    at = time.strftime("%H:%M:%S", time.localtime(heard))
+    return (
+        f"The application is gone: {path} closed. Last heard at {at}. "
+        "Waiting for it to come back (q quits)."
+    )
 
 
 @contextlib.contextmanager
@@ -256,9 +284,7 @@ async def run_live(
 
         def redraw() -> None:
             size = console.size
-            live.update(
-                view.renderable(limit=max(size.height - 7, 1), width=size.width), refresh=True
-            )
+            live.update(view.renderable(height=size.height, width=size.width), refresh=True)
 
         with contextlib.ExitStack() as stack:
             interactive = keys_fd is not None and stack.enter_context(_cbreak(keys_fd))
@@ -280,16 +306,22 @@ async def run_plain(
     *,
     duration: float | None = None,
 ) -> None:
-    """Print sitrep lines whenever a group changes, and status changes, to *out*."""
+    """Print sitrep lines whenever a group changes, and status changes, to *out*.
+
+    *view*'s hint, if any, is printed first.
+    """
     state: SitrepState = {}
     last_status: list[str | None] = [None]
+    if view.hint:
+        print(view.hint, file=out, flush=True)
 
     def redraw() -> None:
         nonlocal state
-        if view.status != last_status[0]:
-            last_status[0] = view.status
-            if view.status is not None:
-                print(view.status, file=out, flush=True)
+        message = view.gone or view.status
+        if message != last_status[0]:
+            last_status[0] = message
+            if message is not None:
+                print(message, file=out, flush=True)
         if view.frame is not None and view.frames_seen:
             lines, state = sitrep(view.frame, state)
             for line in lines:

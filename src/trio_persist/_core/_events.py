@@ -42,6 +42,7 @@ class PersistEvent:
     """Extra words: an error's type and message, a stop reason."""
 
     def to_json(self) -> dict[str, Any]:
+        """The event as a JSON-ready dict, the group as text."""
         return {
             "kind": self.kind,
             "group": group_label(self.group),

@@ -36,15 +36,25 @@ class PersistOptions:
     """The checked options of a persist (see `open_persist` for their meaning)."""
 
     await_inprogress: AwaitMode
+    """True, ``"named"`` or False: which calls are deduplicated."""
     worker_timeout: float
+    """Seconds a worker waits for a request before it stops (``inf``: never)."""
     static_worker: bool
+    """Whether workers keep their state rather than advance it."""
     error_strategy: ErrorStrategy
+    """``"ignore"`` or ``"throw"``: whether a worker stops after a failed request."""
     allow_infinite: bool
+    """Whether a recursive resolve executes directly instead of raising."""
     max_workers: int | None
+    """The most workers alive at once (None: no limit)."""
     worker_inbox: int
+    """Requests a worker's inbox holds before callers wait."""
     shutdown_grace: float
+    """Seconds each ``on_idle`` may take (``inf``: no bound)."""
     ignore_keys: frozenset[Any] = frozenset()
+    """Top-level mapping keys the default grouper leaves out."""
     linger: float = 0.0
+    """Seconds a successful result keeps answering identical calls (0: not at all)."""
 
     @classmethod
     def check(

@@ -29,7 +29,7 @@ from .._grouping import default_group, default_group_and_base, same_request
 from .._monitor import serve_monitor
 from .._stats import GroupSnapshot, PersistDurations, PersistStatistics
 from .._text import literal, safe_repr
-from ._device import Device, adapt_device
+from ._device import DeviceLike, adapt_device
 from ._events import EventSubscription
 from ._flight import Flight
 from ._histogram import recent_quantiles
@@ -125,8 +125,9 @@ class Persist(Generic[B, R, T]):
         return self._core.options
 
     @property
-    def registry(self) -> Registry[Flight | Worker[B]]:
-        """Which flight or worker owns each group (read it; do not change it)."""
+    def registry(self) -> Registry[object]:
+        """The owner of each group, a `Worker` or the engine's own record of a flight
+        (read it; do not change it)."""
         return self._core.registry
 
     @property
@@ -774,7 +775,7 @@ class Persist(Generic[B, R, T]):
 
 @asynccontextmanager
 async def open_persist(
-    device: Device[B, R, T],
+    device: DeviceLike[B, R, T],
     *,
     await_inprogress: AwaitMode = True,
     worker_timeout: float | None = 10.0,

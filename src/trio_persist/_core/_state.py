@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable, Hashable, Mapping
-from typing import Any, Protocol
+from typing import Any
 
 import attrs
 import trio
@@ -32,6 +32,7 @@ from ._device import DeviceHooks
 from ._events import EventHub
 from ._histogram import Histogram
 from ._job import Job, Outcome
+from ._observer import Observer
 from ._options import PersistOptions
 from ._registry import Registry
 
@@ -55,25 +56,6 @@ MISS: Any = object()
 """No lingering result (and: a lingering result that answers any request of its group)."""
 
 Resolve = Callable[[Any, Any], Awaitable[Any]]
-
-
-class Observer(Protocol):
-    """Told about every execution (what instrumentation, such as OpenTelemetry, needs).
-
-    Called synchronously on the persist's thread; it must be quick and must not
-    raise (an observer that raises is counted as a failing hook and skipped).
-    """
-
-    def execution_started(self, kind: str, group: Hashable | None, label: str, job: Job) -> None:
-        """An execution of *group* starts (``kind``: ``"flight"`` or ``"worker"``)."""
-
-    def joined(self, kind: str, group: Hashable | None, job: Job) -> None:
-        """A caller joined *job*'s execution instead of starting one (in its own task)."""
-
-    def execution_ended(
-        self, kind: str, group: Hashable | None, job: Job, outcome: Outcome | None, seconds: float
-    ) -> None:
-        """*job*'s execution ended: *outcome* None means abandoned (every caller left)."""
 
 
 def _no_reroute(job: Job) -> None:  # pragma: no cover - replaced by the facade at once
@@ -239,18 +221,29 @@ class Core:
 
         Never raises: a failing hook is counted and logged, and the default used.
         """
-        hook = self.hooks.label
-        if hook is not None:
-            try:
-                text = hook(base, request)
-                if not isinstance(text, str):
-                    raise TypeError(f"label() returned a {type(text).__name__}, not a str")
-                return literal(text, LABEL_WIDTH)
-            except Exception as exc:
-                self.hook_failed("label", group, exc)
+        text = self.hook_label(group, base, request)
+        if text is not None:
+            return text
         if isinstance(group, str) and not _DIGEST.fullmatch(group):
             return literal(group, LABEL_WIDTH)  # a name a group hook chose
         return literal(safe_repr(base if request is None else request, LABEL_WIDTH), LABEL_WIDTH)
+
+    def hook_label(self, group: Hashable | None, base: Any, request: Any) -> str | None:
+        """The device's ``label`` hook's text for *group*, or None (no hook, or it failed).
+
+        Only this text may name a group outside the process (spans, heartbeats).
+        """
+        hook = self.hooks.label
+        if hook is None:
+            return None
+        try:
+            text = hook(base, request)
+            if not isinstance(text, str):
+                raise TypeError(f"label() returned a {type(text).__name__}, not a str")
+        except Exception as exc:
+            self.hook_failed("label", group, exc)
+            return None
+        return literal(text, LABEL_WIDTH)
 
     def settle_durations(self) -> None:
         """Fold the pending duration samples in (every `SETTLE_EVERY` executions)."""
@@ -271,7 +264,12 @@ class Core:
         return PersistDurations(execution=export(self.execution_time), wait=export(self.wait_time))
 
     def observe_start(self, kind: str, group: Hashable | None, job: Job) -> None:
-        label = self.label_of(group, job.base, job.request)
+        # What may leave the process: a wrapped function's name, or the label
+        # hook's text; never a rendering of the request.
+        if job.call is not None:
+            label = job.call.__name__
+        else:
+            label = self.hook_label(group, job.base, job.request) or ""
         for observer in tuple(self.observers):
             self._tell(observer, "execution_started", group, kind, group, label, job)
 
@@ -282,8 +280,9 @@ class Core:
     def observe_end(
         self, kind: str, group: Hashable | None, job: Job, outcome: Outcome | None, seconds: float
     ) -> None:
+        name = "abandoned" if outcome is None else outcome.value
         for observer in tuple(self.observers):
-            self._tell(observer, "execution_ended", group, kind, group, job, outcome, seconds)
+            self._tell(observer, "execution_ended", group, kind, group, job, name, seconds)
 
     def _tell(self, observer: Observer, method: str, group: Hashable | None, *args: Any) -> None:
         try:

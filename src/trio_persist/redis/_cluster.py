@@ -26,15 +26,25 @@ class NodeSnapshot:
     """One process of the cluster, as its last heartbeat described it."""
 
     node: str
+    """The process's id on the cluster (random, one per backend)."""
     host: str
+    """Its host's name."""
     pid: int
+    """Its process id."""
     namespace: str
+    """The namespace its persist uses."""
     statistics: dict[str, int]
+    """Its persist's statistics, as a monitor frame has them."""
     workers: tuple[str, ...]
+    """Its live workers' groups, as the heartbeat names them."""
     flights: tuple[str, ...]
+    """Its running flights' groups, as the heartbeat names them."""
     wall: float
+    """Unix time of the heartbeat."""
     time: float = 0.0
+    """Its persist's `trio.current_time` at the heartbeat (the clock of the snapshot)."""
     snapshot: tuple[dict[str, Any], ...] = ()
+    """Its busiest groups, as records of a monitor frame."""
 
 
 NODES = "{trio-persist:nodes}"
