@@ -5,6 +5,11 @@ Build with ``sphinx-build -W -b html docs docs/_build/html`` (`.ci/run` does).
 
 from __future__ import annotations
 
+import sys
+
+from sphinx.application import Sphinx
+from sphinx.pycode import ModuleAnalyzer
+
 import trio_persist
 
 project = "trio-persist"
@@ -48,3 +53,24 @@ napoleon_numpy_docstring = False
 napoleon_use_rtype = False
 myst_heading_anchors = 3
 suppress_warnings = ["myst.xref_missing"]  # links between pages are checked by MyST's own
+
+
+def _docstring_where_defined(
+    app: object, what: str, name: str, obj: object, options: object, lines: list[str]
+) -> None:
+    """A constant re-exported by ``trio_persist`` shows the docstring written under
+    it where it is defined (autodoc finds none in ``__init__`` and would show its
+    type's instead: int's, for ``MAX_DEPTH``)."""
+    if what != "data" or not name.startswith("trio_persist."):
+        return
+    short = name.rpartition(".")[2]
+    for module_name, module in sorted(sys.modules.items()):
+        if module_name.startswith("trio_persist.") and getattr(module, short, None) is obj:
+            found = ModuleAnalyzer.for_module(module_name).find_attr_docs().get(("", short))
+            if found:
+                lines[:] = list(found)
+                return
+
+
+def setup(app: Sphinx) -> None:
+    app.connect("autodoc-process-docstring", _docstring_where_defined)

@@ -120,6 +120,12 @@ WRONG_IMPORTS = [
     ("_core/_flight.py", "from . import _persist", "The engine: the facade routes"),
     ("_core/_job.py", "from . import _registry", "The engine: the facade routes"),
     ("_grouping.py", "from . import _monitor", "features side by side"),
+    ("_store.py", "from . import _state_codec", "features side by side"),
+    ("stores/_base.py", "from . import _file", "The stores: each store over"),
+    ("stores/_memory.py", "from .._core import _state", "The stores see neither"),
+    ("stores/_file.py", "from ..redis import _link", "The stores see neither"),
+    ("stores/_base.py", "from .. import testing", "features side by side"),
+    ("_core/_state.py", "from ..stores import _base", "engine never imports a backend, a store"),
 ]
 
 

@@ -20,7 +20,13 @@ import trio_persist
 
 def test_all_names_are_exported_exactly_once_from_the_package() -> None:
     public = {name for name in dir(trio_persist) if not name.startswith("_")}
-    assert set(trio_persist.__all__) == public - {"redis", "testing", "prometheus", "opentelemetry"}
+    assert set(trio_persist.__all__) == public - {
+        "redis",
+        "stores",
+        "testing",
+        "prometheus",
+        "opentelemetry",
+    }
     assert len(set(trio_persist.__all__)) == len(trio_persist.__all__)  # sorted by ruff (RUF022)
 
 
@@ -76,6 +82,7 @@ PUBLIC_MODULES = (
     "trio_persist.testing",
     "trio_persist.prometheus",
     "trio_persist.opentelemetry",
+    "trio_persist.stores",
 )
 
 
@@ -156,3 +163,24 @@ async def test_a_device_subclassing_the_protocol_gets_only_the_hooks_it_defines(
         await persist.get_worker("g", default=dict)  # no restore hook: a fresh worker
         nursery.cancel_scope.cancel()
     assert persist.statistics().hook_failures == 0
+
+
+def test_the_stores_module_exports_its_stores_and_their_protocol() -> None:
+    import trio_persist.stores as stores
+
+    assert set(stores.__all__) == {
+        "DEFAULT_MAX_BYTES",
+        "MAX_APPLIED",
+        "MAX_REQUEST_ID",
+        "FileStore",
+        "MemoryStore",
+        "RecordStore",
+        "SqliteStore",
+        "StateRecord",
+        "Store",
+        "StoreStatistics",
+        "check_store",
+    }
+    for name in ("FileStore", "MemoryStore", "SqliteStore", "StateRecord", "check_store"):
+        assert getattr(stores, name).__module__ == "trio_persist.stores", name
+    assert issubclass(trio_persist.StaleOwner, trio_persist.PersistError)

@@ -6,6 +6,9 @@ class, written below and measured in the same process, as a ratio. Run:
     .venv/bin/python tools/bench.py            # everything in-process
     .venv/bin/python tools/bench.py --quick    # smaller counts, for a smoke run
     .venv/bin/python tools/bench.py --redis    # add the cross-process figures
+    .venv/bin/python tools/bench.py --stores   # only the state stores' figures
+    .venv/bin/python tools/bench.py --grouping-only --grouping-against REV
+                                               # the default grouper, beside commit REV's
 
 The figures in docs/performance.md come from this script.
 """
@@ -392,6 +395,17 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="smaller counts")
     parser.add_argument("--runs", type=int, default=5, help="runs per figure (median)")
     parser.add_argument("--redis", action="store_true", help="also measure the Redis backend")
+    parser.add_argument("--stores", action="store_true", help="only the state stores' figures")
+    parser.add_argument(
+        "--grouping-only", action="store_true", help="only the default grouper's figures"
+    )
+    parser.add_argument(
+        "--grouping-against",
+        action="append",
+        default=[],
+        metavar="REV",
+        help="also measure the grouping encoder of commit REV (repeatable)",
+    )
     args = parser.parse_args()
     scale = 10 if args.quick else 1
     runs = 1 if args.quick else args.runs
@@ -399,6 +413,17 @@ def main() -> int:
         f"trio-persist {trio_persist.__version__}, trio {trio.__version__}, Python {sys.version.split()[0]}"
     )
     print(f"median of {runs} runs; us = microseconds per call\n")
+    sys.path.insert(0, os.path.dirname(__file__))
+    from _bench_grouping import grouping_figures
+    from _bench_stores import store_figures
+
+    if args.stores:
+        ok = store_figures(row, quick=args.quick)
+        print("\nall figures within their bars" if ok else "\nSOME FIGURES ARE OVER THEIR BARS")
+        return 0 if ok else 1
+    if args.grouping_only:
+        ok = grouping_figures(row, quick=args.quick, runs=runs, against=args.grouping_against)
+        return 0 if ok else 1
     ok = True
     print("Deduplicated resolution")
     n = 10_000 // scale
@@ -466,8 +491,10 @@ def main() -> int:
         "bytes",
         1.5,
     )
+    ok &= store_figures(row, quick=args.quick)
+    # Last of the in-process figures: its 9 MB values must not weigh on the memory one.
+    ok &= grouping_figures(row, quick=args.quick, runs=runs, against=args.grouping_against)
     if args.redis:
-        sys.path.insert(0, os.path.dirname(__file__))
         from _bench_redis import redis_figures
 
         ok &= redis_figures(row, quick=args.quick)

@@ -51,7 +51,7 @@ IN_PROCESS = [
     "tests/test_recursion.py", "tests/test_serve_loops.py", "tests/test_checkpoints.py",
     "tests/test_bounded.py", "tests/test_statistics.py", "tests/test_names.py",
     "tests/test_writes.py", "tests/test_workers.py",
-    "tests/test_front.py", "tests/test_registry.py", "tests/test_grouping.py",
+    "tests/test_front.py", "tests/test_registry.py", "tests/test_grouping.py", "tests/test_encoding.py",
     "tests/test_bad_values.py", "tests/test_hostile_names.py", "tests/test_options.py",
     "tests/test_events.py", "tests/test_labels.py", "tests/test_durations.py",
     "tests/test_logging.py", "tests/test_testing_helpers.py", "tests/test_invariants.py",
@@ -65,7 +65,7 @@ REDIS = [  # quickest first: with -x, most mutants die early
 ]  # fmt: skip
 # Modules by their path under src/trio_persist, without ".py".
 IN_PROCESS_MODULES = [
-    "_core/_state", "_core/_flight", "_grouping", "_core/_job", "_core/_persist",
+    "_core/_state", "_core/_flight", "_grouping", "_encoding", "_plain_json", "_records", "_core/_job", "_core/_persist",
     "_core/_registry", "_core/_runner", "_core/_supervisor", "_core/_worker",
     "_core/_linger", "_core/_labels", "_core/_histogram",
 ]  # fmt: skip

@@ -22,6 +22,7 @@ from ._exceptions import (
     PersistClosed,
     PersistError,
     RemoteError,
+    StaleOwner,
 )
 from ._grouping import MAX_DEPTH, canonical_encoding, default_group
 from ._stats import (
@@ -57,6 +58,7 @@ __all__ = [
     "RegistryStatistics",
     "RegistryView",
     "RemoteError",
+    "StaleOwner",
     "Worker",
     "WorkerRequest",
     "WorkerStatistics",

@@ -72,9 +72,29 @@ class BackendUnavailable(PersistError, ConnectionError):
 
 
 class CorruptResult(PersistError, ValueError):
-    """A result read from the backend cannot be trusted or understood.
+    """A result read from the backend, or a state read from a store, cannot be
+    trusted or understood.
 
-    Garbage in a result key, a pickled result with no signing key configured,
-    or a signature that does not match: nothing is unpickled unless its HMAC
-    checks out.
+    Garbage in a result key or a state file, a pickle with no signing key
+    configured, a signature that does not match, a state sealed for another
+    group: nothing is unpickled unless its HMAC checks out.
     """
+
+
+class StaleOwner(PersistError):
+    """A store refused a save: a newer owner of the group has saved since.
+
+    Each save that carries a fencing token is compared with the token of the
+    state it would replace; a lower one means this process no longer owns the
+    group (its lease passed on while it stalled), so its state must not
+    overwrite its successor's. ``token`` is the refused save's token and
+    ``stored`` the newer one.
+    """
+
+    def __init__(self, message: str, token: int, stored: int) -> None:
+        super().__init__(message)
+        self.token = token
+        self.stored = stored
+
+    def __reduce__(self) -> tuple[type[StaleOwner], tuple[str, int, int]]:
+        return (type(self), (str(self), self.token, self.stored))

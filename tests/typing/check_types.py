@@ -11,6 +11,7 @@ from typing import Any
 from typing_extensions import assert_type
 
 import trio_persist
+from trio_persist import stores
 from trio_persist.testing import RecordingDevice
 
 
@@ -77,3 +78,17 @@ async def devices() -> None:
         assert_type(await persist.resolve(["a"], "b"), tuple[str, ...])
     async with trio_persist.open_persist(Sessions()) as sessions:
         assert_type(await sessions.resolve({}, "ann"), dict[str, int])
+
+
+async def state_stores() -> None:
+    # Each shipped store is a Store and a RecordStore to a type checker, too.
+    plain: stores.Store = stores.MemoryStore()
+    fenced: stores.RecordStore = stores.FileStore("states")
+    async with stores.MemoryStore() as memory:
+        assert_type(memory, stores.MemoryStore)
+    async with stores.SqliteStore("states.db") as sqlite:
+        assert_type(sqlite, stores.SqliteStore)
+        assert_type(await sqlite.load_record("g"), stores.StateRecord | None)
+    assert_type(await plain.load("g"), Any | None)
+    assert_type(await fenced.load_record("g"), stores.StateRecord | None)
+    assert_type(stores.check_store(plain), stores.Store | None)
