@@ -197,12 +197,17 @@ class Flight:
         try:
             while True:
                 if not job.abandoned:
+                    # When the last job ended (or the flight started): no clock read.
+                    began = self.last_active
+                    job.scope = scope
                     try:
-                        outcome = await self._execute(job, scope)
+                        outcome = await run_device(self._begin(job), job.base, job.request, job)
                     except trio.Cancelled:
-                        if job.abandoned and not self.core.closed:
-                            over = not self._advance()
+                        over = self._cancelled(job, began)
                         raise
+                    finally:
+                        job.scope = None
+                    self._finished(job, outcome, began)
                     if outcome is Outcome.OK and self._succeeded(job):
                         return True
                     if scope.cancel_called:
@@ -219,31 +224,31 @@ class Flight:
                 self.over = True
                 self._end()
 
-    async def _execute(self, job: Job, scope: trio.CancelScope) -> Outcome:
-        """Run *job* once under *scope*; cancellation propagates (the job answered
-        with `LeaderDied` if every listener left)."""
+    def _begin(self, job: Job) -> Resolve:
+        """*job*'s execution starts: tell the observers; return what it runs."""
         core = self.core
-        job.scope = scope
-        # When the last job ended (or the flight started): no clock read.
-        began = self.last_active
         if core.observers.listening:
             label = core.observed_label(self.group, job.base, job, self.label)
             core.observers.started(self.kind, self.group, label, job)
-        try:
-            outcome = await run_device(self._resolver(job), job.base, job.request, job)
-        except trio.Cancelled:
-            if job.abandoned and not core.closed:
-                core.abandoned(self, job, began)
-                job.fail(leader_died("the execution was cancelled: every listener left"))
-            raise
-        finally:
-            job.scope = None
-        self.last_active = now = core.finish(self, job, outcome, began)
+        return self._resolver(job)
+
+    def _finished(self, job: Job, outcome: Outcome, began: float) -> None:
+        """*job*'s execution ended with *outcome* (it is answered)."""
+        self.last_active = now = self.core.finish(self, job, outcome, began)
         self.recent = remember(self.recent, self.served, now - began)
         self.served += 1
         if self.joinable:
             self._unindex(job)
-        return outcome
+
+    def _cancelled(self, job: Job, began: float) -> bool:
+        """*job*'s execution was cancelled; whether the flight is over (False: it goes
+        on in a fresh runner, because every listener left and more is queued)."""
+        core = self.core
+        if not job.abandoned or core.closed:
+            return True
+        core.abandoned(self, job, began)
+        job.fail(leader_died("the execution was cancelled: every listener left"))
+        return not self._advance()
 
     def _resolver(self, job: Job) -> Resolve:
         """What *job* runs: the device (or its wrapped function), through the

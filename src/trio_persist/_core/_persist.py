@@ -78,6 +78,16 @@ def _is_exit(error: BaseException) -> bool:
     return isinstance(error, (KeyboardInterrupt, SystemExit))
 
 
+@attrs.define
+class _Detour:
+    """Why a call cannot simply listen: a lingering *value* (no owner), a
+    recursive call (an *owner*, no job), or a full inbox (an owner and a *job*)."""
+
+    owner: Owner | None = None
+    job: Job | None = None
+    value: Any = None
+
+
 def _refuse_a_worker(owner: Owner, call: Resolve) -> None:
     """A wrapped call's group is a flight's: a worker started for it cannot serve it."""
     if owner.kind != "flight":
@@ -258,48 +268,70 @@ class Persist(Generic[B, R, T]):
             return await self._listen(job, flight, running.get(), flight.started)
         group, by_base, key = self._name(base, request)
         core.counters.requests += 1
-        return await self._route(group, by_base, base, request, key, share, spawn_worker)
+        current = running.get()
+        route = self._route(current, group, by_base, base, request, key, share, spawn_worker, None)
+        if not isinstance(route, _Detour):
+            return await self._listen(route[0], route[1], current, route[2])
+        args = (group, by_base, base, request, key, share, spawn_worker, None)
+        return await self._detour(route, current, *args)
 
-    async def _route(
+    def _route(
         self,
+        current: Owner | None,
         group: Hashable,
         by_base: Hashable | None,
         base: Any,
         request: Any,
         key: object,
         share: bool,
-        spawn_worker: bool = False,
-        call: Resolve | None = None,
-    ) -> Any:
-        """Take a named call to its group's owner: join, queue, or start a flight.
+        spawn_worker: bool,
+        fn: Resolve | None,
+    ) -> tuple[Job, Owner, float | None] | _Detour:
+        """Take a named call to its group's owner without waiting: join, queue, or
+        start a flight, and return ``(job, owner, arrival)`` to listen on; or a
+        `_Detour` when the call cannot simply listen.
 
-        Synchronous from the lookup to the admission, so atomic on Trio's thread.
-        *call* replaces the device (a wrapped function).
+        Synchronous from the lookup to the admission, so atomic on Trio's thread;
+        and no coroutine of its own, so a waiting caller's stack stays short.
+        *fn* replaces the device (a wrapped function).
         """
-        core = self._core
-        current = running.get()
+        owner = self._owner(group, by_base, base)
+        if owner is None:
+            if share and self._core.linger.entries:
+                value = self._lingering(group, key, request)
+                if value is not MISS:
+                    return _Detour(value=value)
+            job = Job(base, request, None, spawn_worker, key, share, call=fn)
+            flight = self._start_flight(group, job)
+            return job, flight, flight.started
+        if fn is not None:
+            _refuse_a_worker(owner, fn)
+        if current is not None and _waits_for(self._awaiting, owner, current):
+            return _Detour(owner=owner)
+        joined = owner.find(request, key) if share else None
+        if joined is not None:
+            self._joined(owner, joined)
+            return joined, owner, None
+        job = Job(base, request, None, spawn_worker, key, share, call=fn)
+        if owner.admit_nowait(job):
+            return job, owner, None
+        return _Detour(owner=owner, job=job)
+
+    async def _detour(self, detour: _Detour, current: Owner | None, *route: Any) -> Any:
+        """A call that cannot simply listen: a lingering answer, a recursive call,
+        or a full worker inbox (waited for; routed again if the worker stopped)."""
         while True:
-            owner = self._owner(group, by_base, base)
+            owner, job = detour.owner, detour.job
             if owner is None:
-                if share and core.linger.entries:
-                    value = self._lingering(group, key, request)
-                    if value is not MISS:
-                        return await self._lingered(value)
-                job = Job(base, request, None, spawn_worker, key, share, call=call)
-                flight = self._start_flight(group, job)
-                return await self._listen(job, flight, current, flight.started)
-            if call is not None:
-                _refuse_a_worker(owner, call)
-            if current is not None and _waits_for(self._awaiting, owner, current):
-                return await self._recurse(owner, current, group, base, request, call)
-            joined = owner.find(request, key) if share else None
-            if joined is not None:
-                self._joined(owner, joined)
-                return await self._listen(joined, owner, current)
-            job = Job(base, request, None, spawn_worker, key, share, call=call)
-            if owner.admit_nowait(job) or await owner.admit(job):
+                return await self._lingered(detour.value)
+            if job is None:
+                return await self._recurse(owner, current, *route)
+            if await owner.admit(job):
                 return await self._listen(job, owner, current)
-            # The worker stopped while we waited for room in its inbox: route again.
+            again = self._route(current, *route)  # the worker stopped meanwhile
+            if not isinstance(again, _Detour):
+                return await self._listen(again[0], again[1], current, again[2])
+            detour = again
 
     async def start_worker(
         self,
@@ -449,7 +481,12 @@ class Persist(Generic[B, R, T]):
             raise PersistClosed("this persist is closed: wrapped calls need its block")
         group = default_group(label, (args, kwargs))
         core.counters.requests += 1
-        return await self._route(group, None, args, kwargs, group, share, False, call)
+        current = running.get()
+        routing = (group, None, args, kwargs, group, share, False, call)
+        route = self._route(current, *routing)
+        if not isinstance(route, _Detour):
+            return await self._listen(route[0], route[1], current, route[2])
+        return await self._detour(route, current, *routing)
 
     def add_observer(self, observer: Observer) -> None:
         """Tell *observer* about every execution from now on (for instrumentation).
@@ -628,11 +665,12 @@ class Persist(Generic[B, R, T]):
     async def _recurse(
         self,
         owner: Owner,
-        current: Owner,
+        current: Owner | None,
         group: Hashable,
+        by_base: Hashable | None,
         base: Any,
         request: Any,
-        call: Resolve | None,
+        *rest: Any,
     ) -> Any:
         """A call that would wait for its own caller: execute directly, or refuse.
 
@@ -642,11 +680,12 @@ class Persist(Generic[B, R, T]):
         if (owner is current and owner.kind == "worker") or self.options.allow_infinite:
             await trio.lowlevel.checkpoint()  # promised, whatever the device does
             self._core.counters.executions += 1
-            resolve = self._core.hooks.resolve if call is None else call
+            fn = rest[-1]  # the route's last argument: a wrapped function, or None
+            resolve = self._core.hooks.resolve if fn is None else fn
             return await resolve(base, request)
         raise InfiniteRecursion(
-            f"resolving group {safe_repr(group)} would wait for an execution that is waiting "
-            "for this call; pass allow_infinite=True to execute it directly instead"
+            f"resolving group {safe_repr(group)} would wait for an execution that is "
+            "waiting for this call; pass allow_infinite=True to execute it directly instead"
         )
 
     async def _listen(

@@ -13,6 +13,7 @@ the `Core.reroute` callback the facade installs.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Hashable, Mapping
 from typing import Any
@@ -202,27 +203,25 @@ class Core:
     # Tasks in `Persist.wait_quiet`, made on first use (most persists never wait).
     quiet: trio.lowlevel.ParkingLot | None = None
     now: Callable[[], float] = attrs.field(init=False)
+    # The group of ``(base, request)``: the device's ``group`` hook itself, or
+    # the default grouper leaving out ``ignore_keys`` (no frame of ours between).
+    # Raises what the hook raises, or `TypeError` for a value the default
+    # grouper cannot encode.
+    group_of: Callable[[Any, Any], Hashable] = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
+        hook = self.hooks.group
+        self.group_of = (
+            hook
+            if hook is not None
+            else functools.partial(default_group, ignore_keys=self.options.ignore_keys)
+        )
         self.owners = self.registry.as_mapping()
         self.linger = Linger(self.options.linger)
         self.observers = Observers(self.hook_failed)
         # The run's clock, read directly: half the cost of trio.current_time()
         # on the hot path, and the same (virtual) time under a MockClock.
         self.now = trio.lowlevel.current_clock().current_time
-
-    def group_of(self, base: Any, request: Any) -> Hashable:
-        """The group of ``(base, request)``: the device's ``group`` hook, or the
-        default grouper (leaving out ``ignore_keys``).
-
-        Raises:
-            TypeError: the default grouper cannot encode a value.
-            Exception: whatever the hook raises.
-        """
-        hook = self.hooks.group
-        if hook is not None:
-            return hook(base, request)
-        return default_group(base, request, ignore_keys=self.options.ignore_keys)
 
     def finish(self, owner: Owner, job: Job, outcome: Outcome, began: float) -> float:
         """End one execution of *owner*'s that began at *began*: time it, tell the
