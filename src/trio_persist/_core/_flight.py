@@ -208,7 +208,7 @@ class Flight:
                     finally:
                         job.scope = None
                     self._finished(job, outcome, began)
-                    if outcome is Outcome.OK and self._succeeded(job):
+                    if outcome is Outcome.OK and job.spawn_worker and self._spawn_worker(job):
                         return True
                     if scope.cancel_called:
                         # The device swallowed its cancellation: this scope is spent.
@@ -225,20 +225,31 @@ class Flight:
                 self._end()
 
     def _begin(self, job: Job) -> Resolve:
-        """*job*'s execution starts: tell the observers; return what it runs."""
+        """*job*'s execution starts: tell the observers; return what it runs: the
+        device (or its wrapped function), through the backend when it has one
+        and the job is shared (a write runs here)."""
         core = self.core
         if core.observers.listening:
             label = core.observed_label(self.group, job.base, job, self.label)
             core.observers.started(self.kind, self.group, label, job)
-        return self._resolver(job)
+        resolve = core.hooks.resolve if job.call is None else job.call
+        backend = core.backend
+        if backend is None or self.group is None or not job.shared:
+            core.counters.executions += 1
+            return resolve
+        return _across_processes(backend, core.counters, self, resolve, core.options.linger)
 
     def _finished(self, job: Job, outcome: Outcome, began: float) -> None:
-        """*job*'s execution ended with *outcome* (it is answered)."""
-        self.last_active = now = self.core.finish(self, job, outcome, began)
+        """*job*'s execution ended with *outcome* (it is answered); a success of a
+        shared job lingers."""
+        core = self.core
+        self.last_active = now = core.finish(self, job, outcome, began)
         self.recent = remember(self.recent, self.served, now - began)
         self.served += 1
         if self.joinable:
             self._unindex(job)
+        if outcome is Outcome.OK and core.linger.seconds and job.shared:
+            self._linger(job)
 
     def _cancelled(self, job: Job, began: float) -> bool:
         """*job*'s execution was cancelled; whether the flight is over (False: it goes
@@ -250,25 +261,11 @@ class Flight:
         job.fail(leader_died("the execution was cancelled: every listener left"))
         return not self._advance()
 
-    def _resolver(self, job: Job) -> Resolve:
-        """What *job* runs: the device (or its wrapped function), through the
-        backend when it has one and the job is shared (a write runs here)."""
-        core = self.core
-        resolve = core.hooks.resolve if job.call is None else job.call
-        backend = core.backend
-        if backend is None or self.group is None or not job.shared:
-            core.counters.executions += 1
-            return resolve
-        return _across_processes(backend, core.counters, self, resolve, core.options.linger)
-
-    def _succeeded(self, job: Job) -> bool:
-        """After a success: let it linger; True if the group went to a worker."""
-        core = self.core
-        if core.linger.seconds and job.shared and self.group is not None:
-            key = job.name()
-            if key is not None:
-                core.linger.put(self.group, key, job.value)
-        return job.spawn_worker and self._spawn_worker(job)
+    def _linger(self, job: Job) -> None:
+        """Let *job*'s result answer identical calls for a while."""
+        key = job.name()
+        if key is not None and self.group is not None:
+            self.core.linger.put(self.group, key, job.value)
 
     def _unindex(self, job: Job) -> None:
         joinable = self.joinable
