@@ -72,7 +72,7 @@ def _members(item: object) -> tuple[Iterator[Any], int]:
 
 @attrs.define(eq=False)
 class Linger:
-    """Results that answer identical calls until they expire. Empty (false) unless
+    """Results that answer identical calls until they expire. Empty unless
     *seconds* > 0; everything is O(1) but the bounded size estimate on `put`."""
 
     seconds: float
@@ -80,9 +80,6 @@ class Linger:
     entries: dict[Hashable, tuple[object, Any, float, int]] = attrs.field(factory=dict)
     size: int = 0
     limit: int = attrs.field(factory=lambda: LINGER_BYTES)
-
-    def __bool__(self) -> bool:
-        return bool(self.entries)
 
     def put(self, group: Hashable, key: object, value: Any) -> None:
         """Let *value*, the result of the request named *key*, answer identical calls."""

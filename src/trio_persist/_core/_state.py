@@ -85,13 +85,6 @@ class Timings:
     # Executions left before the pending samples are folded in.
     unsettled: int = SETTLE_EVERY
 
-    def executed(self, seconds: float) -> None:
-        """Record one execution's duration."""
-        self.execution.add(seconds)
-        self.unsettled -= 1
-        if not self.unsettled:
-            self.settle()
-
     def settle(self) -> None:
         """Fold the pending samples in."""
         self.unsettled = SETTLE_EVERY
@@ -113,7 +106,8 @@ class Timings:
 
 @attrs.define(eq=False)
 class Observers:
-    """The observers added with `Persist.add_observer`; false while there are none.
+    """The observers added with `Persist.add_observer` (check ``listening`` first:
+    most persists have none).
 
     *failed* is told about an observer that raised (it is then skipped, never
     propagated).
@@ -121,9 +115,6 @@ class Observers:
 
     failed: Callable[[str, Hashable | None, BaseException], None]
     listening: list[Observer] = attrs.field(factory=list)
-
-    def __bool__(self) -> bool:
-        return bool(self.listening)
 
     def started(self, kind: str, group: Hashable | None, label: str, job: Job) -> None:
         """*job* starts; *label* is what may name it outside the process (the
@@ -228,7 +219,7 @@ class Core:
         observers, count and announce its outcome. Returns the end time."""
         job.finished = now = self.now()
         elapsed = now - began
-        timings = self.timings  # inlined `Timings.executed`: this runs once per execution
+        timings = self.timings
         timings.execution.add(elapsed)
         timings.unsettled -= 1
         if not timings.unsettled:
