@@ -26,13 +26,13 @@ from typing import Any, Generic, ParamSpec, TypeVar, final, overload
 import attrs
 import trio
 
-from .._backend import check_backend
+from .._backend import Backend, check_backend
 from .._exceptions import InfiniteRecursion, PersistClosed
 from .._grouping import default_group, default_group_and_base
 from .._monitor import serve_monitor
 from .._stats import GroupSnapshot, PersistDurations, PersistStatistics
 from .._text import safe_repr
-from ._device import DeviceLike, adapt_device
+from ._device import DeviceHooks, DeviceLike, adapt_device
 from ._events import EventSubscription
 from ._flight import Flight
 from ._job import UNNAMED, Job, Owner, leader_died, request_name, running
@@ -119,7 +119,11 @@ class Persist(Generic[B, R, T]):
     yields a ``Persist[B, R, T]`` and ``await persist.resolve(...)`` is a ``T``.
     """
 
-    _core: Core = attrs.field(alias="core")
+    _hooks: DeviceHooks = attrs.field(alias="hooks")
+    _options: PersistOptions = attrs.field(alias="options")
+    _nursery: trio.Nursery = attrs.field(alias="nursery")
+    _backend: Backend | None = attrs.field(alias="backend")
+    _core: Core = attrs.field(init=False)
     _supervisor: Supervisor = attrs.field(init=False)
     _runners: RunnerPool = attrs.field(init=False)
     _grouping: Grouping = attrs.field(init=False)
@@ -129,8 +133,13 @@ class Persist(Generic[B, R, T]):
     _awaiting: dict[Owner, list[Owner]] = attrs.field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:
-        core = self._core
-        core.reroute = self._reroute
+        self._core = core = Core(
+            hooks=self._hooks,
+            options=self._options,
+            nursery=self._nursery,
+            reroute=self._reroute,
+            backend=self._backend,
+        )
         self._supervisor = Supervisor(core)
         self._runners = RunnerPool(core.nursery)
         mode = core.options.await_inprogress
@@ -867,8 +876,9 @@ async def open_persist(
     body_error: BaseException | None = None
     try:
         async with trio.open_nursery() as nursery:
-            core = Core(hooks=hooks, options=options, nursery=nursery, backend=checked_backend)
-            persist: Persist[B, R, T] = Persist(core=core)
+            persist: Persist[B, R, T] = Persist(
+                hooks=hooks, options=options, nursery=nursery, backend=checked_backend
+            )
             if checked_backend is not None:
                 await nursery.start(checked_backend.serve, persist)
             try:

@@ -161,10 +161,6 @@ def describe_owner(owner: Any, group: Hashable, queued: int) -> GroupSnapshot:
     )
 
 
-def _no_reroute(job: Job) -> None:  # pragma: no cover - replaced by the facade at once
-    raise AssertionError("Core.reroute was not installed")
-
-
 @attrs.define(eq=False, repr=False)
 class Core:
     """Shared context of one persist. Internal; `Persist` is its public face.
@@ -176,6 +172,8 @@ class Core:
     hooks: DeviceHooks
     options: PersistOptions
     nursery: trio.Nursery
+    # Gives a job whose worker stopped to its group's next owner (the facade's).
+    reroute: Callable[[Job], None]
     backend: Backend | None = None
     # Which owner (a flight or a worker) holds each group.
     registry: Registry[Owner] = attrs.field(factory=Registry)
@@ -183,7 +181,6 @@ class Core:
     # cheaper than a method call on the hot path). Changed only through registry.
     owners: Mapping[Hashable, Owner] = attrs.field(init=False)
     events: EventHub = attrs.field(factory=EventHub)
-    reroute: Callable[[Job], None] = _no_reroute
     closed: bool = False
     counters: Counters = attrs.field(factory=Counters)
     timings: Timings = attrs.field(factory=Timings)
