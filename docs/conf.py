@@ -42,7 +42,7 @@ nitpick_ignore_regex = [
     (r"py:.*", r"(TracebackType|TaskStatus|PathLike|Nursery|CancelScope|Event)"),
     # Type variables (they have no page of their own), wherever they are defined.
     # No other private name may appear in a public signature: it fails the build.
-    (r"py:.*", r"~?(trio_persist\.[\w.]+\.)?(B|R|T|S|V|P|OwnerT|B_contra|R_contra|T_co)"),
+    (r"py:.*", r"~?(trio_persist\.[\w.]+\.)?(B|R|T|S|V|P|OwnerT|ShownT|B_contra|R_contra|T_co)"),
 ]
 
 autodoc_member_order = "bysource"

@@ -148,3 +148,18 @@ def redis_url(redis_server: RedisServer) -> str:
 @pytest.fixture
 def namespace() -> str:
     return f"test-{uuid.uuid4().hex[:12]}"
+
+
+class Sleeper:
+    """One group; each request sleeps its own number of seconds."""
+
+    def __init__(self) -> None:
+        self.executed: list[Any] = []
+
+    def group(self, base: Any, request: Any) -> Any:
+        return "g"
+
+    async def resolve(self, state: Any, request: Any) -> Any:
+        self.executed.append(request)
+        await trio.sleep(request)
+        return request

@@ -142,3 +142,105 @@ def test_a_wrong_import_breaks_its_contract(
     assert result.returncode != 0
     broken = [row for row in result.stdout.splitlines() if row.endswith("BROKEN")]
     assert any(contract in row for row in broken), result.stdout
+
+
+# -- size and complexity -----------------------------------------------------------
+
+MAX_LINES = 60
+MAX_COMPLEXITY = 15
+
+
+def _body_lines(node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    """Lines of a function's body, its docstring left out."""
+    body = node.body
+    if (
+        len(body) > 1
+        and isinstance(body[0], ast.Expr)
+        and isinstance(body[0].value, ast.Constant)
+        and isinstance(body[0].value.value, str)
+    ):
+        body = body[1:]
+    return (node.end_lineno or node.lineno) - body[0].lineno + 1
+
+
+def _too_big(path: pathlib.Path) -> list[str]:
+    from radon.complexity import cc_visit
+
+    source = path.read_text()
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            lines = _body_lines(node)
+            if lines > MAX_LINES:
+                found.append(
+                    f"{path.relative_to(PACKAGE)}:{node.lineno} {node.name}: {lines} lines"
+                )
+    for block in cc_visit(source):
+        blocks = [block, *getattr(block, "methods", ())]
+        found += [
+            f"{path.relative_to(PACKAGE)}:{each.lineno} {each.name}: complexity {each.complexity}"
+            for each in blocks
+            if each.complexity > MAX_COMPLEXITY and not getattr(each, "methods", None)
+        ]
+    return found
+
+
+def test_no_function_is_longer_than_60_lines_or_more_complex_than_15() -> None:
+    pytest.importorskip("radon")
+    found = [problem for path in sorted(PACKAGE.rglob("*.py")) for problem in _too_big(path)]
+    assert found == []
+
+
+# -- owners hold their own state ------------------------------------------------------
+
+_MUTATORS = {"append", "appendleft", "extend", "insert", "pop", "popleft", "remove", "clear"}
+
+
+def _owner_fields() -> set[str]:
+    """Fields only a flight or a worker has (not a job's, not the shared context's)."""
+    import attrs
+
+    from trio_persist._core import _flight, _job, _state, _supervisor, _worker
+
+    def names(cls: type) -> set[str]:
+        return {field.name for field in attrs.fields(cls)}
+
+    owners = names(_flight.Flight) | names(_worker.WorkerTask)
+    others = names(_job.Job) | names(_state.Core) | names(_supervisor.Supervisor)
+    return owners - others
+
+
+def _writes_into_owners(path: pathlib.Path, fields: set[str]) -> list[str]:
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        targets: list[ast.expr] = []
+        if isinstance(node, (ast.Assign, ast.Delete)):
+            targets = list(node.targets)
+        elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+            targets = [node.target]
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in _MUTATORS
+        ):
+            targets = [node.func.value]
+        for target in targets:
+            while isinstance(target, ast.Subscript):
+                target = target.value
+            if (
+                isinstance(target, ast.Attribute)
+                and target.attr in fields
+                and not (isinstance(target.value, ast.Name) and target.value.id == "self")
+            ):
+                found.append(f"{path.name}:{node.lineno} writes .{target.attr}")
+    return found
+
+
+def test_no_owner_state_is_written_from_outside_its_class() -> None:
+    fields = _owner_fields()
+    found = [
+        write
+        for path in sorted((PACKAGE / "_core").glob("*.py"))
+        for write in _writes_into_owners(path, fields)
+    ]
+    assert found == []

@@ -219,3 +219,38 @@ async def test_a_request_the_backend_cannot_name_fails_nobody_on_redis(
             assert results == {"deep": "deep", "plain": "ok"}
             assert backend.statistics().led == 1
             assert not persist.closed
+
+
+async def test_a_group_whose_hash_raises_later_fails_only_its_own_callers(
+    autojump_clock: object,
+) -> None:
+    class Fragile:
+        broken = False
+
+        def __hash__(self) -> int:
+            if self.broken:
+                raise RuntimeError("this group cannot be hashed any more")
+            return 1
+
+    fragile = Fragile()
+    release = trio.Event()
+
+    class Device:
+        def group(self, base: Any, request: Any) -> Any:
+            return fragile if base == "fragile" else base
+
+        async def resolve(self, base: Any, request: Any) -> Any:
+            await release.wait()
+            return base
+
+    async with trio_persist.open_persist(Device(), linger=10) as persist:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(persist.resolve, "fragile", 1)
+            nursery.start_soon(persist.resolve, "fine", 1)
+            await trio.testing.wait_all_tasks_blocked()
+            fragile.broken = True  # the flight lingers and frees its group after this
+            release.set()
+        with pytest.raises(RuntimeError, match="cannot be hashed"):
+            await persist.resolve("fragile", 2)
+        assert await persist.resolve("fine", 2) == "fine"
+        assert len(persist.registry) == 0

@@ -134,3 +134,17 @@ async def test_groups_remembered_for_restore_are_capped(monkeypatch: pytest.Monk
         await persist.resolve(0, "visit")  # forgotten: the oldest beyond the cap
         await persist.resolve(4, "visit")  # remembered: restored
     assert restored == [4]
+
+
+async def test_at_most_64_runners_stay_parked(autojump_clock: object) -> None:
+    async def slow(base: Any, request: Any) -> Any:
+        await trio.sleep(1)
+
+    async with trio_persist.open_persist(slow) as persist:
+        async with trio.open_nursery() as nursery:
+            for n in range(100):
+                nursery.start_soon(persist.resolve, "b", n)
+        await trio.testing.wait_all_tasks_blocked()
+        # Reaching in: the pool's size is not public; 64 is its documented limit.
+        assert persist._runners.idle == 64
+        assert len(persist._core.nursery.child_tasks) == 64

@@ -13,7 +13,7 @@ import trio
 import trio.testing
 
 import trio_persist
-from conftest import Counting, OneGroup
+from conftest import Counting, OneGroup, Sleeper
 
 
 async def test_cancelling_one_follower_leaves_the_others_their_result(counting: Counting) -> None:
@@ -243,3 +243,83 @@ async def test_a_caller_arriving_while_an_abandoned_execution_unwinds_gets_a_fre
         await trio.sleep(0.5)  # the abandoned execution is still cleaning up
         assert await persist.resolve("base", "req") == 2
         assert trio.current_time() == 1 + 1 + 5  # it waited for the clean-up: one at a time
+
+
+async def test_cancelling_the_block_with_a_worker_alive_still_closes_the_event_stream(
+    autojump_clock: object,
+) -> None:
+    ended = trio.Event()
+
+    async def instant(state: Any, request: Any) -> Any:
+        return state
+
+    async with trio.open_nursery() as outside:
+        with trio.CancelScope() as block:
+            async with trio_persist.open_persist(instant) as persist:
+                events = persist.subscribe()
+
+                async def read() -> None:
+                    async for _ in events:
+                        pass
+                    ended.set()
+
+                outside.start_soon(read)
+                await persist.start_worker("state")
+                block.cancel()
+                await trio.sleep_forever()
+        with trio.fail_after(5):
+            await ended.wait()  # the subscriber outside saw the stream end
+    assert block.cancelled_caught
+    assert persist.closed
+
+
+async def test_a_caller_leaving_as_the_block_closes_is_cancelled_and_nothing_stays() -> None:
+    started = trio.Event()
+
+    async def device(base: Any, request: Any) -> Any:
+        started.set()
+        await trio.sleep_forever()
+
+    leaving = trio.CancelScope()
+    async with trio.open_nursery() as outside:
+        async with trio_persist.open_persist(device) as persist:
+
+            async def caller() -> None:
+                with leaving:
+                    await persist.resolve("base", "r")
+
+            outside.start_soon(caller)
+            await started.wait()
+            leaving.cancel()  # the caller leaves, and the block closes, in one step
+    assert leaving.cancelled_caught
+    stats = persist.statistics()
+    assert (stats.waiters, stats.in_flight, stats.groups) == (0, 0, 0)
+
+
+async def test_a_worker_request_whose_callers_all_left_is_cancelled_and_the_worker_goes_on(
+    autojump_clock: object,
+) -> None:
+    device = Sleeper()
+    async with trio_persist.open_persist(device, static_worker=True) as persist:
+        worker = await persist.start_worker("s")
+        with trio.move_on_after(1):
+            await persist.resolve("s", 5)
+        assert await persist.resolve("s", 2) == 2
+        assert trio.current_time() == 3
+        assert persist.statistics().abandoned == 1
+        assert not worker.statistics().stopped
+
+
+async def test_a_queued_worker_request_whose_callers_left_is_skipped(
+    autojump_clock: object,
+) -> None:
+    device = Sleeper()
+    async with trio_persist.open_persist(device, static_worker=True) as persist:
+        await persist.start_worker("s")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(persist.resolve, "s", 1)
+            await trio.testing.wait_all_tasks_blocked()
+            with trio.move_on_after(0.5):
+                await persist.resolve("s", 7)
+        assert device.executed == [1]
+        assert trio.current_time() == 1

@@ -14,6 +14,7 @@ import trio.testing
 from trio.testing import assert_checkpoints
 
 import trio_persist
+from trio_persist.testing import RecordingDevice
 
 
 async def instant(base: Any, request: Any) -> Any:
@@ -133,3 +134,28 @@ async def test_a_custom_loop_receive_and_execute_checkpoint_even_with_work_queue
             for request in ("a", "b"):
                 nursery.start_soon(persist.resolve, "state", request)
     assert sorted(seen) == ["a", "b"]
+
+
+async def test_a_custom_loop_receive_checkpoints_when_the_worker_was_asked_to_stop() -> None:
+    received: list[Any] = []
+
+    class Stopping:
+        async def resolve(self, base: Any, request: Any) -> Any:
+            return request
+
+        async def serve(self, worker: trio_persist.Worker) -> None:
+            worker.stop_nowait()
+            with assert_checkpoints():
+                received.append(await worker.receive())
+
+    async with trio_persist.open_persist(Stopping()) as persist:
+        worker = await persist.start_worker("state")
+        await worker.wait_stopped()
+    assert received == [None]
+    assert worker.statistics().stop_reason == "stopped"  # not "crashed" by the assert
+
+
+async def test_the_recording_device_checkpoints_when_it_does_not_block() -> None:
+    device = RecordingDevice()
+    with assert_checkpoints():
+        assert await device.resolve("base", "request") == ("base", "request")

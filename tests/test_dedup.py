@@ -1,7 +1,8 @@
 """Deduplicated resolution: identical in-flight requests share one execution.
 
-Ports upstream's ``deduplicated_execution_test`` (R1), the dedup scenarios of
-its section 9, and Go singleflight's test list.
+The original's deduplication test (HyperBEAM's ``deduplicated_execution_test``),
+its deduplication scenarios, and Go singleflight's test list; each promise is
+stated in docs/guarantees.md.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from conftest import Counting, SlowDevice
 async def test_two_callers_of_one_slow_request_share_its_result(
     autojump_clock: object, slow_device: SlowDevice
 ) -> None:
-    # Upstream R1: A starts a 200 ms request; B asks the same 100 ms later.
+    # The original's test: A starts a 200 ms request; B asks the same 100 ms later.
     results: dict[str, Any] = {}
     request = {"path": "slow", "wait": 0.2}
     async with trio_persist.open_persist(slow_device) as persist:
@@ -141,7 +142,7 @@ async def test_a_result_is_not_cached_once_its_flight_has_landed(counting: Count
 async def test_every_waiter_gets_the_leaders_result_and_the_group_is_freed(
     autojump_clock: object, slow_device: SlowDevice
 ) -> None:
-    # Scenario 13: A leads, B, C and D wait with the identical request.
+    # A leads, B, C and D wait with the identical request.
     request = {"path": "slow", "wait": 1}
     async with trio_persist.open_persist(slow_device) as persist:
         results: list[Any] = []
@@ -160,7 +161,7 @@ async def test_every_waiter_gets_the_leaders_result_and_the_group_is_freed(
 async def test_different_requests_of_one_group_run_one_after_another_in_order(
     autojump_clock: object, slow_device: SlowDevice
 ) -> None:
-    # Scenario 14 improved (W7): B's different request runs right after A's,
+    # Better than the original: B's different request runs right after A's,
     # on its own, without waiting for anybody to die.
     finished: list[tuple[str, float]] = []
     async with trio_persist.open_persist(slow_device) as persist:
@@ -229,7 +230,7 @@ async def test_forget_lets_the_next_call_start_afresh_while_the_old_flight_finis
 async def test_a_device_without_a_group_hook_is_not_deduplicated_in_named_mode(
     counting: Counting,
 ) -> None:
-    # Scenario 6: with await_inprogress="named" only devices with a grouper dedupe.
+    # With await_inprogress="named" only devices with a grouper dedupe.
     counting.hold = True
     async with trio_persist.open_persist(counting, await_inprogress="named") as persist:
         async with trio.open_nursery() as nursery:
@@ -255,7 +256,7 @@ async def test_a_device_with_a_group_hook_is_deduplicated_in_named_mode(
 async def test_await_inprogress_false_executes_every_call_and_registers_nothing(
     autojump_clock: object, slow_device: SlowDevice
 ) -> None:
-    # Scenario 8: even with a grouper, False means every call runs on its own.
+    # Even with a grouper, False means every call runs on its own.
     async with trio_persist.open_persist(slow_device, await_inprogress=False) as persist:
         async with trio.open_nursery() as nursery:
             for _ in range(3):
@@ -334,3 +335,138 @@ async def test_resolve_rejects_a_non_bool_spawn_worker(counting: Counting) -> No
     async with trio_persist.open_persist(counting) as persist:
         with pytest.raises(TypeError, match="spawn_worker must be True or False"):
             await persist.resolve("base", "req", spawn_worker="yes")  # type: ignore[arg-type]
+
+
+# -- identical means identical ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [(1, 1.0), (1, True), (0.0, -0.0), ({"amount": 1}, {"amount": True})],
+    ids=["1/1.0", "1/True", "0.0/-0.0", "amount 1/True"],
+)
+async def test_equal_but_different_requests_never_share_an_execution_under_a_group_hook(
+    autojump_clock: object, one_group: Any, first: Any, second: Any
+) -> None:
+    # `==` says these are equal; their canonical encodings differ, and so do they.
+    async with trio_persist.open_persist(one_group) as persist, trio.open_nursery() as nursery:
+        for request in (first, second, first, second):
+            nursery.start_soon(persist.resolve, "base", request)
+    assert sorted(map(repr, one_group.executed)) == sorted([repr(first), repr(second)])
+
+
+async def test_a_request_joins_a_queued_identical_one_without_comparing_to_each(
+    autojump_clock: object,
+) -> None:
+    # Under a group hook, many distinct requests queue behind one execution; an
+    # arrival finds its identical request by name, never by `==` against each.
+    compared = 0
+
+    class Request(str):
+        __hash__ = str.__hash__
+
+        def __eq__(self, other: object) -> bool:
+            nonlocal compared
+            compared += 1
+            return str.__eq__(self, other)
+
+    class OneGroup:
+        def group(self, base: Any, request: Any) -> str:
+            return "all"
+
+        async def resolve(self, base: Any, request: Any) -> Any:
+            await trio.sleep(1)
+            return request
+
+    async with trio_persist.open_persist(OneGroup()) as persist, trio.open_nursery() as nursery:
+        for n in range(500):
+            nursery.start_soon(persist.resolve, "base", Request(f"r{n}"))
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(persist.resolve, "base", Request("r499"))
+        await trio.testing.wait_all_tasks_blocked()
+        assert persist.statistics().deduplicated == 1
+    assert compared == 0
+
+
+async def test_distinct_requests_never_share_a_group_or_a_result() -> None:
+    # Upstream's 27-bit phash2 collides after ~10^4 live groups, and then a
+    # follower returns a result computed for a different base.
+    groups = {trio_persist.default_group({"base": i}, {"path": "same"}) for i in range(20_000)}
+    assert len(groups) == 20_000
+
+    async def device(base: Any, request: Any) -> Any:
+        await trio.lowlevel.checkpoint()
+        return base
+
+    async with trio_persist.open_persist(device) as persist:
+        results: dict[int, Any] = {}
+
+        async def call(i: int) -> None:
+            results[i] = await persist.resolve({"base": i}, {"path": "same"})
+
+        async with trio.open_nursery() as nursery:
+            for i in range(2000):
+                nursery.start_soon(call, i)
+    assert all(results[i] == {"base": i} for i in range(2000))
+
+
+async def test_of_many_concurrent_first_callers_exactly_one_executes(
+    counting: Counting,
+) -> None:
+    # Upstream looks up, then registers and ignores the result: two leaders.
+    counting.hold = True
+    sequencer = trio.testing.Sequencer()
+    async with trio_persist.open_persist(counting) as persist:
+
+        async def first_caller(position: int) -> None:
+            async with sequencer(position):
+                pass
+            await persist.resolve("base", "req")
+
+        async with trio.open_nursery() as nursery:
+            for position in range(10):
+                nursery.start_soon(first_caller, position)
+            await trio.testing.wait_all_tasks_blocked()
+            counting.release.set()
+    assert counting.calls == 1
+
+
+async def test_a_caller_arriving_as_a_flight_lands_is_answered(autojump_clock: object) -> None:
+    # Upstream unregisters, then drains without blocking: a follower in between
+    # waits forever. Here closing the group and collecting its listeners are one step.
+    answered: list[float] = []
+
+    async def device(base: Any, request: Any) -> Any:
+        await trio.sleep(1)
+        return trio.current_time()
+
+    async with trio_persist.open_persist(device) as persist:
+
+        async def caller(delay: float) -> None:
+            await trio.sleep(delay)
+            answered.append(await persist.resolve("base", "req"))
+
+        async with trio.open_nursery() as nursery:
+            for delay in (0, 0.5, 1, 1, 1, 1.5):
+                nursery.start_soon(caller, delay)
+    assert len(answered) == 6
+    assert trio.current_time() <= 2.5
+
+
+async def test_a_different_request_is_served_as_soon_as_the_first_finishes(
+    autojump_clock: object, counting: Counting
+) -> None:
+    # Upstream answers only identical requests; the rest wait for the leader to die.
+    class Device:
+        def group(self, base: Any, request: Any) -> Any:
+            return base
+
+        async def resolve(self, base: Any, request: Any) -> Any:
+            await trio.sleep(1)
+            return request
+
+    async with trio_persist.open_persist(Device()) as persist, trio.open_nursery() as nursery:
+        nursery.start_soon(persist.resolve, "m", "first")
+        await trio.testing.wait_all_tasks_blocked()
+        assert await persist.resolve("m", "second") == "second"
+        assert trio.current_time() == 2

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.lowlevel
 import trio.testing
 
 import trio_persist
@@ -131,3 +132,40 @@ async def test_an_observer_is_told_each_execution_that_ends(autojump_clock: obje
         persist.add_observer(Watcher())
         await persist.resolve("b", 2)
     assert ended == [("ok", 2)]
+
+
+@pytest.mark.parametrize("owner", ["flight", "worker"])
+async def test_pending_duration_samples_stay_few_however_many_executions(owner: str) -> None:
+    # Samples are appended on the hot path and folded in every few hundred
+    # executions, by flights and workers alike: memory stays bounded.
+    async with trio_persist.open_persist(echo_after_a_checkpoint, static_worker=True) as persist:
+        if owner == "worker":
+            await persist.start_worker("state")
+        for n in range(1000):
+            await persist.resolve("state", n)
+        timings = persist._core.timings  # reaching in: nothing public shows unfolded samples
+        assert timings.execution.pending < 256
+        assert timings.wait.pending < 256
+        assert persist.statistics().executions == 1000
+
+
+async def echo_after_a_checkpoint(base: Any, request: Any) -> Any:
+    await trio.lowlevel.checkpoint()
+    return request
+
+
+async def test_a_worker_reports_the_times_of_its_last_sixty_four_requests(
+    autojump_clock: object,
+) -> None:
+    async def device(state: Any, seconds: float) -> Any:
+        await trio.sleep(seconds)
+        return state
+
+    async with trio_persist.open_persist(device, static_worker=True) as persist:
+        await persist.start_worker("s")
+        for _ in range(100):  # slow ones first: they roll out of the window
+            await persist.resolve("s", 5)
+        for _ in range(64):
+            await persist.resolve("s", 1)
+        [record] = persist.snapshot()
+    assert (record.execution_p50, record.execution_p99) == (1, 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from typing import Any
 
@@ -10,6 +11,7 @@ import trio
 import trio.testing
 
 import trio_persist
+from conftest import Counting
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup, ExceptionGroup
@@ -139,3 +141,58 @@ async def test_a_task_failing_while_the_block_is_quiet_propagates() -> None:
     with pytest.RaisesGroup(pytest.RaisesExc(RuntimeError, match="backend's task")):
         async with trio_persist.open_persist(device, backend=CrashingOnClose()):
             pass
+
+
+async def test_a_group_is_freed_however_its_execution_ends() -> None:
+    class Boom(BaseException):
+        pass
+
+    outcomes: dict[str, Any] = {
+        "value": None,
+        "error": ValueError("e"),
+        "crash": Boom(),
+        "group": ExceptionGroupLike(),
+    }
+
+    async def device(base: Any, request: Any) -> Any:
+        await trio.lowlevel.checkpoint()
+        outcome = outcomes[request]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    async with trio_persist.open_persist(device) as persist:
+        for request in outcomes:
+            with contextlib.suppress(ValueError, trio_persist.LeaderDied, ExceptionGroupLike):
+                await persist.resolve("base", request)
+            assert len(persist.registry) == 0
+        with trio.move_on_after(0):
+            await persist.resolve("base", "value")
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(persist.registry) == 0
+
+
+class ExceptionGroupLike(Exception):
+    """An error from deep inside a device (where the original leaked its group)."""
+
+
+async def test_followers_raise_like_the_leader_instead_of_receiving_the_error_as_a_value(
+    counting: Counting,
+) -> None:
+    counting.hold = True
+    async with trio_persist.open_persist(counting) as persist:
+        raised = 0
+
+        async def call() -> None:
+            nonlocal raised
+            try:
+                await persist.resolve("base", "fail:same")
+            except ValueError:
+                raised += 1
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(3):
+                nursery.start_soon(call)
+            await trio.testing.wait_all_tasks_blocked()
+            counting.release.set()
+    assert raised == 3

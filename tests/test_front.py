@@ -157,19 +157,34 @@ async def test_a_lingering_result_answers_only_its_own_request_under_a_group_hoo
         assert persist.statistics().executions == 2
 
 
-async def test_lingering_results_are_bounded(
+async def test_lingering_results_are_bounded_by_their_size(
     autojump_clock: object, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from trio_persist._core import _state
+    from trio_persist._core import _linger
 
-    monkeypatch.setattr(_state, "LINGER_LIMIT", 3)  # reaching in: the cap is 65,536
-    device = RecordingDevice()
+    monkeypatch.setattr(_linger, "LINGER_BYTES", 35_000)  # reaching in: the cap is 64 MiB
+    device = RecordingDevice(lambda base, n: bytes(10_000))
     async with trio_persist.open_persist(device, linger=100) as persist:
         for n in range(5):
             await persist.resolve("db", n)
         for n in (4, 3, 2, 0, 1):
             await persist.resolve("db", n)
     assert device.executions == 5 + 2  # 4, 3 and 2 lingered; the two oldest had gone
+
+
+async def test_a_result_larger_than_the_linger_cap_never_lingers(
+    autojump_clock: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from trio_persist._core import _linger
+
+    monkeypatch.setattr(_linger, "LINGER_BYTES", 35_000)  # reaching in: the cap is 64 MiB
+    device = RecordingDevice(lambda base, n: [bytes(1_000)] * n)
+    async with trio_persist.open_persist(device, linger=100) as persist:
+        await persist.resolve("db", 100)  # 100 references to one block: small
+        await persist.resolve("db", 100)
+        await persist.resolve("db", 50_000)  # 400 kB of references: too large
+        await persist.resolve("db", 50_000)
+    assert device.executions == 3
 
 
 @pytest.mark.parametrize(
@@ -246,3 +261,22 @@ async def test_a_result_lingers_across_processes_on_redis(redis_url: str, namesp
                 await b.resolve("db", "bob")
             await a.resolve("db", "bob")  # the failure did not linger
             assert first.executions == 2
+
+
+async def test_a_wrapped_functions_result_lingers_too(autojump_clock: object) -> None:
+    calls = 0
+
+    async def fetch(page: int) -> str:
+        nonlocal calls
+        calls += 1
+        return f"page {page}"
+
+    async def device(base: Any, request: Any) -> Any:
+        return request  # pragma: no cover - only the wrapped function runs
+
+    async with trio_persist.open_persist(device, linger=10) as persist:
+        cached = persist.wrap(fetch)
+        assert await cached(1) == "page 1"
+        await trio.sleep(5)
+        assert await cached(1) == "page 1"  # within its window: no second call
+    assert calls == 1

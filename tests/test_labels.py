@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 
@@ -82,3 +84,46 @@ async def test_labels_reach_the_frames(tmp_path: Any) -> None:
         assert frame["snapshot"][0]["label"] == "'alice'"
         device.release()
         nursery.cancel_scope.cancel()
+
+
+async def test_a_label_costs_a_few_members_whatever_the_value(autojump_clock: object) -> None:
+    # The label is built once per group, from a handful of members: a snapshot
+    # (the monitor takes one a second) never renders a whole large value.
+    rendered = 0
+
+    class Item:
+        def __repr__(self) -> str:
+            nonlocal rendered
+            rendered += 1
+            return "item"
+
+    async with trio_persist.open_persist(RecordingDevice(), static_worker=True) as persist:
+        await persist.start_worker([Item() for _ in range(10_000)], group=("big", 1))
+        for _ in range(3):
+            [record] = persist.snapshot()
+        assert record.label.startswith("[item, item")
+        assert len(record.label) <= 80
+    assert rendered <= 10
+
+
+async def test_a_failing_label_hook_is_counted_each_time_and_logged_once(
+    autojump_clock: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Device(RecordingDevice):
+        def label(self, base: Any, request: Any) -> str:
+            raise ValueError("no label today")
+
+    device = Device()
+    device.block()
+    async with trio_persist.open_persist(device) as persist, trio.open_nursery() as nursery:
+        for n in range(50):
+            nursery.start_soon(persist.resolve, "db", n)
+        await trio.testing.wait_all_tasks_blocked()
+        for _ in range(3):
+            assert len(persist.snapshot()) == 50
+        assert persist.statistics().hook_failures == 50  # once per group: then kept
+        device.release()
+    logged = [r for r in caplog.records if r.name == "trio_persist" and r.levelno >= logging.ERROR]
+    assert len(logged) == 2  # the first, in full; then one summary when the persist closed
+    assert logged[0].exc_info is not None
+    assert "49 more" in logged[1].getMessage()

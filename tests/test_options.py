@@ -118,3 +118,25 @@ async def test_a_device_of_the_wrong_shape_is_refused_with_what_was_wrong(
     with pytest.raises(TypeError, match=message):
         async with trio_persist.open_persist(bad):
             pytest.fail("the block must not open")  # pragma: no cover
+
+
+@pytest.mark.parametrize(("flags", "name"), [({"spawn_worker": 0}, "spawn_worker"),
+                                             ({"share": 1}, "share")])  # fmt: skip
+async def test_flags_must_be_true_or_false_not_merely_falsy_or_truthy(
+    flags: dict[str, Any], name: str
+) -> None:
+    async def device(base: Any, request: Any) -> Any:
+        return request  # pragma: no cover
+
+    async with trio_persist.open_persist(device) as persist:
+        with pytest.raises(TypeError, match=f"{name} must be True or False"):
+            await persist.resolve("base", "r", **flags)
+
+
+async def test_a_bad_error_strategy_is_refused_up_front() -> None:
+    async def device(base: Any, request: Any) -> Any:
+        return base  # pragma: no cover
+
+    with pytest.raises(ValueError, match="error_strategy"):
+        async with trio_persist.open_persist(device, error_strategy="crash"):  # type: ignore[arg-type]
+            pass  # pragma: no cover

@@ -87,3 +87,22 @@ async def test_concurrent_callers_of_different_groups_never_see_false_recursion(
         for i in range(5):
             nursery.start_soon(persist.resolve, "outer", i % 2)
             nursery.start_soon(persist.resolve, "inner", i % 2)
+
+
+async def test_a_nested_call_is_forgotten_once_it_returned(autojump_clock: object) -> None:
+    # Worker a resolves b and gets its answer; later worker b resolves a. That is
+    # no cycle: a stopped waiting for b long ago.
+    class Two:
+        def group(self, base: Any, request: Any) -> Any:
+            return base
+
+        async def resolve(self, state: Any, request: Any) -> Any:
+            if request == "leaf":
+                return f"leaf of {state}"
+            return await persist.resolve(request, "leaf")
+
+    async with trio_persist.open_persist(Two(), static_worker=True) as persist:
+        await persist.start_worker("a")
+        await persist.start_worker("b")
+        assert await persist.resolve("a", "b") == "leaf of b"
+        assert await persist.resolve("b", "a") == "leaf of a"  # not InfiniteRecursion

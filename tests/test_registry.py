@@ -1,15 +1,18 @@
-"""The registry (upstream hb_name): atomic, owner-checked, never stale.
+"""The registry: which owner holds each group; atomic, owner-checked, never stale.
 
-The first six tests port upstream's hb_name tests (section 8.2 of the
-behavioural reading); the rest pin down what upstream got wrong (W2, W3, W12).
+The first tests are those of the original (HyperBEAM's ``hb_name``); the rest
+pin down what it got wrong and what holds here instead (docs/guarantees.md).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import pytest
 import trio
 import trio.testing
 
+import trio_persist
 from trio_persist import GroupTaken, Registry
 
 
@@ -135,3 +138,63 @@ def test_statistics_count_registrations_and_refusals() -> None:
     stats = registry.statistics()
     assert (stats.groups, stats.registrations, stats.refused) == (2, 2, 1)
     assert "2 groups" in repr(registry)
+
+
+async def test_a_forgotten_flight_ending_late_never_removes_its_successor(
+    autojump_clock: object,
+) -> None:
+    # Upstream deletes by key alone; Go singleflight once had the same bug with Forget.
+    durations = iter([1.0, 2.0])
+
+    async def device(base: Any, request: Any) -> Any:
+        await trio.sleep(next(durations))
+        return trio.current_time()
+
+    async with trio_persist.open_persist(device) as persist:
+        group = persist.group("base", "req")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(persist.resolve, "base", "req")  # the old flight, ends at 1
+            await trio.testing.wait_all_tasks_blocked()
+            old = persist.registry.lookup(group)
+            persist.forget(group)
+            nursery.start_soon(persist.resolve, "base", "req")  # the new one, ends at 2
+            await trio.sleep(1.5)
+            new = persist.registry.lookup(group)
+            assert new is not None
+            assert new is not old  # the old flight ended at 1 and left it alone
+        assert len(persist.registry) == 0
+
+
+async def test_an_undeduplicated_call_never_touches_a_registration() -> None:
+    # Upstream: a caller with await_inprogress=false deletes whoever owns its group.
+    release = trio.Event()
+
+    class Device:
+        def group(self, base: Any, request: Any) -> Any:
+            return "shared"
+
+        async def resolve(self, base: Any, request: Any) -> Any:
+            await release.wait()
+            return request
+
+    async with trio_persist.open_persist(Device()) as deduplicating:
+        async with trio_persist.open_persist(Device(), await_inprogress=False) as plain:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(deduplicating.resolve, None, "a")
+                nursery.start_soon(plain.resolve, None, "b")
+                await trio.testing.wait_all_tasks_blocked()
+                release.set()
+                await trio.testing.wait_all_tasks_blocked()
+                assert len(plain.registry) == 0
+
+
+async def test_registrations_belong_to_the_persist_not_to_a_task() -> None:
+    # Upstream's registry table died with whichever process created it.
+    async def device(base: Any, request: Any) -> Any:
+        return base
+
+    async with trio_persist.open_persist(device) as persist:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(persist.start_worker, "s")
+        [worker] = persist.workers()  # the task that started it is gone; the worker is not
+        assert persist.registry.lookup(worker.group) is worker

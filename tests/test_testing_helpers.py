@@ -67,3 +67,19 @@ async def test_wait_quiet_can_also_wait_for_workers_to_end(autojump_clock: objec
         await wait_quiet(persist, workers=True)
         assert trio.current_time() == 5  # the worker idled out
         assert persist.workers() == ()
+
+
+def test_a_test_that_would_wait_for_ever_fails_at_once_under_the_autojump_clock() -> None:
+    from conftest import VIRTUAL_BOUND, bounded
+
+    async def hangs() -> None:
+        await trio.sleep_forever()
+
+    clock = trio.testing.MockClock(autojump_threshold=0)
+    with pytest.raises(trio.TooSlowError):
+        trio.run(bounded(hangs), clock=clock)
+    assert clock.current_time() == VIRTUAL_BOUND
+
+
+async def test_every_async_test_runs_under_a_deadline() -> None:
+    assert trio.current_effective_deadline() < float("inf")

@@ -6,6 +6,7 @@ calls are twenty writes: merging them would silently lose nineteen.
 
 from __future__ import annotations
 
+import functools
 import random
 from typing import Any
 
@@ -121,3 +122,54 @@ async def test_the_demo_counts_every_page_view_of_a_session(autojump_clock: obje
             for _ in range(20):
                 nursery.start_soon(persist.resolve, "session", {"user": "u1", "page": 3})
         assert worker.state["views"] == 20
+
+
+# -- writes across processes -------------------------------------------------------------
+
+
+class Ledger:
+    """Deposits: each execution adds its amount (a write must never be merged)."""
+
+    def __init__(self) -> None:
+        self.deposits: list[int] = []
+
+    async def resolve(self, account: str, amount: int) -> int:
+        await trio.sleep(0.05)  # long enough for the other process to arrive
+        self.deposits.append(amount)
+        return sum(self.deposits)
+
+
+async def test_writes_from_two_processes_each_execute(redis_url: str, namespace: str) -> None:
+    from trio_persist.redis import RedisBackend
+
+    ledger = Ledger()
+    first = RedisBackend(redis_url, namespace=namespace, lease_ttl=2)
+    second = RedisBackend(redis_url, namespace=namespace, lease_ttl=2)
+    with trio.fail_after(20):
+        async with (
+            trio_persist.open_persist(ledger, backend=first, linger=5) as a,
+            trio_persist.open_persist(ledger, backend=second, linger=5) as b,
+            trio.open_nursery() as nursery,
+        ):
+            nursery.start_soon(functools.partial(a.resolve, "acct", 100, share=False))
+            nursery.start_soon(functools.partial(b.resolve, "acct", 100, share=False))
+            nursery.start_soon(b.resolve, "acct", 100)  # a read of the same request
+    assert ledger.deposits == [100, 100, 100]
+    assert (first.statistics().led, second.statistics().led) == (0, 1)  # the read alone
+
+
+async def test_a_write_is_never_answered_by_a_lingering_result_and_never_lingers(
+    redis_url: str, namespace: str
+) -> None:
+    from trio_persist.redis import RedisBackend
+
+    ledger = Ledger()
+    backend = RedisBackend(redis_url, namespace=namespace, lease_ttl=2)
+    with trio.fail_after(20):
+        async with trio_persist.open_persist(ledger, backend=backend, linger=5) as persist:
+            assert await persist.resolve("acct", 100) == 100  # a read: it lingers
+            for total in (200, 300, 400):
+                assert await persist.resolve("acct", 100, share=False) == total
+            assert await persist.resolve("acct", 100) == 100  # the read's own result
+    assert ledger.deposits == [100] * 4
+    assert backend.statistics().led == 1

@@ -48,9 +48,9 @@ PY = sys.executable
 # two quick Redis files: the core's path through a backend is theirs.
 IN_PROCESS = [
     "tests/test_dedup.py", "tests/test_cancellation.py", "tests/test_failures.py",
-    "tests/test_recursion.py", "tests/test_pinned.py", "tests/test_checkpoints.py",
-    "tests/test_bounded.py", "tests/test_statistics.py", "tests/test_weaknesses.py",
-    "tests/test_writes.py", "tests/test_workers.py", "tests/test_worker_edges.py",
+    "tests/test_recursion.py", "tests/test_serve_loops.py", "tests/test_checkpoints.py",
+    "tests/test_bounded.py", "tests/test_statistics.py", "tests/test_names.py",
+    "tests/test_writes.py", "tests/test_workers.py",
     "tests/test_front.py", "tests/test_registry.py", "tests/test_grouping.py", "tests/test_encoding.py",
     "tests/test_bad_values.py", "tests/test_hostile_names.py", "tests/test_options.py",
     "tests/test_events.py", "tests/test_labels.py", "tests/test_durations.py",
@@ -60,13 +60,14 @@ IN_PROCESS = [
 ]  # fmt: skip
 REDIS = [  # quickest first: with -x, most mutants die early
     "tests/test_codec.py", "tests/test_redis_link.py", "tests/test_redis_safety.py",
-    "tests/test_redis.py", "tests/test_front.py", "tests/test_pinned.py",
+    "tests/test_redis.py", "tests/test_front.py", "tests/test_statistics.py",
     "tests/test_redis_faults.py", "tests/test_redis_cluster.py", "tests/test_redis_sentinel.py",
 ]  # fmt: skip
 # Modules by their path under src/trio_persist, without ".py".
 IN_PROCESS_MODULES = [
     "_core/_state", "_core/_flight", "_grouping", "_encoding", "_plain_json", "_records", "_core/_job", "_core/_persist",
     "_core/_registry", "_core/_runner", "_core/_supervisor", "_core/_worker",
+    "_core/_linger", "_core/_labels", "_core/_histogram",
 ]  # fmt: skip
 REDIS_MODULES = ["redis/_backend", "redis/_link", "redis/_scripts", "_codec"]
 TESTS = {

@@ -11,7 +11,7 @@ from ._core._events import EventSubscription, PersistEvent
 from ._core._observer import Execution, Observer
 from ._core._options import PersistOptions
 from ._core._persist import Persist, open_persist
-from ._core._registry import Registry, RegistryStatistics
+from ._core._registry import Registry, RegistryStatistics, RegistryView
 from ._core._worker import Worker, WorkerRequest, WorkerStatistics
 from ._exceptions import (
     BackendUnavailable,
@@ -56,6 +56,7 @@ __all__ = [
     "PersistStatistics",
     "Registry",
     "RegistryStatistics",
+    "RegistryView",
     "RemoteError",
     "StaleOwner",
     "Worker",

@@ -29,8 +29,8 @@ __all__ = [
 class PersistStatistics:
     """Counters of a `Persist`, as returned by `Persist.statistics`.
 
-    Counters (``executions`` ... ``crashes``) only grow; gauges
-    (``in_flight`` ... ``groups``) say what is true now.
+    Every counter only grows; the gauges (``in_flight``, ``waiters``,
+    ``workers``, ``groups``) say what is true now.
     """
 
     requests: int
@@ -175,6 +175,12 @@ class Observed(Protocol):
     @property
     def name(self) -> str:
         """The device's name."""
+        ...
+
+    @property
+    def qualified_name(self) -> str:
+        """The device's module-qualified name, which tells two applications'
+        devices of one name apart (the Redis backend's default namespace)."""
         ...
 
     def statistics(self) -> PersistStatistics:

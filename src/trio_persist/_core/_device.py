@@ -145,6 +145,7 @@ class DeviceHooks:
 
     resolve: ResolveFn
     name: str
+    module: str = ""
     group: Callable[[Any, Any], Hashable] | None = None
     on_idle: Callable[[Hashable, Any], Awaitable[object]] | None = None
     restore: Callable[[Hashable], Awaitable[Any]] | None = None
@@ -199,7 +200,8 @@ def adapt_device(device: object) -> DeviceHooks:
             )
         _check_async(device, "device", 2)
         name = getattr(device, "__qualname__", type(device).__name__)
-        return DeviceHooks(resolve=cast("ResolveFn", device), name=name)
+        module = getattr(device, "__module__", None) or type(device).__module__
+        return DeviceHooks(resolve=cast("ResolveFn", device), name=name, module=str(module))
     _check_async(resolve, "device.resolve", 2)
     hooks: dict[str, Any] = {}
     for hook in ("on_idle", "restore", "serve"):
@@ -212,4 +214,5 @@ def adapt_device(device: object) -> DeviceHooks:
         if fn is not None and _overrides(device, hook):
             _check_sync(fn, f"device.{hook}")
             hooks[hook] = fn
-    return DeviceHooks(resolve=resolve, name=type(device).__qualname__, **hooks)
+    kind = type(device)
+    return DeviceHooks(resolve=resolve, name=kind.__qualname__, module=kind.__module__, **hooks)

@@ -5,7 +5,8 @@ It runs its group's jobs one at a time, in arrival order: the job that started
 it, then the jobs of *different* requests queued behind it (identical requests
 join a job instead of queueing). When none is left it frees its group in the
 same step as it sees the queue empty, with no checkpoint in between, so a
-caller can never join a flight that has stopped listening (upstream's W5).
+caller can never join a flight that has stopped listening
+(docs/guarantees.md, "A request is never lost").
 
 Each job runs under its runner's cancel scope: when its last listener leaves,
 that scope is cancelled and the flight moves on in a fresh runner; while
@@ -18,89 +19,140 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Hashable
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 import trio
 
-from .._grouping import default_group, same_request
-from ._job import Job, Outcome, leader_died, run_device, running
-from ._state import MISS, RECENT, Core
+from .._backend import Backend
+from .._stats import GroupSnapshot
+from ._histogram import remember
+from ._job import UNNAMED, Job, Outcome, leader_died, request_name, run_device, running
+from ._labels import call_label
+from ._runner import RunnerPool
+from ._state import Core, Counters, describe_owner
 from ._supervisor import Supervisor
 from ._worker import WorkerTask
 
 __all__ = ["Flight"]
+
+Resolve = Any  # Callable[[Any, Any], Awaitable[Any]]
 
 
 @attrs.define(eq=False, repr=False)
 class Flight:
     """Owner of a group with no worker. Internal; snapshots describe it to users."""
 
+    kind: ClassVar[str] = "flight"
+
     core: Core
     supervisor: Supervisor
     group: Hashable | None  # None: an ungrouped execution, never registered
-    # True when a group names exactly one request (the default grouper), so
-    # joining needs no request comparison.
+    # True when a group names exactly one request (the default grouper, a
+    # wrapped call): across processes the group is then the key.
     group_is_request: bool
     started: float
-    current: Job = attrs.field(init=False)
-    pending: deque[Job] = attrs.field(factory=deque, init=False)
-    # Owners whose executions this flight's device is waiting for (cycle detection).
-    awaiting: list[object] = attrs.field(factory=list, init=False)
+    current: Job
+    # Jobs of other requests waiting behind the current one, in arrival order.
+    queue: deque[Job] = attrs.field(factory=deque, init=False)
+    # The joinable job of each request name among the queued ones (made on
+    # the first shared job queued: most flights never queue one).
+    joinable: dict[object, Job] | None = attrs.field(default=None, init=False)
     served: int = attrs.field(default=0, init=False)
     last_active: float = attrs.field(init=False)
-    kind: str = attrs.field(default="flight", init=False)
     # A worker asked for while this flight ran: it takes over after the current job.
     successor: WorkerTask | None = attrs.field(default=None, init=False)
     over: bool = attrs.field(default=False, init=False)
-    # Abandoned jobs still in `pending` (compacted away in bulk).
+    # Abandoned jobs still in `queue` (compacted away in bulk).
     dead: int = attrs.field(default=0, init=False)
     # Its last execution times (made on the first).
     recent: list[float] | None = attrs.field(default=None, init=False)
+    # What an operator sees for it, and whether its label hook chose it (made once).
+    label: tuple[str, bool] | None = attrs.field(default=None, init=False)
 
     def __attrs_post_init__(self) -> None:
         self.last_active = self.started
+        self.current.owner = self
+
+    @classmethod
+    def start(
+        cls,
+        core: Core,
+        supervisor: Supervisor,
+        runners: RunnerPool,
+        group: Hashable | None,
+        job: Job,
+        group_is_request: bool,
+    ) -> Flight:
+        """Register a flight for *group* with *job* as its first job, and run it.
+
+        An ungrouped flight (*group* None) is never registered.
+        """
+        flight = cls(core, supervisor, group, group_is_request, core.now(), job)
+        if group is not None:
+            core.registry.register(group, flight)
+        core.counters.in_flight += 1
+        runners.launch(flight)
+        core.events.emit("flight.started", group)
+        return flight
 
     def __repr__(self) -> str:
-        return f"<flight {self.group!r} listeners={self.listeners} queued={len(self.pending)}>"
+        return f"<flight {self.group!r} listeners={self.listeners} queued={len(self.queue)}>"
 
     @property
     def listeners(self) -> int:
-        return self.current.listeners + sum(job.listeners for job in self.pending)
+        return self.current.listeners + sum(job.listeners for job in self.queue)
 
     @property
     def busy(self) -> bool:
         """Whether an execution runs now (its job has a scope only while it runs)."""
         return self.current.scope is not None
 
-    def find(self, request: Any, key: object = None) -> Job | None:
-        """Return a live, shared job for *request* to join, or None.
+    # -- Owner ---------------------------------------------------------------------
 
-        With the default grouper a group names one request, so any job of it
-        is identical (*key* is then the group; it is not needed).
-        """
-        by_request = self.group_is_request
+    def find(self, request: Any, key: object) -> Job | None:
+        """Return a live, shared job for the request named *key* to join, or None
+        (`UNNAMED`: named from *request* now)."""
+        if key is UNNAMED:
+            key = request_name(request)
+        if key is None:
+            return None
         job = self.current
-        if not job.abandoned and job.shared and (by_request or same_request(job.request, request)):
+        name = job.key if job.key is not UNNAMED else job.name()
+        if name == key and job.shared and not job.abandoned:
             return job
-        for job in self.pending:
-            if (
-                not job.abandoned
-                and job.shared
-                and (by_request or same_request(job.request, request))
-            ):
-                return job
+        queued = self.joinable.get(key) if self.joinable else None
+        if queued is not None and not queued.abandoned:
+            return queued
         return None
 
-    def enqueue(self, job: Job) -> Job:
-        """Queue *job* behind the current one, and return it."""
+    @property
+    def shares(self) -> bool:
+        """Identical requests always join one execution here."""
+        return True
+
+    def admit_nowait(self, job: Job) -> bool:
+        """Queue *job* behind the current one (always room)."""
         job.owner = self
-        self.pending.append(job)
-        return job
+        self.queue.append(job)
+        key = job.name() if job.shared else None
+        if key is not None:
+            joinable = self.joinable
+            if joinable is None:
+                joinable = self.joinable = {}
+            known = joinable.get(key)
+            if known is None or known.abandoned or known.done.is_set():
+                joinable[key] = job
+        return True
+
+    async def admit(self, job: Job) -> bool:
+        """As `admit_nowait`: a flight's queue always has room."""
+        return self.admit_nowait(job)
 
     def abandon(self, job: Job) -> None:
         """*job* lost its last listener: cancel it if it runs, drop it if it waits."""
         job.abandoned = True
+        self._unindex(job)
         if job.scope is not None:
             job.scope.cancel()
         elif job is not self.current:
@@ -108,11 +160,30 @@ class Flight:
             # up behind a long execution cost nothing: the queue is compacted
             # once more than half of it is abandoned (amortised O(1)).
             self.dead += 1
-            if self.dead > 16 and 2 * self.dead > len(self.pending):
-                self.pending = deque(queued for queued in self.pending if not queued.abandoned)
+            if self.dead > 16 and 2 * self.dead > len(self.queue):
+                self.queue = deque(queued for queued in self.queue if not queued.abandoned)
                 self.dead = 0
 
-    async def run(self, scope: trio.CancelScope) -> bool:
+    def describe(self, group: Hashable) -> GroupSnapshot:
+        """What this flight does now (its label is made once, on the first call)."""
+        if self.label is None:
+            job = self.current
+            if job.call is None:
+                self.label = self.core.label_of(group, job.base, job.request)
+            else:  # a wrapped function: the call, as written
+                self.label = (call_label(job.call.__name__, job.base, job.request), False)
+        return describe_owner(self, group, sum(1 for job in self.queue if not job.abandoned))
+
+    def hand_to(self, task: WorkerTask) -> WorkerTask:
+        """Let *task* own the group once the current execution ends, with the jobs
+        queued then; returns the worker that will (one asked for earlier wins)."""
+        if self.successor is None:
+            self.successor = task
+        return self.successor
+
+    # -- running -------------------------------------------------------------------
+
+    async def run_jobs(self, scope: trio.CancelScope) -> bool:
         """Run jobs until none is left, in a runner whose cancel scope is *scope*.
 
         Returns:
@@ -120,61 +191,23 @@ class Flight:
             worker); False when *scope* was cancelled for an abandoned job and
             is spent: the runner retires and the flight goes on in a fresh one.
         """
-        core = self.core
-        through_backend = core.backend is not None and self.group is not None
-        lingers = core.options.linger > 0  # most persists never linger: no call per job
         running.set(self)
         job = self.current
         over = True
         try:
             while True:
                 if not job.abandoned:
-                    core.executions += 1
-                    job.scope = scope
                     # When the last job ended (or the flight started): no clock read.
                     began = self.last_active
-                    if core.observers:
-                        core.observe_start("flight", self.group, job)
-                    resolve = core.hooks.resolve if job.call is None else job.call
-                    if through_backend:
-                        resolve = core.resolver(
-                            self.group, job.request, self.group_is_request, resolve
-                        )
+                    job.scope = scope
                     try:
-                        outcome = await run_device(resolve, job.base, job.request, job)
+                        outcome = await run_device(self._begin(job), job.base, job.request, job)
                     except trio.Cancelled:
-                        if job.abandoned and not core.closed:
-                            core.count_outcome("flight", self.group, job, None)
-                            if core.observers:
-                                elapsed = trio.current_time() - began
-                                core.observe_end("flight", self.group, job, None, elapsed)
-                            job.fail(
-                                leader_died("the execution was cancelled: every listener left")
-                            )
-                            over = not self._advance()
+                        over = self._cancelled(job, began)
                         raise
                     finally:
                         job.scope = None
-                    self.served += 1
-                    self.last_active = job.finished = now = core.now()
-                    core.execution_time.add(now - began)
-                    core.unsettled -= 1
-                    if not core.unsettled:
-                        core.settle_durations()
-                    if core.observers:
-                        core.observe_end("flight", self.group, job, outcome, now - began)
-                    recent = self.recent
-                    if recent is None:
-                        self.recent = [now - began]
-                    else:
-                        recent.append(now - began)
-                        if len(recent) > 2 * RECENT:
-                            del recent[:-RECENT]
-                    core.count_outcome("flight", self.group, job, outcome)
-                    if lingers and outcome is Outcome.OK and job.shared and self.group is not None:
-                        core.linger(
-                            self.group, MISS if self.group_is_request else job.request, job.value
-                        )
+                    self._finished(job, outcome, began)
                     if outcome is Outcome.OK and job.spawn_worker and self._spawn_worker(job):
                         return True
                     if scope.cancel_called:
@@ -191,11 +224,59 @@ class Flight:
                 self.over = True
                 self._end()
 
+    def _begin(self, job: Job) -> Resolve:
+        """*job*'s execution starts: tell the observers; return what it runs: the
+        device (or its wrapped function), through the backend when it has one
+        and the job is shared (a write runs here)."""
+        core = self.core
+        if core.observers.listening:
+            label = core.observed_label(self.group, job.base, job, self.label)
+            core.observers.started(self.kind, self.group, label, job)
+        resolve = core.hooks.resolve if job.call is None else job.call
+        backend = core.backend
+        if backend is None or self.group is None or not job.shared:
+            core.counters.executions += 1
+            return resolve
+        return _across_processes(backend, core.counters, self, resolve, core.options.linger)
+
+    def _finished(self, job: Job, outcome: Outcome, began: float) -> None:
+        """*job*'s execution ended with *outcome* (it is answered); a success of a
+        shared job lingers."""
+        core = self.core
+        self.last_active = now = core.finish(self, job, outcome, began)
+        self.recent = remember(self.recent, self.served, now - began)
+        self.served += 1
+        if self.joinable:
+            self._unindex(job)
+        if outcome is Outcome.OK and core.linger.seconds and job.shared:
+            self._linger(job)
+
+    def _cancelled(self, job: Job, began: float) -> bool:
+        """*job*'s execution was cancelled; whether the flight is over (False: it goes
+        on in a fresh runner, because every listener left and more is queued)."""
+        core = self.core
+        if not job.abandoned or core.closed:
+            return True
+        core.abandoned(self, job, began)
+        job.fail(leader_died("the execution was cancelled: every listener left"))
+        return not self._advance()
+
+    def _linger(self, job: Job) -> None:
+        """Let *job*'s result answer identical calls for a while."""
+        key = job.name()
+        if key is not None and self.group is not None:
+            self.core.linger.put(self.group, key, job.value)
+
+    def _unindex(self, job: Job) -> None:
+        joinable = self.joinable
+        if joinable and joinable.get(job.key) is job:
+            del joinable[job.key]
+
     def _advance(self) -> bool:
         """Make the next live queued job current; False if there is none."""
-        pending = self.pending
-        while pending:
-            job = pending.popleft()
+        queue = self.queue
+        while queue:
+            job = queue.popleft()
             if not job.abandoned:
                 self.current = job
                 return True
@@ -210,7 +291,7 @@ class Flight:
         state = job.value
         if core.hooks.group is None:  # the default grouper: the worker owns group(state, None)
             try:
-                group: Hashable = default_group(state, None, ignore_keys=core.options.ignore_keys)
+                group = core.group_of(state, None)
             except Exception:
                 return False  # a result the default grouper cannot name has no worker
             if group not in core.owners:
@@ -223,15 +304,16 @@ class Flight:
     def _hand_over(self, task: WorkerTask) -> bool:
         """Make *task* the owner of this flight's group, with the jobs queued here."""
         self.successor = None
-        if not self.supervisor.take_over(self.group, self, task, self.pending):
+        if not self.supervisor.take_over(self.group, self, task, self.queue):
             return False
-        self.pending.clear()
+        self.queue.clear()
+        self.joinable = None
         self.dead = 0
         return True
 
     def _end(self) -> None:
         core = self.core
-        core.in_flight -= 1
+        core.counters.in_flight -= 1
         if core.quiet is not None:
             core.maybe_quiet()
         if self.group is not None:
@@ -243,7 +325,36 @@ class Flight:
 
     def fail_unanswered(self, error_message: str) -> None:
         """Answer every job still waiting with `LeaderDied` (the flight is going away)."""
-        for job in (self.current, *self.pending):
+        for job in (self.current, *self.queue):
             if not job.done.is_set():
                 job.fail(leader_died(error_message))
-        self.pending.clear()
+        self.queue.clear()
+        self.joinable = None
+
+
+def _across_processes(
+    backend: Backend, counters: Counters, flight: Flight, resolve: Resolve, linger: float
+) -> Resolve:
+    """*resolve* run once across processes: counted as an execution only when the
+    backend runs it here, as a remote one when another process answered."""
+    ran = False
+
+    async def here(base: Any, request: Any) -> Any:
+        nonlocal ran
+        ran = True
+        counters.executions += 1
+        return await resolve(base, request)
+
+    async def across(base: Any, request: Any) -> Any:
+        # The key is computed here, inside the job: a request the backend
+        # cannot name fails (or runs locally) for its own callers only.
+        key = backend.key_of(flight.group, request, flight.group_is_request)
+        if key is None:
+            return await here(base, request)
+        try:
+            return await backend.run(key, base, request, here, linger=linger)
+        finally:
+            if not ran:
+                counters.remote += 1
+
+    return across

@@ -11,12 +11,14 @@ from __future__ import annotations
 import math
 from bisect import bisect_right
 
-__all__ = ["Histogram", "recent_quantiles"]
+__all__ = ["RECENT", "Histogram", "recent_quantiles", "remember"]
+
+RECENT = 64
+"""How many recent execution times each flight or worker keeps (for its snapshot)."""
 
 SUBBUCKETS = 32
 _LOWEST_EXPONENT = -30  # 2**-30 s, about a nanosecond: below that, bucket 0
 _HIGHEST_EXPONENT = 22  # 2**22 s, about 48 days: above that, the last bucket
-_FOLD = 1024  # samples waiting to be folded, at most
 # Bucket i holds durations below _UPPERS[i] (and at or above the one before);
 # bucket 0 holds zero and below; the last holds everything past the table.
 _UPPERS = [0.0] + [
@@ -69,6 +71,11 @@ class Histogram:
         for seconds in pending:
             counts[bisect_right(_UPPERS, seconds)] += 1
         pending.clear()
+
+    @property
+    def pending(self) -> int:
+        """Samples added and not folded in yet."""
+        return len(self._pending)
 
     @property
     def count(self) -> int:
@@ -127,10 +134,25 @@ def _upper_bound(index: int) -> float:
     return _UPPERS[index] if index < len(_UPPERS) else math.inf  # then the maximum
 
 
+def remember(samples: list[float] | None, index: int, seconds: float) -> list[float]:
+    """Keep *seconds*, the *index*-th sample (from 0), in a ring of the last `RECENT`.
+
+    Returns the ring (made on the first sample: most idle workers have none).
+    One index store per sample once the ring is full.
+    """
+    if samples is None:
+        return [seconds]
+    if len(samples) < RECENT:
+        samples.append(seconds)
+    else:
+        samples[index % RECENT] = seconds
+    return samples
+
+
 def recent_quantiles(samples: list[float] | None) -> tuple[float, float]:
-    """``(p50, p99)`` of a few recent samples, exactly; ``(0.0, 0.0)`` with none."""
+    """``(p50, p99)`` of a ring of recent samples, exactly; ``(0.0, 0.0)`` with none."""
     if not samples:
         return 0.0, 0.0
-    ordered = sorted(samples[-64:])
+    ordered = sorted(samples)
     last = len(ordered) - 1
     return ordered[round(0.5 * last)], ordered[round(0.99 * last)]

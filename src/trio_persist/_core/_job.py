@@ -11,35 +11,91 @@ from __future__ import annotations
 
 import enum
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from contextvars import ContextVar
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import attrs
 import trio
 
 from .._exceptions import LeaderDied
+from .._grouping import canonical_encoding
+from .._stats import GroupSnapshot
 from .._text import describe
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
 
-__all__ = ["Job", "Outcome", "Owner", "run_device", "running"]
+__all__ = ["UNNAMED", "Job", "Outcome", "Owner", "request_name", "run_device", "running"]
 
 # The flight or worker whose device is running in this task, if any: how a
 # nested resolve knows what it is called from (recursion and cycle detection).
 running: ContextVar[Any] = ContextVar("trio_persist_running", default=None)
 
 # These must never be turned into an outcome: they belong to Trio or to the
-# program (SPEC: "KeyboardInterrupt and SystemExit propagate as in any Trio program").
+# program (docs/guarantees.md: they propagate as in any Trio program).
 _PROPAGATE = (trio.Cancelled, KeyboardInterrupt, SystemExit)
 
 
-class Owner(Protocol):
-    """What owns jobs (a flight or a worker): told when a job loses its last listener."""
+UNNAMED: Any = object()
+"""A request name not computed yet: `Job.name` makes it when first needed."""
 
-    def abandon(self, job: Job) -> None: ...
+
+class Owner(Protocol):
+    """What owns a group and runs its jobs: a flight or a worker.
+
+    This is everything the facade does with an owner, so routing never asks
+    which kind it has. Every method is synchronous (never a checkpoint) but
+    `admit`, so a lookup, a join and an admission are one atomic step.
+    """
+
+    kind: ClassVar[str]
+    """``"flight"`` or ``"worker"``: what snapshots, events and observers call it."""
+
+    @property
+    def shares(self) -> bool:
+        """Whether identical requests may join one execution here (not at an
+        advancing worker, where each request is a transition of its own)."""
+        ...
+
+    @property
+    def group(self) -> Hashable | None:
+        """The group it owns now (None: an ungrouped flight, never registered)."""
+        ...
+
+    @property
+    def recent(self) -> list[float] | None:
+        """Its last execution times, for its snapshot (None before the first)."""
+        ...
+
+    def find(self, request: Any, key: object) -> Job | None:
+        """A live, shared job an identical request may join, or None.
+
+        *key* is the request's canonical name (a digest) when the caller has
+        one; owners compare by it rather than by ``==``.
+        """
+        ...
+
+    def admit_nowait(self, job: Job) -> bool:
+        """Take *job* to run after those already here, if there is room now.
+
+        Returns False when it cannot without waiting (a full worker inbox) or
+        cannot at all (a stopped worker); see `admit`.
+        """
+        ...
+
+    async def admit(self, job: Job) -> bool:
+        """Take *job*, waiting for room; False if the owner stopped first."""
+        ...
+
+    def abandon(self, job: Job) -> None:
+        """*job* lost its last listener: cancel it if it runs, drop it if it waits."""
+        ...
+
+    def describe(self, group: Hashable) -> GroupSnapshot:
+        """What it is doing, for `Persist.snapshot` (*group*: its registry key)."""
+        ...
 
 
 class Outcome(enum.Enum):
@@ -56,9 +112,11 @@ class Job:
 
     base: Any
     request: Any
-    owner: Owner
+    owner: Owner | None = None
     spawn_worker: bool = False
-    # Set by a worker's dedup key, or None for request equality.
+    # The request's name: what makes two requests identical (the group under
+    # the default grouper, else the canonical encoding; None: identical to no
+    # other; `UNNAMED`: not computed yet, see `name`).
     key: object = None
     # False for share=False (a write): nobody joins this job.
     shared: bool = True
@@ -73,7 +131,22 @@ class Job:
     tb: TracebackType | None = None
     scope: trio.CancelScope | None = None
     abandoned: bool = False
-    taken: bool = False
+    # Taken out of a worker's inbox by its serving loop (no longer joinable there).
+    in_service: bool = False
+
+    def name(self) -> object:
+        """The request's name, computed on first use (under a group hook most
+        requests are never compared: the encoding is made only when needed)."""
+        key = self.key
+        if key is UNNAMED:
+            key = self.key = request_name(self.request)
+        return key
+
+    def leave(self) -> None:
+        """A caller left before the answer; the last one out abandons the job."""
+        self.listeners -= 1
+        if not self.listeners and self.owner is not None:
+            self.owner.abandon(self)
 
     def succeed(self, value: Any) -> None:
         self.value = value
@@ -91,6 +164,24 @@ class Job:
         if self.error is not None:
             raise self.error.with_traceback(self.tb)
         return self.value
+
+
+def request_name(request: Any) -> object:
+    """What makes two requests of one group identical: their canonical encoding.
+
+    ``1``, ``1.0`` and ``True`` (or ``0.0`` and ``-0.0``) are different
+    requests, whatever ``==`` says. None for a request the encoding does not
+    know: such a request is identical to no other (it executes on its own).
+    A plain int, str or bytes is named by its type and value, which tells the
+    same requests apart as its encoding does, at a fraction of the cost.
+    """
+    kind = type(request)
+    if kind is int or kind is str or kind is bytes:
+        return (kind, request)
+    try:
+        return canonical_encoding(request)
+    except Exception:
+        return None
 
 
 def _must_propagate(exc: BaseException) -> bool:

@@ -89,6 +89,7 @@ class PersistOptions:
             raise ValueError(f"error_strategy must be 'ignore' or 'throw', got {error_strategy!r}")
         checked_max = _count("max_workers", max_workers, allow_none=True)
         checked_inbox = _count("worker_inbox", worker_inbox, allow_none=False)
+        assert checked_inbox is not None  # refused above when not a positive int
         mode: Any = await_inprogress
         strategy: Any = error_strategy
         return cls(
@@ -98,7 +99,7 @@ class PersistOptions:
             error_strategy=strategy,
             allow_infinite=_flag("allow_infinite", allow_infinite),
             max_workers=checked_max,
-            worker_inbox=checked_inbox if checked_inbox is not None else 1,
+            worker_inbox=checked_inbox,
             shutdown_grace=_number("shutdown_grace", shutdown_grace, allow_none=True),
             ignore_keys=_keys("ignore_keys", ignore_keys),
             linger=_linger(linger),

@@ -6,12 +6,15 @@ flight. Routing is synchronous from the lookup to the registration, so on
 Trio's single thread it is atomic: of N concurrent first callers exactly one
 starts an execution.
 
-Everything the persist shares with its flights and workers lives one layer
-down, in its `Core`; this module only routes, reports and closes.
+Flights and workers are both an `Owner`: routing asks an owner to find a job
+to join, or to admit one, and never which kind it is. Everything the persist
+shares with them lives one layer down, in its `Core`; this module only routes,
+reports and closes.
 """
 
 from __future__ import annotations
 
+import enum
 import functools
 import math
 import os
@@ -23,30 +26,29 @@ from typing import Any, Generic, ParamSpec, TypeVar, final, overload
 import attrs
 import trio
 
-from .._backend import check_backend
+from .._backend import Backend, check_backend
 from .._exceptions import InfiniteRecursion, PersistClosed
-from .._grouping import default_group, default_group_and_base, same_request
+from .._grouping import default_group, default_group_and_base
 from .._monitor import serve_monitor
 from .._stats import GroupSnapshot, PersistDurations, PersistStatistics
-from .._text import literal, safe_repr
-from ._device import DeviceLike, adapt_device
+from .._text import safe_repr
+from ._device import DeviceHooks, DeviceLike, adapt_device
 from ._events import EventSubscription
 from ._flight import Flight
-from ._histogram import recent_quantiles
-from ._job import Job, leader_died, running
+from ._job import UNNAMED, Job, Owner, leader_died, request_name, running
+from ._linger import MISS
+from ._observer import Observer
 from ._options import AwaitMode, ErrorStrategy, PersistOptions, check_duration
-from ._registry import Registry
+from ._registry import RegistryView
 from ._runner import RunnerPool
-from ._state import LABEL_WIDTH, MISS, Core, Observer, Resolve
+from ._state import Core
 from ._supervisor import Supervisor
-from ._worker import Worker, WorkerTask, task_of
+from ._worker import Worker, WorkerTask
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
 
 __all__ = ["Persist", "open_persist"]
-
-Owner = Flight | WorkerTask
 
 B = TypeVar("B")
 R = TypeVar("R", contravariant=True)
@@ -54,14 +56,20 @@ T = TypeVar("T", covariant=True)
 P = ParamSpec("P")
 V = TypeVar("V")
 
-# How requests are grouped.
-_UNGROUPED, _DIGEST, _HOOK = range(3)
+Resolve = Callable[[Any, Any], Awaitable[Any]]
 
 
-def _call_label(name: str, args: Any, kwargs: Any) -> str:
-    shown = [safe_repr(arg, 30) for arg in args]
-    shown += [f"{key}={safe_repr(value, 30)}" for key, value in kwargs.items()]
-    return literal(f"{name}({', '.join(shown)})", LABEL_WIDTH)
+class Grouping(enum.Enum):
+    """How a persist names requests (from ``await_inprogress`` and the device)."""
+
+    NONE = "none"  # no groups: every call executes on its own, nothing registered
+    DIGEST = "digest"  # the default grouper: a group names one request
+    HOOK = "hook"  # the device's group hook: a group may hold several requests
+
+
+def _face(owner: Owner) -> object:
+    """An owner as `Persist.registry` shows it: a worker as its public handle."""
+    return owner.handle if isinstance(owner, WorkerTask) else owner
 
 
 def _is_exit(error: BaseException) -> bool:
@@ -70,7 +78,23 @@ def _is_exit(error: BaseException) -> bool:
     return isinstance(error, (KeyboardInterrupt, SystemExit))
 
 
-def _waits_for(start: Any, target: Any) -> bool:
+@attrs.define
+class _Detour:
+    """Why a call cannot simply listen: a lingering *value* (no owner), a
+    recursive call (an *owner*, no job), or a full inbox (an owner and a *job*)."""
+
+    owner: Owner | None = None
+    job: Job | None = None
+    value: Any = None
+
+
+def _refuse_a_worker(owner: Owner, call: Resolve) -> None:
+    """A wrapped call's group is a flight's: a worker started for it cannot serve it."""
+    if owner.kind != "flight":
+        raise TypeError(f"{call.__name__}: its group is owned by a worker, not by calls")
+
+
+def _waits_for(awaiting: dict[Owner, list[Owner]], start: Owner, target: Owner) -> bool:
     """Whether owner *start* is, or transitively waits for, owner *target*."""
     stack = [start]
     seen: set[int] = set()
@@ -80,7 +104,7 @@ def _waits_for(start: Any, target: Any) -> bool:
             return True
         if id(node) not in seen:
             seen.add(id(node))
-            stack.extend(node.awaiting)
+            stack.extend(awaiting.get(node, ()))
     return False
 
 
@@ -95,24 +119,35 @@ class Persist(Generic[B, R, T]):
     yields a ``Persist[B, R, T]`` and ``await persist.resolve(...)`` is a ``T``.
     """
 
-    _core: Core = attrs.field(alias="core")
+    _hooks: DeviceHooks = attrs.field(alias="hooks")
+    _options: PersistOptions = attrs.field(alias="options")
+    _nursery: trio.Nursery = attrs.field(alias="nursery")
+    _backend: Backend | None = attrs.field(alias="backend")
+    _core: Core = attrs.field(init=False)
     _supervisor: Supervisor = attrs.field(init=False)
     _runners: RunnerPool = attrs.field(init=False)
-    _mode: int = attrs.field(init=False)
+    _grouping: Grouping = attrs.field(init=False)
     # Functions wrapped by this persist, by name (a name means one function).
     _wrapped: dict[str, Callable[..., Any]] = attrs.field(factory=dict, init=False)
+    # Which owners each owner's device waits for now (nested calls: cycle detection).
+    _awaiting: dict[Owner, list[Owner]] = attrs.field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:
-        core = self._core
-        core.reroute = self._reroute
+        self._core = core = Core(
+            hooks=self._hooks,
+            options=self._options,
+            nursery=self._nursery,
+            reroute=self._reroute,
+            backend=self._backend,
+        )
         self._supervisor = Supervisor(core)
         self._runners = RunnerPool(core.nursery)
         mode = core.options.await_inprogress
         has_hook = core.hooks.group is not None
         if mode is False or (mode == "named" and not has_hook):
-            self._mode = _UNGROUPED
+            self._grouping = Grouping.NONE
         else:
-            self._mode = _HOOK if has_hook else _DIGEST
+            self._grouping = Grouping.HOOK if has_hook else Grouping.DIGEST
 
     def __repr__(self) -> str:
         core = self._core
@@ -125,15 +160,25 @@ class Persist(Generic[B, R, T]):
         return self._core.options
 
     @property
-    def registry(self) -> Registry[object]:
-        """The owner of each group, a `Worker` or the engine's own record of a flight
-        (read it; do not change it)."""
-        return self._core.registry
+    def registry(self) -> RegistryView[object]:
+        """The owner of each group, read-only (a `Worker`, or the engine's own record
+        of a flight)."""
+        return RegistryView(registry=self._core.registry, face=_face)
 
     @property
     def name(self) -> str:
         """The device's name (its qualified name), as the monitor shows it."""
         return self._core.hooks.name
+
+    @property
+    def qualified_name(self) -> str:
+        """The device's module-qualified name, ``module.name``.
+
+        What tells apart two applications whose devices share a name: a
+        backend's default namespace is made from it.
+        """
+        hooks = self._core.hooks
+        return f"{hooks.module}.{hooks.name}" if hooks.module else hooks.name
 
     @property
     def backend(self) -> Any:
@@ -160,10 +205,7 @@ class Persist(Generic[B, R, T]):
             TypeError: the default grouper cannot encode a value (the message
                 says which and where).
         """
-        hook = self._core.hooks.group
-        if hook is not None:
-            return hook(base, request)
-        return default_group(base, request, ignore_keys=self._core.options.ignore_keys)
+        return self._core.group_of(base, request)
 
     @overload
     async def resolve(
@@ -205,7 +247,9 @@ class Persist(Generic[B, R, T]):
                 group with the result as its state.
             share: False for a write: this call gets an execution of its own,
                 never joins another and is never joined, and is still served
-                in arrival order by its group's flight or worker.
+                in arrival order by its group's flight or worker. With a
+                backend it executes in this process, never through the
+                backend's shared key (docs/guarantees.md).
 
         Raises:
             PersistClosed: the persist's block has been left.
@@ -226,42 +270,84 @@ class Persist(Generic[B, R, T]):
             )
         if spawn_worker is not False or share is not True:  # the common case skips a call
             self._check_flags(spawn_worker, share)
-        if self._mode == _UNGROUPED:
-            core.requests += 1
-            job = self._new_flight(None, base, request, False, None, share)
-            return await self._listen(job, job.owner, running.get())
+        if self._grouping is Grouping.NONE:
+            core.counters.requests += 1
+            job = Job(base, request, None, False, None, share)
+            flight = Flight.start(core, self._supervisor, self._runners, None, job, True)
+            return await self._listen(job, flight, running.get(), flight.started)
         group, by_base, key = self._name(base, request)
-        core.requests += 1
+        core.counters.requests += 1
         current = running.get()
-        while True:
-            owner = self._owner(group, by_base, base)
-            if owner is None and core.lingering and share:
-                value = core.lingered(group, request, same_request)
+        route = self._route(current, group, by_base, base, request, key, share, spawn_worker, None)
+        if not isinstance(route, _Detour):
+            return await self._listen(route[0], route[1], current, route[2])
+        args = (group, by_base, base, request, key, share, spawn_worker, None)
+        return await self._detour(route, current, *args)
+
+    def _route(
+        self,
+        current: Owner | None,
+        group: Hashable,
+        by_base: Hashable | None,
+        base: Any,
+        request: Any,
+        key: object,
+        share: bool,
+        spawn_worker: bool,
+        fn: Resolve | None,
+    ) -> tuple[Job, Owner, float | None] | _Detour:
+        """Take a named call to its group's owner without waiting: join, queue, or
+        start a flight, and return ``(job, owner, arrival)`` to listen on; or a
+        `_Detour` when the call cannot simply listen.
+
+        Synchronous from the lookup to the admission, so atomic on Trio's thread;
+        and no coroutine of its own, so a waiting caller's stack stays short.
+        *fn* replaces the device (a wrapped function).
+        """
+        owner = self._owner(group, by_base, base)
+        if owner is None:
+            if share and self._core.linger.entries:
+                value = self._lingering(group, key, request)
                 if value is not MISS:
-                    return await self._lingered(value)
+                    return _Detour(value=value)
+            job = Job(base, request, None, spawn_worker, key, share, call=fn)
+            flight = self._start_flight(group, job)
+            return job, flight, flight.started
+        if fn is not None:
+            _refuse_a_worker(owner, fn)
+        if current is not None and _waits_for(self._awaiting, owner, current):
+            return _Detour(owner=owner)
+        joined = owner.find(request, key) if share else None
+        if joined is not None:
+            self._joined(owner, joined)
+            return joined, owner, None
+        job = Job(base, request, None, spawn_worker, key, share, call=fn)
+        if owner.admit_nowait(job):
+            return job, owner, None
+        return _Detour(owner=owner, job=job)
+
+    async def _detour(self, detour: _Detour, current: Owner | None, *route: Any) -> Any:
+        """A call that cannot simply listen: a lingering answer, a recursive call,
+        or a full worker inbox (waited for; routed again if the worker stopped)."""
+        while True:
+            owner, job = detour.owner, detour.job
             if owner is None:
-                job = self._new_flight(group, base, request, spawn_worker, key, share)
-                flight: Any = job.owner
-                return await self._listen(job, flight, current, flight.started)
-            if current is not None and _waits_for(owner, current):
-                return await self._recurse(owner, current, group, base, request)
-            joined = owner.find(request, key) if share else None
-            if joined is not None:
-                self._joined(owner, joined)
-                return await self._listen(joined, owner, current)
-            job = Job(base, request, owner, spawn_worker, key, share)
-            if isinstance(owner, Flight):
-                return await self._listen(owner.enqueue(job), owner, current)
-            if await owner.submit(job):
+                return await self._lingered(detour.value)
+            if job is None:
+                return await self._recurse(owner, current, *route)
+            if await owner.admit(job):
                 return await self._listen(job, owner, current)
-            # The worker stopped while we waited for room in its inbox: route again.
+            again = self._route(current, *route)  # the worker stopped meanwhile
+            if not isinstance(again, _Detour):
+                return await self._listen(again[0], again[1], current, again[2])
+            detour = again
 
     async def start_worker(
         self,
         base: B,
         group: Hashable | None = None,
         static: bool | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109 - SPEC's name: the idle timeout
+        timeout: float | None = None,  # noqa: ASYNC109 - the public name: the idle timeout
     ) -> Worker[B]:
         """Start a worker with *base* as its state, or return the group's worker.
 
@@ -289,15 +375,13 @@ class Persist(Generic[B, R, T]):
             raise TypeError(f"static must be True, False or None, got {type(static).__name__}")
         seconds = None if timeout is None else check_duration("timeout", timeout)
         if group is None:
-            group = self.group(base, None)
+            group = core.group_of(base, None)
         owner = core.owners.get(group)
-        if isinstance(owner, Worker):
-            return owner
+        if isinstance(owner, WorkerTask):
+            return owner.handle
         task = self._supervisor.new_worker(group, base, static=static, timeout=seconds)
         if isinstance(owner, Flight):
-            if owner.successor is None:
-                owner.successor = task
-            return owner.successor.handle
+            return owner.hand_to(task).handle
         self._supervisor.start(task)
         return task.handle
 
@@ -343,13 +427,13 @@ class Persist(Generic[B, R, T]):
                     "pass default= to start one with a fresh state"
                 )
             state = default()
-        self._supervisor.retired.pop(group, None)
+        self._supervisor.forget_retired(group)
         return await self.start_worker(state, group, static, timeout)
 
     def _live_worker(self, group: Hashable) -> Worker[B] | None:
         owner = self._core.owners.get(group)
-        if isinstance(owner, Worker):
-            return owner
+        if isinstance(owner, WorkerTask):
+            return owner.handle
         if isinstance(owner, Flight) and owner.successor is not None:
             return owner.successor.handle
         return None
@@ -405,45 +489,26 @@ class Persist(Generic[B, R, T]):
         if core.closed:
             raise PersistClosed("this persist is closed: wrapped calls need its block")
         group = default_group(label, (args, kwargs))
-        core.requests += 1
+        core.counters.requests += 1
         current = running.get()
-        owner = self._owner(group, None, None)
-        if owner is None and core.lingering and share:
-            value = core.lingered(group, None, same_request)
-            if value is not MISS:
-                return await self._lingered(value)
-        if owner is None:
-            job = self._new_flight(group, args, kwargs, False, group, share, call)
-            return await self._listen(job, job.owner, current)
-        if current is not None and _waits_for(owner, current):
-            if not self.options.allow_infinite:
-                raise InfiniteRecursion(
-                    f"{label} called with the same arguments from inside its own execution; "
-                    "pass allow_infinite=True to execute it directly instead"
-                )
-            await trio.lowlevel.checkpoint()
-            core.executions += 1
-            return await call(args, kwargs)
-        joined = owner.find(None, group) if share else None
-        if joined is not None:
-            self._joined(owner, joined)
-            return await self._listen(joined, owner, current)
-        if not isinstance(owner, Flight):  # a worker was started for this very group
-            raise TypeError(f"{label}: its group is owned by a worker, not by wrapped calls")
-        job = Job(args, kwargs, owner, False, group, share, call=call)
-        return await self._listen(owner.enqueue(job), owner, current)
+        routing = (group, None, args, kwargs, group, share, False, call)
+        route = self._route(current, *routing)
+        if not isinstance(route, _Detour):
+            return await self._listen(route[0], route[1], current, route[2])
+        return await self._detour(route, current, *routing)
 
     def add_observer(self, observer: Observer) -> None:
         """Tell *observer* about every execution from now on (for instrumentation).
 
         See `trio_persist.opentelemetry` for one. Costs nothing without observers.
         """
-        self._core.observers.append(observer)
+        self._core.observers.listening.append(observer)
 
     def remove_observer(self, observer: Observer) -> None:
         """Stop telling *observer* (added with `add_observer`)."""
-        if observer in self._core.observers:
-            self._core.observers.remove(observer)
+        listening = self._core.observers.listening
+        if observer in listening:
+            listening.remove(observer)
 
     async def wait_quiet(self) -> None:
         """Wait until no flight runs and no caller waits (workers may live on).
@@ -453,7 +518,7 @@ class Persist(Generic[B, R, T]):
         """
         core = self._core
         await trio.lowlevel.checkpoint()
-        while core.in_flight or core.waiting:
+        while core.counters.in_flight or core.counters.waiters:
             if core.quiet is None:
                 core.quiet = trio.lowlevel.ParkingLot()
             await core.quiet.park()
@@ -469,12 +534,12 @@ class Persist(Generic[B, R, T]):
             Whether *group* had an owner or a lingering result.
         """
         core = self._core
-        lingered = core.lingering.pop(group, None) is not None
+        lingered = core.linger.drop(group)
         owner = core.owners.get(group)
         if owner is None:
             return lingered
         core.registry.unregister(group, owner)
-        if isinstance(owner, Worker):
+        if isinstance(owner, WorkerTask):
             owner.stop_nowait("forgotten")
         return True
 
@@ -538,51 +603,26 @@ class Persist(Generic[B, R, T]):
         fixed boundaries from 0.1 ms to 60 s, as Prometheus and OpenTelemetry
         histograms want them.
         """
-        return self._core.durations()
+        return self._core.timings.durations()
 
     def snapshot(self) -> tuple[GroupSnapshot, ...]:
         """Return one frozen record per registered group, in registration order.
 
         Empty when all is quiet and no worker lives.
         """
-        records = []
-        core = self._core
-        for group, held in core.owners.items():
-            owner = held if isinstance(held, Flight) else task_of(held)
-            if isinstance(owner, Flight):
-                queued = sum(1 for job in owner.pending if not job.abandoned)
-                job = owner.current
-                if job.call is None:
-                    label = core.label_of(group, job.base, job.request)
-                else:  # a wrapped function: the call, as written
-                    label = _call_label(job.call.__name__, job.base, job.request)
-            else:
-                queued = owner.pending
-                label = core.label_of(group, owner.state, None)
-            p50, p99 = recent_quantiles(owner.recent)
-            records.append(
-                GroupSnapshot(
-                    group=group,
-                    kind=owner.kind,
-                    listeners=owner.listeners,
-                    queued=queued,
-                    served=owner.served,
-                    started=owner.started,
-                    last_active=owner.last_active,
-                    busy=owner.busy,
-                    label=label,
-                    execution_p50=p50,
-                    execution_p99=p99,
-                )
-            )
-        return tuple(records)
+        owners = self._core.owners
+        return tuple(owner.describe(group) for group, owner in owners.items())
 
     # -- routing -----------------------------------------------------------------
 
-    def _name(self, base: Any, request: Any) -> tuple[Hashable, Hashable | None, Hashable | None]:
-        """Return ``(group, base's group or None, worker dedup key or None)``."""
-        if self._mode == _HOOK:
-            return self._core.hooks.group(base, request), None, None  # type: ignore[misc]
+    def _name(self, base: Any, request: Any) -> tuple[Hashable, Hashable | None, object]:
+        """Return ``(group, base's group or None, the request's name or None)``.
+
+        A request's name says which requests are identical: under the default
+        grouper its group, under a group hook its canonical encoding.
+        """
+        if self._grouping is Grouping.HOOK:
+            return self._core.hooks.group(base, request), None, UNNAMED  # type: ignore[misc]
         ignore = self._core.options.ignore_keys
         if self._supervisor.workers or self._supervisor.retired:
             # A worker started for *base* serves every request on it.
@@ -596,9 +636,9 @@ class Persist(Generic[B, R, T]):
         owners = self._core.owners
         owner = owners.get(group)
         if owner is not None:
-            return owner if isinstance(owner, Flight) else task_of(owner)
-        if by_base is not None and isinstance(worker := owners.get(by_base), Worker):
-            return task_of(worker)
+            return owner
+        if by_base is not None and isinstance(worker := owners.get(by_base), WorkerTask):
+            return worker
         retired = group if by_base is None else by_base
         if retired in self._supervisor.retired:
             return self._supervisor.restoring(retired, base)
@@ -611,7 +651,7 @@ class Persist(Generic[B, R, T]):
             )
         if not isinstance(share, bool):
             raise TypeError(f"share must be True or False, got {type(share).__name__}")
-        if spawn_worker and self._mode == _UNGROUPED:
+        if spawn_worker and self._grouping is Grouping.NONE:
             raise ValueError(
                 "spawn_worker=True needs groups: this persist does not group requests "
                 f"(await_inprogress={self.options.await_inprogress!r}), so no worker "
@@ -619,99 +659,85 @@ class Persist(Generic[B, R, T]):
             )
 
     async def _lingered(self, value: Any) -> Any:
-        self._core.deduplicated += 1
+        self._core.counters.deduplicated += 1
         await trio.lowlevel.checkpoint()
         return value
 
     def _joined(self, owner: Owner, job: Job) -> None:
         core = self._core
-        core.deduplicated += 1
-        if isinstance(owner, Flight):
+        core.counters.deduplicated += 1
+        if owner.kind == "flight":
             core.events.emit("flight.joined", owner.group)
-        if core.observers:
-            core.observe_join(owner.kind, owner.group, job)
+        if core.observers.listening:
+            core.observers.joined(owner.kind, owner.group, job)
 
     async def _recurse(
-        self, owner: Owner, current: Owner, group: Hashable, base: Any, request: Any
+        self,
+        owner: Owner,
+        current: Owner | None,
+        group: Hashable,
+        by_base: Hashable | None,
+        base: Any,
+        request: Any,
+        *rest: Any,
     ) -> Any:
-        """A resolve that would wait for its own caller: execute directly, or refuse."""
-        if (owner is current and isinstance(owner, WorkerTask)) or self.options.allow_infinite:
+        """A call that would wait for its own caller: execute directly, or refuse.
+
+        A worker's own device calling into its group executes directly (it
+        holds the state); anything else only with ``allow_infinite``.
+        """
+        if (owner is current and owner.kind == "worker") or self.options.allow_infinite:
             await trio.lowlevel.checkpoint()  # promised, whatever the device does
-            self._core.executions += 1
-            return await self._core.hooks.resolve(base, request)
+            self._core.counters.executions += 1
+            fn = rest[-1]  # the route's last argument: a wrapped function, or None
+            resolve = self._core.hooks.resolve if fn is None else fn
+            return await resolve(base, request)
         raise InfiniteRecursion(
-            f"resolving group {safe_repr(group)} would wait for an execution that is waiting "
-            "for this call; pass allow_infinite=True to execute it directly instead"
+            f"resolving group {safe_repr(group)} would wait for an execution that is "
+            "waiting for this call; pass allow_infinite=True to execute it directly instead"
         )
 
     async def _listen(
-        self, job: Job, owner: Any, current: Any, arrived: float | None = None
+        self, job: Job, owner: Owner, current: Owner | None, arrived: float | None = None
     ) -> Any:
         core = self._core
-        job.listeners += 1
-        core.waiting += 1
+        counters = core.counters
+        job.listeners += 1  # inlined `Job.listen`: once per caller
+        counters.waiters += 1
         if arrived is None:
             arrived = core.now()
         if current is not None:
-            current.awaiting.append(owner)
+            self._awaiting.setdefault(current, []).append(owner)
         try:
             await job.done.wait()
         except BaseException:
             # Left before the answer (cancelled): the last one out abandons the job.
-            core.waiting -= 1
+            counters.waiters -= 1
             if current is not None:
-                current.awaiting.remove(owner)
+                self._stop_awaiting(current, owner)
             if not job.done.is_set():
-                job.listeners -= 1
-                if job.listeners == 0:
-                    job.owner.abandon(job)
+                job.leave()
             if core.quiet is not None:
                 core.maybe_quiet()
             raise
-        core.waiting -= 1
+        counters.waiters -= 1
         if current is not None:
-            current.awaiting.remove(owner)
+            self._stop_awaiting(current, owner)
         # The answer's time is the execution's end when there was one: the
         # clock is read once per execution, not once per listener.
         finished = job.finished
-        core.wait_time.add((finished if finished is not None else core.now()) - arrived)
+        core.timings.wait.add((finished if finished is not None else core.now()) - arrived)
         if core.quiet is not None:
             core.maybe_quiet()
         if job.error is None:
             return job.value
         return job.outcome()  # raises, with the execution's traceback
 
-    def _new_flight(
-        self,
-        group: Hashable | None,
-        base: Any,
-        request: Any,
-        spawn: bool,
-        key: Hashable | None,
-        share: bool,
-        call: Resolve | None = None,
-    ) -> Job:
-        """Start a flight for *group* (None: ungrouped, never registered); return its job.
-
-        *call* replaces the device for this job (a wrapped function).
-        """
-        core = self._core
-        flight = Flight(core, self._supervisor, group, self._by_request(call), core.now())
-        job = flight.current = Job(base, request, flight, spawn, key, share, call=call)
-        if group is not None:
-            core.registry.register(group, flight)
-        self._start_flight(flight)
-        return job
-
-    def _start_flight(self, flight: Flight) -> None:
-        self._core.in_flight += 1
-        self._runners.run(flight)
-        self._core.events.emit("flight.started", flight.group)
-
-    def _by_request(self, call: object) -> bool:
-        """Whether a flight's group names its request alone (so, across processes,
-        the group is the key): always but under a group hook, and wrapped calls."""
-        return self._mode != _HOOK or call is not None
+    def _stop_awaiting(self, current: Owner, owner: Owner) -> None:
+        awaited = self._awaiting[current]
+        awaited.remove(owner)
+        if not awaited:
+            del self._awaiting[current]
 
     def _reroute(self, job: Job) -> None:
         """Give a job whose worker stopped to its group's owner now, or a new flight."""
@@ -720,36 +746,34 @@ class Persist(Generic[B, R, T]):
             job.fail(leader_died("the persist closed before this request was served"))
             return
         try:
-            if self._mode == _HOOK:
-                group = core.hooks.group(job.base, job.request)  # type: ignore[misc]
-            else:
-                group = job.key
-                if group is None:
-                    group = default_group(
-                        job.base, job.request, ignore_keys=core.options.ignore_keys
-                    )
+            group = job.key if self._grouping is Grouping.DIGEST else None
+            if group is None:
+                group = core.group_of(job.base, job.request)
+            owner = core.owners.get(group)
         except Exception as exc:
             job.fail(exc)
             return
-        owner = core.owners.get(group)
         if owner is None:
-            flight = Flight(
-                core, self._supervisor, group, self._by_request(job.call), trio.current_time()
-            )
-            flight.current = job
-            job.owner = flight
-            core.registry.register(group, flight)
-            self._start_flight(flight)
-        elif isinstance(owner, Flight):
-            job.owner = owner
-            owner.pending.append(job)
-        else:
-            task = task_of(owner)
-            job.owner = task
-            core.nursery.start_soon(self._forward, task, job)
+            self._start_flight(group, job)
+        elif not owner.admit_nowait(job):
+            core.nursery.start_soon(self._forward, owner, job)
 
-    async def _forward(self, task: WorkerTask, job: Job) -> None:
-        if not await task.submit(job):
+    def _lingering(self, group: Hashable, key: object, request: Any) -> Any:
+        """The result lingering for the request named *key* (`UNNAMED`: named from
+        *request* now), or `MISS`."""
+        if key is UNNAMED:
+            key = request_name(request)
+        if key is None:
+            return MISS
+        return self._core.linger.get(group, key)
+
+    def _start_flight(self, group: Hashable, job: Job) -> Flight:
+        # A group names one request but under a group hook (wrapped calls never use it).
+        by_request = self._grouping is not Grouping.HOOK or job.call is not None
+        return Flight.start(self._core, self._supervisor, self._runners, group, job, by_request)
+
+    async def _forward(self, owner: Owner, job: Job) -> None:
+        if not await owner.admit(job):
             self._reroute(job)
 
     # -- closing -----------------------------------------------------------------
@@ -771,6 +795,7 @@ class Persist(Generic[B, R, T]):
             self._runners.close()
             core.nursery.cancel_scope.cancel()
             core.events.close()
+            core.throttle.flush()
 
 
 @asynccontextmanager
@@ -819,13 +844,16 @@ async def open_persist(
         shutdown_grace: Seconds each ``on_idle`` may take (None: no bound).
         ignore_keys: Top-level mapping keys the default grouper leaves out of
             ``base`` and ``request``. Calls that differ only there share one
-            execution and so one result: pass ``("priv",)`` for upstream's
-            behaviour only if those keys never change what the device returns.
+            execution and so one result (a lingering one too, for the whole
+            *linger* window, whoever's call made it): pass ``("priv",)`` for
+            the original's behaviour only if those keys never change what the
+            device returns.
         linger: Seconds a successful result keeps answering identical calls
             after its execution ended (0: not at all). Failures never linger,
             writes (``share=False``) neither; `Persist.forget` drops a lingering
-            result; at most 65,536 linger at once. Not a cache: there is no
-            per-key configuration. With a backend, it holds across processes.
+            result; at most 64 MiB of results (estimated) linger at once, the
+            oldest going first. Not a cache: there is no per-key configuration.
+            With a backend, it holds across processes.
 
     Raises:
         TypeError: an option has the wrong type (the message names it).
@@ -848,8 +876,9 @@ async def open_persist(
     body_error: BaseException | None = None
     try:
         async with trio.open_nursery() as nursery:
-            core = Core(hooks=hooks, options=options, nursery=nursery, backend=checked_backend)
-            persist: Persist[B, R, T] = Persist(core=core)
+            persist: Persist[B, R, T] = Persist(
+                hooks=hooks, options=options, nursery=nursery, backend=checked_backend
+            )
             if checked_backend is not None:
                 await nursery.start(checked_backend.serve, persist)
             try:

@@ -1,9 +1,10 @@
 """The registry: which owner (a flight or a worker) holds each group.
 
-This is upstream's ``hb_name`` without its weaknesses: registering is one atomic
-register-if-absent (W2), only the owner can remove its entry (W3), an entry never
-outlives its owner because owners hold it with `Registry.hold` or release it in a
-``finally`` (W6, W12), and there is no lazily-cleaned stale row to block anyone.
+This is upstream's ``hb_name`` without its weaknesses (docs/guarantees.md lists
+them): registering is one atomic register-if-absent, only the owner can remove
+its entry, an entry never outlives its owner (flights and workers release theirs
+when they end, in a ``finally``; `Registry.hold` does the same for a ``with``
+block), and there is no lazily-cleaned stale row to block anyone.
 
 Everything here is synchronous and never checkpoints, so on Trio's single thread
 each call is atomic: no lock is needed, and none of these can be interrupted.
@@ -11,17 +12,19 @@ each call is atomic: no lock is needed, and none of these can be interrupted.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Generic, TypeVar, final
+from typing import Any, Generic, TypeVar, final
 
 import attrs
 
 from .._exceptions import GroupTaken
 
-__all__ = ["Registry", "RegistryStatistics"]
+__all__ = ["Registry", "RegistryStatistics", "RegistryView"]
 
 OwnerT = TypeVar("OwnerT")
+ShownT = TypeVar("ShownT")
+_FREE = object()
 
 
 @attrs.frozen
@@ -35,7 +38,7 @@ class RegistryStatistics:
     refused: int
     """Registrations refused because the group already had an owner."""
     foreign_removals_refused: int
-    """Removals refused because the caller was not the owner (upstream allowed them: W3)."""
+    """Removals refused because the caller was not the owner (upstream allowed them)."""
 
 
 @final
@@ -43,8 +46,8 @@ class RegistryStatistics:
 class Registry(Generic[OwnerT]):
     """A map of group -> owner with atomic, owner-checked updates.
 
-    A persist has one (``persist.registry``); the monitor and the Redis backend
-    read it. It can also be used on its own.
+    A persist has one (``persist.registry`` is a read-only view of it). It can
+    also be used on its own, for example with `hold` around a task's work.
     """
 
     _owners: dict[Hashable, OwnerT] = attrs.field(factory=dict, init=False)
@@ -80,30 +83,41 @@ class Registry(Generic[OwnerT]):
             someone else (their entry is left alone).
         """
         owners = self._owners
-        if owners.get(group) is owner:
+        try:
+            held = owners.get(group, _FREE)
+        except Exception:  # a group whose hash (or ==) raises now: found by identity
+            held = _FREE
+        if held is owner:
             del owners[group]
             return True
-        if group in owners:
+        if held is not _FREE:
             self._foreign_refused += 1
             return False
-        # Not found: free, or a group whose hash changed since it was registered
-        # (a mutable group from a hook). The second must not leak: find the entry
-        # by identity and rebuild the map without it (rare, so O(n) is fine; in
-        # place, so views of the mapping stay live).
-        for key, value in owners.items():
-            if key is group and value is owner:
-                kept = [(k, v) for k, v in owners.items() if not (k is group and v is owner)]
-                owners.clear()
-                owners.update(kept)
-                return True
-        return False
+        # Not found: free, or a group whose hash changed (or raises) since it was
+        # registered (a mutable group from a hook). The second must not leak.
+        return self._drop(group, owner)
+
+    def _drop(self, group: Hashable, owner: OwnerT) -> bool:
+        """Find *group*'s entry by identity and rebuild the map without it, never
+        hashing *group*. Rare, so O(n) is fine; in place, so views stay live."""
+        owners = self._owners
+        if not any(key is group and value is owner for key, value in owners.items()):
+            return False
+        kept = [(k, v) for k, v in owners.items() if not (k is group and v is owner)]
+        owners.clear()
+        owners.update(kept)
+        return True
 
     def replace(self, group: Hashable, owner: OwnerT, successor: OwnerT) -> bool:
         """Hand *group* from *owner* to *successor* in one step, if *owner* owns it.
 
         Used when a flight becomes a worker: nobody can slip in between.
         """
-        if self._owners.get(group) is not owner:
+        try:
+            held = self._owners.get(group)
+        except Exception:  # a group whose hash (or ==) raises now cannot move
+            return False
+        if held is not owner:
             return False
         self._owners[group] = successor
         return True
@@ -155,3 +169,34 @@ class Registry(Generic[OwnerT]):
             refused=self._refused,
             foreign_removals_refused=self._foreign_refused,
         )
+
+
+@final
+@attrs.frozen
+class RegistryView(Generic[ShownT]):
+    """A read-only view of a `Registry`, each owner shown as *face* makes it.
+
+    ``persist.registry`` is one: it shows a worker as its `Worker` handle.
+    """
+
+    _registry: Registry[Any] = attrs.field(alias="registry")
+    _face: Callable[[Any], ShownT] = attrs.field(alias="face")
+
+    def lookup(self, group: Hashable) -> ShownT | None:
+        """Return the owner of *group*, or None if it is free."""
+        owner = self._registry.lookup(group)
+        return None if owner is None else self._face(owner)
+
+    def items(self) -> tuple[tuple[Hashable, ShownT], ...]:
+        """Return every ``(group, owner)`` pair, in registration order."""
+        return tuple((group, self._face(owner)) for group, owner in self._registry.items())
+
+    def __len__(self) -> int:
+        return len(self._registry)
+
+    def __contains__(self, group: object) -> bool:
+        return group in self._registry
+
+    def statistics(self) -> RegistryStatistics:
+        """Return a frozen snapshot of the registry's counters."""
+        return self._registry.statistics()

@@ -30,7 +30,7 @@ class Runnable(Protocol):
         """Whether it has ended (freed its group)."""
         ...
 
-    async def run(self, scope: trio.CancelScope) -> bool:
+    async def run_jobs(self, scope: trio.CancelScope) -> bool:
         """Run in a runner whose cancel scope is *scope*; True when over, False
         when *scope* was cancelled and is spent (then it goes on in a fresh runner)."""
         ...
@@ -60,7 +60,7 @@ class RunnerPool:
         """Runners parked now."""
         return len(self._idle)
 
-    def run(self, runnable: Runnable) -> None:
+    def launch(self, runnable: Runnable) -> None:
         """Run *runnable* in a parked runner, or in a new one if none is parked."""
         if self._idle:
             runner = self._idle.pop()
@@ -81,14 +81,14 @@ class RunnerPool:
         with scope:
             while runnable is not None:
                 runner.runnable = runnable
-                if not await runnable.run(scope):
+                if not await runnable.run_jobs(scope):
                     # The scope was cancelled for an abandoned job: it is spent.
                     break
                 runner.runnable = None
                 runnable = await self._park(runner)
         if runner.runnable is not None and not runner.runnable.over:
             # Retired mid-flight: the flight goes on in a fresh runner.
-            self.run(runner.runnable)
+            self.launch(runner.runnable)
 
     async def _park(self, runner: _Runner) -> Runnable | None:
         if len(self._idle) >= self.limit:

@@ -1,9 +1,11 @@
-"""The state a persist's flights, workers and facade share, one level below them all.
+"""The context a persist's flights, workers and facade share, one level below them all.
 
 A `Persist` is a facade over one `Core`, the way trio's channels sit over one
 ``MemoryChannelState``: the hooks and options, the nursery every task lives in,
-the registry of owners, the event hub, the backend, the counters, and whether
-the persist has closed. Flights and workers are handed the core, never the
+the registry of owners, the event hub, the backend, and whether the persist has
+closed. Beside that context it holds four small records, each with one topic:
+`Counters`, `Timings` (duration histograms), `Linger` (results that keep
+answering) and `Observers`. Flights and workers are handed the core, never the
 persist, so nothing below the facade can reach back up into it. The one thing
 they need from above, giving a request whose worker stopped to a new owner, is
 the `Core.reroute` callback the facade installs.
@@ -11,81 +13,53 @@ the `Core.reroute` callback the facade installs.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Awaitable, Callable, Hashable, Mapping
+import functools
+import logging
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any
 
 import attrs
 import trio
 
 from .._backend import Backend
-from .._logging import logger
+from .._grouping import default_group
+from .._logging import Throttle, logger
 from .._stats import (
     BOUNDARIES,
     DurationHistogram,
+    GroupSnapshot,
     PersistDurations,
     PersistStatistics,
     group_label,
 )
-from .._text import describe, literal, safe_repr
+from .._text import describe, literal
 from ._device import DeviceHooks
 from ._events import EventHub
-from ._histogram import Histogram
-from ._job import Job, Outcome
+from ._histogram import Histogram, recent_quantiles
+from ._job import Job, Outcome, Owner
+from ._labels import LABEL_WIDTH, default_label
+from ._linger import MISS, Linger
 from ._observer import Observer
 from ._options import PersistOptions
 from ._registry import Registry
 
-__all__ = ["LINGER_LIMIT", "MISS", "Core", "Observer", "Resolve"]
-
-LABEL_WIDTH = 80
-"""The longest label shown for a group."""
-
-_DIGEST = re.compile(r"[0-9a-f]{32}")
+__all__ = ["MISS", "Core", "Counters", "Observers", "Timings", "describe_owner"]
 
 SETTLE_EVERY = 256
 """Executions between two foldings of pending duration samples (bounded memory)."""
 
-RECENT = 64
-"""How many recent execution times each flight or worker keeps (for its snapshot)."""
 
-LINGER_LIMIT = 65536
-"""The most results that linger at once (the oldest go first)."""
+@attrs.define(eq=False)
+class Counters:
+    """The persist's counters and gauges (`PersistStatistics` publishes them).
 
-MISS: Any = object()
-"""No lingering result (and: a lingering result that answers any request of its group)."""
-
-Resolve = Callable[[Any, Any], Awaitable[Any]]
-
-
-def _no_reroute(job: Job) -> None:  # pragma: no cover - replaced by the facade at once
-    raise AssertionError("Core.reroute was not installed")
-
-
-@attrs.define(eq=False, repr=False)
-class Core:
-    """Shared state of one persist. Internal; `Persist` is its public face.
-
-    Counters only grow; gauges (``in_flight``, ``waiting``) say what is true
-    now. Everything here is touched from the persist's Trio thread only, and
-    no method checkpoints.
+    Counters only grow; the two gauges (``in_flight``, ``waiters``) say what is
+    true now.
     """
 
-    hooks: DeviceHooks
-    options: PersistOptions
-    nursery: trio.Nursery
-    backend: Backend | None = None
-    # Which owner holds each group: a flight, or a worker's public handle.
-    registry: Registry[Any] = attrs.field(factory=Registry)
-    # The registry's live mapping, read on every resolve (a dict lookup is
-    # cheaper than a method call on the hot path). Changed only through registry.
-    owners: Mapping[Hashable, Any] = attrs.field(init=False)
-    events: EventHub = attrs.field(factory=EventHub)
-    reroute: Callable[[Job], None] = _no_reroute
-    closed: bool = False
     requests: int = 0
     executions: int = 0
-    remote: int = 0  # executions another process answered (moved out of executions)
+    remote: int = 0  # executions another process answered for us
     deduplicated: int = 0
     failures: int = 0
     crashes: int = 0
@@ -95,55 +69,168 @@ class Core:
     evictions: int = 0
     workers_started: int = 0
     in_flight: int = 0
-    waiting: int = 0
+    waiters: int = 0
+
+
+@attrs.define(eq=False)
+class Timings:
+    """Execution and wait times in bounded memory.
+
+    Samples are appended on the hot path and folded into the histograms every
+    `SETTLE_EVERY` executions, so the samples waiting to be folded stay few.
+    """
+
+    execution: Histogram = attrs.field(factory=Histogram)
+    wait: Histogram = attrs.field(factory=Histogram)
+    # Executions left before the pending samples are folded in.
+    unsettled: int = SETTLE_EVERY
+
+    def settle(self) -> None:
+        """Fold the pending samples in."""
+        self.unsettled = SETTLE_EVERY
+        self.execution.settle()
+        self.wait.settle()
+
+    def durations(self) -> PersistDurations:
+        """Both histograms, exported at `BOUNDARIES`."""
+
+        def export(histogram: Histogram) -> DurationHistogram:
+            return DurationHistogram(
+                count=histogram.count,
+                sum=histogram.total,
+                buckets=histogram.cumulative(BOUNDARIES),
+            )
+
+        return PersistDurations(execution=export(self.execution), wait=export(self.wait))
+
+
+@attrs.define(eq=False)
+class Observers:
+    """The observers added with `Persist.add_observer` (check ``listening`` first:
+    most persists have none).
+
+    *failed* is told about an observer that raised (it is then skipped, never
+    propagated).
+    """
+
+    failed: Callable[[str, Hashable | None, BaseException], None]
+    listening: list[Observer] = attrs.field(factory=list)
+
+    def started(self, kind: str, group: Hashable | None, label: str, job: Job) -> None:
+        """*job* starts; *label* is what may name it outside the process (the
+        label hook's text, a wrapped function's name, or "")."""
+        for observer in tuple(self.listening):
+            self._tell(observer, "execution_started", group, kind, group, label, job)
+
+    def joined(self, kind: str, group: Hashable | None, job: Job) -> None:
+        for observer in tuple(self.listening):
+            self._tell(observer, "joined", group, kind, group, job)
+
+    def ended(
+        self, kind: str, group: Hashable | None, job: Job, outcome: Outcome | None, seconds: float
+    ) -> None:
+        name = "abandoned" if outcome is None else outcome.value
+        for observer in tuple(self.listening):
+            self._tell(observer, "execution_ended", group, kind, group, job, name, seconds)
+
+    def _tell(self, observer: Observer, method: str, group: Hashable | None, *args: Any) -> None:
+        try:
+            getattr(observer, method)(*args)
+        except Exception as exc:
+            self.failed(f"observer {method}", group, exc)
+
+
+def describe_owner(owner: Any, group: Hashable, queued: int) -> GroupSnapshot:
+    """The `GroupSnapshot` of *owner* (a flight or a worker) for *group*; its
+    ``label`` (text, and whether the hook chose it) must be made already."""
+    p50, p99 = recent_quantiles(owner.recent)
+    text, from_hook = owner.label
+    return GroupSnapshot(
+        group=group,
+        kind=owner.kind,
+        listeners=owner.listeners,
+        queued=queued,
+        served=owner.served,
+        started=owner.started,
+        last_active=owner.last_active,
+        busy=owner.busy,
+        label=text,
+        execution_p50=p50,
+        execution_p99=p99,
+        label_from_hook=from_hook,
+    )
+
+
+@attrs.define(eq=False, repr=False)
+class Core:
+    """Shared context of one persist. Internal; `Persist` is its public face.
+
+    Everything here is touched from the persist's Trio thread only, and no
+    method checkpoints.
+    """
+
+    hooks: DeviceHooks
+    options: PersistOptions
+    nursery: trio.Nursery
+    # Gives a job whose worker stopped to its group's next owner (the facade's).
+    reroute: Callable[[Job], None]
+    backend: Backend | None = None
+    # Which owner (a flight or a worker) holds each group.
+    registry: Registry[Owner] = attrs.field(factory=Registry)
+    # The registry's live mapping, read on every resolve (a dict lookup is
+    # cheaper than a method call on the hot path). Changed only through registry.
+    owners: Mapping[Hashable, Owner] = attrs.field(init=False)
+    events: EventHub = attrs.field(factory=EventHub)
+    closed: bool = False
+    counters: Counters = attrs.field(factory=Counters)
+    timings: Timings = attrs.field(factory=Timings)
+    linger: Linger = attrs.field(init=False)
+    observers: Observers = attrs.field(init=False)
+    # Repeated log lines (a label hook failing per snapshot) are throttled.
+    throttle: Throttle = attrs.field(factory=Throttle)
     # Tasks in `Persist.wait_quiet`, made on first use (most persists never wait).
     quiet: trio.lowlevel.ParkingLot | None = None
-    # Results lingering after their flight: group -> (request, value, expiry),
-    # in order of expiry (the linger is one constant). Empty unless linger > 0.
-    lingering: dict[Hashable, tuple[Any, Any, float]] = attrs.field(factory=dict)
-    observers: list[Observer] = attrs.field(factory=list)
-    execution_time: Histogram = attrs.field(factory=Histogram)
-    wait_time: Histogram = attrs.field(factory=Histogram)
-    # Executions left before the pending duration samples are folded in.
-    unsettled: int = SETTLE_EVERY
     now: Callable[[], float] = attrs.field(init=False)
+    # The group of ``(base, request)``: the device's ``group`` hook itself, or
+    # the default grouper leaving out ``ignore_keys`` (no frame of ours between).
+    # Raises what the hook raises, or `TypeError` for a value the default
+    # grouper cannot encode.
+    group_of: Callable[[Any, Any], Hashable] = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
+        hook = self.hooks.group
+        self.group_of = (
+            hook
+            if hook is not None
+            else functools.partial(default_group, ignore_keys=self.options.ignore_keys)
+        )
         self.owners = self.registry.as_mapping()
+        self.linger = Linger(self.options.linger)
+        self.observers = Observers(self.hook_failed)
         # The run's clock, read directly: half the cost of trio.current_time()
         # on the hot path, and the same (virtual) time under a MockClock.
         self.now = trio.lowlevel.current_clock().current_time
 
-    def resolver(
-        self, group: Hashable, request: Any, group_is_request: bool, resolve: Resolve
-    ) -> Resolve:
-        """What one execution of *group* runs: *resolve*, through the backend if any."""
-        backend = self.backend
-        if backend is None:
-            return resolve
-        linger = self.options.linger
+    def finish(self, owner: Owner, job: Job, outcome: Outcome, began: float) -> float:
+        """End one execution of *owner*'s that began at *began*: time it, tell the
+        observers, count and announce its outcome. Returns the end time."""
+        job.finished = now = self.now()
+        elapsed = now - began
+        timings = self.timings
+        timings.execution.add(elapsed)
+        timings.unsettled -= 1
+        if not timings.unsettled:
+            timings.settle()
+        if self.observers.listening:
+            self.observers.ended(owner.kind, owner.group, job, outcome, elapsed)
+        self.count_outcome(owner.kind, owner.group, job, outcome)
+        return now
 
-        async def across_processes(base: Any, request: Any) -> Any:
-            # The key is computed here, inside the job: a request the backend
-            # cannot name fails (or runs locally) for its own callers only.
-            key = backend.key_of(group, request, group_is_request)
-            if key is None:
-                return await resolve(base, request)
-            ran = False
-
-            async def here(base: Any, request: Any) -> Any:
-                nonlocal ran
-                ran = True
-                return await resolve(base, request)
-
-            try:
-                return await backend.run(key, base, request, here, linger=linger)
-            finally:
-                if not ran:  # another process ran it: not an execution of ours
-                    self.executions -= 1
-                    self.remote += 1
-
-        return across_processes
+    def abandoned(self, owner: Owner, job: Job, began: float) -> None:
+        """*job*'s execution was cancelled because every listener left."""
+        if self.observers.listening:
+            self.observers.ended(owner.kind, owner.group, job, None, self.now() - began)
+        self.count_outcome(owner.kind, owner.group, job, None)
 
     def count_outcome(
         self, kind: str, group: Hashable | None, job: Job, outcome: Outcome | None
@@ -153,172 +240,109 @@ class Core:
         if outcome is Outcome.OK:
             events.emit("worker.served" if kind == "worker" else "flight.finished", group)
         elif outcome is None:
-            self.abandoned += 1
+            self.counters.abandoned += 1
             events.emit(f"{kind}.cancelled", group)
         else:
-            self.failures += 1
-            if outcome is Outcome.CRASHED:
-                self.crashes += 1
-            error = job.error
-            detail = describe(error) if error is not None else ""
-            events.emit(f"{kind}.failed", group, detail)
-            if outcome is Outcome.CRASHED:
-                logger.error(
-                    "a %s of group %s crashed: %s",
-                    kind,
-                    group_label(group),
-                    detail,
-                    exc_info=error.__cause__ if error is not None else None,
-                )
-            else:
-                logger.debug("an execution of group %s failed: %s", group_label(group), detail)
+            self._count_failure(kind, group, job, outcome)
 
-    def hook_failed(self, hook: str, group: Hashable | None, error: BaseException) -> None:
-        """A device hook raised: count it, say so, and log it with its traceback."""
-        self.hook_failures += 1
-        detail = f"{hook}: {describe(error)}"
-        self.events.emit("hook.failed", group, detail)
-        logger.error(
-            "the device's %s hook failed for group %s: %s",
-            hook,
-            group_label(group),
-            describe(error),
-            exc_info=error,
-        )
+    def _count_failure(self, kind: str, group: Hashable | None, job: Job, outcome: Outcome) -> None:
+        counters = self.counters
+        counters.failures += 1
+        error = job.error
+        detail = describe(error) if error is not None else ""
+        self.events.emit(f"{kind}.failed", group, detail)
+        if outcome is Outcome.CRASHED:
+            counters.crashes += 1
+            logger.error(
+                "a %s of group %s crashed: %s",
+                kind,
+                group_label(group),
+                detail,
+                exc_info=error.__cause__ if error is not None else None,
+            )
+        else:
+            logger.debug("an execution of group %s failed: %s", group_label(group), detail)
 
-    def linger(self, group: Hashable, request: Any, value: Any) -> None:
-        """Keep a successful result answering identical calls for ``options.linger``."""
-        seconds = self.options.linger
-        if not seconds:
-            return
-        now = trio.current_time()
-        lingering = self.lingering
-        lingering.pop(group, None)  # re-inserted last: the order stays by expiry
-        lingering[group] = (request, value, now + seconds)
-        # Bounded: expired entries go now, and at most LINGER_LIMIT stay.
-        while lingering:
-            first = next(iter(lingering))
-            if lingering[first][2] > now and len(lingering) <= LINGER_LIMIT:
-                break
-            del lingering[first]
+    def hook_failed(
+        self, hook: str, group: Hashable | None, error: BaseException, *, throttled: bool = False
+    ) -> None:
+        """A device hook raised: count it, say so, and log it with its traceback.
 
-    def lingered(self, group: Hashable, request: Any, same: Callable[[Any, Any], bool]) -> Any:
-        """A result still lingering for *group* and *request*, or `MISS`."""
-        entry = self.lingering.get(group)
-        if entry is None:
-            return MISS
-        stored, value, expiry = entry
-        if expiry <= trio.current_time():
-            del self.lingering[group]
-            return MISS
-        if stored is not MISS and not same(stored, request):
-            return MISS
-        return value
-
-    def label_of(self, group: Hashable, base: Any, request: Any) -> str:
-        """What an operator sees for *group*: the ``label`` hook's text, or a short
-        rendering of the request (the state, for a worker), or a readable group.
-
-        Never raises: a failing hook is counted and logged, and the default used.
+        With *throttled* (a hook that can fail at the rate of snapshots), the
+        first failure is logged in full and later ones at most once a minute.
         """
-        text = self.hook_label(group, base, request)
-        if text is not None:
-            return text
-        if isinstance(group, str) and not _DIGEST.fullmatch(group):
-            return literal(group, LABEL_WIDTH)  # a name a group hook chose
-        return literal(safe_repr(base if request is None else request, LABEL_WIDTH), LABEL_WIDTH)
+        self.counters.hook_failures += 1
+        self.events.emit("hook.failed", group, f"{hook}: {describe(error)}")
+        message = "the device's %s hook failed for group %s: %s"
+        args = (hook, group_label(group), describe(error))
+        if throttled:
+            self.throttle.log(logging.ERROR, f"{hook} hook", message, *args, exc_info=error)
+        else:
+            logger.error(message, *args, exc_info=error)
 
-    def hook_label(self, group: Hashable | None, base: Any, request: Any) -> str | None:
-        """The device's ``label`` hook's text for *group*, or None (no hook, or it failed).
+    def label_of(self, group: Hashable | None, base: Any, request: Any) -> tuple[str, bool]:
+        """What an operator sees for *group*, and whether the ``label`` hook chose it.
 
-        Only this text may name a group outside the process (spans, heartbeats).
+        Without a hook (or when it fails: counted, and logged at most once a
+        minute), a name a group hook chose or a bounded rendering of the
+        request (the state, for a worker: *request* None). Never raises.
         """
         hook = self.hooks.label
-        if hook is None:
-            return None
-        try:
-            text = hook(base, request)
-            if not isinstance(text, str):
-                raise TypeError(f"label() returned a {type(text).__name__}, not a str")
-        except Exception as exc:
-            self.hook_failed("label", group, exc)
-            return None
-        return literal(text, LABEL_WIDTH)
+        if hook is not None:
+            try:
+                text = hook(base, request)
+                if not isinstance(text, str):
+                    raise TypeError(f"label() returned a {type(text).__name__}, not a str")
+                return literal(text, LABEL_WIDTH), True
+            except Exception as exc:
+                self.hook_failed("label", group, exc, throttled=True)
+        return default_label(group, base if request is None else request), False
 
-    def settle_durations(self) -> None:
-        """Fold the pending duration samples in (every `SETTLE_EVERY` executions)."""
-        self.unsettled = SETTLE_EVERY
-        self.execution_time.settle()
-        self.wait_time.settle()
-
-    def durations(self) -> PersistDurations:
-        """The duration histograms, exported at `BOUNDARIES`."""
-
-        def export(histogram: Histogram) -> DurationHistogram:
-            return DurationHistogram(
-                count=histogram.count,
-                sum=histogram.total,
-                buckets=histogram.cumulative(BOUNDARIES),
-            )
-
-        return PersistDurations(execution=export(self.execution_time), wait=export(self.wait_time))
-
-    def observe_start(self, kind: str, group: Hashable | None, job: Job) -> None:
-        # What may leave the process: a wrapped function's name, or the label
-        # hook's text; never a rendering of the request.
+    def observed_label(
+        self, group: Hashable | None, base: Any, job: Job, label: tuple[str, bool] | None
+    ) -> str:
+        """What may name *job*'s execution outside the process: a wrapped
+        function's name, or the ``label`` hook's text (*label*: the owner's own,
+        if made already); never a rendering of the request."""
         if job.call is not None:
-            label = job.call.__name__
-        else:
-            label = self.hook_label(group, job.base, job.request) or ""
-        for observer in tuple(self.observers):
-            self._tell(observer, "execution_started", group, kind, group, label, job)
-
-    def observe_join(self, kind: str, group: Hashable | None, job: Job) -> None:
-        for observer in tuple(self.observers):
-            self._tell(observer, "joined", group, kind, group, job)
-
-    def observe_end(
-        self, kind: str, group: Hashable | None, job: Job, outcome: Outcome | None, seconds: float
-    ) -> None:
-        name = "abandoned" if outcome is None else outcome.value
-        for observer in tuple(self.observers):
-            self._tell(observer, "execution_ended", group, kind, group, job, name, seconds)
-
-    def _tell(self, observer: Observer, method: str, group: Hashable | None, *args: Any) -> None:
-        try:
-            getattr(observer, method)(*args)
-        except Exception as exc:
-            self.hook_failed(f"observer {method}", group, exc)
+            return job.call.__name__
+        if label is None:
+            request = None if base is not job.base else job.request
+            label = self.label_of(group, base, request)
+        return label[0] if label[1] else ""
 
     def maybe_quiet(self) -> None:
         """Wake `Persist.wait_quiet` callers if nothing runs and nobody waits now."""
-        if self.quiet is not None and not self.in_flight and not self.waiting:
+        counters = self.counters
+        if self.quiet is not None and not counters.in_flight and not counters.waiters:
             self.quiet.unpark_all()
 
     def statistics(self, workers: int) -> PersistStatistics:
         """The counters and gauges as a frozen record (*workers*: alive now)."""
+        counters = self.counters
+        execution, wait = self.timings.execution, self.timings.wait
         return PersistStatistics(
-            requests=self.requests,
-            executions=self.executions,
-            remote=self.remote,
-            deduplicated=self.deduplicated,
-            failures=self.failures,
-            crashes=self.crashes,
-            abandoned=self.abandoned,
-            worker_timeouts=self.worker_timeouts,
-            hook_failures=self.hook_failures,
-            evictions=self.evictions,
-            workers_started=self.workers_started,
-            in_flight=self.in_flight,
-            waiters=self.waiting,
+            requests=counters.requests,
+            executions=counters.executions,
+            remote=counters.remote,
+            deduplicated=counters.deduplicated,
+            failures=counters.failures,
+            crashes=counters.crashes,
+            abandoned=counters.abandoned,
+            worker_timeouts=counters.worker_timeouts,
+            hook_failures=counters.hook_failures,
+            evictions=counters.evictions,
+            workers_started=counters.workers_started,
+            in_flight=counters.in_flight,
+            waiters=counters.waiters,
             workers=workers,
             groups=len(self.owners),
-            execution_p50=self.execution_time.quantile(0.5),
-            execution_p90=self.execution_time.quantile(0.9),
-            execution_p99=self.execution_time.quantile(0.99),
-            execution_max=self.execution_time.maximum,
-            wait_p50=self.wait_time.quantile(0.5),
-            wait_p90=self.wait_time.quantile(0.9),
-            wait_p99=self.wait_time.quantile(0.99),
-            wait_max=self.wait_time.maximum,
+            execution_p50=execution.quantile(0.5),
+            execution_p90=execution.quantile(0.9),
+            execution_p99=execution.quantile(0.99),
+            execution_max=execution.maximum,
+            wait_p50=wait.quantile(0.5),
+            wait_p90=wait.quantile(0.9),
+            wait_p99=wait.quantile(0.99),
+            wait_max=wait.maximum,
         )

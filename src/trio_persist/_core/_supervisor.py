@@ -15,8 +15,7 @@ from typing import Any
 
 import attrs
 
-from .._grouping import default_group
-from ._job import Job
+from ._job import Job, Owner
 from ._state import Core
 from ._worker import WorkerTask
 
@@ -46,7 +45,7 @@ class Supervisor:
         *,
         static: bool | None = None,
         timeout: float | None = None,
-        restore: bool = False,
+        restore_first: bool = False,
     ) -> WorkerTask:
         """A worker (not yet registered or running); options default to the persist's."""
         options = self.core.options
@@ -57,16 +56,16 @@ class Supervisor:
             state=state,
             static=options.static_worker if static is None else static,
             timeout=options.worker_timeout if timeout is None else timeout,
-            restore=restore,
+            restore_first=restore_first,
         )
 
     def start(self, task: WorkerTask) -> None:
         """Register *task* for its group and launch it (nothing, if the group is taken)."""
-        if self.core.registry.register(task.group, task.handle):
+        if self.core.registry.register(task.group, task):
             self.launch(task)
 
     def take_over(
-        self, group: Hashable, owner: object, task: WorkerTask, jobs: Iterable[Job]
+        self, group: Hashable, owner: Owner, task: WorkerTask, jobs: Iterable[Job]
     ) -> bool:
         """Make *task* the owner of *group* in *owner*'s place, with its queued *jobs*.
 
@@ -74,20 +73,16 @@ class Supervisor:
         is free. False if someone else holds it (nothing changes).
         """
         registry = self.core.registry
-        handle = task.handle
-        if not (registry.replace(group, owner, handle) or registry.register(group, handle)):
+        if not (registry.replace(group, owner, task) or registry.register(group, task)):
             return False
-        for job in jobs:
-            if not job.abandoned:
-                job.owner = task
-                task.backlog.append(job)
+        task.adopt(jobs)
         self.launch(task)
         return True
 
     def restoring(self, group: Hashable, base: Any) -> WorkerTask:
         """Register and launch a worker that first asks ``restore`` for its state."""
         del self.retired[group]
-        task = self.new_worker(group, base, restore=True)
+        task = self.new_worker(group, base, restore_first=True)
         self.start(task)
         return task
 
@@ -101,22 +96,36 @@ class Supervisor:
                 self._evict_one()
         self.workers[task] = None
         self._last_touched = task  # the most recently used now
-        core.workers_started += 1
-        core.nursery.start_soon(task.run)
+        core.counters.workers_started += 1
+        core.nursery.start_soon(task.main)
         core.events.emit("worker.started", task.group)
 
+    def _retire(self, group: Hashable) -> None:
+        try:
+            self.retired[group] = None
+        except Exception:
+            return  # a group whose hash raises now cannot be restored later
+        if len(self.retired) > RETIRED_LIMIT:
+            del self.retired[next(iter(self.retired))]
+
+    def forget_retired(self, group: Hashable) -> None:
+        """*group* gets a fresh worker: its stopped one is no longer restored."""
+        self.retired.pop(group, None)
+
     def _evict_one(self) -> None:
+        # The least recently used idle worker; if every one is busy, the least
+        # recently used of all.
         victim = None
         for task in self.workers:
             if task.stop_reason is not None:
                 continue
-            if not task.busy and not task.pending:
+            if not task.busy and not task.queue_length:
                 victim = task
                 break
             if victim is None:
                 victim = task
         if victim is not None:
-            self.core.evictions += 1
+            self.core.counters.evictions += 1
             victim.stop_nowait("evicted")
             self.core.events.emit("worker.evicted", victim.group)
 
@@ -139,35 +148,29 @@ class Supervisor:
             self._last_touched = task
 
     def regroup(self, task: WorkerTask, state: Any) -> None:
-        hook = self.core.hooks.group
         try:
-            if hook is not None:
-                new = hook(state, None)
-            else:
-                new = default_group(state, None, ignore_keys=self.core.options.ignore_keys)
+            new = self.core.group_of(state, None)
+            moved = new != task.group
         except Exception:
-            return  # a state the grouper cannot name keeps the old group
-        old = task.group
+            return  # a state the grouper cannot name (or compare) keeps the old group
         registry = self.core.registry
-        if new != old and registry.register(new, task.handle):
-            registry.unregister(old, task.handle)
-            task.group = new
+        if moved and registry.register(new, task):
+            registry.unregister(task.group, task)
+            task.move_to(new)
 
     def ended(self, task: WorkerTask, crashed: BaseException | None) -> None:
         core = self.core
         group = task.group
         reason = task.stop_reason
         unanswered = task.take_unanswered()
-        core.registry.unregister(group, task.handle)
+        core.registry.unregister(group, task)
         self.workers.pop(task, None)
         if reason == "timeout":
-            core.worker_timeouts += 1
+            core.counters.worker_timeouts += 1
         kind = _EVENT_OF_REASON.get(reason or "", "worker.stopped")
         detail = f"{type(crashed).__name__}: {crashed}" if crashed is not None else (reason or "")
         core.events.emit(kind, group, detail)
         if core.hooks.restore is not None and reason != "unrestored" and not core.closed:
-            self.retired[group] = None
-            if len(self.retired) > RETIRED_LIMIT:
-                del self.retired[next(iter(self.retired))]
+            self._retire(group)
         for job in unanswered:
             core.reroute(job)

@@ -5,7 +5,7 @@ bounded memory channel (a full inbox makes callers wait; nothing is dropped),
 it serves them one at a time in arrival order with
 ``device.resolve(state, request)``, and replies go straight back to each
 requester's job. It keeps its registration the whole time it serves (upstream
-dropped it during every request: W4).
+dropped it during every request; docs/guarantees.md).
 
 It stops after ``timeout`` seconds with no new request (a cancel scope around
 the wait, never a polling loop), when evicted under ``max_workers``, on
@@ -15,25 +15,26 @@ persist's shutdown grace. After a crash it does not run. Either way its host
 (the supervisor) frees the group and re-routes every request still queued,
 never lost and never left hanging.
 
-Two classes: `WorkerTask` is the worker itself, internal, what the registry
-holds and the facade routes to; `Worker` is the public handle users and custom
-``serve`` loops get, a thin face over it.
+Two classes: `WorkerTask` is the worker itself, internal, an `Owner` the
+registry holds and the facade routes to; `Worker` is the public handle users
+and custom ``serve`` loops get, a thin face over it.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable
-from typing import Any, Generic, Protocol, TypeVar, final
+from collections.abc import Hashable, Iterable
+from typing import Any, ClassVar, Generic, Protocol, TypeVar, final
 
 import attrs
 import trio
 
-from .._grouping import same_request
-from ._job import Job, Outcome, leader_died, run_device, running
-from ._state import RECENT, Core
+from .._stats import GroupSnapshot
+from ._histogram import remember
+from ._job import UNNAMED, Job, Outcome, leader_died, request_name, run_device, running
+from ._state import Core, describe_owner
 
-__all__ = ["Worker", "WorkerHost", "WorkerRequest", "WorkerStatistics", "WorkerTask", "task_of"]
+__all__ = ["Worker", "WorkerHost", "WorkerRequest", "WorkerStatistics", "WorkerTask"]
 
 S = TypeVar("S")
 
@@ -120,7 +121,9 @@ class WorkerRequest:
 @final
 @attrs.define(eq=False, repr=False)
 class WorkerTask:
-    """A persistent worker. Internal: users hold its `Worker` handle."""
+    """A persistent worker. Internal: the registry holds it; users hold its `Worker`."""
+
+    kind: ClassVar[str] = "worker"
 
     core: Core
     host: WorkerHost
@@ -128,50 +131,56 @@ class WorkerTask:
     state: Any
     static: bool
     timeout: float
-    restore: bool = False
+    # Ask the device's restore hook for the state before serving.
+    restore_first: bool = False
+    # Whether identical requests join one execution (a static worker's do).
+    shares: bool = attrs.field(init=False)
     send: trio.MemorySendChannel[Job] = attrs.field(init=False)
-    receive: trio.MemoryReceiveChannel[Job] = attrs.field(init=False)
+    inbox: trio.MemoryReceiveChannel[Job] = attrs.field(init=False)
     # Jobs handed over from a flight, or put back, served before the inbox.
     backlog: list[Job] = attrs.field(factory=list, init=False)
     # In the inbox: joinable by identical requests until taken.
-    queued: dict[int, Job] = attrs.field(factory=dict, init=False)
+    in_inbox: dict[int, Job] = attrs.field(factory=dict, init=False)
     # Taken by the serving loop and not answered yet (a custom loop may hold several).
-    taken: dict[int, Job] = attrs.field(factory=dict, init=False)
+    held: dict[int, Job] = attrs.field(factory=dict, init=False)
+    # The joinable job of each request name (a static worker's; made on first use).
+    joinable: dict[object, Job] | None = attrs.field(default=None, init=False)
     current: Job | None = attrs.field(default=None, init=False)
     wait_scope: trio.CancelScope | None = attrs.field(default=None, init=False)
     scope: trio.CancelScope | None = attrs.field(default=None, init=False)
-    waiting: bool = attrs.field(default=False, init=False)
+    # Blocked waiting for its next request.
+    receiving: bool = attrs.field(default=False, init=False)
     stop_reason: str | None = attrs.field(default=None, init=False)
-    # Made on demand: most workers are never waited for (memory per idle worker).
-    stopped: trio.Event | None = attrs.field(default=None, init=False)
+    # Set when it has ended; made on demand (most workers are never waited for).
+    ended_event: trio.Event | None = attrs.field(default=None, init=False)
     ended: bool = attrs.field(default=False, init=False)
     served: int = attrs.field(default=0, init=False)
     answered: int = attrs.field(default=0, init=False)
     started: float = attrs.field(init=False)
     last_active: float = attrs.field(init=False)
-    # Owners whose executions this worker's device is waiting for (cycle detection).
-    awaiting: list[object] = attrs.field(factory=list, init=False)
-    kind: str = attrs.field(default="worker", init=False)
     # Its last execution times (made on the first: most idle workers have none).
     recent: list[float] | None = attrs.field(default=None, init=False)
-    # The public face: what the registry holds and users get.
+    # What an operator sees for its group (made once per group it owns).
+    label: tuple[str, bool] | None = attrs.field(default=None, init=False)
+    # The public face: what users and custom serve loops get.
     handle: Worker[Any] = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        self.send, self.receive = trio.open_memory_channel[Job](self.core.options.worker_inbox)
+        self.shares = self.static
+        self.send, self.inbox = trio.open_memory_channel[Job](self.core.options.worker_inbox)
         self.started = self.last_active = trio.current_time()
         self.handle = Worker(task=self)
 
     @property
     def listeners(self) -> int:
-        jobs = (*self.queued.values(), *self.backlog)
+        jobs = (*self.in_inbox.values(), *self.backlog)
         current = self.current.listeners if self.current is not None else 0
         return current + sum(job.listeners for job in jobs)
 
     @property
-    def pending(self) -> int:
+    def queue_length(self) -> int:
         """Requests waiting to be served."""
-        return len(self.backlog) + len(self.queued)
+        return len(self.backlog) + len(self.in_inbox)
 
     @property
     def busy(self) -> bool:
@@ -184,7 +193,7 @@ class WorkerTask:
             timeout=self.timeout,
             served=self.served,
             answered=self.answered,
-            queued=self.pending,
+            queued=self.queue_length,
             listeners=self.listeners,
             busy=self.busy,
             started=self.started,
@@ -199,7 +208,7 @@ class WorkerTask:
         """Stop after the current request (with *cancel*, cancel that too)."""
         if self.stop_reason is None:
             self.stop_reason = reason
-        if self.waiting:
+        if self.receiving:
             scope = self.wait_scope or self.scope
             if scope is not None:
                 scope.cancel()
@@ -210,14 +219,24 @@ class WorkerTask:
         if self.ended:
             await trio.lowlevel.checkpoint()
             return
-        if self.stopped is None:
-            self.stopped = trio.Event()
-        await self.stopped.wait()
+        if self.ended_event is None:
+            self.ended_event = trio.Event()
+        await self.ended_event.wait()
 
-    # -- routing (called by the facade) ------------------------------------------
+    def set_state(self, state: Any) -> None:
+        """A custom serve loop replaced the state (it keeps its group)."""
+        self.state = state
+        self.label = None
+
+    def move_to(self, group: Hashable) -> None:
+        """It owns *group* now (the supervisor registered it there)."""
+        self.group = group
+        self.label = None
+
+    # -- Owner -------------------------------------------------------------------
 
     def find(self, request: Any, key: object) -> Job | None:
-        """Return a live job for an identical request to join, or None.
+        """Return a live job for the request named *key* to join, or None.
 
         Only a static worker shares executions: an advancing one executes every
         request, since each result becomes its next state (two identical
@@ -225,56 +244,99 @@ class WorkerTask:
         """
         if not self.static:
             return None
+        if key is UNNAMED:
+            key = request_name(request)
+        if key is None:
+            return None
         current = self.current
-        if current is not None and _same(current, request, key):
+        if current is not None and current.name() == key and _joinable(current):
             return current
-        for job in self.queued.values():
-            if _same(job, request, key):
-                return job
-        for job in self.backlog:
-            if _same(job, request, key):
-                return job
+        job = self.joinable.get(key) if self.joinable else None
+        if job is not None and _joinable(job):
+            return job
         return None
 
-    async def submit(self, job: Job) -> bool:
+    def admit_nowait(self, job: Job) -> bool:
+        """Put *job* in the inbox if it has room; False if full or stopped."""
+        job.owner = self
+        try:
+            self.send.send_nowait(job)
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+        self._admitted(job)
+        return True
+
+    async def admit(self, job: Job) -> bool:
         """Put *job* in the inbox, waiting while it is full.
 
         Returns False if the worker stopped first (the job never entered).
         """
+        job.owner = self
+        counters = self.core.counters
+        counters.waiters += 1  # waiting for room is waiting too
         try:
-            self.send.send_nowait(job)
-        except trio.WouldBlock:
-            core = self.core
-            core.waiting += 1  # waiting for room is waiting too
-            try:
-                await self.send.send(job)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                return False
-            finally:
-                core.waiting -= 1
+            await self.send.send(job)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return False
-        if not job.taken:
-            # Joinable by identical requests from now on (a full inbox delays this).
-            self.queued[id(job)] = job
+        finally:
+            counters.waiters -= 1
+        self._admitted(job)
         return True
+
+    def _admitted(self, job: Job) -> None:
+        if job.in_service:
+            return  # taken already (a full inbox delays this)
+        self.in_inbox[id(job)] = job
+        if self.static:
+            self._index(job)
+
+    def adopt(self, jobs: Iterable[Job]) -> None:
+        """Serve *jobs*, handed over from a flight, before anything in the inbox."""
+        for job in jobs:
+            if not job.abandoned:
+                job.owner = self
+                self.backlog.append(job)
+                self._index(job)
 
     def abandon(self, job: Job) -> None:
         job.abandoned = True
+        self._unindex(job)
         if job.scope is not None:
             job.scope.cancel()
         else:
-            self.queued.pop(id(job), None)  # dropped at once, not when reached
+            self.in_inbox.pop(id(job), None)  # dropped at once, not when reached
+
+    def describe(self, group: Hashable) -> GroupSnapshot:
+        """What this worker does now (its label is made once per group)."""
+        if self.label is None:
+            self.label = self.core.label_of(group, self.state, None)
+        return describe_owner(self, group, self.queue_length)
+
+    def _index(self, job: Job) -> None:
+        if not self.static or not job.shared or job.name() is None:
+            return
+        joinable = self.joinable
+        if joinable is None:
+            joinable = self.joinable = {}
+        known = joinable.get(job.key)
+        if known is None or not _joinable(known):
+            joinable[job.key] = job
+
+    def _unindex(self, job: Job) -> None:
+        joinable = self.joinable
+        if joinable and joinable.get(job.key) is job:
+            del joinable[job.key]
 
     def release(self, job: Job) -> None:
         """A custom loop answered *job*: it is no longer held."""
-        self.taken.pop(id(job), None)
+        self.held.pop(id(job), None)
+        self._unindex(job)
 
     # -- taking requests ---------------------------------------------------------
 
     def take_nowait(self) -> Job | None:
         """Take the next live job without waiting; None if there is none now."""
-        receive = self.receive
+        inbox = self.inbox
         while True:
             job: Job | None = None
             if self.backlog:
@@ -283,7 +345,7 @@ class WorkerTask:
                 # Not awaited inside an except block: a parked worker would keep
                 # the WouldBlock and its traceback alive (memory per idle worker).
                 try:  # noqa: SIM105 - contextlib.suppress costs a frame per request
-                    job = receive.receive_nowait()
+                    job = inbox.receive_nowait()
                 except trio.WouldBlock:
                     pass
                 if job is None:
@@ -292,11 +354,12 @@ class WorkerTask:
                 return job
 
     def _accept(self, job: Job) -> bool:
-        self.queued.pop(id(job), None)
+        self.in_inbox.pop(id(job), None)
         if job.abandoned or job.done.is_set():
+            self._unindex(job)
             return False
-        job.taken = True
-        self.taken[id(job)] = job
+        job.in_service = True
+        self.held[id(job)] = job
         return True
 
     async def next_job(self, scope: trio.CancelScope | None = None) -> Job | None:
@@ -320,14 +383,14 @@ class WorkerTask:
                 return job
             # Waited for here, not in a helper: one coroutine frame less per
             # parked worker (memory per idle worker).
-            self.waiting = True
+            self.receiving = True
             try:
                 if scope is not None:
                     # The idle timeout counts from the end of the last request.
                     timed = self.timeout != math.inf
                     if timed:
                         scope.deadline = trio.current_time() + self.timeout
-                    job = await self.receive.receive()
+                    job = await self.inbox.receive()
                     if timed:
                         scope.deadline = math.inf
                 else:
@@ -335,9 +398,9 @@ class WorkerTask:
                     with trio.CancelScope(
                         deadline=trio.current_time() + self.timeout
                     ) as self.wait_scope:
-                        job = await self.receive.receive()
+                        job = await self.inbox.receive()
             finally:
-                self.waiting = False
+                self.receiving = False
                 self.wait_scope = None
             if job is None:
                 if self.stop_reason is None:
@@ -345,7 +408,7 @@ class WorkerTask:
                 return None
             if self.stop_reason is not None:
                 # Stopped as this job was handed over: keep it for re-routing.
-                self.queued.pop(id(job), None)
+                self.in_inbox.pop(id(job), None)
                 self.backlog.insert(0, job)
                 return None
             if self._accept(job):
@@ -359,10 +422,11 @@ class WorkerTask:
         self.current = job
         self.last_active = began = core.now()
         self.host.touch(self)
-        if core.observers:
-            core.observe_start("worker", self.group, job)
+        if core.observers.listening:
+            label = core.observed_label(self.group, self.state, job, self.label)
+            core.observers.started(self.kind, self.group, label, job)
+        core.counters.executions += 1
         outcome = None
-        core.executions += 1
         try:
             if scope is not None:
                 job.scope = scope
@@ -371,47 +435,46 @@ class WorkerTask:
                 with trio.CancelScope() as job.scope:
                     outcome = await run_device(core.hooks.resolve, self.state, job.request, job)
         except trio.Cancelled:
-            if core.observers:
-                elapsed = trio.current_time() - began
-                core.observe_end("worker", self.group, job, None, elapsed)
-            if job.abandoned:
-                self._abandoned(job)
-            elif not job.done.is_set():
-                # Cancelled for another reason (closing, a timeout racing the
-                # hand-over): the job goes back to the head of the queue, to be
-                # served next or re-routed, never lost.
-                job.taken = False
-                self.backlog.insert(0, job)
+            self._cancelled(job, began)
             raise
         finally:
             job.scope = None
             self.current = None
-            self.taken.pop(id(job), None)
+            self.held.pop(id(job), None)
+            if self.joinable:
+                self._unindex(job)
+        if outcome is None:  # its own scope caught the cancellation: abandoned
+            self.served += 1
             self.last_active = core.now()
-        self.served += 1
-        if outcome is None:
-            self._abandoned(job)
+            self._abandoned(job, began)
             return None
-        job.finished = self.last_active
-        elapsed = self.last_active - began
-        core.execution_time.add(elapsed)
-        core.unsettled -= 1
-        if not core.unsettled:
-            core.settle_durations()
-        if core.observers:
-            core.observe_end("worker", self.group, job, outcome, elapsed)
-        # A ring of the last RECENT times: one index store per request.
-        if self.served <= RECENT:
-            if self.recent is None:
-                self.recent = []
-            self.recent.append(elapsed)
-        else:
-            self.recent[self.served % RECENT] = elapsed  # type: ignore[index]
-        return self._settle(job, outcome)
+        self.last_active = now = core.finish(self, job, outcome, began)
+        self.recent = remember(self.recent, self.served, now - began)
+        self.served += 1
+        return self._apply(job, outcome)
 
-    def _settle(self, job: Job, outcome: Outcome) -> Any:
+    def _cancelled(self, job: Job, began: float) -> None:
+        core = self.core
+        self.last_active = core.now()
+        if job.abandoned:
+            self._abandoned(job, began)
+            return
+        if core.observers.listening:
+            core.observers.ended(self.kind, self.group, job, None, self.last_active - began)
+        if not job.done.is_set():
+            # Cancelled for another reason (closing, a timeout racing the
+            # hand-over): the job goes back to the head of the queue, to be
+            # served next or re-routed, never lost.
+            job.in_service = False
+            self.backlog.insert(0, job)
+
+    def _abandoned(self, job: Job, began: float) -> None:
+        self.core.abandoned(self, job, began)
+        job.fail(leader_died("the execution was cancelled: every listener left"))
+
+    def _apply(self, job: Job, outcome: Outcome) -> Any:
+        """Apply an answered job's outcome: stop, publish, or advance the state."""
         self.answered += 1
-        self.core.count_outcome("worker", self.group, job, outcome)
         if outcome is Outcome.CRASHED:
             self.stop_reason = "crashed"
             raise _WorkerCrashed(job.error)
@@ -420,22 +483,25 @@ class WorkerTask:
                 self.stop_reason = "throw"
             return None
         value = job.value
-        if self.static and job.shared and (self.queued or self.backlog):
-            self.publish(job.request, job.key, value)
+        if self.static and job.shared and (self.in_inbox or self.backlog):
+            self.publish(job.request, job.name(), value)
         if not self.static:
             self.state = value
             self.host.regroup(self, value)
         return value
 
-    def _abandoned(self, job: Job) -> None:
-        self.core.count_outcome("worker", self.group, job, None)
-        job.fail(leader_died("the execution was cancelled: every listener left"))
-
     def publish(self, request: Any, key: object, value: Any) -> int:
-        """Answer every queued job that a result for *request* answers; return how many."""
+        """Answer every queued job that a result for *request* answers; return how many.
+
+        Without the device's ``answers`` hook, a job is answered when its
+        request is identical: the same name *key* (computed from *request*
+        when None).
+        """
         answers = self.core.hooks.answers
+        if answers is None and key is None:
+            key = request_name(request)
         count = 0
-        for job in (*self.queued.values(), *self.backlog):
+        for job in (*self.in_inbox.values(), *self.backlog):
             if job.done.is_set() or job.abandoned or not job.shared:
                 continue
             if answers is not None:
@@ -444,40 +510,39 @@ class WorkerTask:
                 except Exception as exc:
                     self.core.hook_failed("answers", self.group, exc)
                     hit = False
-            elif key is not None:
-                hit = job.key == key
             else:
-                hit = same_request(job.request, request)
+                hit = key is not None and (job.name() == key or request_name(job.request) == key)
             if hit:
                 job.succeed(value)
                 count += 1
         self.answered += count
-        self.core.deduplicated += count
+        self.core.counters.deduplicated += count
         return count
 
     def take_unanswered(self) -> list[Job]:
         """Close the inbox and return every job not answered yet, in order."""
-        jobs = [*self.taken.values(), *self.backlog]
-        self.taken.clear()
+        jobs = [*self.held.values(), *self.backlog]
+        self.held.clear()
         self.backlog.clear()
         while True:
             try:
-                jobs.append(self.receive.receive_nowait())
+                jobs.append(self.inbox.receive_nowait())
             except (trio.WouldBlock, trio.EndOfChannel):
                 break
-        self.receive.close()  # wakes senders blocked on a full inbox: they re-route
-        self.queued.clear()
+        self.inbox.close()  # wakes senders blocked on a full inbox: they re-route
+        self.in_inbox.clear()
+        self.joinable = None
         return [job for job in jobs if not job.done.is_set() and not job.abandoned]
 
     # -- the task ----------------------------------------------------------------
 
-    async def run(self) -> None:
+    async def main(self) -> None:
         """The worker's task: restore, serve until told to stop, save, end."""
         crashed: BaseException | None = None
         valid_state = True
         running.set(self)
         try:
-            if self.restore:
+            if self.restore_first:
                 restored = await self._restore_state()
                 if restored is None:
                     valid_state = False
@@ -496,19 +561,22 @@ class WorkerTask:
         except Exception as exc:  # a custom serve loop failed: that is a crash too
             crashed = exc
         finally:
-            if self.stop_reason is None:
-                self.stop_reason = "stopped"
-            if crashed is not None:
-                self.stop_reason = "crashed"
-                valid_state = False
-            try:
-                if valid_state:
-                    await self._run_on_idle()
-            finally:
-                self.host.ended(self, crashed)
-                self.ended = True
-                if self.stopped is not None:
-                    self.stopped.set()
+            await self._end(crashed, valid_state)
+
+    async def _end(self, crashed: BaseException | None, valid_state: bool) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = "stopped"
+        if crashed is not None:
+            self.stop_reason = "crashed"
+            valid_state = False
+        try:
+            if valid_state:
+                await self._run_on_idle()
+        finally:
+            self.host.ended(self, crashed)
+            self.ended = True
+            if self.ended_event is not None:
+                self.ended_event.set()
 
     async def _serve_default(self) -> None:
         # One cancel scope serves many requests: entering one costs more than
@@ -557,12 +625,8 @@ class WorkerTask:
                 core.hook_failed("on_idle", self.group, exc)
 
 
-def _same(job: Job, request: Any, key: object) -> bool:
-    if job.abandoned or job.done.is_set() or not job.shared:
-        return False
-    if key is not None:
-        return job.key == key  # a digest
-    return same_request(job.request, request)
+def _joinable(job: Job) -> bool:
+    return job.shared and not job.abandoned and not job.done.is_set()
 
 
 class _WorkerCrashed(BaseException):
@@ -603,7 +667,7 @@ class Worker(Generic[S]):
 
     @state.setter
     def state(self, value: S) -> None:
-        self._task.state = value
+        self._task.set_state(value)
 
     @property
     def started(self) -> float:
@@ -688,8 +752,3 @@ class Worker(Generic[S]):
         Returns how many queued requests were answered.
         """
         return self._task.publish(request, None, value)
-
-
-def task_of(worker: Worker[Any]) -> WorkerTask:
-    """The worker behind a handle (what the registry holds is the handle)."""
-    return worker._task

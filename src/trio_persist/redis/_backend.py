@@ -238,7 +238,7 @@ class RedisBackend:
         from coredis.commands.script import Script
 
         if self.namespace is None:
-            self.namespace = "trio-persist:" + _clean(persist.name)
+            self.namespace = "trio-persist:" + _clean(persist.qualified_name)
             self._bind(self.namespace)
         client = open_client(self.url, self.timeout) if isinstance(self.url, str) else self.url
         for name, source in (
