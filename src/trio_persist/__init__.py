@@ -14,14 +14,17 @@ from ._core._persist import Persist, open_persist
 from ._core._registry import Registry, RegistryStatistics, RegistryView
 from ._core._worker import Worker, WorkerRequest, WorkerStatistics
 from ._exceptions import (
+    ActivationFailed,
     BackendUnavailable,
     CorruptResult,
     GroupTaken,
     InfiniteRecursion,
     LeaderDied,
+    NoWorker,
     PersistClosed,
     PersistError,
     RemoteError,
+    SaveFailed,
     StaleOwner,
 )
 from ._grouping import MAX_DEPTH, canonical_encoding, default_group
@@ -35,6 +38,7 @@ from ._stats import (
 
 __all__ = [
     "MAX_DEPTH",
+    "ActivationFailed",
     "BackendUnavailable",
     "CorruptResult",
     "Device",
@@ -45,6 +49,7 @@ __all__ = [
     "GroupTaken",
     "InfiniteRecursion",
     "LeaderDied",
+    "NoWorker",
     "Observed",
     "Observer",
     "Persist",
@@ -58,6 +63,7 @@ __all__ = [
     "RegistryStatistics",
     "RegistryView",
     "RemoteError",
+    "SaveFailed",
     "StaleOwner",
     "Worker",
     "WorkerRequest",

@@ -153,9 +153,6 @@ class Supervisor:
     def launch(self, task: WorkerTask) -> None:
         """Start *task* in the persist's nursery (it is registered already)."""
         core = self.core
-        limit = core.options.max_workers
-        if limit is not None and len(self.active) >= limit:
-            self._evict_one()
         self.workers[task] = None
         self.active[task] = None
         self._last_touched = task  # the most recently used now
@@ -166,9 +163,15 @@ class Supervisor:
             self.started(task)
 
     def started(self, task: WorkerTask) -> None:
-        """*task* serves from now on (launched with a state, or activated)."""
-        self.core.counters.workers_started += 1
-        self.core.events.emit("worker.started", task.group)
+        """*task* serves from now on (launched with a state, or activated): under
+        ``max_workers``, one more than allowed stops the least recently used idle
+        one (an activation that fails evicts nothing)."""
+        core = self.core
+        limit = core.options.max_workers
+        if limit is not None and len(self.active) > limit:
+            self._evict_one(task)
+        core.counters.workers_started += 1
+        core.events.emit("worker.started", task.group)
 
     @property
     def crowded(self) -> bool:
@@ -194,11 +197,13 @@ class Supervisor:
         """*group* gets a fresh worker: its stopped one is no longer restored."""
         self.retired.pop(group, None)
 
-    def _evict_one(self) -> None:
+    def _evict_one(self, newcomer: WorkerTask) -> None:
         # The least recently used idle worker; if every one is busy, the least
-        # recently used of all.
+        # recently used of all (never the one just started).
         victim = None
         for task in self.active:
+            if task is newcomer:
+                continue
             if not task.busy and not task.queue_length and task.state is not ACTIVATING:
                 victim = task
                 break

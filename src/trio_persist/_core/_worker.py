@@ -840,9 +840,10 @@ class Worker(Generic[S]):
 
     @property
     def state(self) -> S:
-        """What ``device.resolve`` gets as its base, kept between requests."""
+        """What ``device.resolve`` gets as its base, kept between requests (None
+        while a virtual worker still loads it)."""
         state: S = self._task.state
-        return state
+        return None if state is ACTIVATING else state  # type: ignore[return-value]
 
     @state.setter
     def state(self, value: S) -> None:
