@@ -139,6 +139,25 @@ async def test_a_corrupt_saved_state_is_a_failed_activation_never_a_fresh_one(
     assert device.ran == []  # the default never replaced the saved cart
 
 
+async def test_an_activation_that_fails_after_its_worker_was_evicted_still_fails_its_asks(
+    autojump_clock: object,
+) -> None:
+    store = Scripted(load_delays={"b": 2}, failing_loads={"b"})
+    device = Counter()
+    async with trio_persist.open_persist(device, store=store, max_workers=1) as persist:
+        async with trio.open_nursery() as nursery:
+
+            async def ask_b() -> None:
+                with pytest.raises(trio_persist.ActivationFailed):
+                    await persist.ask("b", 1, default=int)
+
+            nursery.start_soon(ask_b)
+            await trio.testing.wait_all_tasks_blocked()
+            await persist.ask("c", 1, default=int)  # activated at 0: evicts b, loading
+            assert persist.statistics().evictions == 1
+        assert device.ran == [(0, 1)]  # only c's: b's ask never ran, on no state
+
+
 async def test_nothing_to_activate_from_is_no_worker_naming_the_group() -> None:
     async with trio_persist.open_persist(Counter(), store=MemoryStore()) as persist:
         with pytest.raises(trio_persist.NoWorker, match="'nobody'"):

@@ -8,6 +8,7 @@ saves of one group overlapped.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Hashable
 from typing import Any
 
@@ -41,6 +42,8 @@ class Scripted:
 
     inner: MemoryStore = attrs.field(factory=MemoryStore)
     load_delay: float = 0.0
+    # Per group, instead of load_delay.
+    load_delays: dict[Hashable, float] = attrs.field(factory=dict)
     save_delay: float = 0.0
     # Groups whose loads or saves raise `Boom` (a set: change it at any time).
     failing_loads: set[Hashable] = attrs.field(factory=set)
@@ -48,6 +51,8 @@ class Scripted:
     # Loads wait for this event, when set (then the delay is not used).
     gate: trio.Event | None = None
     calls: list[Call] = attrs.field(factory=list)
+    # The last state saved for each group, as it was saved.
+    latest: dict[Hashable, Any] = attrs.field(factory=dict)
     _saving: dict[Hashable, int] = attrs.field(factory=dict)
     most_at_once: dict[Hashable, int] = attrs.field(factory=dict)
     saving_groups_at_once: int = 0
@@ -65,7 +70,7 @@ class Scripted:
             if self.gate is not None:
                 await self.gate.wait()
             else:
-                await trio.sleep(self.load_delay)
+                await trio.sleep(self.load_delays.get(group, self.load_delay))
             if group in self.failing_loads:
                 raise Boom(f"cannot load {group!r}")
             call.state = await self.inner.load(group)
@@ -87,6 +92,7 @@ class Scripted:
             if group in self.failing_saves:
                 raise Boom(f"cannot save {group!r}")
             await self.inner.save(group, state)
+            self.latest[group] = copy.deepcopy(state)
         except BaseException as exc:
             call.error = type(exc).__name__
             raise

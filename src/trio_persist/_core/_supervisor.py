@@ -315,7 +315,7 @@ class Supervisor:
         """Give *task*'s live state and queue to a new worker of its group, if it
         stopped with a valid state and is virtual (or asks are queued at it)."""
         core = self.core
-        if core.closed or task.stop_reason not in _HANDS_OVER:
+        if core.closed or task.stop_reason not in _HANDS_OVER or task.state is ACTIVATING:
             return False
         activation = task.activation
         virtual = activation is not None and activation.keeps_group

@@ -703,7 +703,7 @@ class WorkerTask:
                 state, dirty = await load_state(core, self.group, activation)
             except (ActivationFailed, NoWorker) as error:
                 activation.settle(error)
-                self.stop("unactivated")
+                self.stop("unactivated", override=True)  # evicted meanwhile, say
                 return False
         if self.scope.cancelled_caught:
             self.scope = None
