@@ -88,9 +88,9 @@ class Ledger:
 
 
 @settings(deadline=None, max_examples=int(os.environ.get("TRIO_PERSIST_EXAMPLES", "1000")))
-@given(ops, st.booleans())
+@given(ops, st.booleans(), st.sampled_from([None, 1.0]))
 def test_asks_run_only_at_their_worker_and_durable_states_fold_acknowledged_requests(
-    schedule: list[Op], durable: bool
+    schedule: list[Op], durable: bool, checkpoint_interval: float | None
 ) -> None:
     store = Scripted()
     device = Ledger(store, durable)
@@ -136,7 +136,12 @@ def test_asks_run_only_at_their_worker_and_durable_states_fold_acknowledged_requ
 
     async def scenario() -> None:
         async with trio_persist.open_persist(
-            device, worker_timeout=4, max_workers=2, store=store, durable=durable
+            device,
+            worker_timeout=4,
+            max_workers=2,
+            store=store,
+            durable=durable,
+            checkpoint_interval=checkpoint_interval,
         ) as persist:
             async with trio.open_nursery() as nursery:
                 for index, op in enumerate(schedule):
