@@ -16,6 +16,7 @@ start and stop failing. Whatever the order:
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Hashable
 from typing import Any
@@ -167,8 +168,9 @@ def test_asks_run_only_at_their_worker_and_durable_states_fold_acknowledged_requ
     if durable:
         for group, chain in acknowledged.items():
             assert store.latest[group]["ids"] == chain[-1]  # the fold, saved
-            for before, after in zip(chain, chain[1:]):
-                assert after[: len(before)] == before and len(after) == len(before) + 1
+            for before, after in itertools.pairwise(chain):
+                assert after[: len(before)] == before
+                assert len(after) == len(before) + 1
 
 
 def fresh(group: int) -> dict[str, Any]:

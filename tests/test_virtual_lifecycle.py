@@ -58,9 +58,10 @@ async def test_a_reactivation_after_forget_loads_what_the_save_wrote(
         # This ask queues at the stopping worker, which saves, frees the
         # group, and sends it to a fresh activation: a load after the save.
         assert await persist.ask("cart", 1, default=lambda: 0) == 6
-        [first_load, second_load] = store.ops("load", "cart")
-        [save] = store.ops("save", "cart")[:1]
-        assert save.ended is not None and second_load.began >= save.ended == 3
+        _, second_load = store.ops("load", "cart")
+        save = store.ops("save", "cart")[0]
+        assert save.ended is not None
+        assert second_load.began >= save.ended == 3
     assert persist.statistics().handovers == 0
 
 

@@ -42,11 +42,11 @@ async def test_concurrent_first_asks_share_one_activation_and_one_load(
     async with trio_persist.open_persist(Counter(), store=store) as persist:
         replies: list[int] = []
 
-        async def ask(n: int) -> None:
-            replies.append(await persist.ask("cart", n, default=lambda: 0))
+        async def ask(amount: int) -> None:
+            replies.append(await persist.ask("cart", amount, default=lambda: 0))
 
         async with trio.open_nursery() as nursery:
-            for n in range(50):
+            for _ in range(50):
                 nursery.start_soon(ask, 1)
         assert sorted(replies) == list(range(101, 151))  # fifty transitions, none lost
         assert len(store.ops("load")) == 1
@@ -113,7 +113,8 @@ async def test_a_failing_load_fails_every_waiting_ask_and_the_next_ask_tries_aga
         assert len(errors) == 3
         assert all(isinstance(error.__cause__, Boom) for error in errors)
         assert "cart" in str(errors[0])
-        assert persist.workers() == () and len(persist.registry) == 0  # nothing started
+        assert persist.workers() == ()
+        assert len(persist.registry) == 0
         assert device.ran == []  # never against the default
         store.failing_loads.clear()
         assert await persist.ask("cart", 1, default=lambda: 0) == 1

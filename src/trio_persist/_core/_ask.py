@@ -45,7 +45,9 @@ def worker_for(
     Never checkpoints.
     """
     if owner is None:
-        return supervisor.activate(group, default, static=static, timeout=timeout)
+        return supervisor.activate(
+            supervisor.activating(group, default, static=static, timeout=timeout)
+        )
     if isinstance(owner, WorkerTask):
         task = owner
     else:

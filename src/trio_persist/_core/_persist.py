@@ -498,7 +498,11 @@ class Persist(Generic[B, R, T]):
             if owner is None and self._supervisor.crowded:
                 await self._supervisor.wait_room()
                 continue
-            if owner is not None and current is not None and _waits_for(self._awaiting, owner, current):
+            if (
+                owner is not None
+                and current is not None
+                and _waits_for(self._awaiting, owner, current)
+            ):
                 raise InfiniteRecursion(
                     f"asking group {safe_repr(group)} would wait for an execution that is "
                     "waiting for this call (its own worker, or a cycle of groups)"
@@ -964,7 +968,7 @@ async def open_persist(
             With a backend, it holds across processes.
         store: None, or a state store (`trio_persist.stores`, or any object
             with async ``load``, ``save`` and ``delete``): workers' states are
-            saved through it when they stop, and `ask` activates workers from
+            saved through it when they stop, and `Persist.ask` activates workers from
             it. Entered when the block opens (if it is an async context
             manager) and left after the last save. See
             docs/virtual-workers.md.

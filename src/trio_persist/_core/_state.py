@@ -24,7 +24,6 @@ import trio
 from .._backend import Backend
 from .._grouping import default_group
 from .._logging import Throttle, logger
-from .._store import RecordStore, Store, record_store
 from .._stats import (
     BOUNDARIES,
     DurationHistogram,
@@ -33,6 +32,7 @@ from .._stats import (
     PersistStatistics,
     group_label,
 )
+from .._store import RecordStore, Store, record_store
 from .._text import describe, literal
 from ._device import DeviceHooks
 from ._events import EventHub

@@ -88,19 +88,12 @@ class Supervisor:
         if self.core.registry.register(task.group, task):
             self.launch(task)
 
-    def activate(
-        self,
-        group: Hashable,
-        default: Callable[[], Any] | None,
-        *,
-        static: bool | None = None,
-        timeout: float | None = None,
-    ) -> WorkerTask:
-        """Register a worker for the free *group* at once, and launch it to load its
-        state (requests for the group queue at it meanwhile). Never checkpoints."""
-        self.retired.pop(group, None)
-        task = self.activating(group, default, static=static, timeout=timeout)
-        registered = self.core.registry.register(group, task)
+    def activate(self, task: WorkerTask) -> WorkerTask:
+        """Register *task* (made by `activating`) for its free group at once, and
+        launch it to load its state (requests for the group queue at it
+        meanwhile). Never checkpoints."""
+        self.retired.pop(task.group, None)
+        registered = self.core.registry.register(task.group, task)
         assert registered, "activate() is for a free group"
         self.launch(task)
         return task

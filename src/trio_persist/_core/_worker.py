@@ -507,7 +507,10 @@ class WorkerTask:
         core = self.core
         if self.dirty:
             version = self.version
-            if await save_state(core, self.group, self.state, self.activation, "checkpoint") is None:
+            if (
+                await save_state(core, self.group, self.state, self.activation, "checkpoint")
+                is None
+            ):
                 self.saved_version = version
         interval = core.options.checkpoint_interval
         assert interval is not None
@@ -698,17 +701,18 @@ class WorkerTask:
         activation = self.activation
         assert activation is not None
         core = self.core
+        loaded: tuple[Any, bool] | None = None
         with trio.CancelScope() as self.scope:
             try:
-                state, dirty = await load_state(core, self.group, activation)
+                loaded = await load_state(core, self.group, activation)
             except (ActivationFailed, NoWorker) as error:
                 activation.settle(error)
                 self.stop("unactivated", override=True)  # evicted meanwhile, say
                 return False
-        if self.scope.cancelled_caught:
-            self.scope = None
-            return False  # stopped for the persist closing: it says so to the queue
         self.scope = None
+        if loaded is None:
+            return False  # cancelled: the persist is closing, which its queue will hear
+        state, dirty = loaded
         self.state = state
         if dirty:
             self.version += 1
