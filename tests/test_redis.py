@@ -22,11 +22,12 @@ import trio
 import trio.testing
 
 import trio_persist
-from redis_helpers import Recorder, eventually, open_pair
+from redis_helpers import Recorder, call_for, eventually, open_leases, open_pair
 from redis_server import RedisServer
 from trio_persist._codec import Seal
 from trio_persist.redis import RedisBackend
-from trio_persist.redis._scripts import keys_of
+from trio_persist.redis._lease import Follow, Found, Lead
+from trio_persist.redis._scripts import Keys
 
 WORKER = str(Path(__file__).with_name("redis_worker.py"))
 
@@ -181,36 +182,24 @@ async def test_a_leader_killed_mid_flight_is_replaced_by_one_follower(
 
 
 async def test_a_fenced_leader_answers_its_callers_with_the_winners_result(
-    redis_url: str, namespace: str, caplog: pytest.LogCaptureFixture
+    leading_call: Any, redis_url: str, namespace: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     # The stale leader's lease is taken (as after a pause past its TTL); another
     # process leads and commits. The stale one's commit is refused, and its
     # callers get the committed result, not their own stale value.
     stale_device, fresh_device = Recorder("stale"), Recorder("fresh")
     fresh_device.release.set()
-    stale = RedisBackend(redis_url, namespace=namespace, lease_ttl=30)
     fresh = RedisBackend(redis_url, namespace=namespace, lease_ttl=30)
-    got: list[Any] = []
     with trio.fail_after(20):
         async with (
-            trio_persist.open_persist(stale_device, backend=stale) as a,
-            trio_persist.open_persist(fresh_device, backend=fresh) as b,
-            coredis.Redis.from_url(redis_url) as control,
-            trio.open_nursery() as nursery,
+            leading_call(stale_device, callers=3, lease_ttl=30) as stale,
+            trio_persist.open_persist(fresh_device, backend=fresh) as other,
         ):
-
-            async def call() -> None:
-                got.append(await a.resolve("base", "req"))
-
-            for _ in range(3):
-                nursery.start_soon(call)
-            await eventually(lambda: stale_device.calls == 1)
-            [lease] = await control.keys(f"{{{namespace}:*}}:lease")
-            await control.delete([lease])  # its lease ran out while it stalled
-            assert await b.resolve("base", "req") == "fresh"
+            await stale.control.delete([stale.keys.lease])  # it ran out while it stalled
+            assert await other.resolve("base", "r") == "fresh"
             stale_device.release.set()
-    assert got == ["fresh"] * 3
-    assert stale.statistics().fenced == 1
+    assert stale.got == ["fresh"] * 3
+    assert stale.backend.statistics().fenced == 1
     assert any("stale commit" in r.getMessage() for r in caplog.records)
 
 
@@ -299,15 +288,15 @@ async def test_with_fallback_local_a_call_executes_locally_while_redis_is_away(
 
 async def plant(url: str, namespace: str, key: str, payload: bytes) -> None:
     """Make a fake leader hold *key* and leave *payload* as its result."""
-    names = keys_of(namespace, key)
+    names = Keys.of(namespace, key)
     async with coredis.Redis.from_url(url) as control:
-        await control.set(names["lease"], "ab" * 16 + ":999999999", px=30000)
-        await control.set(names["result"], payload, px=30000)
+        await control.set(names.lease, "ab" * 16 + ":999999999", px=30000)
+        await control.set(names.result, payload, px=30000)
 
 
 def sealed(namespace: str, key: str, token: int, body: dict[str, Any], key_: bytes | None) -> bytes:
     """A payload as a backend with signing key *key_* would write it for *key*."""
-    return Seal(namespace, key_).wrap(keys_of(namespace, key)["result"], token, body)
+    return Seal(namespace, key_).wrap(Keys.of(namespace, key).result, token, body)
 
 
 PICKLED_X = {"ok": True, "codec": "pickle", "value": "gASVBQAAAAAAAACMAXiULg=="}
@@ -514,31 +503,24 @@ async def test_a_follower_taking_over_after_another_already_finished_gets_that_r
     # The race behind a rare double execution, made deterministic: two followers
     # see one leader vanish; the first takes over and commits before the second
     # tries. The second must get that result, not lead a second execution.
-    async def device(base: Any, request: Any) -> Any:
-        return "unused"  # pragma: no cover
-
-    backends = [RedisBackend(redis_url, namespace=namespace, lease_ttl=30) for _ in range(3)]
-    names = keys_of(namespace, "key")
+    names = Keys.of(namespace, "key")
     with trio.fail_after(20):
         async with (
-            trio_persist.open_persist(device, backend=backends[0]),
-            trio_persist.open_persist(device, backend=backends[1]),
-            trio_persist.open_persist(device, backend=backends[2]),
+            open_leases(redis_url, namespace) as leader,
+            open_leases(redis_url, namespace) as first,
+            open_leases(redis_url, namespace) as second,
             coredis.Redis.from_url(redis_url) as control,
         ):
-            leader, first, second = backends
-            kind, vanished, _ = await leader._acquire(
-                names, 0, 0
-            )  # reaching in: one step at a time
-            assert kind == "l"
-            assert await first._acquire(names, 0, 0) == ("f", vanished, None)
-            assert await second._acquire(names, 0, 0) == ("f", vanished, None)
-            await control.delete([names["lease"]])  # the leader dies
-            kind, token, _ = await first._acquire(names, 0, vanished)  # takes over...
-            assert kind == "l"
+            lead = await leader.acquire(call_for(leader, "key"))
+            assert isinstance(lead, Lead)
+            assert await first.acquire(call_for(first, "key")) == Follow(lead.token)
+            assert await second.acquire(call_for(second, "key")) == Follow(lead.token)
+            await control.delete([names.lease])  # the leader dies
+            taken = await first.acquire(call_for(first, "key", lead.token))  # takes over...
+            assert isinstance(taken, Lead)
             payload = sealed(
-                namespace, "key", token, {"ok": True, "codec": "json", "value": "first"}, None
+                namespace, "key", taken.token, {"ok": True, "codec": "json", "value": "first"}, None
             )
-            await control.set(names["result"], payload)  # ...and commits...
-            taken = await second._acquire(names, 0, vanished)  # ...before the second tries
-            assert taken == ("r", 0, payload)
+            await control.set(names.result, payload)  # ...and commits...
+            late = await second.acquire(call_for(second, "key", lead.token))  # ...before it tries
+            assert late == Found(payload)

@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,6 @@ import trio_persist
 from fault_proxy import FaultProxy
 from redis_helpers import Recorder, eventually, names_for, open_pair
 from redis_server import RedisServer
-from trio_persist._codec import Seal
 from trio_persist.redis import RedisBackend
 
 
@@ -93,7 +91,7 @@ async def test_a_lease_is_renewed_while_a_long_execution_runs(
 
 
 async def test_a_lost_lease_cancels_its_execution_and_its_callers_get_the_new_leaders_result(
-    redis_url: str, namespace: str
+    leading_call: Any,
 ) -> None:
     cancelled = trio.Event()
 
@@ -103,34 +101,14 @@ async def test_a_lost_lease_cancels_its_execution_and_its_callers_get_the_new_le
         finally:
             cancelled.set()
 
-    backend = RedisBackend(redis_url, namespace=namespace, lease_ttl=0.6)
-    got: list[Any] = []
     with trio.fail_after(20):
-        async with (
-            trio_persist.open_persist(device, backend=backend) as persist,
-            coredis.Redis.from_url(redis_url) as control,
-            trio.open_nursery() as nursery,
-        ):
-
-            async def call() -> None:
-                got.append(await persist.resolve("base", "r"))
-
-            for _ in range(3):
-                nursery.start_soon(call)
-            await eventually(lambda: backend.statistics().leading == 1)
-            names = names_for(persist, "r")
-            token = int(time.time() * 1e6) + 10**9  # another process took the key over
-            await control.set(names["lease"], "cd" * 16 + f":{token}", px=30000)
+        async with leading_call(device, callers=3, lease_ttl=0.6) as leading:
+            token = await leading.take_over()  # another process took the key over
             await cancelled.wait()  # the next renewal finds the lease gone
-            await eventually(lambda: backend.statistics().following == 1)
-            payload = Seal(backend.namespace).wrap(
-                names["result"], token, {"ok": True, "codec": "json", "value": "theirs"}
-            )
-            await control.set(names["result"], payload)
-            await control.delete([names["lease"]])
-            await control.publish(names["channel"], payload)
-    assert got == ["theirs"] * 3
-    assert backend.statistics().lost == 1
+            await eventually(lambda: leading.backend.statistics().following == 1)
+            await leading.commit_as(token, "theirs")
+    assert leading.got == ["theirs"] * 3
+    assert leading.backend.statistics().lost == 1
 
 
 async def test_a_cancelled_leader_tells_its_followers_who_take_over_at_once(
@@ -200,7 +178,7 @@ async def test_redis_restarted_empty_mid_flight_ends_with_one_committed_result(
                 server.process.wait()  # type: ignore[union-attr]
                 server.process = None
                 server.start()  # empty: the lease and the fence are gone
-                await eventually(lambda: b_backend._subscriber.up)
+                await eventually(lambda: b_backend.statistics().subscribed)
                 nursery.start_soon(call, b)  # leads: a new token, above the lost one
                 await eventually(lambda: b_backend.statistics().leading == 1)
                 await eventually(lambda: a_backend.statistics().lost == 1)
@@ -279,7 +257,7 @@ async def test_only_a_commit_someone_follows_is_published(redis_url: str, namesp
             await eventually(lambda: len(pair.got) == 2)
             await eventually(lambda: len(heard) == 1)
             pair.nursery.cancel_scope.cancel()
-    assert heard == [names_for(pair.a, "shared")["channel"].encode()]
+    assert heard == [names_for(pair.a, "shared").channel.encode()]
 
 
 WORKER = str(Path(__file__).with_name("redis_worker.py"))
@@ -386,49 +364,27 @@ async def test_cancelling_the_block_with_a_worker_alive_still_leaves_the_cluster
 
 
 async def test_a_taken_lease_is_noticed_at_the_next_renewal_and_counted_once(
-    redis_url: str, namespace: str
+    leading_call: Any,
 ) -> None:
     # The device ignores cancellation for a while, so renewals keep finding the
     # lease gone: it is lost once, and noticed at the first renewal (every
     # second here), long before the three-second TTL would say so.
-    noticed = trio.Event()
-
     async def stubborn(base: Any, request: Any) -> Any:
         with trio.CancelScope(shield=True):
             await trio.sleep(2.5)  # renewals at 1 s and 2 s both find the lease taken
         return "mine"
 
-    backend = RedisBackend(redis_url, namespace=namespace, lease_ttl=3)
-    got: list[Any] = []
     with trio.fail_after(20):
-        async with (
-            trio_persist.open_persist(stubborn, backend=backend) as persist,
-            coredis.Redis.from_url(redis_url) as control,
-            trio.open_nursery() as nursery,
-        ):
-
-            async def call() -> None:
-                got.append(await persist.resolve("base", "r"))
-
-            nursery.start_soon(call)
-            await eventually(lambda: backend.statistics().leading == 1)
-            names = names_for(persist, "r")
-            token = int(time.time() * 1e6) + 10**9  # another process took the key over
-            await control.set(names["lease"], "cd" * 16 + f":{token}", px=30000)
+        async with leading_call(stubborn, lease_ttl=3) as leading:
+            statistics = leading.backend.statistics
+            token = await leading.take_over()  # another process took the key over
             with trio.fail_after(2):  # before the TTL could have said so
-                await eventually(lambda: backend.statistics().lost == 1)
-            noticed.set()
-            await eventually(lambda: backend.statistics().following == 1)
-            payload = Seal(backend.namespace).wrap(
-                names["result"], token, {"ok": True, "codec": "json", "value": "theirs"}
-            )
-            await control.set(names["result"], payload)
-            await control.delete([names["lease"]])
-            await control.publish(names["channel"], payload)
-    assert noticed.is_set()
-    assert got == ["theirs"]  # not its own value, although its device finished
-    assert backend.statistics().lost == 1
-    assert backend.statistics().fenced == 0  # a lost lease is not committed at all
+                await eventually(lambda: statistics().lost == 1)
+            await eventually(lambda: statistics().following == 1)
+            await leading.commit_as(token, "theirs")
+    assert leading.got == ["theirs"]  # not its own value, although its device finished
+    assert statistics().lost == 1
+    assert statistics().fenced == 0  # a lost lease is not committed at all
 
 
 async def test_a_follower_paused_until_the_result_expired_answers_from_what_it_was_sent(
@@ -452,13 +408,13 @@ async def test_a_follower_paused_until_the_result_expired_answers_from_what_it_w
             await eventually(lambda: leader.statistics().leading == 1)
             await control.rpush(f"{namespace}:go", ["0"])
             names = names_for(persist, 0)
-            while not await control.exists([names["waiting"]]):  # noqa: ASYNC110 - Redis, not a flag
+            while not await control.exists([names.waiting]):  # noqa: ASYNC110 - Redis, not a flag
                 await trio.sleep(0.01)
             os.kill(follower.pid, signal.SIGSTOP)
             device.release.set()
             await eventually(lambda: leader.statistics().leading == 0)
             await trio.sleep(1.5)  # the result (kept 1 s here) expires meanwhile
-            assert not await control.exists([names["result"]])
+            assert not await control.exists([names.result])
             os.kill(follower.pid, signal.SIGCONT)
             _, raw = await control.blpop([f"{namespace}:answered"], timeout=20)
             await control.rpush(f"{namespace}:go", ["-1"])
@@ -487,7 +443,7 @@ async def test_a_follower_looks_every_third_of_the_ttl_when_it_hears_nothing(
                 await pair.lead()
                 await pair.follow()
                 proxy.stall()
-                await control.delete([names_for(pair.a, "r")["lease"]])
+                await control.delete([names_for(pair.a, "r").lease])
                 with trio.fail_after(2.5):  # one look (1 s) and its round trips; not the TTL
                     await eventually(lambda: follower.statistics().takeovers == 1)
                 device.release.set()

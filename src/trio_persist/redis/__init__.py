@@ -36,14 +36,9 @@ with a TTL, so a dead process disappears): see `RedisBackend.cluster` and
 ``trio-persist monitor --redis URL``.
 """
 
-from ._backend import (
-    NodeSnapshot,
-    RedisBackend,
-    RedisBackendStatistics,
-    cluster_frame,
-    fencing_token,
-    watch_cluster,
-)
+from ._backend import RedisBackend, RedisBackendStatistics
+from ._cluster import NodeSnapshot, cluster_frame, watch_cluster
+from ._lease import fencing_token
 
 __all__ = [
     "NodeSnapshot",

@@ -18,7 +18,7 @@ import contextlib
 import ssl
 import sys
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -34,7 +34,7 @@ if sys.version_info < (3, 11):  # pragma: no cover
 if TYPE_CHECKING:
     import coredis
 
-__all__ = ["Subscriber", "Watch", "classify", "open_client", "redact"]
+__all__ = ["Counters", "Link", "Subscriber", "Watch", "classify", "open_client", "redact"]
 
 
 def redact(url: str) -> str:
@@ -163,6 +163,105 @@ def _connection_errors() -> tuple[type[BaseException], ...]:
         anyio.BrokenResourceError,
         anyio.EndOfStream,
     )
+
+
+@attrs.define
+class Counters:
+    """What one backend counts (`RedisBackend.statistics` copies them)."""
+
+    led: int = 0
+    followed: int = 0
+    takeovers: int = 0
+    fenced: int = 0
+    lost: int = 0
+    unavailable: int = 0
+    corrupt: int = 0
+    round_trips: int = 0
+    leading: int = 0
+    following: int = 0
+
+
+@attrs.define(eq=False)
+class Link:
+    """One backend's way to Redis: its client, its scripts, and the bounded step.
+
+    The client is attached while the backend serves (`attach`), and detached
+    when it stops; a step taken meanwhile is `BackendUnavailable`.
+    """
+
+    where: str
+    timeout: float
+    counters: Counters
+    client: Any = None
+    scripts: dict[str, Any] = attrs.Factory(dict)
+    _down: bool = False
+
+    def attach(self, client: Any, sources: dict[str, str]) -> None:
+        """Use *client* from now on, with the Lua scripts *sources* (name: source)."""
+        from coredis.commands.script import Script
+
+        self.scripts = {name: Script(script=source) for name, source in sources.items()}
+        self.client = client
+
+    async def step(self, what: str, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        """Run one Redis step under the deadline; failures become clear errors.
+
+        A step whose connection broke is tried once more within the same
+        deadline (a pooled connection may have died with a server restart):
+        every script is idempotent, so a repeat never acts twice.
+        """
+        if self.client is None:
+            raise BackendUnavailable(f"{self.where}: the backend is not running")
+        from coredis.exceptions import ConnectionError as RedisConnectionError
+
+        self.counters.round_trips += 1
+        try:
+            with trio.fail_after(self.timeout):
+                try:
+                    answer = await fn(*args)
+                except RedisConnectionError:
+                    answer = await fn(*args)
+        except BaseException as exc:
+            translated = self._failed(exc, what)
+            if translated is None:
+                raise
+            raise translated from None
+        if self._down:
+            self._down = False
+            logger.warning("%s answers again", self.where)
+        return answer
+
+    def _failed(self, error: BaseException, what: str) -> Exception | None:
+        """The error to raise for a failed step (counted; an outage logged once), or
+        None if *error* is not Redis's."""
+        translated = classify(error, f"{self.where} ({what})")
+        if translated is None:
+            return None
+        if isinstance(translated, BackendUnavailable):
+            self.counters.unavailable += 1
+            if not self._down:
+                self._down = True
+                logger.warning("%s", translated)
+        else:
+            self.counters.corrupt += 1
+        return translated
+
+    async def script(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        """Run the script *name* as one bounded step (see `step`)."""
+        return await self.step(name, self.run_script, name, keys, args)
+
+    async def run_script(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        """Run the script *name* once, unbounded and uncounted (callers bound it)."""
+        # EVALSHA directly (coredis's Script wrapper costs ~30 us a call); a
+        # server that forgot the script (restarted) gets it loaded, then again.
+        from coredis.exceptions import NoScriptError
+
+        script = self.scripts[name]
+        try:
+            return await self.client.evalsha(script.sha, keys=keys, args=args)
+        except NoScriptError:
+            await self.client.script_load(script.script)
+            return await self.client.evalsha(script.sha, keys=keys, args=args)
 
 
 @attrs.define(eq=False)

@@ -29,7 +29,9 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["ACQUIRE", "COMMIT", "PEEK", "RELEASE", "RENEW", "keys_of", "pattern_of"]
+import attrs
+
+__all__ = ["ACQUIRE", "COMMIT", "PEEK", "RELEASE", "RENEW", "Keys", "pattern_of"]
 
 # Shared by the scripts: the token of a lease value or payload (nil if malformed).
 _HELPERS = """
@@ -187,17 +189,28 @@ return {token, result or ''}
 )
 
 
-def keys_of(namespace: str, key: str) -> dict[str, str]:
+@attrs.frozen
+class Keys:
     """The names of one request's keys and channel (all in one hash slot)."""
-    tag = "{" + namespace + ":" + key + "}"
-    return {
-        "lease": tag + ":lease",
-        "fence": tag + ":fence",
-        "linger": tag + ":linger",
-        "result": tag + ":result",
-        "waiting": tag + ":waiting",
-        "channel": tag + ":done",
-    }
+
+    lease: str
+    fence: str
+    linger: str
+    result: str
+    waiting: str
+    channel: str
+
+    @classmethod
+    def of(cls, namespace: str, key: str) -> Keys:
+        tag = "{" + namespace + ":" + key + "}"
+        return cls(
+            lease=tag + ":lease",
+            fence=tag + ":fence",
+            linger=tag + ":linger",
+            result=tag + ":result",
+            waiting=tag + ":waiting",
+            channel=tag + ":done",
+        )
 
 
 _GLOB_SPECIAL = "\\*?[]^"
