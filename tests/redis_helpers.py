@@ -20,6 +20,8 @@ from trio_persist.redis._lease import LEASE_SCRIPTS, Call, Leases
 from trio_persist.redis._link import Counters, Link, Subscriber, Watch, open_client
 from trio_persist.redis._scripts import Keys
 
+SIGNING_KEY = b"a test key, 32 bytes long at least"  # os.urandom(32) in real life
+
 
 async def eventually(predicate: Callable[[], bool]) -> None:
     """Wait (on the real clock, in small steps) until *predicate* holds.

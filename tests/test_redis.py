@@ -22,7 +22,7 @@ import trio
 import trio.testing
 
 import trio_persist
-from redis_helpers import Recorder, call_for, eventually, open_leases, open_pair
+from redis_helpers import SIGNING_KEY, Recorder, call_for, eventually, open_leases, open_pair
 from redis_server import RedisServer
 from trio_persist._codec import Seal
 from trio_persist.redis import RedisBackend
@@ -318,7 +318,7 @@ async def test_garbage_unsigned_or_tampered_results_are_refused(
     async def device(base: Any, request: Any) -> Any:
         return "unused"  # pragma: no cover
 
-    backend = RedisBackend(redis_url, namespace=namespace, signing_key=b"secret", lease_ttl=0.6)
+    backend = RedisBackend(redis_url, namespace=namespace, signing_key=SIGNING_KEY, lease_ttl=0.6)
     with trio.fail_after(20):
         async with trio_persist.open_persist(device, backend=backend) as persist:
             key = backend.key_of(persist.group("base", "req"), "req", True)
@@ -343,7 +343,7 @@ async def test_a_json_backend_refuses_a_pickled_result(redis_url: str, namespace
 
 
 async def test_signed_pickles_carry_any_picklable_value(redis_url: str, namespace: str) -> None:
-    got = await lead_and_follow(redis_url, namespace, Recorder({1, 2, 3}), signing_key=b"k")
+    got = await lead_and_follow(redis_url, namespace, Recorder({1, 2, 3}), signing_key=SIGNING_KEY)
     assert got == ({1, 2, 3}, {1, 2, 3})  # a set: not JSON
 
 

@@ -20,7 +20,15 @@ import trio
 
 import trio_persist
 from fault_proxy import FaultProxy
-from redis_helpers import Recorder, call_for, eventually, names_for, open_leases, open_pair
+from redis_helpers import (
+    SIGNING_KEY,
+    Recorder,
+    call_for,
+    eventually,
+    names_for,
+    open_leases,
+    open_pair,
+)
 from redis_server import RedisServer
 from trio_persist._codec import Seal
 from trio_persist.redis import RedisBackend, fencing_token
@@ -147,7 +155,7 @@ async def test_a_signed_result_replayed_into_another_key_is_refused(
 ) -> None:
     device = Recorder("x")
     device.release.set()
-    backend = RedisBackend(redis_url, namespace=namespace, signing_key=b"k", lease_ttl=0.6)
+    backend = RedisBackend(redis_url, namespace=namespace, signing_key=SIGNING_KEY, lease_ttl=0.6)
     with trio.fail_after(20):
         async with (
             trio_persist.open_persist(device, backend=backend) as persist,
@@ -165,7 +173,7 @@ async def test_a_signed_result_replayed_into_another_key_is_refused(
 async def test_unsigned_json_and_errors_are_refused_by_a_signing_backend(
     redis_url: str, namespace: str
 ) -> None:
-    backend = RedisBackend(redis_url, namespace=namespace, signing_key=b"k", lease_ttl=0.6)
+    backend = RedisBackend(redis_url, namespace=namespace, signing_key=SIGNING_KEY, lease_ttl=0.6)
     with trio.fail_after(20):
         async with (
             trio_persist.open_persist(Recorder(), backend=backend) as persist,
@@ -238,6 +246,14 @@ async def test_the_default_namespace_keeps_different_devices_apart(redis_url: st
     assert first.namespace is not None
     assert first.namespace.startswith("trio-persist:")
     assert "one" in first.namespace
+
+
+@pytest.mark.parametrize("key", [b"", b"k", b"fifteen bytes!!"])
+def test_a_signing_key_shorter_than_16_bytes_is_refused(key: bytes) -> None:
+    # Anyone able to compute its MAC could make every follower load a pickle.
+    with pytest.raises(ValueError, match="signing_key must be at least 16 random bytes"):
+        RedisBackend("redis://x", signing_key=key)
+    RedisBackend("redis://x", signing_key=key.ljust(16, b"."))  # 16 bytes: accepted
 
 
 def test_the_password_never_shows() -> None:

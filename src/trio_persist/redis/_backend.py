@@ -118,8 +118,8 @@ class RedisBackend:
                 raise ValueError(f"{name} must be a finite number of seconds > 0, got {value!r}")
         if self.fallback not in ("error", "local"):
             raise ValueError(f"fallback must be 'error' or 'local', got {self.fallback!r}")
-        if self.signing_key is not None and not isinstance(self.signing_key, bytes):
-            raise TypeError("signing_key must be bytes")
+        if self.signing_key is not None:
+            _check_signing_key(self.signing_key)
         if self.namespace is not None:
             _check_namespace(self.namespace)
         self._node = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -301,6 +301,22 @@ def _where(url: object) -> str:
     if callable(getattr(url, "evalsha", None)):
         return f"Redis at {describe(url)}"
     raise TypeError(f"url must be a Redis URL or a coredis client, got {type(url).__name__}")
+
+
+_MIN_SIGNING_KEY = 16
+
+
+def _check_signing_key(key: object) -> None:
+    # Anyone who can compute the MAC can make every follower load a pickle: a
+    # guessable key is code execution for whoever can write to the Redis.
+    if not isinstance(key, bytes):
+        raise TypeError("signing_key must be bytes")
+    if len(key) < _MIN_SIGNING_KEY:
+        raise ValueError(
+            f"signing_key must be at least {_MIN_SIGNING_KEY} random bytes, got {len(key)}: "
+            "make one with os.urandom(32) (or secrets.token_bytes(32)) and share it "
+            "between the processes as a secret"
+        )
 
 
 def _check_namespace(namespace: object) -> None:
