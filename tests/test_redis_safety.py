@@ -476,33 +476,6 @@ def test_backends_are_distinct_objects() -> None:
     assert len({one, two}) == 2  # hashable: usable as keys
 
 
-async def test_the_heartbeat_record_lives_three_heartbeats_and_lists_the_busiest_fifty(
-    redis_url: str, namespace: str
-) -> None:
-    from trio_persist.redis._cluster import NODES
-
-    device = Recorder()
-    backend = RedisBackend(redis_url, namespace=namespace, heartbeat=10)
-    with trio.fail_after(20):
-        async with (
-            trio_persist.open_persist(device, backend=backend) as persist,
-            coredis.Redis.from_url(redis_url) as control,
-            trio.open_nursery() as nursery,
-        ):
-            for n in range(60):
-                nursery.start_soon(persist.resolve, "base", n)
-            await eventually(lambda: backend.statistics().leading == 60)
-            await backend._beat(persist)  # reaching in: one heartbeat now
-            [node] = await backend.cluster()
-            [record_key] = [
-                key for key in await control.keys(NODES + ":*") if backend._node in key.decode()
-            ]
-            pttl = await control.pttl(record_key)
-            device.release.set()
-    assert len(node.snapshot) == 50
-    assert 29_000 < pttl <= 30_000
-
-
 async def test_under_a_group_hook_different_requests_of_one_group_never_share_a_result(
     redis_url: str, namespace: str
 ) -> None:

@@ -19,10 +19,10 @@ import attrs
 import trio
 
 from .._codec import Seal
-from .._grouping import canonical_encoding, default_group
+from .._grouping import canonical_encoding, default_group, group_digest
 from .._monitor import build_frame
-from .._stats import Observed, group_label
-from ._cluster import BEAT, LEAVE, NODES, NodeSnapshot, read_nodes
+from .._stats import Observed
+from ._cluster import BEAT, INDEX, LEAVE, NodeSnapshot, nodes_key, read_nodes, record_key
 from ._lease import LEASE_SCRIPTS, Leases
 from ._link import Counters, Link, Subscriber, describe, open_client, redact
 
@@ -90,7 +90,8 @@ class RedisBackend:
         max_takeovers: How many vanished leaders one call survives before
             `~trio_persist.LeaderDied`.
         heartbeat: Seconds between cluster heartbeats (a node record lives
-            three of them).
+            three of them); None writes none (the process is not in the
+            cluster view).
     """
 
     url: Any
@@ -100,7 +101,7 @@ class RedisBackend:
     signing_key: bytes | None = attrs.field(default=None, repr=False)
     fallback: str = "error"
     max_takeovers: int = 3
-    heartbeat: float = 1.0
+    heartbeat: float | None = 1.0
     _node: str = attrs.field(init=False)
     _counters: Counters = attrs.field(factory=Counters, init=False)
     _link: Link = attrs.field(init=False)
@@ -112,6 +113,8 @@ class RedisBackend:
         where = _where(self.url)
         for name in ("lease_ttl", "timeout", "heartbeat"):
             value = getattr(self, name)
+            if value is None and name == "heartbeat":
+                continue
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise TypeError(f"{name} must be a number of seconds, got {type(value).__name__}")
             if not value > 0 or math.isinf(value):
@@ -224,7 +227,7 @@ class RedisBackend:
                             await nursery.start(self._leases.serve)
                             await self._beat(persist)  # in the cluster view from the start
                             task_status.started()
-                            while True:
+                            while self.heartbeat is not None:
                                 await trio.sleep(self.heartbeat)
                                 await self._beat(persist)
                     await self._leases.wait_unled()
@@ -245,41 +248,45 @@ class RedisBackend:
         if self._leaving:
             return
         self._leaving = True
-        if self._link.client is None:
+        if self._link.client is None or self.heartbeat is None:
             return
         with trio.move_on_after(self.timeout), contextlib.suppress(Exception):
             async with self._beat_lock:
-                await self._link.run_script(
-                    "leave", [NODES + ":" + self._node, NODES], [self._node]
-                )
+                await self._link.run_script("leave", self._node_keys(), [self._node])
+
+    def _node_keys(self) -> list[str]:
+        namespace = self._leases.seal.namespace
+        return [record_key(namespace, self._node), nodes_key(namespace)]
 
     async def _beat(self, persist: Observed) -> None:
-        frame = build_frame(persist, max_groups=50)
+        """Write this process's record: its statistics, and its groups named by
+        digests (or by the device's ``label`` hook), never by what they hold."""
+        if self.heartbeat is None:
+            return
+        frame = build_frame(persist, max_groups=50, leaves_process=True)
         record = {
             "node": self._node,
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "namespace": self.namespace,
-            "statistics": persist.statistics().to_json(),
+            "statistics": frame["statistics"],
             "workers": [
-                group_label(record.group)
-                for record in persist.snapshot()
-                if record.kind == "worker"
+                group_digest(group.group) for group in persist.snapshot() if group.kind == "worker"
             ],
             "flights": [g["group"] for g in frame["snapshot"] if g["kind"] == "flight"],
             "wall": time.time(),
             "time": frame["time"],
             "snapshot": frame["snapshot"],
         }
+        ttl_ms = int(self.heartbeat * 3000)
         with trio.move_on_after(self.timeout), contextlib.suppress(Exception):
             async with self._beat_lock:
                 if self._leaving:
                     return
                 await self._link.run_script(
-                    "beat",
-                    [NODES + ":" + self._node, NODES],
-                    [json.dumps(record), int(self.heartbeat * 3000), self._node],
+                    "beat", self._node_keys(), [json.dumps(record), ttl_ms, self._node]
                 )
+                await self._link.client.sadd(INDEX, [self._leases.seal.namespace])
 
     async def cluster(self) -> tuple[NodeSnapshot, ...]:
         """Every live process on this namespace, from their heartbeats."""
