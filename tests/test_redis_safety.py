@@ -211,6 +211,31 @@ async def test_a_malformed_channel_message_is_ignored_and_the_followers_still_an
     assert follower.statistics().corrupt == 2  # each counted once
 
 
+async def test_a_flood_of_garbage_publications_is_counted_and_logged_once(
+    redis_url: str, namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    device = Recorder("real")
+    leader = RedisBackend(redis_url, namespace=namespace)
+    follower = RedisBackend(redis_url, namespace=namespace)
+    with trio.fail_after(30):
+        async with (
+            open_pair(leader, follower, device) as pair,
+            coredis.Redis.from_url(redis_url) as control,
+        ):
+            await pair.lead()
+            await pair.follow()
+            channel = names_for(pair.a, "r").channel
+            async with control.pipeline(transaction=False) as pipe:
+                for n in range(2000):
+                    pipe.publish(channel, b"garbage %d" % n)
+            await eventually(lambda: follower.statistics().corrupt == 2000)
+            device.release.set()
+    assert pair.got == ["real"] * 2
+    logged = [r for r in caplog.records if "malformed message" in r.getMessage()]
+    first, summary = logged  # the first in full; the rest summed up when it closed
+    assert "1999 more, not logged one by one" in summary.getMessage()
+
+
 async def test_json_refuses_what_would_not_read_back_equal(redis_url: str, namespace: str) -> None:
     value = {"pair": (1, 2), 3: "int key"}
     device = Recorder(value)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import enum
+import logging
 import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -26,7 +27,7 @@ import trio
 
 from .._codec import ABANDONED, Seal, decode_outcome, encode_error, encode_value
 from .._exceptions import BackendUnavailable, CorruptResult, LeaderDied
-from .._logging import logger
+from .._logging import Throttle
 from ._link import Counters, Link, Subscriber, Watch
 from ._scripts import ACQUIRE, COMMIT, PEEK, RELEASE, RENEW, Keys
 
@@ -187,6 +188,8 @@ class Leases:
     fallback: str = "error"
     max_takeovers: int = 3
     held: dict[str, Held] = attrs.Factory(dict)
+    log: Throttle = attrs.Factory(Throttle)
+    """Events that can repeat at the rate of requests (garbage, faults), throttled."""
     _unled: trio.Event | None = None  # set once nothing leads (while closing)
 
     @property
@@ -202,10 +205,13 @@ class Leases:
 
         Reports started once subscribed, or after the timeout if Redis is away.
         """
-        async with trio.open_nursery() as nursery:
-            await nursery.start(self.subscriber.run, self.link.client)
-            nursery.start_soon(self._renew_forever)
-            task_status.started()
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.subscriber.run, self.link.client)
+                nursery.start_soon(self._renew_forever)
+                task_status.started()
+        finally:
+            self.log.flush()
 
     async def wait_unled(self) -> None:
         """Wait (at most the timeout) until no execution leads: cancelled leaders
@@ -228,7 +234,9 @@ class Leases:
                 except (BackendUnavailable, CorruptResult) as exc:
                     if self.fallback != "local" or isinstance(exc, _Undecodable):
                         raise
-                    logger.info("executing %s locally: %s", key, exc)
+                    self.log.log(
+                        logging.INFO, "local execution", "executing %s locally: %s", key, exc
+                    )
                     return await resolve(base, request)
                 if isinstance(outcome, Answer):
                     return outcome.unwrap()
@@ -249,7 +257,9 @@ class Leases:
         if isinstance(found, Lead):
             if call.vanished:
                 self.counters.takeovers += 1
-                logger.warning(
+                self.log.log(
+                    logging.WARNING,
+                    "takeover",
                     "took over %s from a leader that vanished (token %d)",
                     call.keys.lease,
                     call.vanished_token,
@@ -283,7 +293,9 @@ class Leases:
             return Follow(token)
         if int(reply[2]):
             self.counters.corrupt += 1
-            logger.warning("replaced a malformed lease at %s", keys.lease)
+            self.log.log(
+                logging.WARNING, "malformed lease", "replaced a malformed lease at %s", keys.lease
+            )
         return Lead(token, f"{lease_id}:{token}")
 
     def decode(self, keys: Keys, payload: Any) -> Answer:
@@ -386,7 +398,9 @@ class Leases:
         if verdict is Verdict.COMMITTED:
             return answer
         self.counters.fenced += 1
-        logger.warning(
+        self.log.log(
+            logging.WARNING,
+            "stale commit",
             "a stale commit of %s was refused (token %d): answering with the winner's outcome",
             call.keys.lease,
             held.token,
@@ -444,8 +458,12 @@ class Leases:
         if not held.lost:
             held.lost = True
             self.counters.lost += 1
-            logger.warning(
-                "lost the lease of %s (token %d): cancelling its execution", held.key, held.token
+            self.log.log(
+                logging.WARNING,
+                "lost lease",
+                "lost the lease of %s (token %d): cancelling its execution",
+                held.key,
+                held.token,
             )
             held.scope.cancel()
 
@@ -492,7 +510,9 @@ class Leases:
                 got, ok, value = decode_outcome(self.seal, keys.result, data, keys.channel)
             except CorruptResult as exc:
                 self.counters.corrupt += 1
-                logger.warning("ignored a malformed message: %s", exc)
+                self.log.log(
+                    logging.WARNING, "malformed message", "ignored a malformed message: %s", exc
+                )
                 continue
             if got < token:
                 continue  # an older round's news
