@@ -119,6 +119,28 @@ async def open_pair(
         yield Pair(a, b, nursery)
 
 
+FAKE_LEASE_ID = "cd" * 16
+
+
+async def keep_lease(control: Any, keys: Keys, value: str, ttl: float) -> None:
+    """Renew the lease *value* every third of *ttl*, as its leader would, while it holds."""
+    while await control.get(keys.lease) == value.encode():
+        await control.pexpire(keys.lease, int(ttl * 1000))
+        await trio.sleep(ttl / 3)
+
+
+@contextlib.asynccontextmanager
+async def fake_leader(control: Any, keys: Keys, token: int, ttl: float) -> AsyncIterator[str]:
+    """Another process leading *keys* with *token* while the block runs (its lease,
+    renewed as a live leader's is); yields the lease's value."""
+    value = f"{FAKE_LEASE_ID}:{token}"
+    await control.set(keys.lease, value, px=int(ttl * 1000))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(keep_lease, control, keys, value, ttl)
+        yield value
+        nursery.cancel_scope.cancel()
+
+
 @attrs.define
 class Leading:
     """A persist on Redis whose callers lead one request, and a client to meddle with
@@ -134,9 +156,12 @@ class Leading:
     got: list[Any] = attrs.Factory(list)
 
     async def take_over(self) -> int:
-        """Give the lease to another process (a token above ours); return its token."""
+        """Give the lease to another process (a token above ours), which renews it
+        until it commits (`commit_as`); return its token."""
         token = int(time.time() * 1e6) + 10**9
-        await self.control.set(self.keys.lease, "cd" * 16 + f":{token}", px=30000)
+        value = f"{FAKE_LEASE_ID}:{token}"
+        await self.control.set(self.keys.lease, value, px=int(self.backend.lease_ttl * 1000))
+        self.nursery.start_soon(keep_lease, self.control, self.keys, value, self.backend.lease_ttl)
         return token
 
     async def commit_as(self, token: int, value: Any) -> None:

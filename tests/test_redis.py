@@ -7,12 +7,14 @@ bounded by a ``fail_after`` guard so a regression fails instead of hanging.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,15 @@ import trio
 import trio.testing
 
 import trio_persist
-from redis_helpers import SIGNING_KEY, Recorder, call_for, eventually, open_leases, open_pair
+from redis_helpers import (
+    SIGNING_KEY,
+    Recorder,
+    call_for,
+    eventually,
+    fake_leader,
+    open_leases,
+    open_pair,
+)
 from redis_server import RedisServer
 from trio_persist._codec import Seal
 from trio_persist.redis import RedisBackend
@@ -286,12 +296,16 @@ async def test_with_fallback_local_a_call_executes_locally_while_redis_is_away(
             assert await persist.resolve("base", "req") == "local"
 
 
-async def plant(url: str, namespace: str, key: str, payload: bytes) -> None:
-    """Make a fake leader hold *key* and leave *payload* as its result."""
+@contextlib.asynccontextmanager
+async def planted(url: str, namespace: str, key: str, payload: bytes) -> AsyncIterator[None]:
+    """A fake leader holds *key* (lease TTL 0.6 s) and left *payload* as its result."""
     names = Keys.of(namespace, key)
-    async with coredis.Redis.from_url(url) as control:
-        await control.set(names.lease, "ab" * 16 + ":999999999", px=30000)
+    async with (
+        coredis.Redis.from_url(url) as control,
+        fake_leader(control, names, 999999999, 0.6),
+    ):
         await control.set(names.result, payload, px=30000)
+        yield
 
 
 def sealed(namespace: str, key: str, token: int, body: dict[str, Any], key_: bytes | None) -> bytes:
@@ -323,9 +337,9 @@ async def test_garbage_unsigned_or_tampered_results_are_refused(
         async with trio_persist.open_persist(device, backend=backend) as persist:
             key = backend.key_of(persist.group("base", "req"), "req", True)
             assert key is not None
-            await plant(redis_url, namespace, key, payload)
-            with pytest.raises(trio_persist.CorruptResult, match=message):
-                await persist.resolve("base", "req")
+            async with planted(redis_url, namespace, key, payload):
+                with pytest.raises(trio_persist.CorruptResult, match=message):
+                    await persist.resolve("base", "req")
 
 
 async def test_a_json_backend_refuses_a_pickled_result(redis_url: str, namespace: str) -> None:
@@ -337,9 +351,10 @@ async def test_a_json_backend_refuses_a_pickled_result(redis_url: str, namespace
         async with trio_persist.open_persist(device, backend=backend) as persist:
             key = backend.key_of(persist.group("b", "r"), "r", True)
             assert key is not None
-            await plant(redis_url, namespace, key, b"999999999::" + json.dumps(PICKLED_X).encode())
-            with pytest.raises(trio_persist.CorruptResult, match="no signing key"):
-                await persist.resolve("b", "r")
+            pickled = b"999999999::" + json.dumps(PICKLED_X).encode()
+            async with planted(redis_url, namespace, key, pickled):
+                with pytest.raises(trio_persist.CorruptResult, match="no signing key"):
+                    await persist.resolve("b", "r")
 
 
 async def test_signed_pickles_carry_any_picklable_value(redis_url: str, namespace: str) -> None:

@@ -10,6 +10,7 @@ import json
 import os
 import ssl
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from redis_helpers import (
     Recorder,
     call_for,
     eventually,
+    fake_leader,
     names_for,
     open_leases,
     open_pair,
@@ -164,10 +166,10 @@ async def test_a_signed_result_replayed_into_another_key_is_refused(
             assert await persist.resolve("base", "a") == "x"
             genuine = await control.get(names_for(persist, "a").result)
             target = names_for(persist, "b")
-            await control.set(target.lease, "ab" * 16 + ":999999999999999", px=30000)
             await control.set(target.result, genuine)  # a real MAC, for key "a"
-            with pytest.raises(trio_persist.CorruptResult, match="signature does not match"):
-                await persist.resolve("base", "b")
+            async with fake_leader(control, target, 999999999999999, 0.6):
+                with pytest.raises(trio_persist.CorruptResult, match="signature does not match"):
+                    await persist.resolve("base", "b")
 
 
 async def test_unsigned_json_and_errors_are_refused_by_a_signing_backend(
@@ -183,10 +185,10 @@ async def test_unsigned_json_and_errors_are_refused_by_a_signing_backend(
             unsigned = Seal(namespace).wrap(
                 names.result, 999999999999999, {"ok": False, "type": "X", "message": "forged"}
             )
-            await control.set(names.lease, "ab" * 16 + ":999999999999999", px=30000)
             await control.set(names.result, unsigned)
-            with pytest.raises(trio_persist.CorruptResult, match="signature does not match"):
-                await persist.resolve("base", "c")
+            async with fake_leader(control, names, 999999999999999, 0.6):
+                with pytest.raises(trio_persist.CorruptResult, match="signature does not match"):
+                    await persist.resolve("base", "c")
 
 
 async def test_a_malformed_channel_message_is_ignored_and_the_followers_still_answered(
@@ -232,7 +234,7 @@ async def test_a_flood_of_garbage_publications_is_counted_and_logged_once(
             device.release.set()
     assert pair.got == ["real"] * 2
     logged = [r for r in caplog.records if "malformed message" in r.getMessage()]
-    first, summary = logged  # the first in full; the rest summed up when it closed
+    _, summary = logged  # the first in full; the rest summed up when it closed
     assert "1999 more, not logged one by one" in summary.getMessage()
 
 
@@ -393,19 +395,19 @@ async def test_a_follower_never_answers_with_an_older_rounds_result(
             old = seal.wrap(names.result, 5, {"ok": True, "codec": "json", "value": "old"})
             new = seal.wrap(names.result, 900, {"ok": True, "codec": "json", "value": "new"})
             await control.set(names.result, old)  # the last round's result
-            await control.set(names.lease, "ab" * 16 + ":900", px=30000)  # this round's leader
             got: list[Any] = []
 
             async def call() -> None:
                 got.append(await persist.resolve("base", "r"))
 
-            nursery.start_soon(call)
-            await eventually(lambda: backend.statistics().following == 1)
-            await control.publish(names.channel, old)  # old news on the channel too
-            await eventually(lambda: backend.statistics().round_trips >= 4)  # it looked, twice
-            assert got == []
-            await control.set(names.result, new)
-            await control.delete([names.lease])
+            async with fake_leader(control, names, 900, 0.3):  # this round's leader
+                nursery.start_soon(call)
+                await eventually(lambda: backend.statistics().following == 1)
+                await control.publish(names.channel, old)  # old news on the channel too
+                await eventually(lambda: backend.statistics().round_trips >= 4)  # looked twice
+                assert got == []
+                await control.set(names.result, new)
+                await control.delete([names.lease])
             await eventually(lambda: got == ["new"])
 
 
@@ -586,3 +588,107 @@ async def test_a_fenced_leader_whose_successor_still_runs_follows_it(leading_cal
             await stale.commit_as(token, "successor's")
     assert stale.got == ["successor's"]
     assert (stale.backend.statistics().fenced, stale.backend.statistics().lost) == (1, 0)
+
+
+async def test_an_old_result_written_back_to_the_linger_key_answers_no_longer_than_its_window(
+    redis_url: str, namespace: str
+) -> None:
+    device = Recorder("fresh")
+    device.release.set()
+    backend = RedisBackend(redis_url, namespace=namespace)
+    with trio.fail_after(20):
+        async with (
+            trio_persist.open_persist(device, backend=backend, linger=1.0) as persist,
+            coredis.Redis.from_url(redis_url) as control,
+        ):
+            await persist.resolve("base", "r")
+            names = names_for(persist, "r")
+            entry = await control.get(names.linger)
+            await control.set(names.linger, entry)  # written back, with no expiry
+            await persist.resolve("base", "r")  # within its window: answered
+            await trio.sleep(1.1)  # real time: the server's clock measures the window
+            await persist.resolve("base", "r")  # past it: executed again
+    assert device.calls == 2
+
+
+@pytest.mark.parametrize(
+    ("entry", "why"),
+    [
+        (b"garbage", "not an entry"),
+        (b"{now}:garbage", "not a payload"),
+        (b"{now}:5::{{not json", "a payload that does not decode"),
+        (b"{future}:5::{{}}", "committed in the future"),
+    ],
+)
+async def test_garbage_in_the_linger_key_is_ignored(
+    redis_url: str, namespace: str, entry: bytes, why: str
+) -> None:
+    device = Recorder("fresh")
+    device.release.set()
+    backend = RedisBackend(redis_url, namespace=namespace)
+    with trio.fail_after(20):
+        async with (
+            trio_persist.open_persist(device, backend=backend, linger=60) as persist,
+            coredis.Redis.from_url(redis_url) as control,
+        ):
+            now = int(time.time() * 1e6)
+            entry = entry.decode().format(now=now, future=now + 10**9).encode()
+            await control.set(names_for(persist, "r").linger, entry)  # no expiry
+            assert await persist.resolve("base", "r") == "fresh", why
+    assert device.calls == 1
+
+
+async def test_a_failure_written_into_the_linger_key_never_answers(
+    redis_url: str, namespace: str
+) -> None:
+    device = Recorder("fresh")
+    device.release.set()
+    backend = RedisBackend(redis_url, namespace=namespace)
+    with trio.fail_after(20):
+        async with (
+            trio_persist.open_persist(device, backend=backend, linger=60) as persist,
+            coredis.Redis.from_url(redis_url) as control,
+        ):
+            names = names_for(persist, "r")
+            now = int(time.time() * 1e6)
+            failure = Seal(namespace).wrap(
+                names.result, now - 10, {"ok": False, "type": "KeyError", "message": "old"}
+            )
+            await control.set(names.linger, b"%d:%s" % (now, failure))
+            assert await persist.resolve("base", "r") == "fresh"
+    assert backend.statistics().corrupt == 1
+
+
+async def test_a_foreign_lease_longer_than_ours_is_replaced_not_waited_for(
+    redis_url: str, namespace: str
+) -> None:
+    device = Recorder("fresh")
+    device.release.set()
+    backend = RedisBackend(redis_url, namespace=namespace, lease_ttl=10)
+    with trio.fail_after(20):
+        async with (
+            trio_persist.open_persist(device, backend=backend) as persist,
+            coredis.Redis.from_url(redis_url) as control,
+        ):
+            names = names_for(persist, "k")
+            await control.set(names.lease, "ab" * 16 + ":5", px=3_600_000)  # an hour
+            with trio.fail_after(5):  # not an hour, nor even our own TTL
+                assert await persist.resolve("base", "k") == "fresh"
+    assert backend.statistics().corrupt == 1
+
+
+async def test_tokens_stay_exact_past_two_to_the_53(redis_url: str, namespace: str) -> None:
+    names = Keys.of(namespace, "key")
+    with trio.fail_after(20):
+        async with (
+            open_leases(redis_url, namespace) as leases,
+            coredis.Redis.from_url(redis_url) as control,
+        ):
+            await control.set(names.fence, str(2**53))  # where doubles stop counting
+            tokens = []
+            for _ in range(3):
+                lead = await leases.acquire(call_for(leases, "key"))
+                assert isinstance(lead, Lead)
+                tokens.append(lead.token)
+                await control.delete([names.lease])
+    assert tokens == [2**53 + 1, 2**53 + 2, 2**53 + 3]

@@ -122,9 +122,11 @@ class Follow:
 
 @attrs.frozen
 class Found:
-    """A result that answers us already (lingering, or committed after a vanished leader)."""
+    """A result that answers us already: committed after a vanished leader, or
+    (*lingering*) a success committed less than our linger ago."""
 
     payload: bytes
+    lingering: bool = False
 
 
 class Verdict(enum.Enum):
@@ -148,6 +150,8 @@ class Call:
     """Leaders that vanished under this call (it gives up past ``max_takeovers``)."""
     vanished_token: int = 0
     """Accept a result committed at or after this token (0: any lingering one only)."""
+    read_linger: bool = True
+    """Whether a lingering success may answer (not after one was found unusable)."""
 
 
 @attrs.define(eq=False)
@@ -252,8 +256,11 @@ class Leases:
         """One acquire and what follows it."""
         found = await self.acquire(call)
         if isinstance(found, Found):
+            answer = self._lingering(call, found) if found.lingering else None
+            if answer is None and found.lingering:
+                return Again(call.vanished_token)  # ask again, without the linger
             self.counters.followed += 1
-            return self.decode(call.keys, found.payload)
+            return answer or self.decode(call.keys, found.payload)
         if isinstance(found, Lead):
             if call.vanished:
                 self.counters.takeovers += 1
@@ -279,15 +286,15 @@ class Leases:
             [keys.lease, keys.fence, keys.linger, keys.result, keys.waiting],
             [
                 int(self.lease_ttl * 1000),
-                "1" if call.linger > 0 else "0",
+                _ms(call.linger) if call.read_linger else 0,
                 call.vanished_token,
                 lease_id,
                 int(self.result_ttl * 1000) + int(self.lease_ttl * 1000),
             ],
         )
         kind = _text(reply[0])
-        if kind == "r":
-            return Found(reply[1])
+        if kind in ("r", "g"):
+            return Found(reply[1], lingering=kind == "g")
         token = int(reply[1])
         if kind == "f":
             return Follow(token)
@@ -297,6 +304,28 @@ class Leases:
                 logging.WARNING, "malformed lease", "replaced a malformed lease at %s", keys.lease
             )
         return Lead(token, f"{lease_id}:{token}")
+
+    def _lingering(self, call: Call, found: Found) -> Answer | None:
+        """The success a lingering entry holds; None (counted) if it holds anything
+        else: garbage or a failure there is never an answer."""
+        try:
+            answer = self.decode(call.keys, found.payload)
+        except CorruptResult as exc:
+            reason = str(exc)
+        else:
+            if answer.ok:
+                return answer
+            self.counters.corrupt += 1
+            reason = "a failure, which never lingers"
+        call.read_linger = False
+        self.log.log(
+            logging.WARNING,
+            "malformed linger",
+            "ignored the lingering entry of %s: %s",
+            call.keys.linger,
+            reason,
+        )
+        return None
 
     def decode(self, keys: Keys, payload: Any) -> Answer:
         """The outcome a stored result holds; `CorruptResult` if it holds none."""
@@ -385,7 +414,7 @@ class Leases:
                     payload,
                     keys.channel,
                     int(self.result_ttl * 1000),
-                    int(linger * 1000),
+                    _ms(linger),
                     "0",
                 ],
             )
@@ -489,7 +518,9 @@ class Leases:
     async def _look(self, call: Call, token: int) -> Answer | Vanished | None:
         """Quiet (or poked after a reconnect): is the leader still there?"""
         keys = call.keys
-        lease, result = await self.link.script("peek", [keys.lease, keys.result], [])
+        lease, result = await self.link.script(
+            "peek", [keys.lease, keys.result], [int(self.lease_ttl * 1000)]
+        )
         if result:
             found_token = _payload_token(result)
             if found_token is None or found_token >= token:  # garbage: say so
@@ -531,6 +562,11 @@ def _verdict(reply: Any) -> Verdict | Found | Follow:
     if kind == "f":
         return Follow(int(reply[1]))
     return Verdict.ALONE
+
+
+def _ms(seconds: float) -> int:
+    """Milliseconds for a script; any positive time is at least one."""
+    return max(1, round(seconds * 1000)) if seconds > 0 else 0
 
 
 def _text(value: Any) -> str:
