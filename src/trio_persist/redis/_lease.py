@@ -164,6 +164,9 @@ class Held:
     scope: trio.CancelScope
     renewed: float
     lost: bool = False
+    settling: bool = False
+    """The device has returned: a renewal finding the lease gone raced the commit,
+    which settles the lease itself (nothing to cancel, nothing to report)."""
 
 
 class _Undecodable(CorruptResult):
@@ -358,6 +361,7 @@ class Leases:
         reset = _token.set(lead.token)
         try:
             answer, payload, linger = await self._execute(call, held)
+            held.settling = True
             if answer is None or held.lost:
                 settled = True  # lost: the lease is someone else's now
                 return Again(lead.token)
@@ -484,7 +488,7 @@ class Leases:
         return [await request for request in requests]
 
     def _lose(self, held: Held) -> None:
-        if not held.lost:
+        if not held.lost and not held.settling:
             held.lost = True
             self.counters.lost += 1
             self.log.log(
