@@ -372,6 +372,25 @@ async def test_a_result_the_json_codec_cannot_carry_reaches_followers_as_an_erro
     assert str(remote).startswith("TypeError: cannot send a object across processes")
 
 
+class Touchy(dict):  # type: ignore[type-arg]
+    """A result that JSON encodes, whose ``==`` raises."""
+
+    def __eq__(self, other: object) -> bool:
+        raise RuntimeError("never compare me")
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+async def test_a_result_whose_equality_raises_reaches_the_leaders_callers_and_runs_once(
+    redis_url: str, namespace: str
+) -> None:
+    value = Touchy(a=1)
+    local, remote = await lead_and_follow(redis_url, namespace, Recorder(value))
+    assert local is value
+    assert isinstance(remote, trio_persist.RemoteError)
+    assert "a value of type Touchy" in str(remote)
+
+
 async def test_the_cluster_view_lists_every_live_process_and_its_workers(
     redis_url: str, namespace: str
 ) -> None:

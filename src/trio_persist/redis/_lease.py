@@ -393,7 +393,7 @@ class Leases:
                 return Answer(False, exc), encode_error(self.seal, keys.result, exc, token), 0.0
             try:
                 payload = encode_value(self.seal, keys.result, value, token)
-            except TypeError as exc:
+            except Exception as exc:
                 # A failure for the others: it must not linger.
                 return Answer(True, value), encode_error(self.seal, keys.result, exc, token), 0.0
             return Answer(True, value), payload, call.linger
