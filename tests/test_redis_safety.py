@@ -283,6 +283,25 @@ def test_a_signing_key_shorter_than_16_bytes_is_refused(key: bytes) -> None:
     RedisBackend("redis://x", signing_key=key.ljust(16, b"."))  # 16 bytes: accepted
 
 
+@pytest.mark.parametrize("char", ["/", "#", "?"])
+async def test_a_password_with_an_unencoded_slash_hash_or_question_mark_is_refused_unseen(
+    char: str,
+) -> None:
+    url = f"redis://user:hun{char}ter2@127.0.0.1:1/0"
+    with pytest.raises(ValueError, match="percent-encode it") as caught:
+        RedisBackend(url)
+    assert "ter2" not in str(caught.value)
+    done = await trio.run_process(
+        [sys.executable, "-m", "trio_persist", "monitor", "--once", "--redis", url],
+        capture_stderr=True,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert "percent-encode it" in done.stderr.decode()
+    assert "ter2" not in done.stderr.decode()
+    assert "Traceback" not in done.stderr.decode()
+
+
 def test_the_password_never_shows() -> None:
     backend = RedisBackend("redis://user:hunter2@127.0.0.1:1/0?password=hunter3")
     assert "hunter" not in repr(backend)

@@ -24,7 +24,7 @@ from .._monitor import build_frame
 from .._stats import Observed
 from ._cluster import BEAT, INDEX, LEAVE, NodeSnapshot, nodes_key, read_nodes, record_key
 from ._lease import LEASE_SCRIPTS, Leases
-from ._link import Counters, Link, Subscriber, describe, open_client, redact
+from ._link import Counters, Link, Subscriber, check_url, describe, open_client, redact
 
 __all__ = ["RedisBackend", "RedisBackendStatistics"]
 
@@ -304,6 +304,7 @@ def _where(url: object) -> str:
                 f"url must be a redis://, rediss:// or unix:// URL, or a coredis client; "
                 f"got {redact(url)!r}"
             )
+        check_url(url)
         return f"Redis at {redact(url)}"
     if callable(getattr(url, "evalsha", None)):
         return f"Redis at {describe(url)}"

@@ -148,8 +148,13 @@ async def watch_cluster(
     *on_status* gets a message (the URL's password redacted) and the watch
     goes on trying; it gets None once frames flow again.
     """
-    from ._link import classify, open_client, redact
+    from ._link import check_url, classify, open_client, redact
 
+    try:
+        check_url(url)
+    except ValueError as exc:
+        on_status(f"cannot read the cluster: {exc}")
+        await trio.sleep_forever()
     client = open_client(url, interval * 5)
     shown = redact(url)
     async with client:

@@ -34,14 +34,49 @@ if sys.version_info < (3, 11):  # pragma: no cover
 if TYPE_CHECKING:
     import coredis
 
-__all__ = ["Counters", "Link", "Subscriber", "Watch", "classify", "open_client", "redact"]
+__all__ = [
+    "Counters",
+    "Link",
+    "Subscriber",
+    "Watch",
+    "check_url",
+    "classify",
+    "open_client",
+    "redact",
+]
+
+
+def check_url(url: str) -> None:
+    """Refuse a URL whose credentials hold an unencoded ``/``, ``#`` or ``?``.
+
+    Such a URL is parsed with part of the password as the host or the path:
+    it cannot work, and its password would show in messages. The error says
+    how to encode it and shows nothing of the URL.
+    """
+    if _ambiguous(url):
+        raise ValueError(
+            "the Redis URL's user name or password holds an unencoded '/', '#' or '?' "
+            "(or '@'): percent-encode it, for example with urllib.parse.quote(password, "
+            "safe='')"
+        )
+
+
+def _ambiguous(url: str) -> bool:
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return True
+    rest = parts.path + parts.query + parts.fragment
+    return "@" in rest and parts.scheme in ("redis", "rediss")
 
 
 def redact(url: str) -> str:
     """*url* with its password (in the authority or the query) replaced by ``***``."""
+    if _ambiguous(url):
+        return "<a Redis URL whose credentials are not percent-encoded>"
     try:
         parts = urllib.parse.urlsplit(url)
-    except ValueError:
+    except ValueError:  # pragma: no cover - _ambiguous said so already
         return "<an unparsable Redis URL>"
     netloc = parts.netloc
     if "@" in netloc:
