@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ import trio_persist
 from fault_proxy import FaultProxy
 from redis_helpers import Recorder, eventually, names_for, open_pair
 from redis_server import RedisServer
+from trio_persist._codec import Seal
 from trio_persist.redis import RedisBackend
 
 
@@ -393,10 +395,12 @@ async def test_a_follower_paused_until_the_result_expired_answers_from_what_it_w
     # Its publication waits in the paused process's socket; the result key
     # expires meanwhile. Woken, it must drain what it was sent before deciding
     # the leader vanished: no second execution.
+    # A lease TTL and timeout of 1 s: the result is kept 3 s, and every step has
+    # room on a loaded machine.
     device = Recorder({"from": "leader"})
-    leader = RedisBackend(redis_url, namespace=namespace, lease_ttl=0.3, timeout=0.3)
+    leader = RedisBackend(redis_url, namespace=namespace, lease_ttl=1.0, timeout=1.0)
     follower = await trio.lowlevel.open_process(
-        [sys.executable, WORKER, redis_url, namespace, "follow", "0", "0.3"]
+        [sys.executable, WORKER, redis_url, namespace, "follow", "0", "1.0"]
     )
     with trio.fail_after(30):
         async with (
@@ -413,8 +417,8 @@ async def test_a_follower_paused_until_the_result_expired_answers_from_what_it_w
             os.kill(follower.pid, signal.SIGSTOP)
             device.release.set()
             await eventually(lambda: leader.statistics().leading == 0)
-            await trio.sleep(1.5)  # the result (kept 1 s here) expires meanwhile
-            assert not await control.exists([names.result])
+            while await control.exists([names.result]):  # noqa: ASYNC110 - Redis, not a flag
+                await trio.sleep(0.05)  # the result expires while the follower is paused
             os.kill(follower.pid, signal.SIGCONT)
             _, raw = await control.blpop([f"{namespace}:answered"], timeout=20)
             await control.rpush(f"{namespace}:go", ["-1"])
@@ -552,3 +556,44 @@ async def test_quick_executions_on_a_slow_link_never_report_a_lost_lease(
             outer.cancel_scope.cancel()
     assert backend.statistics().lost == 0
     assert not [r for r in caplog.records if "lost the lease" in r.getMessage()]
+
+
+@pytest.mark.parametrize("max_takeovers", [0, 2])
+async def test_a_call_survives_exactly_max_takeovers_vanished_leaders_then_gets_leader_died(
+    redis_url: str, namespace: str, max_takeovers: int
+) -> None:
+    # Each leader vanishes (says it abandoned the key) just after the next one took
+    # the lease: the call follows one after another, and gives up past its limit.
+    device = Recorder()
+    backend = RedisBackend(redis_url, namespace=namespace, max_takeovers=max_takeovers)
+    got: list[Any] = []
+    with trio.fail_after(20):
+        async with (
+            trio_persist.open_persist(device, backend=backend) as persist,
+            coredis.Redis.from_url(redis_url) as control,
+            trio.open_nursery() as nursery,
+        ):
+            names = names_for(persist, "r")
+            token = int(time.time() * 1e6) + 10**9
+            await control.set(names.lease, f"{'cd' * 16}:{token}", px=10_000)
+
+            async def call() -> None:
+                try:
+                    got.append(await persist.resolve("base", "r"))
+                except trio_persist.LeaderDied as exc:
+                    got.append(exc)
+
+            nursery.start_soon(call)
+            for vanished in range(max_takeovers + 1):
+                await eventually(lambda n=vanished: backend.statistics().round_trips == n + 1)
+                assert got == []  # following its leader number `vanished`
+                await control.set(names.lease, f"{'cd' * 16}:{token + 1}", px=10_000)
+                abandoned = Seal(namespace).wrap(names.result, token, {"abandoned": True})
+                await control.publish(names.channel, abandoned)
+                token += 1
+            await eventually(lambda: len(got) == 1)
+    [error] = got
+    assert isinstance(error, trio_persist.LeaderDied)
+    assert f"vanished {max_takeovers + 1} times" in str(error)
+    assert device.calls == 0
+    assert backend.statistics().round_trips == max_takeovers + 1
