@@ -158,3 +158,55 @@ async def test_after_a_master_dies_its_replica_takes_over_and_every_key_answers_
         assert first is not None
         assert second is not None
         assert second > first, key
+
+
+@pytest.fixture
+def own_cluster(tmp_path: Path) -> Iterator[RedisCluster]:
+    """A 3-master cluster of the test's own, without replicas (a killed master stays dead)."""
+    servers = RedisCluster(tmp_path)
+    servers.start()
+    try:
+        yield servers
+    finally:
+        servers.stop()
+
+
+async def test_a_masters_death_never_crashes_the_persist_only_its_keys_fail(
+    own_cluster: RedisCluster, namespace: str
+) -> None:
+    # Leaders on every master renew their leases while one master dies: the
+    # renewals of the others go on, and nothing the client raises reaches the
+    # persist. The dead master's keys fail (a clear error, in time); the rest answer.
+    device = Recorder()
+    backend = RedisBackend(new_client(own_cluster), namespace=namespace, lease_ttl=1, timeout=1)
+    got: dict[int, Any] = {}
+    survived = False
+    try:
+        with trio.fail_after(60):
+            async with (
+                trio_persist.open_persist(device, backend=backend) as persist,
+                trio.open_nursery() as nursery,
+            ):
+
+                async def call(key: int) -> None:
+                    try:
+                        got[key] = await persist.resolve("base", key)
+                    except trio_persist.PersistError as exc:
+                        got[key] = exc
+
+                for key in range(12):  # on every master
+                    nursery.start_soon(call, key)
+                await eventually(lambda: backend.statistics().leading == 12)
+                own_cluster.kill(own_cluster.ports[1])
+                await trio.sleep(2.5)  # more than two TTLs of renewals with a master gone
+                device.release.set()
+                await eventually(lambda: len(got) == 12)
+            survived = True
+    finally:
+        # A crash of the persist reaches this block as a group of cancellations.
+        assert survived, "the persist crashed"
+    answered = [key for key, value in got.items() if value == "done"]
+    failed = [value for value in got.values() if value != "done"]
+    assert 0 < len(answered) < 12
+    assert all(isinstance(value, trio_persist.BackendUnavailable) for value in failed)
+    assert backend.statistics().lost == len(failed)  # only the dead master's leases

@@ -480,12 +480,8 @@ class Leases:
                     self._lose(held)
 
     async def _renew(self, leases: list[Held], ttl_ms: int) -> list[Any]:
-        script = self.link.scripts["renew"]
-        async with self.link.client.pipeline(transaction=False, raise_on_error=False) as pipe:
-            requests = [
-                script(keys=[held.key], args=[held.value, ttl_ms], client=pipe) for held in leases
-            ]
-        return [await request for request in requests]
+        requests = [([held.key], [held.value, ttl_ms]) for held in leases]
+        return await self.link.script_each("renew", requests)
 
     def _lose(self, held: Held) -> None:
         if not held.lost and not held.settling:

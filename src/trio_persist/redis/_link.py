@@ -131,6 +131,12 @@ def open_client(url: str, timeout: float) -> coredis.Redis[bytes]:
     )
 
 
+def _is_cluster(client: Any) -> bool:
+    from coredis import RedisCluster
+
+    return isinstance(client, RedisCluster)
+
+
 def _leaves(error: BaseException) -> Iterator[BaseException]:
     if isinstance(error, BaseExceptionGroup):
         for inner in error.exceptions:
@@ -268,10 +274,19 @@ class Link:
 
     def _failed(self, error: BaseException, what: str) -> Exception | None:
         """The error to raise for a failed step (counted; an outage logged once), or
-        None if *error* is not Redis's."""
-        translated = classify(error, f"{self.where} ({what})")
+        None if *error* is a cancellation or the program exiting.
+
+        Only client code runs inside a step, so any other error is the
+        backend's failure, whatever its type (a client may raise a TypeError
+        of its own when a Cluster node dies): it never reaches the persist.
+        """
+        where = f"{self.where} ({what})"
+        translated = classify(error, where)
         if translated is None:
-            return None
+            leaves = list(_leaves(error))
+            if not leaves or not all(isinstance(leaf, Exception) for leaf in leaves):
+                return None
+            translated = BackendUnavailable(f"{where} failed: {leaves[0]!r}")
         if isinstance(translated, BackendUnavailable):
             self.counters.unavailable += 1
             if not self._down:
@@ -284,6 +299,49 @@ class Link:
     async def script(self, name: str, keys: list[str], args: list[Any]) -> Any:
         """Run the script *name* as one bounded step (see `step`)."""
         return await self.step(name, self.run_script, name, keys, args)
+
+    async def script_each(
+        self, name: str, requests: list[tuple[list[str], list[Any]]]
+    ) -> list[Any]:
+        """Run the script *name* once per ``(keys, args)``: the answers, in order, each
+        the script's reply or the exception it met. Not bounded (callers bound it).
+
+        On one server, one pipeline. On a Cluster, each request on its own
+        (multiplexed): a pipeline fails whole when one master is down, and
+        registering scripts on one would ask every master first.
+        """
+        from coredis.exceptions import NoScriptError
+
+        sha = self.scripts[name].sha
+        if _is_cluster(self.client):
+            answers: list[Any] = [None] * len(requests)
+
+            async def one(index: int, keys: list[str], args: list[Any]) -> None:
+                try:
+                    answers[index] = await self.run_script(name, keys, args)
+                except Exception as exc:
+                    answers[index] = exc
+
+            async with trio.open_nursery() as nursery:
+                for index, (keys, args) in enumerate(requests):
+                    nursery.start_soon(one, index, keys, args)
+            return answers
+        try:
+            return await self._pipeline(sha, requests)
+        except NoScriptError:  # a server that forgot the script (restarted): load it
+            await self.client.script_load(self.scripts[name].script)
+            return await self._pipeline(sha, requests)
+
+    async def _pipeline(self, sha: str, requests: list[tuple[list[str], list[Any]]]) -> list[Any]:
+        from coredis.exceptions import NoScriptError
+
+        async with self.client.pipeline(transaction=False, raise_on_error=False) as pipe:
+            pending = [pipe.evalsha(sha, keys=keys, args=args) for keys, args in requests]
+        answers = [await request for request in pending]
+        for answer in answers:
+            if isinstance(answer, NoScriptError):
+                raise answer
+        return answers
 
     async def run_script(self, name: str, keys: list[str], args: list[Any]) -> Any:
         """Run the script *name* once, unbounded and uncounted (callers bound it)."""
@@ -400,10 +458,9 @@ class Subscriber:
             except BaseException as exc:
                 # A dropped connection, or coredis tearing down under cancellation
                 # (then the checkpoint below raises our own Cancelled).
-                allowed: tuple[type[BaseException], ...] = (
-                    trio.Cancelled,
-                    *_connection_errors(),
-                )
+                # Whatever the client raises is a drop: only an exit of the
+                # program (KeyboardInterrupt, SystemExit) goes through.
+                allowed = (trio.Cancelled, Exception)
                 if not all(isinstance(leaf, allowed) for leaf in _leaves(exc)):
                     raise
                 failure = exc
