@@ -138,7 +138,7 @@ async def test_with_fallback_local_waiting_followers_execute_locally_when_redis_
     try:
         device = Recorder("value")
         options: dict[str, Any] = {"namespace": namespace, "timeout": 0.5, "lease_ttl": 0.6}
-        leader = RedisBackend(server.url, **options)
+        leader = RedisBackend(server.url, fallback="local", **options)
         follower = RedisBackend(server.url, fallback="local", **options)
         with trio.fail_after(20):
             async with open_pair(leader, follower, device) as pair:
@@ -149,7 +149,7 @@ async def test_with_fallback_local_waiting_followers_execute_locally_when_redis_
                 await eventually(lambda: len(pair.got) == 2)
     finally:
         server.stop()
-    assert pair.got == ["value", "value"]
+    assert pair.got == ["value", "value"]  # the leader's uncommitted value: a local one
     assert device.calls == 2  # the leader, and the follower's local execution
 
 
@@ -227,6 +227,46 @@ async def test_a_stalled_process_loses_its_lease_and_never_answers_a_stale_value
     [answer] = got
     assert answer == "fresh" or isinstance(answer, trio_persist.BackendUnavailable)
     assert os.getpid()  # one process plays both sides: the proxy splits their networks
+
+
+async def test_a_partitioned_leader_whose_device_returns_first_never_hands_out_its_value(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    # Cut off, its device returns before it notices the lease is gone; its commit
+    # cannot get through while another process takes over and commits. Its
+    # callers get the winner's value or a clear error, never a second value.
+    proxy = FaultProxy(redis_server.port)
+    first_device, second_device = Recorder("stale"), Recorder("fresh")
+    second_device.release.set()
+    options: dict[str, Any] = {"namespace": namespace, "timeout": 0.5, "lease_ttl": 0.6}
+    got: list[Any] = []
+    with trio.fail_after(30):
+        async with trio.open_nursery() as outer:
+            await outer.start(proxy.serve)
+            cut_off = RedisBackend(proxy.url, **options)
+            healthy = RedisBackend(redis_server.url, **options)
+            async with (
+                trio_persist.open_persist(first_device, backend=cut_off) as a,
+                trio_persist.open_persist(second_device, backend=healthy) as b,
+                trio.open_nursery() as nursery,
+            ):
+
+                async def call() -> None:
+                    try:
+                        got.append(await a.resolve("base", "r"))
+                    except trio_persist.BackendUnavailable as exc:
+                        got.append(exc)
+
+                nursery.start_soon(call)
+                await eventually(lambda: cut_off.statistics().leading == 1)
+                proxy.stall()  # a partition
+                first_device.release.set()  # returns at once: its commit is stuck
+                assert await b.resolve("base", "r") == "fresh"  # took over after the TTL
+                await eventually(lambda: len(got) == 1)
+                proxy.resume()
+            outer.cancel_scope.cancel()
+    [answer] = got
+    assert answer == "fresh" or isinstance(answer, trio_persist.BackendUnavailable), answer
 
 
 async def test_only_a_commit_someone_follows_is_published(redis_url: str, namespace: str) -> None:
@@ -316,6 +356,43 @@ async def test_a_paused_redis_gives_a_clear_error_within_the_timeout_then_recove
                 assert await persist.resolve("base", 3) == "done"
     finally:
         server.stop()
+
+
+async def test_a_leader_whose_commit_cannot_reach_redis_answers_within_one_timeout(
+    namespace: str,
+) -> None:
+    # The commit's timeout is the bound: dropping the lease happens afterwards,
+    # in the background, not before the callers hear.
+    server = RedisServer()
+    server.start()
+    device = Recorder()
+    backend = RedisBackend(server.url, namespace=namespace, timeout=1.0, lease_ttl=3)
+    try:
+        async with (
+            trio_persist.open_persist(device, backend=backend) as persist,
+            trio.open_nursery() as nursery,
+        ):
+            got: list[Any] = []
+
+            async def call() -> None:
+                try:
+                    got.append(await persist.resolve("base", "r"))
+                except trio_persist.BackendUnavailable as exc:
+                    got.append(exc)
+
+            nursery.start_soon(call)
+            await eventually(lambda: backend.statistics().leading == 1)
+            assert server.process is not None
+            server.process.send_signal(signal.SIGSTOP)
+            try:
+                device.release.set()
+                with trio.fail_after(1.6):  # one timeout (1 s), not two
+                    await eventually(lambda: len(got) == 1)
+            finally:
+                server.process.send_signal(signal.SIGCONT)
+    finally:
+        server.stop()
+    assert isinstance(got[0], trio_persist.BackendUnavailable)
 
 
 class Crash(BaseException):

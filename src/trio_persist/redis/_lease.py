@@ -198,6 +198,7 @@ class Leases:
     log: Throttle = attrs.Factory(Throttle)
     """Events that can repeat at the rate of requests (garbage, faults), throttled."""
     _unled: trio.Event | None = None  # set once nothing leads (while closing)
+    _nursery: trio.Nursery | None = None  # for background work (releases), while serving
 
     @property
     def result_ttl(self) -> float:
@@ -214,10 +215,12 @@ class Leases:
         """
         try:
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 await nursery.start(self.subscriber.run, self.link.client)
                 nursery.start_soon(self._renew_forever)
                 task_status.started()
         finally:
+            self._nursery = None
             self.log.flush()
 
     async def wait_unled(self) -> None:
@@ -367,9 +370,10 @@ class Leases:
                 return Again(lead.token)
             try:
                 verdict = await self.commit(call.keys, held, payload, linger)
-            except (BackendUnavailable, CorruptResult):
-                # Our callers have their outcome; followers look again and take over.
-                return answer
+            except (BackendUnavailable, CorruptResult) as exc:
+                settled = True  # dropped in the background: our callers wait no longer
+                self._release_soon(call.keys, held)
+                return self._uncommitted(answer, exc)
             settled = True
             return self._after_commit(call, held, answer, verdict)
         finally:
@@ -443,6 +447,23 @@ class Leases:
         if isinstance(verdict, Follow):
             return Again(verdict.token)
         return answer  # no winner to answer with: ours is the only outcome
+
+    def _uncommitted(self, answer: Answer, failure: Exception) -> Answer:
+        """What the callers of an execution whose commit failed get: a clear error,
+        since another process may execute the round meanwhile (with
+        ``fallback="local"``, the value: a local execution's, as documented)."""
+        if self.fallback == "local":
+            return answer
+        error = BackendUnavailable(
+            f"{failure}; the execution's outcome could not be committed, so it is not "
+            "handed out (another process may execute this round)"
+        )
+        error.__cause__ = failure
+        return Answer(False, error)
+
+    def _release_soon(self, keys: Keys, held: Held) -> None:
+        if self._nursery is not None:  # else the lease expires by itself
+            self._nursery.start_soon(self._release, keys, held)
 
     async def _release(self, keys: Keys, held: Held) -> None:
         with trio.CancelScope(shield=True), contextlib.suppress(Exception):
