@@ -7,6 +7,7 @@ by a TCP proxy, leaders cancelled. Every wait is bounded by ``fail_after``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -90,6 +91,53 @@ async def test_a_lease_is_renewed_while_a_long_execution_runs(
     assert pair.got == ["slow", "slow"]
     assert follower.statistics().led == 0  # never took over: the lease held
     assert leader.statistics().lost == 0
+
+
+@pytest.mark.parametrize("acquired_during_a_renewal", [False, True])
+async def test_a_leader_keeps_its_lease_through_round_trips_up_to_two_thirds_of_its_ttl(
+    redis_server: RedisServer, namespace: str, acquired_during_a_renewal: bool
+) -> None:
+    # Each lease is renewed a third of a TTL after its last renewal was sent: an
+    # answer within two thirds of the TTL (and the timeout) always comes in time.
+    # Here 0.8 s round trips, a 2 s TTL (bound 1.33 s) and a device of 4 s; a
+    # lease may also be acquired while the others' renewals are on their way.
+    async def slow(base: Any, request: Any) -> Any:
+        await trio.sleep(2 if request.startswith("warm-up") else 4)
+        return request
+
+    proxy = FaultProxy(redis_server.port)
+    # A new connection needs four round trips before its first answer: the
+    # timeout leaves room for one (the bound is still 2/3 of the TTL).
+    options: dict[str, Any] = {"namespace": namespace, "lease_ttl": 2, "timeout": 4}
+    with trio.fail_after(30):
+        async with trio.open_nursery() as outer:
+            await outer.start(proxy.serve)
+            distant = RedisBackend(proxy.url, heartbeat=None, **options)
+            watcher = RedisBackend(redis_server.url, **options)  # would take over a lost lease
+            async with open_pair(distant, watcher, slow) as pair:
+                proxy.delay = 0.4  # each way
+
+                # The same calls once, to set up each connection they need (a new
+                # one takes four round trips: its leases may be lost meanwhile).
+                async def warm_up(request: str) -> None:
+                    with contextlib.suppress(trio_persist.PersistError):
+                        await pair.a.resolve("base", request)
+
+                async with trio.open_nursery() as warming:
+                    warming.start_soon(warm_up, "warm-up 1")
+                    await trio.sleep(1.5)  # its renewals are on their way
+                    warming.start_soon(warm_up, "warm-up 2")
+                warm = distant.statistics().lost
+                await pair.lead("first")
+                if acquired_during_a_renewal:  # at every phase of the renewals
+                    for n in range(6):
+                        await trio.sleep(0.23)
+                        pair.nursery.start_soon(pair.a.resolve, "base", f"more {n}")
+                await pair.follow("first")
+            outer.cancel_scope.cancel()
+    assert distant.statistics().lost == warm
+    assert watcher.statistics().takeovers == 0
+    assert pair.got == ["first", "first"]
 
 
 async def test_a_lost_lease_cancels_its_execution_and_its_callers_get_the_new_leaders_result(

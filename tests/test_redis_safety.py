@@ -77,7 +77,7 @@ async def test_a_stale_commit_after_a_restart_is_refused_and_answered_with_the_n
             await control.delete([names.lease, names.fence])
             new = await b.acquire(call_for(b, "key"))
             assert isinstance(new, Lead)
-            stale = Held(names.lease, old.value, old.token, trio.CancelScope(), 0.0)
+            stale = Held(names.lease, old.value, old.token, trio.CancelScope(), 0.0, 0.0)
             payload = Seal(namespace).wrap(
                 names.result, old.token, {"ok": True, "codec": "json", "value": 1}
             )

@@ -7,9 +7,10 @@ fencing token), `Follow` (another process leads: wait for its outcome) or
 the flight's callers, or says why to go round again: the leader we followed
 `Vanished`, or our own lease passed on (`Again`).
 
-Leases held now are renewed together by one loop (`Leases.serve`): a task per
-flight would cost more than the flight's own bookkeeping. A lease found taken,
-or left unrenewed for a whole TTL, cancels its execution.
+Leases held now are renewed by one loop (`._renewal`), each on its own
+schedule and in batches: a task per flight would cost more than the flight's
+own bookkeeping. A lease found taken, or whose expiry passes without a
+confirmed renewal, cancels its execution.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from .._codec import ABANDONED, Seal, decode_outcome, encode_error, encode_value
 from .._exceptions import BackendUnavailable, CorruptResult, LeaderDied
 from .._logging import Throttle
 from ._link import Counters, Link, Subscriber, Watch
+from ._renewal import Held, Renewer
 from ._scripts import ACQUIRE, COMMIT, PEEK, RELEASE, RENEW, Keys
 
 __all__ = [
@@ -107,10 +109,12 @@ class Again:
 
 @attrs.frozen
 class Lead:
-    """We lead, with fencing token *token*; *value* is our lease (``"<id>:<token>"``)."""
+    """We lead, with fencing token *token*; *value* is our lease (``"<id>:<token>"``),
+    acquired by a command sent at *sent* (our clock)."""
 
     token: int
     value: str
+    sent: float = 0.0
 
 
 @attrs.frozen
@@ -154,21 +158,6 @@ class Call:
     """Whether a lingering success may answer (not after one was found unusable)."""
 
 
-@attrs.define(eq=False)
-class Held:
-    """A lease this process holds now, renewed with the others."""
-
-    key: str
-    value: str
-    token: int
-    scope: trio.CancelScope
-    renewed: float
-    lost: bool = False
-    settling: bool = False
-    """The device has returned: a renewal finding the lease gone raced the commit,
-    which settles the lease itself (nothing to cancel, nothing to report)."""
-
-
 class _Undecodable(CorruptResult):
     """A result that was read but cannot be trusted: never a reason to run locally."""
 
@@ -194,11 +183,14 @@ class Leases:
     lease_ttl: float
     fallback: str = "error"
     max_takeovers: int = 3
-    held: dict[str, Held] = attrs.Factory(dict)
     log: Throttle = attrs.Factory(Throttle)
     """Events that can repeat at the rate of requests (garbage, faults), throttled."""
+    renewer: Renewer = attrs.field(init=False)
     _unled: trio.Event | None = None  # set once nothing leads (while closing)
     _nursery: trio.Nursery | None = None  # for background work (releases), while serving
+
+    def __attrs_post_init__(self) -> None:
+        self.renewer = Renewer(self.link, self.lease_ttl, self.counters, self.log)
 
     @property
     def result_ttl(self) -> float:
@@ -217,7 +209,7 @@ class Leases:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 await nursery.start(self.subscriber.run, self.link.client)
-                nursery.start_soon(self._renew_forever)
+                nursery.start_soon(self.renewer.run)
                 task_status.started()
         finally:
             self._nursery = None
@@ -287,6 +279,7 @@ class Leases:
         """Lead *call*'s key, or learn who does (one script, one round trip)."""
         keys = call.keys
         lease_id = secrets.token_hex(16)
+        sent = trio.current_time()
         reply = await self.link.script(
             "acquire",
             [keys.lease, keys.fence, keys.linger, keys.result, keys.waiting],
@@ -309,7 +302,7 @@ class Leases:
             self.log.log(
                 logging.WARNING, "malformed lease", "replaced a malformed lease at %s", keys.lease
             )
-        return Lead(token, f"{lease_id}:{token}")
+        return Lead(token, f"{lease_id}:{token}", sent)
 
     def _lingering(self, call: Call, found: Found) -> Answer | None:
         """The success a lingering entry holds; None (counted) if it holds anything
@@ -357,9 +350,7 @@ class Leases:
         """
         self.counters.led += 1
         self.counters.leading += 1
-        now = trio.current_time()
-        held = Held(call.keys.lease, lead.value, lead.token, trio.CancelScope(), now)
-        self.held[held.value] = held
+        held = self.renewer.hold(call.keys.lease, lead.value, lead.token, lead.sent)
         settled = False
         reset = _token.set(lead.token)
         try:
@@ -378,7 +369,7 @@ class Leases:
             return self._after_commit(call, held, answer, verdict)
         finally:
             _token.reset(reset)
-            del self.held[held.value]
+            self.renewer.drop(held)
             if not settled:
                 await self._release(call.keys, held)
             self.counters.leading -= 1
@@ -477,45 +468,6 @@ class Leases:
                     "0",
                 ],
             )
-
-    # -- renewal -------------------------------------------------------------------
-
-    async def _renew_forever(self) -> None:
-        """Every third of the TTL, renew every lease held now in one pipeline; cancel
-        the executions whose lease is lost (or unrenewed for a whole TTL)."""
-        ttl_ms = int(self.lease_ttl * 1000)
-        while True:
-            await trio.sleep(self.lease_ttl / 3)
-            leases = list(self.held.values())
-            if not leases:
-                continue
-            try:
-                answers = await self.link.step("renewing leases", self._renew, leases, ttl_ms)
-            except (BackendUnavailable, CorruptResult):
-                answers = None
-            now = trio.current_time()
-            for held, answer in zip(leases, answers or [None] * len(leases), strict=True):
-                if answer == 1:
-                    held.renewed = now
-                elif answer == 0 or now - held.renewed >= self.lease_ttl:
-                    self._lose(held)
-
-    async def _renew(self, leases: list[Held], ttl_ms: int) -> list[Any]:
-        requests = [([held.key], [held.value, ttl_ms]) for held in leases]
-        return await self.link.script_each("renew", requests)
-
-    def _lose(self, held: Held) -> None:
-        if not held.lost and not held.settling:
-            held.lost = True
-            self.counters.lost += 1
-            self.log.log(
-                logging.WARNING,
-                "lost lease",
-                "lost the lease of %s (token %d): cancelling its execution",
-                held.key,
-                held.token,
-            )
-            held.scope.cancel()
 
     # -- following -----------------------------------------------------------------
 

@@ -236,6 +236,7 @@ class Link:
     client: Any = None
     scripts: dict[str, Any] = attrs.Factory(dict)
     _down: bool = False
+    _pipelining: bool = False
 
     def attach(self, client: Any, sources: dict[str, str]) -> None:
         """Use *client* from now on, with the Lua scripts *sources* (name: source)."""
@@ -306,14 +307,17 @@ class Link:
         """Run the script *name* once per ``(keys, args)``: the answers, in order, each
         the script's reply or the exception it met. Not bounded (callers bound it).
 
-        On one server, one pipeline. On a Cluster, each request on its own
-        (multiplexed): a pipeline fails whole when one master is down, and
-        registering scripts on one would ask every master first.
+        On one server, one pipeline, unless one is on its way already (a
+        pipeline holds a connection of its own: a second one would open another,
+        which costs round trips). On a Cluster, and meanwhile, each request on
+        its own, multiplexed with the other commands: a Cluster pipeline fails
+        whole when one master is down, and registering scripts on one would ask
+        every master first.
         """
         from coredis.exceptions import NoScriptError
 
         sha = self.scripts[name].sha
-        if _is_cluster(self.client):
+        if self._pipelining or _is_cluster(self.client):
             answers: list[Any] = [None] * len(requests)
 
             async def one(index: int, keys: list[str], args: list[Any]) -> None:
@@ -326,11 +330,15 @@ class Link:
                 for index, (keys, args) in enumerate(requests):
                     nursery.start_soon(one, index, keys, args)
             return answers
+        self._pipelining = True
         try:
-            return await self._pipeline(sha, requests)
-        except NoScriptError:  # a server that forgot the script (restarted): load it
-            await self.client.script_load(self.scripts[name].script)
-            return await self._pipeline(sha, requests)
+            try:
+                return await self._pipeline(sha, requests)
+            except NoScriptError:  # a server that forgot the script (restarted): load it
+                await self.client.script_load(self.scripts[name].script)
+                return await self._pipeline(sha, requests)
+        finally:
+            self._pipelining = False
 
     async def _pipeline(self, sha: str, requests: list[tuple[list[str], list[Any]]]) -> list[Any]:
         from coredis.exceptions import NoScriptError
