@@ -341,8 +341,9 @@ async def test_garbage_unsigned_or_tampered_results_are_refused(
             key = backend.key_of(persist.group("base", "req"), "req", True)
             assert key is not None
             async with planted(redis_url, namespace, key, payload):
-                with pytest.raises(trio_persist.CorruptResult, match=message):
+                with pytest.raises(trio_persist.CorruptResult, match=message) as caught:
                     await persist.resolve("base", "req")
+    assert type(caught.value) is trio_persist.CorruptResult  # the public type itself
 
 
 async def test_a_json_backend_refuses_a_pickled_result(redis_url: str, namespace: str) -> None:

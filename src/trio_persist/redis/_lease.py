@@ -233,8 +233,10 @@ class Leases:
             while True:
                 try:
                     outcome = await self.round(call)
+                except _Undecodable as exc:
+                    raise CorruptResult(str(exc)) from None  # the public type, never ours
                 except (BackendUnavailable, CorruptResult) as exc:
-                    if self.fallback != "local" or isinstance(exc, _Undecodable):
+                    if self.fallback != "local":
                         raise
                     self.log.log(
                         logging.INFO, "local execution", "executing %s locally: %s", key, exc
