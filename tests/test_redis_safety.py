@@ -399,6 +399,20 @@ async def test_rediss_refuses_a_certificate_for_another_host_and_says_why(
             assert await persist.resolve("base", "r") == "over tls"
 
 
+async def test_rediss_with_certificate_checks_turned_off_connects_and_says_so(
+    tls_front: tuple[int, Path], namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    port, _ = tls_front
+    device = Recorder("unchecked")
+    device.release.set()
+    url = f"rediss://127.0.0.1:{port}/0?ssl_cert_reqs=none"
+    backend = RedisBackend(url, namespace=namespace, timeout=2)
+    with trio.fail_after(20):
+        async with trio_persist.open_persist(device, backend=backend) as persist:
+            assert await persist.resolve("base", "r") == "unchecked"
+    assert any("certificate is not checked" in r.getMessage() for r in caplog.records)
+
+
 async def test_a_follower_never_answers_with_an_older_rounds_result(
     redis_url: str, namespace: str
 ) -> None:

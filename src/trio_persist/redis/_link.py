@@ -111,6 +111,14 @@ def secure_url(url: str) -> str:
         return url
     query = dict(urllib.parse.parse_qsl(parts.query, keep_blank_values=True))
     query.setdefault("ssl_cert_reqs", "required")
+    if query["ssl_cert_reqs"].lower() != "required":
+        # An explicit choice, respected (a hostname cannot be checked without a
+        # certificate), and said: anyone on the path can then read and forge.
+        logger.warning(
+            "rediss:// with ssl_cert_reqs=%s: the server's certificate is not checked",
+            query["ssl_cert_reqs"],
+        )
+        query.setdefault("ssl_check_hostname", "false")
     query.setdefault("ssl_check_hostname", "true")
     scheme, netloc, path, _, fragment = parts
     return urllib.parse.urlunsplit((scheme, netloc, path, urllib.parse.urlencode(query), fragment))
