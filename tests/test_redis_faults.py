@@ -722,3 +722,73 @@ async def test_a_call_survives_exactly_max_takeovers_vanished_leaders_then_gets_
     assert f"vanished {max_takeovers + 1} times" in str(error)
     assert device.calls == 0
     assert backend.statistics().round_trips == max_takeovers + 1
+
+
+async def test_past_max_pending_starting_calls_another_is_refused_in_time_and_all_recover(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    # Two acquires hang on a stalled link; the third call waits half the
+    # timeout for one of them, then is refused (not run locally: that would
+    # add load), and once the link answers again so do calls.
+    device = Recorder("ok")
+    device.release.set()
+    proxy = FaultProxy(redis_server.port)
+    got: list[Any] = []
+    with trio.fail_after(30):
+        async with trio.open_nursery() as outer:
+            await outer.start(proxy.serve)
+            backend = RedisBackend(
+                proxy.url, namespace=namespace, timeout=2, max_pending=2, fallback="local"
+            )
+            async with (
+                trio_persist.open_persist(device, backend=backend) as persist,
+                trio.open_nursery() as nursery,
+            ):
+                assert await persist.resolve("base", "warm") == "ok"
+                proxy.stall()
+
+                async def call(request: str) -> None:
+                    got.append(await persist.resolve("base", request))
+
+                for request in ("a", "b"):
+                    nursery.start_soon(call, request)
+                await eventually(lambda: backend.statistics().round_trips == 2 + 2)
+                with trio.fail_after(1.5):  # after 1 s, not the 2 s timeout
+                    with pytest.raises(trio_persist.BackendUnavailable, match="max_pending"):
+                        await persist.resolve("base", "c")
+                proxy.resume()
+                await eventually(lambda: len(got) == 2)
+                assert await persist.resolve("base", "c") == "ok"
+            outer.cancel_scope.cancel()
+    assert sorted(got) == ["ok", "ok"]
+    assert backend.statistics().rejected == 1
+    assert device.calls == 4  # warm, a, b, c: nothing ran locally
+
+
+async def test_followers_ride_out_a_redis_restart_shorter_than_their_bound(
+    namespace: str, tmp_path: Path
+) -> None:
+    # Their subscription drops and their look finds the port closed for a moment:
+    # they look again within the timeout, and get the leader's value.
+    server = RedisServer(data_dir=tmp_path)
+    server.start()
+    try:
+        device = Recorder("once")
+        options: dict[str, Any] = {"namespace": namespace, "timeout": 2.0, "lease_ttl": 3}
+        leader = RedisBackend(server.url, **options)
+        follower = RedisBackend(server.url, **options)
+        with trio.fail_after(30):
+            async with open_pair(leader, follower, device) as pair:
+                await pair.lead()
+                await pair.follow(callers=3)
+                assert server.process is not None
+                server.process.send_signal(signal.SIGKILL)
+                server.process.wait()
+                server.process = None
+                await trio.sleep(0.3)  # down for a moment: their looks find it closed
+                server.start()  # back, from its append-only file
+                device.release.set()
+        assert pair.got == ["once"] * 4
+        assert device.calls == 1
+    finally:
+        server.stop()

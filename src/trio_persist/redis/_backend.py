@@ -56,6 +56,9 @@ class RedisBackendStatistics:
     subscribed: bool = False
     """Whether the subscription that hears publications is up now (followers poll
     while it is not)."""
+    rejected: int = 0
+    """Calls refused because ``max_pending`` others were starting on Redis for
+    ``timeout / 2`` (each got `~trio_persist.BackendUnavailable`)."""
 
 
 _MAX_KEY = 200
@@ -89,6 +92,12 @@ class RedisBackend:
             when Redis cannot be used; ``"local"``: execute locally instead.
         max_takeovers: How many vanished leaders one call survives before
             `~trio_persist.LeaderDied`.
+        max_pending: How many calls may be starting on Redis at once (their
+            acquire in progress); another waits at most ``timeout / 2`` for
+            one of them to finish, then gets `~trio_persist.BackendUnavailable`
+            (counted in ``rejected``), whatever ``fallback`` says: past
+            saturation the backend sheds load instead of letting every caller
+            time out, and recovers at once.
         heartbeat: Seconds between cluster heartbeats (a node record lives
             three of them); None writes none (the process is not in the
             cluster view).
@@ -102,6 +111,7 @@ class RedisBackend:
     fallback: str = "error"
     max_takeovers: int = 3
     heartbeat: float | None = 1.0
+    max_pending: int = 128
     _node: str = attrs.field(init=False)
     _counters: Counters = attrs.field(factory=Counters, init=False)
     _link: Link = attrs.field(init=False)
@@ -119,6 +129,10 @@ class RedisBackend:
                 raise TypeError(f"{name} must be a number of seconds, got {type(value).__name__}")
             if not value > 0 or math.isinf(value):
                 raise ValueError(f"{name} must be a finite number of seconds > 0, got {value!r}")
+        if isinstance(self.max_pending, bool) or not isinstance(self.max_pending, int):
+            raise TypeError(f"max_pending must be an int, got {type(self.max_pending).__name__}")
+        if self.max_pending < 1:
+            raise ValueError(f"max_pending must be at least 1, got {self.max_pending}")
         if self.fallback not in ("error", "local"):
             raise ValueError(f"fallback must be 'error' or 'local', got {self.fallback!r}")
         if self.signing_key is not None:
@@ -126,7 +140,7 @@ class RedisBackend:
         if self.namespace is not None:
             _check_namespace(self.namespace)
         self._node = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._link = Link(where, self.timeout, self._counters)
+        self._link = Link(where, self.timeout, self._counters, max_pending=self.max_pending)
         self._bind(self.namespace or "trio-persist")
 
     def _bind(self, namespace: str) -> None:

@@ -29,7 +29,7 @@ import trio
 from .._codec import ABANDONED, Seal, decode_outcome, encode_error, encode_value
 from .._exceptions import BackendUnavailable, CorruptResult, LeaderDied
 from .._logging import Throttle
-from ._link import Counters, Link, Subscriber, Watch
+from ._link import Counters, Link, Overloaded, Subscriber, Watch
 from ._renewal import Held, Renewer
 from ._scripts import ACQUIRE, COMMIT, PEEK, RELEASE, RENEW, Keys
 
@@ -235,6 +235,8 @@ class Leases:
                     outcome = await self.round(call)
                 except _Undecodable as exc:
                     raise CorruptResult(str(exc)) from None  # the public type, never ours
+                except Overloaded as exc:
+                    raise BackendUnavailable(str(exc)) from None  # shed: never run here
                 except (BackendUnavailable, CorruptResult) as exc:
                     if self.fallback != "local":
                         raise
@@ -292,6 +294,7 @@ class Leases:
                 lease_id,
                 int(self.result_ttl * 1000) + int(self.lease_ttl * 1000),
             ],
+            admit=not (call.vanished or call.vanished_token),  # new work only
         )
         kind = _text(reply[0])
         if kind in ("r", "g"):

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Counters",
     "Link",
+    "Overloaded",
     "Subscriber",
     "Watch",
     "check_url",
@@ -199,6 +200,24 @@ def classify(error: BaseException, where: str) -> Exception | None:
     return None
 
 
+class Overloaded(BackendUnavailable):
+    """A step refused because too many are in progress: never a reason to run locally."""
+
+
+def _drops() -> tuple[type[Exception], ...]:
+    """Errors of a connection that broke (as opposed to one that is slow)."""
+    import anyio
+    from coredis.exceptions import ConnectionError as RedisConnectionError
+
+    return (
+        RedisConnectionError,
+        OSError,
+        anyio.ClosedResourceError,
+        anyio.BrokenResourceError,
+        anyio.EndOfStream,
+    )
+
+
 def _connection_errors() -> tuple[type[BaseException], ...]:
     import anyio
     from coredis.exceptions import RedisError
@@ -228,6 +247,7 @@ class Counters:
     round_trips: int = 0
     leading: int = 0
     following: int = 0
+    rejected: int = 0
 
 
 @attrs.define(eq=False)
@@ -243,8 +263,15 @@ class Link:
     counters: Counters
     client: Any = None
     scripts: dict[str, Any] = attrs.Factory(dict)
+    max_pending: int = 128
+    pending: int = 0
+    """Steps in progress now."""
+    _slots: trio.Semaphore = attrs.field(init=False)
     _down: bool = False
     _pipelining: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        self._slots = trio.Semaphore(self.max_pending)
 
     def attach(self, client: Any, sources: dict[str, str]) -> None:
         """Use *client* from now on, with the Lua scripts *sources* (name: source)."""
@@ -253,33 +280,70 @@ class Link:
         self.scripts = {name: Script(script=source) for name, source in sources.items()}
         self.client = client
 
-    async def step(self, what: str, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+    async def step(
+        self, what: str, fn: Callable[..., Awaitable[Any]], *args: Any, admit: bool = False
+    ) -> Any:
         """Run one Redis step under the deadline; failures become clear errors.
 
-        A step whose connection broke is tried once more within the same
-        deadline (a pooled connection may have died with a server restart):
-        every script is idempotent, so a repeat never acts twice.
+        A connection that breaks (a server restarting, a pooled connection that
+        died) is tried again within the same deadline, at once and then every
+        few milliseconds, unless Redis is known to be down (then once): every
+        script is idempotent, so a repeat never acts twice.
+
+        With *admit* (new work), the step first takes one of ``max_pending``
+        slots, waiting at most half the timeout for one (in arrival order);
+        if none frees, it is refused with `BackendUnavailable` (counted in
+        ``rejected``): past saturation the backend sheds load instead of
+        queueing it until every caller times out, and recovers at once.
         """
         if self.client is None:
             raise BackendUnavailable(f"{self.where}: the backend is not running")
-        from coredis.exceptions import ConnectionError as RedisConnectionError
-
+        if admit:
+            await self._admit(what)
         self.counters.round_trips += 1
+        self.pending += 1
         try:
             with trio.fail_after(self.timeout):
-                try:
-                    answer = await fn(*args)
-                except RedisConnectionError:
-                    answer = await fn(*args)
+                answer = await self._attempt(fn, args, trio.current_time() + self.timeout)
         except BaseException as exc:
             translated = self._failed(exc, what)
             if translated is None:
                 raise
             raise translated from None
+        finally:
+            self.pending -= 1
+            if admit:
+                self._slots.release()
         if self._down:
             self._down = False
             logger.warning("%s answers again", self.where)
         return answer
+
+    async def _admit(self, what: str) -> None:
+        try:
+            self._slots.acquire_nowait()
+        except trio.WouldBlock:
+            with trio.move_on_after(self.timeout / 2):
+                await self._slots.acquire()
+                return
+            self.counters.rejected += 1
+            raise Overloaded(
+                f"{self.where} ({what}): {self.max_pending} Redis operations in progress "
+                f"(max_pending) for {self.timeout / 2:g} s: refused"
+            ) from None
+
+    async def _attempt(
+        self, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...], deadline: float
+    ) -> Any:
+        pause = 0.0
+        while True:
+            try:
+                return await fn(*args)
+            except _drops() as exc:
+                if (self._down and pause) or trio.current_time() + pause >= deadline:
+                    raise exc from None
+            await trio.sleep(pause)
+            pause = min(max(2 * pause, 0.005), 0.1)
 
     def _failed(self, error: BaseException, what: str) -> Exception | None:
         """The error to raise for a failed step (counted; an outage logged once), or
@@ -305,9 +369,11 @@ class Link:
             self.counters.corrupt += 1
         return translated
 
-    async def script(self, name: str, keys: list[str], args: list[Any]) -> Any:
+    async def script(
+        self, name: str, keys: list[str], args: list[Any], *, admit: bool = False
+    ) -> Any:
         """Run the script *name* as one bounded step (see `step`)."""
-        return await self.step(name, self.run_script, name, keys, args)
+        return await self.step(name, self.run_script, name, keys, args, admit=admit)
 
     async def script_each(
         self, name: str, requests: list[tuple[list[str], list[Any]]]
