@@ -792,3 +792,33 @@ async def test_followers_ride_out_a_redis_restart_shorter_than_their_bound(
         assert device.calls == 1
     finally:
         server.stop()
+
+
+async def test_an_acquire_that_reaches_redis_after_its_timeout_leaves_no_orphan_lease(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    # The request is on its way when the caller gives up; it takes the lease
+    # later. Nobody would renew or release that lease: every caller of the key
+    # would wait its whole TTL. The backend looks for it, and drops it.
+    device = Recorder("done")
+    device.release.set()
+    proxy = FaultProxy(redis_server.port)
+    options: dict[str, Any] = {"namespace": namespace, "lease_ttl": 10}
+    with trio.fail_after(30):
+        async with trio.open_nursery() as outer:
+            await outer.start(proxy.serve)
+            slow = RedisBackend(proxy.url, timeout=0.5, **options)
+            other = RedisBackend(redis_server.url, **options)
+            async with (
+                trio_persist.open_persist(device, backend=slow) as a,
+                trio_persist.open_persist(device, backend=other) as b,
+            ):
+                assert await a.resolve("base", "warm") == "done"
+                proxy.delay = 0.4  # a round trip of 0.8 s: past the timeout
+                with pytest.raises(trio_persist.BackendUnavailable, match="in time"):
+                    await a.resolve("base", "r")
+                await trio.sleep(0.5)  # it reached Redis meanwhile
+                proxy.delay = 0
+                with trio.fail_after(3):  # not the 10 s the orphan would live
+                    assert await b.resolve("base", "r") == "done"
+            outer.cancel_scope.cancel()

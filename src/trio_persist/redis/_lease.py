@@ -284,18 +284,26 @@ class Leases:
         keys = call.keys
         lease_id = secrets.token_hex(16)
         sent = trio.current_time()
-        reply = await self.link.script(
-            "acquire",
-            [keys.lease, keys.fence, keys.linger, keys.result, keys.waiting],
-            [
-                int(self.lease_ttl * 1000),
-                _ms(call.linger) if call.read_linger else 0,
-                call.vanished_token,
-                lease_id,
-                int(self.result_ttl * 1000) + int(self.lease_ttl * 1000),
-            ],
-            admit=not (call.vanished or call.vanished_token),  # new work only
-        )
+        try:
+            reply = await self.link.script(
+                "acquire",
+                [keys.lease, keys.fence, keys.linger, keys.result, keys.waiting],
+                [
+                    int(self.lease_ttl * 1000),
+                    _ms(call.linger) if call.read_linger else 0,
+                    call.vanished_token,
+                    lease_id,
+                    int(self.result_ttl * 1000) + int(self.lease_ttl * 1000),
+                ],
+                admit=not (call.vanished or call.vanished_token),  # new work only
+            )
+        except Overloaded:
+            raise  # never sent
+        except BaseException:
+            # Unanswered (timed out, broken, cancelled): it may still reach Redis
+            # and take the lease, which nobody would renew or release.
+            self._soon(self._drop_orphan, keys, lease_id, sent)
+            raise
         kind = _text(reply[0])
         if kind in ("r", "g"):
             return Found(reply[1], lingering=kind == "g")
@@ -376,7 +384,7 @@ class Leases:
             _token.reset(reset)
             self.renewer.drop(held)
             if not settled:
-                await self._release(call.keys, held)
+                await self._release(call.keys, held.value, held.token)
             self.counters.leading -= 1
             if not self.counters.leading and self._unled is not None:
                 self._unled.set()
@@ -457,22 +465,45 @@ class Leases:
         error.__cause__ = failure
         return Answer(False, error)
 
-    def _release_soon(self, keys: Keys, held: Held) -> None:
-        if self._nursery is not None:  # else the lease expires by itself
-            self._nursery.start_soon(self._release, keys, held)
+    def _soon(self, work: Callable[..., Awaitable[None]], *args: Any) -> None:
+        """Run *work* in the background while serving (else a lease expires by itself)."""
+        if self._nursery is not None:
+            self._nursery.start_soon(work, *args)
 
-    async def _release(self, keys: Keys, held: Held) -> None:
+    def _release_soon(self, keys: Keys, held: Held) -> None:
+        self._soon(self._release, keys, held.value, held.token)
+
+    async def _release(self, keys: Keys, value: str, token: int) -> None:
+        """Drop the lease *value* if it is still ours, and say so to followers."""
         with trio.CancelScope(shield=True), contextlib.suppress(Exception):
             await self.link.script(
                 "release",
                 [keys.lease, keys.waiting],
                 [
-                    held.value,
+                    value,
                     keys.channel,
-                    self.seal.wrap(keys.result, held.token, {"abandoned": True}),
+                    self.seal.wrap(keys.result, token, {"abandoned": True}),
                     "0",
                 ],
             )
+
+    async def _drop_orphan(self, keys: Keys, lease_id: str, sent: float) -> None:
+        """Release the lease an unanswered acquire may take, should it reach Redis
+        before the lease would expire anyway: look a few times until then."""
+        give_up = sent + self.lease_ttl
+        while trio.current_time() < give_up:
+            with contextlib.suppress(BackendUnavailable, CorruptResult):
+                value = _text(
+                    await self.link.step(
+                        "looking for an orphan lease", self.link.client.get, keys.lease
+                    )
+                    or b""
+                )
+                head, _, token = value.partition(":")
+                if head == lease_id and token.isdigit():
+                    await self._release(keys, value, int(token))
+                    return
+            await trio.sleep(max(self.lease_ttl / 6, 0.05))
 
     # -- following -----------------------------------------------------------------
 
