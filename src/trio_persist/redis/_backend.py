@@ -235,6 +235,7 @@ class RedisBackend:
         with trio.CancelScope(shield=True):
             async with client:
                 self._link.attach(client, {**LEASE_SCRIPTS, "beat": BEAT, "leave": LEAVE})
+                await self._refuse_a_cluster_node(client)
                 try:
                     with work:
                         async with trio.open_nursery() as nursery:
@@ -248,6 +249,22 @@ class RedisBackend:
                     await self.leave()
                 finally:
                     self._link.client = None
+
+    async def _refuse_a_cluster_node(self, client: Any) -> None:
+        """A plain client on one node of a Redis Cluster half works (the other
+        masters' keys answer MOVED): refuse it at once, saying what to pass."""
+        from coredis import RedisCluster
+
+        if isinstance(client, RedisCluster):
+            return
+        info: Any = None
+        with trio.move_on_after(self.timeout), contextlib.suppress(Exception):
+            info = await client.info("cluster")  # Redis away: the calls will say so
+        if isinstance(info, dict) and str(info.get("cluster_enabled")) == "1":
+            raise ValueError(
+                f"{self._link.where} is a node of a Redis Cluster: pass a "
+                "coredis.RedisCluster client as url (see the Redis page of the docs)"
+            )
 
     # -- the cluster view --------------------------------------------------------
 
