@@ -239,50 +239,14 @@ async def test_redis_restarted_empty_mid_flight_ends_with_one_committed_result(
         server.stop()
 
 
-async def test_a_stalled_process_loses_its_lease_and_never_answers_a_stale_value(
-    redis_server: RedisServer, namespace: str
+@pytest.mark.parametrize("device_returns_first", [False, True])
+async def test_a_partitioned_leader_never_hands_out_a_value_nobody_committed(
+    redis_server: RedisServer, namespace: str, device_returns_first: bool
 ) -> None:
-    proxy = FaultProxy(redis_server.port)
-    first_device, second_device = Recorder("stale"), Recorder("fresh")
-    second_device.release.set()
-    options: dict[str, Any] = {"namespace": namespace, "timeout": 0.5, "lease_ttl": 0.6}
-    got: list[Any] = []
-    with trio.fail_after(30):
-        async with trio.open_nursery() as outer:
-            await outer.start(proxy.serve)
-            stalled = RedisBackend(proxy.url, **options)
-            healthy = RedisBackend(redis_server.url, **options)
-            async with (
-                trio_persist.open_persist(first_device, backend=stalled) as a,
-                trio_persist.open_persist(second_device, backend=healthy) as b,
-                trio.open_nursery() as nursery,
-            ):
-
-                async def call() -> None:
-                    try:
-                        got.append(await a.resolve("base", "r"))
-                    except trio_persist.BackendUnavailable as exc:
-                        got.append(exc)
-
-                nursery.start_soon(call)
-                await eventually(lambda: stalled.statistics().leading == 1)
-                proxy.stall()  # a partition: its renewals stop arriving
-                await eventually(lambda: stalled.statistics().lost == 1)
-                assert await b.resolve("base", "r") == "fresh"  # took over after the TTL
-                proxy.resume()
-                first_device.release.set()
-            outer.cancel_scope.cancel()
-    [answer] = got
-    assert answer == "fresh" or isinstance(answer, trio_persist.BackendUnavailable)
-    assert os.getpid()  # one process plays both sides: the proxy splits their networks
-
-
-async def test_a_partitioned_leader_whose_device_returns_first_never_hands_out_its_value(
-    redis_server: RedisServer, namespace: str
-) -> None:
-    # Cut off, its device returns before it notices the lease is gone; its commit
-    # cannot get through while another process takes over and commits. Its
-    # callers get the winner's value or a clear error, never a second value.
+    # Cut off, it loses its lease; another process takes over and commits. Its
+    # device returns after it noticed, or before (its commit then cannot get
+    # through): either way its callers get the winner's value or a clear error,
+    # never a second value for the round.
     proxy = FaultProxy(redis_server.port)
     first_device, second_device = Recorder("stale"), Recorder("fresh")
     second_device.release.set()
@@ -307,14 +271,19 @@ async def test_a_partitioned_leader_whose_device_returns_first_never_hands_out_i
 
                 nursery.start_soon(call)
                 await eventually(lambda: cut_off.statistics().leading == 1)
-                proxy.stall()  # a partition
-                first_device.release.set()  # returns at once: its commit is stuck
+                proxy.stall()  # a partition: its renewals stop arriving
+                if device_returns_first:
+                    first_device.release.set()  # returns at once: its commit is stuck
+                else:
+                    await eventually(lambda: cut_off.statistics().lost == 1)
                 assert await b.resolve("base", "r") == "fresh"  # took over after the TTL
+                first_device.release.set()
                 await eventually(lambda: len(got) == 1)
                 proxy.resume()
             outer.cancel_scope.cancel()
     [answer] = got
     assert answer == "fresh" or isinstance(answer, trio_persist.BackendUnavailable), answer
+    assert os.getpid()  # one process plays both sides: the proxy splits their networks
 
 
 async def test_only_a_commit_someone_follows_is_published(redis_url: str, namespace: str) -> None:

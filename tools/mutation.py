@@ -68,7 +68,10 @@ IN_PROCESS_MODULES = [
     "_core/_state", "_core/_flight", "_grouping", "_core/_job", "_core/_persist",
     "_core/_registry", "_core/_runner", "_core/_supervisor", "_core/_worker",
 ]  # fmt: skip
-REDIS_MODULES = ["redis/_backend", "redis/_link", "redis/_scripts", "_codec"]
+REDIS_MODULES = [
+    "redis/_backend", "redis/_lease", "redis/_renewal", "redis/_cluster", "redis/_link",
+    "redis/_scripts", "_codec",
+]  # fmt: skip
 TESTS = {
     **dict.fromkeys(IN_PROCESS_MODULES, IN_PROCESS),
     **dict.fromkeys(REDIS_MODULES, REDIS),
