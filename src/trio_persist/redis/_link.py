@@ -267,6 +267,7 @@ class Link:
     pending: int = 0
     """Steps in progress now."""
     _slots: trio.Semaphore = attrs.field(init=False)
+    _waiting: int = 0
     _down: bool = False
     _pipelining: bool = False
 
@@ -322,15 +323,24 @@ class Link:
     async def _admit(self, what: str) -> None:
         try:
             self._slots.acquire_nowait()
+            return
         except trio.WouldBlock:
-            with trio.move_on_after(self.timeout / 2):
-                await self._slots.acquire()
-                return
-            self.counters.rejected += 1
-            raise Overloaded(
-                f"{self.where} ({what}): {self.max_pending} Redis operations in progress "
-                f"(max_pending) for {self.timeout / 2:g} s: refused"
-            ) from None
+            pass
+        # Waiting is cheap, timing out is not: with many waiting already, refuse
+        # at once (the cheapest refusal is the one made first).
+        if self._waiting < 8 * self.max_pending:
+            self._waiting += 1
+            try:
+                with trio.move_on_after(self.timeout / 2):
+                    await self._slots.acquire()
+                    return
+            finally:
+                self._waiting -= 1
+        self.counters.rejected += 1
+        raise Overloaded(
+            f"{self.where} ({what}): {self.max_pending} Redis operations in progress "
+            "(max_pending): refused"
+        )
 
     async def _attempt(
         self, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...], deadline: float
