@@ -194,6 +194,49 @@ async def test_saving_workers_cannot_pile_up_behind_a_slow_store(autojump_clock:
     assert {c.group for c in store.ops("save") if c.error is None} == set(range(20))
 
 
+async def test_asks_for_a_new_group_while_workers_save_share_one_waiting_activation(
+    autojump_clock: object,
+) -> None:
+    store = Scripted(save_delay=5)
+    async with trio_persist.open_persist(Counter(), max_workers=1, store=store) as persist:
+        await persist.ask("a", 1, default=int)
+        await persist.ask("b", 1, default=int)  # evicts a, which saves until 5
+        replies: list[int] = []
+
+        async def ask_c() -> None:
+            replies.append(await persist.ask("c", 1, default=int))
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(3):
+                nursery.start_soon(ask_c)
+            await trio.testing.wait_all_tasks_blocked()
+            [c] = [s for s in persist.snapshot() if s.group == "c"]
+            assert (c.activating, c.queued) == (True, 3)  # registered, waiting for room
+            assert len(persist.workers()) == 2  # a (saving) and b: twice max_workers
+        assert sorted(replies) == [1, 2, 3]
+        assert trio.current_time() == 5
+        assert len(store.ops("load", "c")) == 1
+
+
+async def test_closing_answers_asks_waiting_for_room(autojump_clock: object) -> None:
+    store = Scripted(save_delay=5)
+    async with trio.open_nursery() as outside:
+        async with trio_persist.open_persist(
+            Counter(), max_workers=1, store=store, shutdown_grace=1
+        ) as persist:
+            await persist.ask("a", 1, default=int)
+            await persist.ask("b", 1, default=int)
+
+            async def ask_c() -> None:
+                with pytest.raises(trio_persist.LeaderDied, match="closed"):
+                    await persist.ask("c", 1, default=int)
+
+            outside.start_soon(ask_c)
+            await trio.testing.wait_all_tasks_blocked()
+    assert len(persist.registry) == 0
+    assert store.ops("load", "c") == []
+
+
 # -- saves: one group at a time, whole, failures counted --------------------------------
 
 

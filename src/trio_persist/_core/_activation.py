@@ -147,7 +147,8 @@ async def _load_saved(core: Core, group: Hashable, activation: Activation) -> An
     if records is not None:
         record = await records.load_record(group)
         if record is not None:
-            activation.record = attrs.evolve(record, state=None)
+            if record.token is not None or record.applied:  # kept for the saves
+                activation.record = attrs.evolve(record, state=None)
             activation.source = "store"
             return record.state
     elif store is not None:

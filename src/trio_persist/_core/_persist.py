@@ -431,7 +431,7 @@ class Persist(Generic[B, R, T]):
             raise TypeError(f"static must be True, False or None, got {type(static).__name__}")
         seconds = None if timeout is None else check_duration("timeout", timeout)
         _check_default(default)
-        task = await self._worker_for(group, default, static=static, timeout=seconds)
+        task = self._worker_for(group, default, static=static, timeout=seconds)
         if task.activation is not None:
             await task.activation.wait()
         return task.handle
@@ -478,7 +478,7 @@ class Persist(Generic[B, R, T]):
         current = running.get()
         job = AskJob(None, request, key=UNNAMED, group=group, default=default)
         while True:
-            task = await self._worker_for(group, default, current)
+            task = self._worker_for(group, default, current)
             joined = task.find(request, UNNAMED)  # a static worker's identical queued request
             if joined is not None:
                 self._joined(task, joined)
@@ -487,33 +487,25 @@ class Persist(Generic[B, R, T]):
                 return await self._listen(job, task, current)
             # The worker stopped while this waited for room in its inbox: again.
 
-    async def _worker_for(
+    def _worker_for(
         self,
         group: Hashable,
         default: Callable[[], Any] | None,
         current: Owner | None = None,
         **options: Any,
     ) -> WorkerTask:
-        """The worker for *group* (see `worker_for`), after waiting while too many
-        stopped workers are still saving (a new activation would add one more)."""
+        """The worker for *group* (see `worker_for`), activating one if need be;
+        refuses a call that would wait for itself (from *current*)."""
         core = self._core
-        while True:
-            if core.closed:
-                raise PersistClosed("this persist is closed: no worker can start")
-            owner = core.owners.get(group)
-            if owner is None and self._supervisor.crowded:
-                await self._supervisor.wait_room()
-                continue
-            if (
-                owner is not None
-                and current is not None
-                and _waits_for(self._awaiting, owner, current)
-            ):
-                raise InfiniteRecursion(
-                    f"asking group {safe_repr(group)} would wait for an execution that is "
-                    "waiting for this call (its own worker, or a cycle of groups)"
-                )
-            return worker_for(self._supervisor, group, owner, default, **options)
+        if core.closed:
+            raise PersistClosed("this persist is closed: no worker can start")
+        owner = core.owners.get(group)
+        if owner is not None and current is not None and _waits_for(self._awaiting, owner, current):
+            raise InfiniteRecursion(
+                f"asking group {safe_repr(group)} would wait for an execution that is "
+                "waiting for this call (its own worker, or a cycle of groups)"
+            )
+        return worker_for(self._supervisor, group, owner, default, **options)
 
     async def _settled_owner(self, group: Hashable) -> Owner | None:
         """*group*'s owner, once a worker activating for it has its state (or failed)."""

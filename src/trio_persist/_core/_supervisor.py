@@ -11,11 +11,11 @@ worker's successor, with its live state (a hand-over), or the facade
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any
 
 import attrs
-import trio
 
 from ._activation import ACTIVATING, Activation
 from ._job import AskJob, Job, Owner, leader_died
@@ -51,9 +51,10 @@ class Supervisor:
     active: dict[WorkerTask, None] = attrs.field(factory=dict)
     # Groups whose worker stopped and that ``restore`` (or the store) may bring back.
     retired: dict[Hashable, None] = attrs.field(factory=dict)
+    # Activations registered while the persist was crowded, launched as workers
+    # end (see `crowded`): requests queue at them meanwhile.
+    pending: deque[WorkerTask] = attrs.field(factory=deque)
     _last_touched: WorkerTask | None = attrs.field(default=None, init=False)
-    # Asks waiting for stopping workers to finish saving (see `crowded`).
-    _room: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot, init=False)
 
     def __attrs_post_init__(self) -> None:
         if self.core.options.durable:
@@ -91,11 +92,16 @@ class Supervisor:
     def activate(self, task: WorkerTask) -> WorkerTask:
         """Register *task* (made by `activating`) for its free group at once, and
         launch it to load its state (requests for the group queue at it
-        meanwhile). Never checkpoints."""
+        meanwhile), or, if the persist is `crowded`, as soon as a worker ends.
+        Never checkpoints."""
         self.retired.pop(task.group, None)
         registered = self.core.registry.register(task.group, task)
         assert registered, "activate() is for a free group"
-        self.launch(task)
+        if self.crowded:
+            self.pending.append(task)
+            self.core.events.emit("worker.activating", task.group, "waiting for room")
+        else:
+            self.launch(task)
         return task
 
     def activating(
@@ -132,7 +138,9 @@ class Supervisor:
         closed): what was queued at it goes on, and anyone waiting for it hears."""
         if task.activation is not None:
             task.activation.settle(leader_died("the worker never started: " + _why(self.core)))
-        for job in task.take_unanswered():
+        jobs = task.take_unanswered()
+        task.never_ran()
+        for job in jobs:
             self.core.reroute(job)
 
     def restoring(self, group: Hashable) -> WorkerTask:
@@ -168,15 +176,17 @@ class Supervisor:
 
     @property
     def crowded(self) -> bool:
-        """Whether as many workers are still saving after a stop as ``max_workers``
-        allows to live: then a new activation waits (`wait_room`), so memory stays
-        bounded by about twice ``max_workers`` workers however slow the store."""
+        """Whether twice ``max_workers`` workers live (activating, serving, or
+        saving after a stop): then a new activation is launched only once one of
+        them has ended, so memory stays bounded however slow the store and
+        however many groups are asked for at once."""
         limit = self.core.options.max_workers
-        return limit is not None and len(self.workers) - len(self.active) >= limit
+        return limit is not None and len(self.workers) >= 2 * limit
 
-    async def wait_room(self) -> None:
-        """Wait until a stopping worker has ended (see `crowded`)."""
-        await self._room.park()
+    def _launch_pending(self) -> None:
+        pending = self.pending
+        while pending and not self.crowded and not self.core.closed:
+            self.launch(pending.popleft())
 
     def _retire(self, group: Hashable) -> None:
         try:
@@ -208,7 +218,14 @@ class Supervisor:
             self.core.events.emit("worker.evicted", victim.group)
 
     def stop_all(self) -> tuple[WorkerTask, ...]:
-        """Stop every worker now, cancelling what they execute; return them."""
+        """Stop every worker now, cancelling what they execute; return them.
+
+        Activations still waiting to be launched never are: their callers hear why.
+        """
+        while self.pending:
+            task = self.pending.popleft()
+            self.core.registry.unregister(task.group, task)
+            self.drop(task)
         tasks = tuple(self.workers)
         for task in tasks:
             task.stop_nowait("closed", cancel=True)
@@ -250,12 +267,12 @@ class Supervisor:
         core.registry.unregister(group, task)
         self.workers.pop(task, None)
         self.active.pop(task, None)
-        self._room.unpark()
         activation = task.activation
         if activation is not None and not activation.settled:
             activation.settle(leader_died("the worker stopped before it was activated"))
         if reason == "unactivated":
             self._activation_failed(task, unanswered)
+            self._launch_pending()
             return
         self._report_end(task, crashed)
         keeps = core.hooks.restore is not None or core.store is not None
@@ -265,6 +282,7 @@ class Supervisor:
         if unanswered and not self._hand_over(task, unanswered):
             for job in unanswered:
                 core.reroute(job)
+        self._launch_pending()
 
     def _report_end(self, task: WorkerTask, crashed: BaseException | None) -> None:
         core = self.core

@@ -266,6 +266,13 @@ class WorkerTask:
         elif override:
             self.stop_reason = reason
 
+    def never_ran(self) -> None:
+        """It will never run (dropped before launch): it has ended, for its waiters."""
+        self.stop("closed" if self.core.closed else "stopped")
+        self.ended = True
+        if self.ended_event is not None:
+            self.ended_event.set()
+
     async def wait_stopped(self) -> None:
         if self.ended:
             await trio.lowlevel.checkpoint()
@@ -667,15 +674,18 @@ class WorkerTask:
         valid_state = True
         running.set(self)
         try:
-            if self.state is ACTIVATING and not await self._activate():
-                valid_state = False
-                return
-            self._begin()
             serve = self.core.hooks.serve
-            if serve is not None:
-                await serve(self.handle)
+            if serve is None:
+                await self._serve_default()  # activates first, in its own scope
             else:
-                await self._serve_default()
+                with trio.CancelScope() as self.scope:  # closing cancels an activation
+                    if self.state is ACTIVATING and not await self._activate():
+                        return
+                self.scope = None
+                if self.state is ACTIVATING:
+                    return  # cancelled while activating: the persist is closing
+                self._begin()
+                await serve(self.handle)
         except _WorkerCrashed as exc:
             crashed = exc.error
         except trio.Cancelled:
@@ -696,23 +706,18 @@ class WorkerTask:
     async def _activate(self) -> bool:
         """Load the state (see `load_state`); False if there is none (the worker ends).
 
-        Closing the persist cancels a load under way.
+        Runs in the worker's cancel scope (`self.scope`): closing the persist
+        cancels a load under way, and the worker ends with no state.
         """
         activation = self.activation
         assert activation is not None
         core = self.core
-        loaded: tuple[Any, bool] | None = None
-        with trio.CancelScope() as self.scope:
-            try:
-                loaded = await load_state(core, self.group, activation)
-            except (ActivationFailed, NoWorker) as error:
-                activation.settle(error)
-                self.stop("unactivated", override=True)  # evicted meanwhile, say
-                return False
-        self.scope = None
-        if loaded is None:
-            return False  # cancelled: the persist is closing, which its queue will hear
-        state, dirty = loaded
+        try:
+            state, dirty = await load_state(core, self.group, activation)
+        except (ActivationFailed, NoWorker) as error:
+            activation.settle(error)
+            self.stop("unactivated", override=True)  # evicted meanwhile, say
+            return False
         self.state = state
         if dirty:
             self.version += 1
@@ -743,12 +748,20 @@ class WorkerTask:
     async def _serve_default(self) -> None:
         # One cancel scope serves many requests: entering one costs more than
         # the rest of a round trip. Its deadline is the idle timeout (or a
-        # checkpoint due); it is cancelled for a stop while waiting, or for an
-        # abandoned job, after which a fresh scope takes over.
+        # checkpoint due); it is cancelled for a stop while waiting (or while
+        # activating), or for an abandoned job, after which a fresh scope takes over.
+        activating = self.state is ACTIVATING
+        if not activating:
+            self._begin()
         while True:
             waiting = True
             with trio.CancelScope() as scope:
                 self.scope = scope
+                if activating:
+                    activating = False
+                    if not await self._activate():
+                        return
+                    self._begin()
                 while (job := await self.next_job(scope)) is not None:
                     waiting = False
                     await self.execute(job, scope)
@@ -884,6 +897,13 @@ class Worker(Generic[S]):
         """
         self._task.stop_nowait()
         await self._task.wait_stopped()
+
+    def never_ran(self) -> None:
+        """It will never run (dropped before launch): it has ended, for its waiters."""
+        self.stop("closed" if self.core.closed else "stopped")
+        self.ended = True
+        if self.ended_event is not None:
+            self.ended_event.set()
 
     async def wait_stopped(self) -> None:
         """Wait until the worker has ended, for whatever reason. Always a checkpoint."""
