@@ -275,8 +275,11 @@ class Supervisor:
             self._launch_pending()
             return
         self._report_end(task, crashed)
+        # A resolve may rebuild a stopped worker's group from what was saved; a
+        # virtual worker's group comes back through ask (not remembered: memory
+        # stays bounded by the live workers, however many groups were asked for).
         keeps = core.hooks.restore is not None or core.store is not None
-        if keeps and not core.closed:
+        if keeps and not core.closed and not task.virtual:
             self._retire(group)
         unanswered = self._bounce(task, unanswered)
         if unanswered and not self._hand_over(task, unanswered):
