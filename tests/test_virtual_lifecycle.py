@@ -307,6 +307,20 @@ async def test_a_state_restored_by_the_hook_moves_into_the_store() -> None:
     assert await store.load("cart") == 40
 
 
+async def test_with_a_store_a_resolve_rebuilds_a_stopped_workers_group_from_it() -> None:
+    class Device(Counter):
+        def group(self, base: Any, request: Any) -> Any:
+            return "counter"
+
+    device = Device()
+    async with trio_persist.open_persist(device, store=MemoryStore()) as persist:
+        worker = await persist.start_worker(10)
+        assert await persist.resolve(None, 5) == 15
+        await worker.stop()  # saved
+        assert await persist.resolve(None, 1) == 16  # a worker rebuilt from the store
+    assert device.ran == [(10, 5), (15, 1)]
+
+
 # -- checkpoints ---------------------------------------------------------------------
 
 

@@ -186,10 +186,9 @@ class WorkerTask:
     recent: list[float] | None = attrs.field(default=None, init=False)
     # What an operator sees for its group (made once per group it owns).
     label: tuple[str, bool] | None = attrs.field(default=None, init=False)
-    # Requests taken (each may change the state) and how many of them the
-    # store has: the state needs saving while they differ.
-    version: int = attrs.field(default=0, init=False)
-    saved_version: int = attrs.field(default=0, init=False)
+    # Changes (requests taken: each may change the state) the store does not
+    # have yet: the state needs saving while there are any.
+    unsaved: int = attrs.field(default=0, init=False)
     # When a changed state is saved next (None: no checkpoint_interval).
     checkpoint_at: float | None = attrs.field(default=None, init=False)
     # The public face: what users and custom serve loops get.
@@ -219,7 +218,7 @@ class WorkerTask:
     @property
     def dirty(self) -> bool:
         """Whether the state may have changed since it was loaded or last saved."""
-        return self.version != self.saved_version
+        return self.unsaved != 0
 
     @property
     def virtual(self) -> bool:
@@ -284,7 +283,7 @@ class WorkerTask:
     def set_state(self, state: Any) -> None:
         """A custom serve loop replaced the state (it keeps its group)."""
         self.state = state
-        self.version += 1
+        self.unsaved += 1
         self.label = None
 
     def move_to(self, group: Hashable) -> None:
@@ -423,7 +422,7 @@ class WorkerTask:
             return False
         job.in_service = True
         self.held[id(job)] = job
-        self.version += 1  # its device may change the state, even in place
+        self.unsaved += 1  # its device may change the state, even in place
         return True
 
     async def next_job(self, scope: trio.CancelScope | None = None) -> Job | None:
@@ -513,12 +512,12 @@ class WorkerTask:
         """Save the state if it changed (between requests); plan the next checkpoint."""
         core = self.core
         if self.dirty:
-            version = self.version
+            saving = self.unsaved
             if (
                 await save_state(core, self.group, self.state, self.activation, "checkpoint")
                 is None
             ):
-                self.saved_version = version
+                self.unsaved -= saving
         interval = core.options.checkpoint_interval
         assert interval is not None
         self.checkpoint_at = trio.current_time() + interval
@@ -532,11 +531,11 @@ class WorkerTask:
                 changed its state in place, then stops without saving, so its
                 group goes on from the state last saved.
         """
-        version = self.version
+        saving = self.unsaved
         new = self.state if self.static else value
         error = await save_state(self.core, self.group, new, self.activation, "durable")
         if error is None:
-            self.saved_version = version
+            self.unsaved -= saving
             return
         if self.static:
             self.stop("unsaved", override=True)
@@ -720,7 +719,7 @@ class WorkerTask:
             return False
         self.state = state
         if dirty:
-            self.version += 1
+            self.unsaved += 1
         activation.settle(None)
         if activation.source == "handover":
             core.counters.handovers += 1
@@ -750,15 +749,14 @@ class WorkerTask:
         # the rest of a round trip. Its deadline is the idle timeout (or a
         # checkpoint due); it is cancelled for a stop while waiting (or while
         # activating), or for an abandoned job, after which a fresh scope takes over.
-        activating = self.state is ACTIVATING
-        if not activating:
+        # (Few locals: this frame is part of every parked worker's memory.)
+        if self.state is not ACTIVATING:
             self._begin()
         while True:
             waiting = True
             with trio.CancelScope() as scope:
                 self.scope = scope
-                if activating:
-                    activating = False
+                if self.state is ACTIVATING:
                     if not await self._activate():
                         return
                     self._begin()
@@ -767,8 +765,7 @@ class WorkerTask:
                     await self.execute(job, scope)
                     if scope.cancel_called:
                         break  # the device swallowed a cancellation: the scope is spent
-                    checkpoint_at = self.checkpoint_at
-                    if checkpoint_at is not None and self.last_active >= checkpoint_at:
+                    if self.checkpoint_at is not None and self.checkpoint_at <= self.last_active:
                         await self.checkpoint()
                     waiting = True
                 return
@@ -798,9 +795,9 @@ class WorkerTask:
         with trio.CancelScope(shield=True) as scope:
             scope.deadline = trio.current_time() + grace
             if saving:
-                version = self.version
+                saving = self.unsaved
                 if await save_state(core, self.group, self.state, self.activation, "stop") is None:
-                    self.saved_version = version
+                    self.unsaved -= saving
             if on_idle is not None:
                 try:
                     await on_idle(self.group, self.state)
