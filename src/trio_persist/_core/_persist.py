@@ -437,8 +437,8 @@ class Persist(Generic[B, R, T]):
         return task.handle
 
     async def ask(
-        self, group: Hashable, request: Any, *, default: Callable[[], Any] | None = None
-    ) -> Any:
+        self, group: Hashable, request: R, *, default: Callable[[], B] | None = None
+    ) -> T:
         """Deliver *request* to *group*'s worker and return its reply.
 
         The reply is ``device.resolve(state, request)``: an advancing worker's
@@ -482,9 +482,11 @@ class Persist(Generic[B, R, T]):
             joined = task.find(request, UNNAMED)  # a static worker's identical queued request
             if joined is not None:
                 self._joined(task, joined)
-                return await self._listen(joined, task, current)
+                reply: T = await self._listen(joined, task, current)
+                return reply
             if task.admit_nowait(job) or await task.admit(job):
-                return await self._listen(job, task, current)
+                reply = await self._listen(job, task, current)
+                return reply
             # The worker stopped while this waited for room in its inbox: again.
 
     def _worker_for(
@@ -896,7 +898,7 @@ class Persist(Generic[B, R, T]):
 
 
 @asynccontextmanager
-async def _opened(store: Store | None) -> AsyncIterator[Store | None]:
+async def _store_held(store: Store | None) -> AsyncIterator[Store | None]:
     """*store* held open for the persist's life (nothing without one)."""
     if store is None:
         yield None
@@ -1004,7 +1006,7 @@ async def open_persist(
     checked_store = check_store(store)
     body_error: BaseException | None = None
     try:
-        async with _opened(checked_store) as opened, trio.open_nursery() as nursery:
+        async with _store_held(checked_store) as opened, trio.open_nursery() as nursery:
             persist: Persist[B, R, T] = Persist(
                 hooks=hooks,
                 options=options,

@@ -795,9 +795,9 @@ class WorkerTask:
         with trio.CancelScope(shield=True) as scope:
             scope.deadline = trio.current_time() + grace
             if saving:
-                saving = self.unsaved
+                changes = self.unsaved
                 if await save_state(core, self.group, self.state, self.activation, "stop") is None:
-                    self.unsaved -= saving
+                    self.unsaved -= changes
             if on_idle is not None:
                 try:
                     await on_idle(self.group, self.state)
@@ -894,13 +894,6 @@ class Worker(Generic[S]):
         """
         self._task.stop_nowait()
         await self._task.wait_stopped()
-
-    def never_ran(self) -> None:
-        """It will never run (dropped before launch): it has ended, for its waiters."""
-        self.stop("closed" if self.core.closed else "stopped")
-        self.ended = True
-        if self.ended_event is not None:
-            self.ended_event.set()
 
     async def wait_stopped(self) -> None:
         """Wait until the worker has ended, for whatever reason. Always a checkpoint."""
