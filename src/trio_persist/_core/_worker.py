@@ -670,7 +670,6 @@ class WorkerTask:
     async def main(self) -> None:
         """The worker's task: activate, serve until told to stop, save, end."""
         crashed: BaseException | None = None
-        valid_state = True
         running.set(self)
         try:
             serve = self.core.hooks.serve
@@ -692,7 +691,7 @@ class WorkerTask:
         except Exception as exc:  # a custom serve loop failed: that is a crash too
             crashed = exc
         finally:
-            await self._end(crashed, valid_state)
+            await self._end(crashed)
 
     def _begin(self) -> None:
         """It serves from now: its idle timeout and checkpoints count from here."""
@@ -729,14 +728,15 @@ class WorkerTask:
         self.host.started(self)
         return True
 
-    async def _end(self, crashed: BaseException | None, valid_state: bool) -> None:
+    async def _end(self, crashed: BaseException | None) -> None:
         self.stop("stopped")
         if crashed is not None:
             self.stop_reason = "crashed"
-        if crashed is not None or self.stop_reason == "unsaved" or self.state is ACTIVATING:
-            valid_state = False
+        # After a crash, or a static worker's failed durable save, the state may
+        # be half changed; with no state yet (activation failed) there is none.
+        invalid = crashed is not None or self.stop_reason == "unsaved"
         try:
-            if valid_state:
+            if not invalid and self.state is not ACTIVATING:
                 await self._save_on_stop()
         finally:
             self.host.ended(self, crashed)
