@@ -223,6 +223,9 @@ class Core:
             timings.settle()
         if self.observers.listening:
             self.observers.ended(owner.kind, owner.group, job, outcome, elapsed)
+        call = job.call
+        if call is not None:  # a wrapped function counts its own too
+            call.ended(elapsed, outcome is not Outcome.OK, outcome is Outcome.CRASHED)
         self.count_outcome(owner.kind, owner.group, job, outcome)
         return now
 
@@ -230,6 +233,8 @@ class Core:
         """*job*'s execution was cancelled because every listener left."""
         if self.observers.listening:
             self.observers.ended(owner.kind, owner.group, job, None, self.now() - began)
+        if job.call is not None:
+            job.call.abandoned += 1
         self.count_outcome(owner.kind, owner.group, job, None)
 
     def count_outcome(
@@ -305,7 +310,7 @@ class Core:
         function's name, or the ``label`` hook's text (*label*: the owner's own,
         if made already); never a rendering of the request."""
         if job.call is not None:
-            return job.call.__name__
+            return job.call.name
         if label is None:
             request = None if base is not job.base else job.request
             label = self.label_of(group, base, request)
