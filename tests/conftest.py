@@ -19,6 +19,7 @@ import pytest
 import trio
 import trio.testing
 
+from redis_helpers import open_leading
 from redis_server import RedisServer
 
 REAL_BOUND = 120.0  # seconds on the real clock (cross-process tests)
@@ -163,3 +164,11 @@ class Sleeper:
         self.executed.append(request)
         await trio.sleep(request)
         return request
+
+
+@pytest.fixture
+def leading_call(redis_url: str, namespace: str) -> Callable[..., Any]:
+    """``async with leading_call(device, callers=3, lease_ttl=0.6) as leading:`` a
+    persist on the suite's server whose callers lead one request
+    (`redis_helpers.Leading`)."""
+    return functools.partial(open_leading, redis_url, namespace)

@@ -3,6 +3,8 @@ delayed or cut at will, in the test's own Trio run."""
 
 from __future__ import annotations
 
+import contextlib
+import math
 import socket
 import ssl
 
@@ -11,7 +13,8 @@ import trio
 
 class FaultProxy:
     """Forward 127.0.0.1:<port> to *target_port*; `stalled` holds every byte, `delay`
-    adds latency per chunk, `cut` drops every connection."""
+    adds latency to every chunk (each leaves `delay` after it arrived), `cut` drops
+    every connection."""
 
     def __init__(self, target_port: int, tls: ssl.SSLContext | None = None) -> None:
         self.target_port = target_port
@@ -66,13 +69,31 @@ class FaultProxy:
     async def _pump(
         self, source: trio.abc.Stream, sink: trio.abc.Stream, both: trio.CancelScope
     ) -> None:
-        try:
-            async for chunk in source:
-                while self.stalled:
-                    await self._resumed.wait()
-                if self.delay:
-                    await trio.sleep(self.delay)
-                await sink.send_all(chunk)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError):
-            pass
+        # Latency, not bandwidth: each chunk leaves `delay` after it arrived,
+        # however many are on their way (a reader and a writer, in order).
+        send, receive = trio.open_memory_channel[tuple[float, bytes]](math.inf)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._forward, receive, sink, both)
+            with contextlib.suppress(*_DROPPED):
+                async with send:
+                    async for chunk in source:
+                        send.send_nowait((trio.current_time() + self.delay, chunk))
         both.cancel()  # one side closed: close the other
+
+    async def _forward(
+        self,
+        receive: trio.MemoryReceiveChannel[tuple[float, bytes]],
+        sink: trio.abc.Stream,
+        both: trio.CancelScope,
+    ) -> None:
+        with contextlib.suppress(*_DROPPED):
+            async with receive:
+                async for due, chunk in receive:
+                    while self.stalled:
+                        await self._resumed.wait()
+                    await trio.sleep_until(due)
+                    await sink.send_all(chunk)
+        both.cancel()
+
+
+_DROPPED = (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError)

@@ -1,16 +1,26 @@
-"""What the Redis tests share: a controllable device and a bounded polling wait."""
+"""What the Redis tests share: a controllable device, a bounded polling wait, a
+pair of persists, one persist leading a call (the ``leading_call`` fixture) and
+the lease protocol on its own (`open_leases`)."""
 
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import attrs
+import coredis
 import trio
 
 import trio_persist
+from trio_persist._codec import Seal
 from trio_persist.redis import RedisBackend
+from trio_persist.redis._lease import LEASE_SCRIPTS, Call, Leases
+from trio_persist.redis._link import Counters, Link, Subscriber, Watch, open_client
+from trio_persist.redis._scripts import Keys
+
+SIGNING_KEY = b"a test key, 32 bytes long at least"  # os.urandom(32) in real life
 
 
 async def eventually(predicate: Callable[[], bool]) -> None:
@@ -40,13 +50,16 @@ class Recorder:
         return self.result
 
 
-def names_for(persist: trio_persist.Persist, request: Any, base: Any = "base") -> dict[str, str]:
-    """The Redis keys of the execution ``persist.resolve(base, request)`` would lead."""
-    from trio_persist.redis._scripts import keys_of
+def key_for(persist: trio_persist.Persist, request: Any, base: Any = "base") -> str:
+    """The backend's key of the execution ``persist.resolve(base, request)`` would lead."""
+    key = persist.backend.key_of(persist.group(base, request), request, True)
+    assert isinstance(key, str)
+    return key
 
-    backend = persist.backend
-    key = backend.key_of(persist.group(base, request), request, True)
-    return keys_of(backend.namespace, key)
+
+def names_for(persist: trio_persist.Persist, request: Any, base: Any = "base") -> Keys:
+    """The Redis keys of the execution ``persist.resolve(base, request)`` would lead."""
+    return Keys.of(persist.backend.namespace, key_for(persist, request, base))
 
 
 @attrs.define
@@ -104,3 +117,114 @@ async def open_pair(
         trio.open_nursery() as nursery,
     ):
         yield Pair(a, b, nursery)
+
+
+FAKE_LEASE_ID = "cd" * 16
+
+
+async def keep_lease(control: Any, keys: Keys, value: str, ttl: float) -> None:
+    """Renew the lease *value* every third of *ttl*, as its leader would, while it holds."""
+    while await control.get(keys.lease) == value.encode():
+        await control.pexpire(keys.lease, int(ttl * 1000))
+        await trio.sleep(ttl / 3)
+
+
+@contextlib.asynccontextmanager
+async def fake_leader(control: Any, keys: Keys, token: int, ttl: float) -> AsyncIterator[str]:
+    """Another process leading *keys* with *token* while the block runs (its lease,
+    renewed as a live leader's is); yields the lease's value."""
+    value = f"{FAKE_LEASE_ID}:{token}"
+    await control.set(keys.lease, value, px=int(ttl * 1000))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(keep_lease, control, keys, value, ttl)
+        yield value
+        nursery.cancel_scope.cancel()
+
+
+@attrs.define
+class Leading:
+    """A persist on Redis whose callers lead one request, and a client to meddle with
+    its keys as another process would. Each caller's outcome lands in ``got``."""
+
+    persist: trio_persist.Persist
+    backend: RedisBackend
+    namespace: str
+    key: str
+    keys: Keys
+    control: Any
+    nursery: trio.Nursery
+    got: list[Any] = attrs.Factory(list)
+
+    async def take_over(self) -> int:
+        """Give the lease to another process (a token above ours), which renews it
+        until it commits (`commit_as`); return its token."""
+        token = int(time.time() * 1e6) + 10**9
+        value = f"{FAKE_LEASE_ID}:{token}"
+        await self.control.set(self.keys.lease, value, px=int(self.backend.lease_ttl * 1000))
+        self.nursery.start_soon(keep_lease, self.control, self.keys, value, self.backend.lease_ttl)
+        return token
+
+    async def commit_as(self, token: int, value: Any) -> None:
+        """Commit *value* as the leader with *token* would: store, drop, publish."""
+        payload = Seal(self.namespace).wrap(
+            self.keys.result, token, {"ok": True, "codec": "json", "value": value}
+        )
+        await self.control.set(self.keys.result, payload)
+        await self.control.delete([self.keys.lease])
+        await self.control.publish(self.keys.channel, payload)
+
+
+@contextlib.asynccontextmanager
+async def open_leading(
+    url: str,
+    namespace: str,
+    device: Any,
+    *,
+    request: Any = "r",
+    callers: int = 1,
+    **options: Any,
+) -> AsyncIterator[Leading]:
+    """Open a persist on *url*, start *callers* of ``resolve("base", request)`` and wait
+    until they lead; the block waits for them all when it ends."""
+    backend = RedisBackend(url, namespace=namespace, **options)
+    async with (
+        trio_persist.open_persist(device, backend=backend) as persist,
+        coredis.Redis.from_url(url) as control,
+        trio.open_nursery() as nursery,
+    ):
+        key = key_for(persist, request)
+        keys = Keys.of(namespace, key)
+        leading = Leading(persist, backend, namespace, key, keys, control, nursery)
+
+        async def call() -> None:
+            try:
+                leading.got.append(await persist.resolve("base", request))
+            except Exception as exc:
+                leading.got.append(exc)
+
+        for _ in range(callers):
+            nursery.start_soon(call)
+        await eventually(lambda: backend.statistics().leading == 1)
+        yield leading
+
+
+@contextlib.asynccontextmanager
+async def open_leases(
+    url: str, namespace: str, *, lease_ttl: float = 30.0, step_timeout: float = 5.0
+) -> AsyncIterator[Leases]:
+    """The lease protocol alone on *url* (no persist): its own client, subscriber and
+    renewals, for tests that take its steps one at a time."""
+    link = Link(f"Redis at {url}", step_timeout, Counters())
+    leases = Leases(
+        link, Seal(namespace), Subscriber(namespace, step_timeout), link.counters, lease_ttl
+    )
+    async with open_client(url, step_timeout) as client, trio.open_nursery() as nursery:
+        link.attach(client, LEASE_SCRIPTS)
+        await nursery.start(leases.serve)
+        yield leases
+        nursery.cancel_scope.cancel()
+
+
+def call_for(leases: Leases, key: str, vanished_token: int = 0) -> Call:
+    """A bare call on *key* (no device): enough to take protocol steps with."""
+    return Call(Keys.of(leases.seal.namespace, key), Watch(key), vanished_token=vanished_token)

@@ -9,6 +9,12 @@ MODE ``hang``: one caller leads and hangs (to be SIGKILLed).
 MODE ``rounds``: for 3 s, at every 100 ms boundary resolve CALLERS keys of that
 round at once (a 20 ms device) and print the backend's counts as JSON (the
 bench's synchronised rounds).
+MODE ``offered``: for SECONDS (a fifth argument, default 3) start CALLERS calls a
+second on keys of their own (an instant device), then look until a call succeeds
+again; print ``{"offered", "ok", "good", "errors", "p99", "recovered"}`` as JSON
+(``good``: answered with a value within the timeout; the bench's goodput).
+MODE ``closed``: CALLERS tasks call in a loop on keys of their own for SECONDS;
+print the calls answered per second (the bench's capacity).
 MODE ``follow``: resolve each request popped from ``go`` (until ``-1``) and push
 ``{"request", "value", "at"}`` (JSON; ``at`` from ``time.time()``) to ``answered``
 when it is answered (the bench's follower in another process). An optional fifth
@@ -42,6 +48,11 @@ async def main(url: str, namespace: str, mode: str, callers: int) -> None:
             return {"pid": os.getpid(), "request": request}
 
         backend = RedisBackend(url, namespace=namespace, lease_ttl=1.0)
+        if mode in ("offered", "closed"):
+            seconds = float(sys.argv[5]) if len(sys.argv) > 5 else 3.0
+            load = offered if mode == "offered" else closed
+            print(json.dumps(await load(url, namespace, callers, seconds)))
+            return
         if mode == "rounds":
             await rounds(url, namespace, callers)
             return
@@ -94,6 +105,98 @@ async def rounds(url: str, namespace: str, keys: int) -> None:
             slowest = max(slowest, time.time() - start)
     stats = backend.statistics()
     print(json.dumps({"led": stats.led, "followed": stats.followed, "slowest": slowest}))
+
+
+TIMEOUT = 1.0  # the backend's step timeout here: a value later than this is not good
+
+
+async def instant(base: Any, request: Any) -> Any:
+    return request
+
+
+async def offered(url: str, namespace: str, rate: int, seconds: float) -> dict[str, Any]:
+    """Open-loop load: *rate* calls a second whatever happens to them."""
+    backend = RedisBackend(url, namespace=namespace, timeout=TIMEOUT, heartbeat=None)
+    pid = os.getpid()
+    ok, good, errors, durations = 0, 0, 0, []
+    async with trio_persist.open_persist(instant, backend=backend) as persist:
+
+        async def call(n: int) -> None:
+            nonlocal ok, good, errors
+            start = trio.current_time()
+            try:
+                await persist.resolve("base", f"{pid}:{n}")
+            except trio_persist.PersistError:
+                errors += 1
+                return
+            elapsed = trio.current_time() - start
+            ok += 1
+            durations.append(elapsed)
+            good += elapsed <= TIMEOUT
+
+        started = 0
+        async with trio.open_nursery() as nursery:
+            begin = trio.current_time()
+            while (now := trio.current_time()) < begin + seconds:
+                due = int((now - begin) * rate)
+                while started < due:
+                    nursery.start_soon(call, started)
+                    started += 1
+                await trio.sleep(0.005)
+            # The load stops: how soon does a new call succeed in time again?
+            recovered = await _recovery(persist, f"{pid}:probe", trio.current_time())
+    durations.sort()
+    p99 = durations[int(len(durations) * 0.99)] if durations else None
+    return {
+        "offered": started / seconds,
+        "ok": ok,
+        "good": good / seconds,
+        "errors": errors,
+        "p99": p99,
+        "recovered": recovered,
+        "rejected": backend.statistics().rejected,
+    }
+
+
+async def _recovery(persist: Any, key: str, stopped: float) -> float:
+    """Seconds from the end of the load (its calls may still be in progress) to a
+    new call that succeeds within the timeout."""
+    n = 0
+    while True:
+        start = trio.current_time()
+        try:
+            await persist.resolve("base", f"{key}:{n}")
+        except trio_persist.PersistError:
+            pass
+        else:
+            if trio.current_time() - start <= TIMEOUT:
+                return trio.current_time() - stopped
+        n += 1
+
+
+async def closed(url: str, namespace: str, callers: int, seconds: float) -> dict[str, Any]:
+    """Closed-loop load: *callers* tasks call one after another."""
+    backend = RedisBackend(url, namespace=namespace, timeout=TIMEOUT, heartbeat=None)
+    pid = os.getpid()
+    answered = 0
+    async with trio_persist.open_persist(instant, backend=backend) as persist:
+        deadline = trio.current_time() + seconds
+
+        async def loop(caller: int) -> None:
+            nonlocal answered
+            n = 0
+            while trio.current_time() < deadline:
+                n += 1
+                try:
+                    await persist.resolve("base", f"{pid}:{caller}:{n}")
+                except trio_persist.PersistError:
+                    continue
+                answered += 1
+
+        async with trio.open_nursery() as nursery:
+            for caller in range(callers):
+                nursery.start_soon(loop, caller)
+    return {"per_second": answered / seconds}
 
 
 if __name__ == "__main__":

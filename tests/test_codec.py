@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import collections
+import enum
+from typing import Any
+
 import pytest
 
 import trio_persist
@@ -40,6 +44,49 @@ def test_a_body_that_is_not_an_outcome_is_corrupt(body: dict[str, object]) -> No
     seal = Seal("ns")
     with pytest.raises(trio_persist.CorruptResult):
         decode_outcome(seal, KEY, seal.wrap(KEY, 1, body), "w")
+
+
+class Color(enum.IntEnum):
+    RED = 1
+
+
+class Tag(str):
+    pass
+
+
+class Touchy(dict):  # type: ignore[type-arg]
+    """A dict that JSON encodes, whose ``==`` raises."""
+
+    def __eq__(self, other: object) -> bool:
+        raise RuntimeError("never compare me")
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        (Color.RED, "a value of type Color"),
+        ({"c": [Color.RED]}, "a value of type Color"),
+        (collections.OrderedDict(a=1), "a value of type OrderedDict"),
+        ([Tag("x")], "a value of type Tag"),
+        ((1, 2), "a value of type tuple"),
+        ({1: "x"}, "a key of type int"),
+        ([Touchy(a=1)], "a value of type Touchy"),
+        (float("nan"), "Out of range float values are not JSON compliant"),
+    ],
+)
+def test_json_refuses_what_would_not_come_back_as_the_same_types(value: Any, why: str) -> None:
+    # Never silently turned into another type; nothing of the value's own is called.
+    with pytest.raises(TypeError, match=r"cannot send a .* with the JSON codec") as caught:
+        encode_value(Seal("ns"), KEY, value, 1)
+    assert why in str(caught.value)
+
+
+def test_json_carries_plain_values_of_any_size() -> None:
+    seal = Seal("ns")
+    value = {"n": 10**40, "f": 0.5, "b": True, "none": None, "l": [[]], "s": "é"}
+    assert decode_outcome(seal, KEY, encode_value(seal, KEY, value, 1), "w") == (1, True, value)
 
 
 def test_what_does_not_pickle_is_refused_with_the_reason() -> None:

@@ -7,12 +7,14 @@ bounded by a ``fail_after`` guard so a regression fails instead of hanging.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +24,20 @@ import trio
 import trio.testing
 
 import trio_persist
-from redis_helpers import Recorder, eventually, open_pair
+from redis_helpers import (
+    SIGNING_KEY,
+    Recorder,
+    call_for,
+    eventually,
+    fake_leader,
+    open_leases,
+    open_pair,
+)
 from redis_server import RedisServer
 from trio_persist._codec import Seal
 from trio_persist.redis import RedisBackend
-from trio_persist.redis._scripts import keys_of
+from trio_persist.redis._lease import Follow, Found, Lead
+from trio_persist.redis._scripts import Keys
 
 WORKER = str(Path(__file__).with_name("redis_worker.py"))
 
@@ -181,36 +192,24 @@ async def test_a_leader_killed_mid_flight_is_replaced_by_one_follower(
 
 
 async def test_a_fenced_leader_answers_its_callers_with_the_winners_result(
-    redis_url: str, namespace: str, caplog: pytest.LogCaptureFixture
+    leading_call: Any, redis_url: str, namespace: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     # The stale leader's lease is taken (as after a pause past its TTL); another
     # process leads and commits. The stale one's commit is refused, and its
     # callers get the committed result, not their own stale value.
     stale_device, fresh_device = Recorder("stale"), Recorder("fresh")
     fresh_device.release.set()
-    stale = RedisBackend(redis_url, namespace=namespace, lease_ttl=30)
     fresh = RedisBackend(redis_url, namespace=namespace, lease_ttl=30)
-    got: list[Any] = []
     with trio.fail_after(20):
         async with (
-            trio_persist.open_persist(stale_device, backend=stale) as a,
-            trio_persist.open_persist(fresh_device, backend=fresh) as b,
-            coredis.Redis.from_url(redis_url) as control,
-            trio.open_nursery() as nursery,
+            leading_call(stale_device, callers=3, lease_ttl=30) as stale,
+            trio_persist.open_persist(fresh_device, backend=fresh) as other,
         ):
-
-            async def call() -> None:
-                got.append(await a.resolve("base", "req"))
-
-            for _ in range(3):
-                nursery.start_soon(call)
-            await eventually(lambda: stale_device.calls == 1)
-            [lease] = await control.keys(f"{{{namespace}:*}}:lease")
-            await control.delete([lease])  # its lease ran out while it stalled
-            assert await b.resolve("base", "req") == "fresh"
+            await stale.control.delete([stale.keys.lease])  # it ran out while it stalled
+            assert await other.resolve("base", "r") == "fresh"
             stale_device.release.set()
-    assert got == ["fresh"] * 3
-    assert stale.statistics().fenced == 1
+    assert stale.got == ["fresh"] * 3
+    assert stale.backend.statistics().fenced == 1
     assert any("stale commit" in r.getMessage() for r in caplog.records)
 
 
@@ -275,12 +274,15 @@ async def test_redis_stopped_mid_flight_leaves_nobody_hanging(namespace: str) ->
                 async with trio.open_nursery() as nursery:
 
                     async def call() -> None:
-                        assert await persist.resolve("base", "req") == "done"
+                        # Its commit fails: the value is not handed out (another
+                        # process may execute the round meanwhile).
+                        with pytest.raises(trio_persist.BackendUnavailable, match="not handed"):
+                            await persist.resolve("base", "req")
 
                     nursery.start_soon(call)
                     await eventually(lambda: backend.statistics().leading != 0)
                     server.stop()
-                    device.release.set()  # the commit fails; the caller still gets its value
+                    device.release.set()
     finally:
         server.stop()
 
@@ -297,17 +299,21 @@ async def test_with_fallback_local_a_call_executes_locally_while_redis_is_away(
             assert await persist.resolve("base", "req") == "local"
 
 
-async def plant(url: str, namespace: str, key: str, payload: bytes) -> None:
-    """Make a fake leader hold *key* and leave *payload* as its result."""
-    names = keys_of(namespace, key)
-    async with coredis.Redis.from_url(url) as control:
-        await control.set(names["lease"], "ab" * 16 + ":999999999", px=30000)
-        await control.set(names["result"], payload, px=30000)
+@contextlib.asynccontextmanager
+async def planted(url: str, namespace: str, key: str, payload: bytes) -> AsyncIterator[None]:
+    """A fake leader holds *key* (lease TTL 0.6 s) and left *payload* as its result."""
+    names = Keys.of(namespace, key)
+    async with (
+        coredis.Redis.from_url(url) as control,
+        fake_leader(control, names, 999999999, 0.6),
+    ):
+        await control.set(names.result, payload, px=30000)
+        yield
 
 
 def sealed(namespace: str, key: str, token: int, body: dict[str, Any], key_: bytes | None) -> bytes:
     """A payload as a backend with signing key *key_* would write it for *key*."""
-    return Seal(namespace, key_).wrap(keys_of(namespace, key)["result"], token, body)
+    return Seal(namespace, key_).wrap(Keys.of(namespace, key).result, token, body)
 
 
 PICKLED_X = {"ok": True, "codec": "pickle", "value": "gASVBQAAAAAAAACMAXiULg=="}
@@ -329,14 +335,15 @@ async def test_garbage_unsigned_or_tampered_results_are_refused(
     async def device(base: Any, request: Any) -> Any:
         return "unused"  # pragma: no cover
 
-    backend = RedisBackend(redis_url, namespace=namespace, signing_key=b"secret", lease_ttl=0.6)
+    backend = RedisBackend(redis_url, namespace=namespace, signing_key=SIGNING_KEY, lease_ttl=0.6)
     with trio.fail_after(20):
         async with trio_persist.open_persist(device, backend=backend) as persist:
             key = backend.key_of(persist.group("base", "req"), "req", True)
             assert key is not None
-            await plant(redis_url, namespace, key, payload)
-            with pytest.raises(trio_persist.CorruptResult, match=message):
-                await persist.resolve("base", "req")
+            async with planted(redis_url, namespace, key, payload):
+                with pytest.raises(trio_persist.CorruptResult, match=message) as caught:
+                    await persist.resolve("base", "req")
+    assert type(caught.value) is trio_persist.CorruptResult  # the public type itself
 
 
 async def test_a_json_backend_refuses_a_pickled_result(redis_url: str, namespace: str) -> None:
@@ -348,13 +355,14 @@ async def test_a_json_backend_refuses_a_pickled_result(redis_url: str, namespace
         async with trio_persist.open_persist(device, backend=backend) as persist:
             key = backend.key_of(persist.group("b", "r"), "r", True)
             assert key is not None
-            await plant(redis_url, namespace, key, b"999999999::" + json.dumps(PICKLED_X).encode())
-            with pytest.raises(trio_persist.CorruptResult, match="no signing key"):
-                await persist.resolve("b", "r")
+            pickled = b"999999999::" + json.dumps(PICKLED_X).encode()
+            async with planted(redis_url, namespace, key, pickled):
+                with pytest.raises(trio_persist.CorruptResult, match="no signing key"):
+                    await persist.resolve("b", "r")
 
 
 async def test_signed_pickles_carry_any_picklable_value(redis_url: str, namespace: str) -> None:
-    got = await lead_and_follow(redis_url, namespace, Recorder({1, 2, 3}), signing_key=b"k")
+    got = await lead_and_follow(redis_url, namespace, Recorder({1, 2, 3}), signing_key=SIGNING_KEY)
     assert got == ({1, 2, 3}, {1, 2, 3})  # a set: not JSON
 
 
@@ -366,6 +374,25 @@ async def test_a_result_the_json_codec_cannot_carry_reaches_followers_as_an_erro
     assert local is value
     assert isinstance(remote, trio_persist.RemoteError)
     assert str(remote).startswith("TypeError: cannot send a object across processes")
+
+
+class Touchy(dict):  # type: ignore[type-arg]
+    """A result that JSON encodes, whose ``==`` raises."""
+
+    def __eq__(self, other: object) -> bool:
+        raise RuntimeError("never compare me")
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+async def test_a_result_whose_equality_raises_reaches_the_leaders_callers_and_runs_once(
+    redis_url: str, namespace: str
+) -> None:
+    value = Touchy(a=1)
+    local, remote = await lead_and_follow(redis_url, namespace, Recorder(value))
+    assert local is value
+    assert isinstance(remote, trio_persist.RemoteError)
+    assert "a value of type Touchy" in str(remote)
 
 
 async def test_the_cluster_view_lists_every_live_process_and_its_workers(
@@ -501,7 +528,7 @@ async def test_a_follower_waiting_when_redis_stops_gets_a_clear_error_and_recove
                     await eventually(lambda: "follower" in got)
                     device.release.set()
                 assert isinstance(got["follower"], trio_persist.BackendUnavailable)
-                assert got["leader"] == "done"  # its commit failed; its caller still has it
+                assert isinstance(got["leader"], trio_persist.BackendUnavailable)  # no commit
                 server.start()
                 assert await b.resolve("base", "again") == "done"
     finally:
@@ -514,31 +541,24 @@ async def test_a_follower_taking_over_after_another_already_finished_gets_that_r
     # The race behind a rare double execution, made deterministic: two followers
     # see one leader vanish; the first takes over and commits before the second
     # tries. The second must get that result, not lead a second execution.
-    async def device(base: Any, request: Any) -> Any:
-        return "unused"  # pragma: no cover
-
-    backends = [RedisBackend(redis_url, namespace=namespace, lease_ttl=30) for _ in range(3)]
-    names = keys_of(namespace, "key")
+    names = Keys.of(namespace, "key")
     with trio.fail_after(20):
         async with (
-            trio_persist.open_persist(device, backend=backends[0]),
-            trio_persist.open_persist(device, backend=backends[1]),
-            trio_persist.open_persist(device, backend=backends[2]),
+            open_leases(redis_url, namespace) as leader,
+            open_leases(redis_url, namespace) as first,
+            open_leases(redis_url, namespace) as second,
             coredis.Redis.from_url(redis_url) as control,
         ):
-            leader, first, second = backends
-            kind, vanished, _ = await leader._acquire(
-                names, 0, 0
-            )  # reaching in: one step at a time
-            assert kind == "l"
-            assert await first._acquire(names, 0, 0) == ("f", vanished, None)
-            assert await second._acquire(names, 0, 0) == ("f", vanished, None)
-            await control.delete([names["lease"]])  # the leader dies
-            kind, token, _ = await first._acquire(names, 0, vanished)  # takes over...
-            assert kind == "l"
+            lead = await leader.acquire(call_for(leader, "key"))
+            assert isinstance(lead, Lead)
+            assert await first.acquire(call_for(first, "key")) == Follow(lead.token)
+            assert await second.acquire(call_for(second, "key")) == Follow(lead.token)
+            await control.delete([names.lease])  # the leader dies
+            taken = await first.acquire(call_for(first, "key", lead.token))  # takes over...
+            assert isinstance(taken, Lead)
             payload = sealed(
-                namespace, "key", token, {"ok": True, "codec": "json", "value": "first"}, None
+                namespace, "key", taken.token, {"ok": True, "codec": "json", "value": "first"}, None
             )
-            await control.set(names["result"], payload)  # ...and commits...
-            taken = await second._acquire(names, 0, vanished)  # ...before the second tries
-            assert taken == ("r", 0, payload)
+            await control.set(names.result, payload)  # ...and commits...
+            late = await second.acquire(call_for(second, "key", lead.token))  # ...before it tries
+            assert late == Found(payload)

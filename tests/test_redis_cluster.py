@@ -158,3 +158,64 @@ async def test_after_a_master_dies_its_replica_takes_over_and_every_key_answers_
         assert first is not None
         assert second is not None
         assert second > first, key
+
+
+@pytest.fixture
+def own_cluster(tmp_path: Path) -> Iterator[RedisCluster]:
+    """A 3-master cluster of the test's own, without replicas (a killed master stays dead)."""
+    servers = RedisCluster(tmp_path)
+    servers.start()
+    try:
+        yield servers
+    finally:
+        servers.stop()
+
+
+async def test_a_masters_death_never_crashes_the_persist(
+    own_cluster: RedisCluster, namespace: str
+) -> None:
+    # Leaders on every master renew their leases while one master dies (and,
+    # a node timeout later, the cluster says it is down): nothing the client
+    # raises reaches the persist. Every call gets its value or a clear error.
+    device = Recorder()
+    backend = RedisBackend(new_client(own_cluster), namespace=namespace, lease_ttl=1, timeout=1)
+    got: dict[int, Any] = {}
+    survived = False
+    try:
+        with trio.fail_after(60):
+            async with (
+                trio_persist.open_persist(device, backend=backend) as persist,
+                trio.open_nursery() as nursery,
+            ):
+
+                async def call(key: int) -> None:
+                    try:
+                        got[key] = await persist.resolve("base", key)
+                    except trio_persist.PersistError as exc:
+                        got[key] = exc
+
+                for key in range(12):  # on every master
+                    nursery.start_soon(call, key)
+                await eventually(lambda: backend.statistics().leading == 12)
+                own_cluster.kill(own_cluster.ports[1])
+                await trio.sleep(2.5)  # more than two TTLs of renewals with a master gone
+                device.release.set()
+                await eventually(lambda: len(got) == 12)
+                with pytest.raises(trio_persist.BackendUnavailable):
+                    await persist.resolve("base", "after")  # still serving: a clear error
+            survived = True
+    finally:
+        # A crash of the persist reaches this block as a group of cancellations.
+        assert survived, "the persist crashed"
+    for value in got.values():
+        assert value == "done" or isinstance(value, trio_persist.BackendUnavailable)
+
+
+async def test_a_plain_url_to_one_node_of_a_cluster_is_refused_saying_what_to_pass(
+    cluster: RedisCluster, namespace: str
+) -> None:
+    backend = RedisBackend(cluster.url, namespace=namespace, fallback="local")
+    refused = pytest.RaisesExc(ValueError, match="a node of a Redis Cluster: pass a coredis")
+    with trio.fail_after(20), pytest.RaisesGroup(refused, flatten_subgroups=True):
+        async with trio_persist.open_persist(Recorder(), backend=backend):
+            pass  # pragma: no cover - refused before the block runs

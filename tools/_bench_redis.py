@@ -1,8 +1,11 @@
 """The Redis figures of tools/bench.py (``--redis``): a real server, started here.
 
 Cross-process flight overhead on the leader path, beside the raw coredis round
-trip measured in the same run (bar: at most 3 round trips per flight), and N
-processes x M callers on one key (bar: exactly one execution).
+trip measured in the same run (bar: at most 3 round trips per flight), N
+processes x M callers on one key (bar: exactly one execution), and goodput
+against offered load up to 8x saturation, 1 to 4 processes (bars: at 8x,
+goodput at least half of capacity, and calls succeed again within a second of
+the load stopping).
 """
 
 from __future__ import annotations
@@ -186,6 +189,60 @@ async def synchronised_rounds(url: str, processes: int, keys: int) -> tuple[floa
     return followed / 3.0, max(o["slowest"] for o in outputs)
 
 
+async def _workers(url: str, mode: str, processes: int, arg: int, seconds: float) -> list[Any]:
+    """Run *processes* bench workers in *mode* at once; their JSON outputs."""
+    namespace = f"bench-{uuid.uuid4().hex[:8]}"
+    worker = str(TESTS / "redis_worker.py")
+    outputs: list[Any] = []
+
+    async def one() -> None:
+        done = await trio.run_process(
+            [sys.executable, worker, url, namespace, mode, str(arg), str(seconds)],
+            capture_stdout=True,
+        )
+        outputs.append(json.loads(done.stdout))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(processes):
+            nursery.start_soon(one)
+    return outputs
+
+
+def goodput(url: str, *, quick: bool) -> bool:
+    """Goodput (calls answered with a value within the 1 s timeout, per second)
+    against offered load, open loop, each call on a key of its own."""
+    print(
+        "\n  goodput against offered load (open loop, a key per call, instant device; good:\n"
+        "  a value within the 1 s timeout; recovered: from the load's end to a call in time)"
+    )
+    print(
+        f"  {'processes':>9} {'capacity/s':>10} {'offered':>14} {'goodput/s':>9} "
+        f"{'of capacity':>11} {'refused':>8} {'p99 ok':>8} {'recovered':>9}"
+    )
+    ok = True
+    seconds = 1.5 if quick else 3.0
+    for processes in (1, 4) if quick else (1, 2, 3, 4):
+        capacity = sum(
+            o["per_second"] for o in trio.run(_workers, url, "closed", processes, 32, seconds)
+        )
+        for factor in (1, 2, 4, 8):
+            rate = max(1, int(capacity * factor / processes))
+            outputs = trio.run(_workers, url, "offered", processes, rate, seconds)
+            good = sum(o["good"] for o in outputs)
+            offered = sum(o["offered"] for o in outputs)
+            refused = sum(o["errors"] for o in outputs)
+            p99 = max((o["p99"] or 0) for o in outputs)
+            recovered = max(o["recovered"] for o in outputs)
+            print(
+                f"  {processes:>9} {capacity:>10,.0f} {factor:>3}x {offered:>8,.0f}/s "
+                f"{good:>9,.0f} {good / capacity:>11.0%} {refused:>8,} "
+                f"{p99 * 1000:>6.0f}ms {recovered:>8.2f}s"
+            )
+            if factor == 8:
+                ok &= good >= capacity / 2 and recovered <= 1.0
+    return ok
+
+
 def redis_figures(row: Callable[..., bool], *, quick: bool) -> bool:
     server = RedisServer()
     server.start()
@@ -238,6 +295,7 @@ def redis_figures(row: Callable[..., bool], *, quick: bool) -> bool:
         ok &= per_second >= 1000
         executions, calls = trio.run(many_processes, server.url, 3, 50)
         print(f"  3 processes x 50 callers on one key: {calls} calls, {executions} execution(s)")
+        ok &= goodput(server.url, quick=quick)
         return ok and executions == 1
     finally:
         server.stop()

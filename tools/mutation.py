@@ -69,7 +69,10 @@ IN_PROCESS_MODULES = [
     "_core/_registry", "_core/_runner", "_core/_supervisor", "_core/_worker",
     "_core/_linger", "_core/_labels", "_core/_histogram",
 ]  # fmt: skip
-REDIS_MODULES = ["redis/_backend", "redis/_link", "redis/_scripts", "_codec"]
+REDIS_MODULES = [
+    "redis/_backend", "redis/_lease", "redis/_renewal", "redis/_cluster", "redis/_link",
+    "redis/_scripts", "_codec",
+]  # fmt: skip
 TESTS = {
     **dict.fromkeys(IN_PROCESS_MODULES, IN_PROCESS),
     **dict.fromkeys(REDIS_MODULES, REDIS),

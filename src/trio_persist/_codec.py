@@ -98,19 +98,44 @@ def encode_value(seal: Seal, redis_key: str, value: Any, token: int) -> bytes:
                 f"cannot send a {type(value).__name__} across processes: it does not pickle ({exc})"
             ) from None
         return seal.wrap(redis_key, token, {"ok": True, "codec": "pickle", "value": data})
-    try:
-        faithful = json.loads(json.dumps(value, allow_nan=False)) == value
-    except (TypeError, ValueError, RecursionError) as exc:
-        reason = str(exc)
-    else:
-        reason = "it would not read back equal: tuples, non-string keys, ..."
-        if faithful:
-            return seal.wrap(redis_key, token, {"ok": True, "codec": "json", "value": value})
+    reason = _not_json(value)
+    if reason is None:
+        return seal.wrap(redis_key, token, {"ok": True, "codec": "json", "value": value})
     raise TypeError(
         f"cannot send a {type(value).__name__} across processes with the JSON codec "
         f"({reason}); return JSON values (dicts with string keys, lists, str, numbers, "
         "bools, None), or give the backend a signing_key to use signed pickles"
     )
+
+
+def _not_json(value: Any) -> str | None:
+    """Why *value* would not read back from JSON as the same value of the same types,
+    or None if it would.
+
+    Types are checked exactly (an ``IntEnum`` is not an int, an ``OrderedDict`` not
+    a dict), and nothing of the value's own is called (no ``==``, no ``repr``).
+    """
+    try:
+        json.dumps(value, allow_nan=False)  # cycles, NaN, nesting too deep for JSON
+    except (TypeError, ValueError, RecursionError) as exc:
+        return str(exc) or type(exc).__name__
+    stack = [value]  # no cycle: dumps has walked it
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind is dict:
+            for key, inner in item.items():
+                if type(key) is not str:
+                    return f"it would not read back equal: a key of type {type(key).__name__}"
+                stack.append(inner)
+        elif kind is list:
+            stack.extend(item)
+        elif kind not in _JSON_SCALARS:
+            return f"it would not read back equal: a value of type {kind.__name__}"
+    return None
+
+
+_JSON_SCALARS = (str, int, float, bool, type(None))
 
 
 def encode_error(seal: Seal, redis_key: str, error: BaseException, token: int) -> bytes:

@@ -11,13 +11,15 @@ only that flight talks to Redis. Across processes, a flight first tries to
 become the leader of its key with one Lua script (a new fencing token and a
 lease, atomically):
 
-* The **leader** runs the device while one loop renews all of the process's
-  leases together; a lease that is lost (taken over, or unrenewed for a whole
-  TTL) cancels its execution, whose callers then follow the new leader. It
-  commits the outcome with one script that checks the lease, stores the
-  result, publishes it and drops the lease. A leader whose commit is refused
-  answers its callers with the winner's outcome, never with its own stale
-  one. `fencing_token()` tells a device its token, to fence its own writes.
+* The **leader** runs the device while one loop keeps the process's leases
+  alive, each renewed on its own schedule; a lease that is lost (taken over,
+  or its expiry passed unconfirmed) cancels its execution, whose callers then
+  follow the new leader. It commits the outcome with one script that checks
+  the lease, stores the result, publishes it and drops the lease. Its callers
+  get its value only once the commit is accepted: a refused commit answers
+  with the winner's outcome, one that cannot be made with
+  `~trio_persist.BackendUnavailable`. `fencing_token()` tells a device its
+  token, to fence its own writes.
 * A **follower** is registered with the process's one subscriber before it
   asks, so it hears the leader's publication without a round trip of its own;
   when it has heard nothing for a third of the TTL it looks at the lease and
@@ -25,9 +27,11 @@ lease, atomically):
   replaced by exactly one follower; after ``max_takeovers`` vanished leaders,
   `~trio_persist.LeaderDied`.
 
-Every step is bounded by ``timeout``: callers get their value, or
+Every step is bounded by ``timeout``, and at most ``max_pending`` calls
+start on Redis at once: callers get their value, or
 `~trio_persist.BackendUnavailable` (with ``fallback="local"``, a local
-execution) within the bounds the Redis page of the docs states. Outcomes cross
+execution) within the bounds the Redis page of the docs states. Nothing a
+server or its client does crashes the persist. Outcomes cross
 processes sealed to their namespace, key and token (authenticated with
 ``signing_key``).
 
@@ -36,14 +40,9 @@ with a TTL, so a dead process disappears): see `RedisBackend.cluster` and
 ``trio-persist monitor --redis URL``.
 """
 
-from ._backend import (
-    NodeSnapshot,
-    RedisBackend,
-    RedisBackendStatistics,
-    cluster_frame,
-    fencing_token,
-    watch_cluster,
-)
+from ._backend import RedisBackend, RedisBackendStatistics
+from ._cluster import NodeSnapshot, cluster_frame, watch_cluster
+from ._lease import fencing_token
 
 __all__ = [
     "NodeSnapshot",

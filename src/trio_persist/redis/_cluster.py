@@ -1,8 +1,10 @@
 """The cluster view: heartbeat records of every process on a Redis namespace.
 
 Each persist on a `RedisBackend` writes a record (its statistics, workers and
-busiest groups) with a TTL of three heartbeats; these read them back, and
-merge them into one monitor frame for ``trio-persist monitor --redis``.
+busiest groups, named by digests or by the device's ``label`` hook: nothing of
+a request) with a TTL of three heartbeats, in its namespace's own keys; these
+read them back, and merge them into one monitor frame for ``trio-persist
+monitor --redis``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,14 @@ import trio
 from .._monitor import FRAME_VERSION
 from .._stats import PersistStatistics
 
-__all__ = ["NodeSnapshot", "cluster_frame", "read_nodes", "watch_cluster"]
+__all__ = [
+    "NodeSnapshot",
+    "cluster_frame",
+    "nodes_key",
+    "read_nodes",
+    "record_key",
+    "watch_cluster",
+]
 
 
 @attrs.frozen
@@ -47,13 +56,31 @@ class NodeSnapshot:
     """Its busiest groups, as records of a monitor frame."""
 
 
-NODES = "{trio-persist:nodes}"
-"""The set of live processes' ids; each record is ``NODES + ":" + id`` (one hash slot)."""
+INDEX = "{trio-persist:namespaces}"
+"""The names of namespaces that have live processes (names only, nothing of their
+records): how a view of every namespace finds them."""
 
-# KEYS: record, set. ARGV: record, ttl_ms, node id.
+
+def nodes_key(namespace: str) -> str:
+    """The set of live processes' ids on *namespace* (in the namespace's own keys)."""
+    return "{" + namespace + ":}:nodes"
+
+
+def record_key(namespace: str, node: str) -> str:
+    """Where process *node* keeps its heartbeat record (one hash slot with the set)."""
+    return "{" + namespace + ":}:node:" + node
+
+
+# KEYS: record, set. ARGV: record, ttl_ms, node id. The set lives as long as its
+# longest-lived member could (PEXPIRE GT only ever extends it).
 BEAT = """
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('SADD', KEYS[2], ARGV[3])
+if redis.call('PTTL', KEYS[2]) == -1 then
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+else
+  redis.call('PEXPIRE', KEYS[2], ARGV[2], 'GT')
+end
 return 1
 """
 # KEYS: record, set. ARGV: node id.
@@ -65,23 +92,35 @@ return 1
 
 
 async def read_nodes(client: Any, namespace: str | None) -> tuple[NodeSnapshot, ...]:
-    """Read the heartbeat records of every live process (on *namespace*, if given).
+    """Read the heartbeat records of every live process on *namespace* (None: on
+    every namespace).
 
-    Records of processes that died expire; their ids are pruned from the set.
+    Records of processes that died expire; their ids are pruned from the set,
+    and namespaces left without a process from the index.
     """
-    ids = sorted(await client.smembers(NODES))
-    values = await client.mget([NODES + ":" + _text(i) for i in ids]) if ids else []
+    if namespace is not None:
+        return await _read_namespace(client, namespace)
+    nodes: list[NodeSnapshot] = []
+    for name in sorted(_text(n) for n in await client.smembers(INDEX)):
+        found = await _read_namespace(client, name)
+        if not found:
+            await client.srem(INDEX, [name])  # a live process adds it again at its beat
+        nodes.extend(found)
+    return tuple(nodes)
+
+
+async def _read_namespace(client: Any, namespace: str) -> tuple[NodeSnapshot, ...]:
+    ids = sorted(_text(i) for i in await client.smembers(nodes_key(namespace)))
+    values = await client.mget([record_key(namespace, i) for i in ids]) if ids else []
     gone = [i for i, value in zip(ids, values, strict=True) if value is None]
     if gone:
-        await client.srem(NODES, gone)
+        await client.srem(nodes_key(namespace), gone)
     records = []
     for value in values:
         if value is None:
             continue
         try:
             data = json.loads(value)
-            if namespace is not None and data["namespace"] != namespace:
-                continue
             records.append(
                 NodeSnapshot(
                     node=data["node"],
@@ -119,8 +158,13 @@ async def watch_cluster(
     *on_status* gets a message (the URL's password redacted) and the watch
     goes on trying; it gets None once frames flow again.
     """
-    from ._link import classify, open_client, redact
+    from ._link import check_url, classify, open_client, redact
 
+    try:
+        check_url(url)
+    except ValueError as exc:
+        on_status(f"cannot read the cluster: {exc}")
+        await trio.sleep_forever()
     client = open_client(url, interval * 5)
     shown = redact(url)
     async with client:

@@ -18,7 +18,7 @@ import contextlib
 import ssl
 import sys
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -34,14 +34,50 @@ if sys.version_info < (3, 11):  # pragma: no cover
 if TYPE_CHECKING:
     import coredis
 
-__all__ = ["Subscriber", "Watch", "classify", "open_client", "redact"]
+__all__ = [
+    "Counters",
+    "Link",
+    "Overloaded",
+    "Subscriber",
+    "Watch",
+    "check_url",
+    "classify",
+    "open_client",
+    "redact",
+]
+
+
+def check_url(url: str) -> None:
+    """Refuse a URL whose credentials hold an unencoded ``/``, ``#`` or ``?``.
+
+    Such a URL is parsed with part of the password as the host or the path:
+    it cannot work, and its password would show in messages. The error says
+    how to encode it and shows nothing of the URL.
+    """
+    if _ambiguous(url):
+        raise ValueError(
+            "the Redis URL's user name or password holds an unencoded '/', '#' or '?' "
+            "(or '@'): percent-encode it, for example with urllib.parse.quote(password, "
+            "safe='')"
+        )
+
+
+def _ambiguous(url: str) -> bool:
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return True
+    rest = parts.path + parts.query + parts.fragment
+    return "@" in rest and parts.scheme in ("redis", "rediss")
 
 
 def redact(url: str) -> str:
     """*url* with its password (in the authority or the query) replaced by ``***``."""
+    if _ambiguous(url):
+        return "<a Redis URL whose credentials are not percent-encoded>"
     try:
         parts = urllib.parse.urlsplit(url)
-    except ValueError:
+    except ValueError:  # pragma: no cover - _ambiguous said so already
         return "<an unparsable Redis URL>"
     netloc = parts.netloc
     if "@" in netloc:
@@ -76,6 +112,14 @@ def secure_url(url: str) -> str:
         return url
     query = dict(urllib.parse.parse_qsl(parts.query, keep_blank_values=True))
     query.setdefault("ssl_cert_reqs", "required")
+    if query["ssl_cert_reqs"].lower() != "required":
+        # An explicit choice, respected (a hostname cannot be checked without a
+        # certificate), and said: anyone on the path can then read and forge.
+        logger.warning(
+            "rediss:// with ssl_cert_reqs=%s: the server's certificate is not checked",
+            query["ssl_cert_reqs"],
+        )
+        query.setdefault("ssl_check_hostname", "false")
     query.setdefault("ssl_check_hostname", "true")
     scheme, netloc, path, _, fragment = parts
     return urllib.parse.urlunsplit((scheme, netloc, path, urllib.parse.urlencode(query), fragment))
@@ -94,6 +138,12 @@ def open_client(url: str, timeout: float) -> coredis.Redis[bytes]:
         # Commands are multiplexed; a full pool only queues them (under our deadlines).
         max_connections=16,
     )
+
+
+def _is_cluster(client: Any) -> bool:
+    from coredis import RedisCluster
+
+    return isinstance(client, RedisCluster)
 
 
 def _leaves(error: BaseException) -> Iterator[BaseException]:
@@ -150,6 +200,24 @@ def classify(error: BaseException, where: str) -> Exception | None:
     return None
 
 
+class Overloaded(BackendUnavailable):
+    """A step refused because too many are in progress: never a reason to run locally."""
+
+
+def _drops() -> tuple[type[Exception], ...]:
+    """Errors of a connection that broke (as opposed to one that is slow)."""
+    import anyio
+    from coredis.exceptions import ConnectionError as RedisConnectionError
+
+    return (
+        RedisConnectionError,
+        OSError,
+        anyio.ClosedResourceError,
+        anyio.BrokenResourceError,
+        anyio.EndOfStream,
+    )
+
+
 def _connection_errors() -> tuple[type[BaseException], ...]:
     import anyio
     from coredis.exceptions import RedisError
@@ -163,6 +231,222 @@ def _connection_errors() -> tuple[type[BaseException], ...]:
         anyio.BrokenResourceError,
         anyio.EndOfStream,
     )
+
+
+@attrs.define
+class Counters:
+    """What one backend counts (`RedisBackend.statistics` copies them)."""
+
+    led: int = 0
+    followed: int = 0
+    takeovers: int = 0
+    fenced: int = 0
+    lost: int = 0
+    unavailable: int = 0
+    corrupt: int = 0
+    round_trips: int = 0
+    leading: int = 0
+    following: int = 0
+    rejected: int = 0
+
+
+@attrs.define(eq=False)
+class Link:
+    """One backend's way to Redis: its client, its scripts, and the bounded step.
+
+    The client is attached while the backend serves (`attach`), and detached
+    when it stops; a step taken meanwhile is `BackendUnavailable`.
+    """
+
+    where: str
+    timeout: float
+    counters: Counters
+    client: Any = None
+    scripts: dict[str, Any] = attrs.Factory(dict)
+    max_pending: int = 128
+    pending: int = 0
+    """Steps in progress now."""
+    _slots: trio.Semaphore = attrs.field(init=False)
+    _waiting: int = 0
+    _down: bool = False
+    _pipelining: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        self._slots = trio.Semaphore(self.max_pending)
+
+    def attach(self, client: Any, sources: dict[str, str]) -> None:
+        """Use *client* from now on, with the Lua scripts *sources* (name: source)."""
+        from coredis.commands.script import Script
+
+        self.scripts = {name: Script(script=source) for name, source in sources.items()}
+        self.client = client
+
+    async def step(
+        self, what: str, fn: Callable[..., Awaitable[Any]], *args: Any, admit: bool = False
+    ) -> Any:
+        """Run one Redis step under the deadline; failures become clear errors.
+
+        A connection that breaks (a server restarting, a pooled connection that
+        died) is tried again within the same deadline, at once and then every
+        few milliseconds, unless Redis is known to be down (then once): every
+        script is idempotent, so a repeat never acts twice.
+
+        With *admit* (new work), the step first takes one of ``max_pending``
+        slots, waiting at most half the timeout for one (in arrival order);
+        if none frees, it is refused with `BackendUnavailable` (counted in
+        ``rejected``): past saturation the backend sheds load instead of
+        queueing it until every caller times out, and recovers at once.
+        """
+        if self.client is None:
+            raise BackendUnavailable(f"{self.where}: the backend is not running")
+        if admit:
+            await self._admit(what)
+        self.counters.round_trips += 1
+        self.pending += 1
+        try:
+            with trio.fail_after(self.timeout):
+                answer = await self._attempt(fn, args, trio.current_time() + self.timeout)
+        except BaseException as exc:
+            translated = self._failed(exc, what)
+            if translated is None:
+                raise
+            raise translated from None
+        finally:
+            self.pending -= 1
+            if admit:
+                self._slots.release()
+        if self._down:
+            self._down = False
+            logger.warning("%s answers again", self.where)
+        return answer
+
+    async def _admit(self, what: str) -> None:
+        try:
+            self._slots.acquire_nowait()
+            return
+        except trio.WouldBlock:
+            pass
+        # Waiting is cheap, timing out is not: with many waiting already, refuse
+        # at once (the cheapest refusal is the one made first).
+        if self._waiting < 8 * self.max_pending:
+            self._waiting += 1
+            try:
+                with trio.move_on_after(self.timeout / 2):
+                    await self._slots.acquire()
+                    return
+            finally:
+                self._waiting -= 1
+        self.counters.rejected += 1
+        raise Overloaded(
+            f"{self.where} ({what}): {self.max_pending} Redis operations in progress "
+            "(max_pending): refused"
+        )
+
+    async def _attempt(
+        self, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...], deadline: float
+    ) -> Any:
+        pause = 0.0
+        while True:
+            try:
+                return await fn(*args)
+            except _drops() as exc:
+                if (self._down and pause) or trio.current_time() + pause >= deadline:
+                    raise exc from None
+            await trio.sleep(pause)
+            pause = min(max(2 * pause, 0.005), 0.1)
+
+    def _failed(self, error: BaseException, what: str) -> Exception | None:
+        """The error to raise for a failed step (counted; an outage logged once), or
+        None if *error* is a cancellation or the program exiting.
+
+        Only client code runs inside a step, so any other error is the
+        backend's failure, whatever its type (a client may raise a TypeError
+        of its own when a Cluster node dies): it never reaches the persist.
+        """
+        where = f"{self.where} ({what})"
+        translated = classify(error, where)
+        if translated is None:
+            leaves = list(_leaves(error))
+            if not leaves or not all(isinstance(leaf, Exception) for leaf in leaves):
+                return None
+            translated = BackendUnavailable(f"{where} failed: {leaves[0]!r}")
+        if isinstance(translated, BackendUnavailable):
+            self.counters.unavailable += 1
+            if not self._down:
+                self._down = True
+                logger.warning("%s", translated)
+        else:
+            self.counters.corrupt += 1
+        return translated
+
+    async def script(
+        self, name: str, keys: list[str], args: list[Any], *, admit: bool = False
+    ) -> Any:
+        """Run the script *name* as one bounded step (see `step`)."""
+        return await self.step(name, self.run_script, name, keys, args, admit=admit)
+
+    async def script_each(
+        self, name: str, requests: list[tuple[list[str], list[Any]]]
+    ) -> list[Any]:
+        """Run the script *name* once per ``(keys, args)``: the answers, in order, each
+        the script's reply or the exception it met. Not bounded (callers bound it).
+
+        On one server, one pipeline, unless one is on its way already (a
+        pipeline holds a connection of its own: a second one would open another,
+        which costs round trips). On a Cluster, and meanwhile, each request on
+        its own, multiplexed with the other commands: a Cluster pipeline fails
+        whole when one master is down, and registering scripts on one would ask
+        every master first.
+        """
+        from coredis.exceptions import NoScriptError
+
+        sha = self.scripts[name].sha
+        if self._pipelining or _is_cluster(self.client):
+            answers: list[Any] = [None] * len(requests)
+
+            async def one(index: int, keys: list[str], args: list[Any]) -> None:
+                try:
+                    answers[index] = await self.run_script(name, keys, args)
+                except Exception as exc:
+                    answers[index] = exc
+
+            async with trio.open_nursery() as nursery:
+                for index, (keys, args) in enumerate(requests):
+                    nursery.start_soon(one, index, keys, args)
+            return answers
+        self._pipelining = True
+        try:
+            try:
+                return await self._pipeline(sha, requests)
+            except NoScriptError:  # a server that forgot the script (restarted): load it
+                await self.client.script_load(self.scripts[name].script)
+                return await self._pipeline(sha, requests)
+        finally:
+            self._pipelining = False
+
+    async def _pipeline(self, sha: str, requests: list[tuple[list[str], list[Any]]]) -> list[Any]:
+        from coredis.exceptions import NoScriptError
+
+        async with self.client.pipeline(transaction=False, raise_on_error=False) as pipe:
+            pending = [pipe.evalsha(sha, keys=keys, args=args) for keys, args in requests]
+        answers = [await request for request in pending]
+        for answer in answers:
+            if isinstance(answer, NoScriptError):
+                raise answer
+        return answers
+
+    async def run_script(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        """Run the script *name* once, unbounded and uncounted (callers bound it)."""
+        # EVALSHA directly (coredis's Script wrapper costs ~30 us a call); a
+        # server that forgot the script (restarted) gets it loaded, then again.
+        from coredis.exceptions import NoScriptError
+
+        script = self.scripts[name]
+        try:
+            return await self.client.evalsha(script.sha, keys=keys, args=args)
+        except NoScriptError:
+            await self.client.script_load(script.script)
+            return await self.client.evalsha(script.sha, keys=keys, args=args)
 
 
 @attrs.define(eq=False)
@@ -266,10 +550,9 @@ class Subscriber:
             except BaseException as exc:
                 # A dropped connection, or coredis tearing down under cancellation
                 # (then the checkpoint below raises our own Cancelled).
-                allowed: tuple[type[BaseException], ...] = (
-                    trio.Cancelled,
-                    *_connection_errors(),
-                )
+                # Whatever the client raises is a drop: only an exit of the
+                # program (KeyboardInterrupt, SystemExit) goes through.
+                allowed = (trio.Cancelled, Exception)
                 if not all(isinstance(leaf, allowed) for leaf in _leaves(exc)):
                     raise
                 failure = exc

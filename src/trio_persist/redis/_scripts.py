@@ -7,8 +7,10 @@ hash tag), so each script touches one slot:
   new for every acquire) is the leader's identity; every equality check
   (renew, commit, release) compares the whole value.
 * ``{ns:key}:fence``: the last ordering token issued for the key.
-* ``{ns:key}:result`` and ``{ns:key}:linger``: the last committed outcome (and
-  a success that lingers for late callers).
+* ``{ns:key}:result``: the last committed outcome.
+* ``{ns:key}:linger``: ``"<us>:<payload>"``, a success that lingers for late
+  callers, with the server's clock at its commit: a caller takes it only while
+  its own linger covers its age; anything else found there is ignored.
 * ``{ns:key}:waiting``: set when a process follows the current leader; a commit
   or abandonment is published only then (and clears it), so uncontended keys
   cost no publication and no process hears news nobody waits for.
@@ -29,74 +31,113 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["ACQUIRE", "COMMIT", "PEEK", "RELEASE", "RENEW", "keys_of", "pattern_of"]
+import attrs
 
-# Shared by the scripts: the token of a lease value or payload (nil if malformed).
+__all__ = ["ACQUIRE", "COMMIT", "PEEK", "RELEASE", "RENEW", "Keys", "pattern_of"]
+
+# Shared by the scripts. Tokens are handled as decimal strings of at most 16
+# digits, never as Lua numbers (doubles, exact only below 2**53): ordering and
+# "one more" stay exact for every token a payload can carry.
 _HELPERS = """
+local function digits(value)
+  if not value then return nil end
+  local d = string.match(value, '^0*(%d+)$')
+  if d == nil or #d > 16 then return nil end
+  return d
+end
+local function before(a, b)
+  if #a ~= #b then return #a < #b end
+  return a < b
+end
+local function increment(d)
+  local i = #d
+  while i > 0 and string.sub(d, i, i) == '9' do i = i - 1 end
+  if i == 0 then return '1' .. string.rep('0', #d) end
+  return string.sub(d, 1, i - 1) .. string.char(string.byte(d, i) + 1) .. string.rep('0', #d - i)
+end
+local function now_us()
+  local now = redis.call('TIME')
+  return digits(now[1] .. string.format('%06d', tonumber(now[2])))
+end
 local function lease_token(value)
   if not value then return nil end
   local id, token = string.match(value, '^(%x+):(%d+)$')
-  if id == nil or #id ~= 32 or #token > 16 then return nil end
-  return tonumber(token)
+  if id == nil or #id ~= 32 then return nil end
+  return digits(token)
 end
 local function payload_token(value)
   if not value then return nil end
-  local token = string.match(value, '^(%d+):')
-  if token == nil or #token > 16 then return nil end
-  return tonumber(token)
+  return digits(string.match(value, '^(%d+):'))
 end
 local function get(key)
   local ok, value = pcall(redis.call, 'GET', key)
   if not ok then return redis.error_reply('WRONGTYPE ' .. key) end
   return value
 end
+local function live(key, value, ttl_ms)
+  -- A lease a follower may wait for: well formed, and expiring within a TTL of
+  -- ours (an immortal lease, or one set for longer, is foreign: replaced).
+  if not lease_token(value) then return false end
+  local left = redis.call('PTTL', key)
+  return left > 0 and left <= tonumber(ttl_ms)
+end
 """
 
-# KEYS: lease, fence, linger, result, waiting. ARGV: ttl_ms, "1" to honour a lingering
-# result, the token of a leader seen to vanish ("0" if none), the new lease id,
-# fence_ttl_ms.
-# Returns {"r", payload}: a lingering result, or on a takeover one committed at
+# KEYS: lease, fence, linger, result, waiting. ARGV: ttl_ms, the caller's linger in
+# ms ("0": none), the token of a leader seen to vanish ("0" if none), the new
+# lease id, fence_ttl_ms.
+# Returns {"g", payload}: a success committed less than the caller's linger ago
+# (on the server's clock); {"r", payload}: on a takeover, a result committed at
 # or after the vanished token; {"f", token}: follow the live leader; {"l",
-# token, repaired}: we lead ("repaired" is 1 when a malformed lease was replaced).
+# token, repaired}: we lead ("repaired" is 1 when a foreign lease was replaced).
 # Idempotent: a retried acquire that finds its own id leads with its token.
 ACQUIRE = (
     _HELPERS
     + """
-if ARGV[2] == '1' then
+if ARGV[2] ~= '0' then
   local lingering = get(KEYS[3])
   if type(lingering) == 'table' then return lingering end
-  if lingering then return {'r', lingering} end
+  local at, payload = nil, nil
+  if lingering then at, payload = string.match(lingering, '^(%d+):(.*)$') end
+  local token = payload_token(payload)
+  at = digits(at)
+  if at and token and not before(at, token) then
+    local now = now_us()
+    if not before(now, at) and tonumber(now) - tonumber(at) <= tonumber(ARGV[2]) * 1000 then
+      return {'g', payload}
+    end
+  end
 end
 if ARGV[3] ~= '0' then
   local committed = get(KEYS[4])
   if type(committed) == 'table' then return committed end
   local token = payload_token(committed)
-  if token and token >= tonumber(ARGV[3]) then return {'r', committed} end
+  if token and not before(token, ARGV[3]) then return {'r', committed} end
 end
 local current = get(KEYS[1])
 if type(current) == 'table' then return current end
 local repaired = 0
 if current then
   local token = lease_token(current)
-  if token and string.sub(current, 1, 32) == ARGV[4] then
-    return {'l', string.format('%.0f', token), 0}
-  end
-  if token and redis.call('PTTL', KEYS[1]) > 0 then
+  if token and string.sub(current, 1, 32) == ARGV[4] then return {'l', token, 0} end
+  if live(KEYS[1], current, ARGV[1]) then
     redis.call('SET', KEYS[5], '1', 'PX', ARGV[5])
-    return {'f', string.format('%.0f', token)}
+    return {'f', token}
   end
   repaired = 1  -- foreign, malformed or immortal: never followed, replaced
 end
 local fence = get(KEYS[2])
 if type(fence) == 'table' then return fence end
-local now = redis.call('TIME')
-local token = tonumber(now[1]) * 1000000 + tonumber(now[2])
-local last = tonumber(fence)
-if last and last >= token and last < 1e16 then token = last + 1 end
-local text = string.format('%.0f', token)
-redis.call('SET', KEYS[2], text, 'PX', ARGV[5])
-redis.call('SET', KEYS[1], ARGV[4] .. ':' .. text, 'PX', ARGV[1])
-return {'l', text, repaired}
+local token = now_us()
+local last = digits(fence)
+-- One more than the last token, unless that is behind the clock (sixteen nines
+-- cannot grow within sixteen digits: a foreign fence, ignored).
+if last and not before(last, token) and last ~= '9999999999999999' then
+  token = increment(last)
+end
+redis.call('SET', KEYS[2], token, 'PX', ARGV[5])
+redis.call('SET', KEYS[1], ARGV[4] .. ':' .. token, 'PX', ARGV[1])
+return {'l', token, repaired}
 """
 )
 
@@ -110,31 +151,34 @@ return 0
 # KEYS: lease, result, linger, fence, waiting. ARGV: lease value, token, payload,
 # channel, result_ttl_ms, linger_ms (0: none), "1" for sharded publication.
 # Commits when the lease is ours, or gone with no newer token issued since
-# (it expired and nobody took over). Returns {"c"} (committed), else
-# {"r", payload} (the newest result, for the refused leader to answer with),
-# {"f", token} (follow the leader that took over) or {"x"} (nothing to follow).
+# (it expired and nobody took over). A lingering success is stored with the
+# server's clock at the commit ("<us>:<payload>"): its window is measured from
+# there. Returns {"c"} (committed), else {"r", payload} (the newest result, for
+# the refused leader to answer with), {"f", token} (follow the leader that took
+# over) or {"x"} (nothing to follow).
 # Idempotent: a retried commit finds no lease and its own token as the fence.
 COMMIT = (
     _HELPERS
     + """
 local current = get(KEYS[1])
 if type(current) == 'table' then return current end
-local token = tonumber(ARGV[2])
+local token = ARGV[2]
 if current ~= ARGV[1] then
   local fence = get(KEYS[4])
   if type(fence) == 'table' then return fence end
-  if current or (fence and tonumber(fence) and tonumber(fence) > token) then
+  local last = digits(fence)
+  if current or (last and before(token, last)) then
     local result = get(KEYS[2])
     if type(result) == 'table' then return result end
     local committed = payload_token(result)
-    if committed and committed > token then return {'r', result} end
+    if committed and before(token, committed) then return {'r', result} end
     local leader = lease_token(current)
-    if leader then return {'f', string.format('%.0f', leader)} end
+    if leader then return {'f', leader} end
     return {'x'}
   end
 end
 redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[5])
-if ARGV[6] ~= '0' then redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[6]) end
+if ARGV[6] ~= '0' then redis.call('SET', KEYS[3], now_us() .. ':' .. ARGV[3], 'PX', ARGV[6]) end
 if redis.call('DEL', KEYS[5]) == 1 then  -- someone follows: tell them
   if ARGV[7] == '1' then
     redis.call('SPUBLISH', ARGV[4], ARGV[3])
@@ -164,8 +208,9 @@ end
 return 1
 """
 
-# KEYS: lease, result. What a follower checks when it has heard nothing:
-# {lease token or "", result or ""}. Malformed leases read as "bad".
+# KEYS: lease, result. ARGV: ttl_ms. What a follower checks when it has heard
+# nothing: {lease token or "", result or ""}. A lease it may not wait for (see
+# `live`) reads as "bad".
 PEEK = (
     _HELPERS
     + """
@@ -175,29 +220,35 @@ local result = get(KEYS[2])
 if type(result) == 'table' then return result end
 local token = ''
 if lease then
-  local parsed = lease_token(lease)
-  if parsed and redis.call('PTTL', KEYS[1]) > 0 then
-    token = string.format('%.0f', parsed)
-  else
-    token = 'bad'
-  end
+  if live(KEYS[1], lease, ARGV[1]) then token = lease_token(lease) else token = 'bad' end
 end
 return {token, result or ''}
 """
 )
 
 
-def keys_of(namespace: str, key: str) -> dict[str, str]:
+@attrs.frozen
+class Keys:
     """The names of one request's keys and channel (all in one hash slot)."""
-    tag = "{" + namespace + ":" + key + "}"
-    return {
-        "lease": tag + ":lease",
-        "fence": tag + ":fence",
-        "linger": tag + ":linger",
-        "result": tag + ":result",
-        "waiting": tag + ":waiting",
-        "channel": tag + ":done",
-    }
+
+    lease: str
+    fence: str
+    linger: str
+    result: str
+    waiting: str
+    channel: str
+
+    @classmethod
+    def of(cls, namespace: str, key: str) -> Keys:
+        tag = "{" + namespace + ":" + key + "}"
+        return cls(
+            lease=tag + ":lease",
+            fence=tag + ":fence",
+            linger=tag + ":linger",
+            result=tag + ":result",
+            waiting=tag + ":waiting",
+            channel=tag + ":done",
+        )
 
 
 _GLOB_SPECIAL = "\\*?[]^"

@@ -1,0 +1,587 @@
+"""The lease protocol: how one flight leads or follows its key across processes.
+
+A flight's `Call` goes through rounds (`Leases.run`). Each round starts with
+one acquire script, which answers `Lead` (we hold the key's lease and a fresh
+fencing token), `Follow` (another process leads: wait for its outcome) or
+`Found` (a result that answers us already). A round ends with an `Answer` for
+the flight's callers, or says why to go round again: the leader we followed
+`Vanished`, or our own lease passed on (`Again`).
+
+Leases held now are renewed by one loop (`._renewal`), each on its own
+schedule and in batches: a task per flight would cost more than the flight's
+own bookkeeping. A lease found taken, or whose expiry passes without a
+confirmed renewal, cancels its execution.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import enum
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import attrs
+import trio
+
+from .._codec import ABANDONED, Seal, decode_outcome, encode_error, encode_value
+from .._exceptions import BackendUnavailable, CorruptResult, LeaderDied
+from .._logging import Throttle
+from ._link import Counters, Link, Overloaded, Subscriber, Watch
+from ._renewal import Held, Renewer
+from ._scripts import ACQUIRE, COMMIT, PEEK, RELEASE, RENEW, Keys
+
+__all__ = [
+    "LEASE_SCRIPTS",
+    "Again",
+    "Answer",
+    "Call",
+    "Follow",
+    "Found",
+    "Lead",
+    "Leases",
+    "Vanished",
+    "fencing_token",
+]
+
+Resolve = Callable[[Any, Any], Awaitable[Any]]
+
+LEASE_SCRIPTS = {
+    "acquire": ACQUIRE,
+    "renew": RENEW,
+    "commit": COMMIT,
+    "release": RELEASE,
+    "peek": PEEK,
+}
+"""The scripts the protocol runs, by name (for `Link.attach`)."""
+
+_token: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "trio_persist_fencing_token", default=None
+)
+
+
+def fencing_token() -> int | None:
+    """The fencing token of the execution running in this task, if it leads through Redis.
+
+    Tokens of one key only grow, across leaders and Redis restarts: a store the
+    device writes to can refuse a write whose token is lower than one it has
+    already seen, so a leader that lost its lease (paused, partitioned) cannot
+    overwrite its successor. None outside an execution led through a
+    `RedisBackend`.
+    """
+    return _token.get()
+
+
+# -- what a round ends with ---------------------------------------------------------
+
+
+@attrs.frozen
+class Answer:
+    """An outcome for the flight's callers: a value (*ok*) or an exception to raise."""
+
+    ok: bool
+    value: Any
+
+    def unwrap(self) -> Any:
+        if self.ok:
+            return self.value
+        raise self.value
+
+
+@attrs.frozen
+class Vanished:
+    """The leader we followed (token *token*) vanished: take over from it."""
+
+    token: int
+
+
+@attrs.frozen
+class Again:
+    """Our own lease passed on: ask again, accepting results at or after *token*."""
+
+    token: int
+
+
+# -- what an acquire (or a refused commit) finds ------------------------------------
+
+
+@attrs.frozen
+class Lead:
+    """We lead, with fencing token *token*; *value* is our lease (``"<id>:<token>"``),
+    acquired by a command sent at *sent* (our clock)."""
+
+    token: int
+    value: str
+    sent: float = 0.0
+
+
+@attrs.frozen
+class Follow:
+    """Another process leads with token *token*: wait for its outcome."""
+
+    token: int
+
+
+@attrs.frozen
+class Found:
+    """A result that answers us already: committed after a vanished leader, or
+    (*lingering*) a success committed less than our linger ago."""
+
+    payload: bytes
+    lingering: bool = False
+
+
+class Verdict(enum.Enum):
+    """A commit's answer when no record is needed."""
+
+    COMMITTED = "committed"
+    ALONE = "refused, with no winner to answer with"
+
+
+@attrs.define(eq=False)
+class Call:
+    """One flight's passage through the protocol: what its rounds share."""
+
+    keys: Keys
+    watch: Watch
+    base: Any = None
+    request: Any = None
+    resolve: Resolve | None = None
+    linger: float = 0.0
+    vanished: int = 0
+    """Leaders that vanished under this call (it gives up past ``max_takeovers``)."""
+    vanished_token: int = 0
+    """Accept a result committed at or after this token (0: any lingering one only)."""
+    read_linger: bool = True
+    """Whether a lingering success may answer (not after one was found unusable)."""
+
+
+class _Undecodable(CorruptResult):
+    """A result that was read but cannot be trusted: never a reason to run locally."""
+
+
+@attrs.define(eq=False)
+class Leases:
+    """The lease protocol of one backend: its rounds, and the leases it holds.
+
+    Args:
+        link: How to reach Redis (every step bounded by its timeout).
+        seal: Seals and checks payloads for the namespace.
+        subscriber: Hears the namespace's publications for waiting followers.
+        counters: Where to count (shared with the backend's statistics).
+        lease_ttl: Seconds a lease lives without renewal.
+        fallback: ``"local"`` to execute locally when Redis cannot be used.
+        max_takeovers: Vanished leaders one call survives.
+    """
+
+    link: Link
+    seal: Seal
+    subscriber: Subscriber
+    counters: Counters
+    lease_ttl: float
+    fallback: str = "error"
+    max_takeovers: int = 3
+    log: Throttle = attrs.Factory(Throttle)
+    """Events that can repeat at the rate of requests (garbage, faults), throttled."""
+    renewer: Renewer = attrs.field(init=False)
+    _unled: trio.Event | None = None  # set once nothing leads (while closing)
+    _nursery: trio.Nursery | None = None  # for background work (releases), while serving
+
+    def __attrs_post_init__(self) -> None:
+        self.renewer = Renewer(self.link, self.lease_ttl, self.counters, self.log)
+
+    @property
+    def result_ttl(self) -> float:
+        """How long a result outlives its commit: a follower looks at least every
+        third of the TTL, and each look may take the timeout."""
+        return max(3 * self.lease_ttl, self.lease_ttl + 2 * self.link.timeout, 1.0)
+
+    # -- life cycle ----------------------------------------------------------------
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Keep the subscription up and renew the leases held, until cancelled.
+
+        Reports started once subscribed, or after the timeout if Redis is away.
+        """
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                await nursery.start(self.subscriber.run, self.link.client)
+                nursery.start_soon(self.renewer.run)
+                task_status.started()
+        finally:
+            self._nursery = None
+            self.log.flush()
+
+    async def wait_unled(self) -> None:
+        """Wait (at most the timeout) until no execution leads: cancelled leaders
+        are dropping their leases, shielded, and need the client for it."""
+        if self.counters.leading:
+            self._unled = trio.Event()
+            with trio.move_on_after(self.link.timeout):
+                await self._unled.wait()
+
+    # -- rounds --------------------------------------------------------------------
+
+    async def run(self, key: str, base: Any, request: Any, resolve: Resolve, linger: float) -> Any:
+        """Execute ``resolve(base, request)`` once across processes for *key*."""
+        keys = Keys.of(self.seal.namespace, key)
+        with self.subscriber.watch(key) as watch:
+            call = Call(keys, watch, base, request, resolve, linger)
+            while True:
+                try:
+                    outcome = await self.round(call)
+                except _Undecodable as exc:
+                    raise CorruptResult(str(exc)) from None  # the public type, never ours
+                except Overloaded as exc:
+                    raise BackendUnavailable(str(exc)) from None  # shed: never run here
+                except (BackendUnavailable, CorruptResult) as exc:
+                    if self.fallback != "local":
+                        raise
+                    self.log.log(
+                        logging.INFO, "local execution", "executing %s locally: %s", key, exc
+                    )
+                    return await resolve(base, request)
+                if isinstance(outcome, Answer):
+                    return outcome.unwrap()
+                call.vanished_token = outcome.token
+                if isinstance(outcome, Vanished):
+                    call.vanished += 1
+                    if call.vanished > self.max_takeovers:
+                        raise LeaderDied(
+                            f"the remote leader of {key} vanished {call.vanished} times; giving up"
+                        )
+
+    async def round(self, call: Call) -> Answer | Vanished | Again:
+        """One acquire and what follows it."""
+        found = await self.acquire(call)
+        if isinstance(found, Found):
+            answer = self._lingering(call, found) if found.lingering else None
+            if answer is None and found.lingering:
+                return Again(call.vanished_token)  # ask again, without the linger
+            self.counters.followed += 1
+            return answer or self.decode(call.keys, found.payload)
+        if isinstance(found, Lead):
+            if call.vanished:
+                self.counters.takeovers += 1
+                self.log.log(
+                    logging.WARNING,
+                    "takeover",
+                    "took over %s from a leader that vanished (token %d)",
+                    call.keys.lease,
+                    call.vanished_token,
+                )
+            return await self._lead(call, found)
+        outcome = await self._follow(call, found.token)
+        if isinstance(outcome, Answer):
+            self.counters.followed += 1
+        return outcome
+
+    async def acquire(self, call: Call) -> Lead | Follow | Found:
+        """Lead *call*'s key, or learn who does (one script, one round trip)."""
+        keys = call.keys
+        lease_id = secrets.token_hex(16)
+        sent = trio.current_time()
+        try:
+            reply = await self.link.script(
+                "acquire",
+                [keys.lease, keys.fence, keys.linger, keys.result, keys.waiting],
+                [
+                    int(self.lease_ttl * 1000),
+                    _ms(call.linger) if call.read_linger else 0,
+                    call.vanished_token,
+                    lease_id,
+                    int(self.result_ttl * 1000) + int(self.lease_ttl * 1000),
+                ],
+                admit=not (call.vanished or call.vanished_token),  # new work only
+            )
+        except Overloaded:
+            raise  # never sent
+        except BaseException:
+            # Unanswered (timed out, broken, cancelled): it may still reach Redis
+            # and take the lease, which nobody would renew or release.
+            self._soon(self._drop_orphan, keys, lease_id, sent)
+            raise
+        kind = _text(reply[0])
+        if kind in ("r", "g"):
+            return Found(reply[1], lingering=kind == "g")
+        token = int(reply[1])
+        if kind == "f":
+            return Follow(token)
+        if int(reply[2]):
+            self.counters.corrupt += 1
+            self.log.log(
+                logging.WARNING, "malformed lease", "replaced a malformed lease at %s", keys.lease
+            )
+        return Lead(token, f"{lease_id}:{token}", sent)
+
+    def _lingering(self, call: Call, found: Found) -> Answer | None:
+        """The success a lingering entry holds; None (counted) if it holds anything
+        else: garbage or a failure there is never an answer."""
+        try:
+            answer = self.decode(call.keys, found.payload)
+        except CorruptResult as exc:
+            reason = str(exc)
+        else:
+            if answer.ok:
+                return answer
+            self.counters.corrupt += 1
+            reason = "a failure, which never lingers"
+        call.read_linger = False
+        self.log.log(
+            logging.WARNING,
+            "malformed linger",
+            "ignored the lingering entry of %s: %s",
+            call.keys.linger,
+            reason,
+        )
+        return None
+
+    def decode(self, keys: Keys, payload: Any) -> Answer:
+        """The outcome a stored result holds; `CorruptResult` if it holds none."""
+        try:
+            _, ok, value = decode_outcome(self.seal, keys.result, payload, keys.result)
+        except CorruptResult as exc:
+            self.counters.corrupt += 1
+            raise _Undecodable(str(exc)) from None
+        if value is ABANDONED:
+            raise _Undecodable(f"{keys.result} holds an abandonment, not a result")
+        return Answer(ok, value)
+
+    # -- leading -------------------------------------------------------------------
+
+    async def _lead(self, call: Call, lead: Lead) -> Answer | Again:
+        """Run the device as the leader and commit its outcome.
+
+        Returns the callers' answer, or `Again` to follow whoever holds the key
+        now (the lease was lost, or the commit refused with a live successor).
+        A leader that does not settle (abandoned, crashed, cancelled, or Redis
+        away at the commit) drops its lease and says so, shielded, so that a
+        follower takes over at once instead of after the TTL.
+        """
+        self.counters.led += 1
+        self.counters.leading += 1
+        held = self.renewer.hold(call.keys.lease, lead.value, lead.token, lead.sent)
+        settled = False
+        reset = _token.set(lead.token)
+        try:
+            answer, payload, linger = await self._execute(call, held)
+            held.settling = True
+            if answer is None or held.lost:
+                settled = True  # lost: the lease is someone else's now
+                return Again(lead.token)
+            try:
+                verdict = await self.commit(call.keys, held, payload, linger)
+            except (BackendUnavailable, CorruptResult) as exc:
+                settled = True  # dropped in the background: our callers wait no longer
+                self._release_soon(call.keys, held)
+                return self._uncommitted(answer, exc)
+            settled = True
+            return self._after_commit(call, held, answer, verdict)
+        finally:
+            _token.reset(reset)
+            self.renewer.drop(held)
+            if not settled:
+                await self._release(call.keys, held.value, held.token)
+            self.counters.leading -= 1
+            if not self.counters.leading and self._unled is not None:
+                self._unled.set()
+
+    async def _execute(self, call: Call, held: Held) -> tuple[Answer | None, bytes, float]:
+        """Run the device under the lease's scope: its answer (None if the lease was
+        lost meanwhile), the payload for the other processes, and how long it lingers."""
+        assert call.resolve is not None
+        keys, token = call.keys, held.token
+        with held.scope:
+            try:
+                value = await call.resolve(call.base, call.request)
+            except Exception as exc:
+                return Answer(False, exc), encode_error(self.seal, keys.result, exc, token), 0.0
+            try:
+                payload = encode_value(self.seal, keys.result, value, token)
+            except Exception as exc:
+                # A failure for the others: it must not linger.
+                return Answer(True, value), encode_error(self.seal, keys.result, exc, token), 0.0
+            return Answer(True, value), payload, call.linger
+        return None, b"", 0.0
+
+    async def commit(
+        self, keys: Keys, held: Held, payload: bytes, linger: float
+    ) -> Verdict | Found | Follow:
+        """Store, publish and drop the lease, if it is still ours (or expired unclaimed).
+
+        Shielded: the value is ready, and the others wait for it. A refused
+        commit says what to answer with instead: the winner's result (`Found`),
+        the live successor to follow (`Follow`), or nobody (`Verdict.ALONE`).
+        """
+        with trio.CancelScope(shield=True):
+            reply = await self.link.script(
+                "commit",
+                [keys.lease, keys.result, keys.linger, keys.fence, keys.waiting],
+                [
+                    held.value,
+                    held.token,
+                    payload,
+                    keys.channel,
+                    int(self.result_ttl * 1000),
+                    _ms(linger),
+                    "0",
+                ],
+            )
+            return _verdict(reply)
+        raise AssertionError("unreachable: a shielded scope never swallows")  # pragma: no cover
+
+    def _after_commit(
+        self, call: Call, held: Held, answer: Answer, verdict: Verdict | Found | Follow
+    ) -> Answer | Again:
+        if verdict is Verdict.COMMITTED:
+            return answer
+        self.counters.fenced += 1
+        self.log.log(
+            logging.WARNING,
+            "stale commit",
+            "a stale commit of %s was refused (token %d): answering with the winner's outcome",
+            call.keys.lease,
+            held.token,
+        )
+        if isinstance(verdict, Found):
+            return self.decode(call.keys, verdict.payload)
+        if isinstance(verdict, Follow):
+            return Again(verdict.token)
+        return answer  # no winner to answer with: ours is the only outcome
+
+    def _uncommitted(self, answer: Answer, failure: Exception) -> Answer:
+        """What the callers of an execution whose commit failed get: a clear error,
+        since another process may execute the round meanwhile (with
+        ``fallback="local"``, the value: a local execution's, as documented)."""
+        if self.fallback == "local":
+            return answer
+        error = BackendUnavailable(
+            f"{failure}; the execution's outcome could not be committed, so it is not "
+            "handed out (another process may execute this round)"
+        )
+        error.__cause__ = failure
+        return Answer(False, error)
+
+    def _soon(self, work: Callable[..., Awaitable[None]], *args: Any) -> None:
+        """Run *work* in the background while serving (else a lease expires by itself)."""
+        if self._nursery is not None:
+            self._nursery.start_soon(work, *args)
+
+    def _release_soon(self, keys: Keys, held: Held) -> None:
+        self._soon(self._release, keys, held.value, held.token)
+
+    async def _release(self, keys: Keys, value: str, token: int) -> None:
+        """Drop the lease *value* if it is still ours, and say so to followers."""
+        with trio.CancelScope(shield=True), contextlib.suppress(Exception):
+            await self.link.script(
+                "release",
+                [keys.lease, keys.waiting],
+                [
+                    value,
+                    keys.channel,
+                    self.seal.wrap(keys.result, token, {"abandoned": True}),
+                    "0",
+                ],
+            )
+
+    async def _drop_orphan(self, keys: Keys, lease_id: str, sent: float) -> None:
+        """Release the lease an unanswered acquire may take, should it reach Redis
+        before the lease would expire anyway: look a few times until then."""
+        give_up = sent + self.lease_ttl
+        while trio.current_time() < give_up:
+            with contextlib.suppress(BackendUnavailable, CorruptResult):
+                value = _text(
+                    await self.link.step(
+                        "looking for an orphan lease", self.link.client.get, keys.lease
+                    )
+                    or b""
+                )
+                head, _, token = value.partition(":")
+                if head == lease_id and token.isdigit():
+                    await self._release(keys, value, int(token))
+                    return
+            await trio.sleep(max(self.lease_ttl / 6, 0.05))
+
+    # -- following -----------------------------------------------------------------
+
+    async def _follow(self, call: Call, token: int) -> Answer | Vanished:
+        """Wait for *token*'s outcome (or a newer one), or learn that its leader vanished."""
+        self.counters.following += 1
+        try:
+            while True:
+                heard = self.heard(call.keys, token, call.watch)
+                if heard is not None:
+                    return heard
+                await call.watch.wait(self.lease_ttl / 3)
+                if call.watch.inbox:
+                    continue
+                looked = await self._look(call, token)
+                if looked is not None:
+                    return looked
+        finally:
+            self.counters.following -= 1
+
+    async def _look(self, call: Call, token: int) -> Answer | Vanished | None:
+        """Quiet (or poked after a reconnect): is the leader still there?"""
+        keys = call.keys
+        lease, result = await self.link.script(
+            "peek", [keys.lease, keys.result], [int(self.lease_ttl * 1000)]
+        )
+        if result:
+            found_token = _payload_token(result)
+            if found_token is None or found_token >= token:  # garbage: say so
+                return self.decode(keys, result)
+        heard = self.heard(keys, token, call.watch)  # what arrived meanwhile
+        if heard is not None:
+            return heard
+        if _text(lease) in ("", "bad"):
+            return Vanished(token)  # vanished (or corrupt): take over
+        return None
+
+    def heard(self, keys: Keys, token: int, watch: Watch) -> Answer | Vanished | None:
+        """The outcome in *watch*'s inbox for *token* or newer; `Vanished` for an
+        abandonment; None if nothing there answers."""
+        while watch.inbox:
+            data = watch.inbox.pop(0)
+            try:
+                got, ok, value = decode_outcome(self.seal, keys.result, data, keys.channel)
+            except CorruptResult as exc:
+                self.counters.corrupt += 1
+                self.log.log(
+                    logging.WARNING, "malformed message", "ignored a malformed message: %s", exc
+                )
+                continue
+            if got < token:
+                continue  # an older round's news
+            if value is ABANDONED:
+                return Vanished(token)
+            return Answer(ok, value)
+        return None
+
+
+def _verdict(reply: Any) -> Verdict | Found | Follow:
+    kind = _text(reply[0])
+    if kind == "c":
+        return Verdict.COMMITTED
+    if kind == "r":
+        return Found(reply[1])
+    if kind == "f":
+        return Follow(int(reply[1]))
+    return Verdict.ALONE
+
+
+def _ms(seconds: float) -> int:
+    """Milliseconds for a script; any positive time is at least one."""
+    return max(1, round(seconds * 1000)) if seconds > 0 else 0
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _payload_token(payload: Any) -> int | None:
+    head = (payload if isinstance(payload, bytes) else str(payload).encode()).split(b":", 1)[0]
+    return int(head) if head.isdigit() and len(head) <= 16 else None
