@@ -65,6 +65,36 @@ class _Owned:
     error: BaseException | None = None
 
 
+@attrs.frozen
+class _Options:
+    """A decorated function's checked options (see `deduplicated`)."""
+
+    name: str | None
+    share: bool
+    linger: float
+    backend: object
+    instance_key: Callable[[Any], Hashable] | None
+
+    @classmethod
+    def check(
+        cls,
+        name: object,
+        share: object,
+        linger: object,
+        backend: object,
+        instance_key: object,
+    ) -> _Options:
+        if not isinstance(share, bool):
+            raise TypeError(f"share must be True or False, got {type(share).__name__}")
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"name must be None or a str, got {type(name).__name__}")
+        if instance_key is not None and not callable(instance_key):
+            raise TypeError(
+                f"instance_key must be None or a callable, got {type(instance_key).__name__}"
+            )
+        return cls(name, share, check_linger(linger), _check_backend(backend), instance_key)
+
+
 @attrs.frozen(eq=False)
 class _InRun:
     """What a decorated function has in one run: its registration, and what calls it."""
@@ -167,32 +197,16 @@ class Deduplicated(Generic[P, V]):
     (a `DeduplicatedMethod`).
     """
 
-    def __init__(
-        self,
-        fn: Callable[P, Awaitable[V]],
-        *,
-        name: str | None,
-        share: bool,
-        linger: float,
-        backend: object,
-        instance_key: Callable[[Any], Hashable] | None,
-    ) -> None:
+    def __init__(self, fn: Callable[P, Awaitable[V]], options: _Options) -> None:
         _check_function(fn)
-        if not isinstance(share, bool):
-            raise TypeError(f"share must be True or False, got {type(share).__name__}")
-        if name is not None and not isinstance(name, str):
-            raise TypeError(f"name must be None or a str, got {type(name).__name__}")
-        if instance_key is not None and not callable(instance_key):
-            raise TypeError(
-                f"instance_key must be None or a callable, got {type(instance_key).__name__}"
-            )
         functools.update_wrapper(self, fn)
         self._fn = _protected(fn)
+        name = options.name
         self._name = name if name is not None else f"{fn.__module__}.{fn.__qualname__}"
-        self._share = share
-        self._linger = check_linger(linger)
-        self._backend = _check_backend(backend)
-        self._instance_key = instance_key
+        self._share = options.share
+        self._linger = options.linger
+        self._backend = options.backend
+        self._instance_key = options.instance_key
         self._method = False  # accessed through its class: args[0] is the instance
         self._run: trio.lowlevel.RunVar[_InRun | None] = trio.lowlevel.RunVar(
             self._name, default=None
@@ -407,15 +421,10 @@ def deduplicated(
         ValueError: *linger* is negative or not finite.
     """
 
+    options = _Options.check(name, share, linger, backend, instance_key)
+
     def decorate(fn: Callable[P, Awaitable[V]]) -> Deduplicated[P, V]:
-        return Deduplicated(
-            fn,
-            name=name,
-            share=share,
-            linger=linger,
-            backend=backend,
-            instance_key=instance_key,
-        )
+        return Deduplicated(fn, options)
 
     if fn is None:
         return decorate

@@ -371,7 +371,10 @@ def _across_processes(
     async def across(base: Any, request: Any) -> Any:
         # The key is computed here, inside the job: a request the backend
         # cannot name fails (or runs locally) for its own callers only.
-        key = backend.key_of(flight.group, request, flight.group_is_request)
+        group = flight.group
+        if call is not None:  # a CallGroup: its text (a backend compares plain str)
+            group = str(group)
+        key = backend.key_of(group, request, flight.group_is_request)
         if key is None:
             return await here(base, request)
         try:
