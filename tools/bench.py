@@ -182,6 +182,24 @@ def wrapped_distinct(n: int) -> float:
     return timed(main)
 
 
+def decorated_distinct(n: int) -> float:
+    """The same through ``@trio_persist.deduplicated`` (no block)."""
+    deduplicated = getattr(trio_persist, "deduplicated", None)
+    if deduplicated is None:  # an older version, measured beside this one
+        return math.nan
+
+    @deduplicated
+    async def fetch(i: int) -> int:
+        return i
+
+    async def main() -> int:
+        for i in range(n):
+            await fetch(i)
+        return n
+
+    return timed(main)
+
+
 def concurrent_callers(keys: int, callers: int, use_floor: bool) -> float:
     async def main() -> int:
         async with trio.open_nursery() as nursery:
@@ -486,6 +504,10 @@ def main() -> int:
     print(
         f"      {n} distinct calls of a wrapped function (persist.wrap): "
         f"{best_of(runs, lambda: wrapped_distinct(n)):.2f} us"
+    )
+    print(
+        f"      the same through @deduplicated: "
+        f"{best_of(runs, lambda: decorated_distinct(n)):.2f} us"
     )
     if args.front_only:
         return 0 if ok else 1

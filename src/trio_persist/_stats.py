@@ -197,7 +197,7 @@ class FunctionStatistics:
     """99th percentile of execution time, in seconds."""
     execution_max: float
     """The longest execution, in seconds."""
-    execution: DurationHistogram
+    execution: DurationHistogram = attrs.field(repr=False)
     """Execution times, at `BOUNDARIES` (for metrics exporters)."""
 
 

@@ -30,7 +30,7 @@ import copy
 import functools
 import inspect
 from collections.abc import Awaitable, Callable, Coroutine, Hashable
-from typing import Any, Concatenate, Generic, NoReturn, ParamSpec, TypeVar, overload
+from typing import Any, Concatenate, Generic, NoReturn, ParamSpec, TypeAlias, TypeVar, overload
 
 import attrs
 import trio
@@ -48,7 +48,8 @@ Q = ParamSpec("Q")
 V = TypeVar("V")
 S = TypeVar("S")
 
-AnyPersist = Persist[NoReturn, NoReturn, NoReturn]
+# A string: an alias made at import would keep the engine's module in its name.
+AnyPersist: TypeAlias = "Persist[NoReturn, NoReturn, NoReturn]"
 
 # This run's persists for decorated functions, by backend factory (None: none).
 _PERSISTS: trio.lowlevel.RunVar[dict[object, _Owned]] = trio.lowlevel.RunVar(
@@ -190,14 +191,25 @@ def _protected(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any
 
 
 class Deduplicated(Generic[P, V]):
-    """An async function deduplicated in any Trio run (made by `deduplicated`).
+    """An async function deduplicated in any Trio run (made by `deduplicated`, with
+    the same arguments).
 
     Call it as the function it decorates (same signature, same result): concurrent
     identical calls share one execution. Used as a method, it is bound like one
     (a `DeduplicatedMethod`).
     """
 
-    def __init__(self, fn: Callable[P, Awaitable[V]], options: _Options) -> None:
+    def __init__(
+        self,
+        fn: Callable[P, Awaitable[V]],
+        *,
+        linger: float = 0.0,
+        share: bool = True,
+        backend: Callable[[], object] | None = None,
+        name: str | None = None,
+        instance_key: Callable[[Any], Hashable] | None = None,
+    ) -> None:
+        options = _Options.check(name, share, linger, backend, instance_key)
         _check_function(fn)
         functools.update_wrapper(self, fn)
         self._fn = _protected(fn)
@@ -421,10 +433,17 @@ def deduplicated(
         ValueError: *linger* is negative or not finite.
     """
 
-    options = _Options.check(name, share, linger, backend, instance_key)
+    _Options.check(name, share, linger, backend, instance_key)  # now, not when applied
 
     def decorate(fn: Callable[P, Awaitable[V]]) -> Deduplicated[P, V]:
-        return Deduplicated(fn, options)
+        return Deduplicated(
+            fn,
+            linger=linger,
+            share=share,
+            backend=backend,
+            name=name,
+            instance_key=instance_key,
+        )
 
     if fn is None:
         return decorate

@@ -33,7 +33,7 @@ from ._runner import RunnerPool
 from ._state import Core, Counters, describe_owner
 from ._supervisor import Supervisor
 from ._worker import WorkerTask
-from ._wrapped import WrappedFunction
+from ._wrapped import CallGroup, WrappedFunction
 
 __all__ = ["Flight"]
 
@@ -343,7 +343,8 @@ class Flight:
 def _across(call: WrappedFunction | None, flight: Flight) -> bool:
     """Whether a shared job may run through the backend: not a method's call
     grouped by its instance's identity, which means something here only."""
-    return call is None or getattr(flight.group, "across", True)
+    group = flight.group
+    return call is None or not isinstance(group, CallGroup) or group.across
 
 
 def _across_processes(
@@ -372,8 +373,8 @@ def _across_processes(
         # The key is computed here, inside the job: a request the backend
         # cannot name fails (or runs locally) for its own callers only.
         group = flight.group
-        if call is not None:  # a CallGroup: its text (a backend compares plain str)
-            group = str(group)
+        if isinstance(group, CallGroup):  # a wrapped call: named by its text
+            group = group.text
         key = backend.key_of(group, request, flight.group_is_request)
         if key is None:
             return await here(base, request)

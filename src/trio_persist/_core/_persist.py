@@ -46,7 +46,7 @@ from ._runner import RunnerPool
 from ._state import Core
 from ._supervisor import Supervisor
 from ._worker import Worker, WorkerTask
-from ._wrapped import CallGroup, WrappedFunction
+from ._wrapped import WrappedFunction
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
@@ -529,11 +529,7 @@ class Persist(Generic[B, R, T]):
         core = self._core
         if core.closed:
             raise PersistClosed("this persist is closed: wrapped calls need its block")
-        if method:
-            group, key = fn.name_method_call(args, kwargs)
-        else:
-            # `WrappedFunction.name_call`, inlined: the common case.
-            group, key = CallGroup("w:" + default_group(fn.name, (args, kwargs))), fn.token
+        group, key = fn.name_method_call(args, kwargs) if method else fn.name_call(args, kwargs)
         core.counters.requests += 1
         fn.requests += 1
         current = running.get()
@@ -955,7 +951,7 @@ def open_persist(
         device: An ``async def resolve(base, request)``, or an object with an
             async ``resolve`` method and optional hooks (see the concepts page).
             Without one, the persist runs functions wrapped with `Persist.wrap`
-            only (`resolve` and workers are a `TypeError`), and is named
+            only (`Persist.resolve` and workers are a `TypeError`), and is named
             ``functions``.
         await_inprogress: True deduplicates every call; ``"named"`` only when
             the device has a ``group`` hook; False never (each call executes on

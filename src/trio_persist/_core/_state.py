@@ -223,9 +223,8 @@ class Core:
             timings.settle()
         if self.observers.listening:
             self.observers.ended(owner.kind, owner.group, job, outcome, elapsed)
-        call = job.call
-        if call is not None:  # a wrapped function counts its own too
-            call.ended(elapsed, outcome is not Outcome.OK, outcome is Outcome.CRASHED)
+        if job.call is not None:  # a wrapped function times its own too
+            job.call.ended(elapsed)
         self.count_outcome(owner.kind, owner.group, job, outcome)
         return now
 
@@ -253,11 +252,16 @@ class Core:
     def _count_failure(self, kind: str, group: Hashable | None, job: Job, outcome: Outcome) -> None:
         counters = self.counters
         counters.failures += 1
+        call = job.call
+        if call is not None:
+            call.failures += 1
         error = job.error
         detail = describe(error) if error is not None else ""
         self.events.emit(f"{kind}.failed", group, detail)
         if outcome is Outcome.CRASHED:
             counters.crashes += 1
+            if call is not None:
+                call.crashes += 1
             logger.error(
                 "a %s of group %s crashed: %s",
                 kind,

@@ -6,9 +6,9 @@ what its jobs run and where its own counts are kept. It lives as long as
 something uses it (a wrapper, a job), and the name with it.
 
 Its calls live in a group space of their own. A call's group is a `CallGroup`:
-the text ``"w:"`` and the digest of the name and arguments, equal to no other
-kind of value, so no group a ``resolve`` call or a device's ``group`` hook makes
-(a str, a tuple, ...) is ever the same group; its text is what names it across
+the text ``"w:"`` and the digest of the name and arguments, beside a private
+mark, so no group a ``resolve`` call or a device's ``group`` hook makes (a str,
+a tuple, ...) is ever the same group; its text is what names it across
 processes, where a backend keys it as it is: no default group (a bare digest)
 and no hook's group (hashed) lands there. Inside a group, a call's request name
 is its registration's token, so a lingering result or a running execution of a
@@ -26,18 +26,33 @@ from .._grouping import default_group
 from .._stats import BOUNDARIES, DurationHistogram, FunctionStatistics
 from ._histogram import Histogram
 
-__all__ = ["CallGroup", "InstanceCallGroup", "InstanceName", "WrappedFunction"]
+__all__ = ["CallGroup", "InstanceCallGroup", "InstanceName", "WrappedFunction", "call_group"]
 
 SETTLE_EVERY = 256
 """Executions between two foldings of a function's pending duration samples."""
 
 
-class CallGroup(str):
-    """The group of a wrapped function's call: ``"w:"`` and a 128-bit digest.
+class _Mark:
+    """What makes a `CallGroup` unforgeable: no value from outside can hold it."""
 
-    Equal only to a group of its own class with the same text: never to a
-    plain str (what the default grouper and most group hooks return), so no
-    other call can join a wrapped call, queue behind it or read its result.
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<a wrapped call>"
+
+
+_MARK = _Mark()
+
+
+class CallGroup(tuple[_Mark, str]):
+    """The group of a wrapped function's call: its text, ``"w:"`` and a 128-bit
+    digest, beside a private mark.
+
+    Hashed and compared as the tuple it is (at C speed), and equal to nothing
+    but a group made here: no group a ``resolve`` call or a device's ``group``
+    hook makes can hold the mark, so no other call can join a wrapped call,
+    queue behind it or read its result. Shown, and named outside the process,
+    by its text.
     """
 
     __slots__ = ()
@@ -45,13 +60,16 @@ class CallGroup(str):
     across: ClassVar[bool] = True
     """Whether a backend may run it once across processes (its text is its key)."""
 
-    def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and str.__eq__(self, other)
+    def __new__(cls, text: str) -> CallGroup:
+        return tuple.__new__(cls, (_MARK, text))
 
-    def __ne__(self, other: object) -> bool:
-        return not self.__eq__(other)
+    @property
+    def text(self) -> str:
+        """``"w:"`` and the digest of the function's name and arguments."""
+        return self[1]
 
-    __hash__ = str.__hash__
+    def __repr__(self) -> str:
+        return self[1]
 
 
 class InstanceCallGroup(CallGroup):
@@ -62,6 +80,12 @@ class InstanceCallGroup(CallGroup):
     __slots__ = ()
 
     across: ClassVar[bool] = False
+
+
+def call_group(text: str, _new: Any = tuple.__new__, _mark: _Mark = _MARK) -> CallGroup:
+    """``CallGroup(text)``, made the quickest way (the hot path of every wrapped call)."""
+    group: CallGroup = _new(CallGroup, (_mark, text))
+    return group
 
 
 @attrs.frozen(eq=False)
@@ -120,6 +144,20 @@ class WrappedFunction:
 
     # -- naming calls --------------------------------------------------------------
 
+    def digest(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+        """The default group of a call's arguments under this function's name.
+
+        Positional arguments alone are hashed when there is no keyword one (the
+        common case, and a third of the cost of encoding both); with keywords,
+        both, under another base, so the two forms never name one group.
+
+        Raises:
+            TypeError: an argument cannot be encoded (the message says which).
+        """
+        if kwargs:
+            return default_group((self.name, "**"), (args, kwargs))
+        return default_group(self.name, args)
+
     def name_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[CallGroup, object]:
         """The group of a call with these arguments, and its request name (this
         registration's token).
@@ -127,7 +165,7 @@ class WrappedFunction:
         Raises:
             TypeError: an argument cannot be encoded (the message says which).
         """
-        return CallGroup("w:" + default_group(self.name, (args, kwargs))), self.token
+        return call_group("w:" + self.digest(args, kwargs)), self.token
 
     def name_method_call(
         self, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -141,27 +179,23 @@ class WrappedFunction:
         instance, rest = args[0], args[1:]
         key = self.instance_key
         if key is not None:
-            group = CallGroup("w:" + default_group(self.name, (key(instance), rest, kwargs)))
-            return group, self.token
-        digest = default_group(self.name, (rest, kwargs))
+            digest = default_group((self.name, "self"), (key(instance), rest, kwargs))
+            return call_group("w:" + digest), self.token
+        digest = self.digest(rest, kwargs)
         # The request name holds the instance: while a result of its lingers (or
         # runs), no other object can have its id, and so its group.
         return InstanceCallGroup(f"w:{digest}@{id(instance):x}"), InstanceName(self.token, instance)
 
     # -- counting (the engine calls these) ----------------------------------------------
 
-    def ended(self, seconds: float, failed: bool, crashed: bool) -> None:
-        """One of its executions ended after *seconds* (*failed*: with an exception,
-        *crashed*: a `BaseException` that is not one)."""
+    def ended(self, seconds: float) -> None:
+        """One of its executions ended after *seconds* (failures are counted by
+        the engine, where it counts its own)."""
         self.durations.add(seconds)
         self.unsettled -= 1
         if not self.unsettled:
             self.unsettled = SETTLE_EVERY
             self.durations.settle()
-        if failed:
-            self.failures += 1
-            if crashed:
-                self.crashes += 1
 
     def statistics(self) -> FunctionStatistics:
         """Its counts and execution times, as a frozen record."""
