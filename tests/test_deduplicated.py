@@ -406,3 +406,34 @@ def test_a_backend_is_made_for_each_run_and_shares_results_across_them(
     assert first[0] == second[0] == "report 1"
     assert executed == [1]  # the second run read the first run's result in Redis
     assert (second[1].executions, second[1].remote) == (0, 1)
+
+
+def test_a_method_grouped_by_identity_never_goes_through_the_backend(
+    redis_url: str, namespace: str
+) -> None:
+    from trio_persist.redis import RedisBackend
+
+    made: list[RedisBackend] = []
+
+    def backend() -> RedisBackend:
+        made.append(RedisBackend(redis_url, namespace=namespace))
+        return made[-1]
+
+    class Account:
+        @trio_persist.deduplicated(backend=backend)
+        async def balance(self) -> int:  # an id means nothing in another process
+            return 10
+
+        @trio_persist.deduplicated(backend=backend, instance_key=lambda self: "acme")
+        async def owner(self) -> str:  # a value does
+            return "acme inc."
+
+    async def main() -> None:
+        with trio.fail_after(20):
+            assert await Account().balance() == 10
+            [used] = made
+            assert used.statistics().led == 0
+            assert await Account().owner() == "acme inc."
+            assert used.statistics().led == 1
+
+    trio.run(main)
