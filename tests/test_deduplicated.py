@@ -437,3 +437,18 @@ def test_a_method_grouped_by_identity_never_goes_through_the_backend(
             assert used.statistics().led == 1
 
     trio.run(main)
+
+
+async def test_a_decorated_view_is_an_async_function_to_quart() -> None:
+    # Quart runs a view it does not see as async in a thread, outside the Trio run.
+    from quart_trio import QuartTrio
+
+    app = QuartTrio(__name__)
+
+    @app.route("/price/<sku>")
+    @trio_persist.deduplicated
+    async def price(sku: str) -> dict[str, str]:
+        return {"sku": sku}
+
+    response = await app.test_client().get("/price/book-42")
+    assert await response.get_json() == {"sku": "book-42"}

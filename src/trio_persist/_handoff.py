@@ -49,13 +49,16 @@ def take_reading(persist: Any) -> Reading:
     """
     backend = getattr(persist, "backend", None)
     backend_statistics = getattr(backend, "statistics", None)
-    functions = getattr(persist, "function_statistics", None)
+    function_statistics: Any = getattr(persist, "function_statistics", None)
+    functions: tuple[FunctionStatistics, ...] = (
+        () if function_statistics is None else function_statistics()
+    )
     return Reading(
         name=persist.name,
         statistics=persist.statistics(),
         durations=persist.durations(),
         backend=backend_statistics() if callable(backend_statistics) else None,
-        functions=functions() if callable(functions) else (),
+        functions=functions,
     )
 
 

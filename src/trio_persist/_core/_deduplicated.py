@@ -29,6 +29,7 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
+import sys
 from collections.abc import Awaitable, Callable, Coroutine, Hashable
 from typing import Any, Concatenate, Generic, NoReturn, ParamSpec, TypeAlias, TypeVar, overload
 
@@ -180,6 +181,19 @@ def _check_backend(backend: object) -> object:
     return backend
 
 
+def _mark_async(obj: object) -> None:
+    """Let frameworks that ask whether *obj* is an async function (Quart, before it
+    decides to run a view in a thread) see that it is: `inspect.iscoroutinefunction`
+    from Python 3.12, `asyncio.iscoroutinefunction` before (its marker needs asyncio
+    imported: only there, and only once something is decorated)."""
+    if sys.version_info >= (3, 12):  # pragma: no cover - Python 3.12 and later
+        inspect.markcoroutinefunction(obj)  # type: ignore[arg-type,unused-ignore]
+    else:
+        import asyncio.coroutines
+
+        obj._is_coroutine = asyncio.coroutines._is_coroutine  # type: ignore[attr-defined]
+
+
 def _protected(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     """*fn*, run with KeyboardInterrupt protection (Ctrl-C goes to the main task)."""
 
@@ -212,6 +226,7 @@ class Deduplicated(Generic[P, V]):
         options = _Options.check(name, share, linger, backend, instance_key)
         _check_function(fn)
         functools.update_wrapper(self, fn)
+        _mark_async(self)
         self._fn = _protected(fn)
         name = options.name
         self._name = name if name is not None else f"{fn.__module__}.{fn.__qualname__}"
@@ -331,11 +346,12 @@ class DeduplicatedMethod(Generic[P, V]):
     by a value instead.
     """
 
-    __slots__ = ("__self__", "_of")
+    __slots__ = ("__self__", "_is_coroutine", "_is_coroutine_marker", "_of")
 
     def __init__(self, of: Deduplicated[Any, V], instance: object) -> None:
         self._of = of
         self.__self__ = instance
+        _mark_async(self)
 
     def __repr__(self) -> str:
         return f"<bound {self._of!r} of {self.__self__!r}>"
