@@ -359,12 +359,12 @@ def test_a_backend_itself_is_refused_what_makes_one_is_wanted() -> None:
     from trio_persist.redis import RedisBackend
 
     with pytest.raises(TypeError, match="what makes a backend, not a backend"):
-        trio_persist.deduplicated(backend=RedisBackend("redis://localhost"))  # type: ignore[arg-type]
+        trio_persist.deduplicated(backend=RedisBackend("redis://localhost"))  # type: ignore[call-overload]
 
 
 def test_calling_outside_a_trio_run_says_so() -> None:
     with pytest.raises(RuntimeError, match=r"call it inside trio\.run"):
-        fetch_profile("ann")
+        fetch_profile("ann")  # type: ignore[unused-coroutine]
 
 
 async def test_two_functions_under_one_name_in_a_run_are_refused() -> None:
@@ -452,3 +452,34 @@ async def test_a_decorated_view_is_an_async_function_to_quart() -> None:
 
     response = await app.test_client().get("/price/book-42")
     assert await response.get_json() == {"sku": "book-42"}
+
+
+async def test_a_persist_that_cannot_open_fails_its_waiting_calls_and_the_next_tries_again() -> (
+    None
+):
+    attempts: list[int] = []
+
+    def flaky_backend() -> None:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise ConnectionError("the backend is down")
+        return None  # no backend: in-process
+
+    @trio_persist.deduplicated(backend=flaky_backend)
+    async def quote() -> str:
+        return "ok"
+
+    failures: list[BaseException] = []
+
+    async def call() -> None:
+        try:
+            await quote()
+        except ConnectionError as exc:
+            failures.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(3):
+            nursery.start_soon(call)
+    assert len(failures) == 3  # every caller waiting for it
+    assert await quote() == "ok"  # the next call opened a new one
+    assert len(attempts) == 2

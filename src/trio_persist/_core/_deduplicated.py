@@ -213,6 +213,11 @@ class Deduplicated(Generic[P, V]):
     (a `DeduplicatedMethod`).
     """
 
+    # Copied from the function (`functools.update_wrapper`).
+    __wrapped__: Callable[P, Awaitable[V]]
+    __name__: str
+    __qualname__: str
+
     def __init__(
         self,
         fn: Callable[P, Awaitable[V]],
