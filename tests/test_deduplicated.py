@@ -483,3 +483,13 @@ async def test_a_persist_that_cannot_open_fails_its_waiting_calls_and_the_next_t
     assert len(failures) == 3  # every caller waiting for it
     assert await quote() == "ok"  # the next call opened a new one
     assert len(attempts) == 2
+
+
+async def test_a_partial_needs_a_name_and_works_with_one() -> None:
+    async def scaled(factor: int, n: int) -> int:
+        return factor * n
+
+    with pytest.raises(TypeError, match=r"no qualified name.*pass name="):
+        trio_persist.deduplicated(functools.partial(scaled, 2))
+    doubled = trio_persist.deduplicated(name="doubled")(functools.partial(scaled, 2))
+    assert await doubled(21) == 42

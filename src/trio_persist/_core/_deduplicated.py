@@ -40,7 +40,7 @@ from .._logging import logger
 from .._stats import FunctionStatistics
 from ._options import check_linger
 from ._persist import CallWrapped, Persist, open_persist, register_function
-from ._wrapped import WrappedFunction
+from ._wrapped import WrappedFunction, function_name
 
 __all__ = ["Deduplicated", "DeduplicatedMethod", "deduplicated"]
 
@@ -233,8 +233,7 @@ class Deduplicated(Generic[P, V]):
         functools.update_wrapper(self, fn)
         _mark_async(self)
         self._fn = _protected(fn)
-        name = options.name
-        self._name = name if name is not None else f"{fn.__module__}.{fn.__qualname__}"
+        self._name = function_name(fn, options.name)
         self._share = options.share
         self._linger = options.linger
         self._backend = options.backend
@@ -449,8 +448,9 @@ def deduplicated(
             instead of its identity (it must be one the default grouper encodes).
 
     Raises:
-        TypeError: *fn* is not an async function (a plain function, say), or
-            an option has the wrong type.
+        TypeError: *fn* is not an async function (a plain function, say), has
+            no qualified name (a ``functools.partial``) and no *name*, or an
+            option has the wrong type.
         ValueError: *linger* is negative or not finite.
     """
 

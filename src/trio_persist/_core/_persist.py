@@ -46,7 +46,7 @@ from ._runner import RunnerPool
 from ._state import Core
 from ._supervisor import Supervisor
 from ._worker import Worker, WorkerTask
-from ._wrapped import WrappedFunction
+from ._wrapped import WrappedFunction, function_name
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
@@ -489,6 +489,8 @@ class Persist(Generic[B, R, T]):
         Raises:
             ValueError: another function is wrapped under the same name now
                 (two closures of one factory, say): give them distinct names.
+            TypeError: *fn* has no qualified name (a ``functools.partial``)
+                and *name* is None.
         """
         if not isinstance(share, bool):
             raise TypeError(f"share must be True or False, got {type(share).__name__}")
@@ -511,7 +513,7 @@ class Persist(Generic[B, R, T]):
     ) -> WrappedFunction:
         """The registration of *fn* under *name* (by default its module and
         qualified name): the one in use, or a new one."""
-        label = name if name is not None else f"{fn.__module__}.{fn.__qualname__}"
+        label = function_name(fn, name)
         known = self._wrapped.get(label)
         if known is None:
             known = self._wrapped[label] = WrappedFunction(label, fn, linger, instance_key)

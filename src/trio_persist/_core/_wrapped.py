@@ -26,7 +26,14 @@ from .._grouping import default_group
 from .._stats import BOUNDARIES, DurationHistogram, FunctionStatistics
 from ._histogram import Histogram
 
-__all__ = ["CallGroup", "InstanceCallGroup", "InstanceName", "WrappedFunction", "call_group"]
+__all__ = [
+    "CallGroup",
+    "InstanceCallGroup",
+    "InstanceName",
+    "WrappedFunction",
+    "call_group",
+    "function_name",
+]
 
 SETTLE_EVERY = 256
 """Executions between two foldings of a function's pending duration samples."""
@@ -86,6 +93,21 @@ def call_group(text: str, _new: Any = tuple.__new__, _mark: _Mark = _MARK) -> Ca
     """``CallGroup(text)``, made the quickest way (the hot path of every wrapped call)."""
     group: CallGroup = _new(CallGroup, (_mark, text))
     return group
+
+
+def function_name(fn: object, name: str | None) -> str:
+    """*name*, or *fn*'s module and qualified name: what its calls are grouped under.
+
+    Raises:
+        TypeError: *name* is None and *fn* has no qualified name (a
+            ``functools.partial``, say).
+    """
+    if name is not None:
+        return name
+    qualname = getattr(fn, "__qualname__", None)
+    if not isinstance(qualname, str):
+        raise TypeError(f"{fn!r} has no qualified name to group its calls under: pass name=")
+    return f"{getattr(fn, '__module__', None)}.{qualname}"
 
 
 @attrs.frozen(eq=False)
