@@ -143,6 +143,56 @@ async def test_a_task_failing_while_the_block_is_quiet_propagates() -> None:
             pass
 
 
+class Backend:
+    """A backend that fails when it starts, or later, while the block waits."""
+
+    def __init__(self, *, fail_at_start: bool) -> None:
+        self.fail_at_start = fail_at_start
+
+    async def serve(
+        self, persist: Any, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        if self.fail_at_start:
+            raise ConnectionRefusedError("no server there")
+        task_status.started()
+        await trio.sleep(1)
+        raise RuntimeError("the backend's task failed")
+
+    def key_of(self, group: Any, request: Any, group_is_request: bool) -> str | None:
+        return None  # pragma: no cover - nothing is resolved
+
+    async def run(
+        self, key: str, base: Any, request: Any, resolve: Any, *, linger: float = 0.0
+    ) -> Any:
+        return await resolve(base, request)  # pragma: no cover - nothing is resolved
+
+
+async def test_a_backend_that_fails_to_start_raises_its_own_error_from_open_persist() -> None:
+    async def device(base: Any, request: Any) -> Any:
+        return request  # pragma: no cover - never called
+
+    with pytest.raises(ConnectionRefusedError, match="no server there"):
+        async with trio_persist.open_persist(device, backend=Backend(fail_at_start=True)):
+            raise AssertionError("the block never runs")  # pragma: no cover
+
+
+async def test_a_task_failing_while_the_block_waits_in_its_own_nursery_propagates(
+    autojump_clock: object,
+) -> None:
+    async def device(base: Any, request: Any) -> Any:
+        return request  # pragma: no cover - never called
+
+    # The block is cancelled by the failure; what propagates is the failure,
+    # never the block's group of Cancelled (which would look like a quiet exit).
+    with pytest.RaisesGroup(pytest.RaisesExc(RuntimeError, match="backend's task")):
+        async with (
+            trio_persist.open_persist(device, backend=Backend(fail_at_start=False)),
+            trio.open_nursery() as nursery,
+        ):
+            nursery.start_soon(trio.sleep_forever)
+            await trio.sleep_forever()
+
+
 async def test_a_group_is_freed_however_its_execution_ends() -> None:
     class Boom(BaseException):
         pass

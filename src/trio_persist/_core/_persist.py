@@ -75,6 +75,12 @@ def _face(owner: Owner) -> object:
     return owner.handle if isinstance(owner, WorkerTask) else owner
 
 
+def _only_cancelled(error: BaseException) -> bool:
+    if isinstance(error, BaseExceptionGroup):
+        return error.split(trio.Cancelled)[1] is None
+    return isinstance(error, trio.Cancelled)
+
+
 def _is_exit(error: BaseException) -> bool:
     if isinstance(error, BaseExceptionGroup):
         return error.subgroup((KeyboardInterrupt, SystemExit)) is not None
@@ -947,7 +953,10 @@ def open_persist(
     callers still waiting from outside get `LeaderDied`, and later calls get
     `PersistClosed`. An exception from the block propagates as itself, not
     wrapped in an exception group, even if a task of the persist failed at the
-    same time (that failure is then its ``__context__``).
+    same time (that failure is then its ``__context__``). A backend that
+    cannot start raises its own error from ``open_persist`` (the block never
+    runs); a task of the persist that fails while the block runs cancels the
+    block, and its failure propagates.
 
     Args:
         device: An ``async def resolve(base, request)``, or an object with an
@@ -1016,22 +1025,30 @@ async def _opened(
             persist: Persist[Any, Any, Any] = Persist(
                 hooks=hooks, options=options, nursery=nursery, backend=backend
             )
-            if backend is not None:
-                await nursery.start(backend.serve, persist)
             try:
-                yield persist
+                if backend is not None:
+                    await nursery.start(backend.serve, persist)
             except BaseException as exc:
-                # Re-raised below, outside the nursery, so the user's exception is
-                # not wrapped in an ExceptionGroup by a nursery they never opened.
+                # The backend could not start: its own error is raised from
+                # open_persist (below), not wrapped in a group, and the block never runs.
                 body_error = exc
-            finally:
                 await persist._aclose()
+            else:
+                try:
+                    yield persist
+                except BaseException as exc:
+                    # Re-raised below, outside the nursery, so the user's exception is
+                    # not wrapped in an ExceptionGroup by a nursery they never opened.
+                    body_error = exc
+                finally:
+                    await persist._aclose()
     except BaseException as failure:
         # A task of the persist failed. If the block was only cancelled because of
-        # that, or the failure is the program exiting (KeyboardInterrupt,
-        # SystemExit), the failure propagates; otherwise the block's own
-        # exception does, with the failure as its context. Neither is dropped.
-        if body_error is None or isinstance(body_error, trio.Cancelled):
+        # that (its error is Cancelled, or a group of nothing else), or the failure
+        # is the program exiting (KeyboardInterrupt, SystemExit), the failure
+        # propagates; otherwise the block's own exception does, with the failure
+        # as its context. Neither is dropped.
+        if body_error is None or _only_cancelled(body_error):
             raise
         if _is_exit(failure):
             if failure.__context__ is None:

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import socket
+import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Hashable
@@ -25,6 +26,9 @@ from .._stats import Observed
 from ._cluster import BEAT, INDEX, LEAVE, NodeSnapshot, nodes_key, read_nodes, record_key
 from ._lease import LEASE_SCRIPTS, Leases
 from ._link import Counters, Link, Subscriber, check_url, describe, open_client, redact
+
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup
 
 __all__ = ["RedisBackend", "RedisBackendStatistics"]
 
@@ -216,13 +220,21 @@ class RedisBackend:
         # backend can still drop the leases of cancelled leaders and remove its
         # record, bounded by the timeout, before the connections close.
         work = trio.CancelScope()
-        async with trio.open_nursery() as nursery:
-            await nursery.start(self._run_client, client, persist, work)
-            try:
-                task_status.started()
-                await trio.sleep_forever()
-            finally:
-                work.cancel()
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self._run_client, client, persist, work)
+                try:
+                    task_status.started()
+                    await trio.sleep_forever()
+                finally:
+                    work.cancel()
+        except BaseExceptionGroup as group:
+            # Refused before it started (a Cluster node's URL): the error itself,
+            # not the groups of the nurseries it went through.
+            sole = _sole_error(group)
+            if sole is None or work.cancel_called:
+                raise
+            raise sole from None
 
     async def _run_client(
         self,
@@ -370,3 +382,18 @@ def _check_namespace(namespace: object) -> None:
 def _clean(name: str) -> str:
     cleaned = "".join(c for c in name if c.isprintable() and c not in "{}")
     return cleaned[: _MAX_KEY - 20] or "device"
+
+
+def _sole_error(group: BaseExceptionGroup[BaseException]) -> Exception | None:
+    """The one error inside *group* (through nested groups), or None if it holds more."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        error = pending.pop()
+        if isinstance(error, BaseExceptionGroup):
+            pending.extend(error.exceptions)
+        else:
+            leaves.append(error)
+    if len(leaves) == 1 and isinstance(leaves[0], Exception):
+        return leaves[0]
+    return None
