@@ -167,6 +167,40 @@ def sequential_distinct(n: int, use_floor: bool, device: Any = None) -> float:
     return timed(main)
 
 
+def wrapped_distinct(n: int) -> float:
+    """Per-call cost of *n* distinct calls, one after another, of a wrapped function."""
+
+    async def fetch(i: int) -> int:
+        return i
+
+    async def main() -> int:
+        async with trio_persist.open_persist(instant) as persist:
+            wrapped = persist.wrap(fetch)
+            for i in range(n):
+                await wrapped(i)
+        return n
+
+    return timed(main)
+
+
+def decorated_distinct(n: int) -> float:
+    """The same through ``@trio_persist.deduplicated`` (no block)."""
+    deduplicated = getattr(trio_persist, "deduplicated", None)
+    if deduplicated is None:  # an older version, measured beside this one
+        return math.nan
+
+    @deduplicated
+    async def fetch(i: int) -> int:
+        return i
+
+    async def main() -> int:
+        for i in range(n):
+            await fetch(i)
+        return n
+
+    return timed(main)
+
+
 def concurrent_callers(keys: int, callers: int, use_floor: bool) -> float:
     async def main() -> int:
         async with trio.open_nursery() as nursery:
@@ -402,6 +436,11 @@ def main() -> int:
         "--virtual", action="store_true", help="only the virtual workers' figures (ask)"
     )
     parser.add_argument(
+        "--front-only",
+        action="store_true",
+        help="only the resolve figures (i)-(iii) and the wrapped functions' figures",
+    )
+    parser.add_argument(
         "--grouping-only", action="store_true", help="only the default grouper's figures"
     )
     parser.add_argument(
@@ -471,6 +510,16 @@ def main() -> int:
         "us",
         1.5,
     )
+    print(
+        f"      {n} distinct calls of a wrapped function (persist.wrap): "
+        f"{best_of(runs, lambda: wrapped_distinct(n)):.2f} us"
+    )
+    print(
+        f"      the same through @deduplicated: "
+        f"{best_of(runs, lambda: decorated_distinct(n)):.2f} us"
+    )
+    if args.front_only:
+        return 0 if ok else 1
     small = best_of(runs, lambda: live_groups(100, 5000 // scale))
     large = best_of(runs, lambda: live_groups(100_000 // scale, 5000 // scale))
     print(

@@ -6,6 +6,7 @@ stream and a monitor show all of it. The implementation lives in private
 modules; this module is the public API, re-exported once.
 """
 
+from ._core._deduplicated import Deduplicated, DeduplicatedMethod, deduplicated
 from ._core._device import Device
 from ._core._events import EventSubscription, PersistEvent
 from ._core._observer import Execution, Observer
@@ -30,6 +31,7 @@ from ._exceptions import (
 from ._grouping import MAX_DEPTH, canonical_encoding, default_group
 from ._stats import (
     DurationHistogram,
+    FunctionStatistics,
     GroupSnapshot,
     Observed,
     PersistDurations,
@@ -41,10 +43,13 @@ __all__ = [
     "ActivationFailed",
     "BackendUnavailable",
     "CorruptResult",
+    "Deduplicated",
+    "DeduplicatedMethod",
     "Device",
     "DurationHistogram",
     "EventSubscription",
     "Execution",
+    "FunctionStatistics",
     "GroupSnapshot",
     "GroupTaken",
     "InfiniteRecursion",
@@ -69,6 +74,7 @@ __all__ = [
     "WorkerRequest",
     "WorkerStatistics",
     "canonical_encoding",
+    "deduplicated",
     "default_group",
     "open_persist",
 ]

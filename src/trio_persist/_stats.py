@@ -17,6 +17,7 @@ from ._text import cut, safe_repr
 __all__ = [
     "BOUNDARIES",
     "DurationHistogram",
+    "FunctionStatistics",
     "GroupSnapshot",
     "Observed",
     "PersistDurations",
@@ -182,6 +183,41 @@ class PersistDurations:
     """Device calls, from start to outcome."""
     wait: DurationHistogram
     """Callers, from arrival to answer."""
+
+
+@attrs.frozen
+class FunctionStatistics:
+    """Counts of one wrapped function (`Persist.wrap`, `trio_persist.deduplicated`).
+
+    As `Persist.function_statistics` and a decorated function's ``statistics()``
+    return them. Every counter only grows while the function is registered (a
+    name released and registered again starts from zero).
+    """
+
+    name: str
+    """The function's name: its module and qualified name, or the ``name=`` it was given."""
+    requests: int
+    """Calls that got past argument checks."""
+    executions: int
+    """Calls of the function started here."""
+    remote: int
+    """Executions another process answered through the backend."""
+    deduplicated: int
+    """Calls answered by an execution (or a lingering result) another call started."""
+    failures: int
+    """Executions that ended with an exception (crashes included)."""
+    crashes: int
+    """Executions that crashed with a non-`Exception` `BaseException`."""
+    abandoned: int
+    """Executions cancelled because every caller left."""
+    execution_p50: float
+    """Median seconds an execution took (within ~3%)."""
+    execution_p99: float
+    """99th percentile of execution time, in seconds."""
+    execution_max: float
+    """The longest execution, in seconds."""
+    execution: DurationHistogram = attrs.field(repr=False)
+    """Execution times, at `BOUNDARIES` (for metrics exporters)."""
 
 
 class Observed(Protocol):

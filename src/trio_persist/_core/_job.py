@@ -23,6 +23,7 @@ from .._exceptions import LeaderDied
 from .._grouping import canonical_encoding
 from .._stats import GroupSnapshot
 from .._text import describe
+from ._wrapped import WrappedFunction
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
@@ -132,7 +133,7 @@ class Job:
     # When it was answered by its own execution (`trio.current_time`), if so.
     finished: float | None = None
     # What executes instead of the device (a wrapped function), or None.
-    call: Callable[[Any, Any], Awaitable[Any]] | None = None
+    call: WrappedFunction | None = None
     listeners: int = 0
     done: trio.Event = attrs.field(factory=trio.Event)
     value: Any = None
@@ -142,6 +143,12 @@ class Job:
     abandoned: bool = False
     # Taken out of a worker's inbox by its serving loop (no longer joinable there).
     in_service: bool = False
+
+    @property
+    def function(self) -> str | None:
+        """The wrapped function it runs (its name), or None for the device."""
+        call = self.call
+        return None if call is None else call.name
 
     def name(self) -> object:
         """The request's name, computed on first use (under a group hook most

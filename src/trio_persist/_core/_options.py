@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 import attrs
 
-__all__ = ["PersistOptions", "check_duration"]
+__all__ = ["PersistOptions", "check_duration", "check_linger"]
 
 AwaitMode = Literal[True, False, "named"]
 ErrorStrategy = Literal["ignore", "throw"]
@@ -111,7 +111,7 @@ class PersistOptions:
             worker_inbox=checked_inbox,
             shutdown_grace=_number("shutdown_grace", shutdown_grace, allow_none=True),
             ignore_keys=_keys("ignore_keys", ignore_keys),
-            linger=_linger(linger),
+            linger=check_linger(linger),
             **_saving(checkpoint_interval, durable, has_store),
         )
 
@@ -127,7 +127,8 @@ def _count(name: str, value: object, *, allow_none: bool) -> int | None:
     return value
 
 
-def _linger(value: object) -> float:
+def check_linger(value: object) -> float:
+    """Check a linger window: a finite number of seconds >= 0."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"linger must be a number of seconds, got {type(value).__name__}")
     if not 0 <= value < math.inf:  # NaN fails this too

@@ -20,9 +20,11 @@ import functools
 import math
 import os
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable
-from contextlib import asynccontextmanager
-from typing import Any, Generic, ParamSpec, TypeVar, final, overload
+import types
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Hashable, Iterable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any, Generic, NoReturn, ParamSpec, TypeVar, final, overload
 
 import attrs
 import trio
@@ -31,11 +33,11 @@ from .._backend import Backend, check_backend
 from .._exceptions import InfiniteRecursion, PersistClosed, PersistError
 from .._grouping import default_group, default_group_and_base
 from .._monitor import serve_monitor
-from .._stats import GroupSnapshot, PersistDurations, PersistStatistics
+from .._stats import FunctionStatistics, GroupSnapshot, PersistDurations, PersistStatistics
 from .._store import Store, check_store, open_store
 from .._text import safe_repr
 from ._ask import worker_for
-from ._device import DeviceHooks, DeviceLike, adapt_device
+from ._device import NO_DEVICE, DeviceHooks, DeviceLike, adapt_device
 from ._events import EventSubscription
 from ._flight import Flight
 from ._job import UNNAMED, AskJob, Job, Owner, leader_died, request_name, running
@@ -47,11 +49,12 @@ from ._runner import RunnerPool
 from ._state import Core
 from ._supervisor import Supervisor
 from ._worker import Worker, WorkerTask
+from ._wrapped import WrappedFunction, function_name
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
 
-__all__ = ["Persist", "open_persist"]
+__all__ = ["Persist", "open_persist", "register_function"]
 
 B = TypeVar("B")
 R = TypeVar("R", contravariant=True)
@@ -97,10 +100,22 @@ class _Detour:
     value: Any = None
 
 
-def _refuse_a_worker(owner: Owner, call: Resolve) -> None:
+def _refuse_a_worker(owner: Owner, call: WrappedFunction) -> None:
     """A wrapped call's group is a flight's: a worker started for it cannot serve it."""
     if owner.kind != "flight":
-        raise TypeError(f"{call.__name__}: its group is owned by a worker, not by calls")
+        raise TypeError(f"{call.name}: its group is owned by a worker, not by calls")
+
+
+def _same_function(
+    known: WrappedFunction,
+    fn: Callable[..., Awaitable[Any]],
+    linger: float,
+    instance_key: Callable[[Any], Any] | None,
+) -> bool:
+    """Whether *fn*, wrapped with these options, is what *known* registered (a
+    bound method is made anew at each access: the same one is equal)."""
+    same = known.fn is fn or (isinstance(fn, types.MethodType) and known.fn == fn)
+    return same and known.linger == linger and known.instance_key is instance_key
 
 
 def _check_default(default: object) -> None:
@@ -145,8 +160,11 @@ class Persist(Generic[B, R, T]):
     _supervisor: Supervisor = attrs.field(init=False)
     _runners: RunnerPool = attrs.field(init=False)
     _grouping: Grouping = attrs.field(init=False)
-    # Functions wrapped by this persist, by name (a name means one function).
-    _wrapped: dict[str, Callable[..., Any]] = attrs.field(factory=dict, init=False)
+    # Functions wrapped by this persist, by name (a name means one function while
+    # anything uses it: a wrapper or a job holds its registration).
+    _wrapped: weakref.WeakValueDictionary[str, WrappedFunction] = attrs.field(
+        factory=weakref.WeakValueDictionary, init=False
+    )
     # Which owners each owner's device waits for now (nested calls: cycle detection).
     _awaiting: dict[Owner, list[Owner]] = attrs.field(factory=dict, init=False)
 
@@ -163,7 +181,7 @@ class Persist(Generic[B, R, T]):
         self._runners = RunnerPool(core.nursery)
         mode = core.options.await_inprogress
         has_hook = core.hooks.group is not None
-        if mode is False or (mode == "named" and not has_hook):
+        if mode is False or (mode == "named" and not has_hook) or core.hooks is NO_DEVICE:
             self._grouping = Grouping.NONE
         else:
             self._grouping = Grouping.HOOK if has_hook else Grouping.DIGEST
@@ -290,6 +308,8 @@ class Persist(Generic[B, R, T]):
         if spawn_worker is not False or share is not True:  # the common case skips a call
             self._check_flags(spawn_worker, share)
         if self._grouping is Grouping.NONE:
+            if core.hooks is NO_DEVICE:
+                self._need_a_device("resolve()")
             core.counters.requests += 1
             job = Job(base, request, None, False, None, share)
             flight = Flight.start(core, self._supervisor, self._runners, None, job, True)
@@ -313,7 +333,7 @@ class Persist(Generic[B, R, T]):
         key: object,
         share: bool,
         spawn_worker: bool,
-        fn: Resolve | None,
+        fn: WrappedFunction | None,
     ) -> tuple[Job, Owner, float | None] | _Detour:
         """Take a named call to its group's owner without waiting: join, queue, or
         start a flight, and return ``(job, owner, arrival)`` to listen on; or a
@@ -351,7 +371,7 @@ class Persist(Generic[B, R, T]):
         while True:
             owner, job = detour.owner, detour.job
             if owner is None:
-                return await self._lingered(detour.value)
+                return await self._lingered(detour.value, route[-1])
             if job is None:
                 return await self._recurse(owner, current, *route)
             if await owner.admit(job):
@@ -390,6 +410,7 @@ class Persist(Generic[B, R, T]):
         core = self._core
         if core.closed:
             raise PersistClosed("this persist is closed: no worker can start")
+        self._need_a_device("start_worker()")
         if static is not None and not isinstance(static, bool):
             raise TypeError(f"static must be True, False or None, got {type(static).__name__}")
         seconds = None if timeout is None else check_duration("timeout", timeout)
@@ -427,6 +448,7 @@ class Persist(Generic[B, R, T]):
             NoWorker: nothing to restore and *default* is None (a `LookupError`).
         """
         await trio.lowlevel.checkpoint()
+        self._need_a_device("get_worker()")
         if static is not None and not isinstance(static, bool):
             raise TypeError(f"static must be True, False or None, got {type(static).__name__}")
         seconds = None if timeout is None else check_duration("timeout", timeout)
@@ -473,6 +495,7 @@ class Persist(Generic[B, R, T]):
         core = self._core
         if core.closed:
             raise PersistClosed("this persist is closed: ask() is only possible inside its block")
+        self._need_a_device("ask()")
         _check_default(default)
         core.counters.requests += 1
         current = running.get()
@@ -527,56 +550,87 @@ class Persist(Generic[B, R, T]):
         The result has *fn*'s exact signature. Calls are grouped by the
         default grouper over the function's name (its module and qualified
         name, or *name*) and its arguments, so every argument must be one the
-        grouper encodes (`TypeError` otherwise, at the call). Cancellation,
-        recursion and errors behave as for `resolve`: the execution runs in a
-        task of the persist; the last caller to leave cancels it. With
-        ``share=False`` (a function that writes) every call executes on its
-        own, one after another per group of arguments, in arrival order. Calls
-        go through the persist's backend like any other, named by the
-        function's name, so it must mean one function in every process.
+        grouper encodes (`TypeError` otherwise, at the call): frozen dataclass
+        and attrs instances are encoded by their type and fields
+        (docs/concepts.md). Cancellation, recursion and errors behave as for
+        `resolve`: the execution runs in a task of the persist; the last
+        caller to leave cancels it. With ``share=False`` (a function that
+        writes) every call executes on its own, one after another per group
+        of arguments, in arrival order. A success lingers for the persist's
+        ``linger``.
+
+        Wrapped calls live in a group space of their own: no `resolve` call,
+        and no group a device's ``group`` hook returns, ever joins a wrapped
+        call or reads its result (docs/guarantees.md). Calls go through the
+        persist's backend like any other, keyed by the function's name and
+        arguments, so the name must mean one function in every process.
+
+        A name is this function's while anything uses it (a function this
+        returned, a call running or queued), then it is released.
 
         Raises:
-            ValueError: another function was wrapped under the same name (two
-                closures of one factory, say): give them distinct names.
+            ValueError: another function is wrapped under the same name now
+                (two closures of one factory, say): give them distinct names.
+            TypeError: *fn* has no qualified name (a ``functools.partial``)
+                and *name* is None.
         """
         if not isinstance(share, bool):
             raise TypeError(f"share must be True or False, got {type(share).__name__}")
-        label = name if name is not None else f"{fn.__module__}.{fn.__qualname__}"
-        known = self._wrapped.setdefault(label, fn)
-        if known is not fn:
-            raise ValueError(
-                f"another function is already wrapped as {label!r} by this persist; "
-                "pass name= to tell them apart"
-            )
-
-        unchecked: Callable[..., Awaitable[Any]] = fn  # its arguments come from P
-
-        def call(args: Any, kwargs: Any) -> Awaitable[Any]:
-            return unchecked(*args, **kwargs)
-
-        call.__name__ = label  # what the monitor shows for its groups
+        registration = self._register(fn, name, self._core.options.linger)
+        call_wrapped = self._call_wrapped
 
         @functools.wraps(fn)
         async def deduplicated(*args: P.args, **kwargs: P.kwargs) -> V:
-            value: V = await self._call_wrapped(label, call, args, kwargs, share)
+            value: V = await call_wrapped(registration, args, kwargs, share, False)
             return value
 
         return deduplicated
 
+    def _register(
+        self,
+        fn: Callable[..., Awaitable[Any]],
+        name: str | None,
+        linger: float,
+        instance_key: Callable[[Any], Any] | None = None,
+    ) -> WrappedFunction:
+        """The registration of *fn* under *name* (by default its module and
+        qualified name): the one in use, or a new one."""
+        label = function_name(fn, name)
+        known = self._wrapped.get(label)
+        if known is None:
+            known = self._wrapped[label] = WrappedFunction(label, fn, linger, instance_key)
+        elif not _same_function(known, fn, linger, instance_key):
+            raise ValueError(
+                f"another function is already wrapped as {label!r} by this persist; "
+                "pass name= to tell them apart"
+            )
+        return known
+
     async def _call_wrapped(
-        self, label: str, call: Resolve, args: Any, kwargs: Any, share: bool
+        self, fn: WrappedFunction, args: Any, kwargs: Any, share: bool, method: bool
     ) -> Any:
+        """A call of a wrapped function (*method*: ``args[0]`` is its instance)."""
         core = self._core
         if core.closed:
             raise PersistClosed("this persist is closed: wrapped calls need its block")
-        group = default_group(label, (args, kwargs))
+        group, key = fn.name_method_call(args, kwargs) if method else fn.name_call(args, kwargs)
         core.counters.requests += 1
+        fn.requests += 1
         current = running.get()
-        routing = (group, None, args, kwargs, group, share, False, call)
+        routing = (group, None, args, kwargs, key, share, False, fn)
         route = self._route(current, *routing)
         if not isinstance(route, _Detour):
             return await self._listen(route[0], route[1], current, route[2])
         return await self._detour(route, current, *routing)
+
+    def function_statistics(self) -> tuple[FunctionStatistics, ...]:
+        """Return the counts of every function wrapped now (`wrap`, and
+        `trio_persist.deduplicated` in the persist it runs in), by name.
+
+        A function's counts go when its name is released.
+        """
+        functions = sorted(self._wrapped.items())
+        return tuple(function.statistics() for _, function in functions)
 
     def add_observer(self, observer: Observer) -> None:
         """Tell *observer* about every execution from now on (for instrumentation).
@@ -729,7 +783,15 @@ class Persist(Generic[B, R, T]):
             return self._supervisor.restoring(retired)
         return None
 
+    def _need_a_device(self, what: str) -> None:
+        if self._core.hooks is NO_DEVICE:
+            raise TypeError(
+                f"{what} needs a device: this persist was opened without one "
+                "(open_persist()), to run wrapped functions only (persist.wrap)"
+            )
+
     def _check_flags(self, spawn_worker: object, share: object) -> None:
+        self._need_a_device("resolve()")
         if not isinstance(spawn_worker, bool):
             raise TypeError(
                 f"spawn_worker must be True or False, got {type(spawn_worker).__name__}"
@@ -743,14 +805,18 @@ class Persist(Generic[B, R, T]):
                 "could own one"
             )
 
-    async def _lingered(self, value: Any) -> Any:
+    async def _lingered(self, value: Any, fn: WrappedFunction | None) -> Any:
         self._core.counters.deduplicated += 1
+        if fn is not None:
+            fn.deduplicated += 1
         await trio.lowlevel.checkpoint()
         return value
 
     def _joined(self, owner: Owner, job: Job) -> None:
         core = self._core
         core.counters.deduplicated += 1
+        if job.call is not None:
+            job.call.deduplicated += 1
         if owner.kind == "flight":
             core.events.emit("flight.joined", owner.group)
         if core.observers.listening:
@@ -775,8 +841,10 @@ class Persist(Generic[B, R, T]):
             await trio.lowlevel.checkpoint()  # promised, whatever the device does
             self._core.counters.executions += 1
             fn = rest[-1]  # the route's last argument: a wrapped function, or None
-            resolve = self._core.hooks.resolve if fn is None else fn
-            return await resolve(base, request)
+            if fn is None:
+                return await self._core.hooks.resolve(base, request)
+            fn.executions += 1
+            return await fn(base, request)
         raise InfiniteRecursion(
             f"resolving group {safe_repr(group)} would wait for an execution that is "
             "waiting for this call; pass allow_infinite=True to execute it directly instead"
@@ -907,8 +975,32 @@ async def _store_held(store: Store | None) -> AsyncIterator[Store | None]:
         yield opened
 
 
-@asynccontextmanager
-async def open_persist(
+CallWrapped = Callable[
+    [WrappedFunction, tuple[Any, ...], dict[str, Any], bool, bool], Coroutine[Any, Any, Any]
+]
+"""``(function, args, kwargs, share, method)``: a call of a registered function
+(*method*: ``args[0]`` is its instance, grouped as `WrappedFunction.name_method_call`
+says)."""
+
+
+def register_function(
+    persist: Persist[Any, Any, Any],
+    fn: Callable[..., Awaitable[Any]],
+    name: str | None,
+    linger: float,
+    instance_key: Callable[[Any], Any] | None,
+) -> tuple[WrappedFunction, CallWrapped]:
+    """For ``@deduplicated``: *fn* registered with *persist* (as `Persist.wrap`
+    registers it, with its own *linger*), and what calls it.
+
+    Raises:
+        ValueError: another function is registered under the name now.
+    """
+    return persist._register(fn, name, linger, instance_key), persist._call_wrapped
+
+
+@overload
+def open_persist(
     device: DeviceLike[B, R, T],
     *,
     await_inprogress: AwaitMode = True,
@@ -925,8 +1017,46 @@ async def open_persist(
     store: object = None,
     checkpoint_interval: float | None = None,
     durable: bool = False,
-) -> AsyncIterator[Persist[B, R, T]]:
-    """Open a persist for *device*; every flight and worker lives inside the block.
+) -> AbstractAsyncContextManager[Persist[B, R, T]]: ...
+
+
+@overload
+def open_persist(
+    *,
+    await_inprogress: AwaitMode = True,
+    worker_timeout: float | None = 10.0,
+    static_worker: bool = False,
+    error_strategy: ErrorStrategy = "ignore",
+    allow_infinite: bool = False,
+    max_workers: int | None = None,
+    backend: object = None,
+    worker_inbox: int = 64,
+    shutdown_grace: float | None = 5.0,
+    ignore_keys: Iterable[Hashable] = (),
+    linger: float = 0.0,
+) -> AbstractAsyncContextManager[Persist[NoReturn, NoReturn, NoReturn]]: ...
+
+
+def open_persist(
+    device: DeviceLike[Any, Any, Any] | None = None,
+    *,
+    await_inprogress: AwaitMode = True,
+    worker_timeout: float | None = 10.0,
+    static_worker: bool = False,
+    error_strategy: ErrorStrategy = "ignore",
+    allow_infinite: bool = False,
+    max_workers: int | None = None,
+    backend: object = None,
+    worker_inbox: int = 64,
+    shutdown_grace: float | None = 5.0,
+    ignore_keys: Iterable[Hashable] = (),
+    linger: float = 0.0,
+    store: object = None,
+    checkpoint_interval: float | None = None,
+    durable: bool = False,
+) -> AbstractAsyncContextManager[Persist[Any, Any, Any]]:
+    """Open a persist for *device* (or, without one, for wrapped functions only);
+    every flight and worker lives inside the block.
 
     Leaving the block stops every worker (each runs its ``on_idle`` first,
     bounded by *shutdown_grace*), cancels every flight, and frees every group;
@@ -941,6 +1071,9 @@ async def open_persist(
     Args:
         device: An ``async def resolve(base, request)``, or an object with an
             async ``resolve`` method and optional hooks (see the concepts page).
+            Without one, the persist runs functions wrapped with `Persist.wrap`
+            only (`Persist.resolve` and workers are a `TypeError`), and is named
+            ``functions``.
         await_inprogress: True deduplicates every call; ``"named"`` only when
             the device has a ``group`` hook; False never (each call executes on
             its own and nothing is registered).
@@ -983,7 +1116,8 @@ async def open_persist(
             not applied. Needs a store.
 
     Raises:
-        TypeError: an option has the wrong type (the message names it).
+        TypeError: an option has the wrong type, or *device* is not a device
+            (the message names it).
         ValueError: an option has a wrong value (the message names it).
     """
     options = PersistOptions.check(
@@ -1001,22 +1135,24 @@ async def open_persist(
         durable=durable,
         has_store=store is not None,
     )
-    hooks = adapt_device(device)
-    checked_backend = check_backend(backend)
-    checked_store = check_store(store)
+    hooks = NO_DEVICE if device is None else adapt_device(device)
+    return _opened(hooks, options, check_backend(backend), check_store(store))
+
+
+@asynccontextmanager
+async def _opened(
+    hooks: DeviceHooks, options: PersistOptions, backend: Backend | None, store: Store | None
+) -> AsyncIterator[Persist[Any, Any, Any]]:
+    """The block `open_persist` returns: the persist's store, nursery and closing."""
     body_error: BaseException | None = None
     try:
-        async with _store_held(checked_store) as opened, trio.open_nursery() as nursery:
-            persist: Persist[B, R, T] = Persist(
-                hooks=hooks,
-                options=options,
-                nursery=nursery,
-                backend=checked_backend,
-                store=opened,
+        async with _store_held(store) as opened, trio.open_nursery() as nursery:
+            persist: Persist[Any, Any, Any] = Persist(
+                hooks=hooks, options=options, nursery=nursery, backend=backend, store=opened
             )
             try:
-                if checked_backend is not None:
-                    await nursery.start(checked_backend.serve, persist)
+                if backend is not None:
+                    await nursery.start(backend.serve, persist)
             except BaseException as exc:
                 # The backend could not start: its own error is raised from
                 # open_persist (below), not wrapped in a group, and the block never runs.

@@ -251,6 +251,8 @@ class Core:
             timings.settle()
         if self.observers.listening:
             self.observers.ended(owner.kind, owner.group, job, outcome, elapsed)
+        if job.call is not None:  # a wrapped function times its own too
+            job.call.ended(elapsed)
         self.count_outcome(owner.kind, owner.group, job, outcome)
         return now
 
@@ -258,6 +260,8 @@ class Core:
         """*job*'s execution was cancelled because every listener left."""
         if self.observers.listening:
             self.observers.ended(owner.kind, owner.group, job, None, self.now() - began)
+        if job.call is not None:
+            job.call.abandoned += 1
         self.count_outcome(owner.kind, owner.group, job, None)
 
     def count_outcome(
@@ -276,11 +280,16 @@ class Core:
     def _count_failure(self, kind: str, group: Hashable | None, job: Job, outcome: Outcome) -> None:
         counters = self.counters
         counters.failures += 1
+        call = job.call
+        if call is not None:
+            call.failures += 1
         error = job.error
         detail = describe(error) if error is not None else ""
         self.events.emit(f"{kind}.failed", group, detail)
         if outcome is Outcome.CRASHED:
             counters.crashes += 1
+            if call is not None:
+                call.crashes += 1
             logger.error(
                 "a %s of group %s crashed: %s",
                 kind,
@@ -333,7 +342,7 @@ class Core:
         function's name, or the ``label`` hook's text (*label*: the owner's own,
         if made already); never a rendering of the request."""
         if job.call is not None:
-            return job.call.__name__
+            return job.call.name
         if label is None:
             request = None if base is not job.base else job.request
             label = self.label_of(group, base, request)
