@@ -117,6 +117,10 @@ async def test_a_persist_made_only_to_wrap_functions_needs_no_device() -> None:
             await persist.resolve("db", "x")  # type: ignore[arg-type]
         with pytest.raises(TypeError, match=r"start_worker\(\) needs a device"):
             await persist.start_worker("state")  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match=r"ask\(\) needs a device"):
+            await persist.ask("cart", "x")  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match=r"get_worker\(\) needs a device"):
+            await persist.get_worker("cart", default=dict)  # type: ignore[arg-type]
 
 
 async def secret_of(user: str) -> str:

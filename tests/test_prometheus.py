@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 import trio_persist
 from trio_persist.prometheus import PersistCollector
+from trio_persist.stores import MemoryStore
 
 
 async def lookup(base: Any, request: Any) -> Any:
@@ -46,6 +47,18 @@ async def test_a_scrape_exposes_counters_gauges_and_duration_histograms(
     assert 'trio_persist_execution_seconds_bucket{device="lookup",le="2.5"} 2.0' in lines
     assert 'trio_persist_execution_seconds_bucket{device="lookup",le="+Inf"} 3.0' in lines
     assert 'trio_persist_wait_seconds_count{device="lookup"} 4.0' in lines
+
+
+async def test_virtual_workers_activations_and_saves_are_exported() -> None:
+    async with trio_persist.open_persist(lookup, store=MemoryStore()) as persist:
+        registry = CollectorRegistry()
+        registry.register(PersistCollector(persist))
+        await persist.ask("g", 0, default=int)
+        await persist.workers()[0].stop()
+        text = generate_latest(registry).decode()
+    assert scraped(text, "trio_persist_activations_total") == 1
+    assert scraped(text, "trio_persist_saves_total") == 1
+    assert scraped(text, "trio_persist_save_failures_total") == 0
 
 
 async def _quietly(persist: trio_persist.Persist[Any, Any, Any], seconds: float) -> None:

@@ -7,6 +7,7 @@ class, written below and measured in the same process, as a ratio. Run:
     .venv/bin/python tools/bench.py --quick    # smaller counts, for a smoke run
     .venv/bin/python tools/bench.py --redis    # add the cross-process figures
     .venv/bin/python tools/bench.py --stores   # only the state stores' figures
+    .venv/bin/python tools/bench.py --virtual  # only the virtual workers' figures (ask)
     .venv/bin/python tools/bench.py --grouping-only --grouping-against REV
                                                # the default grouper, beside commit REV's
     .venv/bin/python tools/bench.py --only-redis  # the cross-process figures alone
@@ -432,6 +433,9 @@ def main() -> int:
     parser.add_argument("--redis", action="store_true", help="also measure the Redis backend")
     parser.add_argument("--stores", action="store_true", help="only the state stores' figures")
     parser.add_argument(
+        "--virtual", action="store_true", help="only the virtual workers' figures (ask)"
+    )
+    parser.add_argument(
         "--front-only",
         action="store_true",
         help="only the resolve figures (i)-(iii) and the wrapped functions' figures",
@@ -457,7 +461,12 @@ def main() -> int:
     sys.path.insert(0, os.path.dirname(__file__))
     from _bench_grouping import grouping_figures
     from _bench_stores import store_figures
+    from _bench_virtual import virtual_figures
 
+    if args.virtual:
+        ok = virtual_figures(row, quick=args.quick, runs=runs)
+        print("\nall figures within their bars" if ok else "\nSOME FIGURES ARE OVER THEIR BARS")
+        return 0 if ok else 1
     if args.stores:
         ok = store_figures(row, quick=args.quick)
         print("\nall figures within their bars" if ok else "\nSOME FIGURES ARE OVER THEIR BARS")
@@ -550,6 +559,7 @@ def main() -> int:
         1.5,
     )
     ok &= store_figures(row, quick=args.quick)
+    ok &= virtual_figures(row, quick=args.quick, runs=runs)
     # Last of the in-process figures: its 9 MB values must not weigh on the memory one.
     ok &= grouping_figures(row, quick=args.quick, runs=runs, against=args.grouping_against)
     if args.redis:

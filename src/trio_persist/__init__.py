@@ -15,14 +15,17 @@ from ._core._persist import Persist, open_persist
 from ._core._registry import Registry, RegistryStatistics, RegistryView
 from ._core._worker import Worker, WorkerRequest, WorkerStatistics
 from ._exceptions import (
+    ActivationFailed,
     BackendUnavailable,
     CorruptResult,
     GroupTaken,
     InfiniteRecursion,
     LeaderDied,
+    NoWorker,
     PersistClosed,
     PersistError,
     RemoteError,
+    SaveFailed,
     StaleOwner,
 )
 from ._grouping import MAX_DEPTH, canonical_encoding, default_group
@@ -37,6 +40,7 @@ from ._stats import (
 
 __all__ = [
     "MAX_DEPTH",
+    "ActivationFailed",
     "BackendUnavailable",
     "CorruptResult",
     "Deduplicated",
@@ -50,6 +54,7 @@ __all__ = [
     "GroupTaken",
     "InfiniteRecursion",
     "LeaderDied",
+    "NoWorker",
     "Observed",
     "Observer",
     "Persist",
@@ -63,6 +68,7 @@ __all__ = [
     "RegistryStatistics",
     "RegistryView",
     "RemoteError",
+    "SaveFailed",
     "StaleOwner",
     "Worker",
     "WorkerRequest",

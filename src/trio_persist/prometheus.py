@@ -58,7 +58,7 @@ from ._stats import DurationHistogram
 __all__ = ["PersistCollector"]
 
 _COUNTERS = {
-    "requests": "Calls to resolve that got past argument checks.",
+    "requests": "Calls to resolve or ask that got past argument checks.",
     "executions": "Device calls started.",
     "remote": "Executions another process answered through the backend.",
     "deduplicated": "Calls answered by an execution another call started.",
@@ -69,6 +69,12 @@ _COUNTERS = {
     "hook_failures": "Device hooks that raised.",
     "evictions": "Idle workers stopped to make room under max_workers.",
     "workers_started": "Workers started.",
+    "activations": "Workers activated with a state loaded from the store, restore or default.",
+    "activation_failures": "Activations that failed (ActivationFailed).",
+    "handovers": "Workers that took over a stopping worker's live state and queue.",
+    "saves": "States saved through the store.",
+    "save_failures": "Saves through the store that failed.",
+    "checkpoints": "Saves made on checkpoint_interval while a worker lived.",
 }
 _GAUGES = {
     "in_flight": "Flights running now.",

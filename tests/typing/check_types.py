@@ -41,6 +41,8 @@ async def functions() -> None:
         assert_type(worker, trio_persist.Worker[str])
         assert_type(worker.state, str)
         assert_type(persist.workers(), tuple[trio_persist.Worker[str], ...])
+        assert_type(await persist.ask("g", 1, default=lambda: "state"), dict[str, int])
+        await persist.ask("g", "one")  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
 
 
 async def objects() -> None:

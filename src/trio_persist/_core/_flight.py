@@ -326,8 +326,12 @@ class Flight:
             core.maybe_quiet()
         if self.group is not None:
             core.registry.unregister(self.group, self)
-        if self.successor is not None and not core.closed:
-            self._hand_over(self.successor)
+        if self.successor is not None:
+            if core.closed:
+                self.supervisor.drop(self.successor)  # what was queued at it hears why
+                self.successor = None
+            else:
+                self._hand_over(self.successor)
         reason = "the persist closed" if core.closed else "its flight ended"
         self.fail_unanswered(f"the execution ended without an outcome: {reason}")
 

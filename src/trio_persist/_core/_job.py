@@ -28,7 +28,16 @@ from ._wrapped import WrappedFunction
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
 
-__all__ = ["UNNAMED", "Job", "Outcome", "Owner", "request_name", "run_device", "running"]
+__all__ = [
+    "UNNAMED",
+    "AskJob",
+    "Job",
+    "Outcome",
+    "Owner",
+    "request_name",
+    "run_device",
+    "running",
+]
 
 # The flight or worker whose device is running in this task, if any: how a
 # nested resolve knows what it is called from (recursion and cycle detection).
@@ -171,6 +180,22 @@ class Job:
         if self.error is not None:
             raise self.error.with_traceback(self.tb)
         return self.value
+
+
+@attrs.define(eq=False, repr=False)
+class AskJob(Job):
+    """A request delivered by `Persist.ask`: it runs only at its group's worker.
+
+    It knows its group, so wherever it is routed again (its worker stopped,
+    an activation failed) it goes to the group's next worker, activated if
+    need be, and never to a flight. Internal.
+    """
+
+    group: Hashable = None
+    # Makes a fresh state when the group has nothing saved (`Persist.ask`'s default).
+    default: Callable[[], Any] | None = None
+    # Times its worker stopped without serving anything (bounded: `Supervisor`).
+    bounces: int = 0
 
 
 def request_name(request: Any) -> object:

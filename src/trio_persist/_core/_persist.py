@@ -14,6 +14,7 @@ reports and closes.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import functools
 import math
@@ -29,15 +30,17 @@ import attrs
 import trio
 
 from .._backend import Backend, check_backend
-from .._exceptions import InfiniteRecursion, PersistClosed
+from .._exceptions import InfiniteRecursion, PersistClosed, PersistError
 from .._grouping import default_group, default_group_and_base
 from .._monitor import serve_monitor
 from .._stats import FunctionStatistics, GroupSnapshot, PersistDurations, PersistStatistics
+from .._store import Store, check_store, open_store
 from .._text import safe_repr
+from ._ask import worker_for
 from ._device import NO_DEVICE, DeviceHooks, DeviceLike, adapt_device
 from ._events import EventSubscription
 from ._flight import Flight
-from ._job import UNNAMED, Job, Owner, leader_died, request_name, running
+from ._job import UNNAMED, AskJob, Job, Owner, leader_died, request_name, running
 from ._linger import MISS
 from ._observer import Observer
 from ._options import AwaitMode, ErrorStrategy, PersistOptions, check_duration
@@ -115,6 +118,14 @@ def _same_function(
     return same and known.linger == linger and known.instance_key is instance_key
 
 
+def _check_default(default: object) -> None:
+    if default is not None and not callable(default):
+        raise TypeError(
+            f"default must be None or a callable that makes a fresh state, got "
+            f"{type(default).__name__}"
+        )
+
+
 def _waits_for(awaiting: dict[Owner, list[Owner]], start: Owner, target: Owner) -> bool:
     """Whether owner *start* is, or transitively waits for, owner *target*."""
     stack = [start]
@@ -144,6 +155,7 @@ class Persist(Generic[B, R, T]):
     _options: PersistOptions = attrs.field(alias="options")
     _nursery: trio.Nursery = attrs.field(alias="nursery")
     _backend: Backend | None = attrs.field(alias="backend")
+    _store: Store | None = attrs.field(alias="store", default=None)
     _core: Core = attrs.field(init=False)
     _supervisor: Supervisor = attrs.field(init=False)
     _runners: RunnerPool = attrs.field(init=False)
@@ -163,6 +175,7 @@ class Persist(Generic[B, R, T]):
             nursery=self._nursery,
             reroute=self._reroute,
             backend=self._backend,
+            store=self._store,
         )
         self._supervisor = Supervisor(core)
         self._runners = RunnerPool(core.nursery)
@@ -403,7 +416,7 @@ class Persist(Generic[B, R, T]):
         seconds = None if timeout is None else check_duration("timeout", timeout)
         if group is None:
             group = core.group_of(base, None)
-        owner = core.owners.get(group)
+        owner = await self._settled_owner(group)
         if isinstance(owner, WorkerTask):
             return owner.handle
         task = self._supervisor.new_worker(group, base, static=static, timeout=seconds)
@@ -420,51 +433,114 @@ class Persist(Generic[B, R, T]):
         static: bool | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 - the idle timeout, as start_worker's
     ) -> Worker[B]:
-        """Return *group*'s worker, starting it if it has none (the session pattern).
+        """Return *group*'s worker, activating it if it has none (the session pattern).
 
         A live worker (or one waiting to take over from a flight) is returned as
-        it is. Otherwise the device's ``restore(group)`` hook is asked for the
-        state, for any group, including one this process has never seen (after
-        a restart); if there is no hook, or it returns None, ``default()`` makes
-        a fresh state. Always a checkpoint.
+        it is. Otherwise a virtual worker is activated for the group, as `ask`
+        does (sharing the activation with concurrent asks): its state is loaded
+        from the persist's store, else the device's ``restore(group)`` hook,
+        else ``default()``, for any group, including one this process has never
+        seen (after a restart). It keeps its group for life. Always a checkpoint.
 
         Raises:
             PersistClosed: the persist's block has been left.
-            LookupError: nothing could be restored and *default* is None.
+            ActivationFailed: loading the state failed (see its ``__cause__``).
+            NoWorker: nothing to restore and *default* is None (a `LookupError`).
         """
         await trio.lowlevel.checkpoint()
-        core = self._core
         self._need_a_device("get_worker()")
-        found = self._live_worker(group)
-        if found is not None:
-            return found
-        state: Any = None
-        restore = core.hooks.restore
-        if restore is not None and not core.closed:
-            try:
-                state = await restore(group)
-            except Exception as exc:
-                core.hook_failed("restore", group, exc)
-            found = self._live_worker(group)  # started by someone else meanwhile
-            if found is not None:
-                return found
-        if state is None:
-            if default is None:
-                raise LookupError(
-                    f"group {safe_repr(group)} has no worker and nothing to restore; "
-                    "pass default= to start one with a fresh state"
-                )
-            state = default()
-        self._supervisor.forget_retired(group)
-        return await self.start_worker(state, group, static, timeout)
+        if static is not None and not isinstance(static, bool):
+            raise TypeError(f"static must be True, False or None, got {type(static).__name__}")
+        seconds = None if timeout is None else check_duration("timeout", timeout)
+        _check_default(default)
+        task = self._worker_for(group, default, static=static, timeout=seconds)
+        if task.activation is not None:
+            await task.activation.wait()
+        return task.handle
 
-    def _live_worker(self, group: Hashable) -> Worker[B] | None:
-        owner = self._core.owners.get(group)
-        if isinstance(owner, WorkerTask):
-            return owner.handle
-        if isinstance(owner, Flight) and owner.successor is not None:
-            return owner.successor.handle
-        return None
+    async def ask(
+        self, group: Hashable, request: R, *, default: Callable[[], B] | None = None
+    ) -> T:
+        """Deliver *request* to *group*'s worker and return its reply.
+
+        The reply is ``device.resolve(state, request)``: an advancing worker's
+        state becomes the reply, a static worker keeps its state. If the group
+        has no live worker, one is activated in the same step, with its state
+        loaded from the first of the persist's store, the device's
+        ``restore(group)`` hook and ``default()``; concurrent asks share that
+        one activation. The request never runs without its worker, nor against
+        a fresh state while a saved one exists, and never as a flight
+        (docs/virtual-workers.md states every guarantee). Cancelling the call
+        withdraws the request if it has not started, and cancels it if it has
+        (an abandoned request is not applied). Always a checkpoint.
+
+        Args:
+            group: The worker's group: any value the registry can hold (to be
+                saved by a store, one `trio_persist.canonical_encoding` names).
+            request: What ``device.resolve(state, request)`` gets.
+            default: Makes a fresh state when nothing is saved (a callable, such
+                as ``dict``); the first any waiting ask gives is used.
+
+        Raises:
+            PersistClosed: the persist's block has been left.
+            ActivationFailed: loading the group's state failed (see its
+                ``__cause__``); nothing was started, the next ask tries again.
+            NoWorker: nothing to activate from and no *default* (a `LookupError`).
+            InfiniteRecursion: called from inside the group's own worker (or a
+                cycle of groups waiting for each other).
+            SaveFailed: with ``durable=True``, the new state was not saved; the
+                request is not applied.
+            LeaderDied: the worker crashed serving it, or the persist closed.
+        """
+        core = self._core
+        if core.closed:
+            raise PersistClosed("this persist is closed: ask() is only possible inside its block")
+        self._need_a_device("ask()")
+        _check_default(default)
+        core.counters.requests += 1
+        current = running.get()
+        job = AskJob(None, request, key=UNNAMED, group=group, default=default)
+        while True:
+            task = self._worker_for(group, default, current)
+            joined = task.find(request, UNNAMED)  # a static worker's identical queued request
+            if joined is not None:
+                self._joined(task, joined)
+                reply: T = await self._listen(joined, task, current)
+                return reply
+            if task.admit_nowait(job) or await task.admit(job):
+                reply = await self._listen(job, task, current)
+                return reply
+            # The worker stopped while this waited for room in its inbox: again.
+
+    def _worker_for(
+        self,
+        group: Hashable,
+        default: Callable[[], Any] | None,
+        current: Owner | None = None,
+        **options: Any,
+    ) -> WorkerTask:
+        """The worker for *group* (see `worker_for`), activating one if need be;
+        refuses a call that would wait for itself (from *current*)."""
+        core = self._core
+        if core.closed:
+            raise PersistClosed("this persist is closed: no worker can start")
+        owner = core.owners.get(group)
+        if owner is not None and current is not None and _waits_for(self._awaiting, owner, current):
+            raise InfiniteRecursion(
+                f"asking group {safe_repr(group)} would wait for an execution that is "
+                "waiting for this call (its own worker, or a cycle of groups)"
+            )
+        return worker_for(self._supervisor, group, owner, default, **options)
+
+    async def _settled_owner(self, group: Hashable) -> Owner | None:
+        """*group*'s owner, once a worker activating for it has its state (or failed)."""
+        while True:
+            owner = self._core.owners.get(group)
+            activation = owner.activation if isinstance(owner, WorkerTask) else None
+            if activation is None or activation.settled:
+                return owner
+            with contextlib.suppress(PersistError):
+                await activation.wait()
 
     def wrap(
         self, fn: Callable[P, Awaitable[V]], *, name: str | None = None, share: bool = True
@@ -586,8 +662,11 @@ class Persist(Generic[B, R, T]):
         """Make the next call for *group* start afresh (Go singleflight's ``Forget``).
 
         A running flight goes on for the listeners it already has; nobody new
-        joins it. A worker is stopped (its ``on_idle`` runs); a lingering
-        result is dropped. Never blocks.
+        joins it. A worker is stopped (its state is saved and its ``on_idle``
+        runs; it frees its group once they have finished, and requests that
+        reach it meanwhile go to the group's next owner: a fresh execution, or
+        for `ask` a fresh activation); a lingering result is dropped. Never
+        blocks.
 
         Returns:
             Whether *group* had an owner or a lingering result.
@@ -597,9 +676,10 @@ class Persist(Generic[B, R, T]):
         owner = core.owners.get(group)
         if owner is None:
             return lingered
-        core.registry.unregister(group, owner)
         if isinstance(owner, WorkerTask):
             owner.stop_nowait("forgotten")
+        else:
+            core.registry.unregister(group, owner)
         return True
 
     def workers(self) -> tuple[Worker[B], ...]:
@@ -700,7 +780,7 @@ class Persist(Generic[B, R, T]):
             return worker
         retired = group if by_base is None else by_base
         if retired in self._supervisor.retired:
-            return self._supervisor.restoring(retired, base)
+            return self._supervisor.restoring(retired)
         return None
 
     def _need_a_device(self, what: str) -> None:
@@ -818,6 +898,9 @@ class Persist(Generic[B, R, T]):
         if core.closed:
             job.fail(leader_died("the persist closed before this request was served"))
             return
+        if isinstance(job, AskJob):
+            self._reroute_ask(job)
+            return
         try:
             group = job.key if self._grouping is Grouping.DIGEST else None
             if group is None:
@@ -830,6 +913,17 @@ class Persist(Generic[B, R, T]):
             self._start_flight(group, job)
         elif not owner.admit_nowait(job):
             core.nursery.start_soon(self._forward, owner, job)
+
+    def _reroute_ask(self, job: AskJob) -> None:
+        """An ask whose worker stopped goes to its group's next worker, never a flight."""
+        try:
+            owner = self._core.owners.get(job.group)
+        except Exception as exc:  # a group whose hash raises now
+            job.fail(exc)
+            return
+        task = worker_for(self._supervisor, job.group, owner, job.default)
+        if not task.admit_nowait(job):
+            self._core.nursery.start_soon(self._forward, task, job)
 
     def _lingering(self, group: Hashable, key: object, request: Any) -> Any:
         """The result lingering for the request named *key* (`UNNAMED`: named from
@@ -871,6 +965,16 @@ class Persist(Generic[B, R, T]):
             core.throttle.flush()
 
 
+@asynccontextmanager
+async def _store_held(store: Store | None) -> AsyncIterator[Store | None]:
+    """*store* held open for the persist's life (nothing without one)."""
+    if store is None:
+        yield None
+        return
+    async with open_store(store) as opened:
+        yield opened
+
+
 CallWrapped = Callable[
     [WrappedFunction, tuple[Any, ...], dict[str, Any], bool, bool], Coroutine[Any, Any, Any]
 ]
@@ -910,6 +1014,9 @@ def open_persist(
     shutdown_grace: float | None = 5.0,
     ignore_keys: Iterable[Hashable] = (),
     linger: float = 0.0,
+    store: object = None,
+    checkpoint_interval: float | None = None,
+    durable: bool = False,
 ) -> AbstractAsyncContextManager[Persist[B, R, T]]: ...
 
 
@@ -944,6 +1051,9 @@ def open_persist(
     shutdown_grace: float | None = 5.0,
     ignore_keys: Iterable[Hashable] = (),
     linger: float = 0.0,
+    store: object = None,
+    checkpoint_interval: float | None = None,
+    durable: bool = False,
 ) -> AbstractAsyncContextManager[Persist[Any, Any, Any]]:
     """Open a persist for *device* (or, without one, for wrapped functions only);
     every flight and worker lives inside the block.
@@ -992,6 +1102,18 @@ def open_persist(
             result; at most 64 MiB of results (estimated) linger at once, the
             oldest going first. Not a cache: there is no per-key configuration.
             With a backend, it holds across processes.
+        store: None, or a state store (`trio_persist.stores`, or any object
+            with async ``load``, ``save`` and ``delete``): workers' states are
+            saved through it when they stop, and `Persist.ask` activates workers from
+            it. Entered when the block opens (if it is an async context
+            manager) and left after the last save. See
+            docs/virtual-workers.md.
+        checkpoint_interval: Seconds: a worker's changed state is also saved
+            at most this long after it changed, while the worker lives
+            (None: only when it stops). Needs a store.
+        durable: A worker replies only once the state its request made is
+            saved; if the save fails the request fails (`SaveFailed`) and is
+            not applied. Needs a store.
 
     Raises:
         TypeError: an option has the wrong type, or *device* is not a device
@@ -1009,21 +1131,24 @@ def open_persist(
         shutdown_grace=shutdown_grace,
         ignore_keys=ignore_keys,
         linger=linger,
+        checkpoint_interval=checkpoint_interval,
+        durable=durable,
+        has_store=store is not None,
     )
     hooks = NO_DEVICE if device is None else adapt_device(device)
-    return _opened(hooks, options, check_backend(backend))
+    return _opened(hooks, options, check_backend(backend), check_store(store))
 
 
 @asynccontextmanager
 async def _opened(
-    hooks: DeviceHooks, options: PersistOptions, backend: Backend | None
+    hooks: DeviceHooks, options: PersistOptions, backend: Backend | None, store: Store | None
 ) -> AsyncIterator[Persist[Any, Any, Any]]:
-    """The block `open_persist` returns: the persist's nursery and its closing."""
+    """The block `open_persist` returns: the persist's store, nursery and closing."""
     body_error: BaseException | None = None
     try:
-        async with trio.open_nursery() as nursery:
+        async with _store_held(store) as opened, trio.open_nursery() as nursery:
             persist: Persist[Any, Any, Any] = Persist(
-                hooks=hooks, options=options, nursery=nursery, backend=backend
+                hooks=hooks, options=options, nursery=nursery, backend=backend, store=opened
             )
             try:
                 if backend is not None:

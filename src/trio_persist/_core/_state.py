@@ -32,6 +32,7 @@ from .._stats import (
     PersistStatistics,
     group_label,
 )
+from .._store import RecordStore, Store, record_store
 from .._text import describe, literal
 from ._device import DeviceHooks
 from ._events import EventHub
@@ -68,6 +69,12 @@ class Counters:
     hook_failures: int = 0
     evictions: int = 0
     workers_started: int = 0
+    activations: int = 0
+    activation_failures: int = 0
+    handovers: int = 0
+    saves: int = 0
+    save_failures: int = 0
+    checkpoints: int = 0
     in_flight: int = 0
     waiters: int = 0
 
@@ -140,11 +147,20 @@ class Observers:
             self.failed(f"observer {method}", group, exc)
 
 
-def describe_owner(owner: Any, group: Hashable, queued: int) -> GroupSnapshot:
+def describe_owner(
+    owner: Any,
+    group: Hashable,
+    queued: int,
+    label: tuple[str, bool] | None = None,
+    *,
+    virtual: bool = False,
+    activating: bool = False,
+) -> GroupSnapshot:
     """The `GroupSnapshot` of *owner* (a flight or a worker) for *group*; its
-    ``label`` (text, and whether the hook chose it) must be made already."""
+    ``label`` (text, and whether the hook chose it) must be made already,
+    unless *label* is given."""
     p50, p99 = recent_quantiles(owner.recent)
-    text, from_hook = owner.label
+    text, from_hook = owner.label if label is None else label
     return GroupSnapshot(
         group=group,
         kind=owner.kind,
@@ -158,6 +174,8 @@ def describe_owner(owner: Any, group: Hashable, queued: int) -> GroupSnapshot:
         execution_p50=p50,
         execution_p99=p99,
         label_from_hook=from_hook,
+        virtual=virtual,
+        activating=activating,
     )
 
 
@@ -175,6 +193,10 @@ class Core:
     # Gives a job whose worker stopped to its group's next owner (the facade's).
     reroute: Callable[[Job], None]
     backend: Backend | None = None
+    # Where workers' states are saved and activated from (None: nowhere).
+    store: Store | None = None
+    # The same store, if it keeps records (token, applied ids): then used through them.
+    records: RecordStore | None = attrs.field(init=False, default=None)
     # Which owner (a flight or a worker) holds each group.
     registry: Registry[Owner] = attrs.field(factory=Registry)
     # The registry's live mapping, read on every resolve (a dict lookup is
@@ -196,8 +218,12 @@ class Core:
     # Raises what the hook raises, or `TypeError` for a value the default
     # grouper cannot encode.
     group_of: Callable[[Any, Any], Hashable] = attrs.field(init=False)
+    # What a worker calls for each request: the device's resolve, or with
+    # durable=True the same followed by a save (set by the supervisor).
+    worker_resolve: Callable[[Any, Any], Any] = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
+        self.worker_resolve = self.hooks.resolve
         hook = self.hooks.group
         self.group_of = (
             hook
@@ -205,6 +231,8 @@ class Core:
             else functools.partial(default_group, ignore_keys=self.options.ignore_keys)
         )
         self.owners = self.registry.as_mapping()
+        if self.store is not None:
+            self.records = record_store(self.store)
         self.linger = Linger(self.options.linger)
         self.observers = Observers(self.hook_failed)
         # The run's clock, read directly: half the cost of trio.current_time()
@@ -342,6 +370,12 @@ class Core:
             hook_failures=counters.hook_failures,
             evictions=counters.evictions,
             workers_started=counters.workers_started,
+            activations=counters.activations,
+            activation_failures=counters.activation_failures,
+            handovers=counters.handovers,
+            saves=counters.saves,
+            save_failures=counters.save_failures,
+            checkpoints=counters.checkpoints,
             in_flight=counters.in_flight,
             waiters=counters.waiters,
             workers=workers,
