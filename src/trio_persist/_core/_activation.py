@@ -30,7 +30,8 @@ from typing import Any
 import attrs
 import trio
 
-from .._exceptions import ActivationFailed, NoWorker
+from .._backend import WorkerLease
+from .._exceptions import ActivationFailed, NoWorker, StaleOwner
 from .._logging import logger
 from .._stats import group_label
 from .._store import StateRecord
@@ -78,6 +79,13 @@ class Activation:
     # The record the state was loaded with (a store that keeps records), or
     # None: its token, applied ids and reply go with every later save.
     record: StateRecord | None = None
+    # The worker lease it runs under, when a backend places workers across
+    # processes (None: per process): its token fences every save, and a
+    # durable reply needs it still valid after the save.
+    lease: WorkerLease | None = None
+    # The last request the loaded state applied, and its reply: a request
+    # sent again after its owner died is answered from here.
+    last_applied: tuple[str, Any] | None = None
     # Where the state came from: "store", "restore", "default" or "handover".
     source: str = ""
     # An evicted worker still serves the request it was activated for (so
@@ -148,7 +156,9 @@ async def _load_saved(core: Core, group: Hashable, activation: Activation) -> An
         record = await records.load_record(group)
         if record is not None:
             if record.token is not None or record.applied:  # kept for the saves
-                activation.record = attrs.evolve(record, state=None)
+                activation.record = attrs.evolve(record, state=None, reply=None)
+            if record.applied:  # a request applied but maybe never answered
+                activation.last_applied = (record.applied[-1], record.reply)
             activation.source = "store"
             return record.state
     elif store is not None:
@@ -190,7 +200,12 @@ def _failed(
 
 
 async def save_state(
-    core: Core, group: Hashable, state: Any, activation: Activation | None, reason: str
+    core: Core,
+    group: Hashable,
+    state: Any,
+    activation: Activation | None,
+    reason: str,
+    applied: tuple[str, Any] | None = None,
 ) -> BaseException | None:
     """Save *state* as *group*'s through the store; return the error if it failed.
 
@@ -199,16 +214,31 @@ async def save_state(
     hurts nothing else. *reason* says why: ``"stop"``, ``"checkpoint"`` or
     ``"durable"``. Cancellation propagates (the store keeps its previous
     state then).
+
+    Under a worker lease the save carries the lease's token, and a durable
+    save records *applied* (a request id and its reply) as applied: a
+    store refuses it once a newer owner has saved, and a reply is only given
+    if the lease is still valid once the save is done.
     """
     store = core.store
     assert store is not None
-    record = activation.record if activation is not None else None
+    record = _record_for(core, activation, state, applied)
     try:
         if record is not None and core.records is not None:
-            await core.records.save_record(group, attrs.evolve(record, state=state))
+            await core.records.save_record(group, record)
+            assert activation is not None
+            activation.record = attrs.evolve(record, state=None, reply=None)
+            if activation.lease is not None and not activation.lease.valid():
+                raise StaleOwner(
+                    "the worker lease was lost during the save: no reply is given",
+                    record.token or 0,
+                    record.token or 0,
+                )
         else:
             await store.save(group, state)
     except Exception as exc:
+        if isinstance(exc, StaleOwner):
+            core.counters.fenced_saves += 1
         count_save_failure(core, group, reason, exc)
         return exc
     counters = core.counters
@@ -217,6 +247,26 @@ async def save_state(
         counters.checkpoints += 1
     core.events.emit("worker.saved", group, reason)
     return None
+
+
+_APPLIED_WINDOW = 64
+
+
+def _record_for(
+    core: Core, activation: Activation | None, state: Any, applied: tuple[str, Any] | None
+) -> StateRecord | None:
+    """The record a save writes (None: a plain save): the loaded record's token,
+    or the worker lease's, and the applied ids with *applied*'s id appended."""
+    if activation is None or core.records is None:
+        return None
+    record, lease = activation.record, activation.lease
+    if lease is None:
+        return None if record is None else attrs.evolve(record, state=state)
+    record = record or StateRecord(None)
+    if applied is not None:
+        ids = (*record.applied, applied[0])[-_APPLIED_WINDOW:]
+        return attrs.evolve(record, state=state, token=lease.token, applied=ids, reply=applied[1])
+    return attrs.evolve(record, state=state, token=lease.token, reply=None)
 
 
 def count_save_failure(core: Core, group: Hashable, reason: str, error: BaseException) -> None:

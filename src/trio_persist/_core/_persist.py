@@ -19,6 +19,7 @@ import enum
 import functools
 import math
 import os
+import secrets
 import sys
 import types
 import weakref
@@ -29,7 +30,7 @@ from typing import Any, Generic, NoReturn, ParamSpec, TypeVar, final, overload
 import attrs
 import trio
 
-from .._backend import Backend, check_backend
+from .._backend import Backend, check_backend, placement_of
 from .._exceptions import InfiniteRecursion, PersistClosed, PersistError
 from .._grouping import default_group, default_group_and_base
 from .._monitor import serve_monitor
@@ -43,6 +44,7 @@ from ._flight import Flight
 from ._job import UNNAMED, AskJob, Job, Owner, leader_died, request_name, running
 from ._linger import MISS
 from ._observer import Observer
+from ._placement import Here, reroute_placed
 from ._options import AwaitMode, ErrorStrategy, PersistOptions, check_duration
 from ._registry import RegistryView
 from ._runner import RunnerPool
@@ -179,6 +181,7 @@ class Persist(Generic[B, R, T]):
         )
         self._supervisor = Supervisor(core)
         self._runners = RunnerPool(core.nursery)
+        core.placement = placement_of(self._backend, Here(core, self._worker_for, self._listen))
         mode = core.options.await_inprogress
         has_hook = core.hooks.group is not None
         if mode is False or (mode == "named" and not has_hook) or core.hooks is NO_DEVICE:
@@ -498,6 +501,9 @@ class Persist(Generic[B, R, T]):
         self._need_a_device("ask()")
         _check_default(default)
         core.counters.requests += 1
+        if core.placement is not None:  # the group's worker may live in another process
+            placed: T = await core.placement.ask(group, request, default, secrets.token_hex(16))
+            return placed
         current = running.get()
         job = AskJob(None, request, key=UNNAMED, group=group, default=default)
         while True:
@@ -916,6 +922,9 @@ class Persist(Generic[B, R, T]):
 
     def _reroute_ask(self, job: AskJob) -> None:
         """An ask whose worker stopped goes to its group's next worker, never a flight."""
+        if self._core.placement is not None:
+            reroute_placed(self._core, self._core.placement, job)
+            return
         try:
             owner = self._core.owners.get(job.group)
         except Exception as exc:  # a group whose hash raises now

@@ -285,6 +285,8 @@ class Supervisor:
         if unanswered and not self._hand_over(task, unanswered):
             for job in unanswered:
                 core.reroute(job)
+        if core.placement is not None and task.virtual and group not in core.owners:
+            core.placement.ended(group)  # nothing took its place: its lease goes
         self._launch_pending()
 
     def _report_end(self, task: WorkerTask, crashed: BaseException | None) -> None:
@@ -344,6 +346,7 @@ class Supervisor:
                 handed=task.state,
                 handed_dirty=task.dirty,
                 record=activation.record if activation is not None else None,
+                lease=activation.lease if activation is not None else None,
             ),
         )
         if not core.registry.register(task.group, successor):
