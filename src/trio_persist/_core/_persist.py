@@ -44,8 +44,8 @@ from ._flight import Flight
 from ._job import UNNAMED, AskJob, Job, Owner, leader_died, request_name, running
 from ._linger import MISS
 from ._observer import Observer
-from ._placement import Here, reroute_placed
 from ._options import AwaitMode, ErrorStrategy, PersistOptions, check_duration
+from ._placement import Here, reroute_placed
 from ._registry import RegistryView
 from ._runner import RunnerPool
 from ._state import Core

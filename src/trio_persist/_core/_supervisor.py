@@ -272,6 +272,7 @@ class Supervisor:
             activation.settle(leader_died("the worker stopped before it was activated"))
         if reason == "unactivated":
             self._activation_failed(task, unanswered)
+            self._placed_ended(task)
             self._launch_pending()
             return
         self._report_end(task, crashed)
@@ -285,9 +286,14 @@ class Supervisor:
         if unanswered and not self._hand_over(task, unanswered):
             for job in unanswered:
                 core.reroute(job)
-        if core.placement is not None and task.virtual and group not in core.owners:
-            core.placement.ended(group)  # nothing took its place: its lease goes
+        self._placed_ended(task)
         self._launch_pending()
+
+    def _placed_ended(self, task: WorkerTask) -> None:
+        """A placed worker's lease goes when nothing took its group's place here."""
+        core = self.core
+        if core.placement is not None and task.virtual and task.group not in core.owners:
+            core.placement.ended(task.group)
 
     def _report_end(self, task: WorkerTask, crashed: BaseException | None) -> None:
         core = self.core

@@ -1,0 +1,95 @@
+"""Workers across the cluster: one owner per group among processes, asks routed to it.
+
+Two persists on separate backends stand for two processes here (each backend
+is a node of its own); tests/test_redis_worker_faults.py runs real processes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+import trio_persist
+from trio_persist.redis import RedisBackend
+from trio_persist.stores import FileStore
+
+
+async def counter(state: Any, request: Any) -> Any:
+    """An advancing worker: each request adds to the count and says who served it."""
+    await trio.sleep(0)
+    return {"n": state["n"] + request, "by": trio.lowlevel.current_root_task().name}
+
+
+@asynccontextmanager
+async def node(
+    url: str, namespace: str, directory: Path, *, durable: bool = False, lease_ttl: float = 1.0
+) -> AsyncIterator[trio_persist.Persist[Any, Any, Any]]:
+    backend = RedisBackend(url, namespace=namespace, lease_ttl=lease_ttl, workers="cluster")
+    store = FileStore(directory)
+    async with trio_persist.open_persist(
+        counter, backend=backend, store=store, durable=durable, worker_timeout=60
+    ) as persist:
+        yield persist
+
+
+def fresh() -> dict[str, Any]:
+    return {"n": 0, "by": None}
+
+
+async def test_an_ask_from_another_process_is_served_by_the_groups_one_worker(
+    redis_url: str, namespace: str, tmp_path: Path
+) -> None:
+    async with node(redis_url, namespace, tmp_path) as one, node(
+        redis_url, namespace, tmp_path
+    ) as two:
+        first = await one.ask("session", 1, default=fresh)
+        second = await two.ask("session", 2, default=fresh)
+        assert first["n"] == 1 and second["n"] == 3
+        assert len(one.workers()) == 1 and not two.workers()
+        one_stats, two_stats = one.backend.statistics(), two.backend.statistics()
+        assert (two_stats.routed_out, one_stats.routed_in) == (1, 1)
+        assert one_stats.owned == 1 and two_stats.owned == 0
+
+
+async def test_a_stopped_owner_saves_and_the_next_ask_anywhere_activates_from_the_store(
+    redis_url: str, namespace: str, tmp_path: Path
+) -> None:
+    async with node(redis_url, namespace, tmp_path) as two:
+        async with node(redis_url, namespace, tmp_path) as one:
+            await one.ask("session", 5, default=fresh)
+        reply = await two.ask("session", 1, default=fresh)
+        assert reply["n"] == 6
+        assert len(two.workers()) == 1
+
+
+async def test_many_callers_in_two_processes_apply_every_request_once_in_one_owner(
+    redis_url: str, namespace: str, tmp_path: Path
+) -> None:
+    async with node(redis_url, namespace, tmp_path, durable=True) as one, node(
+        redis_url, namespace, tmp_path, durable=True
+    ) as two:
+        replies: list[int] = []
+
+        async def caller(persist: trio_persist.Persist[Any, Any, Any], group: str) -> None:
+            for _ in range(10):
+                replies.append((await persist.ask(group, 1, default=fresh))["n"])
+
+        async with trio.open_nursery() as nursery:
+            for index in range(8):
+                nursery.start_soon(caller, one if index % 2 else two, f"g{index % 3}")
+        assert len(replies) == 80
+        for group in ("g0", "g1", "g2"):
+            total = (await one.ask(group, 0, default=fresh))["n"]
+            assert total == sum(10 for i in range(8) if f"g{i % 3}" == group)
+        workers = len(one.workers()) + len(two.workers())
+        assert workers == 3
+
+
+async def test_workers_must_be_process_or_cluster(redis_url: str) -> None:
+    with pytest.raises(ValueError, match="workers must be"):
+        RedisBackend(redis_url, workers="everywhere")
