@@ -44,9 +44,10 @@ def fresh() -> dict[str, Any]:
 async def test_an_ask_from_another_process_is_served_by_the_groups_one_worker(
     redis_url: str, namespace: str, tmp_path: Path
 ) -> None:
-    async with node(redis_url, namespace, tmp_path) as one, node(
-        redis_url, namespace, tmp_path
-    ) as two:
+    async with (
+        node(redis_url, namespace, tmp_path) as one,
+        node(redis_url, namespace, tmp_path) as two,
+    ):
         first = await one.ask("session", 1, default=fresh)
         second = await two.ask("session", 2, default=fresh)
         assert first["n"] == 1 and second["n"] == 3
@@ -70,9 +71,10 @@ async def test_a_stopped_owner_saves_and_the_next_ask_anywhere_activates_from_th
 async def test_many_callers_in_two_processes_apply_every_request_once_in_one_owner(
     redis_url: str, namespace: str, tmp_path: Path
 ) -> None:
-    async with node(redis_url, namespace, tmp_path, durable=True) as one, node(
-        redis_url, namespace, tmp_path, durable=True
-    ) as two:
+    async with (
+        node(redis_url, namespace, tmp_path, durable=True) as one,
+        node(redis_url, namespace, tmp_path, durable=True) as two,
+    ):
         replies: list[int] = []
 
         async def caller(persist: trio_persist.Persist[Any, Any, Any], group: str) -> None:

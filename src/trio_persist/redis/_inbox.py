@@ -34,7 +34,7 @@ INBOX_LIMIT = 1024
 """The most messages a process's inbox holds before callers wait for room."""
 
 _BATCH = 64
-_BLOCK = 1.0  # seconds one BLMPOP waits on the server (bounded by the link's timeout)
+_BLOCK = 1.0  # at most, seconds one BLMPOP waits on the server (half the link's timeout)
 
 # KEYS: inbox. ARGV: limit ("0": none), message, ttl_ms. 1 if pushed, 0 if full.
 # The inbox expires when nobody pops it for ttl (its process is gone).
