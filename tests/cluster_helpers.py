@@ -9,6 +9,7 @@ twice.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -83,7 +84,7 @@ async def check_history(control: Any, namespace: str) -> list[dict[str, Any]]:
     """The saves, checked: tokens never go back, and each save adds exactly one
     request to the last (nothing lost, nothing applied twice)."""
     saves = await logs(control, namespace, "saves")
-    for before, after in zip(saves, saves[1:], strict=False):
+    for before, after in itertools.pairwise(saves):
         assert after["token"] >= before["token"], saves
         assert after["n"] in (before["n"], before["n"] + 1), saves
     return saves

@@ -82,9 +82,11 @@ class WorkerLease(Protocol):
     @property
     def token(self) -> int:
         """Its fencing token: every save of the worker's state carries it."""
+        ...
 
     def valid(self) -> bool:
         """Whether the lease is surely still held now (a durable reply needs it)."""
+        ...
 
 
 class LocalWorkers(Protocol):
@@ -112,6 +114,7 @@ class LocalWorkers(Protocol):
 
     def has_worker(self, group: Hashable) -> bool:
         """Whether *group* has a worker in this process now."""
+        ...
 
 
 class Placement(Protocol):
