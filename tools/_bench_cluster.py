@@ -70,7 +70,7 @@ def load(url: str, processes: int, callers: int, seconds: float) -> dict[str, An
                 str(seconds),
             ],
             stdout=subprocess.PIPE,
-        )  # fmt: skip
+        )
         for _ in range(processes)
     ]
     results = [json.loads(p.communicate(timeout=seconds + 60)[0]) for p in procs]

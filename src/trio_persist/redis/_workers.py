@@ -285,7 +285,12 @@ class ClusterWorkers:
             except WorkerMoved:
                 payload = None
             except Exception as exc:
-                payload = encode_error(self.seal, "a:" + request_id, exc, owned.token)
+                # Its worker stopped under it with the lease (this persist closing):
+                # the sender asks the group's next owner.
+                gone = isinstance(exc, LeaderDied) and self.owned.get(owned.digest) is not owned
+                payload = (
+                    None if gone else encode_error(self.seal, "a:" + request_id, exc, owned.token)
+                )
             if payload is not None:
                 reply = {"k": "a", "id": request_id, "p": payload.decode()}
         with trio.move_on_after(self.link.timeout), _QUIET():
