@@ -135,7 +135,7 @@ class RedisBackend:
     max_takeovers: int = 3
     heartbeat: float | None = 1.0
     max_pending: int = 128
-    workers: str = "process"
+    workers: str = attrs.field(default="process", validator=lambda _s, _a, v: _check_workers(v))
     _node: str = attrs.field(init=False)
     _counters: Counters = attrs.field(factory=Counters, init=False)
     _link: Link = attrs.field(init=False)
@@ -158,8 +158,6 @@ class RedisBackend:
             raise TypeError(f"max_pending must be an int, got {type(self.max_pending).__name__}")
         if self.max_pending < 1:
             raise ValueError(f"max_pending must be at least 1, got {self.max_pending}")
-        if self.workers not in ("process", "cluster"):
-            raise ValueError(f"workers must be 'process' or 'cluster', got {self.workers!r}")
         if self.fallback not in ("error", "local"):
             raise ValueError(f"fallback must be 'error' or 'local', got {self.fallback!r}")
         if self.signing_key is not None:
@@ -407,6 +405,11 @@ def _where(url: object) -> str:
 
 
 _MIN_SIGNING_KEY = 16
+
+
+def _check_workers(workers: object) -> None:
+    if workers not in ("process", "cluster"):
+        raise ValueError(f"workers must be 'process' or 'cluster', got {workers!r}")
 
 
 def _check_signing_key(key: object) -> None:

@@ -43,7 +43,7 @@ from ._inbox import INBOX_LIMIT, PUSH, Inbox, Waiter
 from ._lease import Answer
 from ._link import Counters, Link
 from ._renewal import Held, Renewer
-from ._scripts import _HELPERS, RENEW
+from ._scripts import LUA_HELPERS, RENEW
 
 __all__ = ["WORKER_SCRIPTS", "ClusterWorkers", "Owned"]
 
@@ -52,7 +52,7 @@ __all__ = ["WORKER_SCRIPTS", "ClusterWorkers", "Owned"]
 # too); {"o", value}: the live lease of another owner. A malformed, immortal or
 # overlong lease is foreign: replaced.
 WACQUIRE = (
-    _HELPERS
+    LUA_HELPERS
     + """
 local current = get(KEYS[1])
 if type(current) == 'table' then return current end
