@@ -24,6 +24,8 @@ import trio
 
 import trio_persist
 from cluster_helpers import Logged, check_history, fresh, logs
+from fault_proxy import FaultProxy
+from redis_server import RedisServer
 from trio_persist.redis import RedisBackend
 
 OWNER = str(Path(__file__).with_name("cluster_owner.py"))
@@ -34,19 +36,28 @@ SLACK = 2.0  # scheduling on a loaded machine: never a reason to fail
 
 @asynccontextmanager
 async def cluster(
-    url: str, namespace: str, directory: Path, die_at: int = -1
+    url: str,
+    namespace: str,
+    directory: Path,
+    die_at: int = -1,
+    owner_url: str | None = None,
+    backend_url: str | None = None,
 ) -> AsyncIterator[tuple[Any, trio.Process, trio_persist.Persist[Any, Any, Any]]]:
-    """A control client, an owner process holding "g", and a persist here."""
+    """A control client (logs at *url*), an owner process holding "g" (its backend
+    at *owner_url*, else *backend_url*), and a persist here (at *backend_url*;
+    both default to *url*)."""
+    backend_url = backend_url or url
     with trio.fail_after(60):
         async with coredis.Redis.from_url(url) as control:
             owner = await trio.lowlevel.open_process(
-                [sys.executable, OWNER, url, namespace, str(directory), str(TTL), str(die_at)]
-            )
+                [sys.executable, OWNER, url, namespace, str(directory), str(TTL), str(die_at),
+                 owner_url or backend_url]
+            )  # fmt: skip
             try:
                 assert await control.blpop([f"{namespace}:ready"], timeout=30) is not None
                 logged = Logged(control, namespace, directory, owner=False)
                 backend = RedisBackend(
-                    url, namespace=namespace, lease_ttl=TTL, timeout=TTL, workers="cluster"
+                    backend_url, namespace=namespace, lease_ttl=TTL, timeout=TTL, workers="cluster"
                 )
                 async with trio_persist.open_persist(
                     logged, backend=backend, store=logged, durable=True, worker_timeout=600
@@ -144,3 +155,52 @@ async def test_a_request_applied_by_an_owner_that_died_before_answering_is_answe
         runs = [r["id"] for r in await logs(control, namespace, "runs")]
         assert runs.count("once") == 1  # never applied twice
         await check_history(control, namespace)
+
+
+async def test_an_owner_cut_off_from_redis_is_replaced_and_its_late_traffic_changes_nothing(
+    redis_server: RedisServer, namespace: str, tmp_path: Path
+) -> None:
+    proxy = FaultProxy(redis_server.port)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(proxy.serve)
+        async with cluster(redis_server.url, namespace, tmp_path, owner_url=proxy.url) as (
+            control,
+            _,
+            persist,
+        ):
+            assert (await persist.ask("g", {"id": "a1"}))["n"] == 2
+            proxy.stall()  # partitioned: every byte to and from the owner held
+            with trio.fail_after(BOUND + SLACK):
+                reply = await persist.ask("g", {"id": "b1"})
+            assert reply["n"] == 3
+            proxy.resume()  # its held traffic arrives late: a lost lease, nothing saved
+            await trio.sleep(TTL)
+            assert (await persist.ask("g", {"id": "b2"}))["n"] == 4
+            saves = await check_history(control, namespace)
+            assert [s["n"] for s in saves] == [1, 2, 3, 4]
+            runs = [r["id"] for r in await logs(control, namespace, "runs")]
+            assert runs.count("b1") == 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_after_a_redis_restart_the_group_has_one_new_owner_and_no_acknowledged_change_lost(
+    redis_url: str, namespace: str, tmp_path: Path
+) -> None:
+    server = RedisServer()  # the backends' (the logs stay on the suite's server)
+    server.start()
+    try:
+        async with cluster(redis_url, namespace, tmp_path, backend_url=server.url) as (
+            control,
+            _,
+            persist,
+        ):
+            assert (await persist.ask("g", {"id": "a1"}))["n"] == 2
+            server.stop()
+            server.start()  # empty: every lease forgotten
+            with trio.fail_after(BOUND + SLACK):
+                reply = await persist.ask("g", {"id": "b1"})
+            assert reply["n"] == 3  # from the store: a1's change kept
+            saves = await check_history(control, namespace)
+            assert [s["n"] for s in saves] == [1, 2, 3]
+    finally:
+        server.stop()
