@@ -35,17 +35,21 @@ async def echo(state: Any, request: Any) -> Any:
 
 
 async def routed_ask(url: str, n: int) -> tuple[float, float]:
-    """Median microseconds of a routed ask and of a bare GET, interleaved."""
+    """Median microseconds of a routed ask (the owner in another process) and of
+    a bare GET, interleaved."""
     namespace = f"bench-{uuid.uuid4().hex[:8]}"
-    one = RedisBackend(url, namespace=namespace, workers="cluster", heartbeat=None)
-    two = RedisBackend(url, namespace=namespace, workers="cluster", heartbeat=None)
+    owner = await trio.lowlevel.open_process(
+        [sys.executable, str(TOOLS / "_cluster_load.py"), url, namespace, "0", "1", "120"],
+        stdout=subprocess.PIPE,
+    )
+    assert owner.stdout is not None
+    await owner.stdout.receive_some()  # "ready": it owns the group
+    backend = RedisBackend(url, namespace=namespace, workers="cluster", heartbeat=None)
     asks, gets = [], []
     async with (
         coredis.Redis.from_url(url) as client,
-        trio_persist.open_persist(echo, backend=one, worker_timeout=600) as owner,
-        trio_persist.open_persist(echo, backend=two, worker_timeout=600) as caller,
+        trio_persist.open_persist(echo, backend=backend, worker_timeout=600) as caller,
     ):
-        await owner.ask("g", 0, default=int)
         for i in range(n):
             began = time.perf_counter()
             await client.get("bench:key")
@@ -53,6 +57,9 @@ async def routed_ask(url: str, n: int) -> tuple[float, float]:
             began = time.perf_counter()
             await caller.ask("g", i)
             asks.append(time.perf_counter() - began)
+    owner.kill()
+    await owner.wait()
+    assert backend.statistics().routed_out == n
     return statistics.median(asks) * 1e6, statistics.median(gets) * 1e6
 
 

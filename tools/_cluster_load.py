@@ -4,6 +4,8 @@
 
 CALLERS tasks ask random groups of GROUPS (a 1 ms device) for SECONDS on a
 persist with ``workers="cluster"``; prints ``{"ok", "errors", "slowest"}``.
+With CALLERS 0, it owns group ``"g"`` (an instant device), prints ``ready``
+and serves what is routed to it for SECONDS.
 """
 
 from __future__ import annotations
@@ -22,6 +24,18 @@ from trio_persist.redis import RedisBackend
 async def device(state: Any, request: Any) -> Any:
     await trio.sleep(0.001)
     return state + 1
+
+
+async def echo(state: Any, request: Any) -> Any:
+    return request
+
+
+async def own(url: str, namespace: str, seconds: float) -> None:
+    backend = RedisBackend(url, namespace=namespace, workers="cluster", heartbeat=None)
+    async with trio_persist.open_persist(echo, backend=backend, worker_timeout=600) as persist:
+        await persist.ask("g", 0, default=int)
+        print("ready", flush=True)
+        await trio.sleep(seconds)
 
 
 async def main(url: str, namespace: str, callers: int, groups: int, seconds: float) -> None:
@@ -50,4 +64,7 @@ async def main(url: str, namespace: str, callers: int, groups: int, seconds: flo
 
 if __name__ == "__main__":
     url, namespace, callers, groups, seconds = sys.argv[1:6]
-    trio.run(main, url, namespace, int(callers), int(groups), float(seconds))
+    if int(callers):
+        trio.run(main, url, namespace, int(callers), int(groups), float(seconds))
+    else:
+        trio.run(own, url, namespace, float(seconds))

@@ -90,6 +90,7 @@ WORKER_SCRIPTS = {"wacquire": WACQUIRE, "wrelease": WRELEASE, "renew": RENEW, "p
 
 _FENCE_TTL = 3600.0  # the clock takes over from a forgotten fence
 _MAX_ROUNDS = 64  # owners one ask goes through before it gives up
+_OWNERS_KEPT = 16384  # groups owned elsewhere whose owner is remembered
 # What a best-effort step (a reply, a withdrawal, a release) may meet: Redis away, garbage.
 _QUIET = functools.partial(contextlib.suppress, BackendUnavailable, CorruptResult)
 
@@ -123,6 +124,9 @@ class ClusterWorkers:
     log: Throttle
     local: LocalWorkers | None = None
     owned: dict[str, Owned] = attrs.Factory(dict)
+    # The owner last seen for groups owned elsewhere (their lease values): an
+    # ask goes straight there, and acquires again only if it finds it gone.
+    owners: dict[str, str] = attrs.Factory(dict)
     _nursery: trio.Nursery | None = None
 
     @property
@@ -158,7 +162,7 @@ class ClusterWorkers:
                 return await self.local.ask(
                     group, request, default, request_id, owned, routed=False
                 )
-            found = await self._acquire(group, digest)
+            found = self.owners.pop(digest, None) or await self._acquire(group, digest)
             if isinstance(found, Owned):
                 continue
             if found.endswith(":" + self.node):  # ours, being released: a moment
@@ -166,10 +170,18 @@ class ClusterWorkers:
                 continue
             answer = await self._route(found, digest, request_id, request)
             if answer is not None:
+                self._remember(digest, found)
                 return answer.unwrap()
         raise LeaderDied(
             f"the worker of group {digest} changed owner {_MAX_ROUNDS} times: giving up"
         )
+
+    def _remember(self, digest: str, lease: str) -> None:
+        """*lease*'s process answered for *digest*: go there next time (bounded)."""
+        owners = self.owners
+        owners[digest] = lease
+        if len(owners) > _OWNERS_KEPT:
+            del owners[next(iter(owners))]
 
     async def _acquire(self, group: Hashable, digest: str) -> Owned | str:
         """Own *group* (its worker lease), or learn the owner's lease value."""
