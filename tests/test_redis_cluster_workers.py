@@ -15,6 +15,7 @@ import pytest
 import trio
 
 import trio_persist
+from trio_persist._grouping import group_digest
 from trio_persist.redis import RedisBackend
 from trio_persist.stores import FileStore
 
@@ -29,7 +30,9 @@ async def counter(state: Any, request: Any) -> Any:
 async def node(
     url: str, namespace: str, directory: Path, *, durable: bool = False, lease_ttl: float = 1.0
 ) -> AsyncIterator[trio_persist.Persist[Any, Any, Any]]:
-    backend = RedisBackend(url, namespace=namespace, lease_ttl=lease_ttl, workers="cluster")
+    backend = RedisBackend(
+        url, namespace=namespace, lease_ttl=lease_ttl, workers="cluster", heartbeat=0.05
+    )
     store = FileStore(directory)
     async with trio_persist.open_persist(
         counter, backend=backend, store=store, durable=durable, worker_timeout=60
@@ -95,3 +98,24 @@ async def test_many_callers_in_two_processes_apply_every_request_once_in_one_own
 async def test_workers_must_be_process_or_cluster(redis_url: str) -> None:
     with pytest.raises(ValueError, match="workers must be"):
         RedisBackend(redis_url, workers="everywhere")
+
+
+async def test_the_cluster_view_shows_each_workers_owner(
+    redis_url: str, namespace: str, tmp_path: Path
+) -> None:
+    async with (
+        node(redis_url, namespace, tmp_path) as one,
+        node(redis_url, namespace, tmp_path) as two,
+    ):
+        await two.ask("session", 1, default=fresh)
+        await one.ask("session", 1, default=fresh)  # routed to two
+        digest = group_digest("session")  # how heartbeats name groups
+        while True:  # until the next heartbeats (every 50 ms) show both processes
+            nodes = await one.backend.cluster()
+            if len(nodes) == 2 and any(digest in n.workers for n in nodes):
+                break
+            await trio.sleep(0.05)
+        owner = [n for n in nodes if digest in n.workers]
+        other = [n for n in nodes if digest not in n.workers]
+        assert [n.statistics["workers"] for n in owner + other] == [1, 0]
+        assert owner[0].node != other[0].node
