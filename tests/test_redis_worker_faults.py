@@ -204,3 +204,30 @@ async def test_after_a_redis_restart_the_group_has_one_new_owner_and_no_acknowle
             assert [s["n"] for s in saves] == [1, 2, 3]
     finally:
         server.stop()
+
+
+async def test_after_a_redis_restart_with_its_append_only_file_no_acknowledged_change_is_lost(
+    redis_url: str, namespace: str, tmp_path: Path
+) -> None:
+    data = tmp_path / "aof"
+    data.mkdir()
+    server = RedisServer(data_dir=data)  # every write on disk before it is answered
+    server.start()
+    try:
+        async with cluster(redis_url, namespace, tmp_path, backend_url=server.url) as (
+            control,
+            _,
+            persist,
+        ):
+            assert (await persist.ask("g", {"id": "a1"}))["n"] == 2
+            server.stop()
+            # Back with its leases: the owner keeps the group if it renews in time,
+            # else the group moves here, from the store; never two owners.
+            server.start()
+            with trio.fail_after(BOUND + SLACK):
+                reply = await persist.ask("g", {"id": "b1"})
+            assert reply["n"] == 3
+            saves = await check_history(control, namespace)
+            assert [s["n"] for s in saves] == [1, 2, 3]
+    finally:
+        server.stop()
