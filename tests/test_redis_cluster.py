@@ -221,3 +221,27 @@ async def test_a_plain_url_to_one_node_of_a_cluster_is_refused_saying_what_to_pa
     ):
         async with trio_persist.open_persist(Recorder(), backend=backend):
             pass  # pragma: no cover - refused before the block runs
+
+
+async def test_workers_placed_across_processes_route_asks_on_a_cluster(
+    cluster: RedisCluster, namespace: str, tmp_path: Path
+) -> None:
+    from trio_persist.stores import FileStore
+
+    async def count(state: Any, request: Any) -> Any:
+        return state + request
+
+    backends = [
+        RedisBackend(new_client(cluster), namespace=namespace, workers="cluster") for _ in range(2)
+    ]
+    store = FileStore(tmp_path)
+    with trio.fail_after(30):
+        async with (
+            trio_persist.open_persist(count, backend=backends[0], store=store) as a,
+            trio_persist.open_persist(count, backend=backends[1], store=store) as b,
+        ):
+            for group in range(12):  # worker leases and inboxes on every master
+                await a.ask(group, 1, default=int)
+                assert await b.ask(group, 1) == 2
+    assert backends[1].statistics().routed_out == 12
+    assert backends[0].statistics().routed_in == 12

@@ -119,3 +119,18 @@ async def test_the_cluster_view_shows_each_workers_owner(
         other = [n for n in nodes if digest not in n.workers]
         assert [n.statistics["workers"] for n in owner + other] == [1, 0]
         assert owner[0].node != other[0].node
+
+
+async def test_get_worker_activates_here_under_the_lease_or_says_where_the_worker_lives(
+    redis_url: str, namespace: str, tmp_path: Path
+) -> None:
+    async with (
+        node(redis_url, namespace, tmp_path) as one,
+        node(redis_url, namespace, tmp_path) as two,
+    ):
+        worker = await one.get_worker("session", default=fresh)
+        assert worker.state["n"] == 0
+        assert (await two.ask("session", 2))["n"] == 2  # routed to it
+        with pytest.raises(trio_persist.NoWorker, match="lives in another process"):
+            await two.get_worker("session")
+        assert one.backend.statistics().owned == 1

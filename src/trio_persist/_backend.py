@@ -125,6 +125,14 @@ class Placement(Protocol):
     ) -> Any:
         """Deliver *request* to *group*'s worker, wherever it lives; return its reply."""
 
+    async def claim(self, group: Hashable) -> WorkerLease:
+        """*group*'s worker lease for this process (held already, or won now).
+
+        Raises:
+            trio_persist.NoWorker: another process owns the group's worker.
+        """
+        ...
+
     def ended(self, group: Hashable) -> None:
         """*group*'s worker here ended and nothing took its place: release its lease."""
 

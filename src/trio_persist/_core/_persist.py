@@ -45,7 +45,7 @@ from ._job import UNNAMED, AskJob, Job, Owner, leader_died, request_name, runnin
 from ._linger import MISS
 from ._observer import Observer
 from ._options import AwaitMode, ErrorStrategy, PersistOptions, check_duration
-from ._placement import Here, reroute_placed
+from ._placement import Here, lease_worker, reroute_placed
 from ._registry import RegistryView
 from ._runner import RunnerPool
 from ._state import Core
@@ -444,11 +444,14 @@ class Persist(Generic[B, R, T]):
         from the persist's store, else the device's ``restore(group)`` hook,
         else ``default()``, for any group, including one this process has never
         seen (after a restart). It keeps its group for life. Always a checkpoint.
+        With a backend that places workers across processes, the worker is
+        activated here, under the group's worker lease.
 
         Raises:
             PersistClosed: the persist's block has been left.
             ActivationFailed: loading the state failed (see its ``__cause__``).
-            NoWorker: nothing to restore and *default* is None (a `LookupError`).
+            NoWorker: nothing to restore and *default* is None (a `LookupError`);
+                or the group's worker lives in another process.
         """
         await trio.lowlevel.checkpoint()
         self._need_a_device("get_worker()")
@@ -456,7 +459,11 @@ class Persist(Generic[B, R, T]):
             raise TypeError(f"static must be True, False or None, got {type(static).__name__}")
         seconds = None if timeout is None else check_duration("timeout", timeout)
         _check_default(default)
+        placement = self._core.placement
+        lease = None if placement is None else await placement.claim(group)
         task = self._worker_for(group, default, static=static, timeout=seconds)
+        if lease is not None:
+            lease_worker(task, lease)
         if task.activation is not None:
             await task.activation.wait()
         return task.handle

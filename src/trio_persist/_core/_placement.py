@@ -33,7 +33,7 @@ from ._job import UNNAMED, AskJob, Owner, leader_died, running
 from ._state import Core
 from ._worker import WorkerTask
 
-__all__ = ["Here", "reroute_placed"]
+__all__ = ["Here", "lease_worker", "reroute_placed"]
 
 
 @attrs.define(eq=False)
@@ -69,10 +69,9 @@ class Here:
         current = None if routed else running.get()
         while True:
             task = self.worker_for(group, default, current)
+            lease_worker(task, lease)
             activation = task.activation
             if activation is not None:
-                if activation.lease is None and task.state is ACTIVATING:
-                    activation.lease = lease
                 if not activation.settled:
                     await activation.wait()  # its record says what was applied
                     continue  # (it may have stopped meanwhile)
@@ -100,6 +99,13 @@ class Here:
     def has_worker(self, group: Hashable) -> bool:
         """Whether *group* has a worker here now."""
         return isinstance(self.core.owners.get(group), WorkerTask)
+
+
+def lease_worker(task: WorkerTask, lease: WorkerLease) -> None:
+    """*task*, activating now, runs under *lease*: its saves carry the lease's token."""
+    activation = task.activation
+    if activation is not None and activation.lease is None and task.state is ACTIVATING:
+        activation.lease = lease
 
 
 def reroute_placed(core: Core, placement: Placement, job: AskJob) -> None:

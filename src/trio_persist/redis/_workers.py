@@ -36,7 +36,7 @@ import trio
 
 from .._backend import LocalWorkers
 from .._codec import Seal, decode_outcome, encode_error, encode_value
-from .._exceptions import BackendUnavailable, CorruptResult, LeaderDied, WorkerMoved
+from .._exceptions import BackendUnavailable, CorruptResult, LeaderDied, NoWorker, WorkerMoved
 from .._grouping import canonical_encoding, group_digest
 from .._logging import Throttle
 from ._inbox import INBOX_LIMIT, PUSH, Inbox, Waiter
@@ -174,6 +174,26 @@ class ClusterWorkers:
                 return answer.unwrap()
         raise LeaderDied(
             f"the worker of group {digest} changed owner {_MAX_ROUNDS} times: giving up"
+        )
+
+    async def claim(self, group: Hashable) -> Owned:
+        """*group*'s worker lease for this process: held already, or won now.
+
+        Raises:
+            NoWorker: another process owns the group's worker (ask it with
+                `~trio_persist.Persist.ask`, or stop it there first).
+        """
+        canonical_encoding(group)
+        digest = group_digest(group)
+        owned = self.owned.get(digest)
+        if owned is not None and owned.valid():
+            return owned
+        found = await self._acquire(group, digest)
+        if isinstance(found, Owned):
+            return found
+        raise NoWorker(
+            f"the worker of group {digest} lives in another process ({found.split(':', 2)[2]}): "
+            "ask it with persist.ask(), or stop it there first"
         )
 
     def _remember(self, digest: str, lease: str) -> None:
