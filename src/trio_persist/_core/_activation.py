@@ -223,24 +223,25 @@ async def save_state(
     store = core.store
     assert store is not None
     record = _record_for(core, activation, state, applied)
-    try:
-        if record is not None and core.records is not None:
-            await core.records.save_record(group, record)
-            assert activation is not None
-            activation.record = attrs.evolve(record, state=None, reply=None)
-            if activation.lease is not None and not activation.lease.valid():
-                raise StaleOwner(
-                    "the worker lease was lost during the save: no reply is given",
-                    record.token or 0,
-                    record.token or 0,
-                )
-        else:
-            await store.save(group, state)
-    except Exception as exc:
-        if isinstance(exc, StaleOwner):
-            core.counters.fenced_saves += 1
-        count_save_failure(core, group, reason, exc)
-        return exc
+    # Under a worker lease, a durable save is not cut short by a cancellation
+    # (the persist closing, a lost lease, the caller leaving): once it has
+    # landed the worker applies it, so the store is never ahead of the worker's
+    # state, which a later save would roll back (bounded by the shutdown grace).
+    durable = reason == "durable" and activation is not None and activation.lease is not None
+    with trio.CancelScope(shield=durable) as scope:
+        if durable:
+            scope.deadline = trio.current_time() + core.options.shutdown_grace
+        try:
+            await _write(core, group, state, record, activation)
+        except Exception as exc:
+            if isinstance(exc, StaleOwner):
+                core.counters.fenced_saves += 1
+            count_save_failure(core, group, reason, exc)
+            return exc
+    if scope.cancelled_caught:
+        late = TimeoutError("a durable save took longer than shutdown_grace")
+        count_save_failure(core, group, reason, late)
+        return late
     counters = core.counters
     counters.saves += 1
     if reason == "checkpoint":
@@ -250,6 +251,33 @@ async def save_state(
 
 
 _APPLIED_WINDOW = 64
+
+
+async def _write(
+    core: Core,
+    group: Hashable,
+    state: Any,
+    record: StateRecord | None,
+    activation: Activation | None,
+) -> None:
+    """One save: a record (its applied ids kept for the next) or a plain state.
+
+    Raises:
+        StaleOwner: the store refused it, or the worker lease was lost
+            meanwhile (no reply may say that it is saved).
+    """
+    if record is None or core.records is None:
+        assert core.store is not None
+        await core.store.save(group, state)
+        return
+    await core.records.save_record(group, record)
+    assert activation is not None
+    activation.record = attrs.evolve(record, state=None, reply=None)
+    if activation.lease is not None and not activation.lease.valid():
+        token = record.token or 0
+        raise StaleOwner(
+            "the worker lease was lost during the save: no reply is given", token, token
+        )
 
 
 def _record_for(

@@ -71,6 +71,10 @@ class Here:
             task = self.worker_for(group, default, current)
             lease_worker(task, lease)
             activation = task.activation
+            if routed and (activation is None or activation.lease is not lease):
+                # Accepted under a lease this worker does not run under: the
+                # sender sends it again to the owner of now (never run twice).
+                raise WorkerMoved("the group's worker here runs under another lease now")
             if activation is not None:
                 if not activation.settled:
                     await activation.wait()  # its record says what was applied

@@ -28,21 +28,37 @@ import trio
 from .._logging import Throttle, logger
 from ._link import Link
 
-__all__ = ["INBOX_LIMIT", "PUSH", "Inbox", "Waiter", "inbox_key"]
+__all__ = ["INBOX_LIMIT", "PUSH", "TAKE", "Inbox", "Waiter", "inbox_key"]
 
 INBOX_LIMIT = 1024
 """The most messages a process's inbox holds before callers wait for room."""
 
 _BATCH = 64
-_BLOCK = 1.0  # at most, seconds one BLMPOP waits on the server (half the link's timeout)
+_BLOCK = 1.0  # at most, seconds one blocking move waits on the server (half the timeout)
 
 # KEYS: inbox. ARGV: limit ("0": none), message, ttl_ms. 1 if pushed, 0 if full.
 # The inbox expires when nobody pops it for ttl (its process is gone).
+# Idempotent: a push tried again (a dropped connection) finds its message there.
 PUSH = """
+if redis.call('LPOS', KEYS[1], ARGV[2]) then return 1 end
 if ARGV[1] ~= '0' and redis.call('LLEN', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
 redis.call('LPUSH', KEYS[1], ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
+"""
+
+
+# KEYS: inbox, taken. ARGV: batch. Drops the taken messages (dispatched) and moves
+# up to a batch from the inbox to the taken list; returns them, oldest first.
+TAKE = """
+redis.call('DEL', KEYS[2])
+local taken = {}
+for _ = 1, tonumber(ARGV[1]) do
+  local message = redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
+  if not message then break end
+  taken[#taken + 1] = message
+end
+return taken
 """
 
 
@@ -119,24 +135,54 @@ class Inbox:
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Pop this inbox until cancelled: requests go to *on_request*, answers to
-        their waiters. Redis away: tried again, every few hundred milliseconds."""
+        """Take this inbox's messages until cancelled: requests go to *on_request*,
+        answers to their waiters. Redis away: tried again, every few hundred ms.
+
+        Messages are moved to a list of their own (``...:taken``) rather than
+        popped, and dropped from it only once dispatched (by the next take): a
+        take whose answer is lost (a timeout, a pause, a dropped connection)
+        loses nothing, its messages are read again from there. A message may
+        so be dispatched twice: requests and answers are idempotent by id.
+        """
         task_status.started()
         pause = 0.05
+        clean = False  # whether everything in the taken list was dispatched
         while True:
             try:
-                with trio.fail_after(_BLOCK + self.link.timeout):
-                    popped = await self.link.client.blmpop(
-                        [self.key], _BLOCK, "RIGHT", count=_BATCH
-                    )
+                if not clean:
+                    for raw in await self._step("lrange", self.taken, 0, -1):
+                        self._dispatch(raw, on_request)
+                clean = False
+                batch = await self._take()
+                for raw in batch:
+                    self._dispatch(raw, on_request)
+                clean = True
             except Exception as exc:  # Redis away or restarting: look again soon
-                logger.debug("popping the inbox failed: %r", exc)
+                logger.debug("taking from the inbox failed: %r", exc)
                 await trio.sleep(pause)
                 pause = min(pause * 2, 0.5)
                 continue
             pause = 0.05
-            for raw in popped[1] if popped else ():
-                self._dispatch(raw, on_request)
+
+    async def _take(self) -> list[Any]:
+        """Drop what was dispatched and take up to a batch (one script); if the
+        inbox is empty, wait for one message on the server (a blocking move)."""
+        with trio.fail_after(self.link.timeout):
+            batch = await self.link.run_script("take", [self.key, self.taken], [_BATCH])
+        if batch:
+            return list(batch)
+        # The client gives up on a reply after the timeout: the server answers first.
+        block = min(_BLOCK, self.link.timeout / 2)
+        moved = await self._step("blmove", self.key, self.taken, "RIGHT", "LEFT", block)
+        return [] if moved is None else [moved]
+
+    async def _step(self, command: str, *args: Any, **kwargs: Any) -> Any:
+        with trio.fail_after(_BLOCK + self.link.timeout):
+            return await getattr(self.link.client, command)(*args, **kwargs)
+
+    @property
+    def taken(self) -> str:
+        return self.key.removesuffix(":inbox") + ":taken"
 
     def _dispatch(self, raw: Any, on_request: Callable[[dict[str, Any]], None]) -> None:
         try:

@@ -39,7 +39,7 @@ from .._codec import Seal, decode_outcome, encode_error, encode_value
 from .._exceptions import BackendUnavailable, CorruptResult, LeaderDied, NoWorker, WorkerMoved
 from .._grouping import canonical_encoding, group_digest
 from .._logging import Throttle
-from ._inbox import INBOX_LIMIT, PUSH, Inbox, Waiter
+from ._inbox import INBOX_LIMIT, PUSH, TAKE, Inbox, Waiter
 from ._lease import Answer
 from ._link import Counters, Link
 from ._renewal import Held, Renewer
@@ -85,12 +85,19 @@ redis.call('DEL', KEYS[1])
 return 1
 """
 
-WORKER_SCRIPTS = {"wacquire": WACQUIRE, "wrelease": WRELEASE, "renew": RENEW, "push": PUSH}
+WORKER_SCRIPTS = {
+    "wacquire": WACQUIRE,
+    "wrelease": WRELEASE,
+    "renew": RENEW,
+    "push": PUSH,
+    "take": TAKE,
+}
 """The scripts worker placement runs, by name (for `Link.attach`)."""
 
 _FENCE_TTL = 3600.0  # the clock takes over from a forgotten fence
 _MAX_ROUNDS = 64  # owners one ask goes through before it gives up
 _OWNERS_KEPT = 16384  # groups owned elsewhere whose owner is remembered
+_SERVED_KEPT = 4096  # ids of routed requests served, for duplicates delivered late
 # What a best-effort step (a reply, a withdrawal, a release) may meet: Redis away, garbage.
 _QUIET = functools.partial(contextlib.suppress, BackendUnavailable, CorruptResult)
 
@@ -127,6 +134,10 @@ class ClusterWorkers:
     # The owner last seen for groups owned elsewhere (their lease values): an
     # ask goes straight there, and acquires again only if it finds it gone.
     owners: dict[str, str] = attrs.Factory(dict)
+    # Routed requests being served now, and the last ones served, by id: a copy
+    # delivered twice runs once.
+    serving: set[str] = attrs.Factory(set)
+    served: dict[str, None] = attrs.Factory(dict)
     _nursery: trio.Nursery | None = None
 
     @property
@@ -296,10 +307,24 @@ class ClusterWorkers:
 
     def _on_request(self, message: dict[str, Any]) -> None:
         self.counters.routed_in += 1
+        request_id = message["id"]
+        if request_id in self.serving or request_id in self.served:
+            return
         if self._nursery is not None:
+            self.serving.add(request_id)
             self._nursery.start_soon(self._serve_request, message)
 
     async def _serve_request(self, message: dict[str, Any]) -> None:
+        request_id = message["id"]
+        try:
+            await self._answer_request(message)
+        finally:
+            self.serving.discard(request_id)
+            self.served[request_id] = None
+            if len(self.served) > _SERVED_KEPT:
+                del self.served[next(iter(self.served))]
+
+    async def _answer_request(self, message: dict[str, Any]) -> None:
         request_id, sender = message["id"], str(message.get("from", ""))
         reply: dict[str, Any] = {"k": "m", "id": request_id}
         owned = self.owned.get(str(message.get("g", "")))
