@@ -5,12 +5,14 @@ groups it owns: a caller pushes a request to the owner's inbox (refused while
 the inbox holds `INBOX_LIMIT` messages: back-pressure, the caller waits for
 room within the timeout), and the owner pushes the reply to the caller's inbox
 (never refused: a process has as many replies coming as requests out). One
-task per process pops its inbox in batches with ``BLMPOP`` on a connection of
-its own and dispatches: requests to the placement (`Inbox.serve`), replies
-to the callers waiting for them (`Inbox.expect`).
+task per process takes its inbox's messages (a blocking ``BLMOVE`` when it is
+empty, else batches moved by one script) into a list of its own,
+``...:taken``, which it empties only once they are dispatched: requests to the
+placement (`Inbox.serve`), replies to the callers waiting for them
+(`Inbox.expect`). A take whose answer is lost loses nothing.
 
 A caller that gives up, or whose owner lost the group, takes its request back
-with ``LREM``: it is withdrawn if the owner had not popped it yet. The choice of
+with ``LREM``: it is withdrawn if the owner had not taken it yet. The choice of
 lists over streams or pub/sub, and its numbers, are in docs/architecture.md.
 """
 
@@ -37,7 +39,7 @@ _BATCH = 64
 _BLOCK = 1.0  # at most, seconds one blocking move waits on the server (half the timeout)
 
 # KEYS: inbox. ARGV: limit ("0": none), message, ttl_ms. 1 if pushed, 0 if full.
-# The inbox expires when nobody pops it for ttl (its process is gone).
+# The inbox expires when nobody takes from it for ttl (its process is gone).
 # Idempotent: a push tried again (a dropped connection) finds its message there.
 PUSH = """
 if redis.call('LPOS', KEYS[1], ARGV[2]) then return 1 end
@@ -88,7 +90,7 @@ class Waiter:
 
 @attrs.define(eq=False)
 class Inbox:
-    """This process's inbox: popping it, pushing to others', waiting for replies."""
+    """This process's inbox: taking from it, pushing to others', waiting for replies."""
 
     link: Link
     namespace: str
@@ -120,7 +122,7 @@ class Inbox:
 
     async def withdraw(self, node: str, message: str) -> bool:
         """Take *message* back from *node*'s inbox; True if it was still there
-        (never popped: never started). Shielded, bounded by the timeout."""
+        (never taken: never started). Shielded, bounded by the timeout."""
         key = inbox_key(self.namespace, node)
         with trio.CancelScope(shield=True):
             removed = await self.link.step(
