@@ -28,10 +28,21 @@ async def counter(state: Any, request: Any) -> Any:
 
 @asynccontextmanager
 async def node(
-    url: str, namespace: str, directory: Path, *, durable: bool = False, lease_ttl: float = 1.0
+    url: str,
+    namespace: str,
+    directory: Path,
+    *,
+    durable: bool = False,
+    lease_ttl: float = 1.0,
+    timeout: float = 5.0,
 ) -> AsyncIterator[trio_persist.Persist[Any, Any, Any]]:
     backend = RedisBackend(
-        url, namespace=namespace, lease_ttl=lease_ttl, workers="cluster", heartbeat=0.05
+        url,
+        namespace=namespace,
+        lease_ttl=lease_ttl,
+        timeout=timeout,
+        workers="cluster",
+        heartbeat=0.05,
     )
     store = FileStore(directory)
     async with trio_persist.open_persist(
@@ -134,3 +145,53 @@ async def test_get_worker_activates_here_under_the_lease_or_says_where_the_worke
         with pytest.raises(trio_persist.NoWorker, match="lives in another process"):
             await two.get_worker("session")
         assert one.backend.statistics().owned == 1
+
+
+async def test_a_caller_that_gives_up_withdraws_its_request_if_it_has_not_started(
+    redis_url: str, namespace: str, tmp_path: Path
+) -> None:
+    release = trio.Event()
+    ran: list[Any] = []
+
+    async def gated(state: Any, request: Any) -> Any:
+        ran.append(request)
+        if request == "first":
+            await release.wait()
+        return state + 1
+
+    def backend() -> RedisBackend:
+        return RedisBackend(redis_url, namespace=namespace, lease_ttl=1.0, workers="cluster")
+
+    async with (
+        trio_persist.open_persist(gated, backend=backend()) as one,
+        trio_persist.open_persist(gated, backend=backend()) as two,
+        trio.open_nursery() as nursery,
+    ):
+        nursery.start_soon(lambda: one.ask("g", "first", default=int))
+        while ran != ["first"]:
+            await trio.sleep(0.01)
+        worker = one.workers()[0]
+        with trio.move_on_after(0.5):  # queued behind "first" at its owner: gives up
+            await two.ask("g", "given up")
+        assert one.backend.statistics().routed_in == 1
+        while worker.statistics().queued:  # until the owner hears that it left
+            await trio.sleep(0.01)
+        release.set()
+        assert await two.ask("g", "after") == 2
+    assert ran == ["first", "after"], ran
+
+
+async def test_a_full_inbox_makes_callers_wait_for_room_then_fail_within_the_timeout(
+    redis_url: str, namespace: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import trio_persist.redis._workers as placement
+
+    monkeypatch.setattr(placement, "INBOX_LIMIT", -1)  # always full: nothing pushed
+    async with (
+        node(redis_url, namespace, tmp_path) as one,
+        node(redis_url, namespace, tmp_path, timeout=0.5) as two,
+    ):
+        await one.ask("session", 1, default=fresh)
+        with pytest.raises(trio_persist.BackendUnavailable, match="did not make room"):
+            await two.ask("session", 1)  # after waiting for room for the timeout
+        assert one.backend.statistics().routed_in == 0

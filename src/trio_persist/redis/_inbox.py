@@ -195,7 +195,7 @@ class Inbox:
         except (ValueError, KeyError, TypeError):
             self.log.log(logging.WARNING, "malformed inbox", "ignored a malformed inbox message")
             return
-        if kind == "q":
+        if kind in ("q", "x"):  # a request, or its caller leaving
             on_request(message)
             return
         waiter = self.waiters.get(request_id)

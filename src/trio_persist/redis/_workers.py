@@ -134,9 +134,9 @@ class ClusterWorkers:
     # The owner last seen for groups owned elsewhere (their lease values): an
     # ask goes straight there, and acquires again only if it finds it gone.
     owners: dict[str, str] = attrs.Factory(dict)
-    # Routed requests being served now, and the last ones served, by id: a copy
-    # delivered twice runs once.
-    serving: set[str] = attrs.Factory(set)
+    # Routed requests being served now (cancelled if their caller leaves), and
+    # the last ones served, by id: a copy delivered twice runs once.
+    serving: dict[str, trio.CancelScope] = attrs.Factory(dict)
     served: dict[str, None] = attrs.Factory(dict)
     _nursery: trio.Nursery | None = None
 
@@ -251,10 +251,16 @@ class ClusterWorkers:
             try:
                 return await self._wait(waiter, lease, digest, node, message, request_id)
             except BaseException:
-                if waiter.message is None:  # gave up: take it back if not started
-                    with trio.move_on_after(self.link.timeout), _QUIET():
-                        await self.inbox.withdraw(node, message)
+                if waiter.message is None:
+                    await self._give_up(node, message, request_id)
                 raise
+
+    async def _give_up(self, node: str, message: str, request_id: str) -> None:
+        """The caller left: take the request back if the owner has not taken it,
+        else tell the owner, which drops it if it has not started (shielded, bounded)."""
+        with trio.CancelScope(shield=True), trio.move_on_after(self.link.timeout), _QUIET():
+            if not await self.inbox.withdraw(node, message):
+                await self.inbox.push(node, json.dumps({"k": "x", "id": request_id}))
 
     async def _push_request(self, node: str, message: str) -> None:
         """Push to *node*'s inbox, waiting for room (back-pressure) within the timeout."""
@@ -306,20 +312,26 @@ class ClusterWorkers:
     # -- serving what others route here ----------------------------------------------
 
     def _on_request(self, message: dict[str, Any]) -> None:
-        self.counters.routed_in += 1
         request_id = message["id"]
+        if message["k"] == "x":  # its caller left: drop it unless it has started
+            scope = self.serving.get(request_id)
+            if scope is not None:
+                scope.cancel()
+            return
+        self.counters.routed_in += 1
         if request_id in self.serving or request_id in self.served:
             return
         if self._nursery is not None:
-            self.serving.add(request_id)
+            self.serving[request_id] = trio.CancelScope()
             self._nursery.start_soon(self._serve_request, message)
 
     async def _serve_request(self, message: dict[str, Any]) -> None:
         request_id = message["id"]
         try:
-            await self._answer_request(message)
+            with self.serving[request_id]:  # cancelled: abandoned, nobody to answer
+                await self._answer_request(message)
         finally:
-            self.serving.discard(request_id)
+            del self.serving[request_id]
             self.served[request_id] = None
             if len(self.served) > _SERVED_KEPT:
                 del self.served[next(iter(self.served))]
