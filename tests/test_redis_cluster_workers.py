@@ -15,6 +15,7 @@ import pytest
 import trio
 
 import trio_persist
+from redis_helpers import eventually
 from trio_persist._grouping import group_digest
 from trio_persist.redis import RedisBackend
 from trio_persist.stores import FileStore
@@ -34,13 +35,13 @@ async def node(
     *,
     durable: bool = False,
     lease_ttl: float = 1.0,
-    timeout: float = 5.0,
+    redis_timeout: float = 5.0,
 ) -> AsyncIterator[trio_persist.Persist[Any, Any, Any]]:
     backend = RedisBackend(
         url,
         namespace=namespace,
         lease_ttl=lease_ttl,
-        timeout=timeout,
+        timeout=redis_timeout,
         workers="cluster",
         heartbeat=0.05,
     )
@@ -168,14 +169,12 @@ async def test_a_caller_that_gives_up_withdraws_its_request_if_it_has_not_starte
         trio.open_nursery() as nursery,
     ):
         nursery.start_soon(lambda: one.ask("g", "first", default=int))
-        while ran != ["first"]:
-            await trio.sleep(0.01)
+        await eventually(lambda: ran == ["first"])
         worker = one.workers()[0]
         with trio.move_on_after(0.5):  # queued behind "first" at its owner: gives up
             await two.ask("g", "given up")
         assert one.backend.statistics().routed_in == 1
-        while worker.statistics().queued:  # until the owner hears that it left
-            await trio.sleep(0.01)
+        await eventually(lambda: not worker.statistics().queued)  # the owner heard it
         release.set()
         assert await two.ask("g", "after") == 2
     assert ran == ["first", "after"], ran
@@ -189,7 +188,7 @@ async def test_a_full_inbox_makes_callers_wait_for_room_then_fail_within_the_tim
     monkeypatch.setattr(placement, "INBOX_LIMIT", -1)  # always full: nothing pushed
     async with (
         node(redis_url, namespace, tmp_path) as one,
-        node(redis_url, namespace, tmp_path, timeout=0.5) as two,
+        node(redis_url, namespace, tmp_path, redis_timeout=0.5) as two,
     ):
         await one.ask("session", 1, default=fresh)
         with pytest.raises(trio_persist.BackendUnavailable, match="did not make room"):
