@@ -135,7 +135,8 @@ class ClusterWorkers:
     # ask goes straight there, and acquires again only if it finds it gone.
     owners: dict[str, str] = attrs.Factory(dict)
     # Routed requests being served now (cancelled if their caller leaves), and
-    # the last ones served, by id: a copy delivered twice runs once.
+    # the last ones answered, by id: a copy delivered twice runs once (one
+    # answered "moved" is sent again by its caller, and served then).
     serving: dict[str, trio.CancelScope] = attrs.Factory(dict)
     served: dict[str, None] = attrs.Factory(dict)
     _nursery: trio.Nursery | None = None
@@ -332,9 +333,6 @@ class ClusterWorkers:
                 await self._answer_request(message)
         finally:
             del self.serving[request_id]
-            self.served[request_id] = None
-            if len(self.served) > _SERVED_KEPT:
-                del self.served[next(iter(self.served))]
 
     async def _answer_request(self, message: dict[str, Any]) -> None:
         request_id, sender = message["id"], str(message.get("from", ""))
@@ -362,6 +360,10 @@ class ClusterWorkers:
                 )
             if payload is not None:
                 reply = {"k": "a", "id": request_id, "p": payload.decode()}
+        if reply["k"] == "a":  # answered: a copy delivered again is not run again
+            self.served[request_id] = None
+            if len(self.served) > _SERVED_KEPT:
+                del self.served[next(iter(self.served))]
         with trio.move_on_after(self.link.timeout), _QUIET():
             await self.inbox.push(sender, json.dumps(reply))
 
