@@ -9,6 +9,7 @@ promises.
 from __future__ import annotations
 
 import logging
+import math
 from functools import partial
 from typing import Any
 
@@ -345,6 +346,26 @@ async def test_a_busy_worker_checkpoints_between_requests(autojump_clock: object
         for _ in range(5):
             await persist.ask("cart", {"sleep": 1.5}, default=int)
         assert [(c.began, c.state) for c in store.ops("save")] == [(3, 2), (6, 4)]
+
+
+@pytest.mark.parametrize("busy", [False, True], ids=["idle", "between-requests"])
+async def test_closing_cuts_a_hung_checkpoint_save_short_within_shutdown_grace(
+    autojump_clock: object, busy: bool
+) -> None:
+    store = Scripted()
+    async with trio_persist.open_persist(
+        Counter(), store=store, checkpoint_interval=5, shutdown_grace=3
+    ) as persist:
+        await persist.ask("cart", 1, default=int)
+        store.save_delay = math.inf  # the store stalls from now on
+        if busy:
+            await persist.ask("cart", {"sleep": 6})  # its checkpoint follows this request
+        else:
+            await trio.sleep(6)  # an idle worker wakes for its checkpoint at 5
+        closing = trio.current_time()
+    assert trio.current_time() == closing + 3  # the stop's save had the grace, no more
+    assert persist.statistics().save_failures == 1
+    assert [c.error for c in store.ops("save")] == ["Cancelled", "Cancelled"]
 
 
 async def test_a_static_workers_state_counts_as_changed_by_every_request(
