@@ -384,6 +384,17 @@ async def test_ask_checks_its_default() -> None:
             await persist.ask("g", 1, default=0)  # type: ignore[arg-type]
 
 
+async def test_an_async_default_fails_the_activation_instead_of_becoming_the_state() -> None:
+    async def fresh() -> int:
+        return 0
+
+    async with trio_persist.open_persist(Counter(), store=MemoryStore()) as persist:
+        with pytest.raises(trio_persist.ActivationFailed, match="default") as info:
+            await persist.ask("g", 1, default=fresh)  # type: ignore[arg-type]
+        assert "an async function" in str(info.value.__cause__)
+        assert await persist.ask("g", 1, default=int) == 1  # nothing was started
+
+
 async def test_ask_works_on_a_persist_that_deduplicates_nothing() -> None:
     async with trio_persist.open_persist(Counter(), await_inprogress=False) as persist:
         assert await persist.ask("g", 1, default=lambda: 0) == 1
