@@ -472,7 +472,9 @@ class Persist(Generic[B, R, T]):
         a fresh state while a saved one exists, and never as a flight
         (docs/virtual-workers.md states every guarantee). Cancelling the call
         withdraws the request if it has not started, and cancels it if it has
-        (an abandoned request is not applied). Always a checkpoint.
+        (an abandoned request is not applied, unless ``durable=True`` and a
+        store's write in a thread had begun: that write runs to its end, and
+        the request is applied). Always a checkpoint.
 
         Args:
             group: The worker's group: any value the registry can hold (to be
