@@ -219,6 +219,27 @@ async def test_asks_for_a_new_group_while_workers_save_share_one_waiting_activat
         assert len(store.ops("load", "c")) == 1
 
 
+async def test_workers_asking_each_other_in_a_chain_under_max_workers_never_deadlock(
+    autojump_clock: object,
+) -> None:
+    # Each worker of the chain is busy until the next one answers: an activation
+    # waiting for one of them to end would wait for ever.
+    class Relay:
+        persist: trio_persist.Persist[Any, Any, Any]
+
+        async def resolve(self, state: int, chain: list[str]) -> int:
+            if chain:
+                await self.persist.ask(chain[0], chain[1:], default=int)
+            return state + 1
+
+    store, relay = Scripted(save_delay=1), Relay()
+    async with trio_persist.open_persist(relay, max_workers=1, store=store) as persist:
+        relay.persist = persist
+        with trio.fail_after(60):
+            assert await persist.ask("a", ["b", "c", "d", "e"], default=int) == 1
+    assert {c.group for c in store.ops("save")} == set("abcde")
+
+
 async def test_closing_answers_asks_waiting_for_room(autojump_clock: object) -> None:
     store = Scripted(save_delay=5)
     async with trio.open_nursery() as outside:

@@ -532,7 +532,8 @@ class Persist(Generic[B, R, T]):
                 f"asking group {safe_repr(group)} would wait for an execution that is "
                 "waiting for this call (its own worker, or a cycle of groups)"
             )
-        return worker_for(self._supervisor, group, owner, default, **options)
+        nested = current is not None  # asked by an execution of this persist
+        return worker_for(self._supervisor, group, owner, default, nested=nested, **options)
 
     async def _settled_owner(self, group: Hashable) -> Owner | None:
         """*group*'s owner, once a worker activating for it has its state (or failed)."""
