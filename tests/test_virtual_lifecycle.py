@@ -240,6 +240,36 @@ async def test_workers_asking_each_other_in_a_chain_under_max_workers_never_dead
     assert {c.group for c in store.ops("save")} == set("abcde")
 
 
+async def test_a_worker_asking_a_group_that_waits_for_room_launches_it(
+    autojump_clock: object,
+) -> None:
+    # "b" waits for room, which only "a" ending would make; "a" waits for "b".
+    class Relay:
+        persist: trio_persist.Persist[Any, Any, Any]
+
+        async def resolve(self, state: int, request: str) -> int:
+            if request == "relay":
+                await trio.sleep(1)
+                await self.persist.ask("b", "", default=int)
+            return state + 1
+
+    relay = Relay()
+    async with trio_persist.open_persist(
+        relay, max_workers=1, store=Scripted(), worker_timeout=None
+    ) as persist:
+        relay.persist = persist
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(partial(persist.ask, "a", "relay", default=int))
+            await trio.sleep(0.5)
+            await persist.ask("x", "", default=int)  # evicts "a", busy
+            nursery.start_soon(partial(persist.ask, "b", "", default=int))
+            await trio.testing.wait_all_tasks_blocked()
+            assert [s.group for s in persist.snapshot() if s.activating] == ["b"]
+            with trio.fail_after(60):
+                await persist.ask("a", "")  # after "a" relayed to "b" and ended
+        assert trio.current_time() == 1
+
+
 async def test_closing_answers_asks_waiting_for_room(autojump_clock: object) -> None:
     store = Scripted(save_delay=5)
     async with trio.open_nursery() as outside:

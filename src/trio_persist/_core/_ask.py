@@ -41,7 +41,7 @@ def worker_for(
 ) -> WorkerTask:
     """The worker an ask for *group* waits at, given its *owner* now; activating one
     (with *default*, and the *static* and *timeout* options) if it has none (at
-    once if *nested*: see `Supervisor.activate`).
+    once if *nested*, or launching one that waits for room: see `Supervisor.activate`).
 
     An activating worker takes *default* if no earlier caller offered one.
     Never checkpoints.
@@ -52,6 +52,8 @@ def worker_for(
         )
     if isinstance(owner, WorkerTask):
         task = owner
+        if nested:
+            supervisor.hurry(task)
     else:
         assert isinstance(owner, Flight)
         task = owner.successor or owner.hand_to(

@@ -106,6 +106,13 @@ class Supervisor:
             self.launch(task)
         return task
 
+    def hurry(self, task: WorkerTask) -> None:
+        """Launch *task* now if it waits for room: an ask from inside the persist
+        joined it (see `activate`). Never checkpoints."""
+        if task not in self.workers and task in self.pending:
+            self.pending.remove(task)
+            self.launch(task)
+
     def activating(
         self,
         group: Hashable,
