@@ -395,6 +395,16 @@ async def test_an_async_default_fails_the_activation_instead_of_becoming_the_sta
         assert await persist.ask("g", 1, default=int) == 1  # nothing was started
 
 
+async def test_equal_groups_of_other_types_share_a_live_worker_but_not_a_saved_state() -> None:
+    store = MemoryStore()
+    async with trio_persist.open_persist(Counter(), store=store) as persist:
+        await persist.ask(("cart", 1), 5, default=int)
+        assert await persist.ask(("cart", 1.0), 1, default=int) == 6  # the live worker
+    async with trio_persist.open_persist(Counter(), store=store) as persist:
+        assert await persist.ask(("cart", 1.0), 1, default=int) == 1  # another state
+        assert await store.load(("cart", 1)) == 6
+
+
 async def test_ask_works_on_a_persist_that_deduplicates_nothing() -> None:
     async with trio_persist.open_persist(Counter(), await_inprogress=False) as persist:
         assert await persist.ask("g", 1, default=lambda: 0) == 1
