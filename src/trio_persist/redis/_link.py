@@ -44,6 +44,7 @@ __all__ = [
     "classify",
     "open_client",
     "redact",
+    "refuse_a_cluster_node",
 ]
 
 
@@ -138,6 +139,25 @@ def open_client(url: str, timeout: float) -> coredis.Redis[bytes]:
         # Commands are multiplexed; a full pool only queues them (under our deadlines).
         max_connections=16,
     )
+
+
+async def refuse_a_cluster_node(client: Any, where: str, seconds: float) -> None:
+    """Refuse a plain client on one node of a Redis Cluster, saying what to pass.
+
+    Such a client half works (the other masters' keys answer MOVED). A
+    server that does not answer in time is let through: the calls
+    will say so. Waits at most *seconds*.
+    """
+    if _is_cluster(client):
+        return
+    info: Any = None
+    with trio.move_on_after(seconds), contextlib.suppress(Exception):
+        info = await client.info("cluster")
+    if isinstance(info, dict) and str(info.get("cluster_enabled")) == "1":
+        raise ValueError(
+            f"{where} is a node of a Redis Cluster: pass a coredis.RedisCluster client "
+            "instead (see the Redis page of the docs)"
+        )
 
 
 def _is_cluster(client: Any) -> bool:
