@@ -29,10 +29,8 @@ from ._link import (
     Counters,
     Link,
     Subscriber,
-    check_url,
-    describe,
     open_client,
-    redact,
+    place_of,
     refuse_a_cluster_node,
 )
 
@@ -337,17 +335,7 @@ class RedisBackend:
 
 def _where(url: object) -> str:
     """How messages name the server of *url* (a URL or a client), without secrets."""
-    if isinstance(url, str):
-        if not url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(
-                f"url must be a redis://, rediss:// or unix:// URL, or a coredis client; "
-                f"got {redact(url)!r}"
-            )
-        check_url(url)
-        return f"Redis at {redact(url)}"
-    if callable(getattr(url, "evalsha", None)):
-        return f"Redis at {describe(url)}"
-    raise TypeError(f"url must be a Redis URL or a coredis client, got {type(url).__name__}")
+    return f"Redis at {place_of(url, 'url')}"
 
 
 _MIN_SIGNING_KEY = 16

@@ -43,6 +43,7 @@ __all__ = [
     "check_url",
     "classify",
     "open_client",
+    "place_of",
     "redact",
     "refuse_a_cluster_node",
 ]
@@ -90,6 +91,28 @@ def redact(url: str) -> str:
     return urllib.parse.urlunsplit(
         (parts.scheme, netloc, parts.path, urllib.parse.urlencode(shown, safe="*"), "")
     )
+
+
+def place_of(url: object, argument: str) -> str:
+    """How messages name the server of *url* (a URL or a client), without secrets.
+
+    Raises:
+        ValueError: *url* is a string but not a Redis URL, or its credentials
+            are not percent-encoded.
+        TypeError: *url* is neither a string nor a coredis client. *argument*
+            names the parameter in both messages.
+    """
+    if isinstance(url, str):
+        if not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(
+                f"{argument} must be a redis://, rediss:// or unix:// URL, or a coredis "
+                f"client; got {redact(url)!r}"
+            )
+        check_url(url)
+        return redact(url)
+    if callable(getattr(url, "evalsha", None)):
+        return describe(url)
+    raise TypeError(f"{argument} must be a Redis URL or a coredis client, got {type(url).__name__}")
 
 
 def describe(client: Any) -> str:

@@ -19,7 +19,7 @@ import trio
 
 from .._exceptions import BackendUnavailable, CorruptResult
 from ..stores._base import DEFAULT_MAX_BYTES, StoreBase, stale, too_large
-from ._link import Counters, Link, check_url, describe, open_client, redact, refuse_a_cluster_node
+from ._link import Counters, Link, open_client, place_of, refuse_a_cluster_node
 
 __all__ = ["DEFAULT_NAMESPACE", "RedisStore"]
 
@@ -54,23 +54,6 @@ if size == 0 then return false end
 if size > tonumber(ARGV[1]) then return size end
 return redis.call('HGET', KEYS[1], 'data')
 """
-
-
-def _place(url: object) -> str:
-    """How messages and reprs name the server of *url* (a URL or a client), without secrets."""
-    if isinstance(url, str):
-        if not url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(
-                f"url_or_client must be a redis://, rediss:// or unix:// URL, or a coredis "
-                f"client; got {redact(url)!r}"
-            )
-        check_url(url)
-        return redact(url)
-    if callable(getattr(url, "evalsha", None)):
-        return describe(url)
-    raise TypeError(
-        f"url_or_client must be a Redis URL or a coredis client, got {type(url).__name__}"
-    )
 
 
 def _check_timeout(_store: object, _attribute: object, value: Any) -> None:
@@ -140,7 +123,7 @@ class RedisStore(StoreBase):
         signing_key: bytes | None = None,
         max_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
-        place = _place(url_or_client)
+        place = place_of(url_or_client, "url_or_client")
         self.__attrs_init__(  # pyright: ignore[reportAttributeAccessIssue]
             url_or_client,
             namespace=DEFAULT_NAMESPACE if namespace is None else namespace,
