@@ -23,7 +23,7 @@ import trio_persist
 from fault_proxy import FaultProxy
 from redis_server import RedisServer
 from trio_persist._grouping import group_digest
-from trio_persist.redis import RedisStore
+from trio_persist.redis import RedisBackend, RedisStore
 from trio_persist.stores import StateRecord
 
 
@@ -216,6 +216,51 @@ async def _cancel_then_resume(scope: trio.CancelScope, proxy: FaultProxy) -> Non
     proxy.resume()
 
 
+@pytest.mark.parametrize("last", ["first", "second"])
+async def test_persists_in_different_tasks_share_one_store_whichever_closes_last(
+    redis_url: str, namespace: str, last: str
+) -> None:
+    store = RedisStore(redis_url, namespace=namespace)
+
+    async def add(total: int, amount: int) -> int:
+        return total + amount
+
+    async def serve(group: str, linger: trio.Event) -> None:
+        async with trio_persist.open_persist(add, store=store) as persist:
+            await persist.ask(group, 1, default=int)
+            await linger.wait()
+
+    first, second = trio.Event(), trio.Event()
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve, "a", first)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(serve, "b", second)
+            await trio.testing.wait_all_tasks_blocked()
+            assert repr(store).endswith(" open>")
+            (second if last == "first" else first).set()
+            await trio.testing.wait_all_tasks_blocked()
+            (first if last == "first" else second).set()
+    assert repr(store).endswith(" closed>")
+    async with store:
+        assert [await store.load(g) for g in "ab"] == [1, 1]
+
+
+async def test_one_client_serves_a_store_and_a_backend_in_one_persist(
+    redis_url: str, namespace: str
+) -> None:
+    async def add(total: int, amount: int) -> int:
+        return total + amount
+
+    client = coredis.Redis.from_url(redis_url)
+    store = RedisStore(client, namespace=namespace)
+    backend = RedisBackend(client, namespace=namespace, heartbeat=None)
+    with trio.fail_after(30):
+        for expected in (3, 6):
+            async with trio_persist.open_persist(add, store=store, backend=backend) as persist:
+                assert await persist.ask("account", 3, default=int) == expected
+
+
 # -- restarts ---------------------------------------------------------------------------
 
 
@@ -262,7 +307,7 @@ async def test_redis_restarted_empty_forgets_the_records_and_their_tokens(
 CHILD = """
 import sys, trio, trio_persist
 from trio_persist._grouping import group_digest
-from trio_persist.redis import RedisStore
+from trio_persist.redis import RedisBackend, RedisStore
 
 async def add(total, amount):
     return total + amount

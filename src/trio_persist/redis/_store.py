@@ -19,7 +19,7 @@ import trio
 
 from .._exceptions import BackendUnavailable, CorruptResult
 from ..stores._base import DEFAULT_MAX_BYTES, StoreBase, stale, too_large
-from ._link import Counters, Link, open_client, place_of, refuse_a_cluster_node
+from ._link import Counters, Link, classify, open_client, place_of, refuse_a_cluster_node
 
 __all__ = ["DEFAULT_NAMESPACE", "RedisStore"]
 
@@ -56,6 +56,13 @@ return redis.call('HGET', KEYS[1], 'data')
 """
 
 
+async def _release(closing: trio.Event, ended: trio.Event) -> None:
+    """Close the connections a system task holds, and wait until they are closed."""
+    closing.set()
+    with trio.CancelScope(shield=True):
+        await ended.wait()
+
+
 def _check_timeout(_store: object, _attribute: object, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"timeout must be a number of seconds, got {type(value).__name__}")
@@ -71,8 +78,8 @@ class RedisStore(StoreBase):
     Enter the store (``async with``; a persist given the store does it while
     it is open) before using it: entering connects and checks the server, so a
     persist whose Redis cannot be reached fails when it opens. Entering is
-    counted; the client's connections close when the last user leaves, and
-    the store can be entered again.
+    counted; the connections close when the last user leaves (whichever task
+    it is, for a store made from a URL), and the store can be entered again.
 
     Every operation takes at most ``timeout`` seconds, then raises
     `~trio_persist.BackendUnavailable` (as does any Redis failure): nothing
@@ -113,6 +120,7 @@ class RedisStore(StoreBase):
     _link: Link = attrs.field(init=False, default=None)
     _users: int = attrs.field(init=False, default=0)
     _exits: contextlib.AsyncExitStack = attrs.field(init=False, factory=contextlib.AsyncExitStack)
+    _opening: trio.Lock = attrs.field(init=False, factory=trio.Lock)
 
     def __init__(
         self,
@@ -159,15 +167,15 @@ class RedisStore(StoreBase):
             ValueError: *url_or_client* names one node of a Redis Cluster
                 (pass a ``coredis.RedisCluster`` client instead).
         """
-        self._users += 1
-        try:
-            if self._users == 1:
-                await self._connect()
-        except BaseException:
-            self._users -= 1
-            if not self._users:
+        async with self._opening:  # a second user waits for the first's connection
+            self._users += 1
+            try:
+                if self._users == 1:
+                    await self._connect()
+            except BaseException:
+                self._users -= 1
                 await self._disconnect()
-            raise
+                raise
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -177,13 +185,45 @@ class RedisStore(StoreBase):
             await self._disconnect()
 
     async def _connect(self) -> None:
-        client = open_client(self.url, self.timeout) if isinstance(self.url, str) else self.url
-        # The pool, not the client: entering the pool is counted, so a client
-        # the application (or a backend) holds open may serve the store too.
-        await self._exits.enter_async_context(client.connection_pool)
+        if isinstance(self.url, str):
+            client = open_client(self.url, self.timeout)
+            await self._hold(client)
+        else:
+            # A client the application gave: its pool is entered here, counted,
+            # so that a client held open around the store (or by a backend)
+            # serves it too; the client must then be open in a parent task.
+            client = self.url
+            await self._exits.enter_async_context(client.connection_pool)
         self._link.attach(client, {"save": SAVE, "load": LOAD})
         await self._link.step("connecting", client.ping)
         await refuse_a_cluster_node(client, self._link.where, self.timeout)
+
+    async def _hold(self, client: Any) -> None:
+        """Keep *client*'s connections open in a task of their own (a system task)
+        until the store closes: the store's first and last users may be different
+        tasks (persists in different tasks sharing the store)."""
+        opened, closing, ended = trio.Event(), trio.Event(), trio.Event()
+        failures: list[Exception] = []
+
+        async def hold() -> None:
+            try:
+                async with client:
+                    opened.set()
+                    await closing.wait()
+            except Exception as exc:  # a system task must not raise: the opener does
+                failures.append(exc)
+            finally:
+                opened.set()
+                ended.set()
+
+        trio.lowlevel.spawn_system_task(hold, name=f"{self._link.where} connections")
+        self._exits.push_async_callback(_release, closing, ended)
+        await opened.wait()
+        if failures:
+            where = f"{self._link.where} (connecting)"
+            raise classify(failures[0], where) or BackendUnavailable(
+                f"{where} failed: {failures[0]!r}"
+            ) from failures[0]
 
     async def _disconnect(self) -> None:
         self._link.client = None
