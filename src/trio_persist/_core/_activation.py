@@ -195,9 +195,12 @@ def _failed(
             exc_info=error,
         )
     where = {"restore": "the restore hook", "default": "default()"}.get(step, "the store")
+    # A store's TypeError is about the group (it cannot be named): no retry helps.
+    unnamed = isinstance(error, TypeError) and where == "the store"
+    then = "asking again fails the same way" if unnamed else "the next ask tries again"
     return ActivationFailed(
         f"activating a worker for group {safe_repr(group)} failed in {where}: "
-        f"{describe(error)}. Nothing was started; the next ask tries again"
+        f"{describe(error)}. Nothing was started; {then}"
     )
 
 
