@@ -468,6 +468,11 @@ def test_check_store_names_what_is_missing() -> None:
         stores.check_store(OnlyStore(), records=True)
 
 
+def test_check_store_refuses_a_store_class_and_says_to_make_one() -> None:
+    with pytest.raises(TypeError, match=r"got the class FileStore: make one, such as FileStore\("):
+        stores.check_store(stores.FileStore)
+
+
 @every_kind
 def test_every_shipped_store_keeps_records(make: Factory) -> None:
     store = make()
