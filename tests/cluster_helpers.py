@@ -1,5 +1,6 @@
 """What the cluster-worker tests and their owner processes share: a durable
-counter device and a store that logs every save it made (and can die there).
+counter device and a store (a `RedisStore`) that logs every save it made (and
+can die there).
 
 Every execution and every successful save is appended to Redis lists, so a
 test checks from the logs that one group never had two owners saving at once
@@ -14,28 +15,34 @@ import json
 import os
 import signal
 from collections.abc import Hashable
-from pathlib import Path
 from typing import Any
 
 import trio
 
-from trio_persist.stores import FileStore, StateRecord
+from trio_persist.redis import RedisStore
+from trio_persist.stores import StateRecord
 
 
 def fresh() -> dict[str, Any]:
     return {"n": 0, "ids": []}
 
 
+def state_store(url: str, namespace: str) -> RedisStore:
+    """Where the states live: a `RedisStore` on the logs' server (which the fault
+    tests never restart: the deployment's store keeps its data, docs/stores.md)."""
+    return RedisStore(url, namespace=namespace + ":states")
+
+
 class Logged:
     """A device and a store for one process, logging to Redis lists under *namespace*."""
 
     def __init__(
-        self, control: Any, namespace: str, directory: Path, die_at: int = -1, owner: bool = True
+        self, control: Any, namespace: str, url: str, die_at: int = -1, owner: bool = True
     ) -> None:
         self.owner = owner  # only the owner process sleeps on a slow request
         self.control = control
         self.namespace = namespace
-        self.store = FileStore(directory)
+        self.store = state_store(url, namespace)
         self.die_at = die_at  # SIGKILL this process right after saving this count
 
     async def resolve(self, state: Any, request: Any) -> Any:

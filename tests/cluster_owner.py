@@ -1,9 +1,9 @@
 """An owner process for the cluster-worker fault tests.
 
-    python cluster_owner.py URL NAMESPACE DIRECTORY LEASE_TTL [DIE_AT [BACKEND_URL [GROUPS]]]
+    python cluster_owner.py URL NAMESPACE LEASE_TTL [DIE_AT [BACKEND_URL [GROUPS]]]
 
 Opens a persist with ``workers="cluster"`` and ``durable=True`` on a shared
-`FileStore`, activates group ``"g"`` (so it owns it), pushes its pid to
+`RedisStore` (at URL), activates group ``"g"`` (so it owns it), pushes its pid to
 ``NAMESPACE:ready`` and serves what is routed to it until killed. With DIE_AT,
 it SIGKILLs itself right after saving that count (saved, never answered).
 With BACKEND_URL, the backend reaches Redis there (a fault proxy), and the logs
@@ -18,7 +18,6 @@ import itertools
 import os
 import random
 import sys
-from pathlib import Path
 from typing import Any
 
 import coredis
@@ -32,14 +31,13 @@ from trio_persist.redis import RedisBackend
 async def main(
     url: str,
     namespace: str,
-    directory: str,
     ttl: float,
     die_at: int,
     backend_url: str,
     groups: int,
 ) -> None:
     async with coredis.Redis.from_url(url) as control:
-        logged = Logged(control, namespace, Path(directory), die_at)
+        logged = Logged(control, namespace, url, die_at)
         backend = RedisBackend(
             backend_url, namespace=namespace, lease_ttl=ttl, timeout=ttl, workers="cluster"
         )
@@ -63,7 +61,7 @@ async def soak(persist: Any, control: Any, namespace: str, groups: int, caller: 
 
 
 if __name__ == "__main__":
-    die_at = int(sys.argv[5]) if len(sys.argv) > 5 else -1
-    backend_url = sys.argv[6] if len(sys.argv) > 6 else sys.argv[1]
-    groups = int(sys.argv[7]) if len(sys.argv) > 7 else 0
-    trio.run(main, *sys.argv[1:4], float(sys.argv[4]), die_at, backend_url, groups)
+    die_at = int(sys.argv[4]) if len(sys.argv) > 4 else -1
+    backend_url = sys.argv[5] if len(sys.argv) > 5 else sys.argv[1]
+    groups = int(sys.argv[6]) if len(sys.argv) > 6 else 0
+    trio.run(main, *sys.argv[1:3], float(sys.argv[3]), die_at, backend_url, groups)

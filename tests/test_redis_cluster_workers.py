@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,8 +16,7 @@ import trio
 import trio_persist
 from redis_helpers import eventually
 from trio_persist._grouping import group_digest
-from trio_persist.redis import RedisBackend
-from trio_persist.stores import FileStore
+from trio_persist.redis import RedisBackend, RedisStore
 
 
 async def counter(state: Any, request: Any) -> Any:
@@ -31,7 +29,6 @@ async def counter(state: Any, request: Any) -> Any:
 async def node(
     url: str,
     namespace: str,
-    directory: Path,
     *,
     durable: bool = False,
     lease_ttl: float = 1.0,
@@ -45,7 +42,7 @@ async def node(
         workers="cluster",
         heartbeat=0.05,
     )
-    store = FileStore(directory)
+    store = RedisStore(url, namespace=namespace + ":states")
     async with trio_persist.open_persist(
         counter, backend=backend, store=store, durable=durable, worker_timeout=60
     ) as persist:
@@ -57,11 +54,11 @@ def fresh() -> dict[str, Any]:
 
 
 async def test_an_ask_from_another_process_is_served_by_the_groups_one_worker(
-    redis_url: str, namespace: str, tmp_path: Path
+    redis_url: str, namespace: str
 ) -> None:
     async with (
-        node(redis_url, namespace, tmp_path) as one,
-        node(redis_url, namespace, tmp_path) as two,
+        node(redis_url, namespace) as one,
+        node(redis_url, namespace) as two,
     ):
         first = await one.ask("session", 1, default=fresh)
         second = await two.ask("session", 2, default=fresh)
@@ -73,10 +70,10 @@ async def test_an_ask_from_another_process_is_served_by_the_groups_one_worker(
 
 
 async def test_a_stopped_owner_saves_and_the_next_ask_anywhere_activates_from_the_store(
-    redis_url: str, namespace: str, tmp_path: Path
+    redis_url: str, namespace: str
 ) -> None:
-    async with node(redis_url, namespace, tmp_path) as two:
-        async with node(redis_url, namespace, tmp_path) as one:
+    async with node(redis_url, namespace) as two:
+        async with node(redis_url, namespace) as one:
             await one.ask("session", 5, default=fresh)
         reply = await two.ask("session", 1, default=fresh)
         assert reply["n"] == 6
@@ -84,11 +81,11 @@ async def test_a_stopped_owner_saves_and_the_next_ask_anywhere_activates_from_th
 
 
 async def test_many_callers_in_two_processes_apply_every_request_once_in_one_owner(
-    redis_url: str, namespace: str, tmp_path: Path
+    redis_url: str, namespace: str
 ) -> None:
     async with (
-        node(redis_url, namespace, tmp_path, durable=True) as one,
-        node(redis_url, namespace, tmp_path, durable=True) as two,
+        node(redis_url, namespace, durable=True) as one,
+        node(redis_url, namespace, durable=True) as two,
     ):
         replies: list[int] = []
 
@@ -112,12 +109,10 @@ async def test_workers_must_be_process_or_cluster(redis_url: str) -> None:
         RedisBackend(redis_url, workers="everywhere")
 
 
-async def test_the_cluster_view_shows_each_workers_owner(
-    redis_url: str, namespace: str, tmp_path: Path
-) -> None:
+async def test_the_cluster_view_shows_each_workers_owner(redis_url: str, namespace: str) -> None:
     async with (
-        node(redis_url, namespace, tmp_path) as one,
-        node(redis_url, namespace, tmp_path) as two,
+        node(redis_url, namespace) as one,
+        node(redis_url, namespace) as two,
     ):
         await two.ask("session", 1, default=fresh)
         await one.ask("session", 1, default=fresh)  # routed to two
@@ -134,11 +129,11 @@ async def test_the_cluster_view_shows_each_workers_owner(
 
 
 async def test_get_worker_activates_here_under_the_lease_or_says_where_the_worker_lives(
-    redis_url: str, namespace: str, tmp_path: Path
+    redis_url: str, namespace: str
 ) -> None:
     async with (
-        node(redis_url, namespace, tmp_path) as one,
-        node(redis_url, namespace, tmp_path) as two,
+        node(redis_url, namespace) as one,
+        node(redis_url, namespace) as two,
     ):
         worker = await one.get_worker("session", default=fresh)
         assert worker.state["n"] == 0
@@ -149,7 +144,7 @@ async def test_get_worker_activates_here_under_the_lease_or_says_where_the_worke
 
 
 async def test_a_caller_that_gives_up_withdraws_its_request_if_it_has_not_started(
-    redis_url: str, namespace: str, tmp_path: Path
+    redis_url: str, namespace: str
 ) -> None:
     release = trio.Event()
     ran: list[Any] = []
@@ -181,14 +176,14 @@ async def test_a_caller_that_gives_up_withdraws_its_request_if_it_has_not_starte
 
 
 async def test_a_full_inbox_makes_callers_wait_for_room_then_fail_within_the_timeout(
-    redis_url: str, namespace: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    redis_url: str, namespace: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import trio_persist.redis._workers as placement
 
     monkeypatch.setattr(placement, "INBOX_LIMIT", -1)  # always full: nothing pushed
     async with (
-        node(redis_url, namespace, tmp_path) as one,
-        node(redis_url, namespace, tmp_path, redis_timeout=0.5) as two,
+        node(redis_url, namespace) as one,
+        node(redis_url, namespace, redis_timeout=0.5) as two,
     ):
         await one.ask("session", 1, default=fresh)
         with pytest.raises(trio_persist.BackendUnavailable, match="did not make room"):

@@ -38,7 +38,6 @@ SLACK = 2.0  # scheduling on a loaded machine: never a reason to fail
 async def cluster(
     url: str,
     namespace: str,
-    directory: Path,
     die_at: int = -1,
     owner_url: str | None = None,
     backend_url: str | None = None,
@@ -50,12 +49,12 @@ async def cluster(
     with trio.fail_after(60):
         async with coredis.Redis.from_url(url) as control:
             owner = await trio.lowlevel.open_process(
-                [sys.executable, OWNER, url, namespace, str(directory), str(TTL), str(die_at),
+                [sys.executable, OWNER, url, namespace, str(TTL), str(die_at),
                  owner_url or backend_url]
             )  # fmt: skip
             try:
                 assert await control.blpop([f"{namespace}:ready"], timeout=30) is not None
-                logged = Logged(control, namespace, directory, owner=False)
+                logged = Logged(control, namespace, url, owner=False)
                 backend = RedisBackend(
                     backend_url, namespace=namespace, lease_ttl=TTL, timeout=TTL, workers="cluster"
                 )
@@ -94,9 +93,9 @@ async def ask_while(
 
 
 async def test_an_owner_killed_mid_request_is_replaced_within_the_bound(
-    redis_url: str, namespace: str, tmp_path: Path
+    redis_url: str, namespace: str
 ) -> None:
-    async with cluster(redis_url, namespace, tmp_path) as (control, _, persist):
+    async with cluster(redis_url, namespace) as (control, _, persist):
         assert (await persist.ask("g", {"id": "a1"}))["n"] == 2  # served by the owner
         assert not persist.workers()
         reply, elapsed = await ask_while(persist, control, namespace, signal.SIGKILL)
@@ -110,9 +109,9 @@ async def test_an_owner_killed_mid_request_is_replaced_within_the_bound(
 
 
 async def test_an_owner_paused_mid_request_is_replaced_and_never_saves_over_its_successor(
-    redis_url: str, namespace: str, tmp_path: Path
+    redis_url: str, namespace: str
 ) -> None:
-    async with cluster(redis_url, namespace, tmp_path) as (control, owner, persist):
+    async with cluster(redis_url, namespace) as (control, owner, persist):
         reply, elapsed = await ask_while(persist, control, namespace, signal.SIGSTOP)
         assert reply["n"] == 2
         assert elapsed < BOUND + SLACK
@@ -125,9 +124,9 @@ async def test_an_owner_paused_mid_request_is_replaced_and_never_saves_over_its_
 
 
 async def test_an_owner_killed_between_requests_loses_no_queued_request(
-    redis_url: str, namespace: str, tmp_path: Path
+    redis_url: str, namespace: str
 ) -> None:
-    async with cluster(redis_url, namespace, tmp_path) as (control, owner, persist):
+    async with cluster(redis_url, namespace) as (control, owner, persist):
         assert (await persist.ask("g", {"id": "a1"}))["n"] == 2
         owner.kill()
         replies: list[int] = []
@@ -144,9 +143,9 @@ async def test_an_owner_killed_between_requests_loses_no_queued_request(
 
 
 async def test_a_request_applied_by_an_owner_that_died_before_answering_is_answered_from_the_store(
-    redis_url: str, namespace: str, tmp_path: Path
+    redis_url: str, namespace: str
 ) -> None:
-    async with cluster(redis_url, namespace, tmp_path, die_at=2) as (control, _, persist):
+    async with cluster(redis_url, namespace, die_at=2) as (control, _, persist):
         with trio.fail_after(BOUND + SLACK):
             reply = await persist.ask("g", {"id": "once"})
         assert reply["n"] == 2
@@ -158,12 +157,12 @@ async def test_a_request_applied_by_an_owner_that_died_before_answering_is_answe
 
 
 async def test_an_owner_cut_off_from_redis_is_replaced_and_its_late_traffic_changes_nothing(
-    redis_server: RedisServer, namespace: str, tmp_path: Path
+    redis_server: RedisServer, namespace: str
 ) -> None:
     proxy = FaultProxy(redis_server.port)
     async with trio.open_nursery() as nursery:
         await nursery.start(proxy.serve)
-        async with cluster(redis_server.url, namespace, tmp_path, owner_url=proxy.url) as (
+        async with cluster(redis_server.url, namespace, owner_url=proxy.url) as (
             control,
             _,
             persist,
@@ -184,12 +183,12 @@ async def test_an_owner_cut_off_from_redis_is_replaced_and_its_late_traffic_chan
 
 
 async def test_after_a_redis_restart_the_group_has_one_new_owner_and_no_acknowledged_change_lost(
-    redis_url: str, namespace: str, tmp_path: Path
+    redis_url: str, namespace: str
 ) -> None:
     server = RedisServer()  # the backends' (the logs stay on the suite's server)
     server.start()
     try:
-        async with cluster(redis_url, namespace, tmp_path, backend_url=server.url) as (
+        async with cluster(redis_url, namespace, backend_url=server.url) as (
             control,
             _,
             persist,
@@ -214,7 +213,7 @@ async def test_after_a_redis_restart_with_its_append_only_file_no_acknowledged_c
     server = RedisServer(data_dir=data)  # every write on disk before it is answered
     server.start()
     try:
-        async with cluster(redis_url, namespace, tmp_path, backend_url=server.url) as (
+        async with cluster(redis_url, namespace, backend_url=server.url) as (
             control,
             _,
             persist,

@@ -24,9 +24,8 @@ import pytest
 import trio
 
 import trio_persist
-from cluster_helpers import Logged, ask_and_log, fresh, logs
+from cluster_helpers import Logged, ask_and_log, fresh, logs, state_store
 from trio_persist.redis import RedisBackend
-from trio_persist.stores import FileStore
 
 SECONDS = float(os.environ.get("TRIO_PERSIST_SOAK", "0"))
 OWNER = str(Path(__file__).with_name("cluster_owner.py"))
@@ -37,29 +36,27 @@ MEMBERS = 3
 pytestmark = pytest.mark.skipif(not SECONDS, reason="set TRIO_PERSIST_SOAK=SECONDS to run")
 
 
-async def member(url: str, namespace: str, directory: Path) -> trio.Process:
+async def member(url: str, namespace: str) -> trio.Process:
     return await trio.lowlevel.open_process(
-        [sys.executable, OWNER, url, namespace, str(directory), str(TTL), "-1", url, str(GROUPS)]
+        [sys.executable, OWNER, url, namespace, str(TTL), "-1", url, str(GROUPS)]
     )
 
 
 @pytest.mark.timeout(SECONDS + 180)
-def test_workers_across_the_cluster_under_kills_and_pauses(
-    redis_url: str, namespace: str, tmp_path: Path
-) -> None:
+def test_workers_across_the_cluster_under_kills_and_pauses(redis_url: str, namespace: str) -> None:
     # Synchronous, running its own Trio loop: the suite's per-test deadline of
     # two minutes would cut a long soak short.
-    trio.run(soak, redis_url, namespace, tmp_path)
+    trio.run(soak, redis_url, namespace)
 
 
-async def soak(redis_url: str, namespace: str, tmp_path: Path) -> None:
+async def soak(redis_url: str, namespace: str) -> None:
     rng = random.Random(os.environ.get("TRIO_PERSIST_SOAK_SEED", "1"))
     faults = {"kill": 0, "pause": 0}
     with trio.fail_after(SECONDS + 120):
         async with coredis.Redis.from_url(redis_url) as control:
-            members = [await member(redis_url, namespace, tmp_path) for _ in range(MEMBERS)]
+            members = [await member(redis_url, namespace) for _ in range(MEMBERS)]
             try:
-                logged = Logged(control, namespace, tmp_path, owner=False)
+                logged = Logged(control, namespace, redis_url, owner=False)
                 backend = RedisBackend(
                     redis_url, namespace=namespace, lease_ttl=TTL, timeout=TTL, workers="cluster"
                 )
@@ -73,7 +70,7 @@ async def soak(redis_url: str, namespace: str, tmp_path: Path) -> None:
                         if rng.random() < 0.5:
                             members[victim].kill()
                             await members[victim].wait()
-                            members[victim] = await member(redis_url, namespace, tmp_path)
+                            members[victim] = await member(redis_url, namespace)
                             faults["kill"] += 1
                         else:
                             os.kill(members[victim].pid, signal.SIGSTOP)
@@ -95,7 +92,7 @@ async def soak(redis_url: str, namespace: str, tmp_path: Path) -> None:
             acked = await logs(control, namespace, "acked")
             saves = await logs(control, namespace, "saves")
             runs = await logs(control, namespace, "runs")
-    async with FileStore(tmp_path) as store:
+    async with state_store(redis_url, namespace) as store:
         states = {f"s{i}": await store.load(f"s{i}") or fresh() for i in range(GROUPS)}
     for group, state in states.items():
         twice = sorted({i for i in state["ids"] if state["ids"].count(i) > 1})
