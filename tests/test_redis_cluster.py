@@ -258,3 +258,25 @@ async def test_a_redis_store_given_one_node_of_a_cluster_is_refused_saying_what_
     ):
         async with store:
             pass  # pragma: no cover - refused before the block runs
+
+
+async def test_workers_placed_across_processes_route_asks_on_a_cluster(
+    cluster: RedisCluster, namespace: str
+) -> None:
+    async def count(state: Any, request: Any) -> Any:
+        return state + request
+
+    backends = [
+        RedisBackend(new_client(cluster), namespace=namespace, workers="cluster") for _ in range(2)
+    ]
+    store = RedisStore(new_client(cluster), namespace=namespace)
+    with trio.fail_after(30):
+        async with (
+            trio_persist.open_persist(count, backend=backends[0], store=store) as a,
+            trio_persist.open_persist(count, backend=backends[1], store=store) as b,
+        ):
+            for group in range(12):  # worker leases and inboxes on every master
+                await a.ask(group, 1, default=int)
+                assert await b.ask(group, 1) == 2
+    assert backends[1].statistics().routed_out == 12
+    assert backends[0].statistics().routed_in == 12

@@ -296,6 +296,9 @@ def redis_figures(row: Callable[..., bool], *, quick: bool) -> bool:
         executions, calls = trio.run(many_processes, server.url, 3, 50)
         print(f"  3 processes x 50 callers on one key: {calls} calls, {executions} execution(s)")
         ok &= goodput(server.url, quick=quick)
+        from _bench_cluster import cluster_figures
+
+        ok &= cluster_figures(server.url, quick=quick)
         return ok and executions == 1
     finally:
         server.stop()

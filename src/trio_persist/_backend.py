@@ -6,6 +6,12 @@ each execution with `Backend.key_of`, and runs it once across processes with
 `Backend.run`. When the persist closes (or its block is cancelled) ``serve``
 is cancelled, and cleans up after itself. It sees the persist only as an
 `Observed` (its name, statistics and snapshot).
+
+A backend may also *place* the persist's virtual workers across processes
+(`place_workers`, optional): the persist then gives every ``ask`` to the
+returned `Placement`, which either holds the group's worker lease here and
+asks through `LocalWorkers`, or routes the request to the process that holds
+it. docs/architecture.md tells the whole path.
 """
 
 from __future__ import annotations
@@ -17,7 +23,14 @@ import trio
 
 from ._stats import Observed
 
-__all__ = ["Backend", "check_backend"]
+__all__ = [
+    "Backend",
+    "LocalWorkers",
+    "Placement",
+    "WorkerLease",
+    "check_backend",
+    "placement_of",
+]
 
 _METHODS = ("serve", "key_of", "run")
 
@@ -61,3 +74,73 @@ def check_backend(backend: object) -> Backend | None:
             f"(it has no {', '.join(missing)})"
         )
     return backend  # type: ignore[return-value]
+
+
+class WorkerLease(Protocol):
+    """The lease under which this process runs one group's worker."""
+
+    @property
+    def token(self) -> int:
+        """Its fencing token: every save of the worker's state carries it."""
+        ...
+
+    def valid(self) -> bool:
+        """Whether the lease is surely still held now (a durable reply needs it)."""
+        ...
+
+
+class LocalWorkers(Protocol):
+    """What a persist offers a backend that places its workers (the engine's side)."""
+
+    async def ask(
+        self,
+        group: Hashable,
+        request: Any,
+        default: Callable[[], Any] | None,
+        request_id: str,
+        lease: WorkerLease,
+        *,
+        routed: bool,
+    ) -> Any:
+        """Ask *group*'s worker in this process, activating it under *lease*.
+
+        A request whose id the loaded record lists as applied is answered from
+        the record, not run again. A *routed* request (from another process)
+        whose worker stops under it raises `~trio_persist.WorkerMoved`.
+        """
+
+    def stop_lost(self, group: Hashable) -> None:
+        """*group*'s lease was lost: stop its worker now, cancelled, unsaved."""
+
+    def has_worker(self, group: Hashable) -> bool:
+        """Whether *group* has a worker in this process now."""
+        ...
+
+
+class Placement(Protocol):
+    """A backend's placement of virtual workers (what `place_workers` returns)."""
+
+    async def ask(
+        self, group: Hashable, request: Any, default: Callable[[], Any] | None, request_id: str
+    ) -> Any:
+        """Deliver *request* to *group*'s worker, wherever it lives; return its reply."""
+
+    async def claim(self, group: Hashable) -> WorkerLease:
+        """*group*'s worker lease for this process (held already, or won now).
+
+        Raises:
+            trio_persist.NoWorker: another process owns the group's worker.
+        """
+        ...
+
+    def ended(self, group: Hashable) -> None:
+        """*group*'s worker here ended and nothing took its place: release its lease."""
+
+
+def placement_of(backend: Backend | None, local: LocalWorkers) -> Placement | None:
+    """The placement *backend* offers for *local*'s workers, or None (per process)."""
+    place = getattr(backend, "place_workers", None)
+    if place is None:
+        return None
+    placement: Placement | None = place(local)
+    return placement

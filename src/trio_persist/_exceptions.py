@@ -126,3 +126,12 @@ class StaleOwner(PersistError):
 
     def __reduce__(self) -> tuple[type[StaleOwner], tuple[str, int, int]]:
         return (type(self), (str(self), self.token, self.stored))
+
+
+class WorkerMoved(LeaderDied):
+    """A request routed to a worker's owner found the group owned elsewhere now.
+
+    Internal to a backend that places workers across processes: the caller's
+    process routes the request again (to the group's new owner). A user never
+    sees it.
+    """

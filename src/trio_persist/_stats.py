@@ -95,6 +95,9 @@ class PersistStatistics:
     """Saves through the store that failed (also counted in ``hook_failures``)."""
     checkpoints: int = 0
     """Saves made on ``checkpoint_interval`` while a worker lived (also in ``saves``)."""
+    fenced_saves: int = 0
+    """Saves refused because the worker's lease had passed to another process
+    (also in ``save_failures``; see docs/redis.md)."""
 
     def to_json(self) -> dict[str, Any]:
         """The record as a JSON-ready dict (a monitor frame's ``statistics``)."""

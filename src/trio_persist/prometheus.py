@@ -28,7 +28,8 @@ never groups or requests.
 * with a backend that has ``statistics()`` (`trio_persist.redis.RedisBackend`):
   each of its counters as ``backend_<name>_total`` (``backend_led_total``,
   ``backend_followed_total``, ``backend_takeovers_total``, ...) and its gauges
-  ``backend_leading``, ``backend_following`` and ``backend_subscribed`` (1 or 0);
+  ``backend_leading``, ``backend_following``, ``backend_subscribed`` (1 or 0)
+  and ``backend_owned`` (worker leases held, with ``workers="cluster"``);
 * for each wrapped function (`trio_persist.Persist.wrap`,
   `trio_persist.deduplicated`), series of its own labelled ``function`` too,
   with its name (its module and qualified name, or the ``name=`` it was given:
@@ -75,6 +76,7 @@ _COUNTERS = {
     "saves": "States saved through the store.",
     "save_failures": "Saves through the store that failed.",
     "checkpoints": "Saves made on checkpoint_interval while a worker lived.",
+    "fenced_saves": "Saves refused because the worker's lease had passed to another process.",
 }
 _GAUGES = {
     "in_flight": "Flights running now.",
@@ -92,7 +94,7 @@ _FUNCTION_COUNTERS = {
     "abandoned": "Executions of a wrapped function cancelled because every caller left.",
 }
 # The backend's figures that say what is true now; its other fields only grow.
-_BACKEND_GAUGES = frozenset({"leading", "following", "subscribed"})
+_BACKEND_GAUGES = frozenset({"leading", "following", "subscribed", "owned"})
 _Simple = type[CounterMetricFamily] | type[GaugeMetricFamily]
 
 

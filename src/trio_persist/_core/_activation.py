@@ -31,7 +31,8 @@ from typing import Any
 import attrs
 import trio
 
-from .._exceptions import ActivationFailed, NoWorker
+from .._backend import WorkerLease
+from .._exceptions import ActivationFailed, NoWorker, StaleOwner
 from .._logging import logger
 from .._stats import group_label
 from .._store import StateRecord
@@ -79,6 +80,13 @@ class Activation:
     # The record the state was loaded with (a store that keeps records), or
     # None: its token, applied ids and reply go with every later save.
     record: StateRecord | None = None
+    # The worker lease it runs under, when a backend places workers across
+    # processes (None: per process): its token fences every save, and a
+    # durable reply needs it still valid after the save.
+    lease: WorkerLease | None = None
+    # The last request the loaded state applied, and its reply: a request
+    # sent again after its owner died is answered from here.
+    last_applied: tuple[str, Any] | None = None
     # Where the state came from: "store", "restore", "default" or "handover".
     source: str = ""
     # An evicted worker still serves the request it was activated for (so
@@ -160,7 +168,9 @@ async def _load_saved(core: Core, group: Hashable, activation: Activation) -> An
         record = await records.load_record(group)
         if record is not None:
             if record.token is not None or record.applied:  # kept for the saves
-                activation.record = attrs.evolve(record, state=None)
+                activation.record = attrs.evolve(record, state=None, reply=None)
+            if record.applied:  # a request applied but maybe never answered
+                activation.last_applied = (record.applied[-1], record.reply)
             activation.source = "store"
             return record.state
     elif store is not None:
@@ -205,7 +215,12 @@ def _failed(
 
 
 async def save_state(
-    core: Core, group: Hashable, state: Any, activation: Activation | None, reason: str
+    core: Core,
+    group: Hashable,
+    state: Any,
+    activation: Activation | None,
+    reason: str,
+    applied: tuple[str, Any] | None = None,
 ) -> BaseException | None:
     """Save *state* as *group*'s through the store; return the error if it failed.
 
@@ -214,24 +229,87 @@ async def save_state(
     hurts nothing else. *reason* says why: ``"stop"``, ``"checkpoint"`` or
     ``"durable"``. Cancellation propagates (the store keeps its previous
     state then).
+
+    Under a worker lease the save carries the lease's token, and a durable
+    save records *applied* (a request id and its reply) as applied: a
+    store refuses it once a newer owner has saved, and a reply is only given
+    if the lease is still valid once the save is done.
     """
     store = core.store
     assert store is not None
-    record = activation.record if activation is not None else None
-    try:
-        if record is not None and core.records is not None:
-            await core.records.save_record(group, attrs.evolve(record, state=state))
-        else:
-            await store.save(group, state)
-    except Exception as exc:
-        count_save_failure(core, group, reason, exc)
-        return exc
+    record = _record_for(core, activation, state, applied)
+    # Under a worker lease, a durable save is not cut short by a cancellation
+    # (the persist closing, a lost lease, the caller leaving): once it has
+    # landed the worker applies it, so the store is never ahead of the worker's
+    # state, which a later save would roll back (bounded by the shutdown grace).
+    durable = reason == "durable" and activation is not None and activation.lease is not None
+    with trio.CancelScope(shield=durable) as scope:
+        if durable:
+            scope.deadline = trio.current_time() + core.options.shutdown_grace
+        try:
+            await _write(core, group, state, record, activation)
+        except Exception as exc:
+            if isinstance(exc, StaleOwner):
+                core.counters.fenced_saves += 1
+            count_save_failure(core, group, reason, exc)
+            return exc
+    if scope.cancelled_caught:
+        late = TimeoutError("a durable save took longer than shutdown_grace")
+        count_save_failure(core, group, reason, late)
+        return late
     counters = core.counters
     counters.saves += 1
     if reason == "checkpoint":
         counters.checkpoints += 1
     core.events.emit("worker.saved", group, reason)
     return None
+
+
+_APPLIED_WINDOW = 64
+
+
+async def _write(
+    core: Core,
+    group: Hashable,
+    state: Any,
+    record: StateRecord | None,
+    activation: Activation | None,
+) -> None:
+    """One save: a record (its applied ids kept for the next) or a plain state.
+
+    Raises:
+        StaleOwner: the store refused it, or the worker lease was lost
+            meanwhile (no reply may say that it is saved).
+    """
+    if record is None or core.records is None:
+        assert core.store is not None
+        await core.store.save(group, state)
+        return
+    await core.records.save_record(group, record)
+    assert activation is not None
+    activation.record = attrs.evolve(record, state=None, reply=None)
+    if activation.lease is not None and not activation.lease.valid():
+        token = record.token or 0
+        raise StaleOwner(
+            "the worker lease was lost during the save: no reply is given", token, token
+        )
+
+
+def _record_for(
+    core: Core, activation: Activation | None, state: Any, applied: tuple[str, Any] | None
+) -> StateRecord | None:
+    """The record a save writes (None: a plain save): the loaded record's token,
+    or the worker lease's, and the applied ids with *applied*'s id appended."""
+    if activation is None or core.records is None:
+        return None
+    record, lease = activation.record, activation.lease
+    if lease is None:
+        return None if record is None else attrs.evolve(record, state=state)
+    record = record or StateRecord(None)
+    if applied is not None:
+        ids = (*record.applied, applied[0])[-_APPLIED_WINDOW:]
+        return attrs.evolve(record, state=state, token=lease.token, applied=ids, reply=applied[1])
+    return attrs.evolve(record, state=state, token=lease.token, reply=None)
 
 
 def count_save_failure(core: Core, group: Hashable, reason: str, error: BaseException) -> None:

@@ -196,6 +196,11 @@ class AskJob(Job):
     default: Callable[[], Any] | None = None
     # Times its worker stopped without serving anything (bounded: `Supervisor`).
     bounces: int = 0
+    # Its id across processes (workers placed by a backend): what a durable
+    # save records as applied, so that it is never applied twice.
+    request_id: str | None = None
+    # Sent by another process: if its worker stops, that process routes it again.
+    routed: bool = False
 
 
 def request_name(request: Any) -> object:

@@ -19,6 +19,7 @@ import enum
 import functools
 import math
 import os
+import secrets
 import sys
 import types
 import weakref
@@ -29,7 +30,7 @@ from typing import Any, Generic, NoReturn, ParamSpec, TypeVar, final, overload
 import attrs
 import trio
 
-from .._backend import Backend, check_backend
+from .._backend import Backend, check_backend, placement_of
 from .._exceptions import InfiniteRecursion, PersistClosed, PersistError
 from .._grouping import default_group, default_group_and_base
 from .._monitor import serve_monitor
@@ -44,6 +45,7 @@ from ._job import UNNAMED, AskJob, Job, Owner, leader_died, request_name, runnin
 from ._linger import MISS
 from ._observer import Observer
 from ._options import AwaitMode, ErrorStrategy, PersistOptions, check_duration
+from ._placement import Here, lease_worker, reroute_placed
 from ._registry import RegistryView
 from ._runner import RunnerPool
 from ._state import Core
@@ -179,6 +181,7 @@ class Persist(Generic[B, R, T]):
         )
         self._supervisor = Supervisor(core)
         self._runners = RunnerPool(core.nursery)
+        core.placement = placement_of(self._backend, Here(core, self._worker_for, self._listen))
         mode = core.options.await_inprogress
         has_hook = core.hooks.group is not None
         if mode is False or (mode == "named" and not has_hook) or core.hooks is NO_DEVICE:
@@ -441,11 +444,14 @@ class Persist(Generic[B, R, T]):
         from the persist's store, else the device's ``restore(group)`` hook,
         else ``default()``, for any group, including one this process has never
         seen (after a restart). It keeps its group for life. Always a checkpoint.
+        With a backend that places workers across processes, the worker is
+        activated here, under the group's worker lease.
 
         Raises:
             PersistClosed: the persist's block has been left.
             ActivationFailed: loading the state failed (see its ``__cause__``).
-            NoWorker: nothing to restore and *default* is None (a `LookupError`).
+            NoWorker: nothing to restore and *default* is None (a `LookupError`);
+                or the group's worker lives in another process.
         """
         await trio.lowlevel.checkpoint()
         self._need_a_device("get_worker()")
@@ -453,7 +459,11 @@ class Persist(Generic[B, R, T]):
             raise TypeError(f"static must be True, False or None, got {type(static).__name__}")
         seconds = None if timeout is None else check_duration("timeout", timeout)
         _check_default(default)
+        placement = self._core.placement
+        lease = None if placement is None else await placement.claim(group)
         task = self._worker_for(group, default, static=static, timeout=seconds)
+        if lease is not None:
+            lease_worker(task, lease)
         if task.activation is not None:
             await task.activation.wait()
         return task.handle
@@ -500,6 +510,9 @@ class Persist(Generic[B, R, T]):
         self._need_a_device("ask()")
         _check_default(default)
         core.counters.requests += 1
+        if core.placement is not None:  # the group's worker may live in another process
+            placed: T = await core.placement.ask(group, request, default, secrets.token_hex(16))
+            return placed
         current = running.get()
         job = AskJob(None, request, key=UNNAMED, group=group, default=default)
         while True:
@@ -919,6 +932,9 @@ class Persist(Generic[B, R, T]):
 
     def _reroute_ask(self, job: AskJob) -> None:
         """An ask whose worker stopped goes to its group's next worker, never a flight."""
+        if self._core.placement is not None:
+            reroute_placed(self._core, self._core.placement, job)
+            return
         try:
             owner = self._core.owners.get(job.group)
         except Exception as exc:  # a group whose hash raises now

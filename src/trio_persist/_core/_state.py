@@ -21,7 +21,7 @@ from typing import Any
 import attrs
 import trio
 
-from .._backend import Backend
+from .._backend import Backend, Placement
 from .._grouping import default_group
 from .._logging import Throttle, logger
 from .._stats import (
@@ -75,6 +75,7 @@ class Counters:
     saves: int = 0
     save_failures: int = 0
     checkpoints: int = 0
+    fenced_saves: int = 0
     in_flight: int = 0
     waiters: int = 0
 
@@ -197,6 +198,9 @@ class Core:
     store: Store | None = None
     # The same store, if it keeps records (token, applied ids): then used through them.
     records: RecordStore | None = attrs.field(init=False, default=None)
+    # Where virtual workers live when the backend places them across processes
+    # (None: in this process); set by the facade.
+    placement: Placement | None = None
     # Which owner (a flight or a worker) holds each group.
     registry: Registry[Owner] = attrs.field(factory=Registry)
     # The registry's live mapping, read on every resolve (a dict lookup is
@@ -376,6 +380,7 @@ class Core:
             saves=counters.saves,
             save_failures=counters.save_failures,
             checkpoints=counters.checkpoints,
+            fenced_saves=counters.fenced_saves,
             in_flight=counters.in_flight,
             waiters=counters.waiters,
             workers=workers,

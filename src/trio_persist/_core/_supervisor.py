@@ -281,6 +281,7 @@ class Supervisor:
             activation.settle(leader_died("the worker stopped before it was activated"))
         if reason == "unactivated":
             self._activation_failed(task, unanswered)
+            self._placed_ended(task)
             self._launch_pending()
             return
         self._report_end(task, crashed)
@@ -294,7 +295,14 @@ class Supervisor:
         if unanswered and not self._hand_over(task, unanswered):
             for job in unanswered:
                 core.reroute(job)
+        self._placed_ended(task)
         self._launch_pending()
+
+    def _placed_ended(self, task: WorkerTask) -> None:
+        """A placed worker's lease goes when nothing took its group's place here."""
+        core = self.core
+        if core.placement is not None and task.virtual and task.group not in core.owners:
+            core.placement.ended(task.group)
 
     def _report_end(self, task: WorkerTask, crashed: BaseException | None) -> None:
         core = self.core
@@ -353,6 +361,7 @@ class Supervisor:
                 handed=task.state,
                 handed_dirty=task.dirty,
                 record=activation.record if activation is not None else None,
+                lease=activation.lease if activation is not None else None,
             ),
         )
         if not core.registry.register(task.group, successor):

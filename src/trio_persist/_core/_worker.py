@@ -41,7 +41,7 @@ from .._stats import GroupSnapshot, group_label
 from .._text import describe
 from ._activation import ACTIVATING, Activation, count_save_failure, load_state, save_state
 from ._histogram import remember
-from ._job import UNNAMED, Job, Outcome, leader_died, request_name, run_device, running
+from ._job import UNNAMED, AskJob, Job, Outcome, leader_died, request_name, run_device, running
 from ._state import Core, describe_owner
 
 __all__ = ["Worker", "WorkerHost", "WorkerRequest", "WorkerStatistics", "WorkerTask", "durably"]
@@ -539,7 +539,10 @@ class WorkerTask:
         """
         saving = self.unsaved
         new = self.state if self.static else value
-        error = await save_state(self.core, self.group, new, self.activation, "durable")
+        job = self.current
+        rid = job.request_id if isinstance(job, AskJob) else None
+        applied = None if rid is None else (rid, value)
+        error = await save_state(self.core, self.group, new, self.activation, "durable", applied)
         if error is None:
             self.unsaved -= saving
             return

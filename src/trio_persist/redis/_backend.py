@@ -19,11 +19,13 @@ from typing import Any, final
 import attrs
 import trio
 
+from .._backend import LocalWorkers, Placement
 from .._codec import Seal
 from .._grouping import canonical_encoding, default_group, group_digest
 from .._monitor import build_frame
 from .._stats import Observed
 from ._cluster import BEAT, INDEX, LEAVE, NodeSnapshot, nodes_key, read_nodes, record_key
+from ._inbox import Inbox
 from ._lease import LEASE_SCRIPTS, Leases
 from ._link import (
     Counters,
@@ -33,6 +35,7 @@ from ._link import (
     place_of,
     refuse_a_cluster_node,
 )
+from ._workers import WORKER_SCRIPTS, ClusterWorkers
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
@@ -70,6 +73,18 @@ class RedisBackendStatistics:
     rejected: int = 0
     """Calls refused because ``max_pending`` others were starting on Redis for
     ``timeout / 2`` (each got `~trio_persist.BackendUnavailable`)."""
+    routed_out: int = 0
+    """Asks this process sent to the process owning their group's worker
+    (``workers="cluster"``)."""
+    routed_in: int = 0
+    """Asks other processes sent to this process's workers."""
+    moved: int = 0
+    """Routed asks answered "moved" (the worker had left the owner): sent again."""
+    worker_failovers: int = 0
+    """Routed asks whose owner lost the group's lease while they waited (died,
+    stalled or partitioned): taken back if not started, and asked again."""
+    owned: int = 0
+    """Worker leases this process holds now."""
 
 
 _MAX_KEY = 200
@@ -112,6 +127,10 @@ class RedisBackend:
         heartbeat: Seconds between cluster heartbeats (a node record lives
             three of them); None writes none (the process is not in the
             cluster view).
+        workers: ``"process"`` (default): each process keeps its own workers;
+            ``"cluster"``: a virtual worker (`~trio_persist.Persist.ask`) has
+            one owner among every process on the namespace, and asks from
+            any process are routed to it (docs/redis.md).
     """
 
     url: Any
@@ -123,10 +142,12 @@ class RedisBackend:
     max_takeovers: int = 3
     heartbeat: float | None = 1.0
     max_pending: int = 128
+    workers: str = attrs.field(default="process", validator=lambda _s, _a, v: _check_workers(v))
     _node: str = attrs.field(init=False)
     _counters: Counters = attrs.field(factory=Counters, init=False)
     _link: Link = attrs.field(init=False)
     _leases: Leases = attrs.field(init=False)
+    _placement: ClusterWorkers | None = attrs.field(default=None, init=False)
     _beat_lock: trio.Lock = attrs.field(factory=trio.Lock, init=False)
     _leaving: bool = attrs.field(default=False, init=False)
 
@@ -164,6 +185,24 @@ class RedisBackend:
             self.fallback,
             self.max_takeovers,
         )
+        if self.workers == "cluster":
+            local = self._placement.local if self._placement is not None else None
+            self._placement = ClusterWorkers(
+                self._link,
+                self._leases.seal,
+                self._leases.renewer,
+                Inbox(
+                    self._link,
+                    namespace,
+                    self._node,
+                    3 * self.lease_ttl + 2 * self.timeout,
+                    self._leases.log,
+                ),
+                self._counters,
+                self.lease_ttl,
+                self._leases.log,
+                local,
+            )
 
     def __repr__(self) -> str:
         where = self._link.where.removeprefix("Redis at ")
@@ -176,6 +215,14 @@ class RedisBackend:
         )
 
     # -- the Backend protocol ----------------------------------------------------
+
+    def place_workers(self, local: LocalWorkers) -> Placement | None:
+        """With ``workers="cluster"``, the placement of *local*'s virtual workers
+        across the processes on the namespace; else None (each process its own)."""
+        if self._placement is None:
+            return None
+        self._placement.local = local
+        return self._placement
 
     def key_of(self, group: Hashable, request: Any, group_is_request: bool) -> str | None:
         """The cluster-wide key of one execution, or None if it cannot be named.
@@ -253,12 +300,15 @@ class RedisBackend:
     ) -> None:
         with trio.CancelScope(shield=True):
             async with client:
-                self._link.attach(client, {**LEASE_SCRIPTS, "beat": BEAT, "leave": LEAVE})
+                scripts = {**LEASE_SCRIPTS, **WORKER_SCRIPTS, "beat": BEAT, "leave": LEAVE}
+                self._link.attach(client, scripts)
                 await self._refuse_a_cluster_node(client)
                 try:
                     with work:
                         async with trio.open_nursery() as nursery:
                             await nursery.start(self._leases.serve)
+                            if self._placement is not None:
+                                await nursery.start(self._placement.serve)
                             await self._beat(persist)  # in the cluster view from the start
                             task_status.started()
                             while self.heartbeat is not None:
@@ -339,6 +389,11 @@ def _where(url: object) -> str:
 
 
 _MIN_SIGNING_KEY = 16
+
+
+def _check_workers(workers: object) -> None:
+    if workers not in ("process", "cluster"):
+        raise ValueError(f"workers must be 'process' or 'cluster', got {workers!r}")
 
 
 def _check_signing_key(key: object) -> None:

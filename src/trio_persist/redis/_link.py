@@ -291,6 +291,11 @@ class Counters:
     leading: int = 0
     following: int = 0
     rejected: int = 0
+    routed_out: int = 0
+    routed_in: int = 0
+    moved: int = 0
+    worker_failovers: int = 0
+    owned: int = 0
 
 
 @attrs.define(eq=False)

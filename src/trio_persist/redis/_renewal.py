@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -48,6 +49,12 @@ class Held:
     settling: bool = False
     """The device has returned: a renewal finding the lease gone raced the commit,
     which settles the lease itself (nothing to cancel, nothing to report)."""
+    on_lost: Callable[[], None] | None = None
+    """Called when the lease is lost (a worker lease stops its worker)."""
+
+    def valid(self) -> bool:
+        """Whether the lease is surely still ours now (never past its expiry bound)."""
+        return not self.lost and trio.current_time() < self.expires
 
 
 @attrs.define(eq=False)
@@ -127,3 +134,5 @@ class Renewer:
             held.token,
         )
         held.scope.cancel()
+        if held.on_lost is not None:
+            held.on_lost()

@@ -33,7 +33,7 @@ from typing import Any
 
 import attrs
 
-__all__ = ["ACQUIRE", "COMMIT", "PEEK", "RELEASE", "RENEW", "Keys", "pattern_of"]
+__all__ = ["ACQUIRE", "COMMIT", "LUA_HELPERS", "PEEK", "RELEASE", "RENEW", "Keys", "pattern_of"]
 
 # Shared by the scripts. Tokens are handled as decimal strings of at most 16
 # digits, never as Lua numbers (doubles, exact only below 2**53): ordering and
@@ -82,6 +82,9 @@ local function live(key, value, ttl_ms)
   return left > 0 and left <= tonumber(ttl_ms)
 end
 """
+
+LUA_HELPERS = _HELPERS
+"""The helpers every token-handling script starts with (worker leases use them too)."""
 
 # KEYS: lease, fence, linger, result, waiting. ARGV: ttl_ms, the caller's linger in
 # ms ("0": none), the token of a leader seen to vanish ("0" if none), the new

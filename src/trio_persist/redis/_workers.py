@@ -1,0 +1,404 @@
+"""Workers across the cluster: one owner per group among all processes, and routed asks.
+
+With ``RedisBackend(workers="cluster")`` a virtual worker runs only in the
+process that holds its group's **worker lease**, ``{namespace:w:<digest>}:lease``
+= ``"<id>:<token>:<node>"``: a random id, a fencing token that never repeats
+(as a flight lease's: the server's clock in microseconds, or one more than the
+last issued), and the owner's node. It is renewed by the backend's batched
+renewal loop while the worker lives and released when it ends; a lease that
+is lost (found taken, or its expiry bound passed unconfirmed) stops the worker
+at once, cancelled and unsaved, and every save carries the token, so a stale
+owner's save is refused by the store once its successor has saved.
+
+`ClusterWorkers.ask` (the persist's `Placement`) takes a request to its
+group's owner: this process, if it holds the lease or wins it (the first ask
+activates the worker where it is asked); else the owner's inbox (`._inbox`),
+from which the reply comes back. While waiting, the caller looks at the lease
+every third of a TTL: if it changed hands (the owner died, stalled past it,
+or stopped its worker), the caller takes its request back if not started and
+asks again; the group's next owner answers a request a dead owner applied
+from the store's record (``durable=True``) rather than running it again.
+docs/redis.md states the bound and the guarantees.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import secrets
+from collections.abc import Callable, Hashable
+from typing import Any
+
+import attrs
+import trio
+
+from .._backend import LocalWorkers
+from .._codec import Seal, decode_outcome, encode_error, encode_value
+from .._exceptions import BackendUnavailable, CorruptResult, LeaderDied, NoWorker, WorkerMoved
+from .._grouping import canonical_encoding, group_digest
+from .._logging import Throttle
+from ._inbox import INBOX_LIMIT, PUSH, TAKE, Inbox, Waiter
+from ._lease import Answer
+from ._link import Counters, Link
+from ._renewal import Held, Renewer
+from ._scripts import LUA_HELPERS, RENEW
+
+__all__ = ["WORKER_SCRIPTS", "ClusterWorkers", "Owned"]
+
+# KEYS: lease, fence. ARGV: ttl_ms, lease id, node, fence_ttl_ms.
+# {"l", token}: we own the group now (a retried acquire finding its own id
+# too); {"o", value}: the live lease of another owner. A malformed, immortal or
+# overlong lease is foreign: replaced.
+WACQUIRE = (
+    LUA_HELPERS
+    + """
+local current = get(KEYS[1])
+if type(current) == 'table' then return current end
+if current then
+  local id, token = string.match(current, '^(%x+):(%d+):.+$')
+  if id ~= nil and #id == 32 and digits(token) then
+    if id == ARGV[2] then return {'l', digits(token)} end
+    local left = redis.call('PTTL', KEYS[1])
+    if left > 0 and left <= tonumber(ARGV[1]) then return {'o', current} end
+  end
+end
+local fence = get(KEYS[2])
+if type(fence) == 'table' then return fence end
+local token = now_us()
+local last = digits(fence)
+if last and not before(last, token) and last ~= '9999999999999999' then
+  token = increment(last)
+end
+redis.call('SET', KEYS[2], token, 'PX', ARGV[4])
+redis.call('SET', KEYS[1], ARGV[2] .. ':' .. token .. ':' .. ARGV[3], 'PX', ARGV[1])
+return {'l', token}
+"""
+)
+
+# KEYS: lease. ARGV: value. Drops the lease if it is still ours: 1 if dropped.
+WRELEASE = """
+local ok, value = pcall(redis.call, 'GET', KEYS[1])
+if not ok or value ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+return 1
+"""
+
+WORKER_SCRIPTS = {
+    "wacquire": WACQUIRE,
+    "wrelease": WRELEASE,
+    "renew": RENEW,
+    "push": PUSH,
+    "take": TAKE,
+}
+"""The scripts worker placement runs, by name (for `Link.attach`)."""
+
+_FENCE_TTL = 3600.0  # the clock takes over from a forgotten fence
+_MAX_ROUNDS = 64  # owners one ask goes through before it gives up
+_OWNERS_KEPT = 16384  # groups owned elsewhere whose owner is remembered
+_SERVED_KEPT = 4096  # ids of routed requests served, for duplicates delivered late
+# What a best-effort step (a reply, a withdrawal, a release) may meet: Redis away, garbage.
+_QUIET = functools.partial(contextlib.suppress, BackendUnavailable, CorruptResult)
+
+
+@attrs.define(eq=False)
+class Owned:
+    """A group whose worker lease this process holds (a `WorkerLease`)."""
+
+    group: Hashable
+    digest: str
+    held: Held
+
+    @property
+    def token(self) -> int:
+        return self.held.token
+
+    def valid(self) -> bool:
+        return self.held.valid()
+
+
+@attrs.define(eq=False)
+class ClusterWorkers:
+    """The persist's `Placement` on a `RedisBackend` with ``workers="cluster"``."""
+
+    link: Link
+    seal: Seal
+    renewer: Renewer
+    inbox: Inbox
+    counters: Counters
+    lease_ttl: float
+    log: Throttle
+    local: LocalWorkers | None = None
+    owned: dict[str, Owned] = attrs.Factory(dict)
+    # The owner last seen for groups owned elsewhere (their lease values): an
+    # ask goes straight there, and acquires again only if it finds it gone.
+    owners: dict[str, str] = attrs.Factory(dict)
+    # Routed requests being served now (cancelled if their caller leaves), and
+    # the last ones answered, by id: a copy delivered twice runs once (one
+    # answered "moved" is sent again by its caller, and served then).
+    serving: dict[str, trio.CancelScope] = attrs.Factory(dict)
+    served: dict[str, None] = attrs.Factory(dict)
+    _nursery: trio.Nursery | None = None
+
+    @property
+    def node(self) -> str:
+        return self.inbox.node
+
+    def _keys(self, digest: str) -> list[str]:
+        tag = "{" + self.seal.namespace + ":w:" + digest + "}"
+        return [tag + ":lease", tag + ":fence"]
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Pop this process's inbox and run what it brings, until cancelled."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                await nursery.start(self.inbox.serve, self._on_request)
+                task_status.started()
+        finally:
+            self._nursery = None
+
+    # -- asking ----------------------------------------------------------------------
+
+    async def ask(
+        self, group: Hashable, request: Any, default: Callable[[], Any] | None, request_id: str
+    ) -> Any:
+        """Deliver *request* to *group*'s worker wherever it lives; return the reply."""
+        assert self.local is not None
+        canonical_encoding(group)  # a group every process names alike (TypeError)
+        digest = group_digest(group)
+        for _ in range(_MAX_ROUNDS):
+            owned = self.owned.get(digest)
+            if owned is not None and owned.valid():
+                return await self.local.ask(
+                    group, request, default, request_id, owned, routed=False
+                )
+            found = self.owners.pop(digest, None) or await self._acquire(group, digest)
+            if isinstance(found, Owned):
+                continue
+            if found.endswith(":" + self.node):  # ours, being released: a moment
+                await trio.sleep(self.lease_ttl / 30)
+                continue
+            answer = await self._route(found, digest, request_id, request)
+            if answer is not None:
+                self._remember(digest, found)
+                return answer.unwrap()
+        raise LeaderDied(
+            f"the worker of group {digest} changed owner {_MAX_ROUNDS} times: giving up"
+        )
+
+    async def claim(self, group: Hashable) -> Owned:
+        """*group*'s worker lease for this process: held already, or won now.
+
+        Raises:
+            NoWorker: another process owns the group's worker (ask it with
+                `~trio_persist.Persist.ask`, or stop it there first).
+        """
+        canonical_encoding(group)
+        digest = group_digest(group)
+        owned = self.owned.get(digest)
+        if owned is not None and owned.valid():
+            return owned
+        found = await self._acquire(group, digest)
+        if isinstance(found, Owned):
+            return found
+        raise NoWorker(
+            f"the worker of group {digest} lives in another process ({found.split(':', 2)[2]}): "
+            "ask it with persist.ask(), or stop it there first"
+        )
+
+    def _remember(self, digest: str, lease: str) -> None:
+        """*lease*'s process answered for *digest*: go there next time (bounded)."""
+        owners = self.owners
+        owners[digest] = lease
+        if len(owners) > _OWNERS_KEPT:
+            del owners[next(iter(owners))]
+
+    async def _acquire(self, group: Hashable, digest: str) -> Owned | str:
+        """Own *group* (its worker lease), or learn the owner's lease value."""
+        lease_id = secrets.token_hex(16)
+        sent = trio.current_time()
+        reply = await self.link.script(
+            "wacquire",
+            self._keys(digest),
+            [int(self.lease_ttl * 1000), lease_id, self.node, int(_FENCE_TTL * 1000)],
+            admit=True,
+        )
+        kind = _text(reply[0])
+        if kind != "l":
+            return _text(reply[1])
+        token = int(reply[1])
+        held = self.renewer.hold(
+            self._keys(digest)[0], f"{lease_id}:{token}:{self.node}", token, sent
+        )
+        owned = Owned(group, digest, held)
+        held.on_lost = lambda: self._lost(owned)
+        self.owned[digest] = owned
+        self.counters.owned += 1
+        return owned
+
+    async def _route(self, lease: str, digest: str, request_id: str, request: Any) -> Answer | None:
+        """Send *request* to the owner named by *lease* and wait for its answer;
+        None if the group changed owner meanwhile (ask again)."""
+        node = lease.split(":", 2)[2]
+        payload = encode_value(self.seal, "q:" + request_id, request, 0).decode()
+        message = json.dumps(
+            {"k": "q", "id": request_id, "from": self.node, "g": digest, "p": payload}
+        )
+        with self.inbox.expect(request_id) as waiter:
+            await self._push_request(node, message)
+            self.counters.routed_out += 1
+            try:
+                return await self._wait(waiter, lease, digest, node, message, request_id)
+            except BaseException:
+                if waiter.message is None:
+                    await self._give_up(node, message, request_id)
+                raise
+
+    async def _give_up(self, node: str, message: str, request_id: str) -> None:
+        """The caller left: take the request back if the owner has not taken it,
+        else tell the owner, which drops it if it has not started (shielded, bounded)."""
+        with trio.CancelScope(shield=True), trio.move_on_after(self.link.timeout), _QUIET():
+            if not await self.inbox.withdraw(node, message):
+                await self.inbox.push(node, json.dumps({"k": "x", "id": request_id}))
+
+    async def _push_request(self, node: str, message: str) -> None:
+        """Push to *node*'s inbox, waiting for room (back-pressure) within the timeout."""
+        deadline = trio.current_time() + self.link.timeout
+        pause = 0.005
+        while not await self.inbox.push(node, message, limit=INBOX_LIMIT):
+            if trio.current_time() + pause > deadline:
+                raise BackendUnavailable(
+                    f"the inbox of the process owning this group holds {INBOX_LIMIT} requests: "
+                    "it did not make room within the timeout"
+                )
+            await trio.sleep(pause)
+            pause = min(2 * pause, 0.1)
+
+    async def _wait(
+        self, waiter: Waiter, lease: str, digest: str, node: str, message: str, request_id: str
+    ) -> Answer | None:
+        """The owner's answer; None once its lease is gone (the request withdrawn
+        if it had not started). Looks at the lease every third of a TTL."""
+        checked = trio.current_time()
+        while True:
+            answer = await waiter.wait(self.lease_ttl / 3)
+            if answer is not None:
+                return self._answer(answer, request_id)
+            try:
+                current = await self.link.step(
+                    "looking at a worker lease", self.link.client.get, self._keys(digest)[0]
+                )
+            except BackendUnavailable:
+                if trio.current_time() - checked > self.lease_ttl + self.link.timeout:
+                    raise
+                continue
+            checked = trio.current_time()
+            if current is not None and _text(current) == lease:
+                continue
+            await self.inbox.withdraw(node, message)
+            if waiter.message is not None:
+                return self._answer(waiter.message, request_id)
+            self.counters.worker_failovers += 1
+            return None
+
+    def _answer(self, message: dict[str, Any], request_id: str) -> Answer | None:
+        if message.get("k") != "a":
+            self.counters.moved += 1
+            return None
+        _, ok, value = decode_outcome(self.seal, "a:" + request_id, message.get("p", ""), "a reply")
+        return Answer(ok, value)
+
+    # -- serving what others route here ----------------------------------------------
+
+    def _on_request(self, message: dict[str, Any]) -> None:
+        request_id = message["id"]
+        if message["k"] == "x":  # its caller left: drop it unless it has started
+            scope = self.serving.get(request_id)
+            if scope is not None:
+                scope.cancel()
+            return
+        self.counters.routed_in += 1
+        if request_id in self.serving or request_id in self.served:
+            return
+        if self._nursery is not None:
+            self.serving[request_id] = trio.CancelScope()
+            self._nursery.start_soon(self._serve_request, message)
+
+    async def _serve_request(self, message: dict[str, Any]) -> None:
+        request_id = message["id"]
+        try:
+            with self.serving[request_id]:  # cancelled: abandoned, nobody to answer
+                await self._answer_request(message)
+        finally:
+            del self.serving[request_id]
+
+    async def _answer_request(self, message: dict[str, Any]) -> None:
+        request_id, sender = message["id"], str(message.get("from", ""))
+        reply: dict[str, Any] = {"k": "m", "id": request_id}
+        owned = self.owned.get(str(message.get("g", "")))
+        if owned is not None and owned.valid() and self.local is not None:
+            try:
+                _, ok, request = decode_outcome(
+                    self.seal, "q:" + request_id, str(message.get("p", "")), "a routed request"
+                )
+                if not ok:
+                    raise CorruptResult("a routed request holds no request")
+                value = await self.local.ask(
+                    owned.group, request, None, request_id, owned, routed=True
+                )
+                payload = encode_value(self.seal, "a:" + request_id, value, owned.token)
+            except WorkerMoved:
+                payload = None
+            except Exception as exc:
+                # Its worker stopped under it with the lease (this persist closing):
+                # the sender asks the group's next owner.
+                gone = isinstance(exc, LeaderDied) and self.owned.get(owned.digest) is not owned
+                payload = (
+                    None if gone else encode_error(self.seal, "a:" + request_id, exc, owned.token)
+                )
+            if payload is not None:
+                reply = {"k": "a", "id": request_id, "p": payload.decode()}
+        if reply["k"] == "a":  # answered: a copy delivered again is not run again
+            self.served[request_id] = None
+            if len(self.served) > _SERVED_KEPT:
+                del self.served[next(iter(self.served))]
+        with trio.move_on_after(self.link.timeout), _QUIET():
+            await self.inbox.push(sender, json.dumps(reply))
+
+    # -- leases ------------------------------------------------------------------------
+
+    def ended(self, group: Hashable) -> None:
+        """*group*'s worker here ended with no successor: release its lease."""
+        owned = self.owned.pop(group_digest(group), None)
+        if owned is None:
+            return
+        self.counters.owned -= 1
+        self.renewer.held.pop(owned.held.value, None)
+        if self._nursery is not None and not owned.held.lost:
+            self._nursery.start_soon(self._release, owned)
+
+    async def _release(self, owned: Owned) -> None:
+        with trio.CancelScope(shield=True), trio.move_on_after(self.link.timeout), _QUIET():
+            await self.link.script("wrelease", [owned.held.key], [owned.held.value])
+
+    def _lost(self, owned: Owned) -> None:
+        """The lease of *owned* was lost: its worker stops now, unsaved."""
+        if self.owned.get(owned.digest) is owned:
+            del self.owned[owned.digest]
+            self.counters.owned -= 1
+        self.renewer.held.pop(owned.held.value, None)
+        self.log.log(
+            logging.WARNING,
+            "lost worker lease",
+            "lost the worker lease of group %s (token %d): its worker stops, unsaved",
+            owned.digest,
+            owned.token,
+        )
+        if self.local is not None:
+            self.local.stop_lost(owned.group)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

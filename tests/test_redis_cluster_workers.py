@@ -1,0 +1,191 @@
+"""Workers across the cluster: one owner per group among processes, asks routed to it.
+
+Two persists on separate backends stand for two processes here (each backend
+is a node of its own); tests/test_redis_worker_faults.py runs real processes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+import trio
+
+import trio_persist
+from redis_helpers import eventually
+from trio_persist._grouping import group_digest
+from trio_persist.redis import RedisBackend, RedisStore
+
+
+async def counter(state: Any, request: Any) -> Any:
+    """An advancing worker: each request adds to the count and says who served it."""
+    await trio.lowlevel.checkpoint()
+    return {"n": state["n"] + request, "by": trio.lowlevel.current_root_task().name}
+
+
+@asynccontextmanager
+async def node(
+    url: str,
+    namespace: str,
+    *,
+    durable: bool = False,
+    lease_ttl: float = 1.0,
+    redis_timeout: float = 5.0,
+) -> AsyncIterator[trio_persist.Persist[Any, Any, Any]]:
+    backend = RedisBackend(
+        url,
+        namespace=namespace,
+        lease_ttl=lease_ttl,
+        timeout=redis_timeout,
+        workers="cluster",
+        heartbeat=0.05,
+    )
+    store = RedisStore(url, namespace=namespace + ":states")
+    async with trio_persist.open_persist(
+        counter, backend=backend, store=store, durable=durable, worker_timeout=60
+    ) as persist:
+        yield persist
+
+
+def fresh() -> dict[str, Any]:
+    return {"n": 0, "by": None}
+
+
+async def test_an_ask_from_another_process_is_served_by_the_groups_one_worker(
+    redis_url: str, namespace: str
+) -> None:
+    async with (
+        node(redis_url, namespace) as one,
+        node(redis_url, namespace) as two,
+    ):
+        first = await one.ask("session", 1, default=fresh)
+        second = await two.ask("session", 2, default=fresh)
+        assert (first["n"], second["n"]) == (1, 3)
+        assert (len(one.workers()), len(two.workers())) == (1, 0)
+        one_stats, two_stats = one.backend.statistics(), two.backend.statistics()
+        assert (two_stats.routed_out, one_stats.routed_in) == (1, 1)
+        assert (one_stats.owned, two_stats.owned) == (1, 0)
+
+
+async def test_a_stopped_owner_saves_and_the_next_ask_anywhere_activates_from_the_store(
+    redis_url: str, namespace: str
+) -> None:
+    async with node(redis_url, namespace) as two:
+        async with node(redis_url, namespace) as one:
+            await one.ask("session", 5, default=fresh)
+        reply = await two.ask("session", 1, default=fresh)
+        assert reply["n"] == 6
+        assert len(two.workers()) == 1
+
+
+async def test_many_callers_in_two_processes_apply_every_request_once_in_one_owner(
+    redis_url: str, namespace: str
+) -> None:
+    async with (
+        node(redis_url, namespace, durable=True) as one,
+        node(redis_url, namespace, durable=True) as two,
+    ):
+        replies: list[int] = []
+
+        async def caller(persist: trio_persist.Persist[Any, Any, Any], group: str) -> None:
+            for _ in range(10):
+                replies.append((await persist.ask(group, 1, default=fresh))["n"])
+
+        async with trio.open_nursery() as nursery:
+            for index in range(8):
+                nursery.start_soon(caller, one if index % 2 else two, f"g{index % 3}")
+        assert len(replies) == 80
+        for group in ("g0", "g1", "g2"):
+            total = (await one.ask(group, 0, default=fresh))["n"]
+            assert total == sum(10 for i in range(8) if f"g{i % 3}" == group)
+        workers = len(one.workers()) + len(two.workers())
+        assert workers == 3
+
+
+async def test_workers_must_be_process_or_cluster(redis_url: str) -> None:
+    with pytest.raises(ValueError, match="workers must be"):
+        RedisBackend(redis_url, workers="everywhere")
+
+
+async def test_the_cluster_view_shows_each_workers_owner(redis_url: str, namespace: str) -> None:
+    async with (
+        node(redis_url, namespace) as one,
+        node(redis_url, namespace) as two,
+    ):
+        await two.ask("session", 1, default=fresh)
+        await one.ask("session", 1, default=fresh)  # routed to two
+        digest = group_digest("session")  # how heartbeats name groups
+        while True:  # until the next heartbeats (every 50 ms) show both processes
+            nodes = await one.backend.cluster()
+            if len(nodes) == 2 and any(digest in n.workers for n in nodes):
+                break
+            await trio.sleep(0.05)
+        owner = [n for n in nodes if digest in n.workers]
+        other = [n for n in nodes if digest not in n.workers]
+        assert [n.statistics["workers"] for n in owner + other] == [1, 0]
+        assert owner[0].node != other[0].node
+
+
+async def test_get_worker_activates_here_under_the_lease_or_says_where_the_worker_lives(
+    redis_url: str, namespace: str
+) -> None:
+    async with (
+        node(redis_url, namespace) as one,
+        node(redis_url, namespace) as two,
+    ):
+        worker = await one.get_worker("session", default=fresh)
+        assert worker.state["n"] == 0
+        assert (await two.ask("session", 2))["n"] == 2  # routed to it
+        with pytest.raises(trio_persist.NoWorker, match="lives in another process"):
+            await two.get_worker("session")
+        assert one.backend.statistics().owned == 1
+
+
+async def test_a_caller_that_gives_up_withdraws_its_request_if_it_has_not_started(
+    redis_url: str, namespace: str
+) -> None:
+    release = trio.Event()
+    ran: list[Any] = []
+
+    async def gated(state: Any, request: Any) -> Any:
+        ran.append(request)
+        if request == "first":
+            await release.wait()
+        return state + 1
+
+    def backend() -> RedisBackend:
+        return RedisBackend(redis_url, namespace=namespace, lease_ttl=1.0, workers="cluster")
+
+    async with (
+        trio_persist.open_persist(gated, backend=backend()) as one,
+        trio_persist.open_persist(gated, backend=backend()) as two,
+        trio.open_nursery() as nursery,
+    ):
+        nursery.start_soon(lambda: one.ask("g", "first", default=int))
+        await eventually(lambda: ran == ["first"])
+        worker = one.workers()[0]
+        with trio.move_on_after(0.5):  # queued behind "first" at its owner: gives up
+            await two.ask("g", "given up")
+        assert one.backend.statistics().routed_in == 1
+        await eventually(lambda: not worker.statistics().queued)  # the owner heard it
+        release.set()
+        assert await two.ask("g", "after") == 2
+    assert ran == ["first", "after"], ran
+
+
+async def test_a_full_inbox_makes_callers_wait_for_room_then_fail_within_the_timeout(
+    redis_url: str, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import trio_persist.redis._workers as placement
+
+    monkeypatch.setattr(placement, "INBOX_LIMIT", -1)  # always full: nothing pushed
+    async with (
+        node(redis_url, namespace) as one,
+        node(redis_url, namespace, redis_timeout=0.5) as two,
+    ):
+        await one.ask("session", 1, default=fresh)
+        with pytest.raises(trio_persist.BackendUnavailable, match="did not make room"):
+            await two.ask("session", 1)  # after waiting for room for the timeout
+        assert one.backend.statistics().routed_in == 0
