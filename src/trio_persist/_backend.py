@@ -6,6 +6,10 @@ each execution with `Backend.key_of`, and runs it once across processes with
 `Backend.run`. When the persist closes (or its block is cancelled) ``serve``
 is cancelled, and cleans up after itself. It sees the persist only as an
 `Observed` (its name, statistics and snapshot).
+
+A backend may also refuse new work at the door (`Admitting`): the persist asks
+it before it builds a flight for a call that would go through the backend, so
+that an overloaded backend sheds load for the price of a raised exception.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import trio
 
 from ._stats import Observed
 
-__all__ = ["Backend", "check_backend"]
+__all__ = ["Admitting", "Backend", "check_backend", "refusal_of"]
 
 _METHODS = ("serve", "key_of", "run")
 
@@ -47,6 +51,24 @@ class Backend(Protocol):
 
         A success committed less than *linger* seconds ago answers at once.
         """
+
+
+class Admitting(Protocol):
+    """The optional method of a backend that can refuse new work at the door."""
+
+    def refusal(self) -> Exception | None:
+        """An error for a call that would start on the backend now, if the backend
+        refuses it (overloaded), else None; the call then goes to `Backend.run`.
+
+        Synchronous, cheap, never a checkpoint: the persist asks it before it
+        builds anything for the call, and raises the error after a checkpoint.
+        """
+
+
+def refusal_of(backend: Backend | None) -> Callable[[], Exception | None] | None:
+    """*backend*'s `Admitting.refusal`, or None if it has none."""
+    refusal = getattr(backend, "refusal", None)
+    return refusal if callable(refusal) else None
 
 
 def check_backend(backend: object) -> Backend | None:

@@ -21,7 +21,7 @@ from typing import Any
 import attrs
 import trio
 
-from .._backend import Backend
+from .._backend import Backend, refusal_of
 from .._grouping import default_group
 from .._logging import Throttle, logger
 from .._stats import (
@@ -175,6 +175,8 @@ class Core:
     # Gives a job whose worker stopped to its group's next owner (the facade's).
     reroute: Callable[[Job], None]
     backend: Backend | None = None
+    # The backend's early refusal of new work (`Admitting.refusal`), if it has one.
+    refuse: Callable[[], Exception | None] | None = attrs.field(init=False)
     # Which owner (a flight or a worker) holds each group.
     registry: Registry[Owner] = attrs.field(factory=Registry)
     # The registry's live mapping, read on every resolve (a dict lookup is
@@ -205,6 +207,7 @@ class Core:
             else functools.partial(default_group, ignore_keys=self.options.ignore_keys)
         )
         self.owners = self.registry.as_mapping()
+        self.refuse = refusal_of(self.backend)
         self.linger = Linger(self.options.linger)
         self.observers = Observers(self.hook_failed)
         # The run's clock, read directly: half the cost of trio.current_time()

@@ -165,7 +165,9 @@ class RedisBackend:
     def statistics(self) -> RedisBackendStatistics:
         """Return a frozen snapshot of this backend's counters."""
         return RedisBackendStatistics(
-            **attrs.asdict(self._counters), subscribed=self._leases.subscriber.up
+            **attrs.asdict(self._counters),
+            subscribed=self._leases.subscriber.up,
+            rejected=self._link.admission.rejected,
         )
 
     # -- the Backend protocol ----------------------------------------------------
@@ -184,6 +186,19 @@ class RedisBackend:
             return default_group(canonical_encoding(group), request)
         except TypeError:
             return None  # executes locally: nothing stable to agree on across processes
+
+    def refusal(self) -> Exception | None:
+        """`~trio_persist.BackendUnavailable` for a new call that would wait longer
+        than ``timeout / 2`` to start on Redis (counted in ``rejected``), else None.
+
+        The persist asks before it builds anything for a call that would start
+        on Redis: past saturation, refusing at the door costs a few
+        microseconds, where a refusal after a wait would cost the capacity
+        that the answered calls need.
+        """
+        if self._link.client is None:
+            return None  # not serving: `run` says so (or falls back)
+        return self._link.admission.refusal()
 
     async def run(
         self,
@@ -244,23 +259,20 @@ class RedisBackend:
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
+        scripts = {**LEASE_SCRIPTS, "beat": BEAT, "leave": LEAVE}
         with trio.CancelScope(shield=True):
-            async with client:
-                self._link.attach(client, {**LEASE_SCRIPTS, "beat": BEAT, "leave": LEAVE})
+            async with client, self._link.attached(client, scripts):
                 await self._refuse_a_cluster_node(client)
-                try:
-                    with work:
-                        async with trio.open_nursery() as nursery:
-                            await nursery.start(self._leases.serve)
-                            await self._beat(persist)  # in the cluster view from the start
-                            task_status.started()
-                            while self.heartbeat is not None:
-                                await trio.sleep(self.heartbeat)
-                                await self._beat(persist)
-                    await self._leases.wait_unled()
-                    await self.leave()
-                finally:
-                    self._link.client = None
+                with work:
+                    async with trio.open_nursery() as nursery:
+                        await nursery.start(self._leases.serve)
+                        await self._beat(persist)  # in the cluster view from the start
+                        task_status.started()
+                        while self.heartbeat is not None:
+                            await trio.sleep(self.heartbeat)
+                            await self._beat(persist)
+                await self._leases.wait_unled()
+                await self.leave()
 
     async def _refuse_a_cluster_node(self, client: Any) -> None:
         """A plain client on one node of a Redis Cluster half works (the other
