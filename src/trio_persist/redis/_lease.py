@@ -289,15 +289,14 @@ class Leases:
         """
         admission = self.link.admission
         admitted = not (call.vanished or call.vanished_token)  # new work only
-        since = await admission.enter("acquire") if admitted else 0.0
+        sent = await admission.enter("acquire") if admitted else trio.current_time()
         try:
             await trio.lowlevel.checkpoint_if_cancelled()  # abandoned: never sent
             lease_id = secrets.token_hex(16)
-            sent = trio.current_time()
             reply = await self._send_acquire(call, lease_id, sent)
         finally:
             if admitted:
-                admission.leave(since)
+                admission.leave()
         kind = _text(reply[0])
         if kind in ("r", "g"):
             return Found(reply[1], lingering=kind == "g")
