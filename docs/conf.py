@@ -5,6 +5,7 @@ Build with ``sphinx-build -W -b html docs docs/_build/html`` (`.ci/run` does).
 
 from __future__ import annotations
 
+import inspect
 import sys
 
 from sphinx.application import Sphinx
@@ -72,5 +73,23 @@ def _docstring_where_defined(
                 return
 
 
+def _overloads_where_defined(app: Sphinx) -> None:
+    """A function re-exported by ``trio_persist`` shows the overloads written where it
+    is defined (autodoc looks for them in ``__init__``, whose source has none)."""
+    package = ModuleAnalyzer.for_module("trio_persist")
+    package.analyze()
+    for name in trio_persist.__all__:
+        obj = getattr(trio_persist, name)
+        if not inspect.isfunction(obj):
+            continue
+        for defined_in, module in sorted(sys.modules.items()):
+            if defined_in.startswith("trio_persist.") and vars(module).get(name) is obj:
+                found = ModuleAnalyzer.for_module(defined_in)
+                found.analyze()
+                if name in found.overloads:
+                    package.overloads[name] = found.overloads[name]
+
+
 def setup(app: Sphinx) -> None:
     app.connect("autodoc-process-docstring", _docstring_where_defined)
+    app.connect("builder-inited", _overloads_where_defined)

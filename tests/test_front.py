@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import inspect
 from typing import Any
 
@@ -103,6 +104,114 @@ async def test_two_functions_under_one_name_are_refused() -> None:
         with pytest.raises(ValueError, match="another function is already wrapped"):
             persist.wrap(make(3))
         assert await first() == 1
+
+
+async def test_a_persist_made_only_to_wrap_functions_needs_no_device() -> None:
+    async def double(n: int) -> int:
+        return 2 * n
+
+    async with trio_persist.open_persist() as persist:
+        assert await persist.wrap(double)(21) == 42
+        assert persist.name == "functions"
+        with pytest.raises(TypeError, match=r"resolve\(\) needs a device"):
+            await persist.resolve("db", "x")  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match=r"start_worker\(\) needs a device"):
+            await persist.start_worker("state")  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match=r"ask\(\) needs a device"):
+            await persist.ask("cart", "x")  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match=r"get_worker\(\) needs a device"):
+            await persist.get_worker("cart", default=dict)  # type: ignore[arg-type]
+
+
+async def secret_of(user: str) -> str:
+    await trio.sleep(1)
+    return f"{user}'s secret"
+
+
+async def public_page(base: Any, request: Any) -> Any:
+    return "public page"
+
+
+async def test_no_resolve_call_reaches_a_wrapped_functions_result(
+    autojump_clock: object,
+) -> None:
+    # The wrapped call of ("alice",) and resolve("test_front.secret_of", (("alice",), {}))
+    # once named the same default group: the resolve joined the call, or read its
+    # lingering result.
+    forged = (f"{__name__}.secret_of", (("alice",), {}))
+    async with trio_persist.open_persist(public_page, linger=10) as persist:
+        secret = persist.wrap(secret_of)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(secret, "alice")
+            await trio.testing.wait_all_tasks_blocked()
+            assert await persist.resolve(*forged) == "public page"  # does not join
+        assert await persist.resolve(*forged) == "public page"  # nor read what lingers
+        assert await secret("alice") == "alice's secret"  # which still answers the call
+
+
+async def test_no_client_chosen_group_reaches_a_wrapped_functions_group(
+    autojump_clock: object,
+) -> None:
+    class ByClient:  # the group is whatever the client sends: it can send any text
+        def group(self, base: Any, request: Any) -> Any:
+            return request["group"] if request else base
+
+        async def resolve(self, base: Any, request: Any) -> Any:
+            return "public page"
+
+    async with trio_persist.open_persist(ByClient()) as persist:
+        secret = persist.wrap(secret_of)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(secret, "alice")
+            await trio.testing.wait_all_tasks_blocked()
+            [running] = persist.snapshot()
+            forged = {"group": str(running.group)}  # its group, as the client saw it
+            assert await persist.resolve("page", forged) == "public page"
+            assert trio.current_time() == 0  # never queued behind the wrapped call
+            await persist.start_worker("page", str(running.group))  # nor took its group
+        assert await secret("alice") == "alice's secret"
+
+
+async def test_a_name_is_released_when_nothing_uses_it(autojump_clock: object) -> None:
+    def make(n: int) -> Any:
+        async def closure() -> int:
+            await trio.sleep(1)
+            return n
+
+        return closure
+
+    async with trio_persist.open_persist(linger=10) as persist:
+        first = persist.wrap(make(1), name="closure")
+        assert await first() == 1  # its result lingers for 10 s
+        with pytest.raises(ValueError, match="already wrapped"):
+            persist.wrap(make(2), name="closure")
+        del first
+        gc.collect()
+        second = persist.wrap(make(2), name="closure")  # released: free again
+        assert await second() == 2  # not the first function's lingering result
+        assert [f.name for f in persist.function_statistics()] == ["closure"]
+
+
+async def test_a_wrapped_functions_counts_are_its_own(autojump_clock: object) -> None:
+    async def lookup(n: int) -> int:
+        await trio.sleep(1)
+        if n < 0:
+            raise ValueError(n)
+        return n
+
+    async with trio_persist.open_persist(RecordingDevice()) as persist:
+        wrapped = persist.wrap(lookup)
+        async with trio.open_nursery() as nursery:
+            for n in (1, 1, 1, 2):
+                nursery.start_soon(wrapped, n)
+        with pytest.raises(ValueError):
+            await wrapped(-1)
+        await persist.resolve("db", "x")  # the device's call: not the function's
+        [stats] = persist.function_statistics()
+    assert stats.name == f"{__name__}.{lookup.__qualname__}"
+    assert (stats.requests, stats.executions, stats.deduplicated) == (5, 3, 2)
+    assert (stats.failures, stats.execution.count, stats.execution_max) == (1, 3, 1.0)
+    assert persist.statistics().executions == 4
 
 
 # -- the linger window ------------------------------------------------------------------

@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 import trio_persist
 from trio_persist.prometheus import PersistCollector
+from trio_persist.stores import MemoryStore
 
 
 async def lookup(base: Any, request: Any) -> Any:
@@ -46,6 +47,18 @@ async def test_a_scrape_exposes_counters_gauges_and_duration_histograms(
     assert 'trio_persist_execution_seconds_bucket{device="lookup",le="2.5"} 2.0' in lines
     assert 'trio_persist_execution_seconds_bucket{device="lookup",le="+Inf"} 3.0' in lines
     assert 'trio_persist_wait_seconds_count{device="lookup"} 4.0' in lines
+
+
+async def test_virtual_workers_activations_and_saves_are_exported() -> None:
+    async with trio_persist.open_persist(lookup, store=MemoryStore()) as persist:
+        registry = CollectorRegistry()
+        registry.register(PersistCollector(persist))
+        await persist.ask("g", 0, default=int)
+        await persist.workers()[0].stop()
+        text = generate_latest(registry).decode()
+    assert scraped(text, "trio_persist_activations_total") == 1
+    assert scraped(text, "trio_persist_saves_total") == 1
+    assert scraped(text, "trio_persist_save_failures_total") == 0
 
 
 async def _quietly(persist: trio_persist.Persist[Any, Any, Any], seconds: float) -> None:
@@ -167,3 +180,53 @@ async def test_a_reading_that_fails_fails_the_scrape_not_the_persist() -> None:
     with pytest.raises(ValueError, match="broken backend"):
         await trio.to_thread.run_sync(handoff.read)  # asked from another thread
     await trio.lowlevel.checkpoint()  # the run goes on
+
+
+async def test_wrapped_functions_get_series_of_their_own_labelled_by_name(
+    autojump_clock: object,
+) -> None:
+    async def fetch(page: int) -> int:
+        await trio.sleep(0.02)
+        if page < 0:
+            raise ValueError(page)
+        return page
+
+    async with trio_persist.open_persist(lookup) as persist:
+        registry = CollectorRegistry()
+        registry.register(PersistCollector(persist))
+        wrapped = persist.wrap(fetch, name="shop.fetch")
+        async with trio.open_nursery() as nursery:
+            for page in (1, 1, 2, -1):
+                nursery.start_soon(_quietly_call, wrapped, page)
+        await persist.resolve("db", 0.002)
+        text = generate_latest(registry).decode()
+    lines = set(text.splitlines())
+    series = '{device="lookup",function="shop.fetch"}'
+    assert f"trio_persist_function_requests_total{series} 4.0" in lines
+    assert f"trio_persist_function_executions_total{series} 3.0" in lines
+    assert f"trio_persist_function_deduplicated_total{series} 1.0" in lines
+    assert f"trio_persist_function_failures_total{series} 1.0" in lines
+    assert f"trio_persist_function_execution_seconds_count{series} 3.0" in lines
+    bucket = '{device="lookup",function="shop.fetch",le="0.025"}'
+    assert f"trio_persist_function_execution_seconds_bucket{bucket} 3.0" in lines
+    assert 'trio_persist_executions_total{device="lookup"} 4.0' in lines  # the persist's own
+
+
+async def _quietly_call(wrapped: Any, page: int) -> None:
+    with contextlib.suppress(ValueError):
+        await wrapped(page)
+
+
+async def test_decorated_functions_are_exported_from_the_runs_persist(
+    autojump_clock: object,
+) -> None:
+    @trio_persist.deduplicated
+    async def report(n: int) -> int:
+        return n
+
+    registry = CollectorRegistry()
+    registry.register(PersistCollector(await report.persist()))
+    await report(1)
+    text = generate_latest(registry).decode()
+    series = f'{{device="functions",function="{__name__}.{report.__qualname__}"}}'
+    assert f"trio_persist_function_executions_total{series} 1.0" in text

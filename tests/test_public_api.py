@@ -45,6 +45,10 @@ def test_every_error_is_a_persist_error_and_what_users_already_catch() -> None:
     assert issubclass(trio_persist.PersistClosed, trio_persist.PersistError)
     assert issubclass(trio_persist.PersistClosed, trio.ClosedResourceError)
     assert issubclass(trio_persist.RemoteError, trio_persist.PersistError)
+    assert issubclass(trio_persist.ActivationFailed, trio_persist.PersistError)
+    assert issubclass(trio_persist.NoWorker, trio_persist.PersistError)
+    assert issubclass(trio_persist.NoWorker, LookupError)
+    assert issubclass(trio_persist.SaveFailed, trio_persist.PersistError)
     assert issubclass(trio_persist.PersistError, Exception)
 
 

@@ -6,7 +6,6 @@ real clock; every wait is bounded.
 
 from __future__ import annotations
 
-import json
 import signal
 import socket
 import subprocess
@@ -18,6 +17,8 @@ from typing import Any
 import httpx
 import pytest
 import trio
+
+from trio_persist.stores import FileStore
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICE = ROOT / "docs" / "recipes" / "quart_service.py"
@@ -36,13 +37,13 @@ class Service:
     def __init__(self, tmp: Path) -> None:
         self.port = free_port()
         self.monitor = str(tmp / "shop.sock")
-        self.saved = tmp / "carts.json"
+        self.states = tmp / "states"
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: trio.Process | None = None
 
     async def start(self, nursery: trio.Nursery) -> None:
         args = [sys.executable, str(SERVICE), "--port", str(self.port)]
-        args += ["--monitor", self.monitor, "--saved", str(self.saved)]
+        args += ["--monitor", self.monitor, "--states", str(self.states)]
         self.process = await nursery.start(
             partial(trio.run_process, args, check=False, stdout=subprocess.DEVNULL)
         )
@@ -102,13 +103,39 @@ async def test_a_per_call_timeout_answers_504_and_carts_survive_a_restart(
         )
         assert "cart/ann" in monitor.stdout.decode()
         assert await service.stop() == 0  # SIGTERM: graceful, carts saved
-        saved = json.loads(service.saved.read_text())
-        assert saved["cart/ann"]["books"] == ["dune"] * 20
+        async with FileStore(service.states) as store:
+            assert (await store.load("cart/ann"))["books"] == ["dune"] * 20
 
         await service.start(nursery)  # a restart: the cart is restored
         books = (await client.post(f"{service.url}/cart/ann/add/emma")).json()
         assert books == ["dune"] * 20 + ["emma"]
         assert await service.stop() == 0
+
+
+async def test_a_shutdown_with_fifty_live_carts_leaves_every_cart_restorable(
+    tmp_path: Path,
+) -> None:
+    service = Service(tmp_path)
+    users = [f"user{n}" for n in range(50)]
+    async with trio.open_nursery() as nursery, httpx.AsyncClient(timeout=20) as client:
+        await service.start(nursery)
+
+        async def shop(user: str) -> None:
+            for book in ("dune", "emma", user):
+                response = await client.post(f"{service.url}/cart/{user}/add/{book}")
+                assert response.status_code == 200
+
+        with trio.fail_after(60):
+            async with trio.open_nursery() as shoppers:
+                for user in users:
+                    shoppers.start_soon(shop, user)
+        stats = (await client.get(f"{service.url}/stats")).json()
+        assert (stats["workers"], stats["activations"]) == (50, 50)  # all live at shutdown
+        assert await service.stop() == 0
+    async with FileStore(service.states) as store:
+        for user in users:
+            cart = await store.load(f"cart/{user}")
+            assert cart == {"user": user, "books": ["dune", "emma", user]}
 
 
 @pytest.mark.parametrize("path", [SERVICE], ids=lambda p: p.name)

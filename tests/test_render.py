@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from rich.console import Console
@@ -49,6 +50,17 @@ def test_a_frame_renders_totals_rates_and_groups_by_activity() -> None:
         "\n"
         "q quit  p pause  s sort: activity  g names  ? legend\n"
     )  # fmt: skip
+
+
+def test_virtual_workers_show_as_such_and_the_store_work_is_counted() -> None:
+    shown = frame()
+    shown["snapshot"][0] |= {"virtual": True}
+    shown["snapshot"][2] |= {"virtual": True, "activating": True}
+    shown["statistics"] |= {"activations": 7, "saves": 5, "save_failures": 1}
+    text = show(render_frame(shown))
+    assert "activated 7  saves 5  load/save failures 1\n" in text
+    assert re.search(r"session/u1 +virtual ", text)
+    assert re.search(r"session/u2 +activating ", text)
 
 
 def test_without_a_previous_frame_there_is_no_rate_yet() -> None:

@@ -15,7 +15,7 @@ import trio
 import trio.testing
 
 import trio_persist
-from trio_persist._cli._demo import Shop
+from trio_persist._cli._demo import Shop, session_group
 
 
 class Cart:
@@ -117,11 +117,12 @@ async def test_spawn_worker_without_grouping_is_refused() -> None:
 async def test_the_demo_counts_every_page_view_of_a_session(autojump_clock: object) -> None:
     shop = Shop(random.Random(1))
     async with trio_persist.open_persist(shop) as persist:
-        worker = await persist.start_worker({"user": "u1", "views": 0, "last": None})
+        fresh = {"user": "u1", "views": 0, "last": None}
         async with trio.open_nursery() as nursery:
             for _ in range(20):
-                nursery.start_soon(persist.resolve, "session", {"user": "u1", "page": 3})
-        assert worker.state["views"] == 20
+                ask = functools.partial(persist.ask, default=lambda: fresh)
+                nursery.start_soon(ask, session_group("u1"), {"page": 3})
+        assert persist.workers()[0].state["views"] == 20
 
 
 # -- writes across processes -------------------------------------------------------------

@@ -7,6 +7,7 @@ class, written below and measured in the same process, as a ratio. Run:
     .venv/bin/python tools/bench.py --quick    # smaller counts, for a smoke run
     .venv/bin/python tools/bench.py --redis    # add the cross-process figures
     .venv/bin/python tools/bench.py --stores   # only the state stores' figures
+    .venv/bin/python tools/bench.py --virtual  # only the virtual workers' figures (ask)
     .venv/bin/python tools/bench.py --grouping-only --grouping-against REV
                                                # the default grouper, beside commit REV's
     .venv/bin/python tools/bench.py --only-redis  # the cross-process figures alone
@@ -161,6 +162,40 @@ def sequential_distinct(n: int, use_floor: bool, device: Any = None) -> float:
             async with trio_persist.open_persist(device or KeyDevice()) as persist:
                 for i in range(n):
                     await persist.resolve(None, i)
+        return n
+
+    return timed(main)
+
+
+def wrapped_distinct(n: int) -> float:
+    """Per-call cost of *n* distinct calls, one after another, of a wrapped function."""
+
+    async def fetch(i: int) -> int:
+        return i
+
+    async def main() -> int:
+        async with trio_persist.open_persist(instant) as persist:
+            wrapped = persist.wrap(fetch)
+            for i in range(n):
+                await wrapped(i)
+        return n
+
+    return timed(main)
+
+
+def decorated_distinct(n: int) -> float:
+    """The same through ``@trio_persist.deduplicated`` (no block)."""
+    deduplicated = getattr(trio_persist, "deduplicated", None)
+    if deduplicated is None:  # an older version, measured beside this one
+        return math.nan
+
+    @deduplicated
+    async def fetch(i: int) -> int:
+        return i
+
+    async def main() -> int:
+        for i in range(n):
+            await fetch(i)
         return n
 
     return timed(main)
@@ -398,6 +433,14 @@ def main() -> int:
     parser.add_argument("--redis", action="store_true", help="also measure the Redis backend")
     parser.add_argument("--stores", action="store_true", help="only the state stores' figures")
     parser.add_argument(
+        "--virtual", action="store_true", help="only the virtual workers' figures (ask)"
+    )
+    parser.add_argument(
+        "--front-only",
+        action="store_true",
+        help="only the resolve figures (i)-(iii) and the wrapped functions' figures",
+    )
+    parser.add_argument(
         "--grouping-only", action="store_true", help="only the default grouper's figures"
     )
     parser.add_argument(
@@ -418,7 +461,12 @@ def main() -> int:
     sys.path.insert(0, os.path.dirname(__file__))
     from _bench_grouping import grouping_figures
     from _bench_stores import store_figures
+    from _bench_virtual import virtual_figures
 
+    if args.virtual:
+        ok = virtual_figures(row, quick=args.quick, runs=runs)
+        print("\nall figures within their bars" if ok else "\nSOME FIGURES ARE OVER THEIR BARS")
+        return 0 if ok else 1
     if args.stores:
         ok = store_figures(row, quick=args.quick)
         print("\nall figures within their bars" if ok else "\nSOME FIGURES ARE OVER THEIR BARS")
@@ -462,6 +510,16 @@ def main() -> int:
         "us",
         1.5,
     )
+    print(
+        f"      {n} distinct calls of a wrapped function (persist.wrap): "
+        f"{best_of(runs, lambda: wrapped_distinct(n)):.2f} us"
+    )
+    print(
+        f"      the same through @deduplicated: "
+        f"{best_of(runs, lambda: decorated_distinct(n)):.2f} us"
+    )
+    if args.front_only:
+        return 0 if ok else 1
     small = best_of(runs, lambda: live_groups(100, 5000 // scale))
     large = best_of(runs, lambda: live_groups(100_000 // scale, 5000 // scale))
     print(
@@ -501,6 +559,7 @@ def main() -> int:
         1.5,
     )
     ok &= store_figures(row, quick=args.quick)
+    ok &= virtual_figures(row, quick=args.quick, runs=runs)
     # Last of the in-process figures: its 9 MB values must not weigh on the memory one.
     ok &= grouping_figures(row, quick=args.quick, runs=runs, against=args.grouping_against)
     if args.redis:

@@ -57,6 +57,8 @@ IN_PROCESS = [
     "tests/test_logging.py", "tests/test_testing_helpers.py", "tests/test_invariants.py",
     "tests/test_worker_invariants.py", "tests/test_monitor_server.py",
     "tests/test_opentelemetry.py", "tests/test_redis.py", "tests/test_redis_safety.py",
+    "tests/test_virtual_workers.py", "tests/test_virtual_lifecycle.py",
+    "tests/test_virtual_invariants.py",
 ]  # fmt: skip
 REDIS = [  # quickest first: with -x, most mutants die early
     "tests/test_codec.py", "tests/test_redis_link.py", "tests/test_redis_safety.py",
@@ -67,7 +69,7 @@ REDIS = [  # quickest first: with -x, most mutants die early
 IN_PROCESS_MODULES = [
     "_core/_state", "_core/_flight", "_grouping", "_encoding", "_plain_json", "_records", "_core/_job", "_core/_persist",
     "_core/_registry", "_core/_runner", "_core/_supervisor", "_core/_worker",
-    "_core/_linger", "_core/_labels", "_core/_histogram",
+    "_core/_linger", "_core/_labels", "_core/_histogram", "_core/_ask", "_core/_activation",
 ]  # fmt: skip
 REDIS_MODULES = [
     "redis/_backend", "redis/_lease", "redis/_renewal", "redis/_cluster", "redis/_link",

@@ -2,23 +2,24 @@
 
 * ``GET /price/<sku>``: an expensive lookup, deduplicated (a burst of identical
   requests costs one backend call), bounded by a per-call timeout.
-* ``POST /cart/<user>/add/<book>``: a per-user session worker keeps the cart in
-  memory, restores it after a restart and saves it when idle or on shutdown.
+* ``POST /cart/<user>/add/<book>``: each cart is a virtual worker
+  (`Persist.ask`): activated from its saved state on first use, kept in
+  memory while the user shops, saved in a `FileStore` (one file per cart)
+  every few seconds, when idle, and on shutdown.
 * ``GET /stats``: the persist's statistics, as JSON.
 * the monitor socket, for ``trio-persist monitor PATH``.
 
 Run it (``pip install trio-persist quart-trio hypercorn``)::
 
-    python docs/recipes/quart_service.py --port 8000 --monitor /tmp/shop.sock --saved carts.json
+    python docs/recipes/quart_service.py --port 8000 --monitor /tmp/shop.sock --states carts/
 
 SIGINT or SIGTERM shuts it down gracefully: requests in flight finish, every
-worker saves its cart, then the process exits 0.
+cart is saved, then the process exits 0.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 from pathlib import Path
 from typing import Any
@@ -29,36 +30,22 @@ from hypercorn.trio import serve
 from quart_trio import QuartTrio
 
 import trio_persist
+from trio_persist.stores import FileStore
 
 PRICE_TIMEOUT = 1.0  # seconds a caller waits for a price before giving up
 
 
 class Shop:
-    """The device: prices from a slow backend; carts as session workers."""
-
-    def __init__(self, saved: Path) -> None:
-        self.saved = saved
-        self.carts: dict[str, Any] = json.loads(saved.read_text()) if saved.exists() else {}
+    """The device: prices from a slow backend, and carts."""
 
     def group(self, base: Any, request: Any) -> Any:
-        if request is None:  # a cart worker naming its state (a new cart)
-            return f"cart/{base['user']}"
-        if base == "cart":
-            return f"cart/{request['user']}"
-        return f"price/{request}"
+        return f"price/{request}"  # carts are addressed by ask(), by their own group
 
     async def resolve(self, base: Any, request: Any) -> Any:
         if base == "price":
             await trio.sleep(5 if request.startswith("slow") else 0.2)  # the backend call
             return {"sku": request, "price": 9.99}
-        return {**base, "books": [*base["books"], request["book"]]}  # the new cart
-
-    async def restore(self, group: Any) -> Any:
-        return self.carts.get(group)
-
-    async def on_idle(self, group: Any, cart: Any) -> None:
-        self.carts[group] = cart
-        await trio.Path(self.saved).write_text(json.dumps(self.carts))
+        return {**base, "books": [*base["books"], request["book"]]}  # the cart's next state
 
 
 def create_app(persist: trio_persist.Persist[Any, Any, Any]) -> QuartTrio:
@@ -73,9 +60,10 @@ def create_app(persist: trio_persist.Persist[Any, Any, Any]) -> QuartTrio:
 
     @app.post("/cart/<user>/add/<book>")
     async def add(user: str, book: str) -> Any:
-        fresh = {"user": user, "books": []}
-        await persist.get_worker(f"cart/{user}", default=lambda: fresh)  # live, restored, new
-        cart = await persist.resolve("cart", {"user": user, "book": book})
+        # The cart's worker: live, activated from its file, or a new cart.
+        cart = await persist.ask(
+            f"cart/{user}", {"book": book}, default=lambda: {"user": user, "books": []}
+        )
         return cart["books"]
 
     @app.get("/stats")
@@ -88,13 +76,18 @@ def create_app(persist: trio_persist.Persist[Any, Any, Any]) -> QuartTrio:
 async def main(
     port: int,
     monitor: str,
-    saved: Path,
+    states: Path,
     *,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    shop = Shop(saved)
     async with (
-        trio_persist.open_persist(shop, worker_timeout=60) as persist,
+        trio_persist.open_persist(
+            Shop(),
+            worker_timeout=60,  # a cart idle for a minute is saved and leaves memory
+            max_workers=10_000,  # at most this many carts in memory
+            store=FileStore(states),
+            checkpoint_interval=5,  # a crash loses at most 5 s of a cart's changes
+        ) as persist,
         trio.open_nursery() as nursery,
     ):
         await nursery.start(persist.serve_monitor, monitor)
@@ -115,7 +108,7 @@ async def main(
             create_app(persist), config, shutdown_trigger=shutdown.wait, task_status=task_status
         )
         # Then the monitor stops, and leaving the persist's block stops every
-        # worker: each saves its cart (on_idle) before the process exits.
+        # cart's worker: each is saved before the process exits.
         nursery.cancel_scope.cancel()
 
 
@@ -123,7 +116,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--monitor", default="/tmp/trio-persist-shop.sock")
-    parser.add_argument("--saved", type=Path, default=Path("carts.json"))
+    parser.add_argument("--states", type=Path, default=Path("shop-states"))
     args = parser.parse_args()
-    trio.run(main, args.port, args.monitor, args.saved)
+    trio.run(main, args.port, args.monitor, args.states)
     print("shut down; carts saved", flush=True)

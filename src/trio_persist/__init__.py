@@ -6,6 +6,7 @@ stream and a monitor show all of it. The implementation lives in private
 modules; this module is the public API, re-exported once.
 """
 
+from ._core._deduplicated import Deduplicated, DeduplicatedMethod, deduplicated
 from ._core._device import Device
 from ._core._events import EventSubscription, PersistEvent
 from ._core._observer import Execution, Observer
@@ -14,19 +15,23 @@ from ._core._persist import Persist, open_persist
 from ._core._registry import Registry, RegistryStatistics, RegistryView
 from ._core._worker import Worker, WorkerRequest, WorkerStatistics
 from ._exceptions import (
+    ActivationFailed,
     BackendUnavailable,
     CorruptResult,
     GroupTaken,
     InfiniteRecursion,
     LeaderDied,
+    NoWorker,
     PersistClosed,
     PersistError,
     RemoteError,
+    SaveFailed,
     StaleOwner,
 )
 from ._grouping import MAX_DEPTH, canonical_encoding, default_group
 from ._stats import (
     DurationHistogram,
+    FunctionStatistics,
     GroupSnapshot,
     Observed,
     PersistDurations,
@@ -35,16 +40,21 @@ from ._stats import (
 
 __all__ = [
     "MAX_DEPTH",
+    "ActivationFailed",
     "BackendUnavailable",
     "CorruptResult",
+    "Deduplicated",
+    "DeduplicatedMethod",
     "Device",
     "DurationHistogram",
     "EventSubscription",
     "Execution",
+    "FunctionStatistics",
     "GroupSnapshot",
     "GroupTaken",
     "InfiniteRecursion",
     "LeaderDied",
+    "NoWorker",
     "Observed",
     "Observer",
     "Persist",
@@ -58,11 +68,13 @@ __all__ = [
     "RegistryStatistics",
     "RegistryView",
     "RemoteError",
+    "SaveFailed",
     "StaleOwner",
     "Worker",
     "WorkerRequest",
     "WorkerStatistics",
     "canonical_encoding",
+    "deduplicated",
     "default_group",
     "open_persist",
 ]

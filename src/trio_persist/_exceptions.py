@@ -58,6 +58,34 @@ class RemoteError(PersistError):
         return (type(self), (self.type_name, self.message))
 
 
+class ActivationFailed(PersistError):
+    """A worker could not be activated for `Persist.ask`: loading its state failed.
+
+    Raised to every ``ask`` waiting for that activation; the failure (the
+    store's error, such as `CorruptResult` or an `OSError`, or what the
+    device's ``restore`` hook or ``default`` raised) is its ``__cause__``.
+    Nothing was started and the group is free: the next ``ask`` tries again.
+    """
+
+
+class NoWorker(PersistError, LookupError):
+    """`Persist.ask` found nothing to activate a worker from.
+
+    The group has no live worker, no saved state (in the store, or from the
+    device's ``restore`` hook), and the call gave no ``default``. The message
+    names the group.
+    """
+
+
+class SaveFailed(PersistError):
+    """With ``durable=True``, the new state of a request could not be saved.
+
+    The request fails with this error (the store's error is its
+    ``__cause__``) and its worker goes on from its last saved state: the
+    change is not applied.
+    """
+
+
 class GroupTaken(PersistError):
     """`Registry.hold` was asked for a group that already has an owner."""
 

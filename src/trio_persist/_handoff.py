@@ -19,7 +19,7 @@ from typing import Any
 import attrs
 import trio
 
-from ._stats import PersistDurations, PersistStatistics
+from ._stats import FunctionStatistics, PersistDurations, PersistStatistics
 
 __all__ = ["WAIT", "Handoff", "Reading", "take_reading"]
 
@@ -37,20 +37,28 @@ class Reading:
     durations: PersistDurations
     backend: Any = None
     """The backend's ``statistics()`` record (an attrs record), or None."""
+    functions: tuple[FunctionStatistics, ...] = ()
+    """Each wrapped function's counts (``Persist.function_statistics``)."""
 
 
 def take_reading(persist: Any) -> Reading:
-    """Read *persist* now: its name, statistics, durations and its backend's record.
+    """Read *persist* now: its name, statistics, durations, its backend's record
+    and its wrapped functions' counts.
 
     Call it on the persist's Trio thread only (it reads live structures).
     """
     backend = getattr(persist, "backend", None)
     backend_statistics = getattr(backend, "statistics", None)
+    function_statistics: Any = getattr(persist, "function_statistics", None)
+    functions: tuple[FunctionStatistics, ...] = (
+        () if function_statistics is None else function_statistics()
+    )
     return Reading(
         name=persist.name,
         statistics=persist.statistics(),
         durations=persist.durations(),
         backend=backend_statistics() if callable(backend_statistics) else None,
+        functions=functions,
     )
 
 

@@ -17,6 +17,7 @@ from ._text import cut, safe_repr
 __all__ = [
     "BOUNDARIES",
     "DurationHistogram",
+    "FunctionStatistics",
     "GroupSnapshot",
     "Observed",
     "PersistDurations",
@@ -80,6 +81,20 @@ class PersistStatistics:
     remote: int = 0
     """Executions answered by another process through the backend (the device did
     not run here; not counted in ``executions``)."""
+    activations: int = 0
+    """Workers activated with a state loaded from the store, the ``restore`` hook
+    or a ``default()`` (`Persist.ask`, `Persist.get_worker`, recovery)."""
+    activation_failures: int = 0
+    """Activations that failed (`ActivationFailed`); nothing was started."""
+    handovers: int = 0
+    """Workers that took over a stopping worker's live state and queue, instead of
+    loading it (see docs/virtual-workers.md)."""
+    saves: int = 0
+    """States saved through the store (at a stop, a checkpoint, or durably)."""
+    save_failures: int = 0
+    """Saves through the store that failed (also counted in ``hook_failures``)."""
+    checkpoints: int = 0
+    """Saves made on ``checkpoint_interval`` while a worker lived (also in ``saves``)."""
 
     def to_json(self) -> dict[str, Any]:
         """The record as a JSON-ready dict (a monitor frame's ``statistics``)."""
@@ -127,6 +142,11 @@ class GroupSnapshot:
     """Whether `label` is what the device's ``label`` hook returned. Only such a
     label leaves the process (Redis heartbeats, spans); otherwise the group is
     named there by its digest, so nothing of a request is shown outside."""
+    virtual: bool = False
+    """Whether it is a virtual worker: activated by `Persist.ask` or
+    `Persist.get_worker`, it keeps its group for life."""
+    activating: bool = False
+    """Whether the worker is still loading its state (requests queue meanwhile)."""
 
     def to_json(self) -> dict[str, Any]:
         """The record as a JSON-ready dict (one group of a monitor frame's ``snapshot``),
@@ -163,6 +183,41 @@ class PersistDurations:
     """Device calls, from start to outcome."""
     wait: DurationHistogram
     """Callers, from arrival to answer."""
+
+
+@attrs.frozen
+class FunctionStatistics:
+    """Counts of one wrapped function (`Persist.wrap`, `trio_persist.deduplicated`).
+
+    As `Persist.function_statistics` and a decorated function's ``statistics()``
+    return them. Every counter only grows while the function is registered (a
+    name released and registered again starts from zero).
+    """
+
+    name: str
+    """The function's name: its module and qualified name, or the ``name=`` it was given."""
+    requests: int
+    """Calls that got past argument checks."""
+    executions: int
+    """Calls of the function started here."""
+    remote: int
+    """Executions another process answered through the backend."""
+    deduplicated: int
+    """Calls answered by an execution (or a lingering result) another call started."""
+    failures: int
+    """Executions that ended with an exception (crashes included)."""
+    crashes: int
+    """Executions that crashed with a non-`Exception` `BaseException`."""
+    abandoned: int
+    """Executions cancelled because every caller left."""
+    execution_p50: float
+    """Median seconds an execution took (within ~3%)."""
+    execution_p99: float
+    """99th percentile of execution time, in seconds."""
+    execution_max: float
+    """The longest execution, in seconds."""
+    execution: DurationHistogram = attrs.field(repr=False)
+    """Execution times, at `BOUNDARIES` (for metrics exporters)."""
 
 
 class Observed(Protocol):

@@ -19,9 +19,10 @@ without one) that makes:
   what it waited for (a log line in the spirit of CockroachDB's singleflight,
   as data);
 * metrics: the histogram ``trio_persist.execution.duration`` (seconds, by
-  kind and outcome) and observable counters (``trio_persist.requests``,
-  ``.executions``, ``.remote``, ``.deduplicated``, ``.failures``,
-  ``.crashes``, ``.abandoned``) and gauges (``trio_persist.in_flight``,
+  kind and outcome, and by ``trio_persist.function`` for a wrapped function)
+  and observable counters (``trio_persist.requests``, ``.executions``,
+  ``.remote``, ``.deduplicated``, ``.failures``, ``.crashes``,
+  ``.abandoned``) and gauges (``trio_persist.in_flight``,
   ``.waiters``, ``.workers``, ``.groups``), each with the attribute
   ``trio_persist.device``. The meter's reader collects them from a thread of
   its own, which never reads the persist: it asks the persist's Trio thread
@@ -120,8 +121,8 @@ class _Tracing:
     def _span(self, kind: str, group: Hashable | None, execution: Execution) -> Span:
         span = self.spans.get(execution)
         if span is None:
-            call = getattr(execution, "call", None)  # a wrapped function, named as wrapped
-            name = _EXECUTE if call is None else call.__name__
+            function = execution.function  # a wrapped function's name: its span's
+            name = _EXECUTE if function is None else function
             attributes = {"trio_persist.device": self._device, "trio_persist.kind": kind}
             span = self.spans[execution] = self._tracer.start_span(
                 name, attributes={**attributes, **_group_attribute(group)}
@@ -153,11 +154,11 @@ class _Tracing:
     def execution_ended(
         self, kind: str, group: Hashable | None, execution: Execution, outcome: str, seconds: float
     ) -> None:
-        self._duration.record(
-            seconds,
-            {"trio_persist.device": self._device, "trio_persist.kind": kind,
-             "trio_persist.outcome": outcome},
-        )  # fmt: skip
+        attributes = {"trio_persist.device": self._device, "trio_persist.kind": kind,
+                      "trio_persist.outcome": outcome}  # fmt: skip
+        if execution.function is not None:  # a name: bounded, as devices' are
+            attributes["trio_persist.function"] = execution.function
+        self._duration.record(seconds, attributes)
         span = self.spans.pop(execution, None)
         if span is None:
             return

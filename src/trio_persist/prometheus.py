@@ -18,8 +18,7 @@ reading taken.
 
 Exported (with the prefix ``trio_persist_``), each series labelled ``device``
 with the persist's name (`trio_persist.Persist.name`): a bounded set of names,
-never groups or requests. Series for wrapped functions will carry their
-qualified name in a second label, ``function``, from the same bounded set.
+never groups or requests.
 
 * counters: ``requests``, ``executions``, ``remote``, ``deduplicated``,
   ``failures``, ``crashes``, ``abandoned``, ``worker_timeouts``,
@@ -29,7 +28,14 @@ qualified name in a second label, ``function``, from the same bounded set.
 * with a backend that has ``statistics()`` (`trio_persist.redis.RedisBackend`):
   each of its counters as ``backend_<name>_total`` (``backend_led_total``,
   ``backend_followed_total``, ``backend_takeovers_total``, ...) and its gauges
-  ``backend_leading``, ``backend_following`` and ``backend_subscribed`` (1 or 0).
+  ``backend_leading``, ``backend_following`` and ``backend_subscribed`` (1 or 0);
+* for each wrapped function (`trio_persist.Persist.wrap`,
+  `trio_persist.deduplicated`), series of its own labelled ``function`` too,
+  with its name (its module and qualified name, or the ``name=`` it was given:
+  names again, never arguments): the counters ``function_requests``,
+  ``function_executions``, ``function_remote``, ``function_deduplicated``,
+  ``function_failures``, ``function_crashes`` and ``function_abandoned`` (each
+  ``..._total``) and the histogram ``function_execution_seconds``.
 """
 
 from __future__ import annotations
@@ -52,7 +58,7 @@ from ._stats import DurationHistogram
 __all__ = ["PersistCollector"]
 
 _COUNTERS = {
-    "requests": "Calls to resolve that got past argument checks.",
+    "requests": "Calls to resolve or ask that got past argument checks.",
     "executions": "Device calls started.",
     "remote": "Executions another process answered through the backend.",
     "deduplicated": "Calls answered by an execution another call started.",
@@ -63,12 +69,27 @@ _COUNTERS = {
     "hook_failures": "Device hooks that raised.",
     "evictions": "Idle workers stopped to make room under max_workers.",
     "workers_started": "Workers started.",
+    "activations": "Workers activated with a state loaded from the store, restore or default.",
+    "activation_failures": "Activations that failed (ActivationFailed).",
+    "handovers": "Workers that took over a stopping worker's live state and queue.",
+    "saves": "States saved through the store.",
+    "save_failures": "Saves through the store that failed.",
+    "checkpoints": "Saves made on checkpoint_interval while a worker lived.",
 }
 _GAUGES = {
     "in_flight": "Flights running now.",
     "waiters": "Callers waiting now.",
     "workers": "Workers alive now.",
     "groups": "Groups registered now.",
+}
+_FUNCTION_COUNTERS = {
+    "requests": "Calls of a wrapped function that got past argument checks.",
+    "executions": "Calls of a wrapped function started here.",
+    "remote": "Executions of a wrapped function another process answered.",
+    "deduplicated": "Calls of a wrapped function answered by another call's execution.",
+    "failures": "Executions of a wrapped function that ended with an exception.",
+    "crashes": "Executions of a wrapped function that crashed with a BaseException.",
+    "abandoned": "Executions of a wrapped function cancelled because every caller left.",
 }
 # The backend's figures that say what is true now; its other fields only grow.
 _BACKEND_GAUGES = frozenset({"leading", "following", "subscribed"})
@@ -122,6 +143,28 @@ class PersistCollector(Collector):
         )
         if attrs.has(type(reading.backend)):
             yield from self._backend(reading.backend, labels)
+        if reading.functions:
+            yield from self._functions(reading)
+
+    def _functions(self, reading: Reading) -> Iterator[Metric]:
+        names = ["device", "function"]
+        for name, doc in _FUNCTION_COUNTERS.items():
+            family = CounterMetricFamily(f"{self._prefix}_function_{name}", doc, labels=names)
+            for function in reading.functions:
+                family.add_metric([reading.name, function.name], getattr(function, name))
+            yield family
+        histogram = HistogramMetricFamily(
+            f"{self._prefix}_function_execution_seconds",
+            "Wrapped function call durations.",
+            labels=names,
+        )
+        for function in reading.functions:
+            histogram.add_metric(
+                [reading.name, function.name],
+                _buckets(function.execution),
+                sum_value=function.execution.sum,
+            )
+        yield histogram
 
     def _backend(self, record: Any, labels: dict[str, str]) -> Iterator[Metric]:
         for field in attrs.fields(type(record)):
@@ -143,7 +186,12 @@ class PersistCollector(Collector):
         self, name: str, doc: str, histogram: DurationHistogram, labels: dict[str, str]
     ) -> Metric:
         family = HistogramMetricFamily(f"{self._prefix}_{name}", doc, labels=list(labels))
-        buckets = [(repr(le), count) for le, count in histogram.buckets]
-        buckets.append(("+Inf", histogram.count))
-        family.add_metric(list(labels.values()), buckets, sum_value=histogram.sum)
+        family.add_metric(list(labels.values()), _buckets(histogram), sum_value=histogram.sum)
         return family
+
+
+def _buckets(histogram: DurationHistogram) -> list[tuple[str, float]]:
+    """A histogram's cumulative buckets as Prometheus writes them, ``+Inf`` last."""
+    buckets: list[tuple[str, float]] = [(repr(le), count) for le, count in histogram.buckets]
+    buckets.append(("+Inf", histogram.count))
+    return buckets

@@ -6,7 +6,8 @@ result type degrades to ``Any``, an ``assert_type`` below fails the check.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 from typing_extensions import assert_type
 
@@ -40,6 +41,8 @@ async def functions() -> None:
         assert_type(worker, trio_persist.Worker[str])
         assert_type(worker.state, str)
         assert_type(persist.workers(), tuple[trio_persist.Worker[str], ...])
+        assert_type(await persist.ask("g", 1, default=lambda: "state"), dict[str, int])
+        await persist.ask("g", "one")  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
 
 
 async def objects() -> None:
@@ -92,3 +95,44 @@ async def state_stores() -> None:
     assert_type(await plain.load("g"), Any | None)
     assert_type(await fenced.load_record("g"), stores.StateRecord | None)
     assert_type(stores.check_store(plain), stores.Store | None)
+
+
+async def without_a_device() -> None:
+    async with trio_persist.open_persist() as persist:
+        fetch_once = persist.wrap(fetch)
+        assert_type(await fetch_once("ann"), bytes)
+        await persist.resolve("db", "x")  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+
+
+@trio_persist.deduplicated
+async def profile_of(user: str, *, version: int = 1) -> dict[str, int]:
+    return {user: version}
+
+
+@trio_persist.deduplicated(linger=5, share=False, name="ledger.post")
+async def post(account: str, amount: int) -> int:
+    return amount
+
+
+class Catalogue:
+    @trio_persist.deduplicated
+    async def lookup(self, sku: str) -> tuple[str, int]:
+        return (sku, 1)
+
+
+async def decorated() -> None:
+    assert_type(await profile_of("ann", version=2), dict[str, int])
+    await profile_of("ann", 2)  # type: ignore[call-arg]  # pyright: ignore[reportCallIssue]
+    assert_type(await post("acme", 5), int)
+    assert_type(profile_of.forget("ann"), bool)
+    assert_type(profile_of.statistics(), trio_persist.FunctionStatistics)
+    catalogue = Catalogue()
+    assert_type(await catalogue.lookup("book"), tuple[str, int])  # self is bound
+    assert_type(catalogue.lookup.forget("book"), bool)
+    await catalogue.lookup(1)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+    assert_type(await Catalogue.lookup(catalogue, "book"), tuple[str, int])
+    assert_type(await profile_of.persist(), trio_persist.Persist[NoReturn, NoReturn, NoReturn])
+
+
+def refused(plain: Callable[[int], int]) -> None:
+    trio_persist.deduplicated(plain)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]

@@ -2,10 +2,10 @@
 
 A small web shop: bursts of visitors ask for the same product pages at once
 (deduplicated flights, some of which fail), and each signed-in user has a
-session worker that keeps the user's state in memory, times out when the user
-goes quiet, saves its state, and is restored when the user comes back.
-``max_workers`` keeps the number of sessions bounded (evicting the least
-recently used).
+session: a virtual worker (`Persist.ask`) that keeps the user's state in
+memory, times out when the user goes quiet, is saved in the persist's store,
+and is activated from it when the user comes back. ``max_workers`` keeps the
+number of sessions in memory bounded (evicting the least recently used).
 """
 
 from __future__ import annotations
@@ -19,25 +19,20 @@ import trio
 
 from .._core._persist import Persist
 
-__all__ = ["Shop", "workload"]
+__all__ = ["Shop", "session_group", "workload"]
 
 PAGES = 12
 USERS = 8
 
 
 class Shop:
-    """The demo's device: product pages and per-user sessions."""
+    """The demo's device: product pages, and per-user sessions (virtual workers)."""
 
     def __init__(self, rng: random.Random) -> None:
         self.rng = rng
-        self.saved: dict[Hashable, Any] = {}
 
     def group(self, base: Any, request: Any) -> Hashable:
-        if isinstance(base, dict):  # a session state
-            return f"session/{base['user']}"
-        if base == "session":
-            return f"session/{request['user']}"
-        return f"page/{request}"
+        return f"page/{request}"  # sessions are asked for by their own group
 
     async def resolve(self, base: Any, request: Any) -> Any:
         if isinstance(base, dict):  # a session worker serving its user
@@ -48,11 +43,10 @@ class Shop:
             raise TimeoutError(f"inventory service timed out for page {request}")
         return f"<html>product {request}</html>"
 
-    async def on_idle(self, group: Hashable, state: Any) -> None:
-        self.saved[group] = state
 
-    async def restore(self, group: Hashable) -> Any:
-        return self.saved.get(group)
+def session_group(user: str) -> str:
+    """The group of *user*'s session."""
+    return f"session/{user}"
 
 
 async def _visitors(persist: Persist[Any, Any, Any], rng: random.Random) -> None:
@@ -72,12 +66,13 @@ async def _sessions(persist: Persist[Any, Any, Any], shop: Shop) -> None:
     rng = shop.rng
 
     async def browse(user: int) -> None:
-        group = f"session/u{user}"
-        # The session's worker: live, restored from its saved state, or fresh.
-        await persist.get_worker(
-            group, default=lambda: {"user": f"u{user}", "views": 0, "last": None}
+        name = f"u{user}"
+        # The session's worker: live, activated from the store, or a new session.
+        await persist.ask(
+            session_group(name),
+            {"page": rng.randint(1, PAGES)},
+            default=lambda: {"user": name, "views": 0, "last": None},
         )
-        await persist.resolve("session", {"user": f"u{user}", "page": rng.randint(1, PAGES)})
 
     async with trio.open_nursery() as nursery:
         while True:

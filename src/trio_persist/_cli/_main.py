@@ -21,6 +21,7 @@ from rich.console import Console
 from .._core._persist import Persist, open_persist
 from .._monitor import build_frame
 from .._stats import PersistStatistics
+from ..stores import MemoryStore
 from ._demo import Shop, workload
 from ._tui import MonitorView, follow, run_live, run_once, run_plain
 
@@ -54,7 +55,9 @@ async def demo(
     rng = random.Random(seed)
     shop = Shop(rng)
     async with (
-        open_persist(shop, worker_timeout=2.0, max_workers=5) as persist,
+        open_persist(
+            shop, worker_timeout=2.0, max_workers=5, store=MemoryStore(), checkpoint_interval=1.0
+        ) as persist,
         trio.open_nursery() as nursery,
     ):
         try:
@@ -102,7 +105,8 @@ def _summary(stats: PersistStatistics) -> str:
     return (
         f"trio-persist demo: {stats.requests} requests, {stats.executions} executions, "
         f"{stats.deduplicated} deduplicated ({ratio:.0%}); {stats.workers_started} workers "
-        f"started, {stats.worker_timeouts} timed out, {stats.evictions} evicted; "
+        f"started ({stats.activations} sessions activated), {stats.worker_timeouts} timed "
+        f"out, {stats.evictions} evicted, {stats.saves} states saved; "
         f"{stats.failures} failures"
     )
 

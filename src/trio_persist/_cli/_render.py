@@ -53,7 +53,7 @@ def _clean_group(group: Any) -> dict[str, Any] | None:
     clean: dict[str, Any] = {
         "group": literal(group.get("group", "?")),
         "label": literal(group.get("label") or group.get("group", "?")),
-        "kind": literal(group.get("kind", "?"), 10),
+        "kind": literal(_kind(group), 10),
         "busy": group.get("busy") is True,
     }
     for name in _GROUP_NUMBERS:
@@ -64,6 +64,15 @@ def _clean_group(group: Any) -> dict[str, Any] | None:
         if name in group:  # frames from older servers have none
             clean[name] = float(_number(group.get(name)))
     return clean
+
+
+def _kind(group: Mapping[str, Any]) -> Any:
+    """A virtual worker shows as one (and as activating while it loads its state)."""
+    if group.get("kind") == "worker" and group.get("activating") is True:
+        return "activating"
+    if group.get("kind") == "worker" and group.get("virtual") is True:
+        return "virtual"
+    return group.get("kind", "?")
 
 
 def clean_frame(frame: Any) -> dict[str, Any] | None:
@@ -146,6 +155,11 @@ def header(frame: Frame, previous: Frame | None) -> Text:
     text.append(f"  in flight {_stat(frame, 'in_flight')}")
     text.append(f"  listeners {listeners}")
     text.append(f"  workers {_stat(frame, 'workers')}")
+    if _stat(frame, "activations") or _stat(frame, "saves"):  # virtual workers and a store
+        text.append(f"\nactivated {_stat(frame, 'activations')}")
+        text.append(f"  saves {_stat(frame, 'saves')}")
+        trouble = _stat(frame, "activation_failures") + _stat(frame, "save_failures")
+        text.append(f"  load/save failures {trouble}", style="red" if trouble else "")
     # A second line, so that the first fits 80 columns whatever the counts.
     text.append(f"\nidle timeouts {_stat(frame, 'worker_timeouts')}")
     failures = _stat(frame, "failures")
@@ -280,7 +294,7 @@ def _table(
             shown = cut(shown, max(12, width - (74 if durations else 60)))  # the middle goes
         table.add_row(
             Text(shown),  # a Text: never parsed as markup
-            Text(literal(g["kind"], 10)),
+            Text(literal(_kind(g), 10)),
             str(g["listeners"]),
             str(g["queued"]),
             str(g["served"]),
@@ -305,7 +319,9 @@ _SPARKS = "▁▂▃▄▅▆▇█"
 LEGEND = Text(
     "group        the group's label (g: its name, a digest for default groups)\n"
     "kind         flight: an execution and the calls queued behind it; worker: a\n"
-    "             persistent worker holding the group's state\n"
+    "             persistent worker holding the group's state; virtual: a worker\n"
+    "             asked for by its group (ask), saved by the store; activating: one\n"
+    "             loading its state, requests queued\n"
     "listeners    callers waiting on the group now\n"
     "queued       requests waiting behind the one executing (sitrep lines say the same)\n"
     "served       executions this flight or worker has finished\n"
@@ -316,6 +332,8 @@ LEGEND = Text(
     "remote       executions another process answered (through the backend)\n"
     "dedup        share of calls answered by an execution another call started\n"
     "idle timeouts workers that stopped after their idle timeout\n"
+    "activated    virtual workers activated (store, restore or default); saves: states\n"
+    "             saved through the store; load/save failures: those that failed\n"
     "exec / wait  execution times, and callers' waits from arrival to answer\n"
     "history      executions per second and dedup share, over the last minute"
 )

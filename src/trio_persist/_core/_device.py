@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeVar, cast
 
 import attrs
 
-__all__ = ["Device", "DeviceHooks", "DeviceLike", "adapt_device"]
+__all__ = ["NO_DEVICE", "Device", "DeviceHooks", "DeviceLike", "adapt_device"]
 
 ResolveFn = Callable[[Any, Any], Awaitable[Any]]
 
@@ -152,6 +152,15 @@ class DeviceHooks:
     serve: Callable[[Any], Awaitable[object]] | None = None
     answers: Callable[[Any, Any], bool] | None = None
     label: Callable[[Any, Any], str] | None = None
+
+
+async def _no_device(base: Any, request: Any) -> Any:
+    raise TypeError("this persist has no device")  # pragma: no cover - refused before
+
+
+NO_DEVICE = DeviceHooks(resolve=_no_device, name="functions", module="trio_persist")
+"""The hooks of a persist opened without a device (``open_persist()``): it runs
+wrapped functions only, and is named ``functions``."""
 
 
 def _check_async(fn: object, what: str, arity: int | None = None) -> None:

@@ -33,7 +33,9 @@ class PersistEvent:
     ``flight.finished``, ``flight.failed``, ``flight.cancelled``,
     ``worker.started``, ``worker.served``, ``worker.failed``,
     ``worker.cancelled``, ``worker.timed_out``, ``worker.evicted``,
-    ``worker.crashed``, ``worker.stopped``."""
+    ``worker.crashed``, ``worker.stopped``, ``worker.activating``,
+    ``worker.activated``, ``worker.activation_failed``, ``worker.saved``,
+    ``worker.save_failed``, ``hook.failed``."""
     group: Hashable | None
     """The group concerned (None for an ungrouped execution)."""
     time: float

@@ -33,6 +33,7 @@ from ._runner import RunnerPool
 from ._state import Core, Counters, describe_owner
 from ._supervisor import Supervisor
 from ._worker import WorkerTask
+from ._wrapped import CallGroup, WrappedFunction
 
 __all__ = ["Flight"]
 
@@ -171,7 +172,7 @@ class Flight:
             if job.call is None:
                 self.label = self.core.label_of(group, job.base, job.request)
             else:  # a wrapped function: the call, as written
-                self.label = (call_label(job.call.__name__, job.base, job.request), False)
+                self.label = (call_label(job.call.name, job.base, job.request), False)
         return describe_owner(self, group, sum(1 for job in self.queue if not job.abandoned))
 
     def hand_to(self, task: WorkerTask) -> WorkerTask:
@@ -220,6 +221,7 @@ class Flight:
                     return True
                 job = self.current
         finally:
+            running.set(None)  # a parked runner keeps nothing of this flight alive
             if over:
                 self.over = True
                 self._end()
@@ -232,12 +234,16 @@ class Flight:
         if core.observers.listening:
             label = core.observed_label(self.group, job.base, job, self.label)
             core.observers.started(self.kind, self.group, label, job)
-        resolve = core.hooks.resolve if job.call is None else job.call
+        call = job.call
+        resolve = core.hooks.resolve if call is None else call
         backend = core.backend
-        if backend is None or self.group is None or not job.shared:
+        if backend is None or self.group is None or not job.shared or not _across(call, self):
             core.counters.executions += 1
+            if call is not None:
+                call.executions += 1
             return resolve
-        return _across_processes(backend, core.counters, self, resolve, core.options.linger)
+        linger = core.options.linger if call is None else call.linger
+        return _across_processes(backend, core.counters, self, job, resolve, linger)
 
     def _finished(self, job: Job, outcome: Outcome, began: float) -> None:
         """*job*'s execution ended with *outcome* (it is answered); a success of a
@@ -248,8 +254,10 @@ class Flight:
         self.served += 1
         if self.joinable:
             self._unindex(job)
-        if outcome is Outcome.OK and core.linger.seconds and job.shared:
-            self._linger(job)
+        if outcome is Outcome.OK and job.shared:
+            seconds = core.linger.seconds if job.call is None else job.call.linger
+            if seconds:
+                self._linger(job, seconds)
 
     def _cancelled(self, job: Job, began: float) -> bool:
         """*job*'s execution was cancelled; whether the flight is over (False: it goes
@@ -261,11 +269,11 @@ class Flight:
         job.fail(leader_died("the execution was cancelled: every listener left"))
         return not self._advance()
 
-    def _linger(self, job: Job) -> None:
-        """Let *job*'s result answer identical calls for a while."""
+    def _linger(self, job: Job, seconds: float) -> None:
+        """Let *job*'s result answer identical calls for *seconds*."""
         key = job.name()
         if key is not None and self.group is not None:
-            self.core.linger.put(self.group, key, job.value)
+            self.core.linger.put(self.group, key, job.value, seconds)
 
     def _unindex(self, job: Job) -> None:
         joinable = self.joinable
@@ -318,8 +326,12 @@ class Flight:
             core.maybe_quiet()
         if self.group is not None:
             core.registry.unregister(self.group, self)
-        if self.successor is not None and not core.closed:
-            self._hand_over(self.successor)
+        if self.successor is not None:
+            if core.closed:
+                self.supervisor.drop(self.successor)  # what was queued at it hears why
+                self.successor = None
+            else:
+                self._hand_over(self.successor)
         reason = "the persist closed" if core.closed else "its flight ended"
         self.fail_unanswered(f"the execution ended without an outcome: {reason}")
 
@@ -332,23 +344,42 @@ class Flight:
         self.joinable = None
 
 
+def _across(call: WrappedFunction | None, flight: Flight) -> bool:
+    """Whether a shared job may run through the backend: not a method's call
+    grouped by its instance's identity, which means something here only."""
+    group = flight.group
+    return call is None or not isinstance(group, CallGroup) or group.across
+
+
 def _across_processes(
-    backend: Backend, counters: Counters, flight: Flight, resolve: Resolve, linger: float
+    backend: Backend,
+    counters: Counters,
+    flight: Flight,
+    job: Job,
+    resolve: Resolve,
+    linger: float,
 ) -> Resolve:
-    """*resolve* run once across processes: counted as an execution only when the
-    backend runs it here, as a remote one when another process answered."""
+    """*job*'s device (or wrapped function) run once across processes: counted as
+    an execution only when the backend runs it here, as a remote one when another
+    process answered (by its wrapped function too, if it has one)."""
     ran = False
+    call = job.call
 
     async def here(base: Any, request: Any) -> Any:
         nonlocal ran
         ran = True
         counters.executions += 1
+        if call is not None:
+            call.executions += 1
         return await resolve(base, request)
 
     async def across(base: Any, request: Any) -> Any:
         # The key is computed here, inside the job: a request the backend
         # cannot name fails (or runs locally) for its own callers only.
-        key = backend.key_of(flight.group, request, flight.group_is_request)
+        group = flight.group
+        if isinstance(group, CallGroup):  # a wrapped call: named by its text
+            group = group.text
+        key = backend.key_of(group, request, flight.group_is_request)
         if key is None:
             return await here(base, request)
         try:
@@ -356,5 +387,7 @@ def _across_processes(
         finally:
             if not ran:
                 counters.remote += 1
+                if call is not None:
+                    call.remote += 1
 
     return across

@@ -23,11 +23,21 @@ from .._exceptions import LeaderDied
 from .._grouping import canonical_encoding
 from .._stats import GroupSnapshot
 from .._text import describe
+from ._wrapped import WrappedFunction
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
 
-__all__ = ["UNNAMED", "Job", "Outcome", "Owner", "request_name", "run_device", "running"]
+__all__ = [
+    "UNNAMED",
+    "AskJob",
+    "Job",
+    "Outcome",
+    "Owner",
+    "request_name",
+    "run_device",
+    "running",
+]
 
 # The flight or worker whose device is running in this task, if any: how a
 # nested resolve knows what it is called from (recursion and cycle detection).
@@ -123,7 +133,7 @@ class Job:
     # When it was answered by its own execution (`trio.current_time`), if so.
     finished: float | None = None
     # What executes instead of the device (a wrapped function), or None.
-    call: Callable[[Any, Any], Awaitable[Any]] | None = None
+    call: WrappedFunction | None = None
     listeners: int = 0
     done: trio.Event = attrs.field(factory=trio.Event)
     value: Any = None
@@ -133,6 +143,12 @@ class Job:
     abandoned: bool = False
     # Taken out of a worker's inbox by its serving loop (no longer joinable there).
     in_service: bool = False
+
+    @property
+    def function(self) -> str | None:
+        """The wrapped function it runs (its name), or None for the device."""
+        call = self.call
+        return None if call is None else call.name
 
     def name(self) -> object:
         """The request's name, computed on first use (under a group hook most
@@ -164,6 +180,22 @@ class Job:
         if self.error is not None:
             raise self.error.with_traceback(self.tb)
         return self.value
+
+
+@attrs.define(eq=False, repr=False)
+class AskJob(Job):
+    """A request delivered by `Persist.ask`: it runs only at its group's worker.
+
+    It knows its group, so wherever it is routed again (its worker stopped,
+    an activation failed) it goes to the group's next worker, activated if
+    need be, and never to a flight. Internal.
+    """
+
+    group: Hashable = None
+    # Makes a fresh state when the group has nothing saved (`Persist.ask`'s default).
+    default: Callable[[], Any] | None = None
+    # Times its worker stopped without serving anything (bounded: `Supervisor`).
+    bounces: int = 0
 
 
 def request_name(request: Any) -> object:

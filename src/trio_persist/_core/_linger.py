@@ -72,18 +72,25 @@ def _members(item: object) -> tuple[Iterator[Any], int]:
 
 @attrs.define(eq=False)
 class Linger:
-    """Results that answer identical calls until they expire. Empty unless
-    *seconds* > 0; everything is O(1) but the bounded size estimate on `put`."""
+    """Results that answer identical calls until they expire; everything is O(1)
+    but the bounded size estimate on `put`.
+
+    *seconds* is the persist's window; a wrapped function may have its own
+    (see `put`).
+    """
 
     seconds: float
-    # group -> (key, value, expiry, size), in order of expiry (the linger is one constant).
+    # group -> (key, value, expiry, size), in order of insertion: of expiry too
+    # while every window is the persist's. An entry behind a longer-lived one may
+    # outlive its expiry in memory until that one goes (`get` never serves it).
     entries: dict[Hashable, tuple[object, Any, float, int]] = attrs.field(factory=dict)
     size: int = 0
     limit: int = attrs.field(factory=lambda: LINGER_BYTES)
 
-    def put(self, group: Hashable, key: object, value: Any) -> None:
-        """Let *value*, the result of the request named *key*, answer identical calls."""
-        if not self.seconds:
+    def put(self, group: Hashable, key: object, value: Any, seconds: float) -> None:
+        """Let *value*, the result of the request named *key*, answer identical
+        calls for *seconds* (0: not at all)."""
+        if not seconds:
             return
         try:
             self.drop(group)  # re-inserted last: the order stays by expiry
@@ -94,7 +101,7 @@ class Linger:
             return
         now = trio.current_time()
         try:
-            self.entries[group] = (key, value, now + self.seconds, size)
+            self.entries[group] = (key, value, now + seconds, size)
         except Exception:  # a group whose hash raises now: it does not linger
             return
         self.size += size

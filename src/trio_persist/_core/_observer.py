@@ -27,6 +27,12 @@ class Execution(Protocol):
         """What it failed with, once it has failed (None until then, and on success)."""
         ...
 
+    @property
+    def function(self) -> str | None:
+        """The name of the wrapped function it runs (`Persist.wrap`,
+        `trio_persist.deduplicated`), or None when it runs the device."""
+        ...
+
 
 class Observer(Protocol):
     """Told about every execution of a persist (see `Persist.add_observer`).

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 import attrs
 
-__all__ = ["PersistOptions", "check_duration"]
+__all__ = ["PersistOptions", "check_duration", "check_linger"]
 
 AwaitMode = Literal[True, False, "named"]
 ErrorStrategy = Literal["ignore", "throw"]
@@ -55,6 +55,12 @@ class PersistOptions:
     """Top-level mapping keys the default grouper leaves out."""
     linger: float = 0.0
     """Seconds a successful result keeps answering identical calls (0: not at all)."""
+    checkpoint_interval: float | None = None
+    """Seconds between saves of a worker's changed state while it lives (None: only
+    when it stops); needs a store."""
+    durable: bool = False
+    """Whether a worker replies only once the state its request made is saved;
+    needs a store."""
 
     @classmethod
     def check(
@@ -70,6 +76,9 @@ class PersistOptions:
         shutdown_grace: object,
         ignore_keys: object = (),
         linger: object = 0.0,
+        checkpoint_interval: object = None,
+        durable: object = False,
+        has_store: bool = False,
     ) -> PersistOptions:
         """Check every option; raise `TypeError` or `ValueError` naming the first bad one."""
         if not isinstance(await_inprogress, (bool, str)):
@@ -102,7 +111,8 @@ class PersistOptions:
             worker_inbox=checked_inbox,
             shutdown_grace=_number("shutdown_grace", shutdown_grace, allow_none=True),
             ignore_keys=_keys("ignore_keys", ignore_keys),
-            linger=_linger(linger),
+            linger=check_linger(linger),
+            **_saving(checkpoint_interval, durable, has_store),
         )
 
 
@@ -117,12 +127,27 @@ def _count(name: str, value: object, *, allow_none: bool) -> int | None:
     return value
 
 
-def _linger(value: object) -> float:
+def check_linger(value: object) -> float:
+    """Check a linger window: a finite number of seconds >= 0."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"linger must be a number of seconds, got {type(value).__name__}")
     if not 0 <= value < math.inf:  # NaN fails this too
         raise ValueError(f"linger must be >= 0 seconds and finite, got {value!r}")
     return float(value)
+
+
+def _saving(checkpoint_interval: object, durable: object, has_store: bool) -> dict[str, Any]:
+    """The options that save states: each needs a store to save to."""
+    seconds = _number("checkpoint_interval", checkpoint_interval, allow_none=True)
+    interval = None if seconds == math.inf else seconds
+    checked = _flag("durable", durable)
+    for name, used in (("checkpoint_interval", interval is not None), ("durable", checked)):
+        if used and not has_store:
+            raise ValueError(
+                f"{name} saves workers' states through a store: pass store= too, "
+                "such as trio_persist.stores.FileStore(directory)"
+            )
+    return {"checkpoint_interval": interval, "durable": checked}
 
 
 def _keys(name: str, value: object) -> frozenset[Any]:

@@ -14,28 +14,33 @@ reports and closes.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import functools
 import math
 import os
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable
-from contextlib import asynccontextmanager
-from typing import Any, Generic, ParamSpec, TypeVar, final, overload
+import types
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Hashable, Iterable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any, Generic, NoReturn, ParamSpec, TypeVar, final, overload
 
 import attrs
 import trio
 
 from .._backend import Backend, check_backend
-from .._exceptions import InfiniteRecursion, PersistClosed
+from .._exceptions import InfiniteRecursion, PersistClosed, PersistError
 from .._grouping import default_group, default_group_and_base
 from .._monitor import serve_monitor
-from .._stats import GroupSnapshot, PersistDurations, PersistStatistics
+from .._stats import FunctionStatistics, GroupSnapshot, PersistDurations, PersistStatistics
+from .._store import Store, check_store, open_store
 from .._text import safe_repr
-from ._device import DeviceHooks, DeviceLike, adapt_device
+from ._ask import worker_for
+from ._device import NO_DEVICE, DeviceHooks, DeviceLike, adapt_device
 from ._events import EventSubscription
 from ._flight import Flight
-from ._job import UNNAMED, Job, Owner, leader_died, request_name, running
+from ._job import UNNAMED, AskJob, Job, Owner, leader_died, request_name, running
 from ._linger import MISS
 from ._observer import Observer
 from ._options import AwaitMode, ErrorStrategy, PersistOptions, check_duration
@@ -44,11 +49,12 @@ from ._runner import RunnerPool
 from ._state import Core
 from ._supervisor import Supervisor
 from ._worker import Worker, WorkerTask
+from ._wrapped import WrappedFunction, function_name
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
 
-__all__ = ["Persist", "open_persist"]
+__all__ = ["Persist", "open_persist", "register_function"]
 
 B = TypeVar("B")
 R = TypeVar("R", contravariant=True)
@@ -96,10 +102,30 @@ class _Detour:
     error: Exception | None = None
 
 
-def _refuse_a_worker(owner: Owner, call: Resolve) -> None:
+def _refuse_a_worker(owner: Owner, call: WrappedFunction) -> None:
     """A wrapped call's group is a flight's: a worker started for it cannot serve it."""
     if owner.kind != "flight":
-        raise TypeError(f"{call.__name__}: its group is owned by a worker, not by calls")
+        raise TypeError(f"{call.name}: its group is owned by a worker, not by calls")
+
+
+def _same_function(
+    known: WrappedFunction,
+    fn: Callable[..., Awaitable[Any]],
+    linger: float,
+    instance_key: Callable[[Any], Any] | None,
+) -> bool:
+    """Whether *fn*, wrapped with these options, is what *known* registered (a
+    bound method is made anew at each access: the same one is equal)."""
+    same = known.fn is fn or (isinstance(fn, types.MethodType) and known.fn == fn)
+    return same and known.linger == linger and known.instance_key is instance_key
+
+
+def _check_default(default: object) -> None:
+    if default is not None and not callable(default):
+        raise TypeError(
+            f"default must be None or a callable that makes a fresh state, got "
+            f"{type(default).__name__}"
+        )
 
 
 def _waits_for(awaiting: dict[Owner, list[Owner]], start: Owner, target: Owner) -> bool:
@@ -131,12 +157,16 @@ class Persist(Generic[B, R, T]):
     _options: PersistOptions = attrs.field(alias="options")
     _nursery: trio.Nursery = attrs.field(alias="nursery")
     _backend: Backend | None = attrs.field(alias="backend")
+    _store: Store | None = attrs.field(alias="store", default=None)
     _core: Core = attrs.field(init=False)
     _supervisor: Supervisor = attrs.field(init=False)
     _runners: RunnerPool = attrs.field(init=False)
     _grouping: Grouping = attrs.field(init=False)
-    # Functions wrapped by this persist, by name (a name means one function).
-    _wrapped: dict[str, Callable[..., Any]] = attrs.field(factory=dict, init=False)
+    # Functions wrapped by this persist, by name (a name means one function while
+    # anything uses it: a wrapper or a job holds its registration).
+    _wrapped: weakref.WeakValueDictionary[str, WrappedFunction] = attrs.field(
+        factory=weakref.WeakValueDictionary, init=False
+    )
     # Which owners each owner's device waits for now (nested calls: cycle detection).
     _awaiting: dict[Owner, list[Owner]] = attrs.field(factory=dict, init=False)
 
@@ -147,12 +177,13 @@ class Persist(Generic[B, R, T]):
             nursery=self._nursery,
             reroute=self._reroute,
             backend=self._backend,
+            store=self._store,
         )
         self._supervisor = Supervisor(core)
         self._runners = RunnerPool(core.nursery)
         mode = core.options.await_inprogress
         has_hook = core.hooks.group is not None
-        if mode is False or (mode == "named" and not has_hook):
+        if mode is False or (mode == "named" and not has_hook) or core.hooks is NO_DEVICE:
             self._grouping = Grouping.NONE
         else:
             self._grouping = Grouping.HOOK if has_hook else Grouping.DIGEST
@@ -279,6 +310,8 @@ class Persist(Generic[B, R, T]):
         if spawn_worker is not False or share is not True:  # the common case skips a call
             self._check_flags(spawn_worker, share)
         if self._grouping is Grouping.NONE:
+            if core.hooks is NO_DEVICE:
+                self._need_a_device("resolve()")
             core.counters.requests += 1
             job = Job(base, request, None, False, None, share)
             flight = Flight.start(core, self._supervisor, self._runners, None, job, True)
@@ -302,7 +335,7 @@ class Persist(Generic[B, R, T]):
         key: object,
         share: bool,
         spawn_worker: bool,
-        fn: Resolve | None,
+        fn: WrappedFunction | None,
     ) -> tuple[Job, Owner, float | None] | _Detour:
         """Take a named call to its group's owner without waiting: join, queue, or
         start a flight, and return ``(job, owner, arrival)`` to listen on; or a
@@ -345,7 +378,7 @@ class Persist(Generic[B, R, T]):
                 await trio.lowlevel.checkpoint()
                 raise detour.error
             if owner is None:
-                return await self._lingered(detour.value)
+                return await self._lingered(detour.value, route[-1])
             if job is None:
                 return await self._recurse(owner, current, *route)
             if await owner.admit(job):
@@ -384,12 +417,13 @@ class Persist(Generic[B, R, T]):
         core = self._core
         if core.closed:
             raise PersistClosed("this persist is closed: no worker can start")
+        self._need_a_device("start_worker()")
         if static is not None and not isinstance(static, bool):
             raise TypeError(f"static must be True, False or None, got {type(static).__name__}")
         seconds = None if timeout is None else check_duration("timeout", timeout)
         if group is None:
             group = core.group_of(base, None)
-        owner = core.owners.get(group)
+        owner = await self._settled_owner(group)
         if isinstance(owner, WorkerTask):
             return owner.handle
         task = self._supervisor.new_worker(group, base, static=static, timeout=seconds)
@@ -406,50 +440,114 @@ class Persist(Generic[B, R, T]):
         static: bool | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 - the idle timeout, as start_worker's
     ) -> Worker[B]:
-        """Return *group*'s worker, starting it if it has none (the session pattern).
+        """Return *group*'s worker, activating it if it has none (the session pattern).
 
         A live worker (or one waiting to take over from a flight) is returned as
-        it is. Otherwise the device's ``restore(group)`` hook is asked for the
-        state, for any group, including one this process has never seen (after
-        a restart); if there is no hook, or it returns None, ``default()`` makes
-        a fresh state. Always a checkpoint.
+        it is. Otherwise a virtual worker is activated for the group, as `ask`
+        does (sharing the activation with concurrent asks): its state is loaded
+        from the persist's store, else the device's ``restore(group)`` hook,
+        else ``default()``, for any group, including one this process has never
+        seen (after a restart). It keeps its group for life. Always a checkpoint.
 
         Raises:
             PersistClosed: the persist's block has been left.
-            LookupError: nothing could be restored and *default* is None.
+            ActivationFailed: loading the state failed (see its ``__cause__``).
+            NoWorker: nothing to restore and *default* is None (a `LookupError`).
         """
         await trio.lowlevel.checkpoint()
-        core = self._core
-        found = self._live_worker(group)
-        if found is not None:
-            return found
-        state: Any = None
-        restore = core.hooks.restore
-        if restore is not None and not core.closed:
-            try:
-                state = await restore(group)
-            except Exception as exc:
-                core.hook_failed("restore", group, exc)
-            found = self._live_worker(group)  # started by someone else meanwhile
-            if found is not None:
-                return found
-        if state is None:
-            if default is None:
-                raise LookupError(
-                    f"group {safe_repr(group)} has no worker and nothing to restore; "
-                    "pass default= to start one with a fresh state"
-                )
-            state = default()
-        self._supervisor.forget_retired(group)
-        return await self.start_worker(state, group, static, timeout)
+        self._need_a_device("get_worker()")
+        if static is not None and not isinstance(static, bool):
+            raise TypeError(f"static must be True, False or None, got {type(static).__name__}")
+        seconds = None if timeout is None else check_duration("timeout", timeout)
+        _check_default(default)
+        task = self._worker_for(group, default, static=static, timeout=seconds)
+        if task.activation is not None:
+            await task.activation.wait()
+        return task.handle
 
-    def _live_worker(self, group: Hashable) -> Worker[B] | None:
-        owner = self._core.owners.get(group)
-        if isinstance(owner, WorkerTask):
-            return owner.handle
-        if isinstance(owner, Flight) and owner.successor is not None:
-            return owner.successor.handle
-        return None
+    async def ask(
+        self, group: Hashable, request: R, *, default: Callable[[], B] | None = None
+    ) -> T:
+        """Deliver *request* to *group*'s worker and return its reply.
+
+        The reply is ``device.resolve(state, request)``: an advancing worker's
+        state becomes the reply, a static worker keeps its state. If the group
+        has no live worker, one is activated in the same step, with its state
+        loaded from the first of the persist's store, the device's
+        ``restore(group)`` hook and ``default()``; concurrent asks share that
+        one activation. The request never runs without its worker, nor against
+        a fresh state while a saved one exists, and never as a flight
+        (docs/virtual-workers.md states every guarantee). Cancelling the call
+        withdraws the request if it has not started, and cancels it if it has
+        (an abandoned request is not applied). Always a checkpoint.
+
+        Args:
+            group: The worker's group: any value the registry can hold (to be
+                saved by a store, one `trio_persist.canonical_encoding` names).
+            request: What ``device.resolve(state, request)`` gets.
+            default: Makes a fresh state when nothing is saved (a callable, such
+                as ``dict``); the first any waiting ask gives is used.
+
+        Raises:
+            PersistClosed: the persist's block has been left.
+            ActivationFailed: loading the group's state failed (see its
+                ``__cause__``); nothing was started, the next ask tries again.
+            NoWorker: nothing to activate from and no *default* (a `LookupError`).
+            InfiniteRecursion: called from inside the group's own worker (or a
+                cycle of groups waiting for each other).
+            SaveFailed: with ``durable=True``, the new state was not saved; the
+                request is not applied.
+            LeaderDied: the worker crashed serving it, or the persist closed.
+        """
+        core = self._core
+        if core.closed:
+            raise PersistClosed("this persist is closed: ask() is only possible inside its block")
+        self._need_a_device("ask()")
+        _check_default(default)
+        core.counters.requests += 1
+        current = running.get()
+        job = AskJob(None, request, key=UNNAMED, group=group, default=default)
+        while True:
+            task = self._worker_for(group, default, current)
+            joined = task.find(request, UNNAMED)  # a static worker's identical queued request
+            if joined is not None:
+                self._joined(task, joined)
+                reply: T = await self._listen(joined, task, current)
+                return reply
+            if task.admit_nowait(job) or await task.admit(job):
+                reply = await self._listen(job, task, current)
+                return reply
+            # The worker stopped while this waited for room in its inbox: again.
+
+    def _worker_for(
+        self,
+        group: Hashable,
+        default: Callable[[], Any] | None,
+        current: Owner | None = None,
+        **options: Any,
+    ) -> WorkerTask:
+        """The worker for *group* (see `worker_for`), activating one if need be;
+        refuses a call that would wait for itself (from *current*)."""
+        core = self._core
+        if core.closed:
+            raise PersistClosed("this persist is closed: no worker can start")
+        owner = core.owners.get(group)
+        if owner is not None and current is not None and _waits_for(self._awaiting, owner, current):
+            raise InfiniteRecursion(
+                f"asking group {safe_repr(group)} would wait for an execution that is "
+                "waiting for this call (its own worker, or a cycle of groups)"
+            )
+        return worker_for(self._supervisor, group, owner, default, **options)
+
+    async def _settled_owner(self, group: Hashable) -> Owner | None:
+        """*group*'s owner, once a worker activating for it has its state (or failed)."""
+        while True:
+            owner = self._core.owners.get(group)
+            activation = owner.activation if isinstance(owner, WorkerTask) else None
+            if activation is None or activation.settled:
+                return owner
+            with contextlib.suppress(PersistError):
+                await activation.wait()
 
     def wrap(
         self, fn: Callable[P, Awaitable[V]], *, name: str | None = None, share: bool = True
@@ -459,56 +557,87 @@ class Persist(Generic[B, R, T]):
         The result has *fn*'s exact signature. Calls are grouped by the
         default grouper over the function's name (its module and qualified
         name, or *name*) and its arguments, so every argument must be one the
-        grouper encodes (`TypeError` otherwise, at the call). Cancellation,
-        recursion and errors behave as for `resolve`: the execution runs in a
-        task of the persist; the last caller to leave cancels it. With
-        ``share=False`` (a function that writes) every call executes on its
-        own, one after another per group of arguments, in arrival order. Calls
-        go through the persist's backend like any other, named by the
-        function's name, so it must mean one function in every process.
+        grouper encodes (`TypeError` otherwise, at the call): frozen dataclass
+        and attrs instances are encoded by their type and fields
+        (docs/concepts.md). Cancellation, recursion and errors behave as for
+        `resolve`: the execution runs in a task of the persist; the last
+        caller to leave cancels it. With ``share=False`` (a function that
+        writes) every call executes on its own, one after another per group
+        of arguments, in arrival order. A success lingers for the persist's
+        ``linger``.
+
+        Wrapped calls live in a group space of their own: no `resolve` call,
+        and no group a device's ``group`` hook returns, ever joins a wrapped
+        call or reads its result (docs/guarantees.md). Calls go through the
+        persist's backend like any other, keyed by the function's name and
+        arguments, so the name must mean one function in every process.
+
+        A name is this function's while anything uses it (a function this
+        returned, a call running or queued), then it is released.
 
         Raises:
-            ValueError: another function was wrapped under the same name (two
-                closures of one factory, say): give them distinct names.
+            ValueError: another function is wrapped under the same name now
+                (two closures of one factory, say): give them distinct names.
+            TypeError: *fn* has no qualified name (a ``functools.partial``)
+                and *name* is None.
         """
         if not isinstance(share, bool):
             raise TypeError(f"share must be True or False, got {type(share).__name__}")
-        label = name if name is not None else f"{fn.__module__}.{fn.__qualname__}"
-        known = self._wrapped.setdefault(label, fn)
-        if known is not fn:
-            raise ValueError(
-                f"another function is already wrapped as {label!r} by this persist; "
-                "pass name= to tell them apart"
-            )
-
-        unchecked: Callable[..., Awaitable[Any]] = fn  # its arguments come from P
-
-        def call(args: Any, kwargs: Any) -> Awaitable[Any]:
-            return unchecked(*args, **kwargs)
-
-        call.__name__ = label  # what the monitor shows for its groups
+        registration = self._register(fn, name, self._core.options.linger)
+        call_wrapped = self._call_wrapped
 
         @functools.wraps(fn)
         async def deduplicated(*args: P.args, **kwargs: P.kwargs) -> V:
-            value: V = await self._call_wrapped(label, call, args, kwargs, share)
+            value: V = await call_wrapped(registration, args, kwargs, share, False)
             return value
 
         return deduplicated
 
+    def _register(
+        self,
+        fn: Callable[..., Awaitable[Any]],
+        name: str | None,
+        linger: float,
+        instance_key: Callable[[Any], Any] | None = None,
+    ) -> WrappedFunction:
+        """The registration of *fn* under *name* (by default its module and
+        qualified name): the one in use, or a new one."""
+        label = function_name(fn, name)
+        known = self._wrapped.get(label)
+        if known is None:
+            known = self._wrapped[label] = WrappedFunction(label, fn, linger, instance_key)
+        elif not _same_function(known, fn, linger, instance_key):
+            raise ValueError(
+                f"another function is already wrapped as {label!r} by this persist; "
+                "pass name= to tell them apart"
+            )
+        return known
+
     async def _call_wrapped(
-        self, label: str, call: Resolve, args: Any, kwargs: Any, share: bool
+        self, fn: WrappedFunction, args: Any, kwargs: Any, share: bool, method: bool
     ) -> Any:
+        """A call of a wrapped function (*method*: ``args[0]`` is its instance)."""
         core = self._core
         if core.closed:
             raise PersistClosed("this persist is closed: wrapped calls need its block")
-        group = default_group(label, (args, kwargs))
+        group, key = fn.name_method_call(args, kwargs) if method else fn.name_call(args, kwargs)
         core.counters.requests += 1
+        fn.requests += 1
         current = running.get()
-        routing = (group, None, args, kwargs, group, share, False, call)
+        routing = (group, None, args, kwargs, key, share, False, fn)
         route = self._route(current, *routing)
         if not isinstance(route, _Detour):
             return await self._listen(route[0], route[1], current, route[2])
         return await self._detour(route, current, *routing)
+
+    def function_statistics(self) -> tuple[FunctionStatistics, ...]:
+        """Return the counts of every function wrapped now (`wrap`, and
+        `trio_persist.deduplicated` in the persist it runs in), by name.
+
+        A function's counts go when its name is released.
+        """
+        functions = sorted(self._wrapped.items())
+        return tuple(function.statistics() for _, function in functions)
 
     def add_observer(self, observer: Observer) -> None:
         """Tell *observer* about every execution from now on (for instrumentation).
@@ -540,8 +669,11 @@ class Persist(Generic[B, R, T]):
         """Make the next call for *group* start afresh (Go singleflight's ``Forget``).
 
         A running flight goes on for the listeners it already has; nobody new
-        joins it. A worker is stopped (its ``on_idle`` runs); a lingering
-        result is dropped. Never blocks.
+        joins it. A worker is stopped (its state is saved and its ``on_idle``
+        runs; it frees its group once they have finished, and requests that
+        reach it meanwhile go to the group's next owner: a fresh execution, or
+        for `ask` a fresh activation); a lingering result is dropped. Never
+        blocks.
 
         Returns:
             Whether *group* had an owner or a lingering result.
@@ -551,9 +683,10 @@ class Persist(Generic[B, R, T]):
         owner = core.owners.get(group)
         if owner is None:
             return lingered
-        core.registry.unregister(group, owner)
         if isinstance(owner, WorkerTask):
             owner.stop_nowait("forgotten")
+        else:
+            core.registry.unregister(group, owner)
         return True
 
     def workers(self) -> tuple[Worker[B], ...]:
@@ -654,10 +787,18 @@ class Persist(Generic[B, R, T]):
             return worker
         retired = group if by_base is None else by_base
         if retired in self._supervisor.retired:
-            return self._supervisor.restoring(retired, base)
+            return self._supervisor.restoring(retired)
         return None
 
+    def _need_a_device(self, what: str) -> None:
+        if self._core.hooks is NO_DEVICE:
+            raise TypeError(
+                f"{what} needs a device: this persist was opened without one "
+                "(open_persist()), to run wrapped functions only (persist.wrap)"
+            )
+
     def _check_flags(self, spawn_worker: object, share: object) -> None:
+        self._need_a_device("resolve()")
         if not isinstance(spawn_worker, bool):
             raise TypeError(
                 f"spawn_worker must be True or False, got {type(spawn_worker).__name__}"
@@ -671,14 +812,18 @@ class Persist(Generic[B, R, T]):
                 "could own one"
             )
 
-    async def _lingered(self, value: Any) -> Any:
+    async def _lingered(self, value: Any, fn: WrappedFunction | None) -> Any:
         self._core.counters.deduplicated += 1
+        if fn is not None:
+            fn.deduplicated += 1
         await trio.lowlevel.checkpoint()
         return value
 
     def _joined(self, owner: Owner, job: Job) -> None:
         core = self._core
         core.counters.deduplicated += 1
+        if job.call is not None:
+            job.call.deduplicated += 1
         if owner.kind == "flight":
             core.events.emit("flight.joined", owner.group)
         if core.observers.listening:
@@ -703,8 +848,10 @@ class Persist(Generic[B, R, T]):
             await trio.lowlevel.checkpoint()  # promised, whatever the device does
             self._core.counters.executions += 1
             fn = rest[-1]  # the route's last argument: a wrapped function, or None
-            resolve = self._core.hooks.resolve if fn is None else fn
-            return await resolve(base, request)
+            if fn is None:
+                return await self._core.hooks.resolve(base, request)
+            fn.executions += 1
+            return await fn(base, request)
         raise InfiniteRecursion(
             f"resolving group {safe_repr(group)} would wait for an execution that is "
             "waiting for this call; pass allow_infinite=True to execute it directly instead"
@@ -758,6 +905,9 @@ class Persist(Generic[B, R, T]):
         if core.closed:
             job.fail(leader_died("the persist closed before this request was served"))
             return
+        if isinstance(job, AskJob):
+            self._reroute_ask(job)
+            return
         try:
             group = job.key if self._grouping is Grouping.DIGEST else None
             if group is None:
@@ -770,6 +920,17 @@ class Persist(Generic[B, R, T]):
             self._start_flight(group, job)
         elif not owner.admit_nowait(job):
             core.nursery.start_soon(self._forward, owner, job)
+
+    def _reroute_ask(self, job: AskJob) -> None:
+        """An ask whose worker stopped goes to its group's next worker, never a flight."""
+        try:
+            owner = self._core.owners.get(job.group)
+        except Exception as exc:  # a group whose hash raises now
+            job.fail(exc)
+            return
+        task = worker_for(self._supervisor, job.group, owner, job.default)
+        if not task.admit_nowait(job):
+            self._core.nursery.start_soon(self._forward, task, job)
 
     def _lingering(self, group: Hashable, key: object, request: Any) -> Any:
         """The result lingering for the request named *key* (`UNNAMED`: named from
@@ -812,7 +973,41 @@ class Persist(Generic[B, R, T]):
 
 
 @asynccontextmanager
-async def open_persist(
+async def _store_held(store: Store | None) -> AsyncIterator[Store | None]:
+    """*store* held open for the persist's life (nothing without one)."""
+    if store is None:
+        yield None
+        return
+    async with open_store(store) as opened:
+        yield opened
+
+
+CallWrapped = Callable[
+    [WrappedFunction, tuple[Any, ...], dict[str, Any], bool, bool], Coroutine[Any, Any, Any]
+]
+"""``(function, args, kwargs, share, method)``: a call of a registered function
+(*method*: ``args[0]`` is its instance, grouped as `WrappedFunction.name_method_call`
+says)."""
+
+
+def register_function(
+    persist: Persist[Any, Any, Any],
+    fn: Callable[..., Awaitable[Any]],
+    name: str | None,
+    linger: float,
+    instance_key: Callable[[Any], Any] | None,
+) -> tuple[WrappedFunction, CallWrapped]:
+    """For ``@deduplicated``: *fn* registered with *persist* (as `Persist.wrap`
+    registers it, with its own *linger*), and what calls it.
+
+    Raises:
+        ValueError: another function is registered under the name now.
+    """
+    return persist._register(fn, name, linger, instance_key), persist._call_wrapped
+
+
+@overload
+def open_persist(
     device: DeviceLike[B, R, T],
     *,
     await_inprogress: AwaitMode = True,
@@ -826,8 +1021,49 @@ async def open_persist(
     shutdown_grace: float | None = 5.0,
     ignore_keys: Iterable[Hashable] = (),
     linger: float = 0.0,
-) -> AsyncIterator[Persist[B, R, T]]:
-    """Open a persist for *device*; every flight and worker lives inside the block.
+    store: object = None,
+    checkpoint_interval: float | None = None,
+    durable: bool = False,
+) -> AbstractAsyncContextManager[Persist[B, R, T]]: ...
+
+
+@overload
+def open_persist(
+    *,
+    await_inprogress: AwaitMode = True,
+    worker_timeout: float | None = 10.0,
+    static_worker: bool = False,
+    error_strategy: ErrorStrategy = "ignore",
+    allow_infinite: bool = False,
+    max_workers: int | None = None,
+    backend: object = None,
+    worker_inbox: int = 64,
+    shutdown_grace: float | None = 5.0,
+    ignore_keys: Iterable[Hashable] = (),
+    linger: float = 0.0,
+) -> AbstractAsyncContextManager[Persist[NoReturn, NoReturn, NoReturn]]: ...
+
+
+def open_persist(
+    device: DeviceLike[Any, Any, Any] | None = None,
+    *,
+    await_inprogress: AwaitMode = True,
+    worker_timeout: float | None = 10.0,
+    static_worker: bool = False,
+    error_strategy: ErrorStrategy = "ignore",
+    allow_infinite: bool = False,
+    max_workers: int | None = None,
+    backend: object = None,
+    worker_inbox: int = 64,
+    shutdown_grace: float | None = 5.0,
+    ignore_keys: Iterable[Hashable] = (),
+    linger: float = 0.0,
+    store: object = None,
+    checkpoint_interval: float | None = None,
+    durable: bool = False,
+) -> AbstractAsyncContextManager[Persist[Any, Any, Any]]:
+    """Open a persist for *device* (or, without one, for wrapped functions only);
+    every flight and worker lives inside the block.
 
     Leaving the block stops every worker (each runs its ``on_idle`` first,
     bounded by *shutdown_grace*), cancels every flight, and frees every group;
@@ -842,6 +1078,9 @@ async def open_persist(
     Args:
         device: An ``async def resolve(base, request)``, or an object with an
             async ``resolve`` method and optional hooks (see the concepts page).
+            Without one, the persist runs functions wrapped with `Persist.wrap`
+            only (`Persist.resolve` and workers are a `TypeError`), and is named
+            ``functions``.
         await_inprogress: True deduplicates every call; ``"named"`` only when
             the device has a ``group`` hook; False never (each call executes on
             its own and nothing is registered).
@@ -870,9 +1109,22 @@ async def open_persist(
             result; at most 64 MiB of results (estimated) linger at once, the
             oldest going first. Not a cache: there is no per-key configuration.
             With a backend, it holds across processes.
+        store: None, or a state store (`trio_persist.stores`, or any object
+            with async ``load``, ``save`` and ``delete``): workers' states are
+            saved through it when they stop, and `Persist.ask` activates workers from
+            it. Entered when the block opens (if it is an async context
+            manager) and left after the last save. See
+            docs/virtual-workers.md.
+        checkpoint_interval: Seconds: a worker's changed state is also saved
+            at most this long after it changed, while the worker lives
+            (None: only when it stops). Needs a store.
+        durable: A worker replies only once the state its request made is
+            saved; if the save fails the request fails (`SaveFailed`) and is
+            not applied. Needs a store.
 
     Raises:
-        TypeError: an option has the wrong type (the message names it).
+        TypeError: an option has the wrong type, or *device* is not a device
+            (the message names it).
         ValueError: an option has a wrong value (the message names it).
     """
     options = PersistOptions.check(
@@ -886,18 +1138,28 @@ async def open_persist(
         shutdown_grace=shutdown_grace,
         ignore_keys=ignore_keys,
         linger=linger,
+        checkpoint_interval=checkpoint_interval,
+        durable=durable,
+        has_store=store is not None,
     )
-    hooks = adapt_device(device)
-    checked_backend = check_backend(backend)
+    hooks = NO_DEVICE if device is None else adapt_device(device)
+    return _opened(hooks, options, check_backend(backend), check_store(store))
+
+
+@asynccontextmanager
+async def _opened(
+    hooks: DeviceHooks, options: PersistOptions, backend: Backend | None, store: Store | None
+) -> AsyncIterator[Persist[Any, Any, Any]]:
+    """The block `open_persist` returns: the persist's store, nursery and closing."""
     body_error: BaseException | None = None
     try:
-        async with trio.open_nursery() as nursery:
-            persist: Persist[B, R, T] = Persist(
-                hooks=hooks, options=options, nursery=nursery, backend=checked_backend
+        async with _store_held(store) as opened, trio.open_nursery() as nursery:
+            persist: Persist[Any, Any, Any] = Persist(
+                hooks=hooks, options=options, nursery=nursery, backend=backend, store=opened
             )
             try:
-                if checked_backend is not None:
-                    await nursery.start(checked_backend.serve, persist)
+                if backend is not None:
+                    await nursery.start(backend.serve, persist)
             except BaseException as exc:
                 # The backend could not start: its own error is raised from
                 # open_persist (below), not wrapped in a group, and the block never runs.

@@ -84,7 +84,9 @@ class RunnerPool:
                 if not await runnable.run_jobs(scope):
                     # The scope was cancelled for an abandoned job: it is spent.
                     break
-                runner.runnable = None
+                # Parked, it holds no flight: what the flight ran (its results,
+                # a wrapped function) is not kept alive by an idle task.
+                runner.runnable = runnable = None
                 runnable = await self._park(runner)
         if runner.runnable is not None and not runner.runnable.over:
             # Retired mid-flight: the flight goes on in a fresh runner.

@@ -32,6 +32,7 @@ from .._stats import (
     PersistStatistics,
     group_label,
 )
+from .._store import RecordStore, Store, record_store
 from .._text import describe, literal
 from ._device import DeviceHooks
 from ._events import EventHub
@@ -68,6 +69,12 @@ class Counters:
     hook_failures: int = 0
     evictions: int = 0
     workers_started: int = 0
+    activations: int = 0
+    activation_failures: int = 0
+    handovers: int = 0
+    saves: int = 0
+    save_failures: int = 0
+    checkpoints: int = 0
     in_flight: int = 0
     waiters: int = 0
 
@@ -140,11 +147,20 @@ class Observers:
             self.failed(f"observer {method}", group, exc)
 
 
-def describe_owner(owner: Any, group: Hashable, queued: int) -> GroupSnapshot:
+def describe_owner(
+    owner: Any,
+    group: Hashable,
+    queued: int,
+    label: tuple[str, bool] | None = None,
+    *,
+    virtual: bool = False,
+    activating: bool = False,
+) -> GroupSnapshot:
     """The `GroupSnapshot` of *owner* (a flight or a worker) for *group*; its
-    ``label`` (text, and whether the hook chose it) must be made already."""
+    ``label`` (text, and whether the hook chose it) must be made already,
+    unless *label* is given."""
     p50, p99 = recent_quantiles(owner.recent)
-    text, from_hook = owner.label
+    text, from_hook = owner.label if label is None else label
     return GroupSnapshot(
         group=group,
         kind=owner.kind,
@@ -158,6 +174,8 @@ def describe_owner(owner: Any, group: Hashable, queued: int) -> GroupSnapshot:
         execution_p50=p50,
         execution_p99=p99,
         label_from_hook=from_hook,
+        virtual=virtual,
+        activating=activating,
     )
 
 
@@ -177,6 +195,10 @@ class Core:
     backend: Backend | None = None
     # The backend's early refusal of new work (`Admitting.refusal`), if it has one.
     refuse: Callable[[], Exception | None] | None = attrs.field(init=False)
+    # Where workers' states are saved and activated from (None: nowhere).
+    store: Store | None = None
+    # The same store, if it keeps records (token, applied ids): then used through them.
+    records: RecordStore | None = attrs.field(init=False, default=None)
     # Which owner (a flight or a worker) holds each group.
     registry: Registry[Owner] = attrs.field(factory=Registry)
     # The registry's live mapping, read on every resolve (a dict lookup is
@@ -198,8 +220,12 @@ class Core:
     # Raises what the hook raises, or `TypeError` for a value the default
     # grouper cannot encode.
     group_of: Callable[[Any, Any], Hashable] = attrs.field(init=False)
+    # What a worker calls for each request: the device's resolve, or with
+    # durable=True the same followed by a save (set by the supervisor).
+    worker_resolve: Callable[[Any, Any], Any] = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
+        self.worker_resolve = self.hooks.resolve
         hook = self.hooks.group
         self.group_of = (
             hook
@@ -208,6 +234,8 @@ class Core:
         )
         self.owners = self.registry.as_mapping()
         self.refuse = refusal_of(self.backend)
+        if self.store is not None:
+            self.records = record_store(self.store)
         self.linger = Linger(self.options.linger)
         self.observers = Observers(self.hook_failed)
         # The run's clock, read directly: half the cost of trio.current_time()
@@ -226,6 +254,8 @@ class Core:
             timings.settle()
         if self.observers.listening:
             self.observers.ended(owner.kind, owner.group, job, outcome, elapsed)
+        if job.call is not None:  # a wrapped function times its own too
+            job.call.ended(elapsed)
         self.count_outcome(owner.kind, owner.group, job, outcome)
         return now
 
@@ -233,6 +263,8 @@ class Core:
         """*job*'s execution was cancelled because every listener left."""
         if self.observers.listening:
             self.observers.ended(owner.kind, owner.group, job, None, self.now() - began)
+        if job.call is not None:
+            job.call.abandoned += 1
         self.count_outcome(owner.kind, owner.group, job, None)
 
     def count_outcome(
@@ -251,11 +283,16 @@ class Core:
     def _count_failure(self, kind: str, group: Hashable | None, job: Job, outcome: Outcome) -> None:
         counters = self.counters
         counters.failures += 1
+        call = job.call
+        if call is not None:
+            call.failures += 1
         error = job.error
         detail = describe(error) if error is not None else ""
         self.events.emit(f"{kind}.failed", group, detail)
         if outcome is Outcome.CRASHED:
             counters.crashes += 1
+            if call is not None:
+                call.crashes += 1
             logger.error(
                 "a %s of group %s crashed: %s",
                 kind,
@@ -308,7 +345,7 @@ class Core:
         function's name, or the ``label`` hook's text (*label*: the owner's own,
         if made already); never a rendering of the request."""
         if job.call is not None:
-            return job.call.__name__
+            return job.call.name
         if label is None:
             request = None if base is not job.base else job.request
             label = self.label_of(group, base, request)
@@ -336,6 +373,12 @@ class Core:
             hook_failures=counters.hook_failures,
             evictions=counters.evictions,
             workers_started=counters.workers_started,
+            activations=counters.activations,
+            activation_failures=counters.activation_failures,
+            handovers=counters.handovers,
+            saves=counters.saves,
+            save_failures=counters.save_failures,
+            checkpoints=counters.checkpoints,
             in_flight=counters.in_flight,
             waiters=counters.waiters,
             workers=workers,

@@ -10,10 +10,17 @@ dropped it during every request; docs/guarantees.md).
 It stops after ``timeout`` seconds with no new request (a cancel scope around
 the wait, never a polling loop), when evicted under ``max_workers``, on
 `Worker.stop`, under the ``"throw"`` error strategy, or when the persist
-closes; each time ``on_idle(group, state)`` runs first, bounded by the
-persist's shutdown grace. After a crash it does not run. Either way its host
-(the supervisor) frees the group and re-routes every request still queued,
-never lost and never left hanging.
+closes; each time its state is saved through the persist's store (if it
+changed) and ``on_idle(group, state)`` runs, bounded by the persist's
+shutdown grace. After a crash neither runs. Either way its host (the
+supervisor) frees the group and re-routes every request still queued, never
+lost and never left hanging.
+
+A worker with an `Activation` (a virtual worker, `Persist.ask`) first loads
+its state while requests queue in its inbox; with a store it also saves its
+state on ``checkpoint_interval`` between requests, and with ``durable=True``
+after each request, before replying (`durably`). All of its saves run in its
+own task, so they never overlap.
 
 Two classes: `WorkerTask` is the worker itself, internal, an `Owner` the
 registry holds and the facade routes to; `Worker` is the public handle users
@@ -29,12 +36,15 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar, final
 import attrs
 import trio
 
-from .._stats import GroupSnapshot
+from .._exceptions import ActivationFailed, NoWorker, SaveFailed
+from .._stats import GroupSnapshot, group_label
+from .._text import describe
+from ._activation import ACTIVATING, Activation, count_save_failure, load_state, save_state
 from ._histogram import remember
 from ._job import UNNAMED, Job, Outcome, leader_died, request_name, run_device, running
 from ._state import Core, describe_owner
 
-__all__ = ["Worker", "WorkerHost", "WorkerRequest", "WorkerStatistics", "WorkerTask"]
+__all__ = ["Worker", "WorkerHost", "WorkerRequest", "WorkerStatistics", "WorkerTask", "durably"]
 
 S = TypeVar("S")
 
@@ -67,7 +77,14 @@ class WorkerStatistics:
     """Whether the worker has ended."""
     stop_reason: str | None
     """Why it stopped: ``"timeout"``, ``"evicted"``, ``"stopped"``, ``"throw"``,
-    ``"crashed"``, ``"closed"``, ``"unrestored"``, ``"forgotten"``, or None while it runs."""
+    ``"crashed"``, ``"closed"``, ``"forgotten"``, ``"unactivated"`` (its state could
+    not be loaded), ``"unsaved"`` (a static worker's durable save failed), or None
+    while it runs."""
+    virtual: bool = False
+    """Whether it is a virtual worker (`Persist.ask`, `Persist.get_worker`): it keeps
+    its group for life."""
+    activating: bool = False
+    """Whether it is still loading its state."""
 
 
 class WorkerHost(Protocol):
@@ -75,6 +92,12 @@ class WorkerHost(Protocol):
 
     def touch(self, task: WorkerTask) -> None:
         """*task* starts a request: it is now the most recently used worker."""
+
+    def started(self, task: WorkerTask) -> None:
+        """*task* has its state (activated) and serves from now on."""
+
+    def stopping(self, task: WorkerTask) -> None:
+        """*task* will stop (it no longer counts against ``max_workers``)."""
 
     def regroup(self, task: WorkerTask, state: Any) -> None:
         """*task* advanced to *state*: move it to the new state's group if free."""
@@ -131,8 +154,9 @@ class WorkerTask:
     state: Any
     static: bool
     timeout: float
-    # Ask the device's restore hook for the state before serving.
-    restore_first: bool = False
+    # How it loads its state before serving (its state is `ACTIVATING` until
+    # then); kept for life: a virtual worker's record. None: started with a state.
+    activation: Activation | None = None
     # Whether identical requests join one execution (a static worker's do).
     shares: bool = attrs.field(init=False)
     send: trio.MemorySendChannel[Job] = attrs.field(init=False)
@@ -162,6 +186,11 @@ class WorkerTask:
     recent: list[float] | None = attrs.field(default=None, init=False)
     # What an operator sees for its group (made once per group it owns).
     label: tuple[str, bool] | None = attrs.field(default=None, init=False)
+    # Changes (requests taken: each may change the state) the store does not
+    # have yet: the state needs saving while there are any.
+    unsaved: int = attrs.field(default=0, init=False)
+    # When a changed state is saved next (None: no checkpoint_interval).
+    checkpoint_at: float | None = attrs.field(default=None, init=False)
     # The public face: what users and custom serve loops get.
     handle: Worker[Any] = attrs.field(init=False)
 
@@ -186,6 +215,15 @@ class WorkerTask:
     def busy(self) -> bool:
         return self.current is not None
 
+    @property
+    def dirty(self) -> bool:
+        """Whether the state may have changed since it was loaded or last saved."""
+        return self.unsaved != 0
+
+    @property
+    def virtual(self) -> bool:
+        return self.activation is not None and self.activation.keeps_group
+
     def statistics(self) -> WorkerStatistics:
         return WorkerStatistics(
             group=self.group,
@@ -200,20 +238,39 @@ class WorkerTask:
             last_active=self.last_active,
             stopped=self.ended,
             stop_reason=self.stop_reason,
+            virtual=self.virtual,
+            activating=self.state is ACTIVATING,
         )
 
     # -- control -----------------------------------------------------------------
 
     def stop_nowait(self, reason: str = "stopped", *, cancel: bool = False) -> None:
-        """Stop after the current request (with *cancel*, cancel that too)."""
-        if self.stop_reason is None:
-            self.stop_reason = reason
+        """Stop after the current request (with *cancel*, cancel that too, or the
+        activation under way)."""
+        self.stop(reason)
         if self.receiving:
             scope = self.wait_scope or self.scope
             if scope is not None:
                 scope.cancel()
         elif cancel and self.current is not None and self.current.scope is not None:
             self.current.scope.cancel()
+        elif cancel and self.state is ACTIVATING and self.scope is not None:
+            self.scope.cancel()
+
+    def stop(self, reason: str, *, override: bool = False) -> None:
+        """Decide to stop, for *reason* (the first reason given stays, unless *override*)."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+            self.host.stopping(self)
+        elif override:
+            self.stop_reason = reason
+
+    def never_ran(self) -> None:
+        """It will never run (dropped before launch): it has ended, for its waiters."""
+        self.stop("closed" if self.core.closed else "stopped")
+        self.ended = True
+        if self.ended_event is not None:
+            self.ended_event.set()
 
     async def wait_stopped(self) -> None:
         if self.ended:
@@ -226,6 +283,7 @@ class WorkerTask:
     def set_state(self, state: Any) -> None:
         """A custom serve loop replaced the state (it keeps its group)."""
         self.state = state
+        self.unsaved += 1
         self.label = None
 
     def move_to(self, group: Hashable) -> None:
@@ -308,9 +366,13 @@ class WorkerTask:
 
     def describe(self, group: Hashable) -> GroupSnapshot:
         """What this worker does now (its label is made once per group)."""
+        queued, virtual = self.queue_length, self.virtual
+        if self.state is ACTIVATING:  # no state to label yet
+            label = (group_label(group), False)
+            return describe_owner(self, group, queued, label, virtual=virtual, activating=True)
         if self.label is None:
             self.label = self.core.label_of(group, self.state, None)
-        return describe_owner(self, group, self.queue_length)
+        return describe_owner(self, group, queued, virtual=virtual)
 
     def _index(self, job: Job) -> None:
         if not self.static or not job.shared or job.name() is None:
@@ -360,6 +422,7 @@ class WorkerTask:
             return False
         job.in_service = True
         self.held[id(job)] = job
+        self.unsaved += 1  # its device may change the state, even in place
         return True
 
     async def next_job(self, scope: trio.CancelScope | None = None) -> Job | None:
@@ -367,13 +430,15 @@ class WorkerTask:
 
         A checkpoint when *scope* is None. With *scope* (the default loop's long-lived scope),
         the idle timeout is that scope's deadline and its expiry raises
-        `trio.Cancelled` to the loop; without, a scope is made for this wait.
+        `trio.Cancelled` to the loop; without, a scope is made for this wait
+        (and a checkpoint due while waiting is saved here).
         """
         while True:
             if self.stop_reason is not None:
+                job = self._owed()
                 if scope is None:
                     await trio.lowlevel.checkpoint()
-                return None
+                return job
             job = self.take_nowait()
             if job is not None:
                 if scope is None:
@@ -389,22 +454,20 @@ class WorkerTask:
                     # The idle timeout counts from the end of the last request.
                     timed = self.timeout != math.inf
                     if timed:
-                        scope.deadline = trio.current_time() + self.timeout
+                        scope.deadline = self.last_active + self.timeout
+                    if self.checkpoint_at is not None and self.dirty:
+                        timed = True  # a changed state is saved on time, idle or not
+                        scope.deadline = min(scope.deadline, self.checkpoint_at)
                     job = await self.inbox.receive()
                     if timed:
                         scope.deadline = math.inf
                 else:
-                    job = None
-                    with trio.CancelScope(
-                        deadline=trio.current_time() + self.timeout
-                    ) as self.wait_scope:
-                        job = await self.inbox.receive()
+                    job = await self._receive_until(trio.current_time() + self.timeout)
             finally:
                 self.receiving = False
                 self.wait_scope = None
             if job is None:
-                if self.stop_reason is None:
-                    self.stop_reason = "timeout"
+                self.stop("timeout")
                 return None
             if self.stop_reason is not None:
                 # Stopped as this job was handed over: keep it for re-routing.
@@ -413,6 +476,74 @@ class WorkerTask:
                 return None
             if self._accept(job):
                 return job
+
+    def _owed(self) -> Job | None:
+        """The request an evicted worker serves before it stops: the one it was
+        activated for (so workers taking turns under max_workers make progress)."""
+        activation = self.activation
+        if activation is None or not activation.owes_first or self.served:
+            return None
+        if self.stop_reason != "evicted":
+            return None
+        activation.owes_first = False
+        return self.take_nowait()
+
+    async def _receive_until(self, idle_until: float) -> Job | None:
+        """A custom loop's wait for a request: None when stopped or idle until
+        *idle_until* (checkpoints due meanwhile are saved, without resetting it)."""
+        while self.stop_reason is None:
+            job = None
+            wake = idle_until
+            if self.checkpoint_at is not None and self.dirty:
+                wake = min(wake, self.checkpoint_at)
+            with trio.CancelScope(deadline=wake) as self.wait_scope:
+                job = await self.inbox.receive()
+            if job is not None or not self.checkpoint_due():
+                return job
+            await self.checkpoint()
+        return None
+
+    def checkpoint_due(self) -> bool:
+        """Whether a changed state is due for its checkpoint save now."""
+        at = self.checkpoint_at
+        return at is not None and self.dirty and trio.current_time() >= at
+
+    async def checkpoint(self) -> None:
+        """Save the state if it changed (between requests); plan the next checkpoint."""
+        core = self.core
+        if self.dirty:
+            saving = self.unsaved
+            if (
+                await save_state(core, self.group, self.state, self.activation, "checkpoint")
+                is None
+            ):
+                self.unsaved -= saving
+        interval = core.options.checkpoint_interval
+        assert interval is not None
+        self.checkpoint_at = trio.current_time() + interval
+
+    async def commit(self, value: Any) -> None:
+        """With ``durable=True``: save the state a request made, before it is answered.
+
+        Raises:
+            SaveFailed: the save failed (its error is the cause): the request
+                fails and is not applied. A static worker, whose device may have
+                changed its state in place, then stops without saving, so its
+                group goes on from the state last saved.
+        """
+        saving = self.unsaved
+        new = self.state if self.static else value
+        error = await save_state(self.core, self.group, new, self.activation, "durable")
+        if error is None:
+            self.unsaved -= saving
+            return
+        if self.static:
+            self.stop("unsaved", override=True)
+        raise SaveFailed(
+            f"the new state of group {group_label(self.group)} could not be saved "
+            f"({describe(error)}): the request is not applied, and the worker goes on "
+            "from its last saved state"
+        ) from error
 
     # -- serving -----------------------------------------------------------------
 
@@ -430,10 +561,10 @@ class WorkerTask:
         try:
             if scope is not None:
                 job.scope = scope
-                outcome = await run_device(core.hooks.resolve, self.state, job.request, job)
+                outcome = await run_device(core.worker_resolve, self.state, job.request, job)
             else:
                 with trio.CancelScope() as job.scope:
-                    outcome = await run_device(core.hooks.resolve, self.state, job.request, job)
+                    outcome = await run_device(core.worker_resolve, self.state, job.request, job)
         except trio.Cancelled:
             self._cancelled(job, began)
             raise
@@ -476,11 +607,11 @@ class WorkerTask:
         """Apply an answered job's outcome: stop, publish, or advance the state."""
         self.answered += 1
         if outcome is Outcome.CRASHED:
-            self.stop_reason = "crashed"
+            self.stop("crashed", override=True)
             raise _WorkerCrashed(job.error)
         if outcome is Outcome.FAILED:
             if self.core.options.error_strategy == "throw":
-                self.stop_reason = "throw"
+                self.stop("throw", override=True)
             return None
         value = job.value
         if self.static and job.shared and (self.in_inbox or self.backlog):
@@ -537,23 +668,22 @@ class WorkerTask:
     # -- the task ----------------------------------------------------------------
 
     async def main(self) -> None:
-        """The worker's task: restore, serve until told to stop, save, end."""
+        """The worker's task: activate, serve until told to stop, save, end."""
         crashed: BaseException | None = None
-        valid_state = True
         running.set(self)
         try:
-            if self.restore_first:
-                restored = await self._restore_state()
-                if restored is None:
-                    valid_state = False
-                    self.stop_reason = "unrestored"
-                    return
-                self.state = restored
             serve = self.core.hooks.serve
-            if serve is not None:
-                await serve(self.handle)
+            if serve is None:
+                await self._serve_default()  # activates first, in its own scope
             else:
-                await self._serve_default()
+                with trio.CancelScope() as self.scope:  # closing cancels an activation
+                    if self.state is ACTIVATING and not await self._activate():
+                        return
+                self.scope = None
+                if self.state is ACTIVATING:
+                    return  # cancelled while activating: the persist is closing
+                self._begin()
+                await serve(self.handle)
         except _WorkerCrashed as exc:
             crashed = exc.error
         except trio.Cancelled:
@@ -561,17 +691,53 @@ class WorkerTask:
         except Exception as exc:  # a custom serve loop failed: that is a crash too
             crashed = exc
         finally:
-            await self._end(crashed, valid_state)
+            await self._end(crashed)
 
-    async def _end(self, crashed: BaseException | None, valid_state: bool) -> None:
-        if self.stop_reason is None:
-            self.stop_reason = "stopped"
+    def _begin(self) -> None:
+        """It serves from now: its idle timeout and checkpoints count from here."""
+        core = self.core
+        self.started = self.last_active = now = core.now()
+        interval = core.options.checkpoint_interval
+        if interval is not None:
+            self.checkpoint_at = now + interval
+
+    async def _activate(self) -> bool:
+        """Load the state (see `load_state`); False if there is none (the worker ends).
+
+        Runs in the worker's cancel scope (`self.scope`): closing the persist
+        cancels a load under way, and the worker ends with no state.
+        """
+        activation = self.activation
+        assert activation is not None
+        core = self.core
+        try:
+            state, dirty = await load_state(core, self.group, activation)
+        except (ActivationFailed, NoWorker) as error:
+            activation.settle(error)
+            self.stop("unactivated", override=True)  # evicted meanwhile, say
+            return False
+        self.state = state
+        if dirty:
+            self.unsaved += 1
+        activation.settle(None)
+        if activation.source == "handover":
+            core.counters.handovers += 1
+        else:
+            core.counters.activations += 1
+        core.events.emit("worker.activated", self.group, activation.source)
+        self.host.started(self)
+        return True
+
+    async def _end(self, crashed: BaseException | None) -> None:
+        self.stop("stopped")
         if crashed is not None:
             self.stop_reason = "crashed"
-            valid_state = False
+        # After a crash, or a static worker's failed durable save, the state may
+        # be half changed; with no state yet (activation failed) there is none.
+        invalid = crashed is not None or self.stop_reason == "unsaved"
         try:
-            if valid_state:
-                await self._run_on_idle()
+            if not invalid and self.state is not ACTIVATING:
+                await self._save_on_stop()
         finally:
             self.host.ended(self, crashed)
             self.ended = True
@@ -580,49 +746,76 @@ class WorkerTask:
 
     async def _serve_default(self) -> None:
         # One cancel scope serves many requests: entering one costs more than
-        # the rest of a round trip. Its deadline is the idle timeout; it is
-        # cancelled for a stop while waiting, or for an abandoned job, after
-        # which a fresh scope takes over.
+        # the rest of a round trip. Its deadline is the idle timeout (or a
+        # checkpoint due); it is cancelled for a stop while waiting (or while
+        # activating), or for an abandoned job, after which a fresh scope takes over.
+        # (Few locals: this frame is part of every parked worker's memory.)
+        if self.state is not ACTIVATING:
+            self._begin()
         while True:
             waiting = True
             with trio.CancelScope() as scope:
                 self.scope = scope
+                if self.state is ACTIVATING:
+                    if not await self._activate():
+                        return
+                    self._begin()
                 while (job := await self.next_job(scope)) is not None:
                     waiting = False
                     await self.execute(job, scope)
                     if scope.cancel_called:
                         break  # the device swallowed a cancellation: the scope is spent
+                    if self.checkpoint_at is not None and self.checkpoint_at <= self.last_active:
+                        await self.checkpoint()
                     waiting = True
                 return
             self.scope = None
             if self.stop_reason is not None:
                 return
             if waiting:
-                self.stop_reason = "timeout"
+                if self.checkpoint_due():
+                    await self.checkpoint()
+                    continue
+                self.stop("timeout")
                 return
 
-    async def _restore_state(self) -> Any:
-        restore = self.core.hooks.restore
-        assert restore is not None
-        try:
-            return await restore(self.group)
-        except Exception as exc:
-            self.core.hook_failed("restore", self.group, exc)
-            return None
+    async def _save_on_stop(self) -> None:
+        """Save the state through the store (if it changed), then run ``on_idle``.
 
-    async def _run_on_idle(self) -> None:
+        Shielded, so closing the persist cannot cut a save short; bounded by
+        the shutdown grace, so a hung store or hook cannot hang shutdown (a
+        save cut short is counted as failed).
+        """
         core = self.core
+        saving = core.store is not None and self.dirty
         on_idle = core.hooks.on_idle
-        if on_idle is None:
+        if not saving and on_idle is None:
             return
-        # Shielded, so closing the persist cannot cut the save short; bounded, so
-        # a hung hook cannot hang shutdown.
+        grace = core.options.shutdown_grace
         with trio.CancelScope(shield=True) as scope:
-            scope.deadline = trio.current_time() + core.options.shutdown_grace
-            try:
-                await on_idle(self.group, self.state)
-            except Exception as exc:
-                core.hook_failed("on_idle", self.group, exc)
+            scope.deadline = trio.current_time() + grace
+            if saving:
+                changes = self.unsaved
+                if await save_state(core, self.group, self.state, self.activation, "stop") is None:
+                    self.unsaved -= changes
+            if on_idle is not None:
+                try:
+                    await on_idle(self.group, self.state)
+                except Exception as exc:
+                    core.hook_failed("on_idle", self.group, exc)
+        if scope.cancelled_caught and saving and self.dirty:
+            late = TimeoutError(f"it took longer than shutdown_grace ({grace} s)")
+            count_save_failure(core, self.group, "stop", late)
+
+
+async def durably(state: Any, request: Any) -> Any:
+    """A worker's device call under ``durable=True``: the request's new state is
+    saved (`WorkerTask.commit`) before the request is answered. Runs in the
+    worker's task, which `running` names."""
+    task: WorkerTask = running.get()
+    value = await task.core.hooks.resolve(state, request)
+    await task.commit(value)
+    return value
 
 
 def _joinable(job: Job) -> bool:
@@ -661,9 +854,10 @@ class Worker(Generic[S]):
 
     @property
     def state(self) -> S:
-        """What ``device.resolve`` gets as its base, kept between requests."""
+        """What ``device.resolve`` gets as its base, kept between requests (None
+        while a virtual worker still loads it)."""
         state: S = self._task.state
-        return state
+        return None if state is ACTIVATING else state  # type: ignore[return-value]
 
     @state.setter
     def state(self, value: S) -> None:
