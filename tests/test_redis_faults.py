@@ -791,3 +791,36 @@ async def test_an_acquire_that_reaches_redis_after_its_timeout_leaves_no_orphan_
                 with trio.fail_after(3):  # not the 10 s the orphan would live
                     assert await b.resolve("base", "r") == "done"
             outer.cancel_scope.cancel()
+
+
+async def test_a_cancelled_blocks_close_goes_on_as_soon_as_its_last_leader_released(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    # The block is cancelled under a leader whose release (shielded) the proxy
+    # holds: the close waits for that release, and is woken by it the moment
+    # it lands, long before the 20 s timeout that bounds the wait.
+    device = Recorder()
+    proxy = FaultProxy(redis_server.port)
+    backend = RedisBackend(proxy.url, namespace=namespace, timeout=20, heartbeat=None)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as outer:
+            await outer.start(proxy.serve)
+
+            async def resume_once_the_close_waits() -> None:
+                await eventually(lambda: backend._leases._unled is not None)
+                proxy.resume()
+
+            with trio.fail_after(10):  # not the timeout
+                with trio.CancelScope() as block:
+                    async with (
+                        trio_persist.open_persist(device, backend=backend) as persist,
+                        trio.open_nursery() as callers,
+                    ):
+                        callers.start_soon(persist.resolve, "base", "led")
+                        await eventually(lambda: device.calls == 1)
+                        proxy.stall()
+                        outer.start_soon(resume_once_the_close_waits)
+                        block.cancel()
+            assert block.cancelled_caught
+            assert backend.statistics().leading == 0
+            outer.cancel_scope.cancel()
