@@ -118,16 +118,17 @@ async def offered(url: str, namespace: str, rate: int, seconds: float) -> dict[s
     """Open-loop load: *rate* calls a second whatever happens to them."""
     backend = RedisBackend(url, namespace=namespace, timeout=TIMEOUT, heartbeat=None)
     pid = os.getpid()
-    ok, good, errors, durations = 0, 0, 0, []
+    ok, good, errors, late, durations = 0, 0, 0, 0, []
     async with trio_persist.open_persist(instant, backend=backend) as persist:
 
         async def call(n: int) -> None:
-            nonlocal ok, good, errors
+            nonlocal ok, good, errors, late
             start = trio.current_time()
             try:
                 await persist.resolve("base", f"{pid}:{n}")
             except trio_persist.PersistError:
                 errors += 1
+                late += trio.current_time() - start > TIMEOUT
                 return
             elapsed = trio.current_time() - start
             ok += 1
@@ -152,6 +153,7 @@ async def offered(url: str, namespace: str, rate: int, seconds: float) -> dict[s
         "ok": ok,
         "good": good / seconds,
         "errors": errors,
+        "late_errors": late,
         "p99": p99,
         "recovered": recovered,
         "rejected": backend.statistics().rejected,

@@ -824,3 +824,42 @@ async def test_a_cancelled_blocks_close_goes_on_as_soon_as_its_last_leader_relea
             assert block.cancelled_caught
             assert backend.statistics().leading == 0
             outer.cancel_scope.cancel()
+
+
+async def test_a_burst_far_past_capacity_is_refused_at_the_door_and_the_rest_answered_in_time(
+    redis_url: str, namespace: str
+) -> None:
+    # 2,000 new calls at once on 8 slots: a line of eight slots' worth is let
+    # in, the rest refused before anything is built for them (no flight, no
+    # Redis step, nothing run here; counted), and every call, answered or
+    # refused, ends within the timeout.
+    device = Recorder()
+    device.release.set()
+    backend = RedisBackend(redis_url, namespace=namespace, timeout=5, max_pending=8)
+    answered, refused, slowest = 0, 0, 0.0
+    with trio.fail_after(60):
+        async with (
+            trio_persist.open_persist(device, backend=backend) as persist,
+            trio.open_nursery() as nursery,
+        ):
+
+            async def call(request: int) -> None:
+                nonlocal answered, refused, slowest
+                start = trio.current_time()
+                try:
+                    assert await persist.resolve("base", request) == "done"
+                    answered += 1
+                except trio_persist.BackendUnavailable as exc:
+                    assert "max_pending" in str(exc)
+                    refused += 1
+                slowest = max(slowest, trio.current_time() - start)
+
+            for request in range(2000):
+                nursery.start_soon(call, request)
+    stats = backend.statistics()
+    assert answered + refused == 2000
+    assert refused == stats.rejected > 1000
+    assert answered == device.calls > 8
+    assert persist.statistics().failures == 0  # no flight was started for a refusal
+    assert stats.round_trips == 2 * answered  # an acquire and a commit each: nothing else
+    assert slowest <= backend.timeout

@@ -217,7 +217,7 @@ def goodput(url: str, *, quick: bool) -> bool:
     )
     print(
         f"  {'processes':>9} {'capacity/s':>10} {'offered':>14} {'goodput/s':>9} "
-        f"{'of capacity':>11} {'refused':>8} {'p99 ok':>8} {'recovered':>9}"
+        f"{'of capacity':>11} {'refused':>8} {'late':>5} {'p99 ok':>8} {'recovered':>9}"
     )
     ok = True
     seconds = 1.5 if quick else 3.0
@@ -231,15 +231,16 @@ def goodput(url: str, *, quick: bool) -> bool:
             good = sum(o["good"] for o in outputs)
             offered = sum(o["offered"] for o in outputs)
             refused = sum(o["errors"] for o in outputs)
+            late = sum(o["late_errors"] for o in outputs)
             p99 = max((o["p99"] or 0) for o in outputs)
             recovered = max(o["recovered"] for o in outputs)
             print(
                 f"  {processes:>9} {capacity:>10,.0f} {factor:>3}x {offered:>8,.0f}/s "
-                f"{good:>9,.0f} {good / capacity:>11.0%} {refused:>8,} "
+                f"{good:>9,.0f} {good / capacity:>11.0%} {refused:>8,} {late:>5,} "
                 f"{p99 * 1000:>6.0f}ms {recovered:>8.2f}s"
             )
             if factor == 8:
-                ok &= good >= capacity / 2 and recovered <= 1.0
+                ok &= good >= capacity / 2 and recovered <= 1.0 and not late
     return ok
 
 
