@@ -4,17 +4,22 @@ refused at the door.
 At most ``limit`` (``max_pending``) new calls are starting on Redis at any
 time: each holds a slot while its acquire is on its way. Another waits for a
 slot, in arrival order, at most ``budget`` (half the backend's timeout). And a
-call is refused *before anything is built for it* once the line is long: when
-the oldest caller in it has waited more than half the budget
-(`Admission.refusal`, which the persist asks before it starts a flight). The
-line then holds about that much work, whatever the offered load: answered
-calls keep a bounded latency, and the line empties within half the budget
-when the load stops.
+call is refused *before anything is built for it* (`Admission.refusal`, which
+the persist asks before it starts a flight) while the line is long: its
+oldest caller has waited more than half the budget, or ``8 * limit`` callers
+wait. The line then holds about half a budget of work, whatever the offered
+load: answered calls keep a bounded latency, refusals come at once, and the
+line empties within the budget when the load stops.
 
-Refusing at the door is what keeps an overloaded process serving at capacity:
-there a refusal costs a few microseconds; after a wait it costs a flight, a
-timeout and an exception through every frame, and past saturation those costs
-alone would eat the capacity.
+The measure is the line's own sojourn time, not a predicted rate: a process
+whose event loop is busy (with refusals among other things) drains its line
+more slowly, and a prediction from that rate would refuse callers who would
+have been served in time, whose retries then keep the loop busy.
+
+Refusing at the door is what keeps an overloaded process serving: there a
+refusal costs a few microseconds; after a wait it costs a flight, a timeout
+and an exception through every frame, and past saturation those costs alone
+would eat the capacity.
 """
 
 from __future__ import annotations
@@ -28,10 +33,6 @@ import trio
 from .._exceptions import BackendUnavailable
 
 __all__ = ["Admission", "Overloaded"]
-
-
-_WINDOW = 0.1
-"""Seconds over which the drain rate of the line is measured."""
 
 
 class Overloaded(BackendUnavailable):
@@ -63,62 +64,65 @@ class Admission:
     """Calls waiting for a slot now."""
     promised: int = 0
     """Calls let in by `refusal` that have not asked for their slot yet."""
-    rate: float = 0.0
-    """Slots handed to waiting callers per second, lately (0: not measured yet)."""
     _promised_since: float = -math.inf
     _line: collections.deque[_Waiter] = attrs.Factory(collections.deque)
-    _granted: int = 0  # slots handed to waiters since `_window`
-    _window: float = -math.inf
     _slots: trio.Semaphore = attrs.field(init=False)
+    _cap: int = attrs.field(init=False)
+    _target: float = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self._slots = trio.Semaphore(self.limit)
+        # Waiting is cheap, timing out is not: never more in line than this.
+        self._cap = 8 * self.limit
+        self._target = self.budget / 2
 
     @property
     def taken(self) -> int:
         """Slots held now."""
         return self.limit - self._slots.value
 
-    @property
-    def _cap(self) -> int:
-        # Waiting is cheap, timing out is not: never more in line than this.
-        return 8 * self.limit
-
-    def oldest_wait(self) -> float:
-        """How long the first caller in line has waited (0 if nobody waits)."""
+    def oldest_wait(self, now: float) -> float:
+        """How long the first caller in line has waited at *now* (0: nobody waits)."""
         line = self._line
         while line and not line[0].waiting:
             line.popleft()
-        return trio.current_time() - line[0].since if line else 0.0
+        return now - line[0].since if line else 0.0
 
     def refusal(self) -> BackendUnavailable | None:
-        """An error for a new call if the line is long (its first caller has
+        """An error for a new call while the line is long (its first caller has
         waited over half the budget, or it is full), counted; else None, and
         the call is expected (`enter`).
 
         Synchronous and O(1) (amortised): the persist asks before it builds
         anything for the call.
         """
-        if self.promised and trio.current_time() - self._promised_since > self.budget:
+        promised = self.promised
+        ahead = self.waiting + promised - self._slots.value
+        if ahead < 0:  # a slot is free for it: the common case, no clock read
+            if not promised:
+                self._promised_since = trio.current_time()
+            self.promised = promised + 1
+            return None
+        now = trio.current_time()
+        if promised and now - self._promised_since > self.budget:
             # Let in and never arrived (given up before they started):
             # forgotten, so that they never keep anyone out for long.
-            self.promised = 0
-        ahead = self.waiting + self.promised - self._slots.value
-        if ahead >= 0 and self._long(ahead + 1):
-            return self._refuse("callers wait too long for one", BackendUnavailable)
-        if not self.promised:
-            self._promised_since = trio.current_time()
-        self.promised += 1
+            self.promised = promised = 0
+            ahead = self.waiting - self._slots.value
+        if ahead >= self._cap or self.oldest_wait(now) > self._target:
+            self.rejected += 1
+            return BackendUnavailable(self._refused)
+        if not promised:
+            self._promised_since = now
+        self.promised = promised + 1
         return None
 
-    def _long(self, position: int) -> bool:
-        """Whether a caller *position* in line would wait over half the budget:
-        the line is full, its first caller has waited that long, or it drains
-        too slowly for the caller to be served in that time."""
-        target = self.budget / 2
-        if position > self._cap or self.oldest_wait() > target:
-            return True
-        return bool(self.rate) and position > self.rate * target
+    @property
+    def _refused(self) -> str:
+        return (
+            f"{self.where}: {self.limit} calls starting on Redis (max_pending), "
+            "and callers wait too long for one: refused"
+        )
 
     async def enter(self, what: str) -> float:
         """Take a slot for a new call; returns when it got it.
@@ -137,41 +141,25 @@ class Admission:
         return trio.current_time()
 
     async def _wait(self, what: str) -> float:
-        now = trio.current_time()
-        if not self.waiting:  # a new line: measure how fast it drains from now
-            self._window, self._granted = now, 0
-        waiter = _Waiter(now)
+        waiter = _Waiter(trio.current_time())
         self._line.append(waiter)
         self.waiting += 1
         try:
             with trio.move_on_after(self.budget):
                 await self._slots.acquire()
-                return self._granting()
+                return trio.current_time()
         finally:
             waiter.waiting = False
             self.waiting -= 1
         raise self._refuse(f"({what}) none freed within {self.budget:g} s")
 
-    def _granting(self) -> float:
-        """A waiter got its slot: count it in the drain rate. Returns now."""
-        now = trio.current_time()
-        self._granted += 1
-        elapsed = now - self._window
-        if elapsed >= _WINDOW:
-            rate = self._granted / elapsed
-            self.rate = rate if not self.rate else (self.rate + rate) / 2
-            self._window, self._granted = now, 0
-        return now
-
     def leave(self) -> None:
         """Give back a slot."""
         self._slots.release()
 
-    def _refuse(
-        self, why: str, kind: type[BackendUnavailable] = Overloaded
-    ) -> BackendUnavailable:
+    def _refuse(self, why: str) -> Overloaded:
         self.rejected += 1
-        return kind(
+        return Overloaded(
             f"{self.where}: {self.limit} calls starting on Redis (max_pending), "
             f"a slot {why}: refused"
         )
