@@ -99,9 +99,11 @@ class RedisBackend:
         max_pending: How many calls may be starting on Redis at once (their
             acquire in progress); another waits at most ``timeout / 2`` for
             one of them to finish, then gets `~trio_persist.BackendUnavailable`
-            (counted in ``rejected``), whatever ``fallback`` says: past
+            (counted in ``rejected``), whatever ``fallback`` says; and while
+            that line is long (its oldest caller waited ``timeout / 4``), new
+            calls are refused at once, before anything is built for them: past
             saturation the backend sheds load instead of letting every caller
-            time out, and recovers at once.
+            time out, and recovers at once (docs/redis.md, "Overload").
         heartbeat: Seconds between cluster heartbeats (a node record lives
             three of them); None writes none (the process is not in the
             cluster view).
@@ -188,8 +190,8 @@ class RedisBackend:
             return None  # executes locally: nothing stable to agree on across processes
 
     def refusal(self) -> Exception | None:
-        """`~trio_persist.BackendUnavailable` for a new call that would wait longer
-        than ``timeout / 2`` to start on Redis (counted in ``rejected``), else None.
+        """`~trio_persist.BackendUnavailable` for a new call while the line for
+        a slot is long (counted in ``rejected``), else None.
 
         The persist asks before it builds anything for a call that would start
         on Redis: past saturation, refusing at the door costs a few
