@@ -15,7 +15,7 @@ that an overloaded backend sheds load for the price of a raised exception.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Hashable
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import trio
 
@@ -68,7 +68,7 @@ class Admitting(Protocol):
 def refusal_of(backend: Backend | None) -> Callable[[], Exception | None] | None:
     """*backend*'s `Admitting.refusal`, or None if it has none."""
     refusal = getattr(backend, "refusal", None)
-    return refusal if callable(refusal) else None
+    return cast("Callable[[], Exception | None]", refusal) if callable(refusal) else None
 
 
 def check_backend(backend: object) -> Backend | None:

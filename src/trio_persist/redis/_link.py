@@ -396,18 +396,18 @@ class Link:
                 answers = await _each_on(connection, script.sha, requests)
             return answers
         if self._pipelining or _is_cluster(self.client):
-            answers = [None] * len(requests)
+            each: list[Any] = [None] * len(requests)
 
             async def one(index: int, keys: list[str], args: list[Any]) -> None:
                 try:
-                    answers[index] = await self.run_script(name, keys, args)
+                    each[index] = await self.run_script(name, keys, args)
                 except Exception as exc:
-                    answers[index] = exc
+                    each[index] = exc
 
             async with trio.open_nursery() as nursery:
                 for index, (keys, args) in enumerate(requests):
                     nursery.start_soon(one, index, keys, args)
-            return answers
+            return each
         self._pipelining = True
         try:
             try:
