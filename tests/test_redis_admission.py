@@ -70,7 +70,7 @@ async def test_a_caller_in_line_waits_at_most_the_budget(autojump_clock: object)
     admission = Admission(limit=1, budget=0.5)
     await enter(admission)
     start = trio.current_time()
-    with pytest.raises(Overloaded, match="none freed within 0.5 s"):
+    with pytest.raises(Overloaded, match=r"none freed within 0\.5 s"):
         await enter(admission)
     assert trio.current_time() - start == 0.5
     assert admission.rejected == 1
