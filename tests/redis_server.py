@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -40,6 +41,7 @@ class RedisServer:
         self.replica_of = replica_of
         self.data_dir = data_dir  # with a directory: append-only persistence there
         self.process: subprocess.Popen[bytes] | None = None
+        self._scratch: str | None = None
 
     @property
     def url(self) -> str:
@@ -66,7 +68,12 @@ class RedisServer:
 
     def _persistence(self) -> list[str]:
         if self.data_dir is None:
-            return ["--appendonly", "no"]
+            # A directory of its own, new at each start: a replica writes the RDB of
+            # its full sync there, which a server started in the same directory
+            # later would load (the working directory, before).
+            self._remove_scratch()
+            self._scratch = tempfile.mkdtemp(prefix="trio-persist-redis-")
+            return ["--appendonly", "no", "--dir", self._scratch]
         return ["--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.data_dir)]
 
     def stop(self) -> None:
@@ -74,6 +81,12 @@ class RedisServer:
             self.process.terminate()
             self.process.wait(timeout=10)
             self.process = None
+        self._remove_scratch()
+
+    def _remove_scratch(self) -> None:
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch = None
 
 
 class RedisCluster:

@@ -72,6 +72,7 @@ def test_the_redis_module_exports_its_backend_and_records() -> None:
         "NodeSnapshot",
         "RedisBackend",
         "RedisBackendStatistics",
+        "RedisStore",
         "cluster_frame",
         "fencing_token",
         "watch_cluster",

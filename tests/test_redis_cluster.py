@@ -1,6 +1,7 @@
 """The Redis backend on a real 3-master Redis Cluster (valkey-server or redis-server
 with ``--cluster-enabled yes``): keys of one request share a slot, publications
-reach followers on any node, and the cluster view reads every node."""
+reach followers on any node, and the cluster view reads every node; a
+`RedisStore` spreads its groups over the masters, each fenced."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ import trio
 import trio_persist
 from redis_helpers import Recorder, eventually, open_pair
 from redis_server import RedisCluster
-from trio_persist.redis import RedisBackend, fencing_token
+from trio_persist.redis import RedisBackend, RedisStore, fencing_token
+from trio_persist.stores import StateRecord
 
 
 def new_client(cluster: RedisCluster) -> Any:
@@ -220,4 +222,39 @@ async def test_a_plain_url_to_one_node_of_a_cluster_is_refused_saying_what_to_pa
         pytest.raises(ValueError, match="a node of a Redis Cluster: pass a coredis"),
     ):
         async with trio_persist.open_persist(Recorder(), backend=backend):
+            pass  # pragma: no cover - refused before the block runs
+
+
+# -- RedisStore on a Cluster ------------------------------------------------------------
+
+
+async def test_a_redis_store_spreads_groups_over_the_masters_and_fences_each(
+    cluster: RedisCluster, namespace: str, cluster_client: Any
+) -> None:
+    groups = [("cart", n) for n in range(30)]
+    with trio.fail_after(30):
+        async with (
+            RedisStore(new_client(cluster), namespace=namespace) as owner,
+            RedisStore(new_client(cluster), namespace=namespace) as stale,
+        ):
+            for group in groups:
+                await owner.save_record(group, StateRecord({"n": group[1]}, token=2))
+            slots = [await cluster_client.cluster_keyslot(owner.key_of(g)) for g in groups]
+            assert len({slot * 3 // 16384 for slot in slots}) == 3  # every master holds some
+            assert [await stale.load(g) for g in groups] == [{"n": n} for n in range(30)]
+            for group in groups:
+                with pytest.raises(trio_persist.StaleOwner):
+                    await stale.save_record(group, StateRecord("late", token=1))
+            assert stale.statistics().fenced == 30
+
+
+async def test_a_redis_store_given_one_node_of_a_cluster_is_refused_saying_what_to_pass(
+    cluster: RedisCluster, namespace: str
+) -> None:
+    store = RedisStore(cluster.url, namespace=namespace)
+    with (
+        trio.fail_after(20),
+        pytest.raises(ValueError, match="a node of a Redis Cluster: pass a coredis"),
+    ):
+        async with store:
             pass  # pragma: no cover - refused before the block runs

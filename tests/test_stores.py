@@ -1,10 +1,11 @@
 """State stores: what every store does, whatever it keeps its states in (docs/stores.md).
 
-Each test runs against the three shipped stores, on real files and a real
-SQLite database: a state reads back equal, whole, and only for its own group;
-what the codec cannot carry is refused at ``save``; fenced saves refuse a
-stale owner; one group's saves apply in call order; a cancelled save did
-nothing, and a save that reached its thread finishes.
+Each test runs against the four shipped stores, on real files, a real
+SQLite database and a real Redis server: a state reads back equal, whole,
+and only for its own group; what the codec cannot carry is refused at
+``save``; fenced saves refuse a stale owner; one group's saves apply in call
+order; a cancelled save did nothing, and a save that reached its thread
+finishes.
 """
 
 from __future__ import annotations
@@ -28,24 +29,30 @@ from trio_persist import stores
 from trio_persist._grouping import group_digest
 from trio_persist._state_codec import StateCodec
 from trio_persist._store import open_store, record_store
+from trio_persist.redis import RedisStore
 
 KEY = b"k" * 32
-KINDS = ["memory", "file", "sqlite"]
+KINDS = ["memory", "file", "sqlite", "redis"]
 BIG = 200_000  # characters: sealed in a worker thread, like any state over 64 KiB
 
-Factory = Callable[..., stores.MemoryStore | stores.FileStore | stores.SqliteStore]
+Factory = Callable[..., stores.MemoryStore | stores.FileStore | stores.SqliteStore | RedisStore]
 
 
 @pytest.fixture
 def make(tmp_path: pathlib.Path, request: pytest.FixtureRequest) -> Factory:
-    """Makes stores of the test's kind (on disk, in one place per test)."""
+    """Makes stores of the test's kind (on disk or on Redis, in one place per test)."""
     kind = request.param if hasattr(request, "param") else "memory"
+    # On the suite's Redis server, each test in a namespace of its own.
+    url = request.getfixturevalue("redis_url") if kind == "redis" else ""
+    namespace = request.getfixturevalue("namespace")
 
     def factory(**options: Any) -> Any:
         if kind == "memory":
             return stores.MemoryStore(**options)
         if kind == "file":
             return stores.FileStore(tmp_path / "states", **options)
+        if kind == "redis":
+            return RedisStore(url, **{"namespace": namespace, **options})
         return stores.SqliteStore(tmp_path / "states.db", **options)
 
     return factory
@@ -256,7 +263,7 @@ async def test_statistics_count_each_operation_and_its_bytes(store: Any) -> None
 def test_the_repr_says_where_states_live_but_never_the_key(make: Factory) -> None:
     store = make(signing_key=KEY, namespace="shop")
     text = repr(store)
-    assert text.startswith(f"<trio_persist.stores.{type(store).__name__}")
+    assert text.startswith(f"<{type(store).__module__}.{type(store).__name__}")
     assert "namespace='shop' signed" in text
     assert "kkkk" not in text
     assert "signing_key" not in text
@@ -461,6 +468,11 @@ def test_check_store_names_what_is_missing() -> None:
         stores.check_store(OnlyStore(), records=True)
 
 
+def test_check_store_refuses_a_store_class_and_says_to_make_one() -> None:
+    with pytest.raises(TypeError, match=r"got the class FileStore: make one, such as FileStore\("):
+        stores.check_store(stores.FileStore)
+
+
 @every_kind
 def test_every_shipped_store_keeps_records(make: Factory) -> None:
     store = make()
@@ -504,11 +516,14 @@ operations = st.lists(
 )
 
 
-@pytest.mark.parametrize(("kind", "examples"), [("memory", 200), ("file", 15), ("sqlite", 15)])
+@pytest.mark.parametrize(
+    ("kind", "examples"), [("memory", 200), ("file", 15), ("sqlite", 15), ("redis", 15)]
+)
 def test_any_sequence_of_operations_acts_on_a_dict_with_fencing(
-    tmp_path: pathlib.Path, kind: str, examples: int
+    tmp_path: pathlib.Path, kind: str, examples: int, request: pytest.FixtureRequest
 ) -> None:
     places = (tmp_path / str(n) for n in itertools.count())
+    url = request.getfixturevalue("redis_url") if kind == "redis" else ""
 
     @settings(max_examples=examples, deadline=None)
     @given(operations)
@@ -520,6 +535,7 @@ def test_any_sequence_of_operations_acts_on_a_dict_with_fencing(
                 "memory": lambda: stores.MemoryStore(),
                 "file": lambda: stores.FileStore(place),
                 "sqlite": lambda: stores.SqliteStore(place),
+                "redis": lambda: RedisStore(url, namespace=f"{tmp_path.name}-{place.name}"),
             }[kind]()
             model: dict[int, tuple[int, int | None]] = {}
             async with store:

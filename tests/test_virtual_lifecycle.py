@@ -9,6 +9,7 @@ promises.
 from __future__ import annotations
 
 import logging
+import math
 from functools import partial
 from typing import Any
 
@@ -218,6 +219,57 @@ async def test_asks_for_a_new_group_while_workers_save_share_one_waiting_activat
         assert len(store.ops("load", "c")) == 1
 
 
+async def test_workers_asking_each_other_in_a_chain_under_max_workers_never_deadlock(
+    autojump_clock: object,
+) -> None:
+    # Each worker of the chain is busy until the next one answers: an activation
+    # waiting for one of them to end would wait for ever.
+    class Relay:
+        persist: trio_persist.Persist[Any, Any, Any]
+
+        async def resolve(self, state: int, chain: list[str]) -> int:
+            if chain:
+                await self.persist.ask(chain[0], chain[1:], default=int)
+            return state + 1
+
+    store, relay = Scripted(save_delay=1), Relay()
+    async with trio_persist.open_persist(relay, max_workers=1, store=store) as persist:
+        relay.persist = persist
+        with trio.fail_after(60):
+            assert await persist.ask("a", ["b", "c", "d", "e"], default=int) == 1
+    assert {c.group for c in store.ops("save")} == set("abcde")
+
+
+async def test_a_worker_asking_a_group_that_waits_for_room_launches_it(
+    autojump_clock: object,
+) -> None:
+    # "b" waits for room, which only "a" ending would make; "a" waits for "b".
+    class Relay:
+        persist: trio_persist.Persist[Any, Any, Any]
+
+        async def resolve(self, state: int, request: str) -> int:
+            if request == "relay":
+                await trio.sleep(1)
+                await self.persist.ask("b", "", default=int)
+            return state + 1
+
+    relay = Relay()
+    async with trio_persist.open_persist(
+        relay, max_workers=1, store=Scripted(), worker_timeout=None
+    ) as persist:
+        relay.persist = persist
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(partial(persist.ask, "a", "relay", default=int))
+            await trio.sleep(0.5)
+            await persist.ask("x", "", default=int)  # evicts "a", busy
+            nursery.start_soon(partial(persist.ask, "b", "", default=int))
+            await trio.testing.wait_all_tasks_blocked()
+            assert [s.group for s in persist.snapshot() if s.activating] == ["b"]
+            with trio.fail_after(60):
+                await persist.ask("a", "")  # after "a" relayed to "b" and ended
+        assert trio.current_time() == 1
+
+
 async def test_closing_answers_asks_waiting_for_room(autojump_clock: object) -> None:
     store = Scripted(save_delay=5)
     async with trio.open_nursery() as outside:
@@ -345,6 +397,26 @@ async def test_a_busy_worker_checkpoints_between_requests(autojump_clock: object
         for _ in range(5):
             await persist.ask("cart", {"sleep": 1.5}, default=int)
         assert [(c.began, c.state) for c in store.ops("save")] == [(3, 2), (6, 4)]
+
+
+@pytest.mark.parametrize("busy", [False, True], ids=["idle", "between-requests"])
+async def test_closing_cuts_a_hung_checkpoint_save_short_within_shutdown_grace(
+    autojump_clock: object, busy: bool
+) -> None:
+    store = Scripted()
+    async with trio_persist.open_persist(
+        Counter(), store=store, checkpoint_interval=5, shutdown_grace=3
+    ) as persist:
+        await persist.ask("cart", 1, default=int)
+        store.save_delay = math.inf  # the store stalls from now on
+        if busy:
+            await persist.ask("cart", {"sleep": 6})  # its checkpoint follows this request
+        else:
+            await trio.sleep(6)  # an idle worker wakes for its checkpoint at 5
+        closing = trio.current_time()
+    assert trio.current_time() == closing + 3  # the stop's save had the grace, no more
+    assert persist.statistics().save_failures == 1
+    assert [c.error for c in store.ops("save")] == ["Cancelled", "Cancelled"]
 
 
 async def test_a_static_workers_state_counts_as_changed_by_every_request(

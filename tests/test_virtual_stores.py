@@ -8,11 +8,14 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import threading
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
+import trio.testing
 
 import trio_persist
 from trio_persist.stores import FileStore, SqliteStore
@@ -75,6 +78,47 @@ async def main():
 
 trio.run(main)
 """
+
+
+@pytest.mark.parametrize("kind", ["file", "sqlite"])
+async def test_a_durable_request_whose_caller_leaves_during_the_write_is_applied_and_saved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    # A store's write in a thread cannot be cancelled: it runs to its end, and
+    # the worker goes on from the state it wrote, in memory as on disk.
+    store: FileStore | SqliteStore
+    if kind == "file":
+        store, method = FileStore(tmp_path), "_write_sync"
+    else:
+        store, method = SqliteStore(tmp_path / "states.db"), "_replace"
+    writing, release = trio.Event(), threading.Event()
+    write = getattr(type(store), method)
+
+    def held(*args: Any) -> Any:
+        trio.from_thread.run_sync(writing.set)
+        release.wait(10)
+        return write(*args)
+
+    async with trio_persist.open_persist(Counter(), store=store, durable=True) as persist:
+        assert await persist.ask("account", 1, default=int) == 1
+        monkeypatch.setattr(type(store), method, held)
+        caller = trio.CancelScope()
+
+        async def ask() -> None:
+            with caller:
+                await persist.ask("account", 10)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ask)
+            with trio.fail_after(10):
+                await writing.wait()
+            caller.cancel()  # the caller leaves while its state is written
+            await trio.testing.wait_all_tasks_blocked()
+            release.set()
+        monkeypatch.undo()
+        assert caller.cancelled_caught
+        assert await persist.ask("account", 100) == 111  # it was applied
+        assert await store.load("account") == 111
 
 
 async def test_a_durable_worker_killed_at_any_moment_lost_no_acknowledged_change(

@@ -384,6 +384,37 @@ async def test_ask_checks_its_default() -> None:
             await persist.ask("g", 1, default=0)  # type: ignore[arg-type]
 
 
+async def test_an_async_default_fails_the_activation_instead_of_becoming_the_state() -> None:
+    async def fresh() -> int:
+        return 0
+
+    async with trio_persist.open_persist(Counter(), store=MemoryStore()) as persist:
+        with pytest.raises(trio_persist.ActivationFailed, match="default") as info:
+            await persist.ask("g", 1, default=fresh)  # type: ignore[arg-type]
+        assert "an async function" in str(info.value.__cause__)
+        assert await persist.ask("g", 1, default=int) == 1  # nothing was started
+
+
+async def test_equal_groups_of_other_types_share_a_live_worker_but_not_a_saved_state() -> None:
+    store = MemoryStore()
+    async with trio_persist.open_persist(Counter(), store=store) as persist:
+        await persist.ask(("cart", 1), 5, default=int)
+        assert await persist.ask(("cart", 1.0), 1, default=int) == 6  # the live worker
+    async with trio_persist.open_persist(Counter(), store=store) as persist:
+        assert await persist.ask(("cart", 1.0), 1, default=int) == 1  # another state
+        assert await store.load(("cart", 1)) == 6
+
+
+async def test_a_group_the_store_cannot_name_fails_its_activation_saying_so() -> None:
+    async with trio_persist.open_persist(Counter(), store=MemoryStore()) as persist:
+        with pytest.raises(trio_persist.ActivationFailed) as info:
+            await persist.ask(object(), 1, default=int)
+        assert isinstance(info.value.__cause__, TypeError)
+        assert "cannot name this group" in str(info.value)
+        assert "the next ask tries again" not in str(info.value)  # it would fail the same
+        assert "asking again fails the same way" in str(info.value)
+
+
 async def test_ask_works_on_a_persist_that_deduplicates_nothing() -> None:
     async with trio_persist.open_persist(Counter(), await_inprogress=False) as persist:
         assert await persist.ask("g", 1, default=lambda: 0) == 1

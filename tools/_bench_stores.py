@@ -4,24 +4,31 @@ Each store is measured beside a hand-written floor of its design class, in the
 same run: the same JSON faithfulness check (encode, decode, compare), the
 same storage steps (a dict; a temporary file, fsync, rename, directory fsync
 in a worker thread; one SQLite connection in WAL mode with synchronous=FULL in
-a worker thread), and nothing else: no group naming, no seal, no counters.
+a worker thread; a bare SET and GET through the same kind of coredis client, on
+the same real Redis server started here), and nothing else: no group naming,
+no seal, no fencing script, no counters.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import sqlite3
 import statistics
+import sys
 import tempfile
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import trio
 
 from trio_persist import stores
+from trio_persist.redis import RedisStore
 
 SMALL = {"user": "alice", "items": ["book", "pen"], "total": 12.5}
 LARGE = {
@@ -108,6 +115,43 @@ class FloorSqlite:
         return json.loads(await trio.to_thread.run_sync(read, limiter=self.limiter))
 
 
+class FloorRedis:
+    """A bare SET and GET of the JSON, on a client built as the store builds its own."""
+
+    def __init__(self, url: str) -> None:
+        from trio_persist.redis._link import open_client
+
+        self.client = open_client(url, 5.0)
+        self.key = f"bench-floor-{uuid.uuid4().hex[:8]}"
+
+    async def __aenter__(self) -> FloorRedis:
+        await self.client.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.client.__aexit__(None, None, None)
+
+    async def save(self, group: str, state: Any) -> None:
+        await self.client.set(self.key, _encode(state))
+
+    async def load(self, group: str) -> Any:
+        return json.loads(await self.client.get(self.key))
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[str]:
+    """A real Redis server for the figures (the suite's helper), stopped at the end."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from redis_server import RedisServer
+
+    server = RedisServer()
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
 def _measure(make: Callable[[str], Any], state: Any, count: int) -> tuple[float, float]:
     """Microseconds per save and per load (medians of *count* calls), in a fresh place."""
     place = tempfile.mkdtemp(prefix="trio-persist-bench-", dir=os.environ.get("BENCH_DIR"))
@@ -115,13 +159,16 @@ def _measure(make: Callable[[str], Any], state: Any, count: int) -> tuple[float,
     async def main() -> tuple[float, float]:
         store = make(place)
         saves, loads = [], []
-        for _ in range(count):
-            start = time.perf_counter()
-            await store.save("g", state)
-            saves.append(time.perf_counter() - start)
-            start = time.perf_counter()
-            await store.load("g")
-            loads.append(time.perf_counter() - start)
+        async with contextlib.AsyncExitStack() as opened:
+            if hasattr(store, "__aenter__"):  # a store with a life: open while measured
+                await opened.enter_async_context(store)
+            for _ in range(count):
+                start = time.perf_counter()
+                await store.save("g", state)
+                saves.append(time.perf_counter() - start)
+                start = time.perf_counter()
+                await store.load("g")
+                loads.append(time.perf_counter() - start)
         await _aclose(store)
         return statistics.median(saves) * 1e6, statistics.median(loads) * 1e6
 
@@ -165,15 +212,34 @@ STORES: dict[str, tuple[Callable[[str], Any], Callable[[str], Any]]] = {
 # Bars: on disk, the fsyncs dominate and the store must stay close to the floor;
 # in memory, naming the group and sealing the state (header, SHA-256) are most
 # of a small state's cost, so the bar is wider there.
-BARS = {"MemoryStore": (6.0, 1.5), "FileStore": (1.5, 1.5), "SqliteStore": (1.5, 1.5)}
+# On Redis, a round trip to a local server (about 100 us) carries the same
+# naming and seal as in memory, and a script instead of a bare SET.
+BARS = {
+    "MemoryStore": (6.0, 1.5),
+    "FileStore": (1.5, 1.5),
+    "SqliteStore": (1.5, 1.5),
+    "RedisStore": (2.0, 1.5),
+}
 
 
 def store_figures(row: Callable[[str, float, float, str, float], bool], *, quick: bool) -> bool:
     print(
         "\nState stores (median call of the median round; floor: the same steps by hand, no seal)"
     )
+    with redis_server() as url:
+        return _figures(row, quick, url)
+
+
+def _figures(row: Callable[[str, float, float, str, float], bool], quick: bool, url: str) -> bool:
     ok = True
-    for name, (ours, floor) in STORES.items():
+    every = {
+        **STORES,
+        "RedisStore": (
+            lambda place: RedisStore(url, namespace=f"bench-{uuid.uuid4().hex[:8]}"),
+            lambda place: FloorRedis(url),
+        ),
+    }
+    for name, (ours, floor) in every.items():
         for label, state, count, bar in (
             ("small state", SMALL, 20 if quick else 50, BARS[name][0]),
             ("1 MB state", LARGE, 3 if quick else 5, BARS[name][1]),

@@ -13,6 +13,10 @@ Run it (``pip install trio-persist quart-trio hypercorn``)::
 
     python docs/recipes/quart_service.py --port 8000 --monitor /tmp/shop.sock --states carts/
 
+Run one process per ``--states`` directory (no ``--workers`` of a process
+manager): each process would keep its own copy of a cart, and their saves would
+overwrite each other's (docs/virtual-workers.md, "One persist per store").
+
 SIGINT or SIGTERM shuts it down gracefully: requests in flight finish, every
 cart is saved, then the process exits 0.
 """

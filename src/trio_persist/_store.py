@@ -177,6 +177,11 @@ def check_store(store: object, *, records: bool = False) -> Store | None:
     """
     if store is None:
         return None
+    if isinstance(store, type):  # its methods exist, unbound: it would fail at first use
+        raise TypeError(
+            f"store must be a store, got the class {store.__name__}: make one, such as "
+            f"{store.__name__}(...)"
+        )
     missing = _missing(store, _METHODS)
     if missing:
         raise TypeError(

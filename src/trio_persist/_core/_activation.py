@@ -23,6 +23,7 @@ with (a worker in another process sets its own lease token here).
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable, Hashable
 from typing import Any
@@ -133,13 +134,24 @@ async def load_state(core: Core, group: Hashable, activation: Activation) -> tup
             return state, activation.source == "restore" and core.store is not None
         if activation.default is not None:
             activation.source = "default"
-            return activation.default(), True
+            return _fresh(activation.default), True
     except Exception as exc:
         raise _failed(core, group, activation, exc) from exc
     raise NoWorker(
         f"group {safe_repr(group)} has no worker and nothing to restore it from "
         "(nothing saved, and no default): pass default= to start one with a fresh state"
     )
+
+
+def _fresh(default: Callable[[], Any]) -> Any:
+    state = default()
+    if inspect.iscoroutine(state):  # an async default: its coroutine is no state
+        state.close()
+        raise TypeError(
+            "default() returned a coroutine: default= takes a plain function that makes a "
+            "fresh state (such as dict), not an async function"
+        )
+    return state
 
 
 async def _load_saved(core: Core, group: Hashable, activation: Activation) -> Any:
@@ -183,9 +195,12 @@ def _failed(
             exc_info=error,
         )
     where = {"restore": "the restore hook", "default": "default()"}.get(step, "the store")
+    # A store's TypeError is about the group (it cannot be named): no retry helps.
+    unnamed = isinstance(error, TypeError) and where == "the store"
+    then = "asking again fails the same way" if unnamed else "the next ask tries again"
     return ActivationFailed(
         f"activating a worker for group {safe_repr(group)} failed in {where}: "
-        f"{describe(error)}. Nothing was started; the next ask tries again"
+        f"{describe(error)}. Nothing was started; {then}"
     )
 
 

@@ -37,19 +37,23 @@ def worker_for(
     *,
     static: bool | None = None,
     timeout: float | None = None,
+    nested: bool = False,
 ) -> WorkerTask:
     """The worker an ask for *group* waits at, given its *owner* now; activating one
-    (with *default*, and the *static* and *timeout* options) if it has none.
+    (with *default*, and the *static* and *timeout* options) if it has none (at
+    once if *nested*, or launching one that waits for room: see `Supervisor.activate`).
 
     An activating worker takes *default* if no earlier caller offered one.
     Never checkpoints.
     """
     if owner is None:
         return supervisor.activate(
-            supervisor.activating(group, default, static=static, timeout=timeout)
+            supervisor.activating(group, default, static=static, timeout=timeout), nested=nested
         )
     if isinstance(owner, WorkerTask):
         task = owner
+        if nested:
+            supervisor.hurry(task)
     else:
         assert isinstance(owner, Flight)
         task = owner.successor or owner.hand_to(

@@ -479,7 +479,9 @@ class Persist(Generic[B, R, T]):
         a fresh state while a saved one exists, and never as a flight
         (docs/virtual-workers.md states every guarantee). Cancelling the call
         withdraws the request if it has not started, and cancels it if it has
-        (an abandoned request is not applied). Always a checkpoint.
+        (an abandoned request is not applied, unless ``durable=True`` and a
+        store's write in a thread had begun: that write runs to its end, and
+        the request is applied). Always a checkpoint.
 
         Args:
             group: The worker's group: any value the registry can hold (to be
@@ -537,7 +539,8 @@ class Persist(Generic[B, R, T]):
                 f"asking group {safe_repr(group)} would wait for an execution that is "
                 "waiting for this call (its own worker, or a cycle of groups)"
             )
-        return worker_for(self._supervisor, group, owner, default, **options)
+        nested = current is not None  # asked by an execution of this persist
+        return worker_for(self._supervisor, group, owner, default, nested=nested, **options)
 
     async def _settled_owner(self, group: Hashable) -> Owner | None:
         """*group*'s owner, once a worker activating for it has its state (or failed)."""

@@ -89,20 +89,29 @@ class Supervisor:
         if self.core.registry.register(task.group, task):
             self.launch(task)
 
-    def activate(self, task: WorkerTask) -> WorkerTask:
+    def activate(self, task: WorkerTask, *, nested: bool = False) -> WorkerTask:
         """Register *task* (made by `activating`) for its free group at once, and
         launch it to load its state (requests for the group queue at it
-        meanwhile), or, if the persist is `crowded`, as soon as a worker ends.
+        meanwhile), or, if the persist is `crowded`, as soon as a worker ends;
+        at once if *nested* (asked from inside an execution of this persist,
+        which a crowding worker may be waiting for: waiting could deadlock).
         Never checkpoints."""
         self.retired.pop(task.group, None)
         registered = self.core.registry.register(task.group, task)
         assert registered, "activate() is for a free group"
-        if self.crowded:
+        if self.crowded and not nested:
             self.pending.append(task)
             self.core.events.emit("worker.activating", task.group, "waiting for room")
         else:
             self.launch(task)
         return task
+
+    def hurry(self, task: WorkerTask) -> None:
+        """Launch *task* now if it waits for room: an ask from inside the persist
+        joined it (see `activate`). Never checkpoints."""
+        if task not in self.workers and task in self.pending:
+            self.pending.remove(task)
+            self.launch(task)
 
     def activating(
         self,

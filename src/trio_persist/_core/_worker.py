@@ -171,6 +171,8 @@ class WorkerTask:
     joinable: dict[object, Job] | None = attrs.field(default=None, init=False)
     current: Job | None = attrs.field(default=None, init=False)
     wait_scope: trio.CancelScope | None = attrs.field(default=None, init=False)
+    # A checkpoint save under way: closing cuts it short (the stop's save follows).
+    saving: trio.CancelScope | None = attrs.field(default=None, init=False)
     scope: trio.CancelScope | None = attrs.field(default=None, init=False)
     # Blocked waiting for its next request.
     receiving: bool = attrs.field(default=False, init=False)
@@ -248,6 +250,8 @@ class WorkerTask:
         """Stop after the current request (with *cancel*, cancel that too, or the
         activation under way)."""
         self.stop(reason)
+        if cancel and self.saving is not None:
+            self.saving.cancel()
         if self.receiving:
             scope = self.wait_scope or self.scope
             if scope is not None:
@@ -513,11 +517,13 @@ class WorkerTask:
         core = self.core
         if self.dirty:
             saving = self.unsaved
-            if (
-                await save_state(core, self.group, self.state, self.activation, "checkpoint")
-                is None
-            ):
-                self.unsaved -= saving
+            with trio.CancelScope() as self.saving:
+                failed = await save_state(
+                    core, self.group, self.state, self.activation, "checkpoint"
+                )
+                if failed is None:
+                    self.unsaved -= saving
+            self.saving = None
         interval = core.options.checkpoint_interval
         assert interval is not None
         self.checkpoint_at = trio.current_time() + interval

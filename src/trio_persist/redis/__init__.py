@@ -38,16 +38,21 @@ processes sealed to their namespace, key and token (authenticated with
 Each persist also publishes a heartbeat record (its statistics and workers,
 with a TTL, so a dead process disappears): see `RedisBackend.cluster` and
 ``trio-persist monitor --redis URL``.
+
+`RedisStore` keeps virtual workers' states on the same servers: one hash per
+group, every save fenced by its owner's token in one script (docs/stores.md).
 """
 
 from ._backend import RedisBackend, RedisBackendStatistics
 from ._cluster import NodeSnapshot, cluster_frame, watch_cluster
 from ._lease import fencing_token
+from ._store import RedisStore
 
 __all__ = [
     "NodeSnapshot",
     "RedisBackend",
     "RedisBackendStatistics",
+    "RedisStore",
     "cluster_frame",
     "fencing_token",
     "watch_cluster",

@@ -25,7 +25,14 @@ from .._monitor import build_frame
 from .._stats import Observed
 from ._cluster import BEAT, INDEX, LEAVE, NodeSnapshot, nodes_key, read_nodes, record_key
 from ._lease import LEASE_SCRIPTS, Leases
-from ._link import Counters, Link, Subscriber, check_url, describe, open_client, redact
+from ._link import (
+    Counters,
+    Link,
+    Subscriber,
+    open_client,
+    place_of,
+    refuse_a_cluster_node,
+)
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
@@ -277,20 +284,7 @@ class RedisBackend:
                 await self.leave()
 
     async def _refuse_a_cluster_node(self, client: Any) -> None:
-        """A plain client on one node of a Redis Cluster half works (the other
-        masters' keys answer MOVED): refuse it at once, saying what to pass."""
-        from coredis import RedisCluster
-
-        if isinstance(client, RedisCluster):
-            return
-        info: Any = None
-        with trio.move_on_after(self.timeout), contextlib.suppress(Exception):
-            info = await client.info("cluster")  # Redis away: the calls will say so
-        if isinstance(info, dict) and str(info.get("cluster_enabled")) == "1":
-            raise ValueError(
-                f"{self._link.where} is a node of a Redis Cluster: pass a "
-                "coredis.RedisCluster client as url (see the Redis page of the docs)"
-            )
+        await refuse_a_cluster_node(client, self._link.where, self.timeout)
 
     # -- the cluster view --------------------------------------------------------
 
@@ -355,17 +349,7 @@ class RedisBackend:
 
 def _where(url: object) -> str:
     """How messages name the server of *url* (a URL or a client), without secrets."""
-    if isinstance(url, str):
-        if not url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(
-                f"url must be a redis://, rediss:// or unix:// URL, or a coredis client; "
-                f"got {redact(url)!r}"
-            )
-        check_url(url)
-        return f"Redis at {redact(url)}"
-    if callable(getattr(url, "evalsha", None)):
-        return f"Redis at {describe(url)}"
-    raise TypeError(f"url must be a Redis URL or a coredis client, got {type(url).__name__}")
+    return f"Redis at {place_of(url, 'url')}"
 
 
 _MIN_SIGNING_KEY = 16

@@ -44,7 +44,9 @@ __all__ = [
     "check_url",
     "classify",
     "open_client",
+    "place_of",
     "redact",
+    "refuse_a_cluster_node",
 ]
 
 
@@ -90,6 +92,28 @@ def redact(url: str) -> str:
     return urllib.parse.urlunsplit(
         (parts.scheme, netloc, parts.path, urllib.parse.urlencode(shown, safe="*"), "")
     )
+
+
+def place_of(url: object, argument: str) -> str:
+    """How messages name the server of *url* (a URL or a client), without secrets.
+
+    Raises:
+        ValueError: *url* is a string but not a Redis URL, or its credentials
+            are not percent-encoded.
+        TypeError: *url* is neither a string nor a coredis client. *argument*
+            names the parameter in both messages.
+    """
+    if isinstance(url, str):
+        if not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(
+                f"{argument} must be a redis://, rediss:// or unix:// URL, or a coredis "
+                f"client; got {redact(url)!r}"
+            )
+        check_url(url)
+        return redact(url)
+    if callable(getattr(url, "evalsha", None)):
+        return describe(url)
+    raise TypeError(f"{argument} must be a Redis URL or a coredis client, got {type(url).__name__}")
 
 
 def describe(client: Any) -> str:
@@ -139,6 +163,25 @@ def open_client(url: str, timeout: float) -> coredis.Redis[bytes]:
         # Commands are multiplexed; a full pool only queues them (under our deadlines).
         max_connections=16,
     )
+
+
+async def refuse_a_cluster_node(client: Any, where: str, seconds: float) -> None:
+    """Refuse a plain client on one node of a Redis Cluster, saying what to pass.
+
+    Such a client half works (the other masters' keys answer MOVED). A
+    server that does not answer in time is let through: the calls
+    will say so. Waits at most *seconds*.
+    """
+    if _is_cluster(client):
+        return
+    info: Any = None
+    with trio.move_on_after(seconds), contextlib.suppress(Exception):
+        info = await client.info("cluster")
+    if isinstance(info, dict) and str(info.get("cluster_enabled")) == "1":
+        raise ValueError(
+            f"{where} is a node of a Redis Cluster: pass a coredis.RedisCluster client "
+            "instead (see the Redis page of the docs)"
+        )
 
 
 def _is_cluster(client: Any) -> bool:
