@@ -95,11 +95,13 @@ def _is_exit(error: BaseException) -> bool:
 @attrs.define
 class _Detour:
     """Why a call cannot simply listen: a lingering *value* (no owner), a
-    recursive call (an *owner*, no job), or a full inbox (an owner and a *job*)."""
+    recursive call (an *owner*, no job), a full inbox (an owner and a *job*),
+    or the backend's refusal (an *error*)."""
 
     owner: Owner | None = None
     job: Job | None = None
     value: Any = None
+    error: Exception | None = None
 
 
 def _refuse_a_worker(owner: Owner, call: WrappedFunction) -> None:
@@ -352,6 +354,8 @@ class Persist(Generic[B, R, T]):
                 value = self._lingering(group, key, request)
                 if value is not MISS:
                     return _Detour(value=value)
+            if share and (refuse := self._core.refuse) and (error := refuse()):
+                return _Detour(error=error)  # refused before anything is built for it
             job = Job(base, request, None, spawn_worker, key, share, call=fn)
             flight = self._start_flight(group, job)
             return job, flight, flight.started
@@ -373,6 +377,9 @@ class Persist(Generic[B, R, T]):
         or a full worker inbox (waited for; routed again if the worker stopped)."""
         while True:
             owner, job = detour.owner, detour.job
+            if detour.error is not None:
+                await trio.lowlevel.checkpoint()
+                raise detour.error
             if owner is None:
                 return await self._lingered(detour.value, route[-1])
             if job is None:
