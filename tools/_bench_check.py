@@ -19,10 +19,14 @@ import os
 import statistics
 import subprocess
 import sys
-import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 BARS = Path(__file__).with_name("bench_bars.toml")
 
@@ -104,8 +108,10 @@ def check(bench: Any, rounds: int = 7, only: list[str] | None = None) -> bool:
     slack = float(table["slack"])
     sides = figures(bench)
     ok = True
-    print(f"short figures: median ratio of {rounds} alternated rounds; fails past "
-          f"{slack:.0%} above the table's ratio, or above the bar\n")
+    print(
+        f"short figures: median ratio of {rounds} alternated rounds; fails past "
+        f"{slack:.0%} above the table's ratio, or above the bar\n"
+    )
     for name, entry in table["figures"].items():
         if only and name not in only:
             continue
