@@ -31,8 +31,8 @@ import trio
 
 from .._exceptions import ActivationFailed, NoWorker
 from ._activation import ACTIVATING, load_state
-from ._histogram import remember
-from ._job import Job, Outcome, leader_died, run_device, running
+from ._histogram import RECENT, remember
+from ._job import Job, Outcome, failed, leader_died, run_device, running
 from ._saving import checkpoint, checkpoint_due, save_on_stop
 from ._worker import WorkerTask
 
@@ -184,11 +184,18 @@ async def _serve_in(task: WorkerTask, scope: trio.CancelScope) -> bool:
                     continue
         began = _start(task, job)
         job.scope = scope
+        # The device awaited here, not through `run_device`: no coroutine of
+        # ours per request (the outcome is sorted the same way, by `failed`).
         try:
-            outcome = await run_device(task.core.worker_resolve, task.state, job.request, job)
+            value = await task.core.worker_resolve(task.state, job.request)
         except trio.Cancelled:
             _cancelled(task, job, began)
             raise
+        except BaseException as exc:
+            outcome = failed(job, exc)
+        else:
+            job.succeed(value)
+            outcome = Outcome.OK
         finally:
             _done(task, job)
         _finished(task, job, outcome, began)
@@ -247,7 +254,11 @@ def _done(task: WorkerTask, job: Job) -> None:
 def _finished(task: WorkerTask, job: Job, outcome: Outcome, began: float) -> Any:
     """*job* was answered by its execution: time it, count it, apply it."""
     task.last_active = now = task.core.finish(task, job, outcome, began)
-    task.recent = remember(task.recent, task.served, now - began)
+    recent = task.recent
+    if recent is not None and len(recent) == RECENT:  # the ring is full: one store
+        recent[task.served % RECENT] = now - began
+    else:
+        task.recent = remember(recent, task.served, now - began)
     task.served += 1
     return _apply(task, job, outcome)
 
