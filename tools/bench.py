@@ -463,7 +463,7 @@ def main() -> int:
         nargs="*",
         metavar="FIGURE",
         help="CI: the short figures (or those named) against tools/bench_bars.toml; "
-        "fails when one is more than 10%% behind",
+        "fails when one falls behind its recorded ratio (by more than its slack) or its bar",
     )
     parser.add_argument("--rounds", type=int, default=7, help="alternated rounds (--check)")
     args = parser.parse_args()

@@ -357,7 +357,7 @@ class Persist(Generic[B, R, T]):
             _refuse_a_worker(owner, fn)
         if current is not None and _waits_for(self._awaiting, owner, current):
             return _Detour(owner=owner)
-        joined = owner.find(request, key) if share else None
+        joined = owner.find(request, key) if share and owner.shares else None
         if joined is not None:
             self._joined(owner, joined)
             return joined, owner, None
