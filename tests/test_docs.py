@@ -92,3 +92,24 @@ def test_the_performance_page_shows_the_figures_ci_checks() -> None:
         for name, figure in bars["figures"].items()
     }
     assert bars["slack"] == 0.07  # the page says so
+
+
+def test_the_speed_check_fails_a_figure_ten_percent_behind_its_table() -> None:
+    import sys
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        from _bench_check import check
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+
+    def table(ratio: float) -> dict[str, Any]:
+        return {"slack": 0.07, "figures": {"f": {"what": "f", "ratio": ratio, "bar": 2.0}}}
+
+    def sides(ours: float) -> dict[str, Any]:
+        return {"f": (lambda: ours, lambda: 10.0)}
+
+    assert check(None, rounds=3, sides=sides(12.0), table=table(1.2))
+    assert check(None, rounds=3, sides=sides(12.5), table=table(1.2))  # within its slack
+    assert not check(None, rounds=3, sides=sides(13.2), table=table(1.2))  # 10% behind
+    assert not check(None, rounds=3, sides=sides(21.0), table=table(2.0))  # over its bar

@@ -113,11 +113,21 @@ def measure(
     return statistics.median(ratios), statistics.median(mine), statistics.median(theirs)
 
 
-def check(bench: Any, rounds: int = 7, only: list[str] | None = None) -> bool:
-    """Measure every figure of the table; print each; True if none fell behind."""
-    table = load_bars()
+def check(
+    bench: Any,
+    rounds: int = 7,
+    only: list[str] | None = None,
+    sides: dict[str, tuple[Side, Side]] | None = None,
+    table: dict[str, Any] | None = None,
+) -> bool:
+    """Measure every figure of the table; print each; True if none fell behind.
+
+    *sides* and *table* replace the real figures and `tools/bench_bars.toml`
+    (for the check's own test).
+    """
+    table = load_bars() if table is None else table
     slack = float(table["slack"])
-    sides = figures(bench)
+    sides = figures(bench) if sides is None else sides
     ok = True
     print(
         f"short figures: median ratio of {rounds} alternated rounds; fails past "
