@@ -349,6 +349,9 @@ class Flight:
                 self.successor = None
             else:
                 self._hand_over(self.successor)
+        if not self.queue and self.current.done.is_set():
+            self.joinable = None  # the common end: nothing left to answer, no message made
+            return
         reason = "the persist closed" if core.closed else "its flight ended"
         self.fail_unanswered(f"the execution ended without an outcome: {reason}")
 
