@@ -199,7 +199,9 @@ async def _serve_in(task: WorkerTask, scope: trio.CancelScope) -> bool:
         finally:
             _done(task, job)
         _finished(task, job, outcome, began)
-        if scope.cancel_called:
+        # Only an abandoned job or a stop cancels the scope while a job runs:
+        # the property is read only then.
+        if (job.abandoned or task.stop_reason is not None) and scope.cancel_called:
             return False
         if task.checkpoint_at is not None and task.checkpoint_at <= task.last_active:
             await checkpoint(task)
