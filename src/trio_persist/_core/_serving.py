@@ -165,23 +165,19 @@ async def _serve_in(task: WorkerTask, scope: trio.CancelScope) -> bool:
     is part of every parked worker's memory.)
     """
     while True:
-        if task.stop_reason is not None:
-            job = task.owed()
-            if job is None:
+        # A stopping worker serves only what it owes (see `WorkerTask.owed`).
+        job = task.take_nowait() if task.stop_reason is None else task.owed()
+        if job is None:
+            if task.stop_reason is not None:
                 return True
-        else:
-            job = task.take_nowait()
-            if job is None:
-                timed = _arm(task, scope)
-                task.receiving = True
-                job = await task.inbox.receive()
-                task.receiving = False  # not in a finally: see serve_default
-                if timed:
-                    scope.deadline = math.inf
-                if not _received(task, job):
-                    if task.stop_reason is not None:
-                        return True
-                    continue
+            timed = _arm(task, scope)
+            task.receiving = True
+            job = await task.inbox.receive()
+            task.receiving = False  # not in a finally: see serve_default
+            if not _received(task, job, scope if timed else None):
+                if task.stop_reason is not None:
+                    return True
+                continue
         began = _start(task, job)
         job.scope = scope
         # The device awaited here, not through `run_device`: no coroutine of
@@ -199,9 +195,7 @@ async def _serve_in(task: WorkerTask, scope: trio.CancelScope) -> bool:
         finally:
             _done(task, job)
         _finished(task, job, outcome, began)
-        # Only an abandoned job or a stop cancels the scope while a job runs:
-        # the property is read only then.
-        if (job.abandoned or task.stop_reason is not None) and scope.cancel_called:
+        if scope.cancel_called:
             return False
         if task.checkpoint_at is not None and task.checkpoint_at <= task.last_active:
             await checkpoint(task)
@@ -219,8 +213,11 @@ def _arm(task: WorkerTask, scope: trio.CancelScope) -> bool:
     return timed
 
 
-def _received(task: WorkerTask, job: Job) -> bool:
-    """*job* came out of the inbox: whether it is to be served now."""
+def _received(task: WorkerTask, job: Job, armed: trio.CancelScope | None = None) -> bool:
+    """*job* came out of the inbox (while *armed*'s deadline was set, if given:
+    it is cleared): whether it is to be served now."""
+    if armed is not None:
+        armed.deadline = math.inf
     if task.stop_reason is not None:
         # Stopped as this job was handed over: keep it for re-routing.
         task.in_inbox.pop(job, None)
