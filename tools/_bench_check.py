@@ -6,7 +6,7 @@ against) in alternated rounds, ours then the floor's, each a fresh
 ``trio.run`` timed in the process's CPU time, and takes the median of the
 rounds' ratios: both sides of a round see the same machine, and other
 processes' load does not count. A figure fails when its median ratio is more
-than ``slack`` (7%: a figure 10% behind fails whatever the noise) above the
+than ``slack`` (5%: a figure 10% behind fails whatever the noise) above the
 ratio recorded in the table, or above its bar. Absolute times are printed,
 never compared.
 
@@ -115,7 +115,7 @@ def measure(
 
 def check(
     bench: Any,
-    rounds: int = 7,
+    rounds: int = 9,
     only: list[str] | None = None,
     sides: dict[str, tuple[Side, Side]] | None = None,
     table: dict[str, Any] | None = None,

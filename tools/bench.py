@@ -465,7 +465,7 @@ def main() -> int:
         help="CI: the short figures (or those named) against tools/bench_bars.toml; "
         "fails when one falls behind its recorded ratio (by more than its slack) or its bar",
     )
-    parser.add_argument("--rounds", type=int, default=7, help="alternated rounds (--check)")
+    parser.add_argument("--rounds", type=int, default=9, help="alternated rounds (--check)")
     args = parser.parse_args()
     if args.check is not None:
         sys.path.insert(0, os.path.dirname(__file__))
