@@ -41,6 +41,7 @@ from ._ask import worker_for
 from ._device import NO_DEVICE, DeviceHooks, DeviceLike, adapt_device
 from ._events import EventSubscription
 from ._flight import Flight
+from ._handle import Worker, handle_of
 from ._job import UNNAMED, AskJob, Job, Owner, leader_died, request_name, running
 from ._linger import MISS
 from ._observer import Observer
@@ -50,7 +51,7 @@ from ._registry import RegistryView
 from ._runner import RunnerPool
 from ._state import Core
 from ._supervisor import Supervisor
-from ._worker import Worker, WorkerTask
+from ._worker import WorkerTask
 from ._wrapped import WrappedFunction, function_name
 
 if sys.version_info < (3, 11):  # pragma: no cover
@@ -77,7 +78,7 @@ class Grouping(enum.Enum):
 
 def _face(owner: Owner) -> object:
     """An owner as `Persist.registry` shows it: a worker as its public handle."""
-    return owner.handle if isinstance(owner, WorkerTask) else owner
+    return handle_of(owner) if isinstance(owner, WorkerTask) else owner
 
 
 def _only_cancelled(error: BaseException) -> bool:
@@ -363,7 +364,7 @@ class Persist(Generic[B, R, T]):
             _refuse_a_worker(owner, fn)
         if current is not None and _waits_for(self._awaiting, owner, current):
             return _Detour(owner=owner)
-        joined = owner.find(request, key) if share else None
+        joined = owner.find(request, key) if share and owner.shares else None
         if joined is not None:
             self._joined(owner, joined)
             return joined, owner, None
@@ -428,12 +429,12 @@ class Persist(Generic[B, R, T]):
             group = core.group_of(base, None)
         owner = await self._settled_owner(group)
         if isinstance(owner, WorkerTask):
-            return owner.handle
+            return handle_of(owner)
         task = self._supervisor.new_worker(group, base, static=static, timeout=seconds)
         if isinstance(owner, Flight):
-            return owner.hand_to(task).handle
+            return handle_of(owner.hand_to(task))
         self._supervisor.start(task)
-        return task.handle
+        return handle_of(task)
 
     async def get_worker(
         self,
@@ -473,7 +474,7 @@ class Persist(Generic[B, R, T]):
             lease_worker(task, lease)
         if task.activation is not None:
             await task.activation.wait()
-        return task.handle
+        return handle_of(task)
 
     async def ask(
         self, group: Hashable, request: R, *, default: Callable[[], B] | None = None
@@ -707,7 +708,7 @@ class Persist(Generic[B, R, T]):
 
     def workers(self) -> tuple[Worker[B], ...]:
         """Return every live worker, least recently used first."""
-        return tuple(task.handle for task in self._supervisor.workers)
+        return tuple(handle_of(task) for task in self._supervisor.workers)
 
     def subscribe(self, max_buffer: int = 256) -> EventSubscription:
         """Subscribe to this persist's events.

@@ -260,7 +260,8 @@ class Core:
             self.observers.ended(owner.kind, owner.group, job, outcome, elapsed)
         if job.call is not None:  # a wrapped function times its own too
             job.call.ended(elapsed)
-        self.count_outcome(owner.kind, owner.group, job, outcome)
+        if outcome is not Outcome.OK or self.events.listening:  # no call when silent
+            self.count_outcome(owner.kind, owner.group, job, outcome)
         return now
 
     def abandoned(self, owner: Owner, job: Job, began: float) -> None:
