@@ -367,8 +367,19 @@ class ClusterWorkers:
             self.served[request_id] = None
             if len(self.served) > _SERVED_KEPT:
                 del self.served[next(iter(self.served))]
-        with trio.move_on_after(self.link.timeout), _QUIET():
-            await self.inbox.push(sender, json.dumps(reply))
+        await self._reply(sender, json.dumps(reply), owned if reply["k"] == "a" else None)
+
+    async def _reply(self, sender: str, text: str, owned: Owned | None) -> None:
+        """Push a reply to *sender*'s inbox. An answer is tried again while this
+        process holds the group's lease: its caller waits for it as long as the
+        lease lives (once it is gone, the caller asks the next owner)."""
+        while True:
+            with trio.move_on_after(self.link.timeout), _QUIET():
+                await self.inbox.push(sender, text)
+                return
+            if owned is None or not owned.valid():
+                return
+            await trio.sleep(self.lease_ttl / 30)
 
     # -- leases ------------------------------------------------------------------------
 

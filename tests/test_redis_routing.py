@@ -1,0 +1,78 @@
+"""Routed asks on the path between a caller and its group's owner: what each
+fault of that path costs the caller, and that no fault leaves it waiting.
+
+Two persists on separate backends stand for two processes (each backend is a
+node of its own); the owner reaches Redis through tests/fault_proxy.py.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+import trio
+
+import trio_persist
+from fault_proxy import FaultProxy
+from redis_server import RedisServer
+from trio_persist.redis import RedisBackend, RedisStore
+
+TTL = 6.0  # long enough that a short cut never costs the owner its lease
+TIMEOUT = 0.5
+
+
+class Slow:
+    """A counter whose requests may take a while; says when one started."""
+
+    def __init__(self) -> None:
+        self.started = trio.Event()
+
+    async def resolve(self, state: Any, request: Any) -> Any:
+        if request.get("slow"):
+            self.started.set()
+            await trio.sleep(request["slow"])
+        return {"n": state["n"] + 1}
+
+
+def fresh() -> dict[str, Any]:
+    return {"n": 0}
+
+
+def persist_at(
+    device: Slow, url: str, store_url: str, namespace: str
+) -> AbstractAsyncContextManager[trio_persist.Persist[Any, Any, Any]]:
+    backend = RedisBackend(
+        url, namespace=namespace, lease_ttl=TTL, timeout=TIMEOUT, workers="cluster", heartbeat=None
+    )
+    store = RedisStore(store_url, namespace=namespace + ":states", timeout=TIMEOUT)
+    return trio_persist.open_persist(
+        device, backend=backend, store=store, durable=True, worker_timeout=600
+    )
+
+
+async def test_a_reply_the_owner_could_not_send_for_a_moment_still_reaches_its_caller(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    device = Slow()
+    proxy = FaultProxy(redis_server.port)
+    url = redis_server.url
+    async with trio.open_nursery() as nursery:
+        await nursery.start(proxy.serve)
+        async with (
+            persist_at(device, proxy.url, url, namespace) as owner,
+            persist_at(device, url, url, namespace) as caller,
+        ):
+            assert await owner.ask("g", {}, default=fresh) == {"n": 1}
+
+            async def cut_while_the_reply_leaves() -> None:
+                await device.started.wait()
+                proxy.stall()  # the request ends during the stall: its reply is held
+                await trio.sleep(1.0 + 2 * TIMEOUT)
+                proxy.cut()  # and dropped; the owner keeps its lease (TTL is longer)
+                proxy.resume()
+
+            nursery.start_soon(cut_while_the_reply_leaves)
+            with trio.fail_after(TTL + TTL / 3 + TIMEOUT + 5):
+                assert await caller.ask("g", {"slow": 1.0}) == {"n": 2}
+            assert await caller.ask("g", {}) == {"n": 3}  # applied once
+        nursery.cancel_scope.cancel()
