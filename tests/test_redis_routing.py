@@ -39,10 +39,10 @@ def fresh() -> dict[str, Any]:
 
 
 def persist_at(
-    device: Slow, url: str, store_url: str, namespace: str
+    device: Slow, url: str, store_url: str, namespace: str, timeout: float = TIMEOUT
 ) -> AbstractAsyncContextManager[trio_persist.Persist[Any, Any, Any]]:
     backend = RedisBackend(
-        url, namespace=namespace, lease_ttl=TTL, timeout=TIMEOUT, workers="cluster", heartbeat=None
+        url, namespace=namespace, lease_ttl=TTL, timeout=timeout, workers="cluster", heartbeat=None
     )
     store = RedisStore(store_url, namespace=namespace + ":states", timeout=TIMEOUT)
     return trio_persist.open_persist(
@@ -75,4 +75,29 @@ async def test_a_reply_the_owner_could_not_send_for_a_moment_still_reaches_its_c
             with trio.fail_after(TTL + TTL / 3 + TIMEOUT + 5):
                 assert await caller.ask("g", {"slow": 1.0}) == {"n": 2}
             assert await caller.ask("g", {}) == {"n": 3}  # applied once
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_caller_cancelled_while_its_request_is_on_its_way_withdraws_it(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    device = Slow()
+    proxy = FaultProxy(redis_server.port)
+    url = redis_server.url
+    async with trio.open_nursery() as nursery:
+        await nursery.start(proxy.serve)
+        async with (
+            persist_at(device, url, url, namespace) as owner,
+            persist_at(device, proxy.url, url, namespace, timeout=2.0) as caller,
+        ):
+            assert await owner.ask("g", {}, default=fresh) == {"n": 1}
+            assert await caller.ask("g", {}) == {"n": 2}  # it knows the owner now
+            proxy.delay = 0.2  # the caller's link: its push lands, its answer is late
+            async with trio.open_nursery() as busy:
+                busy.start_soon(owner.ask, "g", {"slow": 2.0})  # the worker is busy
+                await device.started.wait()
+                with trio.move_on_after(0.3):  # after the push landed, before its answer
+                    await caller.ask("g", {})
+                    raise AssertionError("answered before the worker was free")
+            assert await owner.ask("g", {}) == {"n": 4}  # the cancelled request never ran
         nursery.cancel_scope.cancel()

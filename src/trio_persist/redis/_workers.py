@@ -250,9 +250,9 @@ class ClusterWorkers:
             {"k": "q", "id": request_id, "from": self.node, "g": digest, "p": payload}
         )
         with self.inbox.expect(request_id) as waiter:
-            await self._push_request(node, message)
-            self.counters.routed_out += 1
-            try:
+            try:  # a push cancelled or timed out on its way may have landed
+                await self._push_request(node, message)
+                self.counters.routed_out += 1
                 return await self._wait(waiter, lease, digest, node, message, request_id)
             except BaseException:
                 if waiter.message is None:
