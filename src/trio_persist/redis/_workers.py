@@ -250,9 +250,9 @@ class ClusterWorkers:
             {"k": "q", "id": request_id, "from": self.node, "g": digest, "p": payload}
         )
         with self.inbox.expect(request_id) as waiter:
-            try:  # a push cancelled or timed out on its way may have landed
-                await self._push_request(node, message)
-                self.counters.routed_out += 1
+            await self._push_request(node, message, request_id)
+            self.counters.routed_out += 1
+            try:
                 return await self._wait(waiter, lease, digest, node, message, request_id)
             except BaseException:
                 if waiter.message is None:
@@ -266,11 +266,17 @@ class ClusterWorkers:
             if not await self.inbox.withdraw(node, message):
                 await self.inbox.push(node, json.dumps({"k": "x", "id": request_id}))
 
-    async def _push_request(self, node: str, message: str) -> None:
+    async def _push_request(self, node: str, message: str, request_id: str) -> None:
         """Push to *node*'s inbox, waiting for room (back-pressure) within the timeout."""
         deadline = trio.current_time() + self.link.timeout
         pause = 0.005
-        while not await self.inbox.push(node, message, limit=INBOX_LIMIT):
+        while True:
+            try:
+                if await self.inbox.push(node, message, limit=INBOX_LIMIT):
+                    return
+            except BaseException:  # cancelled or failed on its way: it may have landed
+                await self._give_up(node, message, request_id)
+                raise
             if trio.current_time() + pause > deadline:
                 raise BackendUnavailable(
                     f"the inbox of the process owning this group holds {INBOX_LIMIT} requests: "
