@@ -7,7 +7,8 @@ node of its own); the owner reaches Redis through tests/fault_proxy.py.
 
 from __future__ import annotations
 
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import trio
@@ -50,54 +51,67 @@ def persist_at(
     )
 
 
-async def test_a_reply_the_owner_could_not_send_for_a_moment_still_reaches_its_caller(
-    redis_server: RedisServer, namespace: str
-) -> None:
-    device = Slow()
-    proxy = FaultProxy(redis_server.port)
-    url = redis_server.url
+Persist = trio_persist.Persist[Any, Any, Any]
+
+
+@asynccontextmanager
+async def owner_and_caller(
+    server: RedisServer, namespace: str, *, proxied: str, caller_timeout: float = TIMEOUT
+) -> AsyncIterator[tuple[Slow, FaultProxy, Persist, Persist]]:
+    """An owner of group "g" and a caller in another process; *proxied* ("owner" or
+    "caller") reaches Redis through the proxy returned."""
+    device, proxy, url = Slow(), FaultProxy(server.port), server.url
+    owner_url, caller_url = (proxy.url, url) if proxied == "owner" else (url, proxy.url)
     async with trio.open_nursery() as nursery:
         await nursery.start(proxy.serve)
         async with (
-            persist_at(device, proxy.url, url, namespace) as owner,
-            persist_at(device, url, url, namespace) as caller,
+            persist_at(device, owner_url, url, namespace) as owner,
+            persist_at(device, caller_url, url, namespace, caller_timeout) as caller,
         ):
             assert await owner.ask("g", {}, default=fresh) == {"n": 1}
+            yield device, proxy, owner, caller
+        nursery.cancel_scope.cancel()
 
-            async def cut_while_the_reply_leaves() -> None:
-                await device.started.wait()
-                proxy.stall()  # the request ends during the stall: its reply is held
-                await trio.sleep(1.0 + 2 * TIMEOUT)
-                proxy.cut()  # and dropped; the owner keeps its lease (TTL is longer)
-                proxy.resume()
 
+async def test_a_reply_the_owner_could_not_send_for_a_moment_still_reaches_its_caller(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    async with owner_and_caller(redis_server, namespace, proxied="owner") as (
+        device,
+        proxy,
+        _,
+        caller,
+    ):
+
+        async def cut_while_the_reply_leaves() -> None:
+            await device.started.wait()
+            proxy.stall()  # the request ends during the stall: its reply is held
+            await trio.sleep(1.0 + 2 * TIMEOUT)
+            proxy.cut()  # and dropped; the owner keeps its lease (TTL is longer)
+            proxy.resume()
+
+        async with trio.open_nursery() as nursery:
             nursery.start_soon(cut_while_the_reply_leaves)
             with trio.fail_after(TTL + TTL / 3 + TIMEOUT + 5):
                 assert await caller.ask("g", {"slow": 1.0}) == {"n": 2}
-            assert await caller.ask("g", {}) == {"n": 3}  # applied once
-        nursery.cancel_scope.cancel()
+        assert await caller.ask("g", {}) == {"n": 3}  # applied once
 
 
 async def test_a_caller_cancelled_while_its_request_is_on_its_way_withdraws_it(
     redis_server: RedisServer, namespace: str
 ) -> None:
-    device = Slow()
-    proxy = FaultProxy(redis_server.port)
-    url = redis_server.url
-    async with trio.open_nursery() as nursery:
-        await nursery.start(proxy.serve)
-        async with (
-            persist_at(device, url, url, namespace) as owner,
-            persist_at(device, proxy.url, url, namespace, timeout=2.0) as caller,
-        ):
-            assert await owner.ask("g", {}, default=fresh) == {"n": 1}
-            assert await caller.ask("g", {}) == {"n": 2}  # it knows the owner now
-            proxy.delay = 0.2  # the caller's link: its push lands, its answer is late
-            async with trio.open_nursery() as busy:
-                busy.start_soon(owner.ask, "g", {"slow": 2.0})  # the worker is busy
-                await device.started.wait()
-                with trio.move_on_after(0.3):  # after the push landed, before its answer
-                    await caller.ask("g", {})
-                    raise AssertionError("answered before the worker was free")
-            assert await owner.ask("g", {}) == {"n": 4}  # the cancelled request never ran
-        nursery.cancel_scope.cancel()
+    async with owner_and_caller(redis_server, namespace, proxied="caller", caller_timeout=2.0) as (
+        device,
+        proxy,
+        owner,
+        caller,
+    ):
+        assert await caller.ask("g", {}) == {"n": 2}  # it knows the owner now
+        proxy.delay = 0.2  # the caller's link: its push lands, its answer is late
+        async with trio.open_nursery() as busy:
+            busy.start_soon(owner.ask, "g", {"slow": 2.0})  # the worker is busy
+            await device.started.wait()
+            with trio.move_on_after(0.3):  # after the push landed, before its answer
+                await caller.ask("g", {})
+                raise AssertionError("answered before the worker was free")
+        assert await owner.ask("g", {}) == {"n": 4}  # the cancelled request never ran
