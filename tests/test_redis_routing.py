@@ -7,15 +7,20 @@ node of its own); the owner reaches Redis through tests/fault_proxy.py.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
+import coredis
 import trio
 
 import trio_persist
 from fault_proxy import FaultProxy
+from redis_helpers import eventually
 from redis_server import RedisServer
+from trio_persist._codec import Seal, encode_value
+from trio_persist._grouping import group_digest
 from trio_persist.redis import RedisBackend, RedisStore
 
 TTL = 6.0  # long enough that a short cut never costs the owner its lease
@@ -115,3 +120,25 @@ async def test_a_caller_cancelled_while_its_request_is_on_its_way_withdraws_it(
                 await caller.ask("g", {})
                 raise AssertionError("answered before the worker was free")
         assert await owner.ask("g", {}) == {"n": 4}  # the cancelled request never ran
+
+
+async def test_a_forged_request_whose_sender_inbox_is_garbage_costs_the_owner_one_push(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    async with owner_and_caller(redis_server, namespace, proxied="caller") as (_, _, owner, _):
+        backend = owner.backend
+        assert isinstance(backend, RedisBackend)
+        async with coredis.Redis.from_url(redis_server.url) as other_client:
+            await other_client.set("{" + namespace + ":n:evil}:inbox", "not a list")
+            payload = encode_value(Seal(namespace), "q:forged", {}, 0).decode()
+            message = {"k": "q", "id": "forged", "from": "evil", "g": group_digest("g")}
+            inbox = "{" + namespace + ":n:" + backend._node + "}:inbox"
+            await other_client.lpush(inbox, [json.dumps(message | {"p": payload})])
+            with trio.fail_after(10):
+                await eventually(lambda: backend.statistics().routed_in == 1)
+            await trio.sleep(0.5)  # its reply failed: nothing is tried again
+            before = backend.statistics().round_trips
+            await trio.sleep(1.0)
+            assert backend.statistics().round_trips - before <= 1  # a renewal, at most
+        # The owner serves on (the forged request was applied: who writes the namespace asks).
+        assert await owner.ask("g", {}) == {"n": 3}
