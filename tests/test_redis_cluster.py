@@ -323,6 +323,10 @@ async def test_a_master_dying_under_worker_leases_never_makes_two_owners_and_ask
                 return False
         return True
 
+    async def ask_noting(persist: Any, group: int, answered: set[int]) -> None:
+        if await ask(persist, group):
+            answered.add(group)
+
     store = RedisStore(new_client(servers), namespace=namespace + ":states")
     with trio.fail_after(120):
         async with (
@@ -334,19 +338,14 @@ async def test_a_master_dying_under_worker_leases_never_makes_two_owners_and_ask
                 assert await ask(b, group)  # routed to a
             servers.kill(servers.ports[1])
             killed = trio.current_time()
-            pending = set(range(12))
+            answered: set[int] = set()
             # Past the leases' expiry and the promotion, until every group answers.
-            while pending or trio.current_time() < killed + 3 * ttl + 2.0:
-                pending = set(range(12))
+            while len(answered) < 12 or trio.current_time() < killed + 3 * ttl + 2.0:
+                answered.clear()
                 async with trio.open_nursery() as nursery:
                     for group in range(12):
                         for persist in (a, b):
-
-                            async def one(p: Any = persist, g: int = group) -> None:
-                                if await ask(p, g):
-                                    pending.discard(g)
-
-                            nursery.start_soon(one)
+                            nursery.start_soon(ask_noting, persist, group, answered)
                 await trio.sleep(0.1)
     for group, seen in spans.items():
         for name, start, end in seen:
