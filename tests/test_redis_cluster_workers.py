@@ -298,39 +298,3 @@ async def test_a_started_worker_releases_its_lease_when_it_stops(
                 break
             await trio.sleep(0.01)
         assert two.backend.statistics().owned == 1
-
-
-async def test_messages_for_one_inbox_go_together_while_a_push_to_it_is_on_its_way(
-    redis_url: str, namespace: str
-) -> None:
-    import coredis
-
-    from trio_persist.redis._inbox import inbox_key
-
-    backend = RedisBackend(redis_url, namespace=namespace, workers="cluster", heartbeat=None)
-    async with (
-        trio_persist.open_persist(counter, backend=backend),
-        coredis.Redis.from_url(redis_url, decode_responses=True) as client,
-    ):
-        inbox = backend._placement.inbox  # type: ignore[union-attr]
-        before = backend.statistics().round_trips
-        cancelled: list[trio.CancelScope] = []
-
-        async def withdrawn() -> None:
-            with trio.CancelScope() as scope:
-                cancelled.append(scope)
-                await inbox.push("elsewhere", "withdrawn")
-
-        on_its_way = inbox._sending["elsewhere"] = trio.Event()  # a push to it is on its way
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(withdrawn)
-            for index in range(8):
-                nursery.start_soon(inbox.push, "elsewhere", f"m{index}")
-            await trio.testing.wait_all_tasks_blocked()
-            cancelled[0].cancel()  # before its message left: taken out
-            await trio.testing.wait_all_tasks_blocked()
-            del inbox._sending["elsewhere"]
-            on_its_way.set()
-        assert backend.statistics().round_trips - before == 1  # one push for the eight
-        pushed = await client.lrange(inbox_key(namespace, "elsewhere"), 0, -1)
-        assert sorted(pushed) == [f"m{index}" for index in range(8)]
