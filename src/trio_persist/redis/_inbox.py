@@ -38,28 +38,15 @@ INBOX_LIMIT = 1024
 _BATCH = 64
 _BLOCK = 1.0  # at most, seconds one blocking move waits on the server (half the timeout)
 
-# KEYS: inbox. ARGV: ttl_ms, then a limit ("0": none) and a message for each message.
-# A flag for each: 1 if pushed, 0 if the inbox was full (it holds `limit` messages).
-# The inbox expires when nobody takes from it for ttl (its process is gone). A
-# request (a limit) is pushed idempotently: tried again (a dropped connection),
-# it finds itself there; a reply tried again is heard once by its waiter.
+# KEYS: inbox. ARGV: limit ("0": none), message, ttl_ms. 1 if pushed, 0 if full.
+# The inbox expires when nobody takes from it for ttl (its process is gone).
+# Idempotent: a push tried again (a dropped connection) finds its message there.
 PUSH = """
-local flags = {}
-local length = redis.call('LLEN', KEYS[1])
-for i = 2, #ARGV, 2 do
-  local limit, message = tonumber(ARGV[i]), ARGV[i + 1]
-  if limit ~= 0 and redis.call('LPOS', KEYS[1], message) then
-    flags[#flags + 1] = 1
-  elseif limit ~= 0 and length >= limit then
-    flags[#flags + 1] = 0
-  else
-    redis.call('LPUSH', KEYS[1], message)
-    length = length + 1
-    flags[#flags + 1] = 1
-  end
-end
-redis.call('PEXPIRE', KEYS[1], ARGV[1])
-return flags
+if redis.call('LPOS', KEYS[1], ARGV[2]) then return 1 end
+if ARGV[1] ~= '0' and redis.call('LLEN', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+redis.call('LPUSH', KEYS[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
 """
 
 
@@ -80,17 +67,6 @@ return taken
 def inbox_key(namespace: str, node: str) -> str:
     """The inbox list of the process *node* on *namespace*."""
     return "{" + namespace + ":n:" + node + "}:inbox"
-
-
-@attrs.define(eq=False)
-class _Batch:
-    """Messages for one inbox, pushed together: ``(limit, message)``, None once withdrawn."""
-
-    messages: list[tuple[int, str] | None] = attrs.Factory(list)
-    sent: bool = False
-    done: trio.Event = attrs.Factory(trio.Event)
-    flags: list[bool] = attrs.Factory(list)
-    error: Exception | None = None
 
 
 @attrs.define(eq=False)
@@ -123,10 +99,6 @@ class Inbox:
     """Seconds an inbox lives without a push (its process gone)."""
     log: Throttle
     waiters: dict[str, Waiter] = attrs.Factory(dict)
-    # Per inbox pushed to: the messages gathered for its next push, and the
-    # push on its way (set when it is done).
-    _gathering: dict[str, _Batch] = attrs.Factory(dict)
-    _sending: dict[str, trio.Event] = attrs.Factory(dict)
 
     @property
     def key(self) -> str:
@@ -142,58 +114,11 @@ class Inbox:
             del self.waiters[request_id]
 
     async def push(self, node: str, message: str, *, limit: int = 0) -> bool:
-        """Push *message* to *node*'s inbox; False if it holds *limit* messages.
-
-        One push per inbox is on its way at a time: messages for it that come
-        meanwhile go together in the next one (one round trip for all of them,
-        a lone message at once). A caller cancelled before its message left
-        takes it out; once it has left, the push is finished for everyone in
-        it (shielded, bounded by the timeout).
-        """
-        batch = self._gathering.get(node)
-        if batch is None:
-            batch = self._gathering[node] = _Batch()
-        index = len(batch.messages)
-        batch.messages.append((limit, message))
-        while not batch.done.is_set():
-            sending = self._sending.get(node)
-            if sending is None:
-                await self._send(node, batch)
-                break
-            try:
-                await sending.wait()
-            except BaseException:
-                if not batch.sent:
-                    batch.messages[index] = None  # never left: nobody gets it
-                raise
-        if batch.error is not None:
-            raise batch.error
-        return batch.flags[index]
-
-    async def _send(self, node: str, batch: _Batch) -> None:
-        """Send *batch* to *node*'s inbox (one script), whoever's messages it holds."""
-        if self._gathering.get(node) is batch:
-            del self._gathering[node]
-        batch.sent = True
-        self._sending[node] = sending = trio.Event()
-        args: list[Any] = [int(self.ttl * 1000)]
-        kept = [index for index, item in enumerate(batch.messages) if item is not None]
-        for index in kept:
-            args.extend(batch.messages[index] or ())
-        batch.flags = [False] * len(batch.messages)
-        try:
-            if not kept:
-                return  # every message in it was taken out
-            with trio.CancelScope(shield=True):
-                flags = await self.link.script("push", [inbox_key(self.namespace, node)], args)
-            for index, flag in zip(kept, flags, strict=True):
-                batch.flags[index] = bool(flag)
-        except Exception as exc:
-            batch.error = exc
-        finally:
-            del self._sending[node]
-            sending.set()
-            batch.done.set()
+        """Push *message* to *node*'s inbox (one round trip); False if it is full."""
+        pushed = await self.link.script(
+            "push", [inbox_key(self.namespace, node)], [limit, message, int(self.ttl * 1000)]
+        )
+        return bool(pushed)
 
     async def withdraw(self, node: str, message: str) -> bool:
         """Take *message* back from *node*'s inbox; True if it was still there
