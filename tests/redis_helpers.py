@@ -218,8 +218,11 @@ async def open_leases(
     leases = Leases(
         link, Seal(namespace), Subscriber(namespace, step_timeout), link.counters, lease_ttl
     )
-    async with open_client(url, step_timeout) as client, trio.open_nursery() as nursery:
-        link.attach(client, LEASE_SCRIPTS)
+    async with (
+        open_client(url, step_timeout) as client,
+        link.attached(client, LEASE_SCRIPTS),
+        trio.open_nursery() as nursery,
+    ):
         await nursery.start(leases.serve)
         yield leases
         nursery.cancel_scope.cancel()

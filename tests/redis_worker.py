@@ -13,6 +13,9 @@ MODE ``offered``: for SECONDS (a fifth argument, default 3) start CALLERS calls 
 second on keys of their own (an instant device), then look until a call succeeds
 again; print ``{"offered", "ok", "good", "errors", "p99", "recovered"}`` as JSON
 (``good``: answered with a value within the timeout; the bench's goodput).
+MODE ``loop``: CALLERS tasks each loop over CALLERS keys (from a key of its own,
+in the same order) for SECONDS with ``linger=0.05`` and a 20 ms device; print
+``{"calls", "executions"}`` as JSON (the bench's cross-process deduplication).
 MODE ``closed``: CALLERS tasks call in a loop on keys of their own for SECONDS;
 print the calls answered per second (the bench's capacity).
 MODE ``follow``: resolve each request popped from ``go`` (until ``-1``) and push
@@ -48,9 +51,9 @@ async def main(url: str, namespace: str, mode: str, callers: int) -> None:
             return {"pid": os.getpid(), "request": request}
 
         backend = RedisBackend(url, namespace=namespace, lease_ttl=1.0)
-        if mode in ("offered", "closed"):
+        if mode in ("offered", "closed", "loop"):
             seconds = float(sys.argv[5]) if len(sys.argv) > 5 else 3.0
-            load = offered if mode == "offered" else closed
+            load = {"offered": offered, "closed": closed, "loop": looping}[mode]
             print(json.dumps(await load(url, namespace, callers, seconds)))
             return
         if mode == "rounds":
@@ -118,16 +121,17 @@ async def offered(url: str, namespace: str, rate: int, seconds: float) -> dict[s
     """Open-loop load: *rate* calls a second whatever happens to them."""
     backend = RedisBackend(url, namespace=namespace, timeout=TIMEOUT, heartbeat=None)
     pid = os.getpid()
-    ok, good, errors, durations = 0, 0, 0, []
+    ok, good, errors, late, durations = 0, 0, 0, 0, []
     async with trio_persist.open_persist(instant, backend=backend) as persist:
 
         async def call(n: int) -> None:
-            nonlocal ok, good, errors
+            nonlocal ok, good, errors, late
             start = trio.current_time()
             try:
                 await persist.resolve("base", f"{pid}:{n}")
             except trio_persist.PersistError:
                 errors += 1
+                late += trio.current_time() - start > TIMEOUT
                 return
             elapsed = trio.current_time() - start
             ok += 1
@@ -152,6 +156,7 @@ async def offered(url: str, namespace: str, rate: int, seconds: float) -> dict[s
         "ok": ok,
         "good": good / seconds,
         "errors": errors,
+        "late_errors": late,
         "p99": p99,
         "recovered": recovered,
         "rejected": backend.statistics().rejected,
@@ -172,6 +177,34 @@ async def _recovery(persist: Any, key: str, stopped: float) -> float:
             if trio.current_time() - start <= TIMEOUT:
                 return trio.current_time() - stopped
         n += 1
+
+
+async def looping(url: str, namespace: str, callers: int, seconds: float) -> dict[str, Any]:
+    """*callers* tasks looping over as many keys, shared with the other processes."""
+    executions = calls = 0
+
+    async def device(base: Any, request: Any) -> Any:
+        nonlocal executions
+        executions += 1
+        await trio.sleep(0.02)
+        return request
+
+    backend = RedisBackend(url, namespace=namespace, heartbeat=None)
+    async with trio_persist.open_persist(device, backend=backend, linger=0.05) as persist:
+        deadline = trio.current_time() + seconds
+
+        async def loop(caller: int) -> None:
+            nonlocal calls
+            n = caller
+            while trio.current_time() < deadline:
+                await persist.resolve("base", n % callers)
+                calls += 1
+                n += 1
+
+        async with trio.open_nursery() as nursery:
+            for caller in range(callers):
+                nursery.start_soon(loop, caller)
+    return {"calls": calls, "executions": executions}
 
 
 async def closed(url: str, namespace: str, callers: int, seconds: float) -> dict[str, Any]:

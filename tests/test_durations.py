@@ -169,3 +169,49 @@ async def test_a_worker_reports_the_times_of_its_last_sixty_four_requests(
             await persist.resolve("s", 1)
         [record] = persist.snapshot()
     assert (record.execution_p50, record.execution_p99) == (1, 1)
+
+
+def test_each_sample_is_folded_into_the_bucket_whose_bounds_hold_it() -> None:
+    # Folding counts buckets in bulk (floor(32 log2 d)); each sample still lands
+    # where its bucket's bounds say: below its upper bound, at or above the last.
+    from bisect import bisect_right
+
+    from trio_persist._core._histogram import _BUCKETS, _UPPERS
+
+    rng = random.Random(3)
+    samples = [rng.lognormvariate(-10, 4) for _ in range(5000)]
+    # (A sample exactly on a bound may be counted a bucket low: log2 rounds.)
+    samples += [0.0, -1.0, 1e-300, 2.0**-30, 2.0**-29, 1.0, 2.0**22, 1e300]
+    histogram = Histogram()
+    for sample in samples:
+        histogram.add(sample)
+    histogram.settle()
+    expected = [0] * _BUCKETS
+    for sample in samples:
+        expected[0 if sample <= 0 else bisect_right(_UPPERS, sample)] += 1
+    assert histogram._counts == expected  # reaching in: the buckets themselves
+    assert histogram.total == sum(sample for sample in samples if sample > 0)
+
+
+async def test_a_flight_reports_each_of_its_execution_times(autojump_clock: object) -> None:
+    # A flight's first execution time is kept without a list; the second makes one.
+    class OneGroup:
+        def group(self, base: Any, request: Any) -> Any:
+            return base
+
+        async def resolve(self, base: Any, seconds: float) -> Any:
+            await trio.sleep(seconds)
+            return seconds
+
+    seen = []
+    async with trio_persist.open_persist(OneGroup()) as persist, trio.open_nursery() as nursery:
+        for seconds in (1, 3, 2):  # one flight runs them one after another
+            nursery.start_soon(persist.resolve, "group", seconds)
+            await trio.testing.wait_all_tasks_blocked()
+        await trio.sleep(1.5)  # inside the second execution
+        [record] = persist.snapshot()
+        seen.append((record.execution_p50, record.execution_p99))
+        await trio.sleep(3)  # inside the third
+        [record] = persist.snapshot()
+        seen.append((record.execution_p50, record.execution_p99))
+    assert seen == [(1, 1), (1, 3)]

@@ -17,7 +17,12 @@ import pytest
 ROOT = pathlib.Path(__file__).parent.parent
 # Every module of the engine and the public surface without extras (the Redis
 # backend needs the redis extra, the exporters theirs).
-MODULES = ["trio_persist", "trio_persist.testing", "trio_persist._core._persist"]
+MODULES = [
+    "trio_persist",
+    "trio_persist.testing",
+    "trio_persist._core._persist",
+    "trio_persist._core._open",
+]
 
 
 @pytest.mark.timeout(600)

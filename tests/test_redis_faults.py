@@ -791,3 +791,76 @@ async def test_an_acquire_that_reaches_redis_after_its_timeout_leaves_no_orphan_
                 with trio.fail_after(3):  # not the 10 s the orphan would live
                     assert await b.resolve("base", "r") == "done"
             outer.cancel_scope.cancel()
+
+
+async def test_a_cancelled_blocks_close_goes_on_as_soon_as_its_last_leader_released(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    # The block is cancelled under a leader whose release (shielded) the proxy
+    # holds: the close waits for that release, and is woken by it the moment
+    # it lands, long before the 20 s timeout that bounds the wait.
+    device = Recorder()
+    proxy = FaultProxy(redis_server.port)
+    backend = RedisBackend(proxy.url, namespace=namespace, timeout=20, heartbeat=None)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as outer:
+            await outer.start(proxy.serve)
+
+            async def resume_once_the_close_waits() -> None:
+                await eventually(lambda: backend._leases._unled is not None)
+                proxy.resume()
+
+            with trio.fail_after(10):  # not the timeout
+                with trio.CancelScope() as block:
+                    async with (
+                        trio_persist.open_persist(device, backend=backend) as persist,
+                        trio.open_nursery() as callers,
+                    ):
+                        callers.start_soon(persist.resolve, "base", "led")
+                        await eventually(lambda: device.calls == 1)
+                        proxy.stall()
+                        outer.start_soon(resume_once_the_close_waits)
+                        block.cancel()
+            assert block.cancelled_caught
+            assert backend.statistics().leading == 0
+            outer.cancel_scope.cancel()
+
+
+async def test_a_burst_far_past_capacity_is_refused_at_the_door_and_the_rest_answered_in_time(
+    redis_url: str, namespace: str
+) -> None:
+    # 2,000 new calls at once on 8 slots: a line of eight slots' worth is let
+    # in, the rest refused before anything is built for them (no flight, no
+    # Redis step, nothing run here; counted), and every call, answered or
+    # refused, ends within the timeout.
+    device = Recorder()
+    device.release.set()
+    backend = RedisBackend(redis_url, namespace=namespace, timeout=5, max_pending=8)
+    answered, refused, slowest, reasons = 0, 0, 0.0, set()
+    with trio.fail_after(60):
+        async with (
+            trio_persist.open_persist(device, backend=backend) as persist,
+            trio.open_nursery() as nursery,
+        ):
+
+            async def call(request: int) -> None:
+                nonlocal answered, refused, slowest
+                start = trio.current_time()
+                try:
+                    assert await persist.resolve("base", request) == "done"
+                    answered += 1
+                except trio_persist.BackendUnavailable as exc:
+                    reasons.add(str(exc).partition("(max_pending)")[0])
+                    refused += 1
+                slowest = max(slowest, trio.current_time() - start)
+
+            for request in range(2000):
+                nursery.start_soon(call, request)
+    stats = backend.statistics()
+    assert answered + refused == 2000
+    assert reasons == {f"Redis at {redis_url}: 8 calls starting on Redis "}
+    assert refused == stats.rejected > 1000
+    assert answered == device.calls > 8
+    assert persist.statistics().failures == 0  # no flight was started for a refusal
+    assert stats.round_trips == 2 * answered  # an acquire and a commit each: nothing else
+    assert slowest <= backend.timeout

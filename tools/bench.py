@@ -11,6 +11,8 @@ class, written below and measured in the same process, as a ratio. Run:
     .venv/bin/python tools/bench.py --grouping-only --grouping-against REV
                                                # the default grouper, beside commit REV's
     .venv/bin/python tools/bench.py --only-redis  # the cross-process figures alone
+    .venv/bin/python tools/bench.py --check    # CI: the short figures against
+                                               # tools/bench_bars.toml (ratios only)
 
 The figures in docs/performance.md come from this script.
 """
@@ -140,11 +142,16 @@ def best_of(runs: int, fn: Callable[[], float]) -> float:
     return statistics.median(samples)
 
 
+# What `timed` reads: wall time; `--check` reads the process's CPU time instead,
+# which other processes on a loaded machine do not inflate.
+clock: Callable[[], float] = time.perf_counter
+
+
 def timed(main: Callable[[], Awaitable[int]]) -> float:
     gc.collect()
-    start = time.perf_counter()
+    start = clock()
     calls = trio.run(main)
-    return (time.perf_counter() - start) / calls * 1e6
+    return (clock() - start) / calls * 1e6
 
 
 def sequential_distinct(n: int, use_floor: bool, device: Any = None) -> float:
@@ -451,7 +458,22 @@ def main() -> int:
         help="also measure the grouping encoder of commit REV (repeatable)",
     )
     parser.add_argument("--only-redis", action="store_true", help="measure the Redis backend alone")
+    parser.add_argument(
+        "--check",
+        nargs="*",
+        metavar="FIGURE",
+        help="CI: the short figures (or those named) against tools/bench_bars.toml; "
+        "fails when one falls behind its recorded ratio (by more than its slack) or its bar",
+    )
+    parser.add_argument("--rounds", type=int, default=9, help="alternated rounds (--check)")
     args = parser.parse_args()
+    if args.check is not None:
+        sys.path.insert(0, os.path.dirname(__file__))
+        from _bench_check import check
+
+        ok = check(sys.modules[__name__], rounds=args.rounds, only=args.check)
+        print("\nno figure behind the table" if ok else "\nA FIGURE FELL BEHIND THE TABLE")
+        return 0 if ok else 1
     scale = 10 if args.quick else 1
     runs = 1 if args.quick else args.runs
     print(

@@ -9,11 +9,13 @@ modules; this module is the public API, re-exported once.
 from ._core._deduplicated import Deduplicated, DeduplicatedMethod, deduplicated
 from ._core._device import Device
 from ._core._events import EventSubscription, PersistEvent
+from ._core._handle import Worker, WorkerRequest
 from ._core._observer import Execution, Observer
+from ._core._open import open_persist
 from ._core._options import PersistOptions
-from ._core._persist import Persist, open_persist
+from ._core._persist import Persist
 from ._core._registry import Registry, RegistryStatistics, RegistryView
-from ._core._worker import Worker, WorkerRequest, WorkerStatistics
+from ._core._worker import WorkerStatistics
 from ._exceptions import (
     ActivationFailed,
     BackendUnavailable,

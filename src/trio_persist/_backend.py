@@ -12,24 +12,30 @@ A backend may also *place* the persist's virtual workers across processes
 returned `Placement`, which either holds the group's worker lease here and
 asks through `LocalWorkers`, or routes the request to the process that holds
 it. docs/architecture.md tells the whole path.
+
+A backend may also refuse new work at the door (`Admitting`): the persist asks
+it before it builds a flight for a call that would go through the backend, so
+that an overloaded backend sheds load for the price of a raised exception.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Hashable
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import trio
 
 from ._stats import Observed
 
 __all__ = [
+    "Admitting",
     "Backend",
     "LocalWorkers",
     "Placement",
     "WorkerLease",
     "check_backend",
     "placement_of",
+    "refusal_of",
 ]
 
 _METHODS = ("serve", "key_of", "run")
@@ -60,6 +66,24 @@ class Backend(Protocol):
 
         A success committed less than *linger* seconds ago answers at once.
         """
+
+
+class Admitting(Protocol):
+    """The optional method of a backend that can refuse new work at the door."""
+
+    def refusal(self) -> Exception | None:
+        """An error for a call that would start on the backend now, if the backend
+        refuses it (overloaded), else None; the call then goes to `Backend.run`.
+
+        Synchronous, cheap, never a checkpoint: the persist asks it before it
+        builds anything for the call, and raises the error after a checkpoint.
+        """
+
+
+def refusal_of(backend: Backend | None) -> Callable[[], Exception | None] | None:
+    """*backend*'s `Admitting.refusal`, or None if it has none."""
+    refusal = getattr(backend, "refusal", None)
+    return cast("Callable[[], Exception | None]", refusal) if callable(refusal) else None
 
 
 def check_backend(backend: object) -> Backend | None:

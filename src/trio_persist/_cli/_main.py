@@ -18,7 +18,8 @@ from typing import Any, TextIO
 import trio
 from rich.console import Console
 
-from .._core._persist import Persist, open_persist
+from .._core._open import open_persist
+from .._core._persist import Persist
 from .._monitor import build_frame
 from .._stats import PersistStatistics
 from ..stores import MemoryStore

@@ -38,8 +38,9 @@ import trio
 
 from .._logging import logger
 from .._stats import FunctionStatistics
+from ._open import open_persist
 from ._options import check_linger
-from ._persist import CallWrapped, Persist, open_persist, register_function
+from ._persist import CallWrapped, Persist, register_function
 from ._wrapped import WrappedFunction, function_name
 
 __all__ = ["Deduplicated", "DeduplicatedMethod", "deduplicated"]

@@ -150,13 +150,15 @@ class EventSubscription:
 class EventHub:
     """Fans events out to subscribers, held weakly. Internal to a persist."""
 
-    _refs: dict[int, weakref.ref[EventSubscription]] = attrs.field(factory=dict)
+    # The subscriptions, held weakly, by id: empty when nobody listens (a hot
+    # path checks it before building an event's arguments).
+    listening: dict[int, weakref.ref[EventSubscription]] = attrs.field(factory=dict)
     _closed: bool = False
 
     @property
     def subscribers(self) -> int:
         """Subscriptions alive now."""
-        return len(self._refs)
+        return len(self.listening)
 
     def subscribe(self, max_buffer: int) -> EventSubscription:
         if isinstance(max_buffer, bool) or not isinstance(max_buffer, int):
@@ -168,7 +170,7 @@ class EventHub:
             subscription._end()
             return subscription
         key = id(subscription)
-        refs = self._refs
+        refs = self.listening
 
         def forget(_: object) -> None:  # the subscription was collected
             refs.pop(key, None)
@@ -178,21 +180,21 @@ class EventHub:
         return subscription
 
     def emit(self, kind: str, group: Hashable | None, detail: str = "") -> None:
-        if not self._refs:
+        if not self.listening:
             return
         event = PersistEvent(kind, group, trio.current_time(), detail)
-        for ref in tuple(self._refs.values()):
+        for ref in tuple(self.listening.values()):
             subscription = ref()
             if subscription is not None:
                 subscription._offer(event)
 
     def drop(self, subscription: EventSubscription) -> None:
-        self._refs.pop(id(subscription), None)
+        self.listening.pop(id(subscription), None)
 
     def close(self) -> None:
         self._closed = True
-        for ref in tuple(self._refs.values()):
+        for ref in tuple(self.listening.values()):
             subscription = ref()
             if subscription is not None:
                 subscription._end()
-        self._refs.clear()
+        self.listening.clear()

@@ -66,8 +66,9 @@ class Flight:
     over: bool = attrs.field(default=False, init=False)
     # Abandoned jobs still in `queue` (compacted away in bulk).
     dead: int = attrs.field(default=0, init=False)
-    # Its last execution times (made on the first).
-    recent: list[float] | None = attrs.field(default=None, init=False)
+    # Its last execution times, from the second (see `recent`: most flights
+    # execute once, and the first needs no list).
+    times: list[float] | None = attrs.field(default=None, init=False)
     # What an operator sees for it, and whether its label hook chose it (made once).
     label: tuple[str, bool] | None = attrs.field(default=None, init=False)
 
@@ -94,7 +95,8 @@ class Flight:
             core.registry.register(group, flight)
         core.counters.in_flight += 1
         runners.launch(flight)
-        core.events.emit("flight.started", group)
+        if core.events.listening:
+            core.events.emit("flight.started", group)
         return flight
 
     def __repr__(self) -> str:
@@ -103,6 +105,17 @@ class Flight:
     @property
     def listeners(self) -> int:
         return self.current.listeners + sum(job.listeners for job in self.queue)
+
+    @property
+    def recent(self) -> list[float] | None:
+        """Its last execution times, for its snapshot (None before the first).
+
+        The first execution began as the flight started and ended at
+        `last_active` until the second ends, so it is kept in a list only then.
+        """
+        if self.times is None and self.served:
+            return [self.last_active - self.started]
+        return self.times
 
     @property
     def busy(self) -> bool:
@@ -250,7 +263,11 @@ class Flight:
         shared job lingers."""
         core = self.core
         self.last_active = now = core.finish(self, job, outcome, began)
-        self.recent = remember(self.recent, self.served, now - began)
+        if self.served:  # the first is known without a list (see `recent`)
+            if self.times is None:
+                # The second began as the first ended (see `run_jobs`).
+                self.times = [began - self.started]
+            self.times = remember(self.times, self.served, now - began)
         self.served += 1
         if self.joinable:
             self._unindex(job)
@@ -332,6 +349,9 @@ class Flight:
                 self.successor = None
             else:
                 self._hand_over(self.successor)
+        if not self.queue and self.current.done.is_set():
+            self.joinable = None  # the common end: nothing left to answer, no message made
+            return
         reason = "the persist closed" if core.closed else "its flight ended"
         self.fail_unanswered(f"the execution ended without an outcome: {reason}")
 

@@ -34,6 +34,7 @@ __all__ = [
     "Job",
     "Outcome",
     "Owner",
+    "failed",
     "request_name",
     "run_device",
     "running",
@@ -243,13 +244,21 @@ async def run_device(
     """
     try:
         value = await resolve(base, request)
-    except Exception as exc:
-        job.fail(exc)
-        return Outcome.FAILED
     except BaseException as exc:
-        if _must_propagate(exc):
-            raise
-        job.fail(leader_died(f"the device crashed: {describe(exc)}", exc))
-        return Outcome.CRASHED
+        return failed(job, exc)
     job.succeed(value)
     return Outcome.OK
+
+
+def failed(job: Job, exc: BaseException) -> Outcome:
+    """The device raised *exc*: answer *job* with it (an `Exception`) or with
+    `LeaderDied` (a crash); cancellation, `KeyboardInterrupt` and `SystemExit`
+    (alone or in a group) are re-raised, leaving *job* unanswered. Called in
+    the ``except`` block that caught *exc*."""
+    if isinstance(exc, Exception):
+        job.fail(exc)
+        return Outcome.FAILED
+    if _must_propagate(exc):
+        raise exc
+    job.fail(leader_died(f"the device crashed: {describe(exc)}", exc))
+    return Outcome.CRASHED

@@ -1,4 +1,4 @@
-"""The public facade: `open_persist` and `Persist`, which route each request.
+"""The public facade: `Persist`, which routes each request (`_open` opens it).
 
 A request goes to its group's owner: a worker if one owns the group, else the
 flight running it (joining an identical job, or queueing behind it), else a new
@@ -23,40 +23,40 @@ import secrets
 import sys
 import types
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Hashable, Iterable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any, Generic, NoReturn, ParamSpec, TypeVar, final, overload
+from collections.abc import Awaitable, Callable, Coroutine, Hashable
+from typing import Any, Generic, ParamSpec, TypeVar, final, overload
 
 import attrs
 import trio
 
-from .._backend import Backend, check_backend, placement_of
+from .._backend import Backend, placement_of
 from .._exceptions import InfiniteRecursion, PersistClosed, PersistError
 from .._grouping import default_group, default_group_and_base
 from .._monitor import serve_monitor
 from .._stats import FunctionStatistics, GroupSnapshot, PersistDurations, PersistStatistics
-from .._store import Store, check_store, open_store
+from .._store import Store
 from .._text import safe_repr
 from ._ask import worker_for
-from ._device import NO_DEVICE, DeviceHooks, DeviceLike, adapt_device
+from ._device import NO_DEVICE, DeviceHooks
 from ._events import EventSubscription
 from ._flight import Flight
+from ._handle import Worker, handle_of
 from ._job import UNNAMED, AskJob, Job, Owner, leader_died, request_name, running
 from ._linger import MISS
 from ._observer import Observer
-from ._options import AwaitMode, ErrorStrategy, PersistOptions, check_duration
+from ._options import PersistOptions, check_duration
 from ._placement import Here, claim_started, lease_worker, reroute_placed
 from ._registry import RegistryView
 from ._runner import RunnerPool
 from ._state import Core
 from ._supervisor import Supervisor
-from ._worker import Worker, WorkerTask
+from ._worker import WorkerTask
 from ._wrapped import WrappedFunction, function_name
 
 if sys.version_info < (3, 11):  # pragma: no cover
-    from exceptiongroup import BaseExceptionGroup
+    pass
 
-__all__ = ["Persist", "open_persist", "register_function"]
+__all__ = ["CallWrapped", "Persist", "close", "register_function"]
 
 B = TypeVar("B")
 R = TypeVar("R", contravariant=True)
@@ -77,29 +77,19 @@ class Grouping(enum.Enum):
 
 def _face(owner: Owner) -> object:
     """An owner as `Persist.registry` shows it: a worker as its public handle."""
-    return owner.handle if isinstance(owner, WorkerTask) else owner
-
-
-def _only_cancelled(error: BaseException) -> bool:
-    if isinstance(error, BaseExceptionGroup):
-        return error.split(trio.Cancelled)[1] is None
-    return isinstance(error, trio.Cancelled)
-
-
-def _is_exit(error: BaseException) -> bool:
-    if isinstance(error, BaseExceptionGroup):
-        return error.subgroup((KeyboardInterrupt, SystemExit)) is not None
-    return isinstance(error, (KeyboardInterrupt, SystemExit))
+    return handle_of(owner) if isinstance(owner, WorkerTask) else owner
 
 
 @attrs.define
 class _Detour:
     """Why a call cannot simply listen: a lingering *value* (no owner), a
-    recursive call (an *owner*, no job), or a full inbox (an owner and a *job*)."""
+    recursive call (an *owner*, no job), a full inbox (an owner and a *job*),
+    or the backend's refusal (an *error*)."""
 
     owner: Owner | None = None
     job: Job | None = None
     value: Any = None
+    error: Exception | None = None
 
 
 def _refuse_a_worker(owner: Owner, call: WrappedFunction) -> None:
@@ -361,6 +351,8 @@ class Persist(Generic[B, R, T]):
                 value = self._lingering(group, key, request)
                 if value is not MISS:
                     return _Detour(value=value)
+            if share and (refuse := self._core.refuse) and (error := refuse()):
+                return _Detour(error=error)  # refused before anything is built for it
             job = Job(base, request, None, spawn_worker, key, share, call=fn)
             flight = self._start_flight(group, job)
             return job, flight, flight.started
@@ -368,7 +360,7 @@ class Persist(Generic[B, R, T]):
             _refuse_a_worker(owner, fn)
         if current is not None and _waits_for(self._awaiting, owner, current):
             return _Detour(owner=owner)
-        joined = owner.find(request, key) if share else None
+        joined = owner.find(request, key) if share and owner.shares else None
         if joined is not None:
             self._joined(owner, joined)
             return joined, owner, None
@@ -382,6 +374,9 @@ class Persist(Generic[B, R, T]):
         or a full worker inbox (waited for; routed again if the worker stopped)."""
         while True:
             owner, job = detour.owner, detour.job
+            if detour.error is not None:
+                await trio.lowlevel.checkpoint()
+                raise detour.error
             if owner is None:
                 return await self._lingered(detour.value, route[-1])
             if job is None:
@@ -436,14 +431,14 @@ class Persist(Generic[B, R, T]):
         lease = await claim_started(core.placement, group)
         owner = await self._settled_owner(group)
         if isinstance(owner, WorkerTask):
-            return owner.handle
+            return handle_of(owner)
         task = self._supervisor.new_worker(group, base, static=static, timeout=seconds)
         if lease is not None:
             self._here.lease_started(task, lease)
         if isinstance(owner, Flight):
-            return owner.hand_to(task).handle
+            return handle_of(owner.hand_to(task))
         self._supervisor.start(task)
-        return task.handle
+        return handle_of(task)
 
     async def get_worker(
         self,
@@ -483,7 +478,7 @@ class Persist(Generic[B, R, T]):
             lease_worker(task, lease)
         if task.activation is not None:
             await task.activation.wait()
-        return task.handle
+        return handle_of(task)
 
     async def ask(
         self, group: Hashable, request: R, *, default: Callable[[], B] | None = None
@@ -717,7 +712,7 @@ class Persist(Generic[B, R, T]):
 
     def workers(self) -> tuple[Worker[B], ...]:
         """Return every live worker, least recently used first."""
-        return tuple(task.handle for task in self._supervisor.workers)
+        return tuple(handle_of(task) for task in self._supervisor.workers)
 
     def subscribe(self, max_buffer: int = 256) -> EventSubscription:
         """Subscribe to this persist's events.
@@ -1001,16 +996,6 @@ class Persist(Generic[B, R, T]):
             core.throttle.flush()
 
 
-@asynccontextmanager
-async def _store_held(store: Store | None) -> AsyncIterator[Store | None]:
-    """*store* held open for the persist's life (nothing without one)."""
-    if store is None:
-        yield None
-        return
-    async with open_store(store) as opened:
-        yield opened
-
-
 CallWrapped = Callable[
     [WrappedFunction, tuple[Any, ...], dict[str, Any], bool, bool], Coroutine[Any, Any, Any]
 ]
@@ -1035,186 +1020,6 @@ def register_function(
     return persist._register(fn, name, linger, instance_key), persist._call_wrapped
 
 
-@overload
-def open_persist(
-    device: DeviceLike[B, R, T],
-    *,
-    await_inprogress: AwaitMode = True,
-    worker_timeout: float | None = 10.0,
-    static_worker: bool = False,
-    error_strategy: ErrorStrategy = "ignore",
-    allow_infinite: bool = False,
-    max_workers: int | None = None,
-    backend: object = None,
-    worker_inbox: int = 64,
-    shutdown_grace: float | None = 5.0,
-    ignore_keys: Iterable[Hashable] = (),
-    linger: float = 0.0,
-    store: object = None,
-    checkpoint_interval: float | None = None,
-    durable: bool = False,
-) -> AbstractAsyncContextManager[Persist[B, R, T]]: ...
-
-
-@overload
-def open_persist(
-    *,
-    await_inprogress: AwaitMode = True,
-    worker_timeout: float | None = 10.0,
-    static_worker: bool = False,
-    error_strategy: ErrorStrategy = "ignore",
-    allow_infinite: bool = False,
-    max_workers: int | None = None,
-    backend: object = None,
-    worker_inbox: int = 64,
-    shutdown_grace: float | None = 5.0,
-    ignore_keys: Iterable[Hashable] = (),
-    linger: float = 0.0,
-) -> AbstractAsyncContextManager[Persist[NoReturn, NoReturn, NoReturn]]: ...
-
-
-def open_persist(
-    device: DeviceLike[Any, Any, Any] | None = None,
-    *,
-    await_inprogress: AwaitMode = True,
-    worker_timeout: float | None = 10.0,
-    static_worker: bool = False,
-    error_strategy: ErrorStrategy = "ignore",
-    allow_infinite: bool = False,
-    max_workers: int | None = None,
-    backend: object = None,
-    worker_inbox: int = 64,
-    shutdown_grace: float | None = 5.0,
-    ignore_keys: Iterable[Hashable] = (),
-    linger: float = 0.0,
-    store: object = None,
-    checkpoint_interval: float | None = None,
-    durable: bool = False,
-) -> AbstractAsyncContextManager[Persist[Any, Any, Any]]:
-    """Open a persist for *device* (or, without one, for wrapped functions only);
-    every flight and worker lives inside the block.
-
-    Leaving the block stops every worker (each runs its ``on_idle`` first,
-    bounded by *shutdown_grace*), cancels every flight, and frees every group;
-    callers still waiting from outside get `LeaderDied`, and later calls get
-    `PersistClosed`. An exception from the block propagates as itself, not
-    wrapped in an exception group, even if a task of the persist failed at the
-    same time (that failure is then its ``__context__``). A backend that
-    cannot start raises its own error from ``open_persist`` (the block never
-    runs); a task of the persist that fails while the block runs cancels the
-    block, and its failure propagates.
-
-    Args:
-        device: An ``async def resolve(base, request)``, or an object with an
-            async ``resolve`` method and optional hooks (see the concepts page).
-            Without one, the persist runs functions wrapped with `Persist.wrap`
-            only (`Persist.resolve` and workers are a `TypeError`), and is named
-            ``functions``.
-        await_inprogress: True deduplicates every call; ``"named"`` only when
-            the device has a ``group`` hook; False never (each call executes on
-            its own and nothing is registered).
-        worker_timeout: Seconds a worker may wait for a request before it stops
-            (None: never).
-        static_worker: Whether workers keep their state rather than advance it.
-        error_strategy: ``"ignore"``: a worker whose request fails goes on;
-            ``"throw"``: it stops after answering with the error.
-        allow_infinite: Execute a recursive resolve directly instead of raising
-            `InfiniteRecursion`.
-        max_workers: Most workers alive at once (None: no limit); one more
-            stops the least recently used idle one.
-        backend: None (in-process), or a backend such as
-            `trio_persist.redis.RedisBackend`.
-        worker_inbox: Requests a worker's inbox holds before callers wait.
-        shutdown_grace: Seconds each ``on_idle`` may take (None: no bound).
-        ignore_keys: Top-level mapping keys the default grouper leaves out of
-            ``base`` and ``request``. Calls that differ only there share one
-            execution and so one result (a lingering one too, for the whole
-            *linger* window, whoever's call made it): pass ``("priv",)`` for
-            the original's behaviour only if those keys never change what the
-            device returns.
-        linger: Seconds a successful result keeps answering identical calls
-            after its execution ended (0: not at all). Failures never linger,
-            writes (``share=False``) neither; `Persist.forget` drops a lingering
-            result; at most 64 MiB of results (estimated) linger at once, the
-            oldest going first. Not a cache: there is no per-key configuration.
-            With a backend, it holds across processes.
-        store: None, or a state store (`trio_persist.stores`, or any object
-            with async ``load``, ``save`` and ``delete``): workers' states are
-            saved through it when they stop, and `Persist.ask` activates workers from
-            it. Entered when the block opens (if it is an async context
-            manager) and left after the last save. See
-            docs/virtual-workers.md.
-        checkpoint_interval: Seconds: a worker's changed state is also saved
-            at most this long after it changed, while the worker lives
-            (None: only when it stops). Needs a store.
-        durable: A worker replies only once the state its request made is
-            saved; if the save fails the request fails (`SaveFailed`) and is
-            not applied. Needs a store.
-
-    Raises:
-        TypeError: an option has the wrong type, or *device* is not a device
-            (the message names it).
-        ValueError: an option has a wrong value (the message names it).
-    """
-    options = PersistOptions.check(
-        await_inprogress=await_inprogress,
-        worker_timeout=worker_timeout,
-        static_worker=static_worker,
-        error_strategy=error_strategy,
-        allow_infinite=allow_infinite,
-        max_workers=max_workers,
-        worker_inbox=worker_inbox,
-        shutdown_grace=shutdown_grace,
-        ignore_keys=ignore_keys,
-        linger=linger,
-        checkpoint_interval=checkpoint_interval,
-        durable=durable,
-        has_store=store is not None,
-    )
-    hooks = NO_DEVICE if device is None else adapt_device(device)
-    return _opened(hooks, options, check_backend(backend), check_store(store))
-
-
-@asynccontextmanager
-async def _opened(
-    hooks: DeviceHooks, options: PersistOptions, backend: Backend | None, store: Store | None
-) -> AsyncIterator[Persist[Any, Any, Any]]:
-    """The block `open_persist` returns: the persist's store, nursery and closing."""
-    body_error: BaseException | None = None
-    try:
-        async with _store_held(store) as opened, trio.open_nursery() as nursery:
-            persist: Persist[Any, Any, Any] = Persist(
-                hooks=hooks, options=options, nursery=nursery, backend=backend, store=opened
-            )
-            try:
-                if backend is not None:
-                    await nursery.start(backend.serve, persist)
-            except BaseException as exc:
-                # The backend could not start: its own error is raised from
-                # open_persist (below), not wrapped in a group, and the block never runs.
-                body_error = exc
-                await persist._aclose()
-            else:
-                try:
-                    yield persist
-                except BaseException as exc:
-                    # Re-raised below, outside the nursery, so the user's exception is
-                    # not wrapped in an ExceptionGroup by a nursery they never opened.
-                    body_error = exc
-                finally:
-                    await persist._aclose()
-    except BaseException as failure:
-        # A task of the persist failed. If the block was only cancelled because of
-        # that (its error is Cancelled, or a group of nothing else), or the failure
-        # is the program exiting (KeyboardInterrupt, SystemExit), the failure
-        # propagates; otherwise the block's own exception does, with the failure
-        # as its context. Neither is dropped.
-        if body_error is None or _only_cancelled(body_error):
-            raise
-        if _is_exit(failure):
-            if failure.__context__ is None:
-                failure.__context__ = body_error
-            raise
-        raise body_error  # noqa: B904 - the context is the point
-    if body_error is not None:
-        raise body_error
+async def close(persist: Persist[Any, Any, Any]) -> None:
+    """Close *persist* (what leaving its block does: see `open_persist`)."""
+    await persist._aclose()

@@ -21,7 +21,7 @@ from typing import Any
 import attrs
 import trio
 
-from .._backend import Backend, Placement
+from .._backend import Backend, Placement, refusal_of
 from .._grouping import default_group
 from .._logging import Throttle, logger
 from .._stats import (
@@ -194,6 +194,8 @@ class Core:
     # Gives a job whose worker stopped to its group's next owner (the facade's).
     reroute: Callable[[Job], None]
     backend: Backend | None = None
+    # The backend's early refusal of new work (`Admitting.refusal`), if it has one.
+    refuse: Callable[[], Exception | None] | None = attrs.field(init=False)
     # Where workers' states are saved and activated from (None: nowhere).
     store: Store | None = None
     # The same store, if it keeps records (token, applied ids): then used through them.
@@ -235,6 +237,7 @@ class Core:
             else functools.partial(default_group, ignore_keys=self.options.ignore_keys)
         )
         self.owners = self.registry.as_mapping()
+        self.refuse = refusal_of(self.backend)
         if self.store is not None:
             self.records = record_store(self.store)
         self.linger = Linger(self.options.linger)
@@ -257,7 +260,8 @@ class Core:
             self.observers.ended(owner.kind, owner.group, job, outcome, elapsed)
         if job.call is not None:  # a wrapped function times its own too
             job.call.ended(elapsed)
-        self.count_outcome(owner.kind, owner.group, job, outcome)
+        if outcome is not Outcome.OK or self.events.listening:  # no call when silent
+            self.count_outcome(owner.kind, owner.group, job, outcome)
         return now
 
     def abandoned(self, owner: Owner, job: Job, began: float) -> None:

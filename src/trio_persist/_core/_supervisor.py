@@ -18,9 +18,12 @@ from typing import Any
 import attrs
 
 from ._activation import ACTIVATING, Activation
+from ._handle import Worker
 from ._job import AskJob, Job, Owner, leader_died
+from ._saving import durably
+from ._serving import run_worker
 from ._state import Core
-from ._worker import WorkerTask, durably
+from ._worker import WorkerTask
 
 __all__ = ["Supervisor"]
 
@@ -74,7 +77,7 @@ class Supervisor:
         With *activation*, it loads its state first (*state* is then ignored).
         """
         options = self.core.options
-        return WorkerTask(
+        task = WorkerTask(
             core=self.core,
             host=self,
             group=group,
@@ -83,6 +86,8 @@ class Supervisor:
             timeout=options.worker_timeout if timeout is None else timeout,
             activation=activation,
         )
+        task.give_handle(Worker(task=task))
+        return task
 
     def start(self, task: WorkerTask) -> None:
         """Register *task* for its group and launch it (nothing, if the group is taken)."""
@@ -166,7 +171,7 @@ class Supervisor:
         self.workers[task] = None
         self.active[task] = None
         self._last_touched = task  # the most recently used now
-        core.nursery.start_soon(task.main)
+        core.nursery.start_soon(run_worker, task)
         if task.state is ACTIVATING:
             core.events.emit("worker.activating", task.group)
         else:

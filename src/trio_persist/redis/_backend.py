@@ -121,9 +121,11 @@ class RedisBackend:
         max_pending: How many calls may be starting on Redis at once (their
             acquire in progress); another waits at most ``timeout / 2`` for
             one of them to finish, then gets `~trio_persist.BackendUnavailable`
-            (counted in ``rejected``), whatever ``fallback`` says: past
+            (counted in ``rejected``), whatever ``fallback`` says; and while
+            that line is long (its oldest caller waited ``timeout / 4``), new
+            calls are refused at once, before anything is built for them: past
             saturation the backend sheds load instead of letting every caller
-            time out, and recovers at once.
+            time out, and recovers at once (docs/redis.md, "Overload").
         heartbeat: Seconds between cluster heartbeats (a node record lives
             three of them); None writes none (the process is not in the
             cluster view).
@@ -211,7 +213,9 @@ class RedisBackend:
     def statistics(self) -> RedisBackendStatistics:
         """Return a frozen snapshot of this backend's counters."""
         return RedisBackendStatistics(
-            **attrs.asdict(self._counters), subscribed=self._leases.subscriber.up
+            **attrs.asdict(self._counters),
+            subscribed=self._leases.subscriber.up,
+            rejected=self._link.admission.rejected,
         )
 
     # -- the Backend protocol ----------------------------------------------------
@@ -238,6 +242,19 @@ class RedisBackend:
             return default_group(canonical_encoding(group), request)
         except TypeError:
             return None  # executes locally: nothing stable to agree on across processes
+
+    def refusal(self) -> Exception | None:
+        """`~trio_persist.BackendUnavailable` for a new call while the line for
+        a slot is long (counted in ``rejected``), else None.
+
+        The persist asks before it builds anything for a call that would start
+        on Redis: past saturation, refusing at the door costs a few
+        microseconds, where a refusal after a wait would cost the capacity
+        that the answered calls need.
+        """
+        if self._link.client is None:
+            return None  # not serving: `run` says so (or falls back)
+        return self._link.admission.refusal()
 
     async def run(
         self,
@@ -298,26 +315,22 @@ class RedisBackend:
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
+        scripts = {**LEASE_SCRIPTS, **WORKER_SCRIPTS, "beat": BEAT, "leave": LEAVE}
         with trio.CancelScope(shield=True):
-            async with client:
-                scripts = {**LEASE_SCRIPTS, **WORKER_SCRIPTS, "beat": BEAT, "leave": LEAVE}
-                self._link.attach(client, scripts)
+            async with client, self._link.attached(client, scripts):
                 await self._refuse_a_cluster_node(client)
-                try:
-                    with work:
-                        async with trio.open_nursery() as nursery:
-                            await nursery.start(self._leases.serve)
-                            if self._placement is not None:
-                                await nursery.start(self._placement.serve)
-                            await self._beat(persist)  # in the cluster view from the start
-                            task_status.started()
-                            while self.heartbeat is not None:
-                                await trio.sleep(self.heartbeat)
-                                await self._beat(persist)
-                    await self._leases.wait_unled()
-                    await self.leave()
-                finally:
-                    self._link.client = None
+                with work:
+                    async with trio.open_nursery() as nursery:
+                        await nursery.start(self._leases.serve)
+                        if self._placement is not None:
+                            await nursery.start(self._placement.serve)
+                        await self._beat(persist)  # in the cluster view from the start
+                        task_status.started()
+                        while self.heartbeat is not None:
+                            await trio.sleep(self.heartbeat)
+                            await self._beat(persist)
+                await self._leases.wait_unled()
+                await self.leave()
 
     async def _refuse_a_cluster_node(self, client: Any) -> None:
         await refuse_a_cluster_node(client, self._link.where, self.timeout)

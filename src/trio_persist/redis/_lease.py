@@ -29,7 +29,8 @@ import trio
 from .._codec import ABANDONED, Seal, decode_outcome, encode_error, encode_value
 from .._exceptions import BackendUnavailable, CorruptResult, LeaderDied
 from .._logging import Throttle
-from ._link import Counters, Link, Overloaded, Subscriber, Watch
+from ._admission import Overloaded
+from ._link import Counters, Link, Subscriber, Watch
 from ._renewal import Held, Renewer
 from ._scripts import ACQUIRE, COMMIT, PEEK, RELEASE, RENEW, Keys
 
@@ -280,30 +281,22 @@ class Leases:
         return outcome
 
     async def acquire(self, call: Call) -> Lead | Follow | Found:
-        """Lead *call*'s key, or learn who does (one script, one round trip)."""
-        keys = call.keys
-        lease_id = secrets.token_hex(16)
-        sent = trio.current_time()
+        """Lead *call*'s key, or learn who does (one script, one round trip).
+
+        New work first takes an admission slot (`Admission.enter`): it may wait
+        for one, or be refused (`Overloaded`). A call whose callers all left
+        meanwhile sends nothing.
+        """
+        admission = self.link.admission
+        admitted = not (call.vanished or call.vanished_token)  # new work only
+        sent = await admission.enter("acquire") if admitted else trio.current_time()
         try:
-            reply = await self.link.script(
-                "acquire",
-                [keys.lease, keys.fence, keys.linger, keys.result, keys.waiting],
-                [
-                    int(self.lease_ttl * 1000),
-                    _ms(call.linger) if call.read_linger else 0,
-                    call.vanished_token,
-                    lease_id,
-                    int(self.result_ttl * 1000) + int(self.lease_ttl * 1000),
-                ],
-                admit=not (call.vanished or call.vanished_token),  # new work only
-            )
-        except Overloaded:
-            raise  # never sent
-        except BaseException:
-            # Unanswered (timed out, broken, cancelled): it may still reach Redis
-            # and take the lease, which nobody would renew or release.
-            self._soon(self._drop_orphan, keys, lease_id, sent)
-            raise
+            await trio.lowlevel.checkpoint_if_cancelled()  # abandoned: never sent
+            lease_id = secrets.token_hex(16)
+            reply = await self._send_acquire(call, lease_id, sent)
+        finally:
+            if admitted:
+                admission.leave()
         kind = _text(reply[0])
         if kind in ("r", "g"):
             return Found(reply[1], lingering=kind == "g")
@@ -313,9 +306,32 @@ class Leases:
         if int(reply[2]):
             self.counters.corrupt += 1
             self.log.log(
-                logging.WARNING, "malformed lease", "replaced a malformed lease at %s", keys.lease
+                logging.WARNING,
+                "malformed lease",
+                "replaced a malformed lease at %s",
+                call.keys.lease,
             )
         return Lead(token, f"{lease_id}:{token}", sent)
+
+    async def _send_acquire(self, call: Call, lease_id: str, sent: float) -> Any:
+        keys = call.keys
+        try:
+            return await self.link.script(
+                "acquire",
+                [keys.lease, keys.fence, keys.linger, keys.result, keys.waiting],
+                [
+                    int(self.lease_ttl * 1000),
+                    _ms(call.linger) if call.read_linger else 0,
+                    call.vanished_token,
+                    lease_id,
+                    int(self.result_ttl * 1000) + int(self.lease_ttl * 1000),
+                ],
+            )
+        except BaseException:
+            # Unanswered (timed out, broken, cancelled): it may still reach Redis
+            # and take the lease, which nobody would renew or release.
+            self._soon(self._drop_orphan, keys, lease_id, sent)
+            raise
 
     def _lingering(self, call: Call, found: Found) -> Answer | None:
         """The success a lingering entry holds; None (counted) if it holds anything
@@ -416,22 +432,21 @@ class Leases:
         commit says what to answer with instead: the winner's result (`Found`),
         the live successor to follow (`Follow`), or nobody (`Verdict.ALONE`).
         """
-        with trio.CancelScope(shield=True):
-            reply = await self.link.script(
-                "commit",
-                [keys.lease, keys.result, keys.linger, keys.fence, keys.waiting],
-                [
-                    held.value,
-                    held.token,
-                    payload,
-                    keys.channel,
-                    int(self.result_ttl * 1000),
-                    _ms(linger),
-                    "0",
-                ],
-            )
-            return _verdict(reply)
-        raise AssertionError("unreachable: a shielded scope never swallows")  # pragma: no cover
+        reply = await self.link.script(
+            "commit",
+            [keys.lease, keys.result, keys.linger, keys.fence, keys.waiting],
+            [
+                held.value,
+                held.token,
+                payload,
+                keys.channel,
+                int(self.result_ttl * 1000),
+                _ms(linger),
+                "0",
+            ],
+            shield=True,
+        )
+        return _verdict(reply)
 
     def _after_commit(
         self, call: Call, held: Held, answer: Answer, verdict: Verdict | Found | Follow
@@ -475,7 +490,7 @@ class Leases:
 
     async def _release(self, keys: Keys, value: str, token: int) -> None:
         """Drop the lease *value* if it is still ours, and say so to followers."""
-        with trio.CancelScope(shield=True), contextlib.suppress(Exception):
+        with contextlib.suppress(Exception):
             await self.link.script(
                 "release",
                 [keys.lease, keys.waiting],
@@ -485,6 +500,7 @@ class Leases:
                     self.seal.wrap(keys.result, token, {"abandoned": True}),
                     "0",
                 ],
+                shield=True,
             )
 
     async def _drop_orphan(self, keys: Keys, lease_id: str, sent: float) -> None:

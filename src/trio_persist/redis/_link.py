@@ -18,7 +18,7 @@ import contextlib
 import ssl
 import sys
 import urllib.parse
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -26,6 +26,8 @@ import trio
 
 from .._exceptions import BackendUnavailable, CorruptResult
 from .._logging import logger
+from ._admission import Admission
+from ._direct import Direct
 from ._scripts import key_of_channel, pattern_of
 
 if sys.version_info < (3, 11):  # pragma: no cover
@@ -37,7 +39,6 @@ if TYPE_CHECKING:
 __all__ = [
     "Counters",
     "Link",
-    "Overloaded",
     "Subscriber",
     "Watch",
     "check_url",
@@ -243,10 +244,6 @@ def classify(error: BaseException, where: str) -> Exception | None:
     return None
 
 
-class Overloaded(BackendUnavailable):
-    """A step refused because too many are in progress: never a reason to run locally."""
-
-
 def _drops() -> tuple[type[Exception], ...]:
     """Errors of a connection that broke (as opposed to one that is slow)."""
     import anyio
@@ -290,7 +287,6 @@ class Counters:
     round_trips: int = 0
     leading: int = 0
     following: int = 0
-    rejected: int = 0
     routed_out: int = 0
     routed_in: int = 0
     moved: int = 0
@@ -302,8 +298,9 @@ class Counters:
 class Link:
     """One backend's way to Redis: its client, its scripts, and the bounded step.
 
-    The client is attached while the backend serves (`attach`), and detached
-    when it stops; a step taken meanwhile is `BackendUnavailable`.
+    The client is used inside `attached` (and `Direct` keeps a connection of
+    the backend's own to its server meanwhile, for scripts); a step taken
+    outside is `BackendUnavailable`. New calls are admitted by `admission`.
     """
 
     where: str
@@ -314,13 +311,13 @@ class Link:
     max_pending: int = 128
     pending: int = 0
     """Steps in progress now."""
-    _slots: trio.Semaphore = attrs.field(init=False)
-    _waiting: int = 0
+    admission: Admission = attrs.field(init=False)
+    direct: Direct = attrs.Factory(Direct)
     _down: bool = False
     _pipelining: bool = False
 
     def __attrs_post_init__(self) -> None:
-        self._slots = trio.Semaphore(self.max_pending)
+        self.admission = Admission(self.max_pending, self.timeout / 2, self.where)
 
     def attach(self, client: Any, sources: dict[str, str]) -> None:
         """Use *client* from now on, with the Lua scripts *sources* (name: source)."""
@@ -329,31 +326,41 @@ class Link:
         self.scripts = {name: Script(script=source) for name, source in sources.items()}
         self.client = client
 
+    @contextlib.asynccontextmanager
+    async def attached(self, client: Any, sources: dict[str, str]) -> AsyncIterator[None]:
+        """Use *client* (with the Lua scripts *sources*) inside the block, with a
+        connection of the backend's own to its server (`Direct`) meanwhile."""
+        self.attach(client, sources)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self.direct.keep, client)
+                try:
+                    yield
+                finally:
+                    nursery.cancel_scope.cancel()
+        finally:
+            self.client = None
+
     async def step(
-        self, what: str, fn: Callable[..., Awaitable[Any]], *args: Any, admit: bool = False
+        self, what: str, fn: Callable[..., Awaitable[Any]], *args: Any, shield: bool = False
     ) -> Any:
         """Run one Redis step under the deadline; failures become clear errors.
 
         A connection that breaks (a server restarting, a pooled connection that
         died) is tried again within the same deadline, at once and then every
         few milliseconds, unless Redis is known to be down (then once): every
-        script is idempotent, so a repeat never acts twice.
-
-        With *admit* (new work), the step first takes one of ``max_pending``
-        slots, waiting at most half the timeout for one (in arrival order);
-        if none frees, it is refused with `BackendUnavailable` (counted in
-        ``rejected``): past saturation the backend sheds load instead of
-        queueing it until every caller times out, and recovers at once.
+        script is idempotent, so a repeat never acts twice. With *shield*, the
+        step goes on whoever cancels its caller (the deadline still holds).
         """
         if self.client is None:
             raise BackendUnavailable(f"{self.where}: the backend is not running")
-        if admit:
-            await self._admit(what)
         self.counters.round_trips += 1
         self.pending += 1
+        deadline = trio.current_time() + self.timeout
         try:
-            with trio.fail_after(self.timeout):
-                answer = await self._attempt(fn, args, trio.current_time() + self.timeout)
+            with trio.CancelScope(deadline=deadline, shield=shield):
+                return self._answered(await self._attempt(fn, args, deadline))
+            raise trio.TooSlowError  # the deadline passed
         except BaseException as exc:
             translated = self._failed(exc, what)
             if translated is None:
@@ -361,34 +368,12 @@ class Link:
             raise translated from None
         finally:
             self.pending -= 1
-            if admit:
-                self._slots.release()
+
+    def _answered(self, answer: Any) -> Any:
         if self._down:
             self._down = False
             logger.warning("%s answers again", self.where)
         return answer
-
-    async def _admit(self, what: str) -> None:
-        try:
-            self._slots.acquire_nowait()
-            return
-        except trio.WouldBlock:
-            pass
-        # Waiting is cheap, timing out is not: with many waiting already, refuse
-        # at once (the cheapest refusal is the one made first).
-        if self._waiting < 8 * self.max_pending:
-            self._waiting += 1
-            try:
-                with trio.move_on_after(self.timeout / 2):
-                    await self._slots.acquire()
-                    return
-            finally:
-                self._waiting -= 1
-        self.counters.rejected += 1
-        raise Overloaded(
-            f"{self.where} ({what}): {self.max_pending} Redis operations in progress "
-            "(max_pending): refused"
-        )
 
     async def _attempt(
         self, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...], deadline: float
@@ -428,10 +413,10 @@ class Link:
         return translated
 
     async def script(
-        self, name: str, keys: list[str], args: list[Any], *, admit: bool = False
+        self, name: str, keys: list[str], args: list[Any], *, shield: bool = False
     ) -> Any:
         """Run the script *name* as one bounded step (see `step`)."""
-        return await self.step(name, self.run_script, name, keys, args, admit=admit)
+        return await self.step(name, self.run_script, name, keys, args, shield=shield)
 
     async def script_each(
         self, name: str, requests: list[tuple[list[str], list[Any]]]
@@ -439,36 +424,45 @@ class Link:
         """Run the script *name* once per ``(keys, args)``: the answers, in order, each
         the script's reply or the exception it met. Not bounded (callers bound it).
 
-        On one server, one pipeline, unless one is on its way already (a
-        pipeline holds a connection of its own: a second one would open another,
-        which costs round trips). On a Cluster, and meanwhile, each request on
-        its own, multiplexed with the other commands: a Cluster pipeline fails
-        whole when one master is down, and registering scripts on one would ask
+        On the backend's own connection (`Direct`), all sent at once (coredis
+        multiplexes them: one pipeline on the wire). Else, on one server, one
+        pipeline, unless one is on its way already (a pipeline holds a pooled
+        connection of its own: a second one would open another, which costs
+        round trips). On a Cluster, and meanwhile, each request on its own,
+        multiplexed with the other commands: a Cluster pipeline fails whole
+        when one master is down, and registering scripts on one would ask
         every master first.
         """
         from coredis.exceptions import NoScriptError
 
-        sha = self.scripts[name].sha
+        script = self.scripts[name]
+        connection = self.direct.usable()
+        if connection is not None:
+            answers = await _each_on(connection, script.sha, requests)
+            if any(isinstance(answer, NoScriptError) for answer in answers):
+                await connection.create_request(b"SCRIPT LOAD", script.script)
+                answers = await _each_on(connection, script.sha, requests)
+            return answers
         if self._pipelining or _is_cluster(self.client):
-            answers: list[Any] = [None] * len(requests)
+            each: list[Any] = [None] * len(requests)
 
             async def one(index: int, keys: list[str], args: list[Any]) -> None:
                 try:
-                    answers[index] = await self.run_script(name, keys, args)
+                    each[index] = await self.run_script(name, keys, args)
                 except Exception as exc:
-                    answers[index] = exc
+                    each[index] = exc
 
             async with trio.open_nursery() as nursery:
                 for index, (keys, args) in enumerate(requests):
                     nursery.start_soon(one, index, keys, args)
-            return answers
+            return each
         self._pipelining = True
         try:
             try:
-                return await self._pipeline(sha, requests)
+                return await self._pipeline(script.sha, requests)
             except NoScriptError:  # a server that forgot the script (restarted): load it
-                await self.client.script_load(self.scripts[name].script)
-                return await self._pipeline(sha, requests)
+                await self.client.script_load(script.script)
+                return await self._pipeline(script.sha, requests)
         finally:
             self._pipelining = False
 
@@ -484,17 +478,46 @@ class Link:
         return answers
 
     async def run_script(self, name: str, keys: list[str], args: list[Any]) -> Any:
-        """Run the script *name* once, unbounded and uncounted (callers bound it)."""
-        # EVALSHA directly (coredis's Script wrapper costs ~30 us a call); a
-        # server that forgot the script (restarted) gets it loaded, then again.
+        """Run the script *name* once, unbounded and uncounted (callers bound it).
+
+        On the backend's own connection while it is up (`Direct`), else through
+        the client. EVALSHA directly (coredis's Script wrapper costs ~30 us a
+        call); a server that forgot the script (restarted) gets it loaded (on
+        the same connection), then it runs again.
+        """
         from coredis.exceptions import NoScriptError
 
         script = self.scripts[name]
+        connection = self.direct.usable()
+        if connection is None:
+            try:
+                return await self.client.evalsha(script.sha, keys=keys, args=args)
+            except NoScriptError:
+                await self.client.script_load(script.script)
+                return await self.client.evalsha(script.sha, keys=keys, args=args)
         try:
-            return await self.client.evalsha(script.sha, keys=keys, args=args)
+            return await connection.create_request(b"EVALSHA", script.sha, len(keys), *keys, *args)
         except NoScriptError:
-            await self.client.script_load(script.script)
-            return await self.client.evalsha(script.sha, keys=keys, args=args)
+            await connection.create_request(b"SCRIPT LOAD", script.script)
+            return await connection.create_request(b"EVALSHA", script.sha, len(keys), *keys, *args)
+
+
+async def _each_on(
+    connection: Any, sha: str, requests: list[tuple[list[str], list[Any]]]
+) -> list[Any]:
+    """EVALSHA *sha* once per ``(keys, args)`` on *connection*, all sent before
+    the first answer is awaited: each answer, or the exception it met."""
+    sent = [
+        connection.create_request(b"EVALSHA", sha, len(keys), *keys, *args)
+        for keys, args in requests
+    ]
+    answers: list[Any] = []
+    for request in sent:
+        try:
+            answers.append(await request)
+        except Exception as exc:
+            answers.append(exc)
+    return answers
 
 
 @attrs.define(eq=False)

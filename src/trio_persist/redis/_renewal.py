@@ -68,14 +68,17 @@ class Renewer:
     held: dict[str, Held] = attrs.Factory(dict)
     _wake: trio.Event = attrs.Factory(trio.Event)
     _sleeping_until: float = math.inf
+    _sleep: trio.CancelScope | None = None  # the loop's sleep, while it sleeps
 
     def hold(self, key: str, value: str, token: int, sent: float) -> Held:
         """Start renewing the lease *value* of *key*, acquired by a command sent at *sent*."""
         ttl = self.lease_ttl
         held = Held(key, value, token, trio.CancelScope(), expires=sent + ttl, due=sent + ttl / 3)
         self.held[value] = held
-        if held.due < self._sleeping_until:
-            self._wake.set()
+        if held.due < self._sleeping_until and self._sleep is not None:
+            # The loop sleeps past this lease's renewal: wake it then, not now
+            # (most leases are dropped long before, and waking is a task switch).
+            self._sleeping_until = self._sleep.deadline = held.due
         return held
 
     def drop(self, held: Held) -> None:
@@ -95,8 +98,9 @@ class Renewer:
                     nursery.start_soon(self._renew, batch, now)
                 self._sleeping_until = min((h.due for h in self.held.values()), default=math.inf)
                 self._wake = trio.Event()
-                with trio.move_on_at(self._sleeping_until):
+                with trio.CancelScope(deadline=self._sleeping_until) as self._sleep:
                     await self._wake.wait()
+                self._sleep = None
 
     async def _renew(self, batch: list[Held], sent: float) -> None:
         ttl_ms = int(self.lease_ttl * 1000)

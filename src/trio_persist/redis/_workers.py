@@ -248,13 +248,16 @@ class ClusterWorkers:
     async def _acquire(self, group: Hashable, digest: str) -> Owned | str:
         """Own *group* (its worker lease), or learn the owner's lease value."""
         lease_id = secrets.token_hex(16)
-        sent = trio.current_time()
-        reply = await self.link.script(
-            "wacquire",
-            self._keys(digest),
-            [int(self.lease_ttl * 1000), lease_id, self.node, int(_FENCE_TTL * 1000)],
-            admit=True,
-        )
+        admission = self.link.admission  # new work: it takes a slot, as a flight does
+        sent = await admission.enter("a worker lease")
+        try:
+            reply = await self.link.script(
+                "wacquire",
+                self._keys(digest),
+                [int(self.lease_ttl * 1000), lease_id, self.node, int(_FENCE_TTL * 1000)],
+            )
+        finally:
+            admission.leave()
         kind = _text(reply[0])
         if kind != "l":
             return _text(reply[1])
