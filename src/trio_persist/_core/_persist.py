@@ -45,7 +45,7 @@ from ._job import UNNAMED, AskJob, Job, Owner, leader_died, request_name, runnin
 from ._linger import MISS
 from ._observer import Observer
 from ._options import PersistOptions, check_duration
-from ._placement import Here, claim_started, lease_worker, reroute_placed
+from ._placement import Here, claim_started, lease_worker, reroute_placed, resolve_placed
 from ._registry import RegistryView
 from ._runner import RunnerPool
 from ._state import Core
@@ -312,12 +312,10 @@ class Persist(Generic[B, R, T]):
             return await self._listen(job, flight, running.get(), flight.started)
         group, by_base, key = self._name(base, request)
         core.counters.requests += 1
-        if core.placement is not None and group not in core.owners:  # a worker elsewhere?
-            placed = await core.placement.resolve_elsewhere(
-                group, request, secrets.token_hex(16), share=share
-            )
-            if placed is not None:
-                return placed[0]
+        if core.placement is not None and (
+            placed := await resolve_placed(core, group, request, share)
+        ):
+            return placed[0]
         current = running.get()
         route = self._route(current, group, by_base, base, request, key, share, spawn_worker, None)
         if not isinstance(route, _Detour):

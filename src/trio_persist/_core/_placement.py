@@ -19,6 +19,7 @@ docs/redis.md states the guarantees; docs/architecture.md the path.
 
 from __future__ import annotations
 
+import secrets
 import weakref
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Any
@@ -35,7 +36,7 @@ from ._job import UNNAMED, AskJob, Job, Owner, leader_died, running
 from ._state import Core
 from ._worker import WorkerTask
 
-__all__ = ["Here", "claim_started", "lease_worker", "reroute_placed"]
+__all__ = ["Here", "claim_started", "lease_worker", "reroute_placed", "resolve_placed"]
 
 
 @attrs.define(eq=False)
@@ -168,6 +169,18 @@ async def claim_started(placement: Placement | None, group: Hashable) -> WorkerL
     except TypeError:
         return None
     return await placement.claim(group)
+
+
+async def resolve_placed(
+    core: Core, group: Hashable, request: Any, share: bool
+) -> tuple[Any] | None:
+    """A `resolve` of *group*, which has no owner here, sent to its worker in
+    another process: ``(reply,)``; None if no other process has one."""
+    if core.placement is None or group in core.owners:
+        return None
+    return await core.placement.resolve_elsewhere(
+        group, request, secrets.token_hex(16), share=share
+    )
 
 
 def reroute_placed(core: Core, placement: Placement, job: AskJob) -> None:
