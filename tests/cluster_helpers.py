@@ -54,6 +54,10 @@ class Logged:
             await trio.sleep(request["slow"])
         return {"n": state["n"] + 1, "ids": [*state["ids"], request["id"]]}
 
+    def group(self, base: Any, request: Any) -> Any:
+        """``resolve(group, request)`` is the group's worker's (routed like an ask)."""
+        return base
+
     # -- the store, delegated and logged ---------------------------------------------
 
     async def __aenter__(self) -> Logged:

@@ -280,3 +280,75 @@ async def test_workers_placed_across_processes_route_asks_on_a_cluster(
                 assert await b.ask(group, 1) == 2
     assert backends[1].statistics().routed_out == 12
     assert backends[0].statistics().routed_in == 12
+
+
+async def test_a_master_dying_under_worker_leases_never_makes_two_owners_and_asks_recover(
+    cluster_with_replicas: RedisCluster, namespace: str
+) -> None:
+    # Two processes (a backend each) ask 12 groups whose worker leases and
+    # inboxes live on every master; one master is SIGKILLed and its replica
+    # promoted. Each execution's span is logged by the process running it: a
+    # group's spans in the two processes never overlap (never two owners), every
+    # ask ends in a reply or a clear error within its bound, and every group
+    # answers again once the replica has taken over.
+    servers = cluster_with_replicas
+    ttl = 1.0
+    bound = ttl + ttl / 3 + 2 * ttl + 5.0  # the failover bound, a push, and a promotion
+    spans: dict[int, list[tuple[str, float, float]]] = {}
+
+    def device(name: str) -> Any:
+        async def count(state: Any, request: Any) -> Any:
+            start = trio.current_time()
+            try:
+                await trio.sleep(0.01)
+            finally:
+                spans.setdefault(request, []).append((name, start, trio.current_time()))
+            return state + 1
+
+        return count
+
+    def backend() -> RedisBackend:
+        return RedisBackend(
+            new_client(servers), namespace=namespace, workers="cluster", lease_ttl=ttl, timeout=ttl
+        )
+
+    errors: list[Exception] = []
+
+    async def ask(persist: trio_persist.Persist[Any, Any, Any], group: int) -> bool:
+        with trio.fail_after(bound):
+            try:
+                await persist.ask(group, group, default=int)
+            except (trio_persist.BackendUnavailable, trio_persist.LeaderDied) as exc:
+                errors.append(exc)  # the master is gone: a clear error, in time
+                return False
+        return True
+
+    async def ask_noting(persist: Any, group: int, answered: set[int]) -> None:
+        if await ask(persist, group):
+            answered.add(group)
+
+    store = RedisStore(new_client(servers), namespace=namespace + ":states")
+    with trio.fail_after(120):
+        async with (
+            trio_persist.open_persist(device("a"), backend=backend(), store=store) as a,
+            trio_persist.open_persist(device("b"), backend=backend(), store=store) as b,
+        ):
+            for group in range(12):  # leases and inboxes on every master
+                assert await ask(a, group)
+                assert await ask(b, group)  # routed to a
+            servers.kill(servers.ports[1])
+            killed = trio.current_time()
+            answered: set[int] = set()
+            # Past the leases' expiry and the promotion, until every group answers.
+            while len(answered) < 12 or trio.current_time() < killed + 3 * ttl + 2.0:
+                answered.clear()
+                async with trio.open_nursery() as nursery:
+                    for group in range(12):
+                        for persist in (a, b):
+                            nursery.start_soon(ask_noting, persist, group, answered)
+                await trio.sleep(0.1)
+    for group, seen in spans.items():
+        for name, start, end in seen:
+            for other, other_start, other_end in seen:
+                if other != name:
+                    assert end <= other_start or other_end <= start, (group, seen)

@@ -6,6 +6,7 @@ is a node of its own); tests/test_redis_worker_faults.py runs real processes.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -189,3 +190,111 @@ async def test_a_full_inbox_makes_callers_wait_for_room_then_fail_within_the_tim
         with pytest.raises(trio_persist.BackendUnavailable, match="did not make room"):
             await two.ask("session", 1)  # after waiting for room for the timeout
         assert one.backend.statistics().routed_in == 0
+
+
+class Sessions:
+    """A device whose group is the base: ``resolve(session, n)`` is *session*'s worker's."""
+
+    async def resolve(self, state: Any, request: Any) -> Any:
+        if isinstance(state, str):  # a flight: resolved against the base itself
+            return request
+        return await counter(state, request)
+
+    def group(self, base: Any, request: Any) -> Any:
+        return base
+
+
+@asynccontextmanager
+async def sessions(url: str, namespace: str) -> AsyncIterator[trio_persist.Persist[Any, Any, Any]]:
+    backend = RedisBackend(
+        url, namespace=namespace, lease_ttl=1.0, workers="cluster", heartbeat=None
+    )
+    store = RedisStore(url, namespace=namespace + ":states")
+    async with trio_persist.open_persist(
+        Sessions(), backend=backend, store=store, worker_timeout=60
+    ) as persist:
+        yield persist
+
+
+async def test_a_resolve_from_another_process_is_served_by_the_groups_worker_there(
+    redis_url: str, namespace: str
+) -> None:
+    async with sessions(redis_url, namespace) as one, sessions(redis_url, namespace) as two:
+        await one.ask("session", 1, default=fresh)
+        reply = await two.resolve("session", 2)  # routed: one's worker applies it
+        assert reply["n"] == 3
+        assert (await one.ask("session", 0))["n"] == 3
+        assert (len(one.workers()), len(two.workers())) == (1, 0)
+        assert two.backend.statistics().routed_out == 1
+
+
+async def test_a_resolve_of_a_group_nobody_owns_runs_here_as_a_flight(
+    redis_url: str, namespace: str
+) -> None:
+    async with sessions(redis_url, namespace) as one, sessions(redis_url, namespace) as two:
+        assert await two.resolve("nobody's", 2) == 2  # no worker anywhere: a flight here
+        assert (one.backend.statistics().routed_in, two.backend.statistics().routed_out) == (0, 0)
+        assert two.workers() == () == one.workers()
+
+
+async def test_identical_routed_resolves_share_one_execution_at_a_static_worker(
+    redis_url: str, namespace: str
+) -> None:
+    release = trio.Event()
+    ran: list[Any] = []
+
+    class Gated(Sessions):
+        async def resolve(self, state: Any, request: Any) -> Any:
+            ran.append(request)
+            if request == "first":
+                await release.wait()
+            return request
+
+    def backend() -> RedisBackend:
+        return RedisBackend(redis_url, namespace=namespace, lease_ttl=1.0, workers="cluster")
+
+    async with (
+        trio_persist.open_persist(Gated(), backend=backend(), static_worker=True) as one,
+        trio_persist.open_persist(Gated(), backend=backend(), static_worker=True) as two,
+        trio.open_nursery() as nursery,
+    ):
+        await one.start_worker("base", "g")
+        nursery.start_soon(one.resolve, "g", "first")
+        await eventually(lambda: ran == ["first"])
+        replies: list[Any] = []
+
+        async def again() -> None:
+            replies.append(await two.resolve("g", "same"))
+
+        for _ in range(3):
+            nursery.start_soon(again)
+        await eventually(lambda: one.backend.statistics().routed_in == 3)
+        release.set()
+    assert replies == ["same"] * 3
+    assert ran == ["first", "same"]
+
+
+async def test_start_worker_for_a_group_owned_elsewhere_says_which_process_owns_it(
+    redis_url: str, namespace: str
+) -> None:
+    async with sessions(redis_url, namespace) as one, sessions(redis_url, namespace) as two:
+        await one.start_worker(fresh(), "session")
+        assert one.backend.statistics().owned == 1
+        with pytest.raises(trio_persist.NoWorker, match=r"lives in another process \(.+:\d+:"):
+            await two.start_worker(fresh(), "session")
+        assert (await two.ask("session", 4))["n"] == 4  # routed to the started worker
+
+
+async def test_a_started_worker_releases_its_lease_when_it_stops(
+    redis_url: str, namespace: str
+) -> None:
+    async with sessions(redis_url, namespace) as one, sessions(redis_url, namespace) as two:
+        worker = await one.start_worker(fresh(), "session")
+        await worker.stop()
+        await eventually(lambda: one.backend.statistics().owned == 0)
+        while True:  # until its release (a round trip) has landed
+            with contextlib.suppress(trio_persist.NoWorker):
+                await two.start_worker(fresh(), "session")  # the group is free: it moves here
+                break
+            await trio.sleep(0.01)
+        assert two.backend.statistics().owned == 1

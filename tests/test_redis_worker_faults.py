@@ -11,6 +11,7 @@ and that the caller was answered within the bound docs/redis.md states:
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import coredis
+import pytest
 import trio
 
 import trio_persist
@@ -230,3 +232,19 @@ async def test_after_a_redis_restart_with_its_append_only_file_no_acknowledged_c
             assert [s["n"] for s in saves] == [1, 2, 3]
     finally:
         server.stop()
+
+
+async def test_a_resolve_reaches_the_owner_process_and_start_worker_names_it(
+    redis_url: str, namespace: str
+) -> None:
+    async with cluster(redis_url, namespace) as (control, owner, persist):
+        reply = await persist.resolve("g", {"id": "r1"})  # routed: the owner's state
+        assert reply["ids"][-1] == "r1"
+        assert reply["n"] == 2
+        assert not persist.workers()
+        with pytest.raises(trio_persist.NoWorker, match=f":{owner.pid}:"):
+            await persist.start_worker(fresh(), "g")
+        runs = [json.loads(raw) for raw in await control.lrange(f"{namespace}:runs", 0, -1)]
+        assert {run["pid"] for run in runs} == {owner.pid}  # ran in the owner alone
+        saves = await check_history(control, namespace)
+        assert [s["n"] for s in saves] == [1, 2]

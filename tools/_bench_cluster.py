@@ -75,6 +75,7 @@ def load(url: str, processes: int, callers: int, seconds: float) -> dict[str, An
                 str(callers),
                 "1000",
                 str(seconds),
+                str(processes),
             ],
             stdout=subprocess.PIPE,
         )

@@ -125,12 +125,17 @@ class LocalWorkers(Protocol):
         lease: WorkerLease,
         *,
         routed: bool,
+        resolving: bool = False,
+        join: bool = False,
     ) -> Any:
         """Ask *group*'s worker in this process, activating it under *lease*.
 
         A request whose id the loaded record lists as applied is answered from
         the record, not run again. A *routed* request (from another process)
-        whose worker stops under it raises `~trio_persist.WorkerMoved`.
+        whose worker stops under it raises `~trio_persist.WorkerMoved`. A
+        *resolving* one (a routed `resolve`) never activates a worker (no
+        worker here: `~trio_persist.WorkerMoved`); with *join* it joins an
+        identical request queued at a static worker.
         """
 
     def stop_lost(self, group: Hashable) -> None:
@@ -148,6 +153,13 @@ class Placement(Protocol):
         self, group: Hashable, request: Any, default: Callable[[], Any] | None, request_id: str
     ) -> Any:
         """Deliver *request* to *group*'s worker, wherever it lives; return its reply."""
+
+    async def resolve_elsewhere(
+        self, group: Hashable, request: Any, request_id: str, *, share: bool
+    ) -> tuple[Any] | None:
+        """Deliver a `resolve` of *group* to its worker in another process:
+        ``(reply,)``, or None when no other process holds its worker lease
+        (resolve here). With *share* it may join an identical queued request."""
 
     async def claim(self, group: Hashable) -> WorkerLease:
         """*group*'s worker lease for this process (held already, or won now).

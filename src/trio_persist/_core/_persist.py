@@ -45,7 +45,7 @@ from ._job import UNNAMED, AskJob, Job, Owner, leader_died, request_name, runnin
 from ._linger import MISS
 from ._observer import Observer
 from ._options import PersistOptions, check_duration
-from ._placement import Here, lease_worker, reroute_placed
+from ._placement import Here, claim_started, lease_worker, reroute_placed, resolve_placed
 from ._registry import RegistryView
 from ._runner import RunnerPool
 from ._state import Core
@@ -151,6 +151,7 @@ class Persist(Generic[B, R, T]):
     _core: Core = attrs.field(init=False)
     _supervisor: Supervisor = attrs.field(init=False)
     _runners: RunnerPool = attrs.field(init=False)
+    _here: Here = attrs.field(init=False)
     _grouping: Grouping = attrs.field(init=False)
     # Functions wrapped by this persist, by name (a name means one function while
     # anything uses it: a wrapper or a job holds its registration).
@@ -171,7 +172,8 @@ class Persist(Generic[B, R, T]):
         )
         self._supervisor = Supervisor(core)
         self._runners = RunnerPool(core.nursery)
-        core.placement = placement_of(self._backend, Here(core, self._worker_for, self._listen))
+        self._here = Here(core, self._worker_for, self._listen)
+        core.placement = placement_of(self._backend, self._here)
         mode = core.options.await_inprogress
         has_hook = core.hooks.group is not None
         if mode is False or (mode == "named" and not has_hook) or core.hooks is NO_DEVICE:
@@ -262,7 +264,8 @@ class Persist(Generic[B, R, T]):
         Different requests of one group run one after another, in arrival
         order. A group owned by a worker is served by it (an advancing worker
         executes every request; a static one may answer identical queued
-        requests with one execution).
+        requests with one execution), in another process too with
+        ``RedisBackend(workers="cluster")`` (docs/redis.md).
 
         The execution runs in a task of the persist, not in the caller's:
         cancelling a caller (the first one included) leaves it running for the
@@ -309,6 +312,10 @@ class Persist(Generic[B, R, T]):
             return await self._listen(job, flight, running.get(), flight.started)
         group, by_base, key = self._name(base, request)
         core.counters.requests += 1
+        if core.placement is not None and (
+            placed := await resolve_placed(core, group, request, share)
+        ):
+            return placed[0]
         current = running.get()
         route = self._route(current, group, by_base, base, request, key, share, spawn_worker, None)
         if not isinstance(route, _Detour):
@@ -401,8 +408,13 @@ class Persist(Generic[B, R, T]):
             timeout: Idle timeout in seconds; defaults to the persist's
                 ``worker_timeout``.
 
+        With a backend that places workers across processes, the worker runs
+        here under the group's worker lease.
+
         Raises:
             PersistClosed: the persist's block has been left.
+            NoWorker: the group's worker lives in another process (placed
+                workers; the message names it).
         """
         await trio.lowlevel.checkpoint()
         core = self._core
@@ -414,10 +426,13 @@ class Persist(Generic[B, R, T]):
         seconds = None if timeout is None else check_duration("timeout", timeout)
         if group is None:
             group = core.group_of(base, None)
+        lease = await claim_started(core.placement, group)
         owner = await self._settled_owner(group)
         if isinstance(owner, WorkerTask):
             return handle_of(owner)
         task = self._supervisor.new_worker(group, base, static=static, timeout=seconds)
+        if lease is not None:
+            self._here.lease_started(task, lease)
         if isinstance(owner, Flight):
             return handle_of(owner.hand_to(task))
         self._supervisor.start(task)

@@ -19,6 +19,8 @@ docs/redis.md states the guarantees; docs/architecture.md the path.
 
 from __future__ import annotations
 
+import secrets
+import weakref
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Any
 
@@ -27,13 +29,14 @@ import trio
 
 from .._backend import Placement, WorkerLease
 from .._exceptions import WorkerMoved
+from .._grouping import canonical_encoding
 from .._text import safe_repr
-from ._activation import ACTIVATING
-from ._job import UNNAMED, AskJob, Owner, leader_died, running
+from ._activation import ACTIVATING, Activation
+from ._job import UNNAMED, AskJob, Job, Owner, leader_died, running
 from ._state import Core
 from ._worker import WorkerTask
 
-__all__ = ["Here", "lease_worker", "reroute_placed"]
+__all__ = ["Here", "claim_started", "lease_worker", "reroute_placed", "resolve_placed"]
 
 
 @attrs.define(eq=False)
@@ -44,7 +47,11 @@ class Here:
     # The facade's: the group's worker (activating one; refusing a call that
     # would wait for itself), and listening for a job's answer.
     worker_for: Callable[[Hashable, Callable[[], Any] | None, Owner | None], WorkerTask]
-    listen: Callable[[AskJob, WorkerTask, Owner | None], Awaitable[Any]]
+    listen: Callable[[Job, WorkerTask, Owner | None], Awaitable[Any]]
+    # Workers started with a state under a lease (they have no activation to hold it).
+    started: weakref.WeakKeyDictionary[WorkerTask, WorkerLease] = attrs.Factory(
+        weakref.WeakKeyDictionary
+    )
 
     async def ask(
         self,
@@ -55,8 +62,12 @@ class Here:
         lease: WorkerLease,
         *,
         routed: bool,
+        resolving: bool = False,
+        join: bool = False,
     ) -> Any:
         """Ask *group*'s worker here, activated under *lease* (see `LocalWorkers.ask`)."""
+        if resolving and not self.has_worker(group):
+            raise WorkerMoved("the group has no worker here: resolve it where it is asked")
         job = AskJob(
             None,
             request,
@@ -68,30 +79,50 @@ class Here:
         )
         current = None if routed else running.get()
         while True:
-            task = self.worker_for(group, default, current)
-            lease_worker(task, lease)
-            activation = task.activation
-            if routed and (activation is None or activation.lease is not lease):
+            task = self._leased_worker(group, default, current, lease)
+            if routed and self._lease_of(task) is not lease:
                 # Accepted under a lease this worker does not run under: the
                 # sender sends it again to the owner of now (never run twice).
                 raise WorkerMoved("the group's worker here runs under another lease now")
+            activation = task.activation
             if activation is not None:
                 if not activation.settled:
                     await activation.wait()  # its record says what was applied
                     continue  # (it may have stopped meanwhile)
-                applied = activation.last_applied
-                if applied is not None and applied[0] == request_id:
-                    return applied[1]  # applied by a dead owner, never answered
-                record = activation.record
-                if record is not None and request_id in record.applied:
-                    raise leader_died(
-                        f"the request to group {safe_repr(group)} was applied by an owner "
-                        "that died before answering, and its reply was not kept"
-                    )
+                answered = _from_record(activation, group, request_id)
+                if answered is not None:
+                    return answered[0]
+            joined = task.find(request, UNNAMED) if join else None
+            if joined is not None:  # a static worker's identical queued request
+                self.core.counters.deduplicated += 1
+                return await self.listen(joined, task, current)
             if task.admit_nowait(job) or await task.admit(job):
                 return await self.listen(job, task, current)
             if routed:
                 raise WorkerMoved("the worker stopped while the request waited for room")
+
+    def _leased_worker(
+        self,
+        group: Hashable,
+        default: Callable[[], Any] | None,
+        current: Owner | None,
+        lease: WorkerLease,
+    ) -> WorkerTask:
+        """*group*'s worker here (activated if need be), running under *lease* if
+        it has none yet (one started with a state: the lease won now covers it)."""
+        task = self.worker_for(group, default, current)
+        lease_worker(task, lease)
+        if task.activation is None:
+            self.started.setdefault(task, lease)
+        return task
+
+    def lease_started(self, task: WorkerTask, lease: WorkerLease) -> None:
+        """*task*, started with a state (`Persist.start_worker`), runs under *lease*."""
+        self.started[task] = lease
+
+    def _lease_of(self, task: WorkerTask) -> WorkerLease | None:
+        activation = task.activation
+        return self.started.get(task) if activation is None else activation.lease
 
     def stop_lost(self, group: Hashable) -> None:
         """*group*'s lease was lost: its worker stops now, cancelled and unsaved."""
@@ -105,11 +136,51 @@ class Here:
         return isinstance(self.core.owners.get(group), WorkerTask)
 
 
+def _from_record(activation: Activation, group: Hashable, request_id: str) -> tuple[Any] | None:
+    """The reply to *request_id* if the loaded record says a dead owner applied it:
+    ``(reply,)``, `LeaderDied` if its reply was not kept; None if never applied."""
+    applied = activation.last_applied
+    if applied is not None and applied[0] == request_id:
+        return (applied[1],)  # applied by a dead owner, never answered
+    record = activation.record
+    if record is not None and request_id in record.applied:
+        raise leader_died(
+            f"the request to group {safe_repr(group)} was applied by an owner "
+            "that died before answering, and its reply was not kept"
+        )
+    return None
+
+
 def lease_worker(task: WorkerTask, lease: WorkerLease) -> None:
     """*task*, activating now, runs under *lease*: its saves carry the lease's token."""
     activation = task.activation
     if activation is not None and activation.lease is None and task.state is ACTIVATING:
         activation.lease = lease
+
+
+async def claim_started(placement: Placement | None, group: Hashable) -> WorkerLease | None:
+    """The lease a worker started with a state runs under: *group*'s, won here
+    (`~trio_persist.NoWorker` if another process owns it); None without placement
+    or for a group no other process can name."""
+    if placement is None:
+        return None
+    try:
+        canonical_encoding(group)
+    except TypeError:
+        return None
+    return await placement.claim(group)
+
+
+async def resolve_placed(
+    core: Core, group: Hashable, request: Any, share: bool
+) -> tuple[Any] | None:
+    """A `resolve` of *group*, which has no owner here, sent to its worker in
+    another process: ``(reply,)``; None if no other process has one."""
+    if core.placement is None or group in core.owners:
+        return None
+    return await core.placement.resolve_elsewhere(
+        group, request, secrets.token_hex(16), share=share
+    )
 
 
 def reroute_placed(core: Core, placement: Placement, job: AskJob) -> None:

@@ -306,7 +306,7 @@ class Supervisor:
     def _placed_ended(self, task: WorkerTask) -> None:
         """A placed worker's lease goes when nothing took its group's place here."""
         core = self.core
-        if core.placement is not None and task.virtual and task.group not in core.owners:
+        if core.placement is not None and task.group not in core.owners:
             core.placement.ended(task.group)
 
     def _report_end(self, task: WorkerTask, crashed: BaseException | None) -> None:

@@ -188,6 +188,36 @@ class ClusterWorkers:
             f"the worker of group {digest} changed owner {_MAX_ROUNDS} times: giving up"
         )
 
+    async def resolve_elsewhere(
+        self, group: Hashable, request: Any, request_id: str, *, share: bool
+    ) -> tuple[Any] | None:
+        """A `resolve` of *group*, sent to its worker if another process owns it:
+        ``(reply,)``; None if no other process does (resolve here). One GET
+        when nobody owns the group; a routed ask's path otherwise."""
+        try:
+            canonical_encoding(group)
+        except TypeError:
+            return None  # no other process can name it
+        digest = group_digest(group)
+        extra = {"r": 1 if share else 2}
+        for _ in range(_MAX_ROUNDS):
+            owned = self.owned.get(digest)
+            if owned is not None and owned.valid():
+                return None
+            current = await self.link.step(
+                "looking at a worker lease", self.link.client.get, self._keys(digest)[0]
+            )
+            lease = None if current is None else _text(current)
+            if lease is None or lease.endswith(":" + self.node):
+                return None  # nobody's, or ours being released: a flight here
+            answer = await self._route(lease, digest, request_id, request, extra)
+            if answer is not None:
+                return (answer.unwrap(),)
+            await trio.sleep(self.lease_ttl / 30)  # its worker ended there: look again
+        raise LeaderDied(
+            f"the worker of group {digest} changed owner {_MAX_ROUNDS} times: giving up"
+        )
+
     async def claim(self, group: Hashable) -> Owned:
         """*group*'s worker lease for this process: held already, or won now.
 
@@ -241,14 +271,21 @@ class ClusterWorkers:
         self.counters.owned += 1
         return owned
 
-    async def _route(self, lease: str, digest: str, request_id: str, request: Any) -> Answer | None:
+    async def _route(
+        self,
+        lease: str,
+        digest: str,
+        request_id: str,
+        request: Any,
+        extra: dict[str, Any] | None = None,
+    ) -> Answer | None:
         """Send *request* to the owner named by *lease* and wait for its answer;
-        None if the group changed owner meanwhile (ask again)."""
+        None if the group changed owner meanwhile (ask again). *extra*: fields
+        of a routed resolve (``"r"``: 1 may join an identical request, 2 not)."""
         node = lease.split(":", 2)[2]
         payload = encode_value(self.seal, "q:" + request_id, request, 0).decode()
-        message = json.dumps(
-            {"k": "q", "id": request_id, "from": self.node, "g": digest, "p": payload}
-        )
+        fields = {"k": "q", "id": request_id, "from": self.node, "g": digest, "p": payload}
+        message = json.dumps(fields | (extra or {}))
         with self.inbox.expect(request_id) as waiter:
             await self._push_request(node, message, request_id)
             self.counters.routed_out += 1
@@ -354,8 +391,12 @@ class ClusterWorkers:
                 )
                 if not ok:
                     raise CorruptResult("a routed request holds no request")
+                resolving = message.get("r")
                 value = await self.local.ask(
-                    owned.group, request, None, request_id, owned, routed=True
+                    *(owned.group, request, None, request_id, owned),
+                    routed=True,
+                    resolving=resolving in (1, 2),
+                    join=resolving == 1,
                 )
                 payload = encode_value(self.seal, "a:" + request_id, value, owned.token)
             except WorkerMoved:
@@ -392,7 +433,10 @@ class ClusterWorkers:
 
     def ended(self, group: Hashable) -> None:
         """*group*'s worker here ended with no successor: release its lease."""
-        owned = self.owned.pop(group_digest(group), None)
+        try:
+            owned = self.owned.pop(group_digest(group), None)
+        except TypeError:
+            return  # a group no process can name holds no lease
         if owned is None:
             return
         self.counters.owned -= 1
