@@ -136,3 +136,11 @@ async def decorated() -> None:
 
 def refused(plain: Callable[[int], int]) -> None:
     trio_persist.deduplicated(plain)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+
+
+def redis_options() -> None:
+    from trio_persist.redis import RedisBackend
+
+    RedisBackend("redis://localhost", workers="cluster", fallback="local")
+    RedisBackend("redis://localhost", workers="clusters")  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+    RedisBackend("redis://localhost", fallback="locally")  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]

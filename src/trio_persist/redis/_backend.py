@@ -14,7 +14,7 @@ import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Hashable
-from typing import Any, final
+from typing import Any, Literal, final
 
 import attrs
 import trio
@@ -140,11 +140,13 @@ class RedisBackend:
     lease_ttl: float = 10.0
     timeout: float = 5.0
     signing_key: bytes | None = attrs.field(default=None, repr=False)
-    fallback: str = "error"
+    fallback: Literal["error", "local"] = "error"
     max_takeovers: int = 3
     heartbeat: float | None = 1.0
     max_pending: int = 128
-    workers: str = attrs.field(default="process", validator=lambda _s, _a, v: _check_workers(v))
+    workers: Literal["process", "cluster"] = attrs.field(
+        default="process", validator=lambda _s, _a, v: _check_workers(v)
+    )
     _node: str = attrs.field(init=False)
     _counters: Counters = attrs.field(factory=Counters, init=False)
     _link: Link = attrs.field(init=False)

@@ -287,7 +287,7 @@ class ClusterWorkers:
         fields = {"k": "q", "id": request_id, "from": self.node, "g": digest, "p": payload}
         message = json.dumps(fields | (extra or {}))
         with self.inbox.expect(request_id) as waiter:
-            await self._push_request(node, message)
+            await self._push_request(node, message, request_id)
             self.counters.routed_out += 1
             try:
                 return await self._wait(waiter, lease, digest, node, message, request_id)
@@ -303,11 +303,17 @@ class ClusterWorkers:
             if not await self.inbox.withdraw(node, message):
                 await self.inbox.push(node, json.dumps({"k": "x", "id": request_id}))
 
-    async def _push_request(self, node: str, message: str) -> None:
+    async def _push_request(self, node: str, message: str, request_id: str) -> None:
         """Push to *node*'s inbox, waiting for room (back-pressure) within the timeout."""
         deadline = trio.current_time() + self.link.timeout
         pause = 0.005
-        while not await self.inbox.push(node, message, limit=INBOX_LIMIT):
+        while True:
+            try:
+                if await self.inbox.push(node, message, limit=INBOX_LIMIT):
+                    return
+            except BaseException:  # cancelled or failed on its way: it may have landed
+                await self._give_up(node, message, request_id)
+                raise
             if trio.current_time() + pause > deadline:
                 raise BackendUnavailable(
                     f"the inbox of the process owning this group holds {INBOX_LIMIT} requests: "
@@ -408,8 +414,20 @@ class ClusterWorkers:
             self.served[request_id] = None
             if len(self.served) > _SERVED_KEPT:
                 del self.served[next(iter(self.served))]
-        with trio.move_on_after(self.link.timeout), _QUIET():
-            await self.inbox.push(sender, json.dumps(reply))
+        await self._reply(sender, json.dumps(reply), owned if reply["k"] == "a" else None)
+
+    async def _reply(self, sender: str, text: str, owned: Owned | None) -> None:
+        """Push a reply to *sender*'s inbox. An answer is tried again while this
+        process holds the group's lease: its caller waits for it as long as the
+        lease lives (once it is gone, the caller asks the next owner)."""
+        while True:
+            with trio.move_on_after(self.link.timeout), contextlib.suppress(BackendUnavailable):
+                with contextlib.suppress(CorruptResult):  # garbage there: never pushable
+                    await self.inbox.push(sender, text)
+                return
+            if owned is None or not owned.valid():
+                return
+            await trio.sleep(self.lease_ttl / 30)
 
     # -- leases ------------------------------------------------------------------------
 
