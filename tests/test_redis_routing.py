@@ -22,6 +22,7 @@ from redis_server import RedisServer
 from trio_persist._codec import Seal, encode_value
 from trio_persist._grouping import group_digest
 from trio_persist.redis import RedisBackend, RedisStore
+from trio_persist.redis._inbox import TAKE
 
 TTL = 6.0  # long enough that a short cut never costs the owner its lease
 TIMEOUT = 0.5
@@ -142,3 +143,14 @@ async def test_a_forged_request_whose_sender_inbox_is_garbage_costs_the_owner_on
             assert backend.statistics().round_trips - before <= 1  # a renewal, at most
         # The owner serves on (the forged request was applied: who writes the namespace asks).
         assert await owner.ask("g", {}) == {"n": 3}
+
+
+async def test_a_batch_an_owner_took_expires_as_its_inbox_does_if_the_owner_dies(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    inbox, taken = "{" + namespace + ":n:gone}:inbox", "{" + namespace + ":n:gone}:taken"
+    async with coredis.Redis.from_url(redis_server.url) as client:
+        await client.lpush(inbox, ["first", "second"])
+        assert await client.eval(TAKE, [inbox, taken], [64, 5000]) == [b"first", b"second"]
+        # The owner dies before its next take: nothing it held stays in Redis for ever.
+        assert 0 < await client.pttl(taken) <= 5000

@@ -50,8 +50,10 @@ return 1
 """
 
 
-# KEYS: inbox, taken. ARGV: batch. Drops the taken messages (dispatched) and moves
-# up to a batch from the inbox to the taken list; returns them, oldest first.
+# KEYS: inbox, taken. ARGV: batch, ttl_ms. Drops the taken messages (dispatched) and
+# moves up to a batch from the inbox to the taken list; returns them, oldest first.
+# The taken list expires as the inbox does: a process that dies holding a batch
+# leaves nothing behind (its callers fail over and send their requests again).
 TAKE = """
 redis.call('DEL', KEYS[2])
 local taken = {}
@@ -60,6 +62,7 @@ for _ = 1, tonumber(ARGV[1]) do
   if not message then break end
   taken[#taken + 1] = message
 end
+if #taken > 0 then redis.call('PEXPIRE', KEYS[2], ARGV[2]) end
 return taken
 """
 
@@ -170,13 +173,18 @@ class Inbox:
         """Drop what was dispatched and take up to a batch (one script); if the
         inbox is empty, wait for one message on the server (a blocking move)."""
         with trio.fail_after(self.link.timeout):
-            batch = await self.link.run_script("take", [self.key, self.taken], [_BATCH])
+            batch = await self.link.run_script(
+                "take", [self.key, self.taken], [_BATCH, int(self.ttl * 1000)]
+            )
         if batch:
             return list(batch)
         # The client gives up on a reply after the timeout: the server answers first.
         block = min(_BLOCK, self.link.timeout / 2)
         moved = await self._step("blmove", self.key, self.taken, "RIGHT", "LEFT", block)
-        return [] if moved is None else [moved]
+        if moved is None:
+            return []
+        await self._step("pexpire", self.taken, int(self.ttl * 1000))  # as TAKE does
+        return [moved]
 
     async def _step(self, command: str, *args: Any, **kwargs: Any) -> Any:
         with trio.fail_after(_BLOCK + self.link.timeout):
