@@ -224,7 +224,9 @@ class Flight:
                     self._finished(job, outcome, began)
                     if outcome is Outcome.OK and job.spawn_worker and self._spawn_worker(job):
                         return True
-                    if scope.cancel_called:
+                    # Only `abandon` cancels a runner's scope, and it marks the job
+                    # first: the flag spares the common case a read of the clock.
+                    if job.abandoned and scope.cancel_called:
                         # The device swallowed its cancellation: this scope is spent.
                         over = not self._advance()
                         return over
