@@ -27,7 +27,7 @@ import trio
 from .._backend import Backend
 from .._stats import GroupSnapshot
 from ._histogram import remember
-from ._job import UNNAMED, Job, Outcome, leader_died, request_name, run_device, running
+from ._job import UNNAMED, Job, Outcome, failed, leader_died, request_name, running
 from ._labels import call_label
 from ._runner import RunnerPool
 from ._state import Core, Counters, describe_owner
@@ -213,12 +213,21 @@ class Flight:
                 if not job.abandoned:
                     # When the last job ended (or the flight started): no clock read.
                     began = self.last_active
+                    resolve = self._begin(job)
                     job.scope = scope
+                    # The device awaited here, not through `run_device`: no
+                    # coroutine of ours per execution (the outcome is sorted
+                    # the same way, by `failed`).
                     try:
-                        outcome = await run_device(self._begin(job), job.base, job.request, job)
+                        value = await resolve(job.base, job.request)
                     except trio.Cancelled:
                         over = self._cancelled(job, began)
                         raise
+                    except BaseException as exc:
+                        outcome = failed(job, exc)  # re-raises what must propagate
+                    else:
+                        job.succeed(value)
+                        outcome = Outcome.OK
                     finally:
                         job.scope = None
                     self._finished(job, outcome, began)
