@@ -870,11 +870,11 @@ class Persist(Generic[B, R, T]):
         counters.waiters += 1
         # A caller that started the flight (*arrived*: the flight's start, its
         # execution's) leads its job: its wait is the execution's sample.
-        leads = arrived is not None
-        if leads:
-            job.leads = True
-        else:
+        if arrived is None:
             arrived = core.now()
+            leads = False
+        else:
+            leads = job.leads = True
         if current is not None:
             self._awaiting.setdefault(current, []).append(owner)
         try:
