@@ -196,15 +196,23 @@ async def _serve_in(task: WorkerTask, scope: trio.CancelScope) -> bool:
         finally:
             _done(task, job)
         _finished(task, job, outcome, began)
-        # The scope is cancelled by an abandon or a stop (both marked first), or
-        # by its deadline expiring before the wake-up cleared it (then *began*,
-        # read after, is past it): the flags spare the common case a clock read.
-        if (job.abandoned or task.stop_reason is not None or began >= expiry) and (
-            scope.cancel_called
-        ):
+        if _spent(task, job, scope, began, expiry):
             return False
         if task.checkpoint_at is not None and task.checkpoint_at <= task.last_active:
             await checkpoint(task)
+
+
+def _spent(
+    task: WorkerTask, job: Job, scope: trio.CancelScope, began: float, expiry: float
+) -> bool:
+    """Whether *scope* was cancelled while *job* ran (it began at *began*, received
+    under the deadline *expiry*): then the scope is spent."""
+    # It is cancelled by an abandon or a stop (both marked first), or by its
+    # deadline expiring before the wake-up cleared it (then *began*, read after,
+    # is past it): the flags spare the common case `cancel_called`'s clock read.
+    if job.abandoned or task.stop_reason is not None or began >= expiry:
+        return scope.cancel_called
+    return False
 
 
 def _arm(task: WorkerTask, scope: trio.CancelScope) -> float:
