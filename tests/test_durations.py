@@ -40,6 +40,35 @@ async def test_execution_and_wait_times_are_measured(autojump_clock: object) -> 
     assert close(stats.wait_p50, 1.5)
 
 
+async def test_a_caller_cancelled_as_its_execution_ends_is_counted_once(
+    autojump_clock: object,
+) -> None:
+    async with trio_persist.open_persist(sleepy) as persist:
+        with trio.move_on_after(1):  # expires with the device's sleep
+            await persist.resolve("b", 1)
+        await persist.wait_quiet()
+        stats = persist.statistics()
+        durations = persist.durations()
+    assert (stats.waiters, stats.executions) == (0, 1)
+    # Its wait is counted at most once, and never while it still waits.
+    assert durations.wait.count <= durations.execution.count == 1
+
+
+async def test_the_first_caller_waits_its_execution_and_joiners_less(
+    autojump_clock: object,
+) -> None:
+    async with trio_persist.open_persist(sleepy) as persist:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(persist.resolve, "b", 2)
+            await trio.sleep(0.5)
+            nursery.start_soon(persist.resolve, "b", 2)
+        durations = persist.durations()
+        stats = persist.statistics()
+    assert (durations.execution.count, durations.wait.count) == (1, 2)
+    assert durations.wait.sum == 2 + 1.5
+    assert stats.wait_max == stats.execution_max == 2
+
+
 async def test_a_worker_reports_its_recent_execution_times(autojump_clock: object) -> None:
     async with trio_persist.open_persist(sleepy, static_worker=True) as persist:
         worker = await persist.start_worker("state")

@@ -27,7 +27,7 @@ import trio
 from .._backend import Backend
 from .._stats import GroupSnapshot
 from ._histogram import remember
-from ._job import UNNAMED, Job, Outcome, leader_died, request_name, run_device, running
+from ._job import UNNAMED, Job, Outcome, failed, leader_died, request_name, running
 from ._labels import call_label
 from ._runner import RunnerPool
 from ._state import Core, Counters, describe_owner
@@ -213,18 +213,29 @@ class Flight:
                 if not job.abandoned:
                     # When the last job ended (or the flight started): no clock read.
                     began = self.last_active
+                    resolve = self._begin(job)
                     job.scope = scope
+                    # The device awaited here, not through `run_device`: no
+                    # coroutine of ours per execution (the outcome is sorted
+                    # the same way, by `failed`).
                     try:
-                        outcome = await run_device(self._begin(job), job.base, job.request, job)
+                        value = await resolve(job.base, job.request)
                     except trio.Cancelled:
                         over = self._cancelled(job, began)
                         raise
+                    except BaseException as exc:
+                        outcome = failed(job, exc)  # re-raises what must propagate
+                    else:
+                        job.succeed(value)
+                        outcome = Outcome.OK
                     finally:
                         job.scope = None
                     self._finished(job, outcome, began)
                     if outcome is Outcome.OK and job.spawn_worker and self._spawn_worker(job):
                         return True
-                    if scope.cancel_called:
+                    # Only `abandon` cancels a runner's scope, and it marks the job
+                    # first: the flag spares the common case a read of the clock.
+                    if job.abandoned and scope.cancel_called:
                         # The device swallowed its cancellation: this scope is spent.
                         over = not self._advance()
                         return over

@@ -62,24 +62,30 @@ class Histogram:
 
     def _fold(self) -> None:
         pending = self._pending
-        if not pending:
-            return
-        longest = max(pending)
-        if longest > self.maximum_:
-            self.maximum_ = longest
-        if min(pending) <= 0:  # rare: a clock that did not move, or went back
-            zero = [seconds for seconds in pending if seconds <= 0]
-            self._counts[0] += len(zero)
-            pending[:] = [seconds for seconds in pending if seconds > 0]
+        if pending:
+            self.fold(pending)
+            pending.clear()
+
+    def fold(self, samples: list[float], *also: Histogram) -> None:
+        """Fold *samples* in (here, and in each histogram of *also*: the
+        buckets are computed once); the list is left as it is."""
+        longest = max(samples)
+        zero = 0
+        if min(samples) <= 0:  # rare: a clock that did not move, or went back
+            zero = sum(1 for seconds in samples if seconds <= 0)
+            samples = [seconds for seconds in samples if seconds > 0]
         # C loops do the work (sum, map, Counter): no Python code per sample.
-        self._total += sum(pending)
-        counts = self._counts
+        total = sum(samples)
+        logs = Counter(map(math.floor, map(_SCALE, map(math.log2, samples))))
         last = _BUCKETS - 1
-        logs = Counter(map(math.floor, map(_SCALE, map(math.log2, pending))))
-        for log, count in logs.items():
-            index = log - _LOWEST + 1
-            counts[0 if index < 0 else last if index > last else index] += count
-        pending.clear()
+        for histogram in (self, *also):
+            histogram.maximum_ = max(histogram.maximum_, longest)
+            histogram._total += total
+            counts = histogram._counts
+            counts[0] += zero
+            for log, count in logs.items():
+                index = log - _LOWEST + 1
+                counts[0 if index < 0 else last if index > last else index] += count
 
     @property
     def pending(self) -> int:

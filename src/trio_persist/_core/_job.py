@@ -133,6 +133,9 @@ class Job:
     shared: bool = True
     # When it was answered by its own execution (`trio.current_time`), if so.
     finished: float | None = None
+    # Its first caller started its flight and waits for it from the execution's
+    # start: that caller's wait is the execution's time, one sample for both.
+    leads: bool = False
     # What executes instead of the device (a wrapped function), or None.
     call: WrappedFunction | None = None
     listeners: int = 0

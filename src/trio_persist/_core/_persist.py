@@ -883,15 +883,25 @@ class Persist(Generic[B, R, T]):
         counters = core.counters
         job.listeners += 1  # inlined `Job.listen`: once per caller
         counters.waiters += 1
+        # A caller that started the flight (*arrived*: the flight's start, its
+        # execution's) leads its job: its wait is the execution's sample.
         if arrived is None:
             arrived = core.now()
+            leads = False
+        else:
+            leads = job.leads = True
         if current is not None:
             self._awaiting.setdefault(current, []).append(owner)
         try:
             await job.done.wait()
         except BaseException:
             # Left before the answer (cancelled): the last one out abandons the job.
-            counters.waiters -= 1
+            if not leads:
+                counters.waiters -= 1
+            elif job.finished is None:
+                counters.waiters -= 1
+                job.leads = False  # its execution, if it ends, is nobody's wait now
+            # (Else it was answered as it was cancelled, and counted so by `Core.finish`.)
             if current is not None:
                 self._stop_awaiting(current, owner)
             if not job.done.is_set():
@@ -899,13 +909,18 @@ class Persist(Generic[B, R, T]):
             if core.quiet is not None:
                 core.maybe_quiet()
             raise
-        counters.waiters -= 1
         if current is not None:
             self._stop_awaiting(current, owner)
         # The answer's time is the execution's end when there was one: the
-        # clock is read once per execution, not once per listener.
+        # clock is read once per execution, not once per listener. A leader's
+        # wait, and its end, were counted with its execution (`Core.finish`).
         finished = job.finished
-        core.timings.wait.add((finished if finished is not None else core.now()) - arrived)
+        if finished is None:
+            counters.waiters -= 1
+            core.timings.wait.add(core.now() - arrived)
+        elif not leads:
+            counters.waiters -= 1
+            core.timings.wait.add(finished - arrived)
         if core.quiet is not None:
             core.maybe_quiet()
         if job.error is None:

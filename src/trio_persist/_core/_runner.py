@@ -14,6 +14,7 @@ The pool knows flights only as `Runnable`, so it sits below them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import outcome
@@ -37,12 +38,19 @@ class Runnable(Protocol):
 
 
 class _Runner:
-    __slots__ = ("runnable", "scope", "task")
+    __slots__ = ("abort", "runnable", "scope", "task")
 
-    def __init__(self, task: trio.lowlevel.Task, scope: trio.CancelScope) -> None:
+    def __init__(
+        self,
+        task: trio.lowlevel.Task,
+        scope: trio.CancelScope,
+        abort: Callable[[Any], trio.lowlevel.Abort],
+    ) -> None:
         self.task = task
         self.scope = scope
         self.runnable: Runnable | None = None
+        # What cancels its park: made once per runner, not once per park.
+        self.abort = abort
 
 
 class RunnerPool:
@@ -77,7 +85,12 @@ class RunnerPool:
 
     async def _main(self, runnable: Runnable | None) -> None:
         scope = trio.CancelScope()
-        runner = _Runner(trio.lowlevel.current_task(), scope)
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            self._idle.remove(runner)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        runner = _Runner(trio.lowlevel.current_task(), scope, abort)
         with scope:
             while runnable is not None:
                 runner.runnable = runnable
@@ -96,10 +109,5 @@ class RunnerPool:
         if len(self._idle) >= self.limit:
             return None
         self._idle.append(runner)
-
-        def abort(_: Any) -> trio.lowlevel.Abort:
-            self._idle.remove(runner)
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        next_runnable: Runnable | None = await trio.lowlevel.wait_task_rescheduled(abort)
+        next_runnable: Runnable | None = await trio.lowlevel.wait_task_rescheduled(runner.abort)
         return next_runnable

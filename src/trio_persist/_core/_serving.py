@@ -167,14 +167,15 @@ async def _serve_in(task: WorkerTask, scope: trio.CancelScope) -> bool:
     while True:
         # A stopping worker serves only what it owes (see `WorkerTask.owed`).
         job = task.take_nowait() if task.stop_reason is None else task.owed()
+        expiry = math.inf  # the deadline *job* was received under
         if job is None:
             if task.stop_reason is not None:
                 return True
-            timed = _arm(task, scope)
+            expiry = _arm(task, scope)
             task.receiving = True
             job = await task.inbox.receive()
             task.receiving = False  # not in a finally: see serve_default
-            if not _received(task, job, scope if timed else None):
+            if not _received(task, job, scope if expiry != math.inf else None):
                 if task.stop_reason is not None:
                     return True
                 continue
@@ -195,22 +196,35 @@ async def _serve_in(task: WorkerTask, scope: trio.CancelScope) -> bool:
         finally:
             _done(task, job)
         _finished(task, job, outcome, began)
-        if scope.cancel_called:
+        if _spent(task, job, scope, began, expiry):
             return False
         if task.checkpoint_at is not None and task.checkpoint_at <= task.last_active:
             await checkpoint(task)
 
 
-def _arm(task: WorkerTask, scope: trio.CancelScope) -> bool:
-    """Set *scope*'s deadline for a wait; whether there is one to clear after."""
+def _spent(
+    task: WorkerTask, job: Job, scope: trio.CancelScope, began: float, expiry: float
+) -> bool:
+    """Whether *scope* was cancelled while *job* ran (it began at *began*, received
+    under the deadline *expiry*): then the scope is spent."""
+    # It is cancelled by an abandon or a stop (both marked first), or by its
+    # deadline expiring before the wake-up cleared it (then *began*, read after,
+    # is past it): the flags spare the common case `cancel_called`'s clock read.
+    if job.abandoned or task.stop_reason is not None or began >= expiry:
+        return scope.cancel_called
+    return False
+
+
+def _arm(task: WorkerTask, scope: trio.CancelScope) -> float:
+    """Set *scope*'s deadline for a wait; return it (`math.inf`: none to clear after)."""
     # The idle timeout counts from the end of the last request.
-    timed = task.timeout != math.inf
-    if timed:
-        scope.deadline = task.last_active + task.timeout
+    deadline = task.last_active + task.timeout  # inf without a timeout
     if task.checkpoint_at is not None and task.dirty:
-        timed = True  # a changed state is saved on time, idle or not
-        scope.deadline = min(scope.deadline, task.checkpoint_at)
-    return timed
+        # A changed state is saved on time, idle or not.
+        deadline = min(deadline, task.checkpoint_at)
+    if deadline != math.inf:
+        scope.deadline = deadline
+    return deadline
 
 
 def _received(task: WorkerTask, job: Job, armed: trio.CancelScope | None = None) -> bool:

@@ -90,17 +90,26 @@ class Timings:
 
     execution: Histogram = attrs.field(factory=Histogram)
     wait: Histogram = attrs.field(factory=Histogram)
+    # Samples that are an execution's time and its first caller's wait at once
+    # (a new flight's caller waits exactly its execution): kept once, folded
+    # into both histograms (read them through `settle`).
+    both: list[float] = attrs.field(factory=list)
     # Executions left before the pending samples are folded in.
     unsettled: int = SETTLE_EVERY
 
     def settle(self) -> None:
         """Fold the pending samples in."""
         self.unsettled = SETTLE_EVERY
+        both = self.both
+        if both:
+            self.execution.fold(both, self.wait)
+            both.clear()
         self.execution.settle()
         self.wait.settle()
 
     def durations(self) -> PersistDurations:
         """Both histograms, exported at `BOUNDARIES`."""
+        self.settle()
 
         def export(histogram: Histogram) -> DurationHistogram:
             return DurationHistogram(
@@ -252,7 +261,13 @@ class Core:
         job.finished = now = self.now()
         elapsed = now - began
         timings = self.timings
-        timings.execution.add(elapsed)
+        if job.leads:
+            # Its first caller waited exactly this long and is answered now: one
+            # sample for both histograms, and it waits no more (see `Job.leads`).
+            timings.both.append(elapsed)
+            self.counters.waiters -= 1
+        else:
+            timings.execution.add(elapsed)
         timings.unsettled -= 1
         if not timings.unsettled:
             timings.settle()
@@ -365,6 +380,7 @@ class Core:
     def statistics(self, workers: int) -> PersistStatistics:
         """The counters and gauges as a frozen record (*workers*: alive now)."""
         counters = self.counters
+        self.timings.settle()
         execution, wait = self.timings.execution, self.timings.wait
         return PersistStatistics(
             requests=counters.requests,
