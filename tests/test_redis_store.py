@@ -9,7 +9,6 @@ The real clock and real servers; every wait is bounded.
 from __future__ import annotations
 
 import signal
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from redis_server import RedisServer
 from trio_persist._grouping import group_digest
 from trio_persist.redis import RedisBackend, RedisStore
 from trio_persist.stores import StateRecord
+from virtual_helpers import killed_after
 
 
 def restart(server: RedisServer) -> None:
@@ -339,20 +339,7 @@ async def test_a_persist_in_a_second_process_asks_from_the_state_the_first_saved
 async def test_a_durable_worker_killed_at_any_moment_lost_no_acknowledged_change(
     redis_url: str, namespace: str
 ) -> None:
-    child = await trio.lowlevel.open_process(
-        [sys.executable, "-c", CHILD, redis_url, namespace, "1", "loop"], stdout=subprocess.PIPE
-    )
-    assert child.stdout is not None
-    acknowledged = 0
-    buffer = b""
-    with trio.fail_after(60):
-        while acknowledged < 200:
-            buffer += await child.stdout.receive_some()
-            *lines, buffer = buffer.split(b"\n")
-            if lines:
-                acknowledged = int(lines[-1])
-    child.send_signal(signal.SIGKILL)
-    await child.wait()
+    acknowledged = await killed_after([CHILD, redis_url, namespace, "1", "loop"])
     async with RedisStore(redis_url, namespace=namespace) as store:
         saved = await store.load("account")
     # Every reply was saved before it was printed: at most the one being

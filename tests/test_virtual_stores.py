@@ -5,9 +5,6 @@ The real clock, real files and a real database; every wait is bounded.
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
 import threading
 from functools import partial
 from pathlib import Path
@@ -19,7 +16,7 @@ import trio.testing
 
 import trio_persist
 from trio_persist.stores import FileStore, SqliteStore
-from virtual_helpers import Counter
+from virtual_helpers import Counter, killed_after
 
 
 class Cart:
@@ -125,20 +122,7 @@ async def test_a_durable_worker_killed_at_any_moment_lost_no_acknowledged_change
     tmp_path: Path,
 ) -> None:
     database = tmp_path / "states.db"
-    child = await trio.lowlevel.open_process(
-        [sys.executable, "-c", CHILD, str(database)], stdout=subprocess.PIPE
-    )
-    assert child.stdout is not None
-    acknowledged = 0
-    buffer = b""
-    with trio.fail_after(60):
-        while acknowledged < 200:
-            buffer += await child.stdout.receive_some()
-            *lines, buffer = buffer.split(b"\n")
-            if lines:
-                acknowledged = int(lines[-1])
-    child.send_signal(signal.SIGKILL)
-    await child.wait()
+    acknowledged = await killed_after([CHILD, str(database)])
     async with SqliteStore(database) as store:
         saved = await store.load("account")
     # Every reply the child printed was saved before it was sent; at most the

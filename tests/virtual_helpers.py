@@ -1,5 +1,6 @@
 """Devices and a store for the virtual worker tests: they record what happens, and when.
 
+`killed_after` runs a durable child and kills it mid-stream.
 `Scripted` is a real `MemoryStore` (states sealed as the other stores seal
 them) whose loads and saves can be made slow or failing, group by group, and
 that records every call with its virtual start and end times and how many
@@ -9,6 +10,9 @@ saves of one group overlapped.
 from __future__ import annotations
 
 import copy
+import signal
+import subprocess
+import sys
 from collections.abc import Hashable
 from typing import Any
 
@@ -139,3 +143,22 @@ class StaticModel:
         await trio.sleep(request.get("sleep", 0) if isinstance(request, dict) else 0)
         state["seen"] = state.get("seen", 0) + 1
         return state["seen"]
+
+
+async def killed_after(argv: list[str], acknowledged: int = 200) -> int:
+    """Run ``python -c *argv*`` (a child printing each acknowledged count on a
+    line), SIGKILL it once it printed at least *acknowledged*, and return the
+    last count it printed. Bounded: 60 s."""
+    child = await trio.lowlevel.open_process([sys.executable, "-c", *argv], stdout=subprocess.PIPE)
+    assert child.stdout is not None
+    last = 0
+    buffer = b""
+    with trio.fail_after(60):
+        while last < acknowledged:
+            buffer += await child.stdout.receive_some()
+            *lines, buffer = buffer.split(b"\n")
+            if lines:
+                last = int(lines[-1])
+    child.send_signal(signal.SIGKILL)
+    await child.wait()
+    return last
