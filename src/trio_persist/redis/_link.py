@@ -424,8 +424,8 @@ class Link:
         """Run the script *name* once per ``(keys, args)``: the answers, in order, each
         the script's reply or the exception it met. Not bounded (callers bound it).
 
-        On the backend's own connection (`Direct`), all sent at once (coredis
-        multiplexes them: one pipeline on the wire). Else, on one server, one
+        On the backend's own connection (`Direct`), all sent at once (one
+        write: one pipeline on the wire). Else, on one server, one
         pipeline, unless one is on its way already (a pipeline holds a pooled
         connection of its own: a second one would open another, which costs
         round trips). On a Cluster, and meanwhile, each request on its own,
@@ -438,10 +438,11 @@ class Link:
         script = self.scripts[name]
         connection = self.direct.usable()
         if connection is not None:
-            answers = await _each_on(connection, script.sha, requests)
+            commands = [_evalsha(script.sha, keys, args) for keys, args in requests]
+            answers = await connection.request_each(commands)
             if any(isinstance(answer, NoScriptError) for answer in answers):
-                await connection.create_request(b"SCRIPT LOAD", script.script)
-                answers = await _each_on(connection, script.sha, requests)
+                await connection.request(b"SCRIPT", b"LOAD", script.script)
+                answers = await connection.request_each(commands)
             return answers
         if self._pipelining or _is_cluster(self.client):
             each: list[Any] = [None] * len(requests)
@@ -495,29 +496,16 @@ class Link:
             except NoScriptError:
                 await self.client.script_load(script.script)
                 return await self.client.evalsha(script.sha, keys=keys, args=args)
+        command = _evalsha(script.sha, keys, args)
         try:
-            return await connection.create_request(b"EVALSHA", script.sha, len(keys), *keys, *args)
+            return await connection.request(*command)
         except NoScriptError:
-            await connection.create_request(b"SCRIPT LOAD", script.script)
-            return await connection.create_request(b"EVALSHA", script.sha, len(keys), *keys, *args)
+            await connection.request(b"SCRIPT", b"LOAD", script.script)
+            return await connection.request(*command)
 
 
-async def _each_on(
-    connection: Any, sha: str, requests: list[tuple[list[str], list[Any]]]
-) -> list[Any]:
-    """EVALSHA *sha* once per ``(keys, args)`` on *connection*, all sent before
-    the first answer is awaited: each answer, or the exception it met."""
-    sent = [
-        connection.create_request(b"EVALSHA", sha, len(keys), *keys, *args)
-        for keys, args in requests
-    ]
-    answers: list[Any] = []
-    for request in sent:
-        try:
-            answers.append(await request)
-        except Exception as exc:
-            answers.append(exc)
-    return answers
+def _evalsha(sha: str, keys: list[str], args: list[Any]) -> list[Any]:
+    return [b"EVALSHA", sha, len(keys), *keys, *args]
 
 
 @attrs.define(eq=False)
