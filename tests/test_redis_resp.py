@@ -259,7 +259,8 @@ async def test_tls_uses_the_clients_context_and_checks_the_hostname(
     right = open_client(f"rediss://localhost:{port}/0?ssl_ca_certs={ca_file}", 5)
     wrong = open_client(f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={ca_file}", 5)
     settings, refused = settings_of(right), settings_of(wrong)
-    assert settings is not None and settings.ssl_context is not None
+    assert settings is not None
+    assert settings.ssl_context is not None
     assert refused is not None
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
@@ -287,7 +288,8 @@ async def test_a_password_a_database_and_a_unix_socket_come_from_the_clients_poo
             for url in urls:
                 async with coredis.Redis.from_url(url) as client, trio.open_nursery() as nursery:
                     settings = settings_of(client)
-                    assert settings is not None and settings.db == 3
+                    assert settings is not None
+                    assert settings.db == 3
                     connection = Connection(settings)
                     await nursery.start(connection.run)
                     await connection.request("SET", f"{namespace}:k", url)
