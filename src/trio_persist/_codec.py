@@ -104,13 +104,13 @@ def encode_value(seal: Seal, redis_key: str, value: Any, token: int) -> bytes:
     # Encoded once: the encoding itself refuses cycles, NaN and what JSON cannot
     # hold; then the types are checked (safe to walk: no cycle).
     try:
-        data = _dumps({"ok": True, "codec": "json", "value": value})
+        encoded = _dumps({"ok": True, "codec": "json", "value": value})
     except (TypeError, ValueError, RecursionError) as exc:
         reason: str | None = str(exc) or type(exc).__name__
     else:
         reason = _not_read_back_equal(value)
         if reason is None:
-            return seal.wrap_encoded(redis_key, token, data)
+            return seal.wrap_encoded(redis_key, token, encoded)
     raise TypeError(
         f"cannot send a {type(value).__name__} across processes with the JSON codec "
         f"({reason}); return JSON values (dicts with string keys, lists, str, numbers, "
