@@ -18,10 +18,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import trio_persist
+from fault_proxy import FaultProxy
 from redis_helpers import eventually
 from redis_server import RedisServer
 from trio_persist.redis._direct import Direct, settings_of
-from trio_persist.redis._link import classify, open_client
+from trio_persist.redis._link import Subscriber, classify, open_client
 from trio_persist.redis._resp import (
     INCOMPLETE,
     Connection,
@@ -325,3 +326,59 @@ async def test_a_backends_flights_run_their_scripts_on_its_own_connection(
         connection = backend._link.direct.usable()
         assert connection is not None
         assert connection.statistics().requests >= 10  # acquire and commit, each
+
+
+# -- the subscription on a connection of its own ------------------------------------------
+
+
+async def _publish(port: int, namespace: str, data: bytes) -> None:
+    async with coredis.Redis(host="127.0.0.1", port=port) as control:
+        await control.publish(f"{{{namespace}:k}}:done", data)
+
+
+async def test_the_subscription_resubscribes_after_a_restart_and_pokes_its_followers(
+    namespace: str,
+) -> None:
+    server = RedisServer()
+    server.start()
+    try:
+        subscriber = Subscriber(namespace, timeout=2.0)
+        async with coredis.Redis.from_url(server.url) as client, trio.open_nursery() as nursery:
+            with subscriber.watch("k") as watch, trio.fail_after(30):
+                await nursery.start(subscriber.run, client)
+                assert subscriber.up
+                await _publish(server.port, namespace, b"one")
+                await watch.wait(10)
+                assert watch.inbox == [b"one"]
+                await trio.to_thread.run_sync(server.stop)
+                await eventually(lambda: not subscriber.up)
+                assert watch.poked  # the follower looks for itself meanwhile
+                await watch.wait(0)
+                server.start()
+                await eventually(lambda: subscriber.up)
+                assert watch.poked  # and once more: what was published while away
+                await _publish(server.port, namespace, b"two")
+                await eventually(lambda: b"two" in watch.inbox)
+            nursery.cancel_scope.cancel()
+    finally:
+        server.stop()
+
+
+async def test_a_silent_subscription_is_pinged_and_dropped_when_the_ping_goes_unanswered(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    proxy = FaultProxy(redis_server.port)
+    subscriber = Subscriber(namespace, timeout=0.5)  # pinged after 1 s of quiet
+    async with (
+        trio.open_nursery() as nursery,
+        coredis.Redis.from_url(proxy.url) as client,
+    ):
+        await nursery.start(proxy.serve)
+        with trio.fail_after(30):
+            await nursery.start(subscriber.run, client)
+            assert subscriber.up
+            proxy.stall()
+            await eventually(lambda: not subscriber.up)
+            proxy.resume()
+            await eventually(lambda: subscriber.up)
+        nursery.cancel_scope.cancel()

@@ -245,7 +245,7 @@ async def test_json_refuses_what_would_not_read_back_equal(redis_url: str, names
             await pair.lead()
             await pair.follow()
             device.release.set()
-    leader_got, follower_got = pair.got
+    leader_got, follower_got = pair.leader_and_follower_got
     assert leader_got is value  # the leader's callers keep their value
     assert isinstance(follower_got, trio_persist.RemoteError)
     assert "would not read back equal" in str(follower_got)

@@ -19,15 +19,16 @@ is made again in the background.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import attrs
 import trio
 
 from .._logging import logger
-from ._resp import Connection, Settings
+from ._resp import Connection, ErrorReply, Reader, Settings, error_of, pack, read_reply
 
-__all__ = ["Direct", "settings_of"]
+__all__ = ["Direct", "listen", "settings_of"]
 
 
 @attrs.define(eq=False)
@@ -128,3 +129,49 @@ def _common(kwargs: dict[str, Any]) -> dict[str, Any]:
         "connect_timeout": kwargs.get("connect_timeout"),
         "read_timeout": kwargs.get("stream_timeout"),
     }
+
+
+async def listen(
+    settings: Settings,
+    pattern: str,
+    deliver: Callable[[bytes, bytes], None],
+    idle: float,
+    answer_within: float,
+    subscribed: Callable[[], None],
+) -> None:
+    """Subscribe to *pattern* on a lean connection made from *settings*, call
+    *subscribed* once it is, then call ``deliver(channel, data)`` for each
+    publication, in order, until cancelled.
+
+    The caller bounds the connect and the subscription. Quiet for *idle*
+    seconds, it sends a ``PING``: no answer within *answer_within* seconds is a drop.
+
+    Raises:
+        coredis.exceptions.ConnectionError: the connection broke.
+        TimeoutError: the server did not answer a ``PING`` in time.
+        Whatever connecting raised (`OSError`, TLS errors, an error reply).
+    """
+    stream = await settings.open_stream()
+    try:
+        reader = Reader()
+        commands = await settings.greeting()
+        commands.append(["PSUBSCRIBE", pattern])
+        await stream.send_all(b"".join(pack(command) for command in commands))
+        for _ in commands:
+            reply = await read_reply(stream, reader)
+            if isinstance(reply, ErrorReply):
+                raise error_of(reply)
+        subscribed()
+        while True:
+            with trio.move_on_after(idle) as quiet:
+                reply = await read_reply(stream, reader)
+            if quiet.cancelled_caught:
+                await stream.send_all(pack(["PING"]))
+                with trio.fail_after(answer_within):
+                    reply = await read_reply(stream, reader)
+            if isinstance(reply, ErrorReply):
+                raise error_of(reply)
+            if isinstance(reply, list) and len(reply) == 4 and reply[0] == b"pmessage":
+                deliver(reply[2], reply[3])
+    finally:
+        await trio.aclose_forcefully(stream)

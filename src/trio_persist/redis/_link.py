@@ -27,7 +27,7 @@ import trio
 from .._exceptions import BackendUnavailable, CorruptResult
 from .._logging import logger
 from ._admission import Admission
-from ._direct import Direct
+from ._direct import Direct, listen, settings_of
 from ._scripts import key_of_channel, pattern_of
 
 if sys.version_info < (3, 11):  # pragma: no cover
@@ -35,6 +35,8 @@ if sys.version_info < (3, 11):  # pragma: no cover
 
 if TYPE_CHECKING:
     import coredis
+
+    from ._resp import Settings
 
 __all__ = [
     "Counters",
@@ -545,6 +547,7 @@ class Subscriber:
     timeout: float
     watches: dict[str, set[Watch]] = attrs.Factory(dict)
     up: bool = False
+    _pause: float = 0.05
 
     @contextlib.contextmanager
     def watch(self, key: str) -> Iterator[Watch]:
@@ -560,11 +563,13 @@ class Subscriber:
                 del self.watches[key]
 
     def _on_message(self, message: Any) -> None:
-        # Runs inside coredis's reader: must never raise. The pattern only
+        self._dispatch(message.get("channel"), message.get("data"))
+
+    def _dispatch(self, channel: Any, data: Any) -> None:
+        # Runs inside the subscription's reader: must never raise. The pattern only
         # matches this namespace's channels, so every message names a key; what
         # it carries is checked by the follower that reads it (and counted there).
-        key = key_of_channel(self.namespace, message.get("channel"))
-        data = message.get("data")
+        key = key_of_channel(self.namespace, channel)
         if isinstance(data, str):
             data = data.encode()
         if key is not None and isinstance(data, bytes):
@@ -576,36 +581,58 @@ class Subscriber:
             for watch in watchers:
                 watch.poke()
 
+    def _now_up(self, connecting: trio.CancelScope) -> None:
+        connecting.deadline = float("inf")
+        self.up = True
+        self._pause = 0.05
+        self._poke_all()  # what was published while we were away
+
+    async def _hold(
+        self, client: Any, settings: Settings | None, pattern: str, up: Callable[[], None]
+    ) -> None:
+        """Subscribe, call *up* once subscribed, then dispatch publications until
+        the connection drops (raises) or this is cancelled."""
+        if settings is not None:
+            idle = max(self.timeout, 1.0)
+            await listen(settings, pattern, self._dispatch, idle, self.timeout, up)
+            return  # pragma: no cover - listen returns only by raising
+        async with client.pubsub(
+            pattern_handlers={pattern: self._on_message},
+            ignore_subscribe_messages=True,
+            retry_policy=None,
+            subscription_timeout=self.timeout,
+            max_idle_seconds=max(self.timeout, 1.0),
+        ):
+            up()
+            await trio.sleep_forever()
+
     async def run(
         self, client: Any, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Keep the subscription up, reconnecting, until cancelled.
 
         Reports started once subscribed, or after ``timeout`` if Redis is away
-        (followers then poll until it is back).
+        (followers then poll until it is back). On a plain client, the
+        subscription is a lean connection of the backend's own (`listen`),
+        made from the client's settings as `Direct` makes its own.
         """
         pattern = pattern_of(self.namespace)
+        settings = settings_of(client)
         started = False
-        pause = 0.05
+        self._pause = 0.05
         while True:
             failure: BaseException | None = None
             try:
                 with trio.fail_after(self.timeout) as connecting:
-                    async with client.pubsub(
-                        pattern_handlers={pattern: self._on_message},
-                        ignore_subscribe_messages=True,
-                        retry_policy=None,
-                        subscription_timeout=self.timeout,
-                        max_idle_seconds=max(self.timeout, 1.0),
-                    ):
-                        connecting.deadline = float("inf")
-                        self.up = True
-                        pause = 0.05
-                        self._poke_all()  # what was published while we were away
+
+                    def up(connecting: trio.CancelScope = connecting) -> None:
+                        nonlocal started
+                        self._now_up(connecting)
                         if not started:
                             started = True
                             task_status.started()
-                        await trio.sleep_forever()
+
+                    await self._hold(client, settings, pattern, up)
             except BaseException as exc:
                 # A dropped connection, or coredis tearing down under cancellation
                 # (then the checkpoint below raises our own Cancelled).
@@ -621,5 +648,5 @@ class Subscriber:
             if not started:
                 started = True
                 task_status.started()
-            await trio.sleep(pause)
-            pause = min(pause * 2, 1.0)
+            await trio.sleep(self._pause)
+            self._pause = min(self._pause * 2, 1.0)

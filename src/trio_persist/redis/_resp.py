@@ -26,7 +26,16 @@ from typing import Any, Final
 import attrs
 import trio
 
-__all__ = ["INCOMPLETE", "Connection", "ErrorReply", "Reader", "Settings", "pack"]
+__all__ = [
+    "INCOMPLETE",
+    "Connection",
+    "ErrorReply",
+    "Reader",
+    "Settings",
+    "error_of",
+    "pack",
+    "read_reply",
+]
 
 Arg = bytes | str | int | float
 INCOMPLETE: Final = object()
@@ -136,6 +145,21 @@ class Reader:
             item, at = parsed
             items.append(item)
         return items, at
+
+
+async def read_reply(stream: trio.abc.ReceiveStream, reader: Reader) -> Any:
+    """The next reply from *stream*, through *reader* (which may hold more).
+
+    Raises:
+        coredis.exceptions.ConnectionError: the stream ended.
+        ProtocolViolation: the bytes are not RESP2.
+    """
+    while (reply := reader.gets()) is INCOMPLETE:
+        data = await stream.receive_some(65536)
+        if not data:
+            raise _dropped("the Redis server closed the connection")
+        reader.feed(data)
+    return reply
 
 
 def _integer(line: bytes) -> int:
@@ -310,17 +334,9 @@ class Connection:
             return
         await self.stream.send_all(b"".join(pack(command) for command in commands))
         for _ in commands:
-            while (reply := self._reader.gets()) is INCOMPLETE:
-                await self._receive()
+            reply = await read_reply(self.stream, self._reader)
             if isinstance(reply, ErrorReply):
                 raise error_of(reply)
-
-    async def _receive(self) -> None:
-        assert self.stream is not None
-        data = await self.stream.receive_some(65536)
-        if not data:
-            raise _dropped("the Redis server closed the connection")
-        self._reader.feed(data)
 
     def _fail(self, error: BaseException | None) -> None:
         """Mark the connection down (the first cause is kept), fail what is in
@@ -432,8 +448,9 @@ class Connection:
     async def _read_until(self, last: _Request) -> None:
         try:
             while last.reply is INCOMPLETE:
+                assert self.stream is not None
                 with trio.fail_after(self.settings.read_timeout or float("inf")):
-                    await self._receive()
+                    self._deliver(await read_reply(self.stream, self._reader))
                 while (reply := self._reader.gets()) is not INCOMPLETE:
                     self._deliver(reply)
         except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError) as exc:
