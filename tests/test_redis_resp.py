@@ -110,7 +110,9 @@ def test_a_null_array_and_a_float_argument_read_as_redis_means_them() -> None:
         pack([None])  # type: ignore[list-item]
 
 
-@pytest.mark.parametrize("data", [b"?what\r\n", b":12x\r\n", b"$3\r\nabcde\r\n"])
+@pytest.mark.parametrize(
+    "data", [b"?what\r\n", b":12x\r\n", b"$3\r\nabcde\r\n", b"$-2\r\n", b"*-5\r\n"]
+)
 def test_bytes_that_are_not_the_protocol_are_refused(data: bytes) -> None:
     reader = Reader()
     reader.feed(data)

@@ -116,16 +116,16 @@ class Reader:
         kind, line = buffer[at : at + 1], bytes(buffer[at + 1 : end])
         after = end + 2
         if kind == b"$":
-            size = _integer(line)
+            size = _length(line)
             if size < 0:
-                return None if size < -1 else (None, after)
+                return None, after
             if len(buffer) < after + size + 2:
                 return None
             if buffer[after + size : after + size + 2] != b"\r\n":
                 raise ProtocolViolation("a bulk string not followed by CRLF")
             return bytes(buffer[after : after + size]), after + size + 2
         if kind == b"*":
-            return self._array(_integer(line), after)
+            return self._array(_length(line), after)
         if kind == b":":
             return _integer(line), after
         if kind == b"+":
@@ -136,7 +136,7 @@ class Reader:
 
     def _array(self, count: int, at: int) -> tuple[Any, int] | None:
         if count < 0:
-            return None if count < -1 else (None, at)
+            return None, at
         items: list[Any] = []
         for _ in range(count):
             parsed = self._parse(at)
@@ -160,6 +160,14 @@ async def read_reply(stream: trio.abc.ReceiveStream, reader: Reader) -> Any:
             raise _dropped("the Redis server closed the connection")
         reader.feed(data)
     return reply
+
+
+def _length(line: bytes) -> int:
+    """A bulk string's or an array's length: -1 (null) or more."""
+    length = _integer(line)
+    if length < -1:
+        raise ProtocolViolation(f"not a length: {length}")
+    return length
 
 
 def _integer(line: bytes) -> int:
