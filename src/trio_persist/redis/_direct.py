@@ -26,7 +26,7 @@ import attrs
 import trio
 
 from .._logging import logger
-from ._resp import Connection, ErrorReply, Reader, Settings, error_of, pack, read_reply
+from ._resp import Connection, ErrorReply, Reader, Settings, error_of, greet, pack, read_reply
 
 __all__ = ["Direct", "listen", "settings_of"]
 
@@ -111,19 +111,23 @@ def settings_of(client: Any) -> Settings | None:
     return None
 
 
+@attrs.frozen
+class _Provided:
+    """Credentials asked of a coredis credential provider at each connect."""
+
+    provider: Any
+
+    async def __call__(self) -> tuple[str | None, str | None]:
+        given = await self.provider.get_credentials()
+        return given.username, given.password
+
+
 def _common(kwargs: dict[str, Any]) -> dict[str, Any]:
     provider = kwargs.get("credential_provider")
-    credentials = None
-    if provider is not None:
-
-        async def credentials() -> tuple[str | None, str | None]:
-            given = await provider.get_credentials()
-            return given.username, given.password
-
     return {
         "username": kwargs.get("username"),
         "password": kwargs.get("password"),
-        "credentials": credentials,
+        "credentials": _Provided(provider) if provider is not None else None,
         "db": int(kwargs.get("db") or 0),
         "client_name": kwargs.get("client_name"),
         "connect_timeout": kwargs.get("connect_timeout"),
@@ -156,22 +160,24 @@ async def listen(
         reader = Reader()
         commands = await settings.greeting()
         commands.append(["PSUBSCRIBE", pattern])
-        await stream.send_all(b"".join(pack(command) for command in commands))
-        for _ in commands:
-            reply = await read_reply(stream, reader)
-            if isinstance(reply, ErrorReply):
-                raise error_of(reply)
+        await greet(stream, reader, commands)
         subscribed()
         while True:
-            with trio.move_on_after(idle) as quiet:
-                reply = await read_reply(stream, reader)
-            if quiet.cancelled_caught:
-                await stream.send_all(pack(["PING"]))
-                with trio.fail_after(answer_within):
-                    reply = await read_reply(stream, reader)
+            reply = await _next_reply(stream, reader, idle, answer_within)
             if isinstance(reply, ErrorReply):
                 raise error_of(reply)
             if isinstance(reply, list) and len(reply) == 4 and reply[0] == b"pmessage":
                 deliver(reply[2], reply[3])
     finally:
         await trio.aclose_forcefully(stream)
+
+
+async def _next_reply(
+    stream: trio.abc.Stream, reader: Reader, idle: float, answer_within: float
+) -> Any:
+    """The next reply; after *idle* seconds of quiet, a ``PING``'s (then bounded)."""
+    with trio.move_on_after(idle):
+        return await read_reply(stream, reader)
+    await stream.send_all(pack(["PING"]))
+    with trio.fail_after(answer_within):
+        return await read_reply(stream, reader)

@@ -33,6 +33,7 @@ __all__ = [
     "Reader",
     "Settings",
     "error_of",
+    "greet",
     "pack",
     "read_reply",
 ]
@@ -174,6 +175,18 @@ async def read_reply(stream: trio.abc.ReceiveStream, reader: Reader) -> Any:
             raise _dropped("the Redis server closed the connection")
         reader.feed(data)
     return reply
+
+
+async def greet(stream: trio.abc.Stream, reader: Reader, commands: list[list[Arg]]) -> None:
+    """Send *commands* at once and read their replies; an error reply is raised
+    (as coredis's exception: a wrong password, an unknown database)."""
+    if not commands:
+        return
+    await stream.send_all(b"".join(pack(command) for command in commands))
+    for _ in commands:
+        reply = await read_reply(stream, reader)
+        if isinstance(reply, ErrorReply):
+            raise error_of(reply)
 
 
 def _length(line: bytes) -> int:
@@ -341,24 +354,13 @@ class Connection:
             with self._scope:
                 with trio.fail_after(self.settings.connect_timeout or float("inf")):
                     self.stream = await self.settings.open_stream()
-                    await self._greet()
+                    await greet(self.stream, self._reader, await self.settings.greeting())
                 task_status.started()
                 await trio.sleep_forever()
         finally:
             self._fail(None)
             if self.stream is not None:
                 await trio.aclose_forcefully(self.stream)
-
-    async def _greet(self) -> None:
-        assert self.stream is not None
-        commands = await self.settings.greeting()
-        if not commands:
-            return
-        await self.stream.send_all(b"".join(pack(command) for command in commands))
-        for _ in commands:
-            reply = await read_reply(self.stream, self._reader)
-            if isinstance(reply, ErrorReply):
-                raise error_of(reply)
 
     def _fail(self, error: BaseException | None) -> None:
         """Mark the connection down (the first cause is kept), fail what is in
