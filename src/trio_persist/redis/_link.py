@@ -414,6 +414,19 @@ class Link:
             self.counters.corrupt += 1
         return translated
 
+    async def call(self, command: str, *args: Any) -> Any:
+        """Run one plain command (*command* is the client's method name, *args*
+        in the order Redis takes them), unbounded and uncounted (callers bound
+        it): on the backend's own connection while it is up, else through the
+        client. Its own connection is always warm and carries the scripts sent
+        before in order; the client's pool may have to open (and greet) a
+        connection first, several round trips on a slow link.
+        """
+        connection = self.direct.usable()
+        if connection is not None:
+            return await connection.request(command.upper(), *args)
+        return await getattr(self.client, command)(*args)
+
     async def script(
         self, name: str, keys: list[str], args: list[Any], *, shield: bool = False
     ) -> Any:
