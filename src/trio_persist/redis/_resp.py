@@ -1,8 +1,9 @@
 """RESP2 on a Trio stream: commands out, replies in, many requests in flight.
 
-A lean connection for the backend's scripts (see `Connection`): about a third
-of what a command costs through coredis on loopback, where the client's own
-bookkeeping, not the server, is most of a round trip. It speaks the protocol's
+The backend's own connections (`Connection` for its scripts and single
+commands, `greet` and `read_reply` for its subscription, see ``_direct.py``):
+a request costs about a third of what it costs through coredis on loopback,
+where the client's own bookkeeping, not the server, is most of a round trip. It speaks the protocol's
 second version, whose replies are all a script returns: simple strings,
 errors, integers, bulk strings (or null) and arrays of those (or null), nested.
 
