@@ -3,9 +3,10 @@
 The backend's own connections (`Connection` for its scripts and single
 commands, `greet` and `read_reply` for its subscription, see ``_direct.py``):
 a request costs about a third of what it costs through coredis on loopback,
-where the client's own bookkeeping, not the server, is most of a round trip. It speaks the protocol's
-second version, whose replies are all a script returns: simple strings,
-errors, integers, bulk strings (or null) and arrays of those (or null), nested.
+where the client's own bookkeeping, not the server, is most of a round trip.
+It speaks the protocol's second version, whose replies are all a script
+returns: simple strings, errors, integers, bulk strings (or null) and arrays
+of those (or null), nested.
 
 Errors are coredis's own classes (the rest of the backend classifies them):
 an error reply is the exception coredis would raise for it (``NOSCRIPT`` is
