@@ -27,6 +27,7 @@ import trio
 
 import trio_persist
 from cluster_helpers import fresh
+from redis_helpers import eventually
 from trio_persist.redis import RedisBackend
 
 
@@ -44,7 +45,7 @@ class Runs:
 
     def token(self) -> int | None:
         """The token of group "g"'s worker lease here (None: not held)."""
-        owned = self.backend._placement.owned.values()  # noqa: SLF001 - a test's view
+        owned = self.backend._placement.owned.values()  # a test's view
         return next((o.token for o in owned if o.group == "g"), None)
 
     async def resolve(self, state: Any, request: Any) -> Any:
@@ -67,16 +68,18 @@ def read_runs(path: str) -> list[dict[str, Any]]:
 
 async def main(url: str, namespace: str, ttl: float, path: str) -> None:
     async with coredis.Redis.from_url(url) as control:
-        backend = RedisBackend(url, namespace=namespace, lease_ttl=ttl, timeout=ttl, workers="cluster")
+        backend = RedisBackend(
+            url, namespace=namespace, lease_ttl=ttl, timeout=ttl, workers="cluster"
+        )
         device = Runs(path, backend, control, namespace)
-        async with trio_persist.open_persist(device, backend=backend, worker_timeout=600) as persist:
+        async with trio_persist.open_persist(
+            device, backend=backend, worker_timeout=600
+        ) as persist:
             await persist.ask("g", {"id": f"init-{os.getpid()}"}, default=fresh)
             await control.rpush(f"{namespace}:ready", [str(os.getpid())])
-            while not any(w.statistics().queued >= 3 for w in persist.workers()):
-                await trio.sleep(0.01)
+            await eventually(lambda: any(w.statistics().queued >= 3 for w in persist.workers()))
             await control.rpush(f"{namespace}:queued", [str(os.getpid())])
-            while backend.statistics().owned:
-                await trio.sleep(0.01)
+            await eventually(lambda: not backend.statistics().owned)
             await control.rpush(f"{namespace}:gone", [str(os.getpid())])
             await trio.sleep_forever()
 

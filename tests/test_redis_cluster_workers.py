@@ -7,6 +7,8 @@ is a node of its own); tests/test_redis_worker_faults.py runs real processes.
 from __future__ import annotations
 
 import contextlib
+import functools
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -298,3 +300,53 @@ async def test_a_started_worker_releases_its_lease_when_it_stops(
                 break
             await trio.sleep(0.01)
         assert two.backend.statistics().owned == 1
+
+
+class Freezing:
+    """Logs each execution as it starts with the token of the worker lease it runs
+    under; ``"freeze"`` waits for `go`, then blocks the whole process (no task
+    runs, the renewal loop neither: a pause, as SIGSTOP makes one) past the TTL."""
+
+    def __init__(self, backend: RedisBackend, seconds: float) -> None:
+        self.backend, self.seconds = backend, seconds
+        self.runs: list[tuple[str, int]] = []
+        self.go = trio.Event()
+
+    async def resolve(self, state: Any, request: Any) -> Any:
+        owned = self.backend._placement.owned.values()  # a test's view
+        self.runs.append((request, next(o.token for o in owned if o.group == "g")))
+        if request == "freeze":
+            await self.go.wait()
+            time.sleep(self.seconds)  # noqa: ASYNC251 - the pause, on purpose
+        await trio.lowlevel.checkpoint()
+        return state + 1
+
+
+class FreezingLoop(Freezing):
+    """The same device, served by a custom loop (`Worker.receive`, `Worker.execute`)."""
+
+    async def serve(self, worker: trio_persist.Worker[Any]) -> None:
+        while (request := await worker.receive()) is not None:
+            await worker.execute(request)
+
+
+@pytest.mark.parametrize("device", [Freezing, FreezingLoop])
+async def test_a_worker_woken_past_its_lease_starts_nothing_more_under_it(
+    redis_url: str, namespace: str, device: type[Freezing]
+) -> None:
+    ttl = 0.5
+    backend = RedisBackend(redis_url, namespace=namespace, lease_ttl=ttl, workers="cluster")
+    freezing = device(backend, 2 * ttl)
+    async with trio_persist.open_persist(freezing, backend=backend) as persist:
+        await persist.ask("g", "first", default=int)
+        async with trio.open_nursery() as nursery:
+            for request in ("freeze", "b0", "b1", "b2"):
+                nursery.start_soon(functools.partial(persist.ask, "g", request, default=int))
+                await eventually(lambda: len(freezing.runs) == 2)  # "freeze" runs first
+            await eventually(lambda: persist.workers()[0].statistics().queued == 3)
+            freezing.go.set()
+    (first, old), *rest = freezing.runs
+    assert (first, rest[0]) == ("first", ("freeze", old))
+    # The queued requests went back and were asked again: under a new lease, once each.
+    assert sorted(rest[1:]) == sorted((b, rest[1][1]) for b in ("b0", "b1", "b2"))
+    assert rest[1][1] > old

@@ -179,7 +179,7 @@ async def _serve_in(task: WorkerTask, scope: trio.CancelScope) -> bool:
                 if task.stop_reason is not None:
                     return True
                 continue
-        if task.lease is not None and task.lapsed():
+        if task.lapsed():
             task.put_back(job)  # a paused owner woken: never started
             return True
         began = _start(task, job)
@@ -283,7 +283,7 @@ async def execute(task: WorkerTask, job: Job) -> Any:
     """Serve *job* the default way for a custom loop (`Worker.execute`), in a
     cancel scope of its own; return its result (None if it failed, or never
     started: the worker lease lapsed, the job goes back as the worker stops)."""
-    if task.lease is not None and task.lapsed():
+    if task.lapsed():
         job.in_service = False  # the loop holds it: re-routed as the worker ends
         return None
     began = _start(task, job)
@@ -353,7 +353,7 @@ async def receive(task: WorkerTask) -> Job | None:
     worker should stop: stopped, idle for its timeout (a checkpoint due
     meanwhile is saved here), or its worker lease lapsed. Always a checkpoint."""
     job = await _receive(task)
-    if job is not None and task.lease is not None and task.lapsed():
+    if job is not None and task.lapsed():
         task.put_back(job)
         return None
     return job
