@@ -108,12 +108,12 @@ class Here:
         task = self.worker_for(group, default, current)
         lease_worker(task, lease)
         if task.activation is None and task.lease is None:
-            task.lease = lease
+            task.run_under(lease)
         return task
 
     def lease_started(self, task: WorkerTask, lease: WorkerLease) -> None:
         """*task*, started with a state (`Persist.start_worker`), runs under *lease*."""
-        task.lease = lease
+        task.run_under(lease)
 
     def stop_lost(self, group: Hashable) -> None:
         """*group*'s lease was lost: its worker stops now, cancelled and unsaved."""
@@ -146,7 +146,8 @@ def lease_worker(task: WorkerTask, lease: WorkerLease) -> None:
     """*task*, activating now, runs under *lease*: its saves carry the lease's token."""
     activation = task.activation
     if activation is not None and activation.lease is None and task.state is ACTIVATING:
-        activation.lease = task.lease = lease
+        activation.lease = lease
+        task.run_under(lease)
 
 
 async def claim_started(placement: Placement | None, group: Hashable) -> WorkerLease | None:

@@ -215,6 +215,10 @@ class WorkerTask:
         elif cancel and self.state is ACTIVATING and self.scope is not None:
             self.scope.cancel()
 
+    def run_under(self, lease: WorkerLease) -> None:
+        """It runs under *lease* from now (its group's, across processes)."""
+        self.lease = lease
+
     def lapsed(self) -> bool:
         """Whether its worker lease is no longer surely held (lost, or its expiry
         bound passed unconfirmed: a paused process wakes so): then it stops,
