@@ -15,11 +15,15 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 import trio_persist
 from redis_helpers import eventually
 from trio_persist._grouping import group_digest
+from trio_persist._logging import Throttle
 from trio_persist.redis import RedisBackend, RedisStore
+from trio_persist.redis._link import Counters, Link
+from trio_persist.redis._renewal import Renewer
 
 
 async def counter(state: Any, request: Any) -> Any:
@@ -350,3 +354,18 @@ async def test_a_worker_woken_past_its_lease_starts_nothing_more_under_it(
     # The queued requests went back and were asked again: under a new lease, once each.
     assert sorted(rest[1:]) == sorted((b, rest[1][1]) for b in ("b0", "b1", "b2"))
     assert rest[1][1] > old
+
+
+async def test_a_worker_lease_is_trusted_until_its_expiry_bound_less_the_clocks_drift(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Nothing renews it here: the lease as a process woken from a pause finds it.
+    ttl = 10.0
+    renewer = Renewer(Link("Redis nowhere", 1.0, Counters()), ttl, Counters(), Throttle())
+    sent = trio.current_time()
+    held = renewer.hold("lease", "id:1:node", 1, sent)
+    bound = sent + ttl - (ttl / 100 + 0.002)  # the server's clock may run 1% faster
+    await trio.sleep_until(bound - 0.001)
+    assert held.valid()
+    await trio.sleep_until(bound + 0.001)
+    assert not held.valid()  # before its renewal loop has even looked
