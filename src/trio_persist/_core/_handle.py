@@ -151,10 +151,14 @@ class Worker(Generic[S]):
         """Take the next queued request without waiting (for batching loops).
 
         Raises:
-            trio.WouldBlock: no request is queued now, or the worker is stopping.
+            trio.WouldBlock: no request is queued now, or the worker is stopping
+                (placed across processes: also once its worker lease lapsed).
         """
         task = self._task
         job = task.take_nowait() if task.stop_reason is None else None
+        if job is not None and task.lapsed():
+            task.put_back(job)
+            job = None
         if job is None:
             raise trio.WouldBlock
         task.hold(job)
