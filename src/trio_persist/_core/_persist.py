@@ -172,7 +172,7 @@ class Persist(Generic[B, R, T]):
         )
         self._supervisor = Supervisor(core)
         self._runners = RunnerPool(core.nursery)
-        self._here = Here(core, self._worker_for, self._listen)
+        self._here = Here(core, self._worker_for, self._listen, self._awaiting)
         core.placement = placement_of(self._backend, self._here)
         mode = core.options.await_inprogress
         has_hook = core.hooks.group is not None

@@ -27,11 +27,12 @@ from typing import Any
 import attrs
 import trio
 
-from .._backend import Placement, WorkerLease
+from .._backend import Placement, WorkerLease, cycle_error
 from .._exceptions import WorkerMoved
 from .._grouping import canonical_encoding
 from .._text import safe_repr
 from ._activation import ACTIVATING, Activation
+from ._chain import serving_chain, waits_on_chain
 from ._job import UNNAMED, AskJob, Job, Owner, leader_died, running
 from ._state import Core
 from ._worker import WorkerTask
@@ -48,6 +49,8 @@ class Here:
     # would wait for itself), and listening for a job's answer.
     worker_for: Callable[[Hashable, Callable[[], Any] | None, Owner | None], WorkerTask]
     listen: Callable[[Job, WorkerTask, Owner | None], Awaitable[Any]]
+    # Which owners each owner's execution waits for here (the facade's graph).
+    awaiting: dict[Owner, list[Owner]]
     # Workers started with a state under a lease (they have no activation to hold it).
     started: weakref.WeakKeyDictionary[WorkerTask, WorkerLease] = attrs.Factory(
         weakref.WeakKeyDictionary
@@ -64,6 +67,7 @@ class Here:
         routed: bool,
         resolving: bool = False,
         join: bool = False,
+        chain: tuple[str, ...] = (),
     ) -> Any:
         """Ask *group*'s worker here, activated under *lease* (see `LocalWorkers.ask`)."""
         if resolving and not self.has_worker(group):
@@ -76,10 +80,13 @@ class Here:
             default=default,
             request_id=request_id,
             routed=routed,
+            chain=chain,
         )
         current = None if routed else running.get()
         while True:
             task = self._leased_worker(group, default, current, lease)
+            if chain and waits_on_chain(task, self.awaiting, chain):
+                raise cycle_error(group)  # its worker waits for one of the groups waiting for this
             if routed and self._lease_of(task) is not lease:
                 # Accepted under a lease this worker does not run under: the
                 # sender sends it again to the owner of now (never run twice).
@@ -100,6 +107,11 @@ class Here:
                 return await self.listen(job, task, current)
             if routed:
                 raise WorkerMoved("the worker stopped while the request waited for room")
+
+    def chain_for(self, group: Hashable, digest: str) -> tuple[str, ...]:
+        """The chain a request to *group* carries from the calling task (see
+        `LocalWorkers.chain_for`)."""
+        return serving_chain(running.get(), self.awaiting, group, digest)
 
     def _leased_worker(
         self,

@@ -27,6 +27,7 @@ import contextlib
 import functools
 import json
 import logging
+import re
 import secrets
 from collections.abc import Callable, Hashable
 from typing import Any
@@ -34,9 +35,17 @@ from typing import Any
 import attrs
 import trio
 
-from .._backend import LocalWorkers
+from .._backend import CHAIN_LIMIT, LocalWorkers, cycle_error
 from .._codec import Seal, decode_outcome, encode_error, encode_value
-from .._exceptions import BackendUnavailable, CorruptResult, LeaderDied, NoWorker, WorkerMoved
+from .._exceptions import (
+    BackendUnavailable,
+    CorruptResult,
+    InfiniteRecursion,
+    LeaderDied,
+    NoWorker,
+    RemoteError,
+    WorkerMoved,
+)
 from .._grouping import canonical_encoding, group_digest
 from .._logging import Throttle
 from ._inbox import INBOX_LIMIT, PUSH, TAKE, Inbox, Waiter
@@ -97,6 +106,7 @@ WORKER_SCRIPTS = {
 _FENCE_TTL = 3600.0  # the clock takes over from a forgotten fence
 _MAX_ROUNDS = 64  # owners one ask goes through before it gives up
 _OWNERS_KEPT = 16384  # groups owned elsewhere whose owner is remembered
+_DIGEST = re.compile(r"[0-9a-f]{32}")  # a group digest, as `group_digest` makes them
 _SERVED_KEPT = 4096  # ids of routed requests served, for duplicates delivered late
 # What a best-effort step (a reply, a withdrawal, a release) may meet: Redis away, garbage.
 _QUIET = functools.partial(contextlib.suppress, BackendUnavailable, CorruptResult)
@@ -168,6 +178,7 @@ class ClusterWorkers:
         assert self.local is not None
         canonical_encoding(group)  # a group every process names alike (TypeError)
         digest = group_digest(group)
+        chain = self.local.chain_for(group, digest)  # InfiniteRecursion: a cycle
         for _ in range(_MAX_ROUNDS):
             owned = self.owned.get(digest)
             if owned is not None and owned.valid():
@@ -180,7 +191,7 @@ class ClusterWorkers:
             if found.endswith(":" + self.node):  # ours, being released: a moment
                 await trio.sleep(self.lease_ttl / 30)
                 continue
-            answer = await self._route(found, digest, request_id, request)
+            answer = await self._route(found, digest, request_id, request, chain)
             if answer is not None:
                 self._remember(digest, found)
                 return answer.unwrap()
@@ -200,6 +211,7 @@ class ClusterWorkers:
             return None  # no other process can name it
         digest = group_digest(group)
         extra = {"r": 1 if share else 2}
+        chain: tuple[str, ...] | None = None  # made once it is routed
         for _ in range(_MAX_ROUNDS):
             owned = self.owned.get(digest)
             if owned is not None and owned.valid():
@@ -210,7 +222,10 @@ class ClusterWorkers:
             lease = None if current is None else _text(current)
             if lease is None or lease.endswith(":" + self.node):
                 return None  # nobody's, or ours being released: a flight here
-            answer = await self._route(lease, digest, request_id, request, extra)
+            if chain is None:
+                assert self.local is not None
+                chain = self.local.chain_for(group, digest)
+            answer = await self._route(lease, digest, request_id, request, chain, extra)
             if answer is not None:
                 return (answer.unwrap(),)
             await trio.sleep(self.lease_ttl / 30)  # its worker ended there: look again
@@ -277,14 +292,20 @@ class ClusterWorkers:
         digest: str,
         request_id: str,
         request: Any,
+        chain: tuple[str, ...],
         extra: dict[str, Any] | None = None,
     ) -> Answer | None:
         """Send *request* to the owner named by *lease* and wait for its answer;
-        None if the group changed owner meanwhile (ask again). *extra*: fields
-        of a routed resolve (``"r"``: 1 may join an identical request, 2 not)."""
+        None if the group changed owner meanwhile (ask again). *chain*: the
+        groups waiting for it (`LocalWorkers.chain_for`), sealed with it.
+        *extra*: fields of a routed resolve (``"r"``: 1 may join an identical
+        request, 2 not)."""
         node = lease.split(":", 2)[2]
-        payload = encode_value(self.seal, "q:" + request_id, request, 0).decode()
-        fields = {"k": "q", "id": request_id, "from": self.node, "g": digest, "p": payload}
+        payload = encode_value(self.seal, _request_key(request_id, chain), request, 0).decode()
+        fields: dict[str, Any] = {"k": "q", "id": request_id, "from": self.node}
+        fields |= {"g": digest, "p": payload}
+        if chain:
+            fields["c"] = list(chain)
         message = json.dumps(fields | (extra or {}))
         with self.inbox.expect(request_id) as waiter:
             await self._push_request(node, message, request_id)
@@ -354,6 +375,8 @@ class ClusterWorkers:
             self.counters.moved += 1
             return None
         _, ok, value = decode_outcome(self.seal, "a:" + request_id, message.get("p", ""), "a reply")
+        if isinstance(value, RemoteError) and value.type_name == InfiniteRecursion.__name__:
+            value = InfiniteRecursion(value.message)  # raised as it is in one process
         return Answer(ok, value)
 
     # -- serving what others route here ----------------------------------------------
@@ -386,17 +409,24 @@ class ClusterWorkers:
         owned = self.owned.get(str(message.get("g", "")))
         if owned is not None and owned.valid() and self.local is not None:
             try:
+                chain = _chain_of(message)
                 _, ok, request = decode_outcome(
-                    self.seal, "q:" + request_id, str(message.get("p", "")), "a routed request"
+                    self.seal,
+                    _request_key(request_id, chain),
+                    str(message.get("p", "")),
+                    "a routed request",
                 )
                 if not ok:
                     raise CorruptResult("a routed request holds no request")
+                if owned.digest in chain:
+                    raise cycle_error(owned.group)
                 resolving = message.get("r")
                 value = await self.local.ask(
                     *(owned.group, request, None, request_id, owned),
                     routed=True,
                     resolving=resolving in (1, 2),
                     join=resolving == 1,
+                    chain=chain,
                 )
                 payload = encode_value(self.seal, "a:" + request_id, value, owned.token)
             except WorkerMoved:
@@ -463,6 +493,28 @@ class ClusterWorkers:
         )
         if self.local is not None:
             self.local.stop_lost(owned.group)
+
+
+def _request_key(request_id: str, chain: tuple[str, ...]) -> str:
+    """What a routed request's payload is sealed to: its id and its chain (with
+    a signing key, a chain changed on its way is refused as a forgery)."""
+    return "q:" + request_id + "".join(":" + digest for digest in chain)
+
+
+def _chain_of(message: dict[str, Any]) -> tuple[str, ...]:
+    """A routed request's chain, checked before anything else is read: at most
+    `CHAIN_LIMIT` digests (`InfiniteRecursion` past it), else `CorruptResult`."""
+    chain = message.get("c", [])
+    if not isinstance(chain, list):
+        raise CorruptResult("a routed request holds a malformed chain")
+    if len(chain) > CHAIN_LIMIT:
+        raise InfiniteRecursion(
+            f"a routed request nests asks across processes {len(chain)} groups deep, "
+            f"past the bound of {CHAIN_LIMIT}"
+        )
+    if not all(isinstance(digest, str) and _DIGEST.fullmatch(digest) for digest in chain):
+        raise CorruptResult("a routed request holds a malformed chain")
+    return tuple(chain)
 
 
 def _text(value: Any) -> str:
