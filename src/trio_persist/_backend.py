@@ -187,11 +187,19 @@ class Placement(Protocol):
         """Deliver *request* to *group*'s worker, wherever it lives; return its reply."""
 
     async def resolve_elsewhere(
-        self, group: Hashable, request: Any, request_id: str, *, share: bool
+        self,
+        group: Hashable,
+        request: Any,
+        request_id: str,
+        *,
+        share: bool,
+        spawn_worker: bool = False,
     ) -> tuple[Any] | None:
         """Deliver a `resolve` of *group* to its worker in another process:
         ``(reply,)``, or None when no other process holds its worker lease
-        (resolve here). With *share* it may join an identical queued request."""
+        (resolve here). With *share* it may join an identical queued request;
+        a shared call without *spawn_worker* may be left to the backend's
+        `Backend.run`, which then sends it to the worker itself (None)."""
 
     async def claim(self, group: Hashable) -> WorkerLease:
         """*group*'s worker lease for this process (held already, or won now).

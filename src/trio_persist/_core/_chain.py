@@ -46,7 +46,9 @@ def serving_chain(
     while stack:
         owner = stack.pop()
         if owner.group is not None:
-            chain[group_digest(owner.group)] = None
+            name = group_digest(owner.group)
+            if owner is not current or name != digest:  # (a flight sending its own request)
+                chain[name] = None
         chain.update(dict.fromkeys(_carried(owner)))
         for waiter in waiters.get(id(owner), ()):
             if id(waiter) not in seen:

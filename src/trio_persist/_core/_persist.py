@@ -313,7 +313,7 @@ class Persist(Generic[B, R, T]):
         group, by_base, key = self._name(base, request)
         core.counters.requests += 1
         if core.placement is not None and (
-            placed := await resolve_placed(core, group, request, share)
+            placed := await resolve_placed(core, group, request, share, spawn_worker)
         ):
             return placed[0]
         current = running.get()

@@ -184,14 +184,15 @@ async def claim_started(placement: Placement | None, group: Hashable) -> WorkerL
 
 
 async def resolve_placed(
-    core: Core, group: Hashable, request: Any, share: bool
+    core: Core, group: Hashable, request: Any, share: bool, spawn_worker: bool = False
 ) -> tuple[Any] | None:
     """A `resolve` of *group*, which has no owner here, sent to its worker in
-    another process: ``(reply,)``; None if no other process has one."""
+    another process: ``(reply,)``; None if no other process has one (or the
+    backend's `run` is to look, see `Placement.resolve_elsewhere`)."""
     if core.placement is None or group in core.owners:
         return None
     return await core.placement.resolve_elsewhere(
-        group, request, secrets.token_hex(16), share=share
+        group, request, secrets.token_hex(16), share=share, spawn_worker=spawn_worker
     )
 
 

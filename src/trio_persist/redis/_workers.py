@@ -49,7 +49,7 @@ from .._exceptions import (
 from .._grouping import canonical_encoding, group_digest
 from .._logging import Throttle
 from ._inbox import INBOX_LIMIT, PUSH, TAKE, Inbox, Waiter
-from ._lease import Answer
+from ._lease import Answer, Placed
 from ._link import Counters, Link
 from ._renewal import Held, Renewer
 from ._scripts import LUA_HELPERS, RENEW
@@ -200,11 +200,21 @@ class ClusterWorkers:
         )
 
     async def resolve_elsewhere(
-        self, group: Hashable, request: Any, request_id: str, *, share: bool
+        self,
+        group: Hashable,
+        request: Any,
+        request_id: str,
+        *,
+        share: bool,
+        spawn_worker: bool = False,
     ) -> tuple[Any] | None:
         """A `resolve` of *group*, sent to its worker if another process owns it:
-        ``(reply,)``; None if no other process does (resolve here). One GET
-        when nobody owns the group; a routed ask's path otherwise."""
+        ``(reply,)``; None if no other process does (resolve here). A shared
+        call is left to its flight (None at once): the flight's acquire looks
+        at the worker lease in its own round trip (`placed`). Otherwise one
+        GET when nobody owns the group; a routed ask's path if another does."""
+        if share and not spawn_worker and self.folds:
+            return None
         try:
             canonical_encoding(group)
         except TypeError:
@@ -232,6 +242,36 @@ class ClusterWorkers:
         raise LeaderDied(
             f"the worker of group {digest} changed owner {_MAX_ROUNDS} times: giving up"
         )
+
+    @property
+    def folds(self) -> bool:
+        """Whether a flight's acquire can look at its group's worker lease (not on
+        a Redis Cluster, where the two keys live in different slots)."""
+        from coredis import RedisCluster
+
+        client = self.link.client
+        return client is not None and not isinstance(client, RedisCluster)
+
+    def placed(self, group: Hashable) -> Placed | None:
+        """How a flight of *group* reaches the group's worker in another process
+        (`Leases.run`); None for a group no other process can name."""
+        if not self.folds:
+            return None
+        try:
+            canonical_encoding(group)
+        except TypeError:
+            return None
+        digest = group_digest(group)
+        route = functools.partial(self._route_resolve, group, digest, secrets.token_hex(16))
+        return Placed(self._keys(digest)[0], self.node, route)
+
+    async def _route_resolve(
+        self, group: Hashable, digest: str, request_id: str, lease: str, request: Any
+    ) -> Answer | None:
+        """A flight's request, sent to the group's worker in the process of *lease*."""
+        assert self.local is not None
+        chain = self.local.chain_for(group, digest)  # from the flight: its callers'
+        return await self._route(lease, digest, request_id, request, chain, {"r": 1})
 
     async def claim(self, group: Hashable) -> Owned:
         """*group*'s worker lease for this process: held already, or won now.
