@@ -24,7 +24,9 @@ TTL = 2.0  # the lease TTL and the step timeout, in the nodes and the test
 
 class Chained:
     """A device whose request ``{"then": [group, ...]}`` asks the first group with
-    the rest, and replies with how deep the chain went from here."""
+    the rest (resolves it with ``"resolve": True``), and replies with how deep the
+    chain went from here. A group is its base: ``resolve(group, ...)`` is served by
+    the group's worker."""
 
     def __init__(self) -> None:
         self.persist: trio_persist.Persist[Any, Any, Any] | None = None
@@ -34,8 +36,16 @@ class Chained:
         if not then:
             return {"depth": 0}
         assert self.persist is not None
-        reply = await self.persist.ask(then[0], {"then": then[1:]}, default=dict)
+        ask = self.persist.resolve if request.get("resolve") else self._ask
+        reply = await ask(then[0], request | {"then": then[1:]})
         return {"depth": reply["depth"] + 1}
+
+    async def _ask(self, group: str, request: Any) -> Any:
+        assert self.persist is not None
+        return await self.persist.ask(group, request, default=dict)
+
+    def group(self, base: Any, request: Any) -> Any:
+        return base
 
 
 def backend(url: str, namespace: str) -> RedisBackend:

@@ -60,9 +60,12 @@ async def nodes(
                 process.kill()
 
 
-async def ask(persist: trio_persist.Persist[Any, Any, Any], group: str, *then: str) -> int:
+async def ask(
+    persist: trio_persist.Persist[Any, Any, Any], group: str, *then: str, resolve: bool = False
+) -> int:
     with trio.fail_after(WITHIN):
-        reply = await persist.ask(group, {"then": list(then)}, default=dict)
+        request = {"then": list(then), "resolve": resolve}
+        reply = await persist.ask(group, request, default=dict)
     return int(reply["depth"])
 
 
@@ -75,6 +78,16 @@ async def test_a_cycle_through_two_processes_raises_infinite_recursion_and_both_
         assert await ask(persist, "g", "h") == 1  # both workers serve on
         assert await ask(persist, "h", "g") == 1
         assert persist.backend.statistics().owned == 1
+
+
+async def test_a_cycle_of_resolves_through_two_processes_raises_infinite_recursion(
+    redis_url: str, namespace: str
+) -> None:
+    # Each resolve is routed to the group's worker by a flight standing in for it.
+    async with nodes(redis_url, namespace, ["g"], ["h"]) as (_, persist):
+        with pytest.raises(trio_persist.InfiniteRecursion, match="a cycle of groups across"):
+            await ask(persist, "g", "h", "g", resolve=True)
+        assert await ask(persist, "g", "h", resolve=True) == 1
 
 
 async def test_a_cycle_closing_at_a_group_waiting_in_its_own_process_is_refused_there(
