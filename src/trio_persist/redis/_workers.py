@@ -48,7 +48,7 @@ from .._exceptions import (
 )
 from .._grouping import canonical_encoding, group_digest
 from .._logging import Throttle
-from ._inbox import INBOX_LIMIT, PUSH, TAKE, Inbox, Waiter
+from ._inbox import INBOX_LIMIT, PAYLOAD_LIMIT, PUSH, TAKE, Inbox, Waiter
 from ._lease import Answer, Placed
 from ._link import Counters, Link
 from ._renewal import Held, Renewer
@@ -342,6 +342,7 @@ class ClusterWorkers:
         request, 2 not)."""
         node = lease.split(":", 2)[2]
         payload = encode_value(self.seal, _request_key(request_id, chain), request, 0).decode()
+        _check_size("request", payload)  # refused here, before anything is sent
         fields: dict[str, Any] = {"k": "q", "id": request_id, "from": self.node}
         fields |= {"g": digest, "p": payload}
         if chain:
@@ -448,36 +449,7 @@ class ClusterWorkers:
         reply: dict[str, Any] = {"k": "m", "id": request_id}
         owned = self.owned.get(str(message.get("g", "")))
         if owned is not None and owned.valid() and self.local is not None:
-            try:
-                chain = _chain_of(message)
-                _, ok, request = decode_outcome(
-                    self.seal,
-                    _request_key(request_id, chain),
-                    str(message.get("p", "")),
-                    "a routed request",
-                )
-                if not ok:
-                    raise CorruptResult("a routed request holds no request")
-                if owned.digest in chain:
-                    raise cycle_error(owned.group)
-                resolving = message.get("r")
-                value = await self.local.ask(
-                    *(owned.group, request, None, request_id, owned),
-                    routed=True,
-                    resolving=resolving in (1, 2),
-                    join=resolving == 1,
-                    chain=chain,
-                )
-                payload = encode_value(self.seal, "a:" + request_id, value, owned.token)
-            except WorkerMoved:
-                payload = None
-            except Exception as exc:
-                # Its worker stopped under it with the lease (this persist closing):
-                # the sender asks the group's next owner.
-                gone = isinstance(exc, LeaderDied) and self.owned.get(owned.digest) is not owned
-                payload = (
-                    None if gone else encode_error(self.seal, "a:" + request_id, exc, owned.token)
-                )
+            payload = await self._outcome(owned, message, request_id)
             if payload is not None:
                 reply = {"k": "a", "id": request_id, "p": payload.decode()}
         if reply["k"] == "a":  # answered: a copy delivered again is not run again
@@ -485,6 +457,47 @@ class ClusterWorkers:
             if len(self.served) > _SERVED_KEPT:
                 del self.served[next(iter(self.served))]
         await self._reply(sender, json.dumps(reply), owned if reply["k"] == "a" else None)
+
+    async def _outcome(
+        self, owned: Owned, message: dict[str, Any], request_id: str
+    ) -> bytes | None:
+        """Serve a routed request for *owned*'s group: the reply's payload (a value
+        or an error), or None if the sender is to ask the group's owner again."""
+        assert self.local is not None
+        try:
+            chain = _chain_of(message)
+            _, ok, request = decode_outcome(
+                self.seal,
+                _request_key(request_id, chain),
+                str(message.get("p", "")),
+                "a routed request",
+            )
+            if not ok:
+                raise CorruptResult("a routed request holds no request")
+            if owned.digest in chain:
+                raise cycle_error(owned.group)
+            resolving = message.get("r")
+            value = await self.local.ask(
+                *(owned.group, request, None, request_id, owned),
+                routed=True,
+                resolving=resolving in (1, 2),
+                join=resolving == 1,
+                chain=chain,
+            )
+            payload = encode_value(self.seal, "a:" + request_id, value, owned.token)
+            _check_size("reply", payload)
+        except WorkerMoved:
+            return None
+        except Exception as exc:
+            # Its worker stopped under it with the lease (this persist closing):
+            # the sender asks the group's next owner.
+            if isinstance(exc, LeaderDied) and self.owned.get(owned.digest) is not owned:
+                return None
+            payload = encode_error(self.seal, "a:" + request_id, exc, owned.token)
+            if len(payload) > PAYLOAD_LIMIT:  # an error's message as large: said in short
+                error = ValueError(f"the reply is a {type(exc).__name__} too large to send")
+                payload = encode_error(self.seal, "a:" + request_id, error, owned.token)
+        return payload
 
     async def _reply(self, sender: str, text: str, owned: Owned | None) -> None:
         """Push a reply to *sender*'s inbox. An answer is tried again while this
@@ -533,6 +546,16 @@ class ClusterWorkers:
         )
         if self.local is not None:
             self.local.stop_lost(owned.group)
+
+
+def _check_size(what: str, payload: str | bytes) -> None:
+    """Refuse a routed *what* (``"request"``, ``"reply"``) over `PAYLOAD_LIMIT` bytes."""
+    if len(payload) > PAYLOAD_LIMIT:
+        raise ValueError(
+            f"the {what} is {len(payload):,} bytes encoded, more than a {what} between "
+            f"processes may hold ({PAYLOAD_LIMIT:,}): send a smaller value, or a "
+            "reference to it (a key, a path)"
+        )
 
 
 def _request_key(request_id: str, chain: tuple[str, ...]) -> str:
