@@ -248,41 +248,43 @@ def goodput(url: str, *, quick: bool) -> bool:
     return ok
 
 
+def leader_figures(row: Callable[..., bool], url: str, *, quick: bool) -> tuple[bool, float, float]:
+    """A leader flight with each kind of worker placement, beside a bare GET (the
+    median round of several, interleaved); returns the verdict, GET and EVALSHA us."""
+    n = 300 if quick else 2000
+    # Interleaved, round by round: every side sees the same machine load.
+    rounds = []
+    for _ in range(3 if quick else 7):
+        rtt, script = trio.run(raw_round_trip, url, n)
+        flight, trips = trio.run(leader_flights, url, n)
+        placed, placed_trips = trio.run(leader_flights, url, n, "cluster")
+        rounds.append((flight / rtt, flight, rtt, script, trips, placed, placed_trips))
+    _, flight, rtt, script, trips, placed, placed_trips = sorted(rounds)[len(rounds) // 2]
+    print("\nRedis backend (a real server on loopback)")
+    print(
+        f"  raw coredis round trips: GET {rtt:.1f} us, EVALSHA {script:.1f} us (the median round's)"
+    )
+    ok = row(
+        f"leader flight, {n} distinct keys ({trips:.0f} round trips each)", flight, rtt, "us", 3.0
+    )
+    print(
+        f"  (beside two bare EVALSHA round trips, the protocol's floor: {flight / (2 * script):.2f})"
+    )
+    ok &= row(
+        f"leader flight, workers='cluster' ({placed_trips:.0f} round trips each)",
+        placed,
+        rtt,
+        "us",
+        3.0,
+    )
+    return ok, rtt, script
+
+
 def redis_figures(row: Callable[..., bool], *, quick: bool) -> bool:
     server = RedisServer()
     server.start()
     try:
-        n = 300 if quick else 2000
-        # Interleaved, round by round: both sides see the same machine load.
-        rounds = []
-        for _ in range(3 if quick else 7):
-            rtt, script = trio.run(raw_round_trip, server.url, n)
-            flight, trips = trio.run(leader_flights, server.url, n)
-            placed, placed_trips = trio.run(leader_flights, server.url, n, "cluster")
-            rounds.append((flight / rtt, flight, rtt, script, trips, placed, placed_trips))
-        _, flight, rtt, script, trips, placed, placed_trips = sorted(rounds)[len(rounds) // 2]
-        print("\nRedis backend (a real server on loopback)")
-        print(
-            f"  raw coredis round trips: GET {rtt:.1f} us, EVALSHA {script:.1f} us "
-            "(the median round's)"
-        )
-        ok = row(
-            f"leader flight, {n} distinct keys ({trips:.0f} round trips each)",
-            flight,
-            rtt,
-            "us",
-            3.0,
-        )
-        print(
-            f"  (beside two bare EVALSHA round trips, the protocol's floor: {flight / (2 * script):.2f})"
-        )
-        ok &= row(
-            f"leader flight, workers='cluster' ({placed_trips:.0f} round trips each)",
-            placed,
-            rtt,
-            "us",
-            3.0,
-        )
+        ok, rtt, script = leader_figures(row, server.url, quick=quick)
         rtt_ms = rtt / 1000
         extra = trio.run(follower_latency, server.url, 30 if quick else 100) * 1000
         script_ms = script / 1000

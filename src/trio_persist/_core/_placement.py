@@ -84,9 +84,7 @@ class Here:
         )
         current = None if routed else running.get()
         while True:
-            task = self._leased_worker(group, default, current, lease)
-            if chain and waits_on_chain(task, self.awaiting, chain):
-                raise cycle_error(group)  # its worker waits for one of the groups waiting for this
+            task = self._leased_worker(group, default, current, lease, chain)
             if routed and self._lease_of(task) is not lease:
                 # Accepted under a lease this worker does not run under: the
                 # sender sends it again to the owner of now (never run twice).
@@ -119,10 +117,15 @@ class Here:
         default: Callable[[], Any] | None,
         current: Owner | None,
         lease: WorkerLease,
+        chain: tuple[str, ...] = (),
     ) -> WorkerTask:
         """*group*'s worker here (activated if need be), running under *lease* if
-        it has none yet (one started with a state: the lease won now covers it)."""
+        it has none yet (one started with a state: the lease won now covers it).
+        `InfiniteRecursion` if it waits for one of the groups of *chain* (those
+        waiting for a routed request)."""
         task = self.worker_for(group, default, current)
+        if chain and waits_on_chain(task, self.awaiting, chain):
+            raise cycle_error(group)
         lease_worker(task, lease)
         if task.activation is None:
             self.started.setdefault(task, lease)

@@ -20,7 +20,7 @@ import contextvars
 import enum
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from typing import Any
 
 import attrs
@@ -143,7 +143,10 @@ class Placed:
 
     key: str
     node: str
-    route: Callable[[str, Any], Awaitable[Answer | None]]
+    group: Hashable
+    digest: str
+    route: Callable[[Placed, str, str, Any], Awaitable[Answer | None]]
+    """``route(placed, lease, request_id, request)``."""
 
 
 @attrs.frozen
@@ -182,6 +185,8 @@ class Call:
     """The group's worker lease to look at first (``workers="cluster"``)."""
     moved: int = 0
     """Times the group's worker was found gone from the process it was sent to."""
+    request_id: str = ""
+    """The request's id once it is routed (the same to every owner it is sent to)."""
 
 
 class _Undecodable(CorruptResult):
@@ -332,9 +337,11 @@ class Leases:
 
     async def _elsewhere(self, call: Call, found: Elsewhere) -> Answer | Again:
         """Send *call*'s request to the group's worker in another process."""
-        assert call.placed is not None
+        placed = call.placed
+        assert placed is not None
+        call.request_id = call.request_id or secrets.token_hex(16)
         try:
-            answer = await call.placed.route(found.lease, call.request)
+            answer = await placed.route(placed, found.lease, call.request_id, call.request)
         except (BackendUnavailable, CorruptResult) as exc:
             raise _Routed(exc) from None
         if answer is not None:

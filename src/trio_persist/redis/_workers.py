@@ -149,6 +149,7 @@ class ClusterWorkers:
     # answered "moved" is sent again by its caller, and served then).
     serving: dict[str, trio.CancelScope] = attrs.Factory(dict)
     served: dict[str, None] = attrs.Factory(dict)
+    _folds: tuple[object, bool] | None = None  # `folds`, for the client it was made for
     _nursery: trio.Nursery | None = None
 
     @property
@@ -247,31 +248,30 @@ class ClusterWorkers:
     def folds(self) -> bool:
         """Whether a flight's acquire can look at its group's worker lease (not on
         a Redis Cluster, where the two keys live in different slots)."""
-        from coredis import RedisCluster
-
         client = self.link.client
-        return client is not None and not isinstance(client, RedisCluster)
+        if client is None:
+            return False
+        if self._folds is None or self._folds[0] is not client:  # once per client
+            from coredis import RedisCluster
+
+            self._folds = (client, not isinstance(client, RedisCluster))
+        return self._folds[1]
 
     def placed(self, group: Hashable) -> Placed | None:
-        """How a flight of *group* reaches the group's worker in another process
-        (`Leases.run`); None for a group no other process can name."""
+        """How a flight of *group* (a group the backend named: any process can)
+        reaches the group's worker in another process (`Leases.run`)."""
         if not self.folds:
             return None
-        try:
-            canonical_encoding(group)
-        except TypeError:
-            return None
         digest = group_digest(group)
-        route = functools.partial(self._route_resolve, group, digest, secrets.token_hex(16))
-        return Placed(self._keys(digest)[0], self.node, route)
+        return Placed(self._keys(digest)[0], self.node, group, digest, self._route_resolve)
 
     async def _route_resolve(
-        self, group: Hashable, digest: str, request_id: str, lease: str, request: Any
+        self, placed: Placed, lease: str, request_id: str, request: Any
     ) -> Answer | None:
         """A flight's request, sent to the group's worker in the process of *lease*."""
         assert self.local is not None
-        chain = self.local.chain_for(group, digest)  # from the flight: its callers'
-        return await self._route(lease, digest, request_id, request, chain, {"r": 1})
+        chain = self.local.chain_for(placed.group, placed.digest)  # the flight's callers'
+        return await self._route(lease, placed.digest, request_id, request, chain, {"r": 1})
 
     async def claim(self, group: Hashable) -> Owned:
         """*group*'s worker lease for this process: held already, or won now.
