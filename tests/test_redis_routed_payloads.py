@@ -25,6 +25,7 @@ from trio_persist.redis import RedisBackend
 from trio_persist.redis._inbox import PAYLOAD_LIMIT
 
 Persist = trio_persist.Persist[Any, Any, Any]
+WITHIN = 30.0  # every wait's bound: never reached unless something is wrong
 
 
 class Sized:
@@ -72,7 +73,8 @@ async def test_a_request_over_the_bound_is_refused_at_its_caller_and_nothing_els
             replies.append(await other.ask("g", {"wait": True}))
 
         nursery.start_soon(waiting)  # in flight at the owner meanwhile
-        await eventually(lambda: owner.backend.statistics().routed_in == 1)
+        with trio.fail_after(WITHIN):
+            await eventually(lambda: owner.backend.statistics().routed_in == 1)
         large = {"pad": "x" * PAYLOAD_LIMIT}
         with pytest.raises(ValueError, match="more than a request between processes"):
             await other.ask("g", large)
@@ -80,7 +82,8 @@ async def test_a_request_over_the_bound_is_refused_at_its_caller_and_nothing_els
             await other.resolve("g", large)
         assert owner.backend.statistics().routed_in == 1  # neither was sent
         device.gate.set()
-        await eventually(lambda: bool(replies))
+        with trio.fail_after(WITHIN):
+            await eventually(lambda: bool(replies))
         assert replies[0]["n"] == 2
         assert (await other.ask("g", {"pad": "x" * (PAYLOAD_LIMIT // 2)}))["n"] == 3
 
