@@ -25,7 +25,7 @@ from trio_persist.redis import RedisBackend
 from trio_persist.redis._inbox import PAYLOAD_LIMIT
 
 Persist = trio_persist.Persist[Any, Any, Any]
-WITHIN = 30.0  # every wait's bound: never reached unless something is wrong
+WITHIN = 30.0  # each test's bound: never reached unless something is wrong
 
 
 class Sized:
@@ -52,12 +52,13 @@ async def two_processes(url: str, namespace: str) -> AsyncIterator[tuple[Sized, 
     def backend() -> RedisBackend:
         return RedisBackend(url, namespace=namespace, workers="cluster", heartbeat=None)
 
-    async with (
-        trio_persist.open_persist(device, backend=backend()) as owner,
-        trio_persist.open_persist(device, backend=backend()) as other,
-    ):
-        await owner.ask("g", {}, default=lambda: {"n": 0})
-        yield device, owner, other
+    with trio.fail_after(WITHIN):  # the whole test
+        async with (
+            trio_persist.open_persist(device, backend=backend()) as owner,
+            trio_persist.open_persist(device, backend=backend()) as other,
+        ):
+            await owner.ask("g", {}, default=lambda: {"n": 0})
+            yield device, owner, other
 
 
 async def test_a_request_over_the_bound_is_refused_at_its_caller_and_nothing_else_is_hurt(
@@ -73,8 +74,7 @@ async def test_a_request_over_the_bound_is_refused_at_its_caller_and_nothing_els
             replies.append(await other.ask("g", {"wait": True}))
 
         nursery.start_soon(waiting)  # in flight at the owner meanwhile
-        with trio.fail_after(WITHIN):
-            await eventually(lambda: owner.backend.statistics().routed_in == 1)
+        await eventually(lambda: owner.backend.statistics().routed_in == 1)
         large = {"pad": "x" * PAYLOAD_LIMIT}
         with pytest.raises(ValueError, match="more than a request between processes"):
             await other.ask("g", large)
@@ -82,8 +82,7 @@ async def test_a_request_over_the_bound_is_refused_at_its_caller_and_nothing_els
             await other.resolve("g", large)
         assert owner.backend.statistics().routed_in == 1  # neither was sent
         device.gate.set()
-        with trio.fail_after(WITHIN):
-            await eventually(lambda: bool(replies))
+        await eventually(lambda: bool(replies))
         assert replies[0]["n"] == 2
         assert (await other.ask("g", {"pad": "x" * (PAYLOAD_LIMIT // 2)}))["n"] == 3
 
