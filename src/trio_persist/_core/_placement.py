@@ -20,7 +20,6 @@ docs/redis.md states the guarantees; docs/architecture.md the path.
 from __future__ import annotations
 
 import secrets
-import weakref
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Any
 
@@ -51,10 +50,6 @@ class Here:
     listen: Callable[[Job, WorkerTask, Owner | None], Awaitable[Any]]
     # Which owners each owner's execution waits for here (the facade's graph).
     awaiting: dict[Owner, list[Owner]]
-    # Workers started with a state under a lease (they have no activation to hold it).
-    started: weakref.WeakKeyDictionary[WorkerTask, WorkerLease] = attrs.Factory(
-        weakref.WeakKeyDictionary
-    )
 
     async def ask(
         self,
@@ -85,7 +80,7 @@ class Here:
         current = None if routed else running.get()
         while True:
             task = self._leased_worker(group, default, current, lease, chain)
-            if routed and self._lease_of(task) is not lease:
+            if routed and task.lease is not lease:
                 # Accepted under a lease this worker does not run under: the
                 # sender sends it again to the owner of now (never run twice).
                 raise WorkerMoved("the group's worker here runs under another lease now")
@@ -127,17 +122,13 @@ class Here:
         if chain and waits_on_chain(task, self.awaiting, chain):
             raise cycle_error(group)
         lease_worker(task, lease)
-        if task.activation is None:
-            self.started.setdefault(task, lease)
+        if task.activation is None and task.lease is None:
+            task.run_under(lease)
         return task
 
     def lease_started(self, task: WorkerTask, lease: WorkerLease) -> None:
         """*task*, started with a state (`Persist.start_worker`), runs under *lease*."""
-        self.started[task] = lease
-
-    def _lease_of(self, task: WorkerTask) -> WorkerLease | None:
-        activation = task.activation
-        return self.started.get(task) if activation is None else activation.lease
+        task.run_under(lease)
 
     def stop_lost(self, group: Hashable) -> None:
         """*group*'s lease was lost: its worker stops now, cancelled and unsaved."""
@@ -171,6 +162,7 @@ def lease_worker(task: WorkerTask, lease: WorkerLease) -> None:
     activation = task.activation
     if activation is not None and activation.lease is None and task.state is ACTIVATING:
         activation.lease = lease
+        task.run_under(lease)
 
 
 async def claim_started(placement: Placement | None, group: Hashable) -> WorkerLease | None:
