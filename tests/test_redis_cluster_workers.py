@@ -243,6 +243,20 @@ async def test_a_resolve_of_a_group_nobody_owns_runs_here_as_a_flight(
         assert two.workers() == () == one.workers()
 
 
+async def test_a_resolve_in_cluster_mode_costs_the_round_trips_of_a_flight_without_placement(
+    redis_url: str, namespace: str
+) -> None:
+    async def trips(workers: str, request: Any) -> int:
+        backend = RedisBackend(redis_url, namespace=namespace, workers=workers, heartbeat=None)
+        async with trio_persist.open_persist(Sessions(), backend=backend) as persist:
+            before = backend.statistics().round_trips
+            assert await persist.resolve(f"{workers}'s", request) == request
+            return backend.statistics().round_trips - before
+
+    # The worker lease is looked at by the flight's own acquire: acquire, commit.
+    assert await trips("cluster", 1) == await trips("process", 1) == 2
+
+
 async def test_identical_routed_resolves_share_one_execution_at_a_static_worker(
     redis_url: str, namespace: str
 ) -> None:
@@ -259,21 +273,24 @@ async def test_identical_routed_resolves_share_one_execution_at_a_static_worker(
     def backend() -> RedisBackend:
         return RedisBackend(redis_url, namespace=namespace, lease_ttl=1.0, workers="cluster")
 
-    async with (
-        trio_persist.open_persist(Gated(), backend=backend(), static_worker=True) as one,
-        trio_persist.open_persist(Gated(), backend=backend(), static_worker=True) as two,
-        trio.open_nursery() as nursery,
-    ):
+    async with contextlib.AsyncExitStack() as stack:
+        one, *others = [
+            await stack.enter_async_context(
+                trio_persist.open_persist(Gated(), backend=backend(), static_worker=True)
+            )
+            for _ in range(4)
+        ]
+        nursery = await stack.enter_async_context(trio.open_nursery())
         await one.start_worker("base", "g")
         nursery.start_soon(one.resolve, "g", "first")
         await eventually(lambda: ran == ["first"])
         replies: list[Any] = []
 
-        async def again() -> None:
-            replies.append(await two.resolve("g", "same"))
+        async def again(persist: trio_persist.Persist[Any, Any, Any]) -> None:
+            replies.append(await persist.resolve("g", "same"))
 
-        for _ in range(3):
-            nursery.start_soon(again)
+        for persist in others:  # (identical resolves in one process share its flight)
+            nursery.start_soon(again, persist)
         await eventually(lambda: one.backend.statistics().routed_in == 3)
         release.set()
     assert replies == ["same"] * 3

@@ -205,6 +205,9 @@ class AskJob(Job):
     request_id: str | None = None
     # Sent by another process: if its worker stops, that process routes it again.
     routed: bool = False
+    # The digests of the groups waiting for it in other processes (a routed
+    # request's): asks its execution makes carry them on (cycle detection).
+    chain: tuple[str, ...] = ()
 
 
 def request_name(request: Any) -> object:

@@ -172,7 +172,7 @@ class Persist(Generic[B, R, T]):
         )
         self._supervisor = Supervisor(core)
         self._runners = RunnerPool(core.nursery)
-        self._here = Here(core, self._worker_for, self._listen)
+        self._here = Here(core, self._worker_for, self._listen, self._awaiting)
         core.placement = placement_of(self._backend, self._here)
         mode = core.options.await_inprogress
         has_hook = core.hooks.group is not None
@@ -313,7 +313,7 @@ class Persist(Generic[B, R, T]):
         group, by_base, key = self._name(base, request)
         core.counters.requests += 1
         if core.placement is not None and (
-            placed := await resolve_placed(core, group, request, share)
+            placed := await resolve_placed(core, group, request, share, spawn_worker)
         ):
             return placed[0]
         current = running.get()
