@@ -155,7 +155,7 @@ class Flight:
             if joinable is None:
                 joinable = self.joinable = {}
             known = joinable.get(key)
-            if known is None or known.abandoned or known.done.is_set():
+            if known is None or known.abandoned or known.done:
                 joinable[key] = job
         return True
 
@@ -360,7 +360,7 @@ class Flight:
                 self.successor = None
             else:
                 self._hand_over(self.successor)
-        if not self.queue and self.current.done.is_set():
+        if not self.queue and self.current.done:
             self.joinable = None  # the common end: nothing left to answer, no message made
             return
         reason = "the persist closed" if core.closed else "its flight ended"
@@ -369,7 +369,7 @@ class Flight:
     def fail_unanswered(self, error_message: str) -> None:
         """Answer every job still waiting with `LeaderDied` (the flight is going away)."""
         for job in (self.current, *self.queue):
-            if not job.done.is_set():
+            if not job.done:
                 job.fail(leader_died(error_message))
         self.queue.clear()
         self.joinable = None

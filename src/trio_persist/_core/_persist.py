@@ -893,7 +893,10 @@ class Persist(Generic[B, R, T]):
         if current is not None:
             self._awaiting.setdefault(current, []).append(owner)
         try:
-            await job.done.wait()
+            if job.done:
+                await trio.lowlevel.checkpoint()
+            else:
+                await trio.lowlevel.wait_task_rescheduled(job.park(trio.lowlevel.current_task()))
         except BaseException:
             # Left before the answer (cancelled): the last one out abandons the job.
             if not leads:
@@ -904,7 +907,7 @@ class Persist(Generic[B, R, T]):
             # (Else it was answered as it was cancelled, and counted so by `Core.finish`.)
             if current is not None:
                 self._stop_awaiting(current, owner)
-            if not job.done.is_set():
+            if not job.done:
                 job.leave()
             if core.quiet is not None:
                 core.maybe_quiet()

@@ -17,8 +17,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
-import outcome
 import trio
+
+from ._job import WAKE
 
 __all__ = ["Runnable", "RunnerPool"]
 
@@ -72,7 +73,9 @@ class RunnerPool:
         """Run *runnable* in a parked runner, or in a new one if none is parked."""
         if self._idle:
             runner = self._idle.pop()
-            trio.lowlevel.reschedule(runner.task, outcome.Value(runnable))
+            # Handed over in the runner itself: the wake-up carries nothing.
+            runner.runnable = runnable
+            trio.lowlevel.reschedule(runner.task, WAKE)
         else:
             self._nursery.start_soon(self._main, runnable)
 
@@ -81,7 +84,7 @@ class RunnerPool:
         self.limit = 0
         while self._idle:
             runner = self._idle.pop()
-            trio.lowlevel.reschedule(runner.task, outcome.Value(None))
+            trio.lowlevel.reschedule(runner.task, WAKE)  # with no runnable: it ends
 
     async def _main(self, runnable: Runnable | None) -> None:
         scope = trio.CancelScope()
@@ -109,5 +112,5 @@ class RunnerPool:
         if len(self._idle) >= self.limit:
             return None
         self._idle.append(runner)
-        next_runnable: Runnable | None = await trio.lowlevel.wait_task_rescheduled(runner.abort)
-        return next_runnable
+        await trio.lowlevel.wait_task_rescheduled(runner.abort)
+        return runner.runnable  # set by `launch` (None: by `close`)

@@ -306,7 +306,7 @@ def _cancelled(task: WorkerTask, job: Job, began: float) -> None:
         return
     if core.observers.listening:
         core.observers.ended(task.kind, task.group, job, None, task.last_active - began)
-    if not job.done.is_set():
+    if not job.done:
         # Cancelled for another reason (closing, a timeout racing the
         # hand-over): the job goes back to the head of the queue, to be
         # served next or re-routed, never lost.
