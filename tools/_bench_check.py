@@ -88,6 +88,10 @@ def figures(bench: Any, scale: int = 1) -> dict[str, tuple[Side, Side]]:
             lambda: bench.worker_round_trip(w, True, 10.0),
         ),
         "ask": (lambda: _round_trips(w, True), lambda: _round_trips(w, False)),
+        "observability": (
+            lambda: bench.observed_distinct(n, True),
+            lambda: bench.observed_distinct(n, False),
+        ),
         "idle_memory": (lambda: _memory(m, False), lambda: _memory(m, True)),
     }
 

@@ -663,13 +663,11 @@ class Persist(Generic[B, R, T]):
 
         See `trio_persist.opentelemetry` for one. Costs nothing without observers.
         """
-        self._core.observers.listening.append(observer)
+        self._core.observers.add(observer)
 
     def remove_observer(self, observer: Observer) -> None:
         """Stop telling *observer* (added with `add_observer`)."""
-        listening = self._core.observers.listening
-        if observer in listening:
-            listening.remove(observer)
+        self._core.observers.remove(observer)
 
     async def wait_quiet(self) -> None:
         """Wait until no flight runs and no caller waits (workers may live on).

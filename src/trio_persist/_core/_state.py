@@ -132,29 +132,65 @@ class Observers:
 
     failed: Callable[[str, Hashable | None, BaseException], None]
     listening: list[Observer] = attrs.field(factory=list)
+    # Each observer's methods, looked up when it was added (not by name per
+    # call), as tuples rebuilt on each change: an observer added or removed
+    # while they are told is told from the next execution on.
+    _started: tuple[Callable[..., Any], ...] = ()
+    _joined: tuple[Callable[..., Any], ...] = ()
+    _ended: tuple[Callable[..., Any], ...] = ()
+
+    def add(self, observer: Observer) -> None:
+        self.listening.append(observer)
+        self._bind()
+
+    def remove(self, observer: Observer) -> None:
+        if observer in self.listening:
+            self.listening.remove(observer)
+            self._bind()
+
+    def _bind(self) -> None:
+        listening = self.listening
+        self._started = tuple(_method(each, "execution_started") for each in listening)
+        self._joined = tuple(_method(each, "joined") for each in listening)
+        self._ended = tuple(_method(each, "execution_ended") for each in listening)
 
     def started(self, kind: str, group: Hashable | None, label: str, job: Job) -> None:
         """*job* starts; *label* is what may name it outside the process (the
         label hook's text, a wrapped function's name, or "")."""
-        for observer in tuple(self.listening):
-            self._tell(observer, "execution_started", group, kind, group, label, job)
+        for method in self._started:
+            try:
+                method(kind, group, label, job)
+            except Exception as exc:
+                self.failed("observer execution_started", group, exc)
 
     def joined(self, kind: str, group: Hashable | None, job: Job) -> None:
-        for observer in tuple(self.listening):
-            self._tell(observer, "joined", group, kind, group, job)
+        for method in self._joined:
+            try:
+                method(kind, group, job)
+            except Exception as exc:
+                self.failed("observer joined", group, exc)
 
     def ended(
         self, kind: str, group: Hashable | None, job: Job, outcome: Outcome | None, seconds: float
     ) -> None:
         name = "abandoned" if outcome is None else outcome.value
-        for observer in tuple(self.listening):
-            self._tell(observer, "execution_ended", group, kind, group, job, name, seconds)
+        for method in self._ended:
+            try:
+                method(kind, group, job, name, seconds)
+            except Exception as exc:
+                self.failed("observer execution_ended", group, exc)
 
-    def _tell(self, observer: Observer, method: str, group: Hashable | None, *args: Any) -> None:
-        try:
-            getattr(observer, method)(*args)
-        except Exception as exc:
-            self.failed(f"observer {method}", group, exc)
+
+def _method(observer: Observer, name: str) -> Callable[..., Any]:
+    """*observer*'s method *name*; one it lacks fails when called (and is counted)."""
+    try:
+        method: Callable[..., Any] = getattr(observer, name)
+    except Exception:
+
+        def method(*args: Any) -> Any:
+            return getattr(observer, name)(*args)
+
+    return method
 
 
 def describe_owner(
@@ -351,6 +387,10 @@ class Core:
         if hook is not None:
             try:
                 text = hook(base, request)
+                if type(text) is str and len(text) <= LABEL_WIDTH and text.isprintable():
+                    # Nothing to cut or replace (`literal` replaces only
+                    # characters `str.isprintable` refuses): no regex per label.
+                    return text, True
                 if not isinstance(text, str):
                     raise TypeError(f"label() returned a {type(text).__name__}, not a str")
                 return literal(text, LABEL_WIDTH), True
@@ -367,6 +407,8 @@ class Core:
         if job.call is not None:
             return job.call.name
         if label is None:
+            if self.hooks.label is None:
+                return ""  # the default label is never shown outside: not made
             request = None if base is not job.base else job.request
             label = self.label_of(group, base, request)
         return label[0] if label[1] else ""
