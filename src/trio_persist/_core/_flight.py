@@ -72,10 +72,6 @@ class Flight:
     # What an operator sees for it, and whether its label hook chose it (made once).
     label: tuple[str, bool] | None = attrs.field(default=None, init=False)
 
-    def __attrs_post_init__(self) -> None:
-        self.last_active = self.started
-        self.current.owner = self
-
     @classmethod
     def start(
         cls,
@@ -91,6 +87,8 @@ class Flight:
         An ungrouped flight (*group* None) is never registered.
         """
         flight = cls(core, supervisor, group, group_is_request, core.now(), job)
+        flight.last_active = flight.started
+        job.owner = flight
         if group is not None:
             core.registry.register(group, flight)
         core.counters.in_flight += 1

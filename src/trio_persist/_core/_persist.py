@@ -343,7 +343,9 @@ class Persist(Generic[B, R, T]):
         and no coroutine of its own, so a waiting caller's stack stays short.
         *fn* replaces the device (a wrapped function).
         """
-        owner = self._owner(group, by_base, base)
+        owner = self._core.owners.get(group)
+        if owner is None and (by_base is not None or self._supervisor.retired):
+            owner = self._owner(group, by_base, base)
         if owner is None:
             if share and self._core.linger.entries:
                 value = self._lingering(group, key, request)

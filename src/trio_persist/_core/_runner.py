@@ -103,14 +103,13 @@ class RunnerPool:
                 # Parked, it holds no flight: what the flight ran (its results,
                 # a wrapped function) is not kept alive by an idle task.
                 runner.runnable = runnable = None
-                runnable = await self._park(runner)
+                # Parked (awaited from this frame: no coroutine per park) until
+                # `launch` hands it the next runnable, or `close` none.
+                if len(self._idle) >= self.limit:
+                    break
+                self._idle.append(runner)
+                await trio.lowlevel.wait_task_rescheduled(runner.abort)
+                runnable = runner.runnable
         if runner.runnable is not None and not runner.runnable.over:
             # Retired mid-flight: the flight goes on in a fresh runner.
             self.launch(runner.runnable)
-
-    async def _park(self, runner: _Runner) -> Runnable | None:
-        if len(self._idle) >= self.limit:
-            return None
-        self._idle.append(runner)
-        await trio.lowlevel.wait_task_rescheduled(runner.abort)
-        return runner.runnable  # set by `launch` (None: by `close`)
