@@ -54,13 +54,13 @@ class Flight:
     group_is_request: bool
     started: float
     current: Job
+    last_active: float  # its start, then the end of its last execution
     # Jobs of other requests waiting behind the current one, in arrival order.
     queue: deque[Job] = attrs.field(factory=deque, init=False)
     # The joinable job of each request name among the queued ones (made on
     # the first shared job queued: most flights never queue one).
     joinable: dict[object, Job] | None = attrs.field(default=None, init=False)
     served: int = attrs.field(default=0, init=False)
-    last_active: float = attrs.field(init=False)
     # A worker asked for while this flight ran: it takes over after the current job.
     successor: WorkerTask | None = attrs.field(default=None, init=False)
     over: bool = attrs.field(default=False, init=False)
@@ -86,8 +86,8 @@ class Flight:
 
         An ungrouped flight (*group* None) is never registered.
         """
-        flight = cls(core, supervisor, group, group_is_request, core.now(), job)
-        flight.last_active = flight.started
+        now = core.now()
+        flight = cls(core, supervisor, group, group_is_request, now, job, now)
         job.owner = flight
         if group is not None:
             core.registry.register(group, flight)
