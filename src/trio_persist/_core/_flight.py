@@ -27,7 +27,7 @@ import trio
 from .._backend import Backend
 from .._stats import GroupSnapshot
 from ._histogram import remember
-from ._job import UNNAMED, Job, Outcome, failed, leader_died, request_name, running
+from ._job import OK, UNNAMED, Job, Outcome, failed, leader_died, request_name, running
 from ._labels import call_label
 from ._runner import RunnerPool
 from ._state import Core, Counters, describe_owner
@@ -225,11 +225,11 @@ class Flight:
                         outcome = failed(job, exc)  # re-raises what must propagate
                     else:
                         job.succeed(value)
-                        outcome = Outcome.OK
+                        outcome = OK
                     finally:
                         job.scope = None
                     self._finished(job, outcome, began)
-                    if outcome is Outcome.OK and job.spawn_worker and self._spawn_worker(job):
+                    if outcome is OK and job.spawn_worker and self._spawn_worker(job):
                         return True
                     # Only `abandon` cancels a runner's scope, and it marks the job
                     # first: the flag spares the common case a read of the clock.
@@ -239,7 +239,7 @@ class Flight:
                         return over
                 if self.successor is not None and self._hand_over(self.successor):
                     return True
-                if not self._advance():
+                if not self.queue or not self._advance():
                     return True
                 job = self.current
         finally:
@@ -280,7 +280,7 @@ class Flight:
         self.served += 1
         if self.joinable:
             self._unindex(job)
-        if outcome is Outcome.OK and job.shared:
+        if outcome is OK and job.shared:
             seconds = core.linger.seconds if job.call is None else job.call.linger
             if seconds:
                 self._linger(job, seconds)

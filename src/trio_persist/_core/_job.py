@@ -20,6 +20,7 @@ from typing import Any, ClassVar, Protocol
 import attrs
 import outcome
 import trio
+from trio.lowlevel import reschedule
 
 from .._exceptions import LeaderDied
 from .._grouping import canonical_encoding
@@ -31,6 +32,7 @@ if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
 
 __all__ = [
+    "OK",
     "UNNAMED",
     "WAKE",
     "AskJob",
@@ -145,6 +147,11 @@ class Outcome(enum.Enum):
     CRASHED = "crashed"  # another BaseException: listeners get LeaderDied from it
 
 
+OK = Outcome.OK
+"""`Outcome.OK` as a module constant: a member read through its enum class goes
+through the enum's metaclass (about 0.1 us on Python 3.11), on every execution."""
+
+
 @attrs.define(eq=False, repr=False)
 class Job:
     """One execution and its listeners. Internal; never handed to users."""
@@ -236,7 +243,6 @@ class Job:
         parked = self.parked
         if parked:
             self.parked = None
-            reschedule = trio.lowlevel.reschedule
             for task in parked:
                 reschedule(task, WAKE)
 
@@ -311,7 +317,7 @@ async def run_device(
     except BaseException as exc:
         return failed(job, exc)
     job.succeed(value)
-    return Outcome.OK
+    return OK
 
 
 def failed(job: Job, exc: BaseException) -> Outcome:

@@ -28,6 +28,7 @@ from typing import Any, Generic, ParamSpec, TypeVar, final, overload
 
 import attrs
 import trio
+from trio.lowlevel import current_task, wait_task_rescheduled
 
 from .._backend import Backend, placement_of
 from .._exceptions import InfiniteRecursion, PersistClosed, PersistError
@@ -910,7 +911,7 @@ class Persist(Generic[B, R, T]):
             if job.done:
                 await trio.lowlevel.checkpoint()
             else:
-                await trio.lowlevel.wait_task_rescheduled(job.park(trio.lowlevel.current_task()))
+                await wait_task_rescheduled(job.park(current_task()))
         except BaseException:
             # Left before the answer (cancelled): the last one out abandons the job.
             if not leads:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import trio
+from trio.lowlevel import reschedule, wait_task_rescheduled
 
 from ._job import WAKE
 
@@ -75,7 +76,7 @@ class RunnerPool:
             runner = self._idle.pop()
             # Handed over in the runner itself: the wake-up carries nothing.
             runner.runnable = runnable
-            trio.lowlevel.reschedule(runner.task, WAKE)
+            reschedule(runner.task, WAKE)
         else:
             self._nursery.start_soon(self._main, runnable)
 
@@ -108,7 +109,7 @@ class RunnerPool:
                 if len(self._idle) >= self.limit:
                     break
                 self._idle.append(runner)
-                await trio.lowlevel.wait_task_rescheduled(runner.abort)
+                await wait_task_rescheduled(runner.abort)
                 runnable = runner.runnable
         if runner.runnable is not None and not runner.runnable.over:
             # Retired mid-flight: the flight goes on in a fresh runner.

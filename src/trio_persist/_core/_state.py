@@ -37,7 +37,7 @@ from .._text import describe, literal
 from ._device import DeviceHooks
 from ._events import EventHub
 from ._histogram import Histogram, recent_quantiles
-from ._job import Job, Outcome, Owner
+from ._job import OK, Job, Outcome, Owner
 from ._labels import LABEL_WIDTH, default_label
 from ._linger import MISS, Linger
 from ._observer import Observer
@@ -311,7 +311,7 @@ class Core:
             self.observers.ended(owner.kind, owner.group, job, outcome, elapsed)
         if job.call is not None:  # a wrapped function times its own too
             job.call.ended(elapsed)
-        if outcome is not Outcome.OK or self.events.listening:  # no call when silent
+        if outcome is not OK or self.events.listening:  # no call when silent
             self.count_outcome(owner.kind, owner.group, job, outcome)
         return now
 
@@ -328,7 +328,7 @@ class Core:
     ) -> None:
         """Count how one execution of a *kind* owner ended (None: abandoned), and say so."""
         events = self.events
-        if outcome is Outcome.OK:
+        if outcome is OK:
             events.emit("worker.served" if kind == "worker" else "flight.finished", group)
         elif outcome is None:
             self.counters.abandoned += 1
