@@ -239,7 +239,7 @@ class Flight:
                         return over
                 if self.successor is not None and self._hand_over(self.successor):
                     return True
-                if not self.queue or not self._advance():
+                if not self._advance():
                     return True
                 job = self.current
         finally:
