@@ -173,7 +173,8 @@ class Observers:
     def ended(
         self, kind: str, group: Hashable | None, job: Job, outcome: Outcome | None, seconds: float
     ) -> None:
-        name = "abandoned" if outcome is None else outcome.value
+        # `_value_`, not `value`: the enum's property costs about 0.1 us on 3.11.
+        name = "abandoned" if outcome is None else outcome._value_
         for method in self._ended:
             try:
                 method(kind, group, job, name, seconds)
@@ -184,13 +185,14 @@ class Observers:
 def _method(observer: Observer, name: str) -> Callable[..., Any]:
     """*observer*'s method *name*; one it lacks fails when called (and is counted)."""
     try:
-        method: Callable[..., Any] = getattr(observer, name)
+        found: Callable[..., Any] = getattr(observer, name)
     except Exception:
 
-        def method(*args: Any) -> Any:
+        def missing(*args: Any) -> Any:
             return getattr(observer, name)(*args)
 
-    return method
+        return missing
+    return found
 
 
 def describe_owner(
