@@ -344,33 +344,17 @@ class Persist(Generic[B, R, T]):
         and no coroutine of its own, so a waiting caller's stack stays short.
         *fn* replaces the device (a wrapped function).
         """
-        owner = self._core.owners.get(group)
-        if owner is None and (by_base is not None or self._supervisor.retired):
-            owner = self._owner(group, by_base, base)
-        if owner is not None:
-            return self._to_owner(owner, current, base, request, key, share, spawn_worker, fn)
-        if share and self._core.linger.entries:
-            value = self._lingering(group, key, request)
-            if value is not MISS:
-                return _Detour(value=value)
-        if share and (refuse := self._core.refuse) and (error := refuse()):
-            return _Detour(error=error)  # refused before anything is built for it
-        job = Job(base, request, None, spawn_worker, key, share, call=fn)
-        flight = self._start_flight(group, job)
-        return job, flight, flight.started
-
-    def _to_owner(
-        self,
-        owner: Owner,
-        current: Owner | None,
-        base: Any,
-        request: Any,
-        key: object,
-        share: bool,
-        spawn_worker: bool,
-        fn: WrappedFunction | None,
-    ) -> tuple[Job, Owner, None] | _Detour:
-        """`_route` to a group that has an *owner*: join its identical job, or queue."""
+        owner = self._owner(group, by_base, base)
+        if owner is None:
+            if share and self._core.linger.entries:
+                value = self._lingering(group, key, request)
+                if value is not MISS:
+                    return _Detour(value=value)
+            if share and (refuse := self._core.refuse) and (error := refuse()):
+                return _Detour(error=error)  # refused before anything is built for it
+            job = Job(base, request, None, spawn_worker, key, share, call=fn)
+            flight = self._start_flight(group, job)
+            return job, flight, flight.started
         if fn is not None:
             _refuse_a_worker(owner, fn)
         if current is not None and _waits_for(self._awaiting, owner, current):
