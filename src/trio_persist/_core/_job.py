@@ -1,7 +1,7 @@
 """A job: one execution of a device with the listeners that wait for it.
 
 Flights and workers both run jobs. A job is answered exactly once (`succeed`
-or `fail`); its listeners wait on its `trio.Event` and all read the same
+or `fail`); its listeners are parked on it (`Job.park`) and all read the same
 outcome. Running the device and sorting what it raised into "a result", "an
 error for the listeners", "a crash" and "propagate it" lives here once, so
 flights and workers cannot disagree about it.
@@ -62,7 +62,7 @@ UNNAMED: Any = object()
 class _Wake(outcome.Outcome[None]):
     """What `trio.lowlevel.reschedule` hands a parked task of ours: None.
 
-    One object serves every wake-up. A `outcome.Value` may be unwrapped only
+    One object serves every wake-up. An `outcome.Value` may be unwrapped only
     once, so trio makes one per wake-up (about 0.3 us, as much as the rest of
     a hand-over); the tasks parked by this package read nothing from it.
     """
