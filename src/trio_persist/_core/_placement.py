@@ -20,7 +20,6 @@ docs/redis.md states the guarantees; docs/architecture.md the path.
 from __future__ import annotations
 
 import secrets
-import weakref
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Any
 
@@ -48,10 +47,6 @@ class Here:
     # would wait for itself), and listening for a job's answer.
     worker_for: Callable[[Hashable, Callable[[], Any] | None, Owner | None], WorkerTask]
     listen: Callable[[Job, WorkerTask, Owner | None], Awaitable[Any]]
-    # Workers started with a state under a lease (they have no activation to hold it).
-    started: weakref.WeakKeyDictionary[WorkerTask, WorkerLease] = attrs.Factory(
-        weakref.WeakKeyDictionary
-    )
 
     async def ask(
         self,
@@ -80,7 +75,7 @@ class Here:
         current = None if routed else running.get()
         while True:
             task = self._leased_worker(group, default, current, lease)
-            if routed and self._lease_of(task) is not lease:
+            if routed and task.lease is not lease:
                 # Accepted under a lease this worker does not run under: the
                 # sender sends it again to the owner of now (never run twice).
                 raise WorkerMoved("the group's worker here runs under another lease now")
@@ -112,17 +107,13 @@ class Here:
         it has none yet (one started with a state: the lease won now covers it)."""
         task = self.worker_for(group, default, current)
         lease_worker(task, lease)
-        if task.activation is None:
-            self.started.setdefault(task, lease)
+        if task.activation is None and task.lease is None:
+            task.run_under(lease)
         return task
 
     def lease_started(self, task: WorkerTask, lease: WorkerLease) -> None:
         """*task*, started with a state (`Persist.start_worker`), runs under *lease*."""
-        self.started[task] = lease
-
-    def _lease_of(self, task: WorkerTask) -> WorkerLease | None:
-        activation = task.activation
-        return self.started.get(task) if activation is None else activation.lease
+        task.run_under(lease)
 
     def stop_lost(self, group: Hashable) -> None:
         """*group*'s lease was lost: its worker stops now, cancelled and unsaved."""
@@ -156,6 +147,7 @@ def lease_worker(task: WorkerTask, lease: WorkerLease) -> None:
     activation = task.activation
     if activation is not None and activation.lease is None and task.state is ACTIVATING:
         activation.lease = lease
+        task.run_under(lease)
 
 
 async def claim_started(placement: Placement | None, group: Hashable) -> WorkerLease | None:

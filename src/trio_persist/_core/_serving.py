@@ -179,6 +179,9 @@ async def _serve_in(task: WorkerTask, scope: trio.CancelScope) -> bool:
                 if task.stop_reason is not None:
                     return True
                 continue
+        if task.lapsed():
+            task.put_back(job)  # a paused owner woken: never started
+            return True
         began = _start(task, job)
         job.scope = scope
         # The device awaited here, not through `run_device`: no coroutine of
@@ -278,7 +281,11 @@ def _finished(task: WorkerTask, job: Job, outcome: Outcome, began: float) -> Any
 
 async def execute(task: WorkerTask, job: Job) -> Any:
     """Serve *job* the default way for a custom loop (`Worker.execute`), in a
-    cancel scope of its own; return its result (None if it failed)."""
+    cancel scope of its own; return its result (None if it failed, or never
+    started: the worker lease lapsed, the job goes back as the worker stops)."""
+    if task.lapsed():
+        job.in_service = False  # the loop holds it: re-routed as the worker ends
+        return None
     began = _start(task, job)
     outcome = None
     try:
@@ -343,8 +350,16 @@ def _apply(task: WorkerTask, job: Job, outcome: Outcome) -> Any:
 
 async def receive(task: WorkerTask) -> Job | None:
     """Take the next live job for a custom loop (`Worker.receive`); None when the
-    worker should stop: stopped, or idle for its timeout (a checkpoint due
-    meanwhile is saved here). Always a checkpoint."""
+    worker should stop: stopped, idle for its timeout (a checkpoint due
+    meanwhile is saved here), or its worker lease lapsed. Always a checkpoint."""
+    job = await _receive(task)
+    if job is not None and task.lapsed():
+        task.put_back(job)
+        return None
+    return job
+
+
+async def _receive(task: WorkerTask) -> Job | None:
     while True:
         if task.stop_reason is not None:
             job = task.owed()

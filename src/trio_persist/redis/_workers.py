@@ -8,7 +8,9 @@ last issued), and the owner's node. It is renewed by the backend's batched
 renewal loop while the worker lives and released when it ends; a lease that
 is lost (found taken, or its expiry bound passed unconfirmed) stops the worker
 at once, cancelled and unsaved, and every save carries the token, so a stale
-owner's save is refused by the store once its successor has saved.
+owner's save is refused by the store once its successor has saved. The worker
+also checks the bound itself (`Owned.valid`) before it starts each request: a
+process woken from a pause must not start one before its renewal loop runs.
 
 `ClusterWorkers.ask` (the persist's `Placement`) takes a request to its
 group's owner: this process, if it holds the lease or wins it (the first ask
