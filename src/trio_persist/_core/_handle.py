@@ -43,17 +43,17 @@ class WorkerRequest:
     @property
     def answered(self) -> bool:
         """Whether the request has been answered."""
-        return self._job.done.is_set()
+        return self._job.done
 
     def reply(self, value: Any) -> None:
         """Answer every listener of this request with *value*."""
-        if not self._job.done.is_set():
+        if not self._job.done:
             self._job.succeed(value)
         self._task.release(self._job)
 
     def fail(self, error: Exception) -> None:
         """Raise *error* in every listener of this request."""
-        if not self._job.done.is_set():
+        if not self._job.done:
             self._job.fail(error)
         self._task.release(self._job)
 

@@ -201,7 +201,7 @@ def reroute_placed(core: Core, placement: Placement, job: AskJob) -> None:
 
 
 async def _ask_again(placement: Placement, job: AskJob) -> None:
-    if job.done.is_set() or job.abandoned:
+    if job.done or job.abandoned:
         return
     assert job.request_id is not None
     try:

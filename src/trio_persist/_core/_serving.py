@@ -32,7 +32,7 @@ import trio
 from .._exceptions import ActivationFailed, NoWorker
 from ._activation import ACTIVATING, load_state
 from ._histogram import RECENT, remember
-from ._job import Job, Outcome, failed, leader_died, run_device, running
+from ._job import OK, Job, Outcome, failed, leader_died, run_device, running
 from ._saving import checkpoint, checkpoint_due, save_on_stop
 from ._worker import WorkerTask
 
@@ -195,7 +195,7 @@ async def _serve_in(task: WorkerTask, scope: trio.CancelScope) -> bool:
             outcome = failed(job, exc)
         else:
             job.succeed(value)
-            outcome = Outcome.OK
+            outcome = OK
         finally:
             _done(task, job)
         _finished(task, job, outcome, began)
@@ -313,7 +313,7 @@ def _cancelled(task: WorkerTask, job: Job, began: float) -> None:
         return
     if core.observers.listening:
         core.observers.ended(task.kind, task.group, job, None, task.last_active - began)
-    if not job.done.is_set():
+    if not job.done:
         # Cancelled for another reason (closing, a timeout racing the
         # hand-over): the job goes back to the head of the queue, to be
         # served next or re-routed, never lost.
@@ -329,11 +329,11 @@ def _abandoned(task: WorkerTask, job: Job, began: float) -> None:
 def _apply(task: WorkerTask, job: Job, outcome: Outcome) -> Any:
     """Apply an answered job's outcome: stop, publish, or advance the state."""
     task.answered += 1
-    if outcome is Outcome.CRASHED:
-        task.stop("crashed", override=True)
-        raise _WorkerCrashed(job.error)
-    if outcome is Outcome.FAILED:
-        if task.core.options.error_strategy == "throw":
+    if outcome is not OK:
+        if outcome is Outcome.CRASHED:
+            task.stop("crashed", override=True)
+            raise _WorkerCrashed(job.error)
+        if task.core.options.error_strategy == "throw":  # it failed
             task.stop("throw", override=True)
         return None
     value = job.value

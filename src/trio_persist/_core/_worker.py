@@ -416,7 +416,7 @@ class WorkerTask:
         """*job* was taken from the inbox or the backlog: False if it is dead
         (abandoned or answered), else it is in service now."""
         self.in_inbox.pop(job, None)
-        if job.abandoned or job.done.is_set():
+        if job.abandoned or job.done:
             self.unindex(job)
             return False
         job.in_service = True
@@ -446,7 +446,7 @@ class WorkerTask:
             key = request_name(request)
         count = 0
         for job in (*self.in_inbox, *self.backlog):
-            if job.done.is_set() or job.abandoned or not job.shared:
+            if job.done or job.abandoned or not job.shared:
                 continue
             if answers is not None:
                 try:
@@ -484,9 +484,9 @@ class WorkerTask:
         self.inbox.close()  # wakes senders blocked on a full inbox: they re-route
         self.in_inbox.clear()
         self.joinable = None
-        return [job for job in jobs if not job.done.is_set() and not job.abandoned]
+        return [job for job in jobs if not job.done and not job.abandoned]
 
 
 def _joinable(job: Job) -> bool:
     """Whether an identical request may still join *job*."""
-    return job.shared and not job.abandoned and not job.done.is_set()
+    return job.shared and not job.abandoned and not job.done
