@@ -197,16 +197,18 @@ _MUTATORS = {"append", "appendleft", "extend", "insert", "pop", "popleft", "remo
 
 
 def _owner_fields() -> set[str]:
-    """Fields only a flight or a worker has (not a job's, not the shared context's)."""
+    """Fields only a flight or a worker has (not a job's, an activation's or the
+    shared context's)."""
     import attrs
 
-    from trio_persist._core import _flight, _job, _state, _supervisor, _worker
+    from trio_persist._core import _activation, _flight, _job, _state, _supervisor, _worker
 
     def names(cls: type) -> set[str]:
         return {field.name for field in attrs.fields(cls)}
 
     owners = names(_flight.Flight) | names(_worker.WorkerTask)
     others = names(_job.Job) | names(_state.Core) | names(_supervisor.Supervisor)
+    others |= names(_activation.Activation)
     return owners - others
 
 

@@ -50,8 +50,11 @@ async def test_a_caller_cancelled_as_its_execution_ends_is_counted_once(
         stats = persist.statistics()
         durations = persist.durations()
     assert (stats.waiters, stats.executions) == (0, 1)
-    # Its wait is counted at most once, and never while it still waits.
-    assert durations.wait.count <= durations.execution.count == 1
+    # Both deadlines fall at t=1, and Trio orders equal deadlines by no rule we
+    # control: the device either returned (one execution sampled) or was
+    # abandoned with its caller (none). Either way the wait is counted at most
+    # once, and never while it still waits.
+    assert durations.wait.count <= durations.execution.count <= 1
 
 
 async def test_the_first_caller_waits_its_execution_and_joiners_less(

@@ -127,3 +127,39 @@ async def test_a_failing_label_hook_is_counted_each_time_and_logged_once(
     assert len(logged) == 2  # the first, in full; then one summary when the persist closed
     assert logged[0].exc_info is not None
     assert "49 more" in logged[1].getMessage()
+
+
+def test_a_printable_label_is_already_safe_so_it_is_shown_as_the_hook_wrote_it() -> None:
+    # Why a short label for which `str.isprintable` is true skips the rendering
+    # that makes text safe: that rendering changes no printable character.
+    from trio_persist._text import literal
+
+    changed = (code for code in range(0x110000) if literal(chr(code)) != chr(code))
+    unsafe = [code for code in changed if chr(code).isprintable()]
+    assert unsafe == []
+
+
+async def test_an_observer_is_told_a_label_made_safe(autojump_clock: object) -> None:
+    told: list[str] = []
+
+    class Labelled(RecordingDevice):
+        def label(self, base: Any, request: Any) -> str:
+            return request
+
+    class Ears:
+        def execution_started(self, kind: str, group: Any, label: str, job: Any) -> None:
+            told.append(label)
+
+        def joined(self, *args: Any) -> None:
+            pass  # pragma: no cover
+
+        def execution_ended(self, *args: Any) -> None:
+            pass
+
+    async with trio_persist.open_persist(Labelled()) as persist:
+        persist.add_observer(Ears())
+        for request in ("plain", "bell\x07", "x" * 500):
+            await persist.resolve("b", request)
+    assert told[0] == "plain"
+    assert told[1] == "bell\ufffd"
+    assert len(told[2]) < 500

@@ -278,6 +278,9 @@ async def test_workers_placed_across_processes_route_asks_on_a_cluster(
             for group in range(12):  # worker leases and inboxes on every master
                 await a.ask(group, 1, default=int)
                 assert await b.ask(group, 1) == 2
+            # A group nobody owns resolves here (its worker lease looked at on its
+            # own: on a Cluster it is in another slot than the flight's keys).
+            assert await b.resolve(100, 1) == 101
     assert backends[1].statistics().routed_out == 12
     assert backends[0].statistics().routed_in == 12
 

@@ -7,17 +7,23 @@ is a node of its own); tests/test_redis_worker_faults.py runs real processes.
 from __future__ import annotations
 
 import contextlib
+import functools
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 import trio_persist
 from redis_helpers import eventually
 from trio_persist._grouping import group_digest
+from trio_persist._logging import Throttle
 from trio_persist.redis import RedisBackend, RedisStore
+from trio_persist.redis._link import Counters, Link
+from trio_persist.redis._renewal import Renewer
 
 
 async def counter(state: Any, request: Any) -> Any:
@@ -237,6 +243,20 @@ async def test_a_resolve_of_a_group_nobody_owns_runs_here_as_a_flight(
         assert two.workers() == () == one.workers()
 
 
+async def test_a_resolve_in_cluster_mode_costs_the_round_trips_of_a_flight_without_placement(
+    redis_url: str, namespace: str
+) -> None:
+    async def trips(workers: str, request: Any) -> int:
+        backend = RedisBackend(redis_url, namespace=namespace, workers=workers, heartbeat=None)
+        async with trio_persist.open_persist(Sessions(), backend=backend) as persist:
+            before = backend.statistics().round_trips
+            assert await persist.resolve(f"{workers}'s", request) == request
+            return backend.statistics().round_trips - before
+
+    # The worker lease is looked at by the flight's own acquire: acquire, commit.
+    assert await trips("cluster", 1) == await trips("process", 1) == 2
+
+
 async def test_identical_routed_resolves_share_one_execution_at_a_static_worker(
     redis_url: str, namespace: str
 ) -> None:
@@ -253,21 +273,24 @@ async def test_identical_routed_resolves_share_one_execution_at_a_static_worker(
     def backend() -> RedisBackend:
         return RedisBackend(redis_url, namespace=namespace, lease_ttl=1.0, workers="cluster")
 
-    async with (
-        trio_persist.open_persist(Gated(), backend=backend(), static_worker=True) as one,
-        trio_persist.open_persist(Gated(), backend=backend(), static_worker=True) as two,
-        trio.open_nursery() as nursery,
-    ):
+    async with contextlib.AsyncExitStack() as stack:
+        one, *others = [
+            await stack.enter_async_context(
+                trio_persist.open_persist(Gated(), backend=backend(), static_worker=True)
+            )
+            for _ in range(4)
+        ]
+        nursery = await stack.enter_async_context(trio.open_nursery())
         await one.start_worker("base", "g")
         nursery.start_soon(one.resolve, "g", "first")
         await eventually(lambda: ran == ["first"])
         replies: list[Any] = []
 
-        async def again() -> None:
-            replies.append(await two.resolve("g", "same"))
+        async def again(persist: trio_persist.Persist[Any, Any, Any]) -> None:
+            replies.append(await persist.resolve("g", "same"))
 
-        for _ in range(3):
-            nursery.start_soon(again)
+        for persist in others:  # (identical resolves in one process share its flight)
+            nursery.start_soon(again, persist)
         await eventually(lambda: one.backend.statistics().routed_in == 3)
         release.set()
     assert replies == ["same"] * 3
@@ -298,3 +321,94 @@ async def test_a_started_worker_releases_its_lease_when_it_stops(
                 break
             await trio.sleep(0.01)
         assert two.backend.statistics().owned == 1
+
+
+class Freezing:
+    """Logs each execution as it starts with the token of the worker lease it runs
+    under; ``"freeze"`` waits for `go`, then blocks the whole process (no task
+    runs, the renewal loop neither: a pause, as SIGSTOP makes one) past the TTL."""
+
+    def __init__(self, backend: RedisBackend, seconds: float) -> None:
+        self.backend, self.seconds = backend, seconds
+        self.runs: list[tuple[str, int]] = []
+        self.go = trio.Event()
+        self.holding = self.thawed = False
+
+    def log(self, request: str) -> None:
+        owned = self.backend._placement.owned.values()  # a test's view
+        self.runs.append((request, next(o.token for o in owned if o.group == "g")))
+
+    async def pause(self) -> None:
+        self.holding = True
+        await self.go.wait()
+        time.sleep(self.seconds)  # noqa: ASYNC251 - the pause, on purpose
+        self.thawed = True
+
+    async def resolve(self, state: Any, request: Any) -> Any:
+        self.log(request)
+        if request == "freeze" and not self.thawed:
+            await self.pause()
+        await trio.lowlevel.checkpoint()
+        return state + 1
+
+
+class FreezingLoop(Freezing):
+    """The same device, served by a custom loop (`Worker.receive`, `Worker.execute`)."""
+
+    async def serve(self, worker: trio_persist.Worker[Any]) -> None:
+        while (request := await worker.receive()) is not None:
+            await worker.execute(request)
+
+
+class FreezingBatches(Freezing):
+    """A batching loop that answers requests itself, paused between the first request
+    of a batch and the rest it takes (`Worker.receive_nowait`)."""
+
+    async def serve(self, worker: trio_persist.Worker[Any]) -> None:
+        while (first := await worker.receive()) is not None:
+            if first.request == "freeze" and not self.thawed:
+                await self.pause()
+            batch = [first]
+            with contextlib.suppress(trio.WouldBlock):
+                while True:
+                    batch.append(worker.receive_nowait())
+            for request in batch:
+                self.log(request.request)
+                request.reply(worker.state)
+
+
+@pytest.mark.parametrize("device", [Freezing, FreezingLoop, FreezingBatches])
+async def test_a_worker_woken_past_its_lease_starts_nothing_more_under_it(
+    redis_url: str, namespace: str, device: type[Freezing]
+) -> None:
+    ttl = 0.5
+    backend = RedisBackend(redis_url, namespace=namespace, lease_ttl=ttl, workers="cluster")
+    freezing = device(backend, 2 * ttl)
+    async with trio_persist.open_persist(freezing, backend=backend) as persist:
+        await persist.ask("g", "first", default=int)
+        async with trio.open_nursery() as nursery:
+            for request in ("freeze", "b0", "b1", "b2"):
+                nursery.start_soon(functools.partial(persist.ask, "g", request, default=int))
+                await eventually(lambda: freezing.holding)  # "freeze" is served first
+            await eventually(lambda: persist.workers()[0].statistics().queued == 3)
+            freezing.go.set()
+    tokens = dict(freezing.runs)
+    assert sorted(tokens) == sorted(request for request, _ in freezing.runs)  # once each
+    # "freeze" was taken before the pause; the requests queued behind it went back
+    # and were asked again, under the group's next lease.
+    assert tokens["first"] == tokens["freeze"] < tokens["b0"] == tokens["b1"] == tokens["b2"]
+
+
+async def test_a_worker_lease_is_trusted_until_its_expiry_bound_less_the_clocks_drift(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Nothing renews it here: the lease as a process woken from a pause finds it.
+    ttl = 10.0
+    renewer = Renewer(Link("Redis nowhere", 1.0, Counters()), ttl, Counters(), Throttle())
+    sent = trio.current_time()
+    held = renewer.hold("lease", "id:1:node", 1, sent)
+    bound = sent + ttl - (ttl / 100 + 0.002)  # the server's clock may run 1% faster
+    await trio.sleep_until(bound - 0.001)
+    assert held.valid()
+    await trio.sleep_until(bound + 0.001)
+    assert not held.valid()  # before its renewal loop has even looked

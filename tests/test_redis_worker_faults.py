@@ -28,12 +28,15 @@ import trio_persist
 from cluster_helpers import Logged, check_history, fresh, logs
 from fault_proxy import FaultProxy
 from redis_server import RedisServer
+from stale_owner import Runs, read_runs
 from trio_persist.redis import RedisBackend
 
 OWNER = str(Path(__file__).with_name("cluster_owner.py"))
 TTL = 1.0  # lease_ttl and timeout, in the owner and here
 BOUND = TTL + TTL / 3 + TTL
 SLACK = 2.0  # scheduling on a loaded machine: never a reason to fail
+STALE_OWNER = str(Path(__file__).with_name("stale_owner.py"))
+SLOW = 3.0  # a request the owner serves when it is paused: its sleep ends while paused
 
 
 @asynccontextmanager
@@ -248,3 +251,56 @@ async def test_a_resolve_reaches_the_owner_process_and_start_worker_names_it(
         assert {run["pid"] for run in runs} == {owner.pid}  # ran in the owner alone
         saves = await check_history(control, namespace)
         assert [s["n"] for s in saves] == [1, 2]
+
+
+async def test_an_owner_woken_past_its_lease_never_starts_the_requests_it_had_queued(
+    redis_url: str, namespace: str, tmp_path: Path
+) -> None:
+    # The owner serves a slow request with 3 more queued behind it, and is paused
+    # until the slow one's sleep is over and another process took the group over
+    # and served all 4. Woken, its worker would go on to the next queued request
+    # at once, before its renewal task could tell it the lease was lost.
+    path = str(tmp_path / "runs.jsonl")
+    async with coredis.Redis.from_url(redis_url) as control:
+        owner = await trio.lowlevel.open_process(
+            [sys.executable, STALE_OWNER, redis_url, namespace, str(TTL), path]
+        )
+        try:
+            assert await control.blpop([f"{namespace}:ready"], timeout=30) is not None
+            backend = RedisBackend(
+                redis_url, namespace=namespace, lease_ttl=TTL, timeout=TTL, workers="cluster"
+            )
+            device = Runs(path, backend, control, namespace, sleeps=False)
+            async with trio_persist.open_persist(device, backend=backend) as persist:
+                replies: dict[str, int] = {}
+
+                async def ask(rid: str, slow: float = 0.0) -> None:
+                    request = {"id": rid, "slow": slow}
+                    replies[rid] = (await persist.ask("g", request, default=fresh))["n"]
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(ask, "slow", SLOW)
+                    assert await control.blpop([f"{namespace}:started"], timeout=30) is not None
+                    started = trio.current_time()
+                    for rid in ("b0", "b1", "b2"):
+                        nursery.start_soon(ask, rid)
+                    assert await control.blpop([f"{namespace}:queued"], timeout=30) is not None
+                    os.kill(owner.pid, signal.SIGSTOP)
+                    paused = trio.current_time()
+                    assert paused < started + SLOW  # mid-request
+                assert trio.current_time() - paused < BOUND + SLACK
+                assert sorted(replies.values()) == [1, 2, 3, 4]  # all served here, once
+                await trio.sleep_until(started + SLOW + TTL / 2)  # its sleep is over
+                os.kill(owner.pid, signal.SIGCONT)
+                assert await control.blpop([f"{namespace}:gone"], timeout=30) is not None
+                assert (await persist.ask("g", {"id": "after"}))["n"] == 5
+        finally:
+            with trio.CancelScope(shield=True):
+                os.kill(owner.pid, signal.SIGCONT)
+                owner.kill()
+                await owner.wait()
+    runs = read_runs(path)
+    here = next(i for i, run in enumerate(runs) if run["pid"] == os.getpid())
+    assert [run["id"] for run in runs[:here]] == [f"init-{owner.pid}", "slow"]
+    assert runs[here]["token"] > runs[0]["token"]  # the group's new owner
+    assert [run for run in runs[here:] if run["pid"] == owner.pid] == []  # nothing stale

@@ -88,6 +88,17 @@ def figures(bench: Any, scale: int = 1) -> dict[str, tuple[Side, Side]]:
             lambda: bench.worker_round_trip(w, True, 10.0),
         ),
         "ask": (lambda: _round_trips(w, True), lambda: _round_trips(w, False)),
+        # Observability's per-call cost, as a ratio to the same tree with that
+        # work made no-ops, in the same process (`bench.observed_distinct`);
+        # the difference is printed in microseconds per call.
+        "observability_unused": (
+            lambda: bench.sequential_distinct(n, False),
+            lambda: bench.observed_distinct(n, False),
+        ),
+        "observability": (
+            lambda: bench.observed_distinct(n, True),
+            lambda: bench.observed_distinct(n, False),
+        ),
         "idle_memory": (lambda: _memory(m, False), lambda: _memory(m, True)),
     }
 
@@ -149,4 +160,6 @@ def check(
             f"  {entry['what']:<58} {a:9.2f} {unit:<5} floor {b:9.2f} ratio {ratio:5.2f} "
             f"(table {entry['ratio']}, limit {limit:.2f}) {'ok' if good else 'BEHIND'}"
         )
+        if name.startswith("observability"):
+            print(f"  {'':<58} {(ratio - 1) * b:+9.2f} us per call")
     return ok

@@ -55,6 +55,10 @@ async def raw_round_trip(url: str, n: int) -> tuple[float, float]:
         return get, (time.perf_counter() - start) / n * 1e6
 
 
+def _port_of(url: str) -> int:
+    return int(url.rsplit(":", 1)[1].split("/")[0])
+
+
 async def raw_resp_get(port: int, n: int) -> float:
     """Microseconds of one GET as raw protocol bytes on a Trio stream (send, read
     until CRLF): the floor under any client."""
@@ -72,8 +76,10 @@ async def raw_resp_get(port: int, n: int) -> float:
         return (time.perf_counter() - start) / n * 1e6
 
 
-async def leader_flights(url: str, n: int) -> tuple[float, float]:
-    backend = RedisBackend(url, namespace=f"bench-{uuid.uuid4().hex[:8]}")
+async def leader_flights(url: str, n: int, workers: str = "process") -> tuple[float, float]:
+    """Microseconds of one leader flight on a key of its own, and its round trips
+    (with ``workers="cluster"``, a group no process owns: resolved here)."""
+    backend = RedisBackend(url, namespace=f"bench-{uuid.uuid4().hex[:8]}", workers=workers)
     async with trio_persist.open_persist(instant, backend=backend) as persist:
         start = time.perf_counter()
         for i in range(n):
@@ -266,35 +272,47 @@ def goodput(url: str, *, quick: bool) -> bool:
     return ok
 
 
+def leader_figures(row: Callable[..., bool], url: str, *, quick: bool) -> tuple[bool, float, float]:
+    """A leader flight with each kind of worker placement, beside a bare GET (the
+    median round of several, interleaved); returns the verdict, GET and EVALSHA us."""
+    n = 300 if quick else 2000
+    # Interleaved, round by round: every side sees the same machine load.
+    rounds = []
+    for _ in range(3 if quick else 7):
+        rtt, script = trio.run(raw_round_trip, url, n)
+        raw = trio.run(raw_resp_get, _port_of(url), n)
+        flight, trips = trio.run(leader_flights, url, n)
+        placed, placed_trips = trio.run(leader_flights, url, n, "cluster")
+        rounds.append((flight / rtt, flight, rtt, script, raw, trips, placed, placed_trips))
+    _, flight, rtt, script, raw, trips, placed, placed_trips = sorted(rounds)[len(rounds) // 2]
+    print("\nRedis backend (a real server on loopback)")
+    print(
+        f"  bare round trips: GET {rtt:.1f} us and EVALSHA {script:.1f} us through coredis, "
+        f"GET {raw:.1f} us as raw protocol on a Trio stream (the median round's)"
+    )
+    ok = row(
+        f"leader flight, {n} distinct keys ({trips:.0f} round trips each)", flight, rtt, "us", 2.2
+    )
+    print(
+        f"  (beside two bare EVALSHA round trips: {flight / (2 * script):.2f}; "
+        f"beside a raw-protocol GET: {flight / raw:.2f})"
+    )
+    ok &= row(
+        f"leader flight, workers='cluster' ({placed_trips:.0f} round trips each)",
+        placed,
+        rtt,
+        "us",
+        3.0,
+    )
+    return ok, rtt, script
+
+
 def redis_figures(row: Callable[..., bool], *, quick: bool) -> bool:
     server = RedisServer()
     server.start()
     try:
+        ok, _, _ = leader_figures(row, server.url, quick=quick)
         n = 300 if quick else 2000
-        # Interleaved, round by round: both sides see the same machine load.
-        rounds = []
-        for _ in range(3 if quick else 7):
-            rtt, script = trio.run(raw_round_trip, server.url, n)
-            raw = trio.run(raw_resp_get, server.port, n)
-            flight, trips = trio.run(leader_flights, server.url, n)
-            rounds.append((flight / rtt, flight, rtt, script, raw, trips))
-        _, flight, rtt, script, raw, trips = sorted(rounds)[len(rounds) // 2]
-        print("\nRedis backend (a real server on loopback)")
-        print(
-            f"  bare round trips: GET {rtt:.1f} us and EVALSHA {script:.1f} us through coredis, "
-            f"GET {raw:.1f} us as raw protocol on a Trio stream (the median round's)"
-        )
-        ok = row(
-            f"leader flight, {n} distinct keys ({trips:.0f} round trips each)",
-            flight,
-            rtt,
-            "us",
-            2.2,
-        )
-        print(
-            f"  (beside two bare EVALSHA round trips: {flight / (2 * script):.2f}; "
-            f"beside a raw-protocol GET: {flight / raw:.2f})"
-        )
         followers = []
         for _ in range(3 if quick else 5):
             rtt, _ = trio.run(raw_round_trip, server.url, n)

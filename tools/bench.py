@@ -174,6 +174,65 @@ def sequential_distinct(n: int, use_floor: bool, device: Any = None) -> float:
     return timed(main)
 
 
+class LabelledKeyDevice(KeyDevice):
+    """`KeyDevice` with a ``label`` hook (what an operator sees for a group)."""
+
+    def label(self, base: Any, request: Any) -> str:
+        return "key"
+
+
+class NullObserver:
+    """An observer that does nothing: what is measured is what telling it costs."""
+
+    def execution_started(self, kind: str, group: Any, label: str, execution: Any) -> None:
+        pass
+
+    def joined(self, kind: str, group: Any, execution: Any) -> None:
+        pass
+
+    def execution_ended(
+        self, kind: str, group: Any, execution: Any, outcome: str, seconds: float
+    ) -> None:
+        pass
+
+
+class _Sink(list[float]):
+    """A sample list that keeps nothing (so it is never folded)."""
+
+    def append(self, sample: float) -> None:
+        pass
+
+
+def _silence(persist: Any) -> None:
+    """Make the per-call work of durations no-ops in *persist*: the clock reads
+    (a constant clock: every time is 0.0; only for flights, as a worker's idle
+    deadline is read from it) and the samples (sinks)."""
+    core = persist._core
+    core.now = float  # a C call returning 0.0
+    timings = core.timings
+    timings.both = _Sink()
+    timings.execution.add = timings.wait.add = id  # a C call that keeps nothing
+
+
+def observed_distinct(n: int, observed: bool) -> float:
+    """(i) with observability in use (one observer, a ``label`` hook, durations),
+    or, *observed* False, the same tree with that per-call work made no-ops:
+    no observer (so no label is asked for), and `_silence`."""
+
+    async def main() -> int:
+        device = LabelledKeyDevice() if observed else KeyDevice()
+        async with trio_persist.open_persist(device) as persist:
+            if observed:
+                persist.add_observer(NullObserver())
+            else:
+                _silence(persist)
+            for i in range(n):
+                await persist.resolve(None, i)
+        return n
+
+    return timed(main)
+
+
 def wrapped_distinct(n: int) -> float:
     """Per-call cost of *n* distinct calls, one after another, of a wrapped function."""
 

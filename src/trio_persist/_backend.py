@@ -25,20 +25,36 @@ from typing import Any, Protocol, cast
 
 import trio
 
+from ._exceptions import InfiniteRecursion
 from ._stats import Observed
+from ._text import safe_repr
 
 __all__ = [
+    "CHAIN_LIMIT",
     "Admitting",
     "Backend",
     "LocalWorkers",
     "Placement",
     "WorkerLease",
     "check_backend",
+    "cycle_error",
     "placement_of",
     "refusal_of",
 ]
 
 _METHODS = ("serve", "key_of", "run")
+
+CHAIN_LIMIT = 32
+"""The most groups a routed request's chain names (`LocalWorkers.chain_for`):
+nested asks across processes deeper than this are refused (docs/redis.md)."""
+
+
+def cycle_error(group: Hashable) -> InfiniteRecursion:
+    """The error of a request to *group* that would wait for itself across processes."""
+    return InfiniteRecursion(
+        f"asking group {safe_repr(group)} would wait for an execution that is "
+        "waiting for this call (a cycle of groups across processes)"
+    )
 
 
 class Backend(Protocol):
@@ -127,6 +143,7 @@ class LocalWorkers(Protocol):
         routed: bool,
         resolving: bool = False,
         join: bool = False,
+        chain: tuple[str, ...] = (),
     ) -> Any:
         """Ask *group*'s worker in this process, activating it under *lease*.
 
@@ -135,8 +152,23 @@ class LocalWorkers(Protocol):
         whose worker stops under it raises `~trio_persist.WorkerMoved`. A
         *resolving* one (a routed `resolve`) never activates a worker (no
         worker here: `~trio_persist.WorkerMoved`); with *join* it joins an
-        identical request queued at a static worker.
+        identical request queued at a static worker. A routed request's
+        *chain* (its sender's, see `chain_for`) goes on with it, to the asks
+        its execution makes; `~trio_persist.InfiniteRecursion` if the group's
+        worker here waits for one of those groups.
         """
+
+    def chain_for(self, group: Hashable, digest: str) -> tuple[str, ...]:
+        """The digests of the groups the calling task's execution serves, to
+        send with a request to *group* (digest *digest*): its own owner's, those
+        of the owners waiting for it here, and the chains their requests came
+        with from other processes (empty outside any execution).
+
+        Raises:
+            trio_persist.InfiniteRecursion: *group* is one of them (the request
+                would wait for itself), or they are more than `CHAIN_LIMIT`.
+        """
+        ...
 
     def stop_lost(self, group: Hashable) -> None:
         """*group*'s lease was lost: stop its worker now, cancelled, unsaved."""
@@ -155,11 +187,19 @@ class Placement(Protocol):
         """Deliver *request* to *group*'s worker, wherever it lives; return its reply."""
 
     async def resolve_elsewhere(
-        self, group: Hashable, request: Any, request_id: str, *, share: bool
+        self,
+        group: Hashable,
+        request: Any,
+        request_id: str,
+        *,
+        share: bool,
+        spawn_worker: bool = False,
     ) -> tuple[Any] | None:
         """Deliver a `resolve` of *group* to its worker in another process:
         ``(reply,)``, or None when no other process holds its worker lease
-        (resolve here). With *share* it may join an identical queued request."""
+        (resolve here). With *share* it may join an identical queued request;
+        a shared call without *spawn_worker* may be left to the backend's
+        `Backend.run`, which then sends it to the worker itself (None)."""
 
     async def claim(self, group: Hashable) -> WorkerLease:
         """*group*'s worker lease for this process (held already, or won now).

@@ -34,7 +34,10 @@ class InfiniteRecursion(PersistError, RecursionError):
 
     Raised at once, instead of deadlocking, when a device resolves its own group
     (directly, or through a cycle of groups waiting for each other) and the
-    persist was opened with ``allow_infinite=False``.
+    persist was opened with ``allow_infinite=False``. With
+    ``RedisBackend(workers="cluster")`` a cycle through other processes raises it
+    too, and so do asks nested through other processes more than 32 groups
+    deep (docs/redis.md).
     """
 
 

@@ -27,7 +27,7 @@ import trio
 from .._backend import Backend
 from .._stats import GroupSnapshot
 from ._histogram import remember
-from ._job import UNNAMED, Job, Outcome, failed, leader_died, request_name, running
+from ._job import OK, UNNAMED, Job, Outcome, failed, leader_died, request_name, running
 from ._labels import call_label
 from ._runner import RunnerPool
 from ._state import Core, Counters, describe_owner
@@ -54,13 +54,13 @@ class Flight:
     group_is_request: bool
     started: float
     current: Job
+    last_active: float  # its start, then the end of its last execution
     # Jobs of other requests waiting behind the current one, in arrival order.
     queue: deque[Job] = attrs.field(factory=deque, init=False)
     # The joinable job of each request name among the queued ones (made on
     # the first shared job queued: most flights never queue one).
     joinable: dict[object, Job] | None = attrs.field(default=None, init=False)
     served: int = attrs.field(default=0, init=False)
-    last_active: float = attrs.field(init=False)
     # A worker asked for while this flight ran: it takes over after the current job.
     successor: WorkerTask | None = attrs.field(default=None, init=False)
     over: bool = attrs.field(default=False, init=False)
@@ -71,10 +71,6 @@ class Flight:
     times: list[float] | None = attrs.field(default=None, init=False)
     # What an operator sees for it, and whether its label hook chose it (made once).
     label: tuple[str, bool] | None = attrs.field(default=None, init=False)
-
-    def __attrs_post_init__(self) -> None:
-        self.last_active = self.started
-        self.current.owner = self
 
     @classmethod
     def start(
@@ -90,7 +86,9 @@ class Flight:
 
         An ungrouped flight (*group* None) is never registered.
         """
-        flight = cls(core, supervisor, group, group_is_request, core.now(), job)
+        now = core.now()
+        flight = cls(core, supervisor, group, group_is_request, now, job, now)
+        job.owner = flight
         if group is not None:
             core.registry.register(group, flight)
         core.counters.in_flight += 1
@@ -155,7 +153,7 @@ class Flight:
             if joinable is None:
                 joinable = self.joinable = {}
             known = joinable.get(key)
-            if known is None or known.abandoned or known.done.is_set():
+            if known is None or known.abandoned or known.done:
                 joinable[key] = job
         return True
 
@@ -227,11 +225,11 @@ class Flight:
                         outcome = failed(job, exc)  # re-raises what must propagate
                     else:
                         job.succeed(value)
-                        outcome = Outcome.OK
+                        outcome = OK
                     finally:
                         job.scope = None
                     self._finished(job, outcome, began)
-                    if outcome is Outcome.OK and job.spawn_worker and self._spawn_worker(job):
+                    if outcome is OK and job.spawn_worker and self._spawn_worker(job):
                         return True
                     # Only `abandon` cancels a runner's scope, and it marks the job
                     # first: the flag spares the common case a read of the clock.
@@ -282,7 +280,7 @@ class Flight:
         self.served += 1
         if self.joinable:
             self._unindex(job)
-        if outcome is Outcome.OK and job.shared:
+        if outcome is OK and job.shared:
             seconds = core.linger.seconds if job.call is None else job.call.linger
             if seconds:
                 self._linger(job, seconds)
@@ -360,7 +358,7 @@ class Flight:
                 self.successor = None
             else:
                 self._hand_over(self.successor)
-        if not self.queue and self.current.done.is_set():
+        if not self.queue and self.current.done:
             self.joinable = None  # the common end: nothing left to answer, no message made
             return
         reason = "the persist closed" if core.closed else "its flight ended"
@@ -369,7 +367,7 @@ class Flight:
     def fail_unanswered(self, error_message: str) -> None:
         """Answer every job still waiting with `LeaderDied` (the flight is going away)."""
         for job in (self.current, *self.queue):
-            if not job.done.is_set():
+            if not job.done:
                 job.fail(leader_died(error_message))
         self.queue.clear()
         self.joinable = None

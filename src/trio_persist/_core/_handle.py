@@ -43,17 +43,17 @@ class WorkerRequest:
     @property
     def answered(self) -> bool:
         """Whether the request has been answered."""
-        return self._job.done.is_set()
+        return self._job.done
 
     def reply(self, value: Any) -> None:
         """Answer every listener of this request with *value*."""
-        if not self._job.done.is_set():
+        if not self._job.done:
             self._job.succeed(value)
         self._task.release(self._job)
 
     def fail(self, error: Exception) -> None:
         """Raise *error* in every listener of this request."""
-        if not self._job.done.is_set():
+        if not self._job.done:
             self._job.fail(error)
         self._task.release(self._job)
 
@@ -136,8 +136,9 @@ class Worker(Generic[S]):
 
         Returns:
             The next request, in arrival order; or None when the worker should
-            end: it was idle for its timeout, or it was asked to stop. A custom
-            ``serve`` loop returns when it gets None.
+            end: it was idle for its timeout, or it was asked to stop (or, placed
+            across processes, its worker lease lapsed: see docs/redis.md). A
+            custom ``serve`` loop returns when it gets None.
         """
         task = self._task
         job = await receive(task)
@@ -150,10 +151,14 @@ class Worker(Generic[S]):
         """Take the next queued request without waiting (for batching loops).
 
         Raises:
-            trio.WouldBlock: no request is queued now, or the worker is stopping.
+            trio.WouldBlock: no request is queued now, or the worker is stopping
+                (placed across processes: also once its worker lease lapsed).
         """
         task = self._task
         job = task.take_nowait() if task.stop_reason is None else None
+        if job is not None and task.lapsed():
+            task.put_back(job)
+            job = None
         if job is None:
             raise trio.WouldBlock
         task.hold(job)
@@ -166,8 +171,10 @@ class Worker(Generic[S]):
         queued request the result also answers (identical ones, or those the
         device's ``answers`` hook accepts), then advances the state (unless the
         worker is static) or applies the error strategy. With ``"throw"`` the
-        worker stops once the loop asks for its next request. Always a
-        checkpoint, whatever the device does.
+        worker stops once the loop asks for its next request. A worker placed
+        across processes whose worker lease lapsed starts nothing: None, and
+        the request goes to the group's next owner as the worker stops. Always
+        a checkpoint, whatever the device does.
         """
         await trio.lowlevel.checkpoint()
         return await execute(self._task, request._job)

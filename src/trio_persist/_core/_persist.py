@@ -28,6 +28,7 @@ from typing import Any, Generic, ParamSpec, TypeVar, final, overload
 
 import attrs
 import trio
+from trio.lowlevel import current_task, wait_task_rescheduled
 
 from .._backend import Backend, placement_of
 from .._exceptions import InfiniteRecursion, PersistClosed, PersistError
@@ -172,7 +173,7 @@ class Persist(Generic[B, R, T]):
         )
         self._supervisor = Supervisor(core)
         self._runners = RunnerPool(core.nursery)
-        self._here = Here(core, self._worker_for, self._listen)
+        self._here = Here(core, self._worker_for, self._listen, self._awaiting)
         core.placement = placement_of(self._backend, self._here)
         mode = core.options.await_inprogress
         has_hook = core.hooks.group is not None
@@ -313,7 +314,7 @@ class Persist(Generic[B, R, T]):
         group, by_base, key = self._name(base, request)
         core.counters.requests += 1
         if core.placement is not None and (
-            placed := await resolve_placed(core, group, request, share)
+            placed := await resolve_placed(core, group, request, share, spawn_worker)
         ):
             return placed[0]
         current = running.get()
@@ -663,13 +664,11 @@ class Persist(Generic[B, R, T]):
 
         See `trio_persist.opentelemetry` for one. Costs nothing without observers.
         """
-        self._core.observers.listening.append(observer)
+        self._core.observers.add(observer)
 
     def remove_observer(self, observer: Observer) -> None:
         """Stop telling *observer* (added with `add_observer`)."""
-        listening = self._core.observers.listening
-        if observer in listening:
-            listening.remove(observer)
+        self._core.observers.remove(observer)
 
     async def wait_quiet(self) -> None:
         """Wait until no flight runs and no caller waits (workers may live on).
@@ -893,7 +892,10 @@ class Persist(Generic[B, R, T]):
         if current is not None:
             self._awaiting.setdefault(current, []).append(owner)
         try:
-            await job.done.wait()
+            if job.done:
+                await trio.lowlevel.checkpoint()
+            else:
+                await wait_task_rescheduled(job.park(current_task()))
         except BaseException:
             # Left before the answer (cancelled): the last one out abandons the job.
             if not leads:
@@ -904,7 +906,7 @@ class Persist(Generic[B, R, T]):
             # (Else it was answered as it was cancelled, and counted so by `Core.finish`.)
             if current is not None:
                 self._stop_awaiting(current, owner)
-            if not job.done.is_set():
+            if not job.done:
                 job.leave()
             if core.quiet is not None:
                 core.maybe_quiet()

@@ -20,18 +20,18 @@ docs/redis.md states the guarantees; docs/architecture.md the path.
 from __future__ import annotations
 
 import secrets
-import weakref
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Any
 
 import attrs
 import trio
 
-from .._backend import Placement, WorkerLease
+from .._backend import Placement, WorkerLease, cycle_error
 from .._exceptions import WorkerMoved
 from .._grouping import canonical_encoding
 from .._text import safe_repr
 from ._activation import ACTIVATING, Activation
+from ._chain import serving_chain, waits_on_chain
 from ._job import UNNAMED, AskJob, Job, Owner, leader_died, running
 from ._state import Core
 from ._worker import WorkerTask
@@ -48,10 +48,8 @@ class Here:
     # would wait for itself), and listening for a job's answer.
     worker_for: Callable[[Hashable, Callable[[], Any] | None, Owner | None], WorkerTask]
     listen: Callable[[Job, WorkerTask, Owner | None], Awaitable[Any]]
-    # Workers started with a state under a lease (they have no activation to hold it).
-    started: weakref.WeakKeyDictionary[WorkerTask, WorkerLease] = attrs.Factory(
-        weakref.WeakKeyDictionary
-    )
+    # Which owners each owner's execution waits for here (the facade's graph).
+    awaiting: dict[Owner, list[Owner]]
 
     async def ask(
         self,
@@ -64,6 +62,7 @@ class Here:
         routed: bool,
         resolving: bool = False,
         join: bool = False,
+        chain: tuple[str, ...] = (),
     ) -> Any:
         """Ask *group*'s worker here, activated under *lease* (see `LocalWorkers.ask`)."""
         if resolving and not self.has_worker(group):
@@ -76,11 +75,12 @@ class Here:
             default=default,
             request_id=request_id,
             routed=routed,
+            chain=chain,
         )
         current = None if routed else running.get()
         while True:
-            task = self._leased_worker(group, default, current, lease)
-            if routed and self._lease_of(task) is not lease:
+            task = self._leased_worker(group, default, current, lease, chain)
+            if routed and task.lease is not lease:
                 # Accepted under a lease this worker does not run under: the
                 # sender sends it again to the owner of now (never run twice).
                 raise WorkerMoved("the group's worker here runs under another lease now")
@@ -101,28 +101,34 @@ class Here:
             if routed:
                 raise WorkerMoved("the worker stopped while the request waited for room")
 
+    def chain_for(self, group: Hashable, digest: str) -> tuple[str, ...]:
+        """The chain a request to *group* carries from the calling task (see
+        `LocalWorkers.chain_for`)."""
+        return serving_chain(running.get(), self.awaiting, group, digest)
+
     def _leased_worker(
         self,
         group: Hashable,
         default: Callable[[], Any] | None,
         current: Owner | None,
         lease: WorkerLease,
+        chain: tuple[str, ...] = (),
     ) -> WorkerTask:
         """*group*'s worker here (activated if need be), running under *lease* if
-        it has none yet (one started with a state: the lease won now covers it)."""
+        it has none yet (one started with a state: the lease won now covers it).
+        `InfiniteRecursion` if it waits for one of the groups of *chain* (those
+        waiting for a routed request)."""
         task = self.worker_for(group, default, current)
+        if chain and waits_on_chain(task, self.awaiting, chain):
+            raise cycle_error(group)
         lease_worker(task, lease)
-        if task.activation is None:
-            self.started.setdefault(task, lease)
+        if task.activation is None and task.lease is None:
+            task.run_under(lease)
         return task
 
     def lease_started(self, task: WorkerTask, lease: WorkerLease) -> None:
         """*task*, started with a state (`Persist.start_worker`), runs under *lease*."""
-        self.started[task] = lease
-
-    def _lease_of(self, task: WorkerTask) -> WorkerLease | None:
-        activation = task.activation
-        return self.started.get(task) if activation is None else activation.lease
+        task.run_under(lease)
 
     def stop_lost(self, group: Hashable) -> None:
         """*group*'s lease was lost: its worker stops now, cancelled and unsaved."""
@@ -156,6 +162,7 @@ def lease_worker(task: WorkerTask, lease: WorkerLease) -> None:
     activation = task.activation
     if activation is not None and activation.lease is None and task.state is ACTIVATING:
         activation.lease = lease
+        task.run_under(lease)
 
 
 async def claim_started(placement: Placement | None, group: Hashable) -> WorkerLease | None:
@@ -172,14 +179,15 @@ async def claim_started(placement: Placement | None, group: Hashable) -> WorkerL
 
 
 async def resolve_placed(
-    core: Core, group: Hashable, request: Any, share: bool
+    core: Core, group: Hashable, request: Any, share: bool, spawn_worker: bool = False
 ) -> tuple[Any] | None:
     """A `resolve` of *group*, which has no owner here, sent to its worker in
-    another process: ``(reply,)``; None if no other process has one."""
+    another process: ``(reply,)``; None if no other process has one (or the
+    backend's `run` is to look, see `Placement.resolve_elsewhere`)."""
     if core.placement is None or group in core.owners:
         return None
     return await core.placement.resolve_elsewhere(
-        group, request, secrets.token_hex(16), share=share
+        group, request, secrets.token_hex(16), share=share, spawn_worker=spawn_worker
     )
 
 
@@ -193,7 +201,7 @@ def reroute_placed(core: Core, placement: Placement, job: AskJob) -> None:
 
 
 async def _ask_again(placement: Placement, job: AskJob) -> None:
-    if job.done.is_set() or job.abandoned:
+    if job.done or job.abandoned:
         return
     assert job.request_id is not None
     try:

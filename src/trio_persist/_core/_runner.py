@@ -17,8 +17,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
-import outcome
 import trio
+from trio.lowlevel import reschedule, wait_task_rescheduled
+
+from ._job import WAKE
 
 __all__ = ["Runnable", "RunnerPool"]
 
@@ -72,7 +74,9 @@ class RunnerPool:
         """Run *runnable* in a parked runner, or in a new one if none is parked."""
         if self._idle:
             runner = self._idle.pop()
-            trio.lowlevel.reschedule(runner.task, outcome.Value(runnable))
+            # Handed over in the runner itself: the wake-up carries nothing.
+            runner.runnable = runnable
+            reschedule(runner.task, WAKE)
         else:
             self._nursery.start_soon(self._main, runnable)
 
@@ -81,7 +85,7 @@ class RunnerPool:
         self.limit = 0
         while self._idle:
             runner = self._idle.pop()
-            trio.lowlevel.reschedule(runner.task, outcome.Value(None))
+            trio.lowlevel.reschedule(runner.task, WAKE)  # with no runnable: it ends
 
     async def _main(self, runnable: Runnable | None) -> None:
         scope = trio.CancelScope()
@@ -100,14 +104,13 @@ class RunnerPool:
                 # Parked, it holds no flight: what the flight ran (its results,
                 # a wrapped function) is not kept alive by an idle task.
                 runner.runnable = runnable = None
-                runnable = await self._park(runner)
+                # Parked (awaited from this frame: no coroutine per park) until
+                # `launch` hands it the next runnable, or `close` none.
+                if len(self._idle) >= self.limit:
+                    break
+                self._idle.append(runner)
+                await wait_task_rescheduled(runner.abort)
+                runnable = runner.runnable
         if runner.runnable is not None and not runner.runnable.over:
             # Retired mid-flight: the flight goes on in a fresh runner.
             self.launch(runner.runnable)
-
-    async def _park(self, runner: _Runner) -> Runnable | None:
-        if len(self._idle) >= self.limit:
-            return None
-        self._idle.append(runner)
-        next_runnable: Runnable | None = await trio.lowlevel.wait_task_rescheduled(runner.abort)
-        return next_runnable

@@ -32,7 +32,7 @@ import trio
 from .._exceptions import ActivationFailed, NoWorker
 from ._activation import ACTIVATING, load_state
 from ._histogram import RECENT, remember
-from ._job import Job, Outcome, failed, leader_died, run_device, running
+from ._job import OK, Job, Outcome, failed, leader_died, run_device, running
 from ._saving import checkpoint, checkpoint_due, save_on_stop
 from ._worker import WorkerTask
 
@@ -179,6 +179,9 @@ async def _serve_in(task: WorkerTask, scope: trio.CancelScope) -> bool:
                 if task.stop_reason is not None:
                     return True
                 continue
+        if task.lapsed():
+            task.put_back(job)  # a paused owner woken: never started
+            return True
         began = _start(task, job)
         job.scope = scope
         # The device awaited here, not through `run_device`: no coroutine of
@@ -192,7 +195,7 @@ async def _serve_in(task: WorkerTask, scope: trio.CancelScope) -> bool:
             outcome = failed(job, exc)
         else:
             job.succeed(value)
-            outcome = Outcome.OK
+            outcome = OK
         finally:
             _done(task, job)
         _finished(task, job, outcome, began)
@@ -278,7 +281,11 @@ def _finished(task: WorkerTask, job: Job, outcome: Outcome, began: float) -> Any
 
 async def execute(task: WorkerTask, job: Job) -> Any:
     """Serve *job* the default way for a custom loop (`Worker.execute`), in a
-    cancel scope of its own; return its result (None if it failed)."""
+    cancel scope of its own; return its result (None if it failed, or never
+    started: the worker lease lapsed, the job goes back as the worker stops)."""
+    if task.lapsed():
+        job.in_service = False  # the loop holds it: re-routed as the worker ends
+        return None
     began = _start(task, job)
     outcome = None
     try:
@@ -306,7 +313,7 @@ def _cancelled(task: WorkerTask, job: Job, began: float) -> None:
         return
     if core.observers.listening:
         core.observers.ended(task.kind, task.group, job, None, task.last_active - began)
-    if not job.done.is_set():
+    if not job.done:
         # Cancelled for another reason (closing, a timeout racing the
         # hand-over): the job goes back to the head of the queue, to be
         # served next or re-routed, never lost.
@@ -322,11 +329,11 @@ def _abandoned(task: WorkerTask, job: Job, began: float) -> None:
 def _apply(task: WorkerTask, job: Job, outcome: Outcome) -> Any:
     """Apply an answered job's outcome: stop, publish, or advance the state."""
     task.answered += 1
-    if outcome is Outcome.CRASHED:
-        task.stop("crashed", override=True)
-        raise _WorkerCrashed(job.error)
-    if outcome is Outcome.FAILED:
-        if task.core.options.error_strategy == "throw":
+    if outcome is not OK:
+        if outcome is Outcome.CRASHED:
+            task.stop("crashed", override=True)
+            raise _WorkerCrashed(job.error)
+        if task.core.options.error_strategy == "throw":  # it failed
             task.stop("throw", override=True)
         return None
     value = job.value
@@ -343,8 +350,16 @@ def _apply(task: WorkerTask, job: Job, outcome: Outcome) -> Any:
 
 async def receive(task: WorkerTask) -> Job | None:
     """Take the next live job for a custom loop (`Worker.receive`); None when the
-    worker should stop: stopped, or idle for its timeout (a checkpoint due
-    meanwhile is saved here). Always a checkpoint."""
+    worker should stop: stopped, idle for its timeout (a checkpoint due
+    meanwhile is saved here), or its worker lease lapsed. Always a checkpoint."""
+    job = await _receive(task)
+    if job is not None and task.lapsed():
+        task.put_back(job)
+        return None
+    return job
+
+
+async def _receive(task: WorkerTask) -> Job | None:
     while True:
         if task.stop_reason is not None:
             job = task.owed()

@@ -37,7 +37,7 @@ from .._text import describe, literal
 from ._device import DeviceHooks
 from ._events import EventHub
 from ._histogram import Histogram, recent_quantiles
-from ._job import Job, Outcome, Owner
+from ._job import OK, Job, Outcome, Owner
 from ._labels import LABEL_WIDTH, default_label
 from ._linger import MISS, Linger
 from ._observer import Observer
@@ -132,29 +132,66 @@ class Observers:
 
     failed: Callable[[str, Hashable | None, BaseException], None]
     listening: list[Observer] = attrs.field(factory=list)
+    # Each observer's methods, looked up when it was added (not by name per
+    # call), as tuples rebuilt on each change: an observer added or removed
+    # while they are told is told from the next execution on.
+    _started: tuple[Callable[..., Any], ...] = ()
+    _joined: tuple[Callable[..., Any], ...] = ()
+    _ended: tuple[Callable[..., Any], ...] = ()
+
+    def add(self, observer: Observer) -> None:
+        self.listening.append(observer)
+        self._bind()
+
+    def remove(self, observer: Observer) -> None:
+        if observer in self.listening:
+            self.listening.remove(observer)
+            self._bind()
+
+    def _bind(self) -> None:
+        listening = self.listening
+        self._started = tuple(_method(each, "execution_started") for each in listening)
+        self._joined = tuple(_method(each, "joined") for each in listening)
+        self._ended = tuple(_method(each, "execution_ended") for each in listening)
 
     def started(self, kind: str, group: Hashable | None, label: str, job: Job) -> None:
         """*job* starts; *label* is what may name it outside the process (the
         label hook's text, a wrapped function's name, or "")."""
-        for observer in tuple(self.listening):
-            self._tell(observer, "execution_started", group, kind, group, label, job)
+        for method in self._started:
+            try:
+                method(kind, group, label, job)
+            except Exception as exc:
+                self.failed("observer execution_started", group, exc)
 
     def joined(self, kind: str, group: Hashable | None, job: Job) -> None:
-        for observer in tuple(self.listening):
-            self._tell(observer, "joined", group, kind, group, job)
+        for method in self._joined:
+            try:
+                method(kind, group, job)
+            except Exception as exc:
+                self.failed("observer joined", group, exc)
 
     def ended(
         self, kind: str, group: Hashable | None, job: Job, outcome: Outcome | None, seconds: float
     ) -> None:
-        name = "abandoned" if outcome is None else outcome.value
-        for observer in tuple(self.listening):
-            self._tell(observer, "execution_ended", group, kind, group, job, name, seconds)
+        name = "abandoned" if outcome is None else outcome.text
+        for method in self._ended:
+            try:
+                method(kind, group, job, name, seconds)
+            except Exception as exc:
+                self.failed("observer execution_ended", group, exc)
 
-    def _tell(self, observer: Observer, method: str, group: Hashable | None, *args: Any) -> None:
-        try:
-            getattr(observer, method)(*args)
-        except Exception as exc:
-            self.failed(f"observer {method}", group, exc)
+
+def _method(observer: Observer, name: str) -> Callable[..., Any]:
+    """*observer*'s method *name*; one it lacks fails when called (and is counted)."""
+    try:
+        found: Callable[..., Any] = getattr(observer, name)
+    except Exception:
+
+        def missing(*args: Any) -> Any:
+            return getattr(observer, name)(*args)
+
+        return missing
+    return found
 
 
 def describe_owner(
@@ -275,7 +312,7 @@ class Core:
             self.observers.ended(owner.kind, owner.group, job, outcome, elapsed)
         if job.call is not None:  # a wrapped function times its own too
             job.call.ended(elapsed)
-        if outcome is not Outcome.OK or self.events.listening:  # no call when silent
+        if outcome is not OK or self.events.listening:  # no call when silent
             self.count_outcome(owner.kind, owner.group, job, outcome)
         return now
 
@@ -292,7 +329,7 @@ class Core:
     ) -> None:
         """Count how one execution of a *kind* owner ended (None: abandoned), and say so."""
         events = self.events
-        if outcome is Outcome.OK:
+        if outcome is OK:
             events.emit("worker.served" if kind == "worker" else "flight.finished", group)
         elif outcome is None:
             self.counters.abandoned += 1
@@ -351,6 +388,10 @@ class Core:
         if hook is not None:
             try:
                 text = hook(base, request)
+                if type(text) is str and len(text) <= LABEL_WIDTH and text.isprintable():
+                    # Nothing to cut or replace (`literal` replaces only
+                    # characters `str.isprintable` refuses): no regex per label.
+                    return text, True
                 if not isinstance(text, str):
                     raise TypeError(f"label() returned a {type(text).__name__}, not a str")
                 return literal(text, LABEL_WIDTH), True
@@ -367,6 +408,8 @@ class Core:
         if job.call is not None:
             return job.call.name
         if label is None:
+            if self.hooks.label is None:
+                return ""  # the default label is never shown outside: not made
             request = None if base is not job.base else job.request
             label = self.label_of(group, base, request)
         return label[0] if label[1] else ""

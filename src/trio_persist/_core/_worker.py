@@ -22,6 +22,7 @@ from typing import Any, ClassVar, Protocol, final
 import attrs
 import trio
 
+from .._backend import WorkerLease
 from .._stats import GroupSnapshot, group_label
 from ._activation import ACTIVATING, Activation
 from ._job import UNNAMED, Job, request_name
@@ -103,6 +104,9 @@ class WorkerTask:
     # How it loads its state before serving (its state is `ACTIVATING` until
     # then); kept for life: a virtual worker's record. None: started with a state.
     activation: Activation | None = None
+    # The worker lease it runs under (a backend placing workers across
+    # processes; None: per process): no request starts once it is not valid.
+    lease: WorkerLease | None = attrs.field(default=None, init=False)
     # Whether identical requests join one execution (a static worker's do).
     shares: bool = attrs.field(init=False)
     send: trio.MemorySendChannel[Job] = attrs.field(init=False)
@@ -210,6 +214,25 @@ class WorkerTask:
             self.current.scope.cancel()
         elif cancel and self.state is ACTIVATING and self.scope is not None:
             self.scope.cancel()
+
+    def run_under(self, lease: WorkerLease) -> None:
+        """It runs under *lease* from now (its group's, across processes)."""
+        self.lease = lease
+
+    def lapsed(self) -> bool:
+        """Whether its worker lease is no longer surely held (lost, or its expiry
+        bound passed unconfirmed: a paused process wakes so): then it stops,
+        unsaved, and starts nothing more. A local check, no round trip."""
+        lease = self.lease
+        if lease is None or lease.valid():
+            return False
+        self.stop("unsaved", override=True)  # never saved over its successor
+        return True
+
+    def put_back(self, job: Job) -> None:
+        """*job* was taken but never started: first again (re-routed if it stops)."""
+        job.in_service = False
+        self.backlog.insert(0, job)
 
     def stop(self, reason: str, *, override: bool = False) -> None:
         """Decide to stop, for *reason* (the first reason given stays, unless *override*)."""
@@ -393,7 +416,7 @@ class WorkerTask:
         """*job* was taken from the inbox or the backlog: False if it is dead
         (abandoned or answered), else it is in service now."""
         self.in_inbox.pop(job, None)
-        if job.abandoned or job.done.is_set():
+        if job.abandoned or job.done:
             self.unindex(job)
             return False
         job.in_service = True
@@ -423,7 +446,7 @@ class WorkerTask:
             key = request_name(request)
         count = 0
         for job in (*self.in_inbox, *self.backlog):
-            if job.done.is_set() or job.abandoned or not job.shared:
+            if job.done or job.abandoned or not job.shared:
                 continue
             if answers is not None:
                 try:
@@ -461,9 +484,9 @@ class WorkerTask:
         self.inbox.close()  # wakes senders blocked on a full inbox: they re-route
         self.in_inbox.clear()
         self.joinable = None
-        return [job for job in jobs if not job.done.is_set() and not job.abandoned]
+        return [job for job in jobs if not job.done and not job.abandoned]
 
 
 def _joinable(job: Job) -> bool:
     """Whether an identical request may still join *job*."""
-    return job.shared and not job.abandoned and not job.done.is_set()
+    return job.shared and not job.abandoned and not job.done

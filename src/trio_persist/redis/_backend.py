@@ -154,6 +154,9 @@ class RedisBackend:
     _placement: ClusterWorkers | None = attrs.field(default=None, init=False)
     _beat_lock: trio.Lock = attrs.field(factory=trio.Lock, init=False)
     _leaving: bool = attrs.field(default=False, init=False)
+    # The group `key_of` named last, and its key: `run`, called next in the same
+    # step (no checkpoint between), looks at that group's worker lease.
+    _named: tuple[str, Hashable] | None = attrs.field(default=None, init=False)
 
     def __attrs_post_init__(self) -> None:
         where = _where(self.url)
@@ -239,11 +242,16 @@ class RedisBackend:
         try:
             if group_is_request and isinstance(group, str):
                 if len(group) <= _MAX_KEY and group.isprintable():
-                    return group
-                return "h:" + hashlib.sha256(group.encode("utf-8", "replace")).hexdigest()
-            return default_group(canonical_encoding(group), request)
+                    key = group
+                else:
+                    key = "h:" + hashlib.sha256(group.encode("utf-8", "replace")).hexdigest()
+            else:
+                key = default_group(canonical_encoding(group), request)
         except TypeError:
             return None  # executes locally: nothing stable to agree on across processes
+        if self._placement is not None:
+            self._named = (key, group)
+        return key
 
     def refusal(self) -> Exception | None:
         """`~trio_persist.BackendUnavailable` for a new call while the line for
@@ -271,9 +279,15 @@ class RedisBackend:
 
         With *linger*, a successful result committed by any process less than
         *linger* seconds ago answers at once (one round trip), and this
-        execution's success lingers as long for the others.
+        execution's success lingers as long for the others. With
+        ``workers="cluster"``, a group whose worker lives in another process is
+        served there (the acquire looks at its worker lease: one round trip).
         """
-        return await self._leases.run(key, base, request, resolve, linger)
+        placed = None
+        named, self._named = self._named, None
+        if named is not None and named[0] == key and self._placement is not None:
+            placed = self._placement.placed(named[1])
+        return await self._leases.run(key, base, request, resolve, linger, placed)
 
     async def serve(
         self, persist: Observed, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED

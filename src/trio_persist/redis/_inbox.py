@@ -30,10 +30,18 @@ import trio
 from .._logging import Throttle, logger
 from ._link import Link
 
-__all__ = ["INBOX_LIMIT", "PUSH", "TAKE", "Inbox", "Waiter", "inbox_key"]
+__all__ = ["INBOX_LIMIT", "PAYLOAD_LIMIT", "PUSH", "TAKE", "Inbox", "Waiter", "inbox_key"]
 
 INBOX_LIMIT = 1024
 """The most messages a process's inbox holds before callers wait for room."""
+
+PAYLOAD_LIMIT = 1024 * 1024
+"""The most bytes one routed request or reply holds, encoded: a larger one is
+refused to the call that sent it (docs/redis.md)."""
+
+# What a message holds beside its payload (an id, a node, a chain of digests):
+# a message larger than both is nobody's, and is dropped unread.
+_ENVELOPE = 16 * 1024
 
 _BATCH = 64
 _BLOCK = 1.0  # at most, seconds one blocking move waits on the server (half the timeout)
@@ -196,6 +204,8 @@ class Inbox:
 
     def _dispatch(self, raw: Any, on_request: Callable[[dict[str, Any]], None]) -> None:
         try:
+            if len(raw) > PAYLOAD_LIMIT + _ENVELOPE:
+                raise ValueError("too large")  # never sent by a process: not even read
             message = json.loads(raw)
             kind, request_id = message["k"], message["id"]
             if not isinstance(request_id, str):

@@ -20,7 +20,7 @@ import contextvars
 import enum
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from typing import Any
 
 import attrs
@@ -39,10 +39,12 @@ __all__ = [
     "Again",
     "Answer",
     "Call",
+    "Elsewhere",
     "Follow",
     "Found",
     "Lead",
     "Leases",
+    "Placed",
     "Vanished",
     "fencing_token",
 ]
@@ -126,6 +128,28 @@ class Follow:
 
 
 @attrs.frozen
+class Elsewhere:
+    """The group's worker lives in another process (*lease*: its worker lease's value)."""
+
+    lease: str
+
+
+@attrs.frozen
+class Placed:
+    """A flight whose group may have a worker in another process (``workers="cluster"``):
+    its acquire looks at the group's worker lease (*key*) too, and a request
+    found owned elsewhere is sent there by *route* (the owner's answer; None if
+    the group changed owner meanwhile: look again)."""
+
+    key: str
+    node: str
+    group: Hashable
+    digest: str
+    route: Callable[[Placed, str, str, Any], Awaitable[Answer | None]]
+    """``route(placed, lease, request_id, request)``."""
+
+
+@attrs.frozen
 class Found:
     """A result that answers us already: committed after a vanished leader, or
     (*lingering*) a success committed less than our linger ago."""
@@ -157,10 +181,28 @@ class Call:
     """Accept a result committed at or after this token (0: any lingering one only)."""
     read_linger: bool = True
     """Whether a lingering success may answer (not after one was found unusable)."""
+    placed: Placed | None = None
+    """The group's worker lease to look at first (``workers="cluster"``)."""
+    moved: int = 0
+    """Times the group's worker was found gone from the process it was sent to."""
+    request_id: str = ""
+    """The request's id once it is routed (the same to every owner it is sent to)."""
 
 
 class _Undecodable(CorruptResult):
     """A result that was read but cannot be trusted: never a reason to run locally."""
+
+
+class _Routed(Exception):
+    """A request sent to the group's worker elsewhere failed on its way: never run
+    locally (it may have landed there); its error is raised as it is."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+_MAX_MOVES = 64  # owners one request follows before it gives up (as a routed ask)
 
 
 @attrs.define(eq=False)
@@ -226,14 +268,25 @@ class Leases:
 
     # -- rounds --------------------------------------------------------------------
 
-    async def run(self, key: str, base: Any, request: Any, resolve: Resolve, linger: float) -> Any:
-        """Execute ``resolve(base, request)`` once across processes for *key*."""
+    async def run(
+        self,
+        key: str,
+        base: Any,
+        request: Any,
+        resolve: Resolve,
+        linger: float,
+        placed: Placed | None = None,
+    ) -> Any:
+        """Execute ``resolve(base, request)`` once across processes for *key*;
+        with *placed*, at the group's worker if another process owns it."""
         keys = Keys.of(self.seal.namespace, key)
         with self.subscriber.watch(key) as watch:
-            call = Call(keys, watch, base, request, resolve, linger)
+            call = Call(keys, watch, base, request, resolve, linger, placed=placed)
             while True:
                 try:
                     outcome = await self.round(call)
+                except _Routed as exc:
+                    raise exc.error from None
                 except _Undecodable as exc:
                     raise CorruptResult(str(exc)) from None  # the public type, never ours
                 except Overloaded as exc:
@@ -258,6 +311,8 @@ class Leases:
     async def round(self, call: Call) -> Answer | Vanished | Again:
         """One acquire and what follows it."""
         found = await self.acquire(call)
+        if isinstance(found, Elsewhere):
+            return await self._elsewhere(call, found)
         if isinstance(found, Found):
             answer = self._lingering(call, found) if found.lingering else None
             if answer is None and found.lingering:
@@ -280,7 +335,27 @@ class Leases:
             self.counters.followed += 1
         return outcome
 
-    async def acquire(self, call: Call) -> Lead | Follow | Found:
+    async def _elsewhere(self, call: Call, found: Elsewhere) -> Answer | Again:
+        """Send *call*'s request to the group's worker in another process."""
+        placed = call.placed
+        assert placed is not None
+        call.request_id = call.request_id or secrets.token_hex(16)
+        try:
+            answer = await placed.route(placed, found.lease, call.request_id, call.request)
+        except (BackendUnavailable, CorruptResult) as exc:
+            raise _Routed(exc) from None
+        if answer is not None:
+            return answer
+        call.moved += 1
+        if call.moved >= _MAX_MOVES:
+            raise LeaderDied(
+                f"the worker of {call.keys.lease}'s group changed owner {_MAX_MOVES} times: "
+                "giving up"
+            )
+        await trio.sleep(self.lease_ttl / 30)  # its worker ended there: look again
+        return Again(call.vanished_token)
+
+    async def acquire(self, call: Call) -> Lead | Follow | Found | Elsewhere:
         """Lead *call*'s key, or learn who does (one script, one round trip).
 
         New work first takes an admission slot (`Admission.enter`): it may wait
@@ -298,6 +373,8 @@ class Leases:
             if admitted:
                 admission.leave()
         kind = _text(reply[0])
+        if kind == "w":
+            return Elsewhere(_text(reply[1]))
         if kind in ("r", "g"):
             return Found(reply[1], lingering=kind == "g")
         token = int(reply[1])
@@ -314,19 +391,20 @@ class Leases:
         return Lead(token, f"{lease_id}:{token}", sent)
 
     async def _send_acquire(self, call: Call, lease_id: str, sent: float) -> Any:
-        keys = call.keys
+        keys, placed = call.keys, call.placed
+        names = [keys.lease, keys.fence, keys.linger, keys.result, keys.waiting]
+        args: list[Any] = [
+            int(self.lease_ttl * 1000),
+            _ms(call.linger) if call.read_linger else 0,
+            call.vanished_token,
+            lease_id,
+            int(self.result_ttl * 1000) + int(self.lease_ttl * 1000),
+        ]
+        if placed is not None:
+            names.append(placed.key)
+            args.append(":" + placed.node)
         try:
-            return await self.link.script(
-                "acquire",
-                [keys.lease, keys.fence, keys.linger, keys.result, keys.waiting],
-                [
-                    int(self.lease_ttl * 1000),
-                    _ms(call.linger) if call.read_linger else 0,
-                    call.vanished_token,
-                    lease_id,
-                    int(self.result_ttl * 1000) + int(self.lease_ttl * 1000),
-                ],
-            )
+            return await self.link.script("acquire", names, args)
         except BaseException:
             # Unanswered (timed out, broken, cancelled): it may still reach Redis
             # and take the lease, which nobody would renew or release.

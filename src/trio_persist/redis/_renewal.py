@@ -12,6 +12,11 @@ Leases due within a sixth of a TTL of each other are renewed together, in one
 pipeline (one command each on a Cluster), and a slow batch never holds up the
 schedule of the others. A lease is lost when a renewal finds it taken, or when
 its expiry passes with no renewal confirmed; its execution is then cancelled.
+
+That takes this loop's turn, which may come late: a process paused past its
+leases wakes with everything due at once. So whoever is about to act under a
+lease asks `Held.valid` first, a local check (no round trip) of the expiry bound
+less a margin for the server's clock running faster than ours.
 """
 
 from __future__ import annotations
@@ -30,6 +35,11 @@ from .._logging import Throttle
 from ._link import Counters, Link
 
 __all__ = ["Held", "Renewer"]
+
+# Of a lease's TTL, what `Held.valid` takes off its expiry bound: clocks that run
+# at different rates (1%, and 2 ms for the granularity of the server's expiry).
+_DRIFT = 0.01
+_DRIFT_FLOOR = 0.002
 
 
 @attrs.define(eq=False)
@@ -51,10 +61,14 @@ class Held:
     which settles the lease itself (nothing to cancel, nothing to report)."""
     on_lost: Callable[[], None] | None = None
     """Called when the lease is lost (a worker lease stops its worker)."""
+    margin: float = 0.0
+    """Taken off `expires` by `valid`: the clocks' drift over one TTL."""
 
     def valid(self) -> bool:
-        """Whether the lease is surely still ours now (never past its expiry bound)."""
-        return not self.lost and trio.current_time() < self.expires
+        """Whether the lease is surely still ours now: not lost, and its expiry
+        bound (less the drift margin) not passed, whatever the renewal loop has
+        yet to notice (a paused process woken). Reads the clock, nothing else."""
+        return not self.lost and trio.current_time() < self.expires - self.margin
 
 
 @attrs.define(eq=False)
@@ -73,7 +87,12 @@ class Renewer:
     def hold(self, key: str, value: str, token: int, sent: float) -> Held:
         """Start renewing the lease *value* of *key*, acquired by a command sent at *sent*."""
         ttl = self.lease_ttl
-        held = Held(key, value, token, trio.CancelScope(), expires=sent + ttl, due=sent + ttl / 3)
+        held = Held(
+            *(key, value, token, trio.CancelScope()),
+            expires=sent + ttl,
+            due=sent + ttl / 3,
+            margin=ttl * _DRIFT + _DRIFT_FLOOR,
+        )
         self.held[value] = held
         if held.due < self._sleeping_until and self._sleep is not None:
             # The loop sleeps past this lease's renewal: wake it then, not now

@@ -86,17 +86,24 @@ end
 LUA_HELPERS = _HELPERS
 """The helpers every token-handling script starts with (worker leases use them too)."""
 
-# KEYS: lease, fence, linger, result, waiting. ARGV: ttl_ms, the caller's linger in
-# ms ("0": none), the token of a leader seen to vanish ("0" if none), the new
-# lease id, fence_ttl_ms.
-# Returns {"g", payload}: a success committed less than the caller's linger ago
-# (on the server's clock); {"r", payload}: on a takeover, a result committed at
-# or after the vanished token; {"f", token}: follow the live leader; {"l",
-# token, repaired}: we lead ("repaired" is 1 when a foreign lease was replaced).
+# KEYS: lease, fence, linger, result, waiting[, the group's worker lease]. ARGV:
+# ttl_ms, the caller's linger in ms ("0": none), the token of a leader seen to
+# vanish ("0" if none), the new lease id, fence_ttl_ms[, ":<node>" of the caller].
+# Returns {"w", value}: the group's worker lives in another process (its lease's
+# value: the request goes there, nothing is taken here); {"g", payload}: a
+# success committed less than the caller's linger ago (on the server's clock);
+# {"r", payload}: on a takeover, a result committed at or after the vanished
+# token; {"f", token}: follow the live leader; {"l", token, repaired}: we lead
+# ("repaired" is 1 when a foreign lease was replaced).
 # Idempotent: a retried acquire that finds its own id leads with its token.
 ACQUIRE = (
     _HELPERS
     + """
+if KEYS[6] then
+  local owner = get(KEYS[6])
+  if type(owner) == 'table' then return owner end
+  if owner and string.sub(owner, -#ARGV[6]) ~= ARGV[6] then return {'w', owner} end
+end
 if ARGV[2] ~= '0' then
   local lingering = get(KEYS[3])
   if type(lingering) == 'table' then return lingering end

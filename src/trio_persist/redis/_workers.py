@@ -8,7 +8,9 @@ last issued), and the owner's node. It is renewed by the backend's batched
 renewal loop while the worker lives and released when it ends; a lease that
 is lost (found taken, or its expiry bound passed unconfirmed) stops the worker
 at once, cancelled and unsaved, and every save carries the token, so a stale
-owner's save is refused by the store once its successor has saved.
+owner's save is refused by the store once its successor has saved. The worker
+also checks the bound itself (`Owned.valid`) before it starts each request: a
+process woken from a pause must not start one before its renewal loop runs.
 
 `ClusterWorkers.ask` (the persist's `Placement`) takes a request to its
 group's owner: this process, if it holds the lease or wins it (the first ask
@@ -27,6 +29,7 @@ import contextlib
 import functools
 import json
 import logging
+import re
 import secrets
 from collections.abc import Callable, Hashable
 from typing import Any
@@ -34,13 +37,21 @@ from typing import Any
 import attrs
 import trio
 
-from .._backend import LocalWorkers
+from .._backend import CHAIN_LIMIT, LocalWorkers, cycle_error
 from .._codec import Seal, decode_outcome, encode_error, encode_value
-from .._exceptions import BackendUnavailable, CorruptResult, LeaderDied, NoWorker, WorkerMoved
+from .._exceptions import (
+    BackendUnavailable,
+    CorruptResult,
+    InfiniteRecursion,
+    LeaderDied,
+    NoWorker,
+    RemoteError,
+    WorkerMoved,
+)
 from .._grouping import canonical_encoding, group_digest
 from .._logging import Throttle
-from ._inbox import INBOX_LIMIT, PUSH, TAKE, Inbox, Waiter
-from ._lease import Answer
+from ._inbox import INBOX_LIMIT, PAYLOAD_LIMIT, PUSH, TAKE, Inbox, Waiter
+from ._lease import Answer, Placed
 from ._link import Counters, Link
 from ._renewal import Held, Renewer
 from ._scripts import LUA_HELPERS, RENEW
@@ -97,6 +108,7 @@ WORKER_SCRIPTS = {
 _FENCE_TTL = 3600.0  # the clock takes over from a forgotten fence
 _MAX_ROUNDS = 64  # owners one ask goes through before it gives up
 _OWNERS_KEPT = 16384  # groups owned elsewhere whose owner is remembered
+_DIGEST = re.compile(r"[0-9a-f]{32}")  # a group digest, as `group_digest` makes them
 _SERVED_KEPT = 4096  # ids of routed requests served, for duplicates delivered late
 # What a best-effort step (a reply, a withdrawal, a release) may meet: Redis away, garbage.
 _QUIET = functools.partial(contextlib.suppress, BackendUnavailable, CorruptResult)
@@ -139,6 +151,7 @@ class ClusterWorkers:
     # answered "moved" is sent again by its caller, and served then).
     serving: dict[str, trio.CancelScope] = attrs.Factory(dict)
     served: dict[str, None] = attrs.Factory(dict)
+    _folds: tuple[object, bool] | None = None  # `folds`, for the client it was made for
     _nursery: trio.Nursery | None = None
 
     @property
@@ -168,6 +181,7 @@ class ClusterWorkers:
         assert self.local is not None
         canonical_encoding(group)  # a group every process names alike (TypeError)
         digest = group_digest(group)
+        chain = self.local.chain_for(group, digest)  # InfiniteRecursion: a cycle
         for _ in range(_MAX_ROUNDS):
             owned = self.owned.get(digest)
             if owned is not None and owned.valid():
@@ -180,7 +194,7 @@ class ClusterWorkers:
             if found.endswith(":" + self.node):  # ours, being released: a moment
                 await trio.sleep(self.lease_ttl / 30)
                 continue
-            answer = await self._route(found, digest, request_id, request)
+            answer = await self._route(found, digest, request_id, request, chain)
             if answer is not None:
                 self._remember(digest, found)
                 return answer.unwrap()
@@ -189,17 +203,28 @@ class ClusterWorkers:
         )
 
     async def resolve_elsewhere(
-        self, group: Hashable, request: Any, request_id: str, *, share: bool
+        self,
+        group: Hashable,
+        request: Any,
+        request_id: str,
+        *,
+        share: bool,
+        spawn_worker: bool = False,
     ) -> tuple[Any] | None:
         """A `resolve` of *group*, sent to its worker if another process owns it:
-        ``(reply,)``; None if no other process does (resolve here). One GET
-        when nobody owns the group; a routed ask's path otherwise."""
+        ``(reply,)``; None if no other process does (resolve here). A shared
+        call is left to its flight (None at once): the flight's acquire looks
+        at the worker lease in its own round trip (`placed`). Otherwise one
+        GET when nobody owns the group; a routed ask's path if another does."""
+        if share and not spawn_worker and self.folds:
+            return None
         try:
             canonical_encoding(group)
         except TypeError:
             return None  # no other process can name it
         digest = group_digest(group)
         extra = {"r": 1 if share else 2}
+        chain: tuple[str, ...] | None = None  # made once it is routed
         for _ in range(_MAX_ROUNDS):
             owned = self.owned.get(digest)
             if owned is not None and owned.valid():
@@ -210,13 +235,45 @@ class ClusterWorkers:
             lease = None if current is None else _text(current)
             if lease is None or lease.endswith(":" + self.node):
                 return None  # nobody's, or ours being released: a flight here
-            answer = await self._route(lease, digest, request_id, request, extra)
+            if chain is None:
+                assert self.local is not None
+                chain = self.local.chain_for(group, digest)
+            answer = await self._route(lease, digest, request_id, request, chain, extra)
             if answer is not None:
                 return (answer.unwrap(),)
             await trio.sleep(self.lease_ttl / 30)  # its worker ended there: look again
         raise LeaderDied(
             f"the worker of group {digest} changed owner {_MAX_ROUNDS} times: giving up"
         )
+
+    @property
+    def folds(self) -> bool:
+        """Whether a flight's acquire can look at its group's worker lease (not on
+        a Redis Cluster, where the two keys live in different slots)."""
+        client = self.link.client
+        if client is None:
+            return False
+        if self._folds is None or self._folds[0] is not client:  # once per client
+            from coredis import RedisCluster
+
+            self._folds = (client, not isinstance(client, RedisCluster))
+        return self._folds[1]
+
+    def placed(self, group: Hashable) -> Placed | None:
+        """How a flight of *group* (a group the backend named: any process can)
+        reaches the group's worker in another process (`Leases.run`)."""
+        if not self.folds:
+            return None
+        digest = group_digest(group)
+        return Placed(self._keys(digest)[0], self.node, group, digest, self._route_resolve)
+
+    async def _route_resolve(
+        self, placed: Placed, lease: str, request_id: str, request: Any
+    ) -> Answer | None:
+        """A flight's request, sent to the group's worker in the process of *lease*."""
+        assert self.local is not None
+        chain = self.local.chain_for(placed.group, placed.digest)  # the flight's callers'
+        return await self._route(lease, placed.digest, request_id, request, chain, {"r": 1})
 
     async def claim(self, group: Hashable) -> Owned:
         """*group*'s worker lease for this process: held already, or won now.
@@ -277,14 +334,21 @@ class ClusterWorkers:
         digest: str,
         request_id: str,
         request: Any,
+        chain: tuple[str, ...],
         extra: dict[str, Any] | None = None,
     ) -> Answer | None:
         """Send *request* to the owner named by *lease* and wait for its answer;
-        None if the group changed owner meanwhile (ask again). *extra*: fields
-        of a routed resolve (``"r"``: 1 may join an identical request, 2 not)."""
+        None if the group changed owner meanwhile (ask again). *chain*: the
+        groups waiting for it (`LocalWorkers.chain_for`), sealed with it.
+        *extra*: fields of a routed resolve (``"r"``: 1 may join an identical
+        request, 2 not)."""
         node = lease.split(":", 2)[2]
-        payload = encode_value(self.seal, "q:" + request_id, request, 0).decode()
-        fields = {"k": "q", "id": request_id, "from": self.node, "g": digest, "p": payload}
+        payload = encode_value(self.seal, _request_key(request_id, chain), request, 0).decode()
+        _check_size("request", payload)  # refused here, before anything is sent
+        fields: dict[str, Any] = {"k": "q", "id": request_id, "from": self.node}
+        fields |= {"g": digest, "p": payload}
+        if chain:
+            fields["c"] = list(chain)
         message = json.dumps(fields | (extra or {}))
         with self.inbox.expect(request_id) as waiter:
             await self._push_request(node, message, request_id)
@@ -354,6 +418,8 @@ class ClusterWorkers:
             self.counters.moved += 1
             return None
         _, ok, value = decode_outcome(self.seal, "a:" + request_id, message.get("p", ""), "a reply")
+        if isinstance(value, RemoteError) and value.type_name == InfiniteRecursion.__name__:
+            value = InfiniteRecursion(value.message)  # raised as it is in one process
         return Answer(ok, value)
 
     # -- serving what others route here ----------------------------------------------
@@ -385,29 +451,7 @@ class ClusterWorkers:
         reply: dict[str, Any] = {"k": "m", "id": request_id}
         owned = self.owned.get(str(message.get("g", "")))
         if owned is not None and owned.valid() and self.local is not None:
-            try:
-                _, ok, request = decode_outcome(
-                    self.seal, "q:" + request_id, str(message.get("p", "")), "a routed request"
-                )
-                if not ok:
-                    raise CorruptResult("a routed request holds no request")
-                resolving = message.get("r")
-                value = await self.local.ask(
-                    *(owned.group, request, None, request_id, owned),
-                    routed=True,
-                    resolving=resolving in (1, 2),
-                    join=resolving == 1,
-                )
-                payload = encode_value(self.seal, "a:" + request_id, value, owned.token)
-            except WorkerMoved:
-                payload = None
-            except Exception as exc:
-                # Its worker stopped under it with the lease (this persist closing):
-                # the sender asks the group's next owner.
-                gone = isinstance(exc, LeaderDied) and self.owned.get(owned.digest) is not owned
-                payload = (
-                    None if gone else encode_error(self.seal, "a:" + request_id, exc, owned.token)
-                )
+            payload = await self._outcome(owned, message, request_id)
             if payload is not None:
                 reply = {"k": "a", "id": request_id, "p": payload.decode()}
         if reply["k"] == "a":  # answered: a copy delivered again is not run again
@@ -415,6 +459,47 @@ class ClusterWorkers:
             if len(self.served) > _SERVED_KEPT:
                 del self.served[next(iter(self.served))]
         await self._reply(sender, json.dumps(reply), owned if reply["k"] == "a" else None)
+
+    async def _outcome(
+        self, owned: Owned, message: dict[str, Any], request_id: str
+    ) -> bytes | None:
+        """Serve a routed request for *owned*'s group: the reply's payload (a value
+        or an error), or None if the sender is to ask the group's owner again."""
+        assert self.local is not None
+        try:
+            chain = _chain_of(message)
+            _, ok, request = decode_outcome(
+                self.seal,
+                _request_key(request_id, chain),
+                str(message.get("p", "")),
+                "a routed request",
+            )
+            if not ok:
+                raise CorruptResult("a routed request holds no request")
+            if owned.digest in chain:
+                raise cycle_error(owned.group)
+            resolving = message.get("r")
+            value = await self.local.ask(
+                *(owned.group, request, None, request_id, owned),
+                routed=True,
+                resolving=resolving in (1, 2),
+                join=resolving == 1,
+                chain=chain,
+            )
+            payload = encode_value(self.seal, "a:" + request_id, value, owned.token)
+            _check_size("reply", payload)
+        except WorkerMoved:
+            return None
+        except Exception as exc:
+            # Its worker stopped under it with the lease (this persist closing):
+            # the sender asks the group's next owner.
+            if isinstance(exc, LeaderDied) and self.owned.get(owned.digest) is not owned:
+                return None
+            payload = encode_error(self.seal, "a:" + request_id, exc, owned.token)
+            if len(payload) > PAYLOAD_LIMIT:  # an error's message as large: said in short
+                error = ValueError(f"the reply is a {type(exc).__name__} too large to send")
+                payload = encode_error(self.seal, "a:" + request_id, error, owned.token)
+        return payload
 
     async def _reply(self, sender: str, text: str, owned: Owned | None) -> None:
         """Push a reply to *sender*'s inbox. An answer is tried again while this
@@ -463,6 +548,38 @@ class ClusterWorkers:
         )
         if self.local is not None:
             self.local.stop_lost(owned.group)
+
+
+def _check_size(what: str, payload: str | bytes) -> None:
+    """Refuse a routed *what* (``"request"``, ``"reply"``) over `PAYLOAD_LIMIT` bytes."""
+    if len(payload) > PAYLOAD_LIMIT:
+        raise ValueError(
+            f"the {what} is {len(payload):,} bytes encoded, more than a {what} between "
+            f"processes may hold ({PAYLOAD_LIMIT:,}): send a smaller value, or a "
+            "reference to it (a key, a path)"
+        )
+
+
+def _request_key(request_id: str, chain: tuple[str, ...]) -> str:
+    """What a routed request's payload is sealed to: its id and its chain (with
+    a signing key, a chain changed on its way is refused as a forgery)."""
+    return "q:" + request_id + "".join(":" + digest for digest in chain)
+
+
+def _chain_of(message: dict[str, Any]) -> tuple[str, ...]:
+    """A routed request's chain, checked before anything else is read: at most
+    `CHAIN_LIMIT` digests (`InfiniteRecursion` past it), else `CorruptResult`."""
+    chain = message.get("c", [])
+    if not isinstance(chain, list):
+        raise CorruptResult("a routed request holds a malformed chain")
+    if len(chain) > CHAIN_LIMIT:
+        raise InfiniteRecursion(
+            f"a routed request nests asks across processes {len(chain)} groups deep, "
+            f"past the bound of {CHAIN_LIMIT}"
+        )
+    if not all(isinstance(digest, str) and _DIGEST.fullmatch(digest) for digest in chain):
+        raise CorruptResult("a routed request holds a malformed chain")
+    return tuple(chain)
 
 
 def _text(value: Any) -> str:
