@@ -11,14 +11,17 @@ from __future__ import annotations
 import functools
 import inspect
 import itertools
+import ssl
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 import trio.testing
 
+from fault_proxy import FaultProxy
 from redis_helpers import open_leading
 from redis_server import RedisServer
 
@@ -139,6 +142,24 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+async def tls_front(redis_server: RedisServer, tmp_path: Path) -> AsyncIterator[tuple[int, Path]]:
+    """A TLS front (certificate for "localhost", from a test CA) to the plain server:
+    (its port, the CA's certificate file)."""
+    import trustme
+
+    authority = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("localhost").configure_cert(context)
+    ca_file = tmp_path / "ca.pem"
+    authority.cert_pem.write_to_path(str(ca_file))
+    proxy = FaultProxy(redis_server.port, tls=context)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(proxy.serve)
+        yield proxy.port, ca_file
+        nursery.cancel_scope.cancel()
 
 
 @pytest.fixture

@@ -74,6 +74,13 @@ class Pair:
     nursery: trio.Nursery
     got: list[Any] = attrs.Factory(list)
     lead_scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
+    by_persist: dict[int, list[Any]] = attrs.Factory(dict)
+
+    @property
+    def leader_and_follower_got(self) -> tuple[Any, Any]:
+        """The first outcome in ``a`` and in ``b`` (they may come in either order:
+        the follower can hear the publication before the leader reads its commit)."""
+        return self.by_persist[id(self.a)][0], self.by_persist[id(self.b)][0]
 
     @property
     def leader(self) -> RedisBackend:
@@ -85,9 +92,11 @@ class Pair:
 
     async def _call(self, persist: trio_persist.Persist, request: Any) -> None:
         try:
-            self.got.append(await persist.resolve("base", request))
+            outcome = await persist.resolve("base", request)
         except Exception as exc:
-            self.got.append(exc)
+            outcome = exc
+        self.got.append(outcome)
+        self.by_persist.setdefault(id(persist), []).append(outcome)
 
     async def lead(self, request: Any = "r") -> None:
         """Start one caller in ``a`` (cancelled by ``lead_scope``) and wait until it leads."""

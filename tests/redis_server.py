@@ -36,8 +36,14 @@ def free_port() -> int:
 class RedisServer:
     """One server process; `stop` and `start` again keep its port."""
 
-    def __init__(self, replica_of: int | None = None, data_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        replica_of: int | None = None,
+        data_dir: Path | None = None,
+        extra: tuple[str, ...] = (),
+    ) -> None:
         self.port = free_port()
+        self.extra = extra  # more command-line options (a password, a unix socket)
         self.replica_of = replica_of
         self.data_dir = data_dir  # with a directory: append-only persistence there
         self.process: subprocess.Popen[bytes] | None = None
@@ -51,7 +57,8 @@ class RedisServer:
         self.process = subprocess.Popen(
             [server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
              "--save", "", "--protected-mode", "no", *self._persistence(),
-             *(["--replicaof", "127.0.0.1", str(self.replica_of)] if self.replica_of else [])],
+             *(["--replicaof", "127.0.0.1", str(self.replica_of)] if self.replica_of else []),
+             *self.extra],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
@@ -60,7 +67,7 @@ class RedisServer:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1) as conn:
                     conn.sendall(b"PING\r\n")
-                    if conn.recv(16).startswith(b"+PONG"):
+                    if conn.recv(16).startswith((b"+PONG", b"-NOAUTH")):
                         return
             except OSError:
                 time.sleep(0.02)  # the server is starting (harness, not a test)

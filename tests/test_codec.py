@@ -111,3 +111,20 @@ def test_a_payload_sealed_for_another_key_token_or_namespace_is_refused() -> Non
         decode_outcome(Seal("other", b"secret"), KEY, payload, "w")
     with pytest.raises(trio_persist.CorruptResult, match="signature does not match"):
         decode_outcome(seal, KEY, payload.replace(b"5:", b"6:", 1), "w")
+
+
+def test_a_json_value_is_encoded_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    calls: list[object] = []
+    dumps = json.dumps
+
+    def counted(value: Any, **kwargs: Any) -> str:
+        calls.append(value)
+        return dumps(value, **kwargs)
+
+    monkeypatch.setattr(json, "dumps", counted)
+    seal = Seal("ns")
+    payload = encode_value(seal, KEY, {"a": [1, "x"]}, 7)
+    assert len(calls) == 1
+    assert decode_outcome(seal, KEY, payload, "w") == (7, True, {"a": [1, "x"]})

@@ -93,7 +93,7 @@ async def lead_and_follow(
             await pair.follow("req")
             device.release.set()
     assert device.calls == 1
-    leader, follower = pair.got
+    leader, follower = pair.leader_and_follower_got
     return leader, follower
 
 

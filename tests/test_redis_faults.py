@@ -434,7 +434,7 @@ async def test_a_crashed_leader_releases_its_lease_and_a_follower_takes_over_at_
             await pair.lead()
             await pair.follow()
             crash.set()
-    leader_got, follower_got = pair.got
+    leader_got, follower_got = pair.leader_and_follower_got
     assert isinstance(leader_got, trio_persist.LeaderDied)  # the crash is its cause
     assert follower_got == "after the crash"
     assert follower.statistics().takeovers == 1

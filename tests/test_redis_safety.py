@@ -8,10 +8,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import ssl
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +18,6 @@ import pytest
 import trio
 
 import trio_persist
-from fault_proxy import FaultProxy
 from redis_helpers import (
     SIGNING_KEY,
     Recorder,
@@ -248,7 +245,7 @@ async def test_json_refuses_what_would_not_read_back_equal(redis_url: str, names
             await pair.lead()
             await pair.follow()
             device.release.set()
-    leader_got, follower_got = pair.got
+    leader_got, follower_got = pair.leader_and_follower_got
     assert leader_got is value  # the leader's callers keep their value
     assert isinstance(follower_got, trio_persist.RemoteError)
     assert "would not read back equal" in str(follower_got)
@@ -357,24 +354,6 @@ async def test_remote_answers_are_not_counted_as_executions(redis_url: str, name
     assert (a.executions, a.remote) == (1, 0)
     assert (b.executions, b.remote) == (0, 1)
     assert json.dumps(b.to_json())
-
-
-@pytest.fixture
-async def tls_front(redis_server: RedisServer, tmp_path: Path) -> AsyncIterator[tuple[int, Path]]:
-    """A TLS front (certificate for "localhost", from a test CA) to the plain server:
-    (its port, the CA's certificate file)."""
-    import trustme
-
-    authority = trustme.CA()
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    authority.issue_cert("localhost").configure_cert(context)
-    ca_file = tmp_path / "ca.pem"
-    authority.cert_pem.write_to_path(str(ca_file))
-    proxy = FaultProxy(redis_server.port, tls=context)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(proxy.serve)
-        yield proxy.port, ca_file
-        nursery.cancel_scope.cancel()
 
 
 async def test_rediss_refuses_a_certificate_for_another_host_and_says_why(

@@ -52,7 +52,10 @@ class Seal:
         return hmac.new(self.key, message, hashlib.sha256).hexdigest()
 
     def wrap(self, redis_key: str, token: int, body: dict[str, Any]) -> bytes:
-        data = json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
+        return self.wrap_encoded(redis_key, token, _dumps(body))
+
+    def wrap_encoded(self, redis_key: str, token: int, data: bytes) -> bytes:
+        """`wrap` for a body already encoded (by `_dumps`)."""
         return b"%d:%s:%s" % (token, self.mac(redis_key, token, data).encode(), data)
 
     def open(self, redis_key: str, payload: bytes | str, where: str) -> tuple[int, dict[str, Any]]:
@@ -98,9 +101,16 @@ def encode_value(seal: Seal, redis_key: str, value: Any, token: int) -> bytes:
                 f"cannot send a {type(value).__name__} across processes: it does not pickle ({exc})"
             ) from None
         return seal.wrap(redis_key, token, {"ok": True, "codec": "pickle", "value": data})
-    reason = _not_json(value)
-    if reason is None:
-        return seal.wrap(redis_key, token, {"ok": True, "codec": "json", "value": value})
+    # Encoded once: the encoding itself refuses cycles, NaN and what JSON cannot
+    # hold; then the types are checked (safe to walk: no cycle).
+    try:
+        encoded = _dumps({"ok": True, "codec": "json", "value": value})
+    except (TypeError, ValueError, RecursionError) as exc:
+        reason: str | None = str(exc) or type(exc).__name__
+    else:
+        reason = _not_read_back_equal(value)
+        if reason is None:
+            return seal.wrap_encoded(redis_key, token, encoded)
     raise TypeError(
         f"cannot send a {type(value).__name__} across processes with the JSON codec "
         f"({reason}); return JSON values (dicts with string keys, lists, str, numbers, "
@@ -108,18 +118,18 @@ def encode_value(seal: Seal, redis_key: str, value: Any, token: int) -> bytes:
     )
 
 
-def _not_json(value: Any) -> str | None:
-    """Why *value* would not read back from JSON as the same value of the same types,
-    or None if it would.
+def _dumps(body: dict[str, Any]) -> bytes:
+    return json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
+
+
+def _not_read_back_equal(value: Any) -> str | None:
+    """Why *value*, which JSON encoded (so it holds no cycle), would not read back
+    as the same value of the same types, or None if it would.
 
     Types are checked exactly (an ``IntEnum`` is not an int, an ``OrderedDict`` not
     a dict), and nothing of the value's own is called (no ``==``, no ``repr``).
     """
-    try:
-        json.dumps(value, allow_nan=False)  # cycles, NaN, nesting too deep for JSON
-    except (TypeError, ValueError, RecursionError) as exc:
-        return str(exc) or type(exc).__name__
-    stack = [value]  # no cycle: dumps has walked it
+    stack = [value]
     while stack:
         item = stack.pop()
         kind = type(item)

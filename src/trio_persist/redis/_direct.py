@@ -1,29 +1,34 @@
 """A connection of the backend's own, for the scripts its flights run.
 
 coredis's client takes a connection out of its pool for every command, under a
-deadline and a lock of its own: on loopback that is about half of what a
-command costs (a `GET` through the client, ~170 us of CPU here; the same
-request on a connection, ~95 us). A flight's scripts go instead on one
-connection the backend keeps open itself, made as the pool makes its own (from
-the pool's connection class and settings: TLS, credentials, database,
-timeouts), on which coredis multiplexes requests exactly as on a pooled one.
+deadline and a lock of its own, and its connection object adds as much again
+(on loopback: a ``GET`` through the client ~170 us of CPU here, on a coredis
+connection ~95 us, as raw protocol on a Trio stream ~60 us). A flight's
+scripts go instead on one lean connection the backend keeps open itself
+(`~._resp.Connection`: the protocol spoken directly, many requests in flight
+at once), made from the client's pool settings: TCP or unix socket, TLS with
+the pool's SSL context (and its hostname check), user name and password (or
+credential provider), database, client name, connect and read timeouts.
 
-Only for a plain ``coredis.Redis`` client with a basic pool: Cluster and
-Sentinel clients choose a node per command, and a client-side cache must see
-every write. While the connection is down (being made, or Redis away), scripts
-go through the client as before, and it is made again in the background.
+Only for a plain ``coredis.Redis`` client with a basic pool that returns bytes
+and waits for replies: Cluster and Sentinel clients choose a node per command,
+and a client-side cache must see every write. While the connection is down
+(being made, or Redis away), scripts go through the client as before, and it
+is made again in the background.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import attrs
 import trio
 
 from .._logging import logger
+from ._resp import Connection, ErrorReply, Reader, Settings, error_of, greet, pack, read_reply
 
-__all__ = ["Direct"]
+__all__ = ["Direct", "listen", "settings_of"]
 
 
 @attrs.define(eq=False)
@@ -31,7 +36,7 @@ class _Started:
     """What ``connection.run`` reports to once its handshake is done."""
 
     direct: Direct
-    connection: Any
+    connection: Connection
 
     def started(self, value: object = None) -> None:
         self.direct.connection = self.connection
@@ -42,11 +47,11 @@ class _Started:
 class Direct:
     """The connection while it is up (None otherwise); `keep` keeps it up."""
 
-    connection: Any = None
+    connection: Connection | None = None
     made: int = 0
     """Connections opened so far (the first, then one after each drop)."""
 
-    def usable(self) -> Any:
+    def usable(self) -> Connection | None:
         """The connection, if it can take a request now; else None."""
         connection = self.connection
         if connection is not None and connection.usable:
@@ -59,12 +64,12 @@ class Direct:
 
         Returns at once for a client this does not apply to.
         """
-        pool = _plain_pool(client)
-        if pool is None:
+        settings = settings_of(client)
+        if settings is None:
             return
         pause = 0.0
         while True:
-            connection = pool.connection_class(pool.location, **pool.connection_kwargs)
+            connection = Connection(settings)
             try:
                 await connection.run(task_status=_Started(self, connection))
             except Exception as exc:  # refused, unreachable: the client path says why
@@ -77,13 +82,102 @@ class Direct:
             pause = min(max(2 * pause, 0.05), 1.0)
 
 
-def _plain_pool(client: Any) -> Any:
-    """The basic pool of a plain ``coredis.Redis`` client without a cache, or None."""
+def settings_of(client: Any) -> Settings | None:
+    """How to connect as *client*'s pool does, or None if the client is not a
+    plain ``coredis.Redis`` with a basic pool, no cache, bytes replies."""
     import coredis
+    from coredis.connection import TCPConnection, UnixDomainSocketConnection
 
     pool = getattr(client, "connection_pool", None)
     if type(client) is not coredis.Redis or type(pool) is not coredis.ConnectionPool:
         return None
-    if getattr(pool, "cache", None) is not None:
+    kwargs: dict[str, Any] = dict(pool.connection_kwargs)
+    if getattr(pool, "cache", None) is not None or kwargs.get("noreply"):
         return None
-    return pool
+    if kwargs.get("decode_responses"):
+        return None
+    common = _common(kwargs)
+    location: Any = pool.location
+    if issubclass(pool.connection_class, UnixDomainSocketConnection):
+        return Settings(path=location.path, **common)
+    if issubclass(pool.connection_class, TCPConnection):
+        return Settings(
+            host=location.host,
+            port=location.port,
+            ssl_context=kwargs.get("ssl_context"),
+            keepalive=bool(kwargs.get("socket_keepalive")),
+            **common,
+        )
+    return None
+
+
+@attrs.frozen
+class _Provided:
+    """Credentials asked of a coredis credential provider at each connect."""
+
+    provider: Any
+
+    async def __call__(self) -> tuple[str | None, str | None]:
+        given = await self.provider.get_credentials()
+        return given.username, given.password
+
+
+def _common(kwargs: dict[str, Any]) -> dict[str, Any]:
+    provider = kwargs.get("credential_provider")
+    return {
+        "username": kwargs.get("username"),
+        "password": kwargs.get("password"),
+        "credentials": _Provided(provider) if provider is not None else None,
+        "db": int(kwargs.get("db") or 0),
+        "client_name": kwargs.get("client_name"),
+        "connect_timeout": kwargs.get("connect_timeout"),
+        "read_timeout": kwargs.get("stream_timeout"),
+    }
+
+
+async def listen(
+    settings: Settings,
+    pattern: str,
+    deliver: Callable[[bytes, bytes], None],
+    idle: float,
+    answer_within: float,
+    subscribed: Callable[[], None],
+) -> None:
+    """Subscribe to *pattern* on a lean connection made from *settings*, call
+    *subscribed* once it is, then call ``deliver(channel, data)`` for each
+    publication, in order, until cancelled.
+
+    The caller bounds the connect and the subscription. Quiet for *idle*
+    seconds, it sends a ``PING``: no answer within *answer_within* seconds is a drop.
+
+    Raises:
+        coredis.exceptions.ConnectionError: the connection broke.
+        TimeoutError: the server did not answer a ``PING`` in time.
+        Whatever connecting raised (`OSError`, TLS errors, an error reply).
+    """
+    stream = await settings.open_stream()
+    try:
+        reader = Reader()
+        commands = await settings.greeting()
+        commands.append(["PSUBSCRIBE", pattern])
+        await greet(stream, reader, commands)
+        subscribed()
+        while True:
+            reply = await _next_reply(stream, reader, idle, answer_within)
+            if isinstance(reply, ErrorReply):
+                raise error_of(reply)
+            if isinstance(reply, list) and len(reply) == 4 and reply[0] == b"pmessage":
+                deliver(reply[2], reply[3])
+    finally:
+        await trio.aclose_forcefully(stream)
+
+
+async def _next_reply(
+    stream: trio.abc.Stream, reader: Reader, idle: float, answer_within: float
+) -> Any:
+    """The next reply; after *idle* seconds of quiet, a ``PING``'s (then bounded)."""
+    with trio.move_on_after(idle):
+        return await read_reply(stream, reader)
+    await stream.send_all(pack(["PING"]))
+    with trio.fail_after(answer_within):
+        return await read_reply(stream, reader)

@@ -137,7 +137,7 @@ class Inbox:
         key = inbox_key(self.namespace, node)
         with trio.CancelScope(shield=True):
             removed = await self.link.step(
-                "withdrawing a request", self.link.client.lrem, key, 1, message
+                "withdrawing a request", self.link.call, "lrem", key, 1, message
             )
             return bool(removed)
         raise AssertionError("unreachable: a shielded scope never swallows")  # pragma: no cover

@@ -27,7 +27,7 @@ import trio
 from .._exceptions import BackendUnavailable, CorruptResult
 from .._logging import logger
 from ._admission import Admission
-from ._direct import Direct
+from ._direct import Direct, listen, settings_of
 from ._scripts import key_of_channel, pattern_of
 
 if sys.version_info < (3, 11):  # pragma: no cover
@@ -35,6 +35,8 @@ if sys.version_info < (3, 11):  # pragma: no cover
 
 if TYPE_CHECKING:
     import coredis
+
+    from ._resp import Settings
 
 __all__ = [
     "Counters",
@@ -412,6 +414,19 @@ class Link:
             self.counters.corrupt += 1
         return translated
 
+    async def call(self, command: str, *args: Any) -> Any:
+        """Run one plain command (*command* is the client's method name, *args*
+        in the order Redis takes them), unbounded and uncounted (callers bound
+        it): on the backend's own connection while it is up, else through the
+        client. Its own connection is always warm and carries the scripts sent
+        before in order; the client's pool may have to open (and greet) a
+        connection first, several round trips on a slow link.
+        """
+        connection = self.direct.usable()
+        if connection is not None:
+            return await connection.request(command.upper(), *args)
+        return await getattr(self.client, command)(*args)
+
     async def script(
         self, name: str, keys: list[str], args: list[Any], *, shield: bool = False
     ) -> Any:
@@ -424,8 +439,8 @@ class Link:
         """Run the script *name* once per ``(keys, args)``: the answers, in order, each
         the script's reply or the exception it met. Not bounded (callers bound it).
 
-        On the backend's own connection (`Direct`), all sent at once (coredis
-        multiplexes them: one pipeline on the wire). Else, on one server, one
+        On the backend's own connection (`Direct`), all sent at once (one
+        write: one pipeline on the wire). Else, on one server, one
         pipeline, unless one is on its way already (a pipeline holds a pooled
         connection of its own: a second one would open another, which costs
         round trips). On a Cluster, and meanwhile, each request on its own,
@@ -438,10 +453,11 @@ class Link:
         script = self.scripts[name]
         connection = self.direct.usable()
         if connection is not None:
-            answers = await _each_on(connection, script.sha, requests)
+            commands = [_evalsha(script.sha, keys, args) for keys, args in requests]
+            answers = await connection.request_each(commands)
             if any(isinstance(answer, NoScriptError) for answer in answers):
-                await connection.create_request(b"SCRIPT LOAD", script.script)
-                answers = await _each_on(connection, script.sha, requests)
+                await connection.request(b"SCRIPT", b"LOAD", script.script)
+                answers = await connection.request_each(commands)
             return answers
         if self._pipelining or _is_cluster(self.client):
             each: list[Any] = [None] * len(requests)
@@ -495,29 +511,16 @@ class Link:
             except NoScriptError:
                 await self.client.script_load(script.script)
                 return await self.client.evalsha(script.sha, keys=keys, args=args)
+        command = _evalsha(script.sha, keys, args)
         try:
-            return await connection.create_request(b"EVALSHA", script.sha, len(keys), *keys, *args)
+            return await connection.request(*command)
         except NoScriptError:
-            await connection.create_request(b"SCRIPT LOAD", script.script)
-            return await connection.create_request(b"EVALSHA", script.sha, len(keys), *keys, *args)
+            await connection.request(b"SCRIPT", b"LOAD", script.script)
+            return await connection.request(*command)
 
 
-async def _each_on(
-    connection: Any, sha: str, requests: list[tuple[list[str], list[Any]]]
-) -> list[Any]:
-    """EVALSHA *sha* once per ``(keys, args)`` on *connection*, all sent before
-    the first answer is awaited: each answer, or the exception it met."""
-    sent = [
-        connection.create_request(b"EVALSHA", sha, len(keys), *keys, *args)
-        for keys, args in requests
-    ]
-    answers: list[Any] = []
-    for request in sent:
-        try:
-            answers.append(await request)
-        except Exception as exc:
-            answers.append(exc)
-    return answers
+def _evalsha(sha: str, keys: list[str], args: list[Any]) -> list[Any]:
+    return [b"EVALSHA", sha, len(keys), *keys, *args]
 
 
 @attrs.define(eq=False)
@@ -557,6 +560,7 @@ class Subscriber:
     timeout: float
     watches: dict[str, set[Watch]] = attrs.Factory(dict)
     up: bool = False
+    _pause: float = 0.05
 
     @contextlib.contextmanager
     def watch(self, key: str) -> Iterator[Watch]:
@@ -572,11 +576,13 @@ class Subscriber:
                 del self.watches[key]
 
     def _on_message(self, message: Any) -> None:
-        # Runs inside coredis's reader: must never raise. The pattern only
+        self._dispatch(message.get("channel"), message.get("data"))
+
+    def _dispatch(self, channel: Any, data: Any) -> None:
+        # Runs inside the subscription's reader: must never raise. The pattern only
         # matches this namespace's channels, so every message names a key; what
         # it carries is checked by the follower that reads it (and counted there).
-        key = key_of_channel(self.namespace, message.get("channel"))
-        data = message.get("data")
+        key = key_of_channel(self.namespace, channel)
         if isinstance(data, str):
             data = data.encode()
         if key is not None and isinstance(data, bytes):
@@ -588,36 +594,58 @@ class Subscriber:
             for watch in watchers:
                 watch.poke()
 
+    def _now_up(self, connecting: trio.CancelScope) -> None:
+        connecting.deadline = float("inf")
+        self.up = True
+        self._pause = 0.05
+        self._poke_all()  # what was published while we were away
+
+    async def _hold(
+        self, client: Any, settings: Settings | None, pattern: str, up: Callable[[], None]
+    ) -> None:
+        """Subscribe, call *up* once subscribed, then dispatch publications until
+        the connection drops (raises) or this is cancelled."""
+        if settings is not None:
+            idle = max(self.timeout, 1.0)
+            await listen(settings, pattern, self._dispatch, idle, self.timeout, up)
+            return  # pragma: no cover - listen returns only by raising
+        async with client.pubsub(
+            pattern_handlers={pattern: self._on_message},
+            ignore_subscribe_messages=True,
+            retry_policy=None,
+            subscription_timeout=self.timeout,
+            max_idle_seconds=max(self.timeout, 1.0),
+        ):
+            up()
+            await trio.sleep_forever()
+
     async def run(
         self, client: Any, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Keep the subscription up, reconnecting, until cancelled.
 
         Reports started once subscribed, or after ``timeout`` if Redis is away
-        (followers then poll until it is back).
+        (followers then poll until it is back). On a plain client, the
+        subscription is a lean connection of the backend's own (`listen`),
+        made from the client's settings as `Direct` makes its own.
         """
         pattern = pattern_of(self.namespace)
+        settings = settings_of(client)
         started = False
-        pause = 0.05
+        self._pause = 0.05
         while True:
             failure: BaseException | None = None
             try:
                 with trio.fail_after(self.timeout) as connecting:
-                    async with client.pubsub(
-                        pattern_handlers={pattern: self._on_message},
-                        ignore_subscribe_messages=True,
-                        retry_policy=None,
-                        subscription_timeout=self.timeout,
-                        max_idle_seconds=max(self.timeout, 1.0),
-                    ):
-                        connecting.deadline = float("inf")
-                        self.up = True
-                        pause = 0.05
-                        self._poke_all()  # what was published while we were away
+
+                    def up(connecting: trio.CancelScope = connecting) -> None:
+                        nonlocal started
+                        self._now_up(connecting)
                         if not started:
                             started = True
                             task_status.started()
-                        await trio.sleep_forever()
+
+                    await self._hold(client, settings, pattern, up)
             except BaseException as exc:
                 # A dropped connection, or coredis tearing down under cancellation
                 # (then the checkpoint below raises our own Cancelled).
@@ -633,5 +661,5 @@ class Subscriber:
             if not started:
                 started = True
                 task_status.started()
-            await trio.sleep(pause)
-            pause = min(pause * 2, 1.0)
+            await trio.sleep(self._pause)
+            self._pause = min(self._pause * 2, 1.0)
