@@ -14,7 +14,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -96,14 +95,14 @@ async def failover(url: str) -> float:
     from cluster_helpers import Logged, fresh
 
     namespace = f"bench-{uuid.uuid4().hex[:8]}"
-    with tempfile.TemporaryDirectory() as directory, trio.fail_after(60):
+    with trio.fail_after(60):
         async with coredis.Redis.from_url(url) as control:
             owner = await trio.lowlevel.open_process(
-                [sys.executable, str(TESTS / "cluster_owner.py"), url, namespace, directory, "1.0"]
+                [sys.executable, str(TESTS / "cluster_owner.py"), url, namespace, "1.0"]
             )
             try:
                 await control.blpop([f"{namespace}:ready"], timeout=30)
-                logged = Logged(control, namespace, Path(directory), owner=False)
+                logged = Logged(control, namespace, url, owner=False)
                 backend = RedisBackend(
                     url, namespace=namespace, lease_ttl=1.0, timeout=1.0, workers="cluster"
                 )
