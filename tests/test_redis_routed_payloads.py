@@ -34,11 +34,12 @@ class Sized:
 
     def __init__(self) -> None:
         self.gate = trio.Event()
+        self.pad = "x"  # what a padded reply is made of
 
     async def resolve(self, state: Any, request: Any) -> Any:
         if request.get("wait"):
             await self.gate.wait()
-        return {"n": state["n"] + 1, "pad": "x" * request.get("reply", 0)}
+        return {"n": state["n"] + 1, "pad": self.pad * request.get("reply", 0)}
 
     def group(self, base: Any, request: Any) -> Any:
         return base
@@ -110,3 +111,26 @@ async def test_a_message_over_the_bound_in_an_inbox_is_dropped_unread_and_the_ow
         await control.lpush(inbox, [json.dumps(forged | {"p": "x" * 2 * PAYLOAD_LIMIT})])
         assert (await other.ask("g", {}))["n"] == 2
         assert owner.backend.statistics().routed_in == 1  # the forged one never reached it
+
+
+@pytest.mark.parametrize("char", ['"', "\\", "\u00e9", "\x01"])
+async def test_a_request_is_measured_as_sent_so_one_escaped_over_the_bound_is_refused_not_lost(
+    redis_url: str, namespace: str, char: str
+) -> None:
+    # Under the bound as raw text, over it once escaped inside its message: the
+    # owner would drop the message unread and the caller wait for ever.
+    pad = char * ((PAYLOAD_LIMIT - 4096) // len(json.dumps(char)[1:-1]))
+    async with two_processes(redis_url, namespace) as (_, owner, other):
+        with pytest.raises(ValueError, match="more than a request between processes"):
+            await other.ask("g", {"pad": pad})
+        assert owner.backend.statistics().routed_in == 0  # nothing was sent
+
+
+async def test_a_reply_is_measured_as_sent_so_one_escaped_over_the_bound_fails_its_caller(
+    redis_url: str, namespace: str
+) -> None:
+    async with two_processes(redis_url, namespace) as (device, _, other):
+        device.pad = '"'
+        with pytest.raises(trio_persist.RemoteError, match="more than a reply between"):
+            await other.ask("g", {"reply": (PAYLOAD_LIMIT - 4096) // 2})
+        assert (await other.ask("g", {}))["n"] == 3  # it was applied; the owner serves on

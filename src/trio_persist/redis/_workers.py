@@ -344,12 +344,13 @@ class ClusterWorkers:
         request, 2 not)."""
         node = lease.split(":", 2)[2]
         payload = encode_value(self.seal, _request_key(request_id, chain), request, 0).decode()
-        _check_size("request", payload)  # refused here, before anything is sent
         fields: dict[str, Any] = {"k": "q", "id": request_id, "from": self.node}
         fields |= {"g": digest, "p": payload}
         if chain:
             fields["c"] = list(chain)
         message = json.dumps(fields | (extra or {}))
+        # Measured as sent: the payload is escaped again inside the message.
+        _check_size("request", len(message))  # refused here, before anything is sent
         with self.inbox.expect(request_id) as waiter:
             await self._push_request(node, message, request_id)
             self.counters.routed_out += 1
@@ -487,7 +488,7 @@ class ClusterWorkers:
                 chain=chain,
             )
             payload = encode_value(self.seal, "a:" + request_id, value, owned.token)
-            _check_size("reply", payload)
+            _check_size("reply", _sent_size(payload))
         except WorkerMoved:
             return None
         except Exception as exc:
@@ -496,7 +497,7 @@ class ClusterWorkers:
             if isinstance(exc, LeaderDied) and self.owned.get(owned.digest) is not owned:
                 return None
             payload = encode_error(self.seal, "a:" + request_id, exc, owned.token)
-            if len(payload) > PAYLOAD_LIMIT:  # an error's message as large: said in short
+            if _sent_size(payload) > PAYLOAD_LIMIT:  # an error's message as large: said in short
                 error = ValueError(f"the reply is a {type(exc).__name__} too large to send")
                 payload = encode_error(self.seal, "a:" + request_id, error, owned.token)
         return payload
@@ -550,11 +551,20 @@ class ClusterWorkers:
             self.local.stop_lost(owned.group)
 
 
-def _check_size(what: str, payload: str | bytes) -> None:
-    """Refuse a routed *what* (``"request"``, ``"reply"``) over `PAYLOAD_LIMIT` bytes."""
-    if len(payload) > PAYLOAD_LIMIT:
+def _sent_size(payload: bytes) -> int:
+    """The bytes *payload* takes inside a message (a JSON string, ASCII: each
+    quote, backslash, control or non-ASCII character escaped, up to 12 bytes)."""
+    if 12 * len(payload) <= PAYLOAD_LIMIT:  # small whatever it holds: not measured
+        return len(payload)
+    return len(json.dumps(payload.decode()))
+
+
+def _check_size(what: str, size: int) -> None:
+    """Refuse a routed *what* (``"request"``, ``"reply"``) of *size* bytes as
+    sent, over `PAYLOAD_LIMIT`: the owner's inbox drops larger messages unread."""
+    if size > PAYLOAD_LIMIT:
         raise ValueError(
-            f"the {what} is {len(payload):,} bytes encoded, more than a {what} between "
+            f"the {what} is {size:,} bytes encoded, more than a {what} between "
             f"processes may hold ({PAYLOAD_LIMIT:,}): send a smaller value, or a "
             "reference to it (a key, a path)"
         )
