@@ -12,6 +12,7 @@ import trio.testing
 
 import trio_persist
 from conftest import Counting
+from trio_persist._core import _persist
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup, ExceptionGroup
@@ -98,6 +99,41 @@ async def test_keyboard_interrupt_and_system_exit_propagate_as_in_any_trio_progr
     with pytest.RaisesGroup(exit_exception, allow_unwrapped=True, flatten_subgroups=True):
         async with trio_persist.open_persist(device) as persist:
             await persist.resolve("base", "req")
+
+
+async def test_a_caller_interrupted_as_it_parks_is_not_woken_later_in_another_wait(
+    autojump_clock: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A KeyboardInterrupt can land between the caller's registration on its job
+    # and its wait (stood for here by the wait raising it): the answer must not
+    # be sent into whatever the task awaits next.
+    real = _persist.wait_task_rescheduled
+
+    def interrupted(abort: Any) -> Any:
+        if trio.lowlevel.current_task().name.endswith("interrupted_caller"):
+            raise KeyboardInterrupt
+        return real(abort)
+
+    monkeypatch.setattr(_persist, "wait_task_rescheduled", interrupted)
+    woke_at: list[float] = []
+
+    async def slow(base: Any, request: Any) -> Any:
+        await trio.sleep(1)
+        return request
+
+    async with trio_persist.open_persist(slow) as persist:
+
+        async def interrupted_caller() -> None:
+            with pytest.raises(KeyboardInterrupt):
+                await persist.resolve("b", "r")
+            await trio.sleep(10)  # a later, unrelated wait
+            woke_at.append(trio.current_time())
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(persist.resolve, "b", "r")
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(interrupted_caller)
+    assert woke_at == [10.0]
 
 
 class CrashingOnClose:

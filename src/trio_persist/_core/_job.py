@@ -205,8 +205,17 @@ class Job:
             key = self.key = request_name(self.request)
         return key
 
-    def leave(self) -> None:
-        """A caller left before the answer; the last one out abandons the job."""
+    def leave(self, task: trio.lowlevel.Task) -> None:
+        """A caller (its *task*) left before the answer; the last one out
+        abandons the job.
+
+        Its task is no longer parked here: a cancelled wait's abort took it out
+        already, but a `KeyboardInterrupt` between `park` and the wait leaves it
+        in, and the answer would be sent into whatever it awaits next.
+        """
+        parked = self.parked
+        if parked is not None:
+            parked.pop(task, None)
         self.listeners -= 1
         if not self.listeners and self.owner is not None:
             self.owner.abandon(self)

@@ -907,7 +907,7 @@ class Persist(Generic[B, R, T]):
             if current is not None:
                 self._stop_awaiting(current, owner)
             if not job.done:
-                job.leave()
+                job.leave(current_task())
             if core.quiet is not None:
                 core.maybe_quiet()
             raise
