@@ -101,16 +101,20 @@ async def _resolve_and_report(
     follows it (its acquire answered: a pause from then on cannot catch a round
     trip half done)."""
     values: list[Any] = []
+    answered = trio.Event()
 
     async def call() -> None:
         values.append(await persist.resolve("base", request))
+        answered.set()
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(call)
-        while not values and backend.statistics().following == 0:  # noqa: ASYNC110 - a count
-            await trio.sleep(0.005)
-        if not values:
-            await control.rpush(f"{namespace}:following", [str(request)])
+        while backend.statistics().following == 0:  # a count, looked at every 5 ms
+            with trio.move_on_after(0.005):
+                await answered.wait()  # answered without following: at once
+            if answered.is_set():
+                return values[0]
+        await control.rpush(f"{namespace}:following", [str(request)])
     return values[0]
 
 

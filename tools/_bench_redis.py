@@ -138,9 +138,10 @@ async def follower_latency(url: str, n: int) -> float:
                 while leader.statistics().leading == 0:
                     await trio.lowlevel.checkpoint()
                 await control.rpush(f"{namespace}:go", [str(i)])
-                # The follower's acquire marks the key as waited for.
-                while not await control.keys(f"{{{namespace}:*}}:waiting"):  # noqa: ASYNC110
-                    await trio.sleep(0.001)
+                # The follower follows (its acquire answered): released then, not
+                # as soon as its acquire reaches Redis, so the figure is what a
+                # follower waits after the device, never its own acquire.
+                await control.blpop([f"{namespace}:following"], timeout=30)
                 release.set()
             _, raw = await control.blpop([f"{namespace}:answered"], timeout=30)
             answer = json.loads(raw)
