@@ -214,20 +214,40 @@ def _silence(persist: Any) -> None:
     timings.execution.add = timings.wait.add = id  # a C call that keeps nothing
 
 
-def observed_distinct(n: int, observed: bool) -> float:
+def observed_distinct(n: int, observed: bool, direct: bool = False) -> float:
     """(i) with observability in use (one observer, a ``label`` hook, durations),
     or, *observed* False, the same tree with that per-call work made no-ops:
-    no observer (so no label is asked for), and `_silence`."""
+    no observer (so no label is asked for), and `_silence`.
+
+    With *direct* (and *observed* False), the caller's loop calls the same
+    empty ``label`` hook and observer methods itself, once each per call: what
+    the user's own functions cost, which the used figure's floor includes so
+    that only what the persist adds to them is counted.
+    """
 
     async def main() -> int:
-        device = LabelledKeyDevice() if observed else KeyDevice()
+        device = LabelledKeyDevice() if observed or direct else KeyDevice()
+        observer = NullObserver()
         async with trio_persist.open_persist(device) as persist:
             if observed:
-                persist.add_observer(NullObserver())
-            else:
-                _silence(persist)
+                persist.add_observer(observer)
+                for i in range(n):
+                    await persist.resolve(None, i)
+                return n
+            _silence(persist)
+            if not direct:
+                for i in range(n):
+                    await persist.resolve(None, i)
+                return n
+            label, started, ended = (
+                device.label,
+                observer.execution_started,
+                observer.execution_ended,
+            )
             for i in range(n):
+                started("flight", i, label(None, i), None)
                 await persist.resolve(None, i)
+                ended("flight", i, None, "ok", 0.0)
         return n
 
     return timed(main)
