@@ -256,6 +256,9 @@ class Core:
     throttle: Throttle = attrs.field(factory=Throttle)
     # Tasks in `Persist.wait_quiet`, made on first use (most persists never wait).
     quiet: trio.lowlevel.ParkingLot | None = None
+    # The last label hook text found fit to show as it is: the same object
+    # again (a constant label) is not checked again.
+    label_seen: str = ""
     now: Callable[[], float] = attrs.field(init=False)
     # The group of ``(base, request)``: the device's ``group`` hook itself, or
     # the default grouper leaving out ``ignore_keys`` (no frame of ours between).
@@ -436,8 +439,11 @@ class Core:
                 self.hook_failed("label", group, exc, throttled=True)
                 text = ""
             else:
-                if type(text) is not str or len(text) > LABEL_WIDTH or not text.isprintable():
-                    text = self._fit_label(group, text) or ""
+                if text is not self.label_seen:
+                    if type(text) is str and len(text) <= LABEL_WIDTH and text.isprintable():
+                        self.label_seen = text
+                    else:
+                        text = self._fit_label(group, text) or ""
         for method in self.observers.on_started:
             try:
                 method(owner.kind, group, text, job)
