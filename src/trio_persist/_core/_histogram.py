@@ -24,15 +24,15 @@ RECENT = 64
 SUBBUCKETS = 32
 _LOWEST = -30 * SUBBUCKETS  # 2**-30 s, about a nanosecond: below that, bucket 0
 _HIGHEST = 22 * SUBBUCKETS  # 2**22 s, about 48 days: past that, the last bucket
-# Bucket i (1 to the last but one) holds the durations d with
-# floor(SUBBUCKETS * log2(d)) == i - 1 + _LOWEST, that is, below _UPPERS[i] and
-# at or above _UPPERS[i - 1]; bucket 0 holds zero, negatives and tiny ones; the
-# last, everything past the table.
+# Bucket i (1 to the last but one) holds the durations d at or above
+# _UPPERS[i - 1] and below _UPPERS[i] (about floor(SUBBUCKETS * log2(d)) ==
+# i - 1 + _LOWEST, without log2's rounding on a bound); bucket 0 holds zero,
+# negatives and tiny ones; the last, everything past the table.
 _UPPERS = [2.0 ** ((index + _LOWEST) / SUBBUCKETS) for index in range(_HIGHEST - _LOWEST + 1)]
 _BUCKETS = len(_UPPERS) + 1
 # A sample's bucket (a C callable, for map()).
 _BUCKET = functools.partial(bisect_right, _UPPERS)
-# Samples per bucket the walk of `_count` may visit before it counts one by one.
+# `_count` walks at most one bucket per `_WALK` samples, then counts one by one.
 _WALK = 8
 
 
