@@ -135,7 +135,7 @@ class Observers:
     # Each observer's methods, looked up when it was added (not by name per
     # call), as tuples rebuilt on each change: an observer added or removed
     # while they are told is told from the next execution on. The hot paths
-    # (`Core.tell_started`, `Core.finish`) loop over them in their own frame.
+    # (`Core.tell_started`, `Core.finish`, a join) loop over them in their own frame.
     on_started: tuple[Callable[..., Any], ...] = ()
     on_joined: tuple[Callable[..., Any], ...] = ()
     on_ended: tuple[Callable[..., Any], ...] = ()
@@ -154,13 +154,6 @@ class Observers:
         self.on_started = tuple(_method(each, "execution_started") for each in listening)
         self.on_joined = tuple(_method(each, "joined") for each in listening)
         self.on_ended = tuple(_method(each, "execution_ended") for each in listening)
-
-    def joined(self, kind: str, group: Hashable | None, job: Job) -> None:
-        for method in self.on_joined:
-            try:
-                method(kind, group, job)
-            except Exception as exc:
-                self.failed("observer joined", group, exc)
 
     def ended(
         self, kind: str, group: Hashable | None, job: Job, outcome: Outcome | None, seconds: float
