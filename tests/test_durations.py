@@ -9,6 +9,8 @@ import pytest
 import trio
 import trio.lowlevel
 import trio.testing
+from hypothesis import given
+from hypothesis import strategies as st
 
 import trio_persist
 from trio_persist._core._histogram import Histogram, recent_quantiles
@@ -204,15 +206,14 @@ async def test_a_worker_reports_the_times_of_its_last_sixty_four_requests(
 
 
 def test_each_sample_is_folded_into_the_bucket_whose_bounds_hold_it() -> None:
-    # Folding counts buckets in bulk (floor(32 log2 d)); each sample still lands
-    # where its bucket's bounds say: below its upper bound, at or above the last.
+    # Folding counts buckets in bulk; each sample still lands where its
+    # bucket's bounds say: below its upper bound, at or above the last.
     from bisect import bisect_right
 
     from trio_persist._core._histogram import _BUCKETS, _UPPERS
 
     rng = random.Random(3)
     samples = [rng.lognormvariate(-10, 4) for _ in range(5000)]
-    # (A sample exactly on a bound may be counted a bucket low: log2 rounds.)
     samples += [0.0, -1.0, 1e-300, 2.0**-30, 2.0**-29, 1.0, 2.0**22, 1e300]
     histogram = Histogram()
     for sample in samples:
@@ -247,3 +248,31 @@ async def test_a_flight_reports_each_of_its_execution_times(autojump_clock: obje
         [record] = persist.snapshot()
         seen.append((record.execution_p50, record.execution_p99))
     assert seen == [(1, 1), (1, 3)]
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.floats(min_value=-1.0, max_value=1e300),
+            st.sampled_from([0.0, 2.0**-30, 1.0, 2.0**22, 5e-6, 5.1e-6, 7e-6]),
+        ),
+        min_size=1,
+        max_size=300,
+    )
+)
+def test_samples_folded_in_bulk_land_where_one_at_a_time_would(samples: list[float]) -> None:
+    # Clustered samples are counted a bucket at a time, scattered ones one by
+    # one: either way each lands in the bucket whose bounds hold it.
+    from bisect import bisect_right
+
+    from trio_persist._core._histogram import _BUCKETS, _UPPERS
+
+    histogram, other = Histogram(), Histogram()
+    histogram.fold(samples, other)
+    expected = [0] * _BUCKETS
+    for sample in samples:
+        expected[bisect_right(_UPPERS, sample)] += 1
+    for each in (histogram, other):
+        assert each._counts == expected
+        assert each.total == sum(sample for sample in samples if sample > 0)
+        assert each.maximum == max(0.0, *samples)

@@ -139,27 +139,52 @@ def test_a_printable_label_is_already_safe_so_it_is_shown_as_the_hook_wrote_it()
     assert unsafe == []
 
 
+class LabelEars:
+    """An observer that keeps the label of each execution it is told starts."""
+
+    def __init__(self) -> None:
+        self.labels: list[str] = []
+
+    def execution_started(self, kind: str, group: Any, label: str, job: Any) -> None:
+        self.labels.append(label)
+
+    def joined(self, *args: Any) -> None:
+        pass  # pragma: no cover
+
+    def execution_ended(self, *args: Any) -> None:
+        pass
+
+
 async def test_an_observer_is_told_a_label_made_safe(autojump_clock: object) -> None:
-    told: list[str] = []
 
     class Labelled(RecordingDevice):
         def label(self, base: Any, request: Any) -> str:
             return request
 
-    class Ears:
-        def execution_started(self, kind: str, group: Any, label: str, job: Any) -> None:
-            told.append(label)
-
-        def joined(self, *args: Any) -> None:
-            pass  # pragma: no cover
-
-        def execution_ended(self, *args: Any) -> None:
-            pass
-
     async with trio_persist.open_persist(Labelled()) as persist:
-        persist.add_observer(Ears())
+        told = LabelEars()
+        persist.add_observer(told)
         for request in ("plain", "bell\x07", "x" * 500):
             await persist.resolve("b", request)
-    assert told[0] == "plain"
-    assert told[1] == "bell\ufffd"
-    assert len(told[2]) < 500
+    assert told.labels[0] == "plain"
+    assert told.labels[1] == "bell\ufffd"
+    assert len(told.labels[2]) < 500
+
+
+async def test_an_observer_is_told_each_label_made_safe_however_often_the_hook_repeats_it(
+    autojump_clock: object,
+) -> None:
+    unsafe = "bell\x07"  # the same object each time: made safe each time
+
+    class Labelled(RecordingDevice):
+        def label(self, base: Any, request: Any) -> Any:
+            return {"plain": "plain", "unsafe": unsafe, "number": 7}[request[:-1]]
+
+    async with trio_persist.open_persist(Labelled()) as persist:
+        told = LabelEars()
+        persist.add_observer(told)
+        for request in ("plain1", "plain2", "unsafe1", "unsafe2", "number1", "plain3"):
+            await persist.resolve("b", request)
+        # A hook that returns no str is a failing hook: counted, and no label told.
+        assert persist.statistics().hook_failures == 1
+    assert told.labels == ["plain", "plain", "bell\ufffd", "bell\ufffd", "", "plain"]

@@ -218,3 +218,36 @@ async def test_an_execution_another_process_answers_is_never_counted_here(
             assert (a.statistics().executions, b.statistics().executions) == (1, 0)
             release.set()
         assert (b.statistics().executions, b.statistics().remote) == (0, 1)
+
+
+async def test_an_observer_that_raises_when_told_anything_is_counted_each_time_and_harms_nothing(
+    autojump_clock: object,
+) -> None:
+    class Broken:
+        def execution_started(self, *args: Any) -> None:
+            raise RuntimeError("started")
+
+        def joined(self, *args: Any) -> None:
+            raise RuntimeError("joined")
+
+        def execution_ended(self, *args: Any) -> None:
+            raise RuntimeError("ended")
+
+    async def slow(base: Any, request: Any) -> Any:
+        await trio.sleep(1)
+        return request
+
+    answers: list[Any] = []
+
+    async def call() -> None:
+        answers.append(await persist.resolve("b", "r"))
+
+    async with trio_persist.open_persist(slow) as persist, trio.open_nursery() as nursery:
+        persist.add_observer(Broken())
+        nursery.start_soon(call)
+        nursery.start_soon(call)
+    assert answers == ["r", "r"]
+    statistics = persist.statistics()
+    assert (statistics.executions, statistics.deduplicated) == (1, 1)
+    assert statistics.hook_failures == 3  # its start, the join and its end
+    assert trio.current_time() == 1

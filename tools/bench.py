@@ -20,6 +20,7 @@ The figures in docs/performance.md come from this script.
 from __future__ import annotations
 
 import argparse
+import collections
 import gc
 import math
 import os
@@ -196,38 +197,52 @@ class NullObserver:
         pass
 
 
-class _Sink(list[float]):
-    """A sample list that keeps nothing (so it is never folded)."""
-
-    def append(self, sample: float) -> None:
-        pass
-
-
 def _silence(persist: Any) -> None:
     """Make the per-call work of durations no-ops in *persist*: the clock reads
     (a constant clock: every time is 0.0; only for flights, as a worker's idle
-    deadline is read from it) and the samples (sinks)."""
+    deadline is read from it) and the samples (sinks: C calls that keep
+    nothing, so the floor pays no Python frame that the real tree does not)."""
     core = persist._core
     core.now = float  # a C call returning 0.0
     timings = core.timings
-    timings.both = _Sink()
+    timings.both = collections.deque(maxlen=0)  # keeps nothing, so never folded
     timings.execution.add = timings.wait.add = id  # a C call that keeps nothing
 
 
-def observed_distinct(n: int, observed: bool) -> float:
+def observed_distinct(n: int, observed: bool, direct: bool = False) -> float:
     """(i) with observability in use (one observer, a ``label`` hook, durations),
     or, *observed* False, the same tree with that per-call work made no-ops:
-    no observer (so no label is asked for), and `_silence`."""
+    no observer (so no label is asked for), and `_silence`.
+
+    With *direct* (and *observed* False), the caller's loop calls the same
+    empty ``label`` hook and observer methods itself, once each per call: what
+    the user's own functions cost, which the used figure's floor includes so
+    that only what the persist adds to them is counted.
+    """
 
     async def main() -> int:
-        device = LabelledKeyDevice() if observed else KeyDevice()
+        device = LabelledKeyDevice() if observed or direct else KeyDevice()
+        observer = NullObserver()
         async with trio_persist.open_persist(device) as persist:
             if observed:
-                persist.add_observer(NullObserver())
-            else:
-                _silence(persist)
+                persist.add_observer(observer)
+                for i in range(n):
+                    await persist.resolve(None, i)
+                return n
+            _silence(persist)
+            if not direct:
+                for i in range(n):
+                    await persist.resolve(None, i)
+                return n
+            label, started, ended = (
+                device.label,
+                observer.execution_started,
+                observer.execution_ended,
+            )
             for i in range(n):
+                started("flight", i, label(None, i), None)
                 await persist.resolve(None, i)
+                ended("flight", i, None, "ok", 0.0)
         return n
 
     return timed(main)

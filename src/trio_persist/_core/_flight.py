@@ -254,8 +254,7 @@ class Flight:
         and the job is shared (a write runs here)."""
         core = self.core
         if core.observers.listening:
-            label = core.observed_label(self.group, job.base, job, self.label)
-            core.observers.started(self.kind, self.group, label, job)
+            core.tell_started(self, job.base, job, self.label)
         call = job.call
         resolve = core.hooks.resolve if call is None else call
         backend = core.backend

@@ -844,8 +844,13 @@ class Persist(Generic[B, R, T]):
             job.call.deduplicated += 1
         if owner.kind == "flight":
             core.events.emit("flight.joined", owner.group)
-        if core.observers.listening:
-            core.observers.joined(owner.kind, owner.group, job)
+        if core.observers.listening:  # told from this frame: no call of ours between
+            group = owner.group
+            for method in core.observers.on_joined:
+                try:
+                    method(owner.kind, group, job)
+                except Exception as exc:
+                    core.hook_failed("observer joined", group, exc)
 
     async def _recurse(
         self,

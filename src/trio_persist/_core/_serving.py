@@ -253,8 +253,7 @@ def _start(task: WorkerTask, job: Job) -> float:
     task.last_active = began = core.now()
     task.host.touch(task)
     if core.observers.listening:
-        label = core.observed_label(task.group, task.state, job, task.label)
-        core.observers.started(task.kind, task.group, label, job)
+        core.tell_started(task, task.state, job, task.label)
     core.counters.executions += 1
     return began
 

@@ -134,10 +134,11 @@ class Observers:
     listening: list[Observer] = attrs.field(factory=list)
     # Each observer's methods, looked up when it was added (not by name per
     # call), as tuples rebuilt on each change: an observer added or removed
-    # while they are told is told from the next execution on.
-    _started: tuple[Callable[..., Any], ...] = ()
-    _joined: tuple[Callable[..., Any], ...] = ()
-    _ended: tuple[Callable[..., Any], ...] = ()
+    # while they are told is told from the next execution on. The hot paths
+    # (`Core.tell_started`, `Core.finish`, a join) loop over them in their own frame.
+    on_started: tuple[Callable[..., Any], ...] = ()
+    on_joined: tuple[Callable[..., Any], ...] = ()
+    on_ended: tuple[Callable[..., Any], ...] = ()
 
     def add(self, observer: Observer) -> None:
         self.listening.append(observer)
@@ -150,31 +151,15 @@ class Observers:
 
     def _bind(self) -> None:
         listening = self.listening
-        self._started = tuple(_method(each, "execution_started") for each in listening)
-        self._joined = tuple(_method(each, "joined") for each in listening)
-        self._ended = tuple(_method(each, "execution_ended") for each in listening)
-
-    def started(self, kind: str, group: Hashable | None, label: str, job: Job) -> None:
-        """*job* starts; *label* is what may name it outside the process (the
-        label hook's text, a wrapped function's name, or "")."""
-        for method in self._started:
-            try:
-                method(kind, group, label, job)
-            except Exception as exc:
-                self.failed("observer execution_started", group, exc)
-
-    def joined(self, kind: str, group: Hashable | None, job: Job) -> None:
-        for method in self._joined:
-            try:
-                method(kind, group, job)
-            except Exception as exc:
-                self.failed("observer joined", group, exc)
+        self.on_started = tuple(_method(each, "execution_started") for each in listening)
+        self.on_joined = tuple(_method(each, "joined") for each in listening)
+        self.on_ended = tuple(_method(each, "execution_ended") for each in listening)
 
     def ended(
         self, kind: str, group: Hashable | None, job: Job, outcome: Outcome | None, seconds: float
     ) -> None:
         name = "abandoned" if outcome is None else outcome.text
-        for method in self._ended:
+        for method in self.on_ended:
             try:
                 method(kind, group, job, name, seconds)
             except Exception as exc:
@@ -264,6 +249,9 @@ class Core:
     throttle: Throttle = attrs.field(factory=Throttle)
     # Tasks in `Persist.wait_quiet`, made on first use (most persists never wait).
     quiet: trio.lowlevel.ParkingLot | None = None
+    # The last label hook text found fit to show as it is: the same object
+    # again (a constant label) is not checked again.
+    label_seen: str = ""
     now: Callable[[], float] = attrs.field(init=False)
     # The group of ``(base, request)``: the device's ``group`` hook itself, or
     # the default grouper leaving out ``ignore_keys`` (no frame of ours between).
@@ -308,8 +296,13 @@ class Core:
         timings.unsettled -= 1
         if not timings.unsettled:
             timings.settle()
-        if self.observers.listening:
-            self.observers.ended(owner.kind, owner.group, job, outcome, elapsed)
+        if self.observers.listening:  # told from this frame: no call of ours between
+            group = owner.group
+            for method in self.observers.on_ended:
+                try:
+                    method(owner.kind, group, job, outcome.text, elapsed)
+                except Exception as exc:
+                    self.hook_failed("observer execution_ended", group, exc)
         if job.call is not None:  # a wrapped function times its own too
             job.call.ended(elapsed)
         if outcome is not OK or self.events.listening:  # no call when silent
@@ -386,33 +379,69 @@ class Core:
         """
         hook = self.hooks.label
         if hook is not None:
-            try:
-                text = hook(base, request)
-                if type(text) is str and len(text) <= LABEL_WIDTH and text.isprintable():
-                    # Nothing to cut or replace (`literal` replaces only
-                    # characters `str.isprintable` refuses): no regex per label.
-                    return text, True
-                if not isinstance(text, str):
-                    raise TypeError(f"label() returned a {type(text).__name__}, not a str")
-                return literal(text, LABEL_WIDTH), True
-            except Exception as exc:
-                self.hook_failed("label", group, exc, throttled=True)
+            text = self._hook_label(hook, group, base, request)
+            if text is not None:
+                return text, True
         return default_label(group, base if request is None else request), False
 
-    def observed_label(
-        self, group: Hashable | None, base: Any, job: Job, label: tuple[str, bool] | None
-    ) -> str:
-        """What may name *job*'s execution outside the process: a wrapped
-        function's name, or the ``label`` hook's text (*label*: the owner's own,
-        if made already); never a rendering of the request."""
+    def _hook_label(
+        self, hook: Callable[[Any, Any], Any], group: Hashable | None, base: Any, request: Any
+    ) -> str | None:
+        """The ``label`` hook's text for *request*, fit to show; None if it failed."""
+        try:
+            text = hook(base, request)
+        except Exception as exc:
+            self.hook_failed("label", group, exc, throttled=True)
+            return None
+        if type(text) is str and len(text) <= LABEL_WIDTH and text.isprintable():
+            # Nothing to cut or replace (`literal` replaces only characters
+            # `str.isprintable` refuses): no regex per label.
+            return text
+        return self._fit_label(group, text)
+
+    def _fit_label(self, group: Hashable | None, text: Any) -> str | None:
+        """A label hook's *text* cut and made printable; None (counted) if not a str."""
+        if not isinstance(text, str):
+            error = TypeError(f"label() returned a {type(text).__name__}, not a str")
+            self.hook_failed("label", group, error, throttled=True)
+            return None
+        return literal(text, LABEL_WIDTH)
+
+    def tell_started(
+        self, owner: Owner, base: Any, job: Job, label: tuple[str, bool] | None
+    ) -> None:
+        """Tell the observers *job*'s execution by *owner* starts (check
+        ``observers.listening`` first), with what may name it outside the
+        process: a wrapped function's name, or the ``label`` hook's text
+        (*label*: the owner's own, if made already); never a rendering of the
+        request. One frame of ours: the hook and the observers are called
+        from it, and no label record is made.
+        """
+        group = owner.group
         if job.call is not None:
-            return job.call.name
-        if label is None:
-            if self.hooks.label is None:
-                return ""  # the default label is never shown outside: not made
+            text = job.call.name
+        elif label is not None:
+            text = label[0] if label[1] else ""
+        elif (hook := self.hooks.label) is None:
+            text = ""  # the default label is never shown outside: not made
+        else:
             request = None if base is not job.base else job.request
-            label = self.label_of(group, base, request)
-        return label[0] if label[1] else ""
+            try:
+                text = hook(base, request)
+            except Exception as exc:
+                self.hook_failed("label", group, exc, throttled=True)
+                text = ""
+            else:
+                if text is not self.label_seen:
+                    if type(text) is str and len(text) <= LABEL_WIDTH and text.isprintable():
+                        self.label_seen = text
+                    else:
+                        text = self._fit_label(group, text) or ""
+        for method in self.observers.on_started:
+            try:
+                method(owner.kind, group, text, job)
+            except Exception as exc:
+                self.hook_failed("observer execution_started", group, exc)
 
     def maybe_quiet(self) -> None:
         """Wake `Persist.wait_quiet` callers if nothing runs and nobody waits now."""
