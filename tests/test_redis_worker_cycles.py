@@ -90,6 +90,18 @@ async def test_a_cycle_of_resolves_through_two_processes_raises_infinite_recursi
         assert await ask(persist, "g", "h", resolve=True) == 1
 
 
+async def test_a_cycle_of_resolves_closing_behind_a_flight_that_stands_in_for_a_group_raises(
+    redis_url: str, namespace: str
+) -> None:
+    # f resolves h there (through a flight here standing in for h), h resolves g
+    # here, g resolves h: g's call would queue behind that flight, which waits for g.
+    async with nodes(redis_url, namespace, ["g", "f"], ["h"]) as (_, persist):
+        with pytest.raises(trio_persist.InfiniteRecursion, match="a cycle of groups across"):
+            await ask(persist, "f", "h", "g", "h", resolve=True)
+        assert await ask(persist, "g", "h", resolve=True) == 1  # every worker serves on
+        assert await ask(persist, "f", "h", "g", resolve=True) == 2
+
+
 async def test_a_cycle_closing_at_a_group_waiting_in_its_own_process_is_refused_there(
     redis_url: str, namespace: str
 ) -> None:
