@@ -9,10 +9,8 @@ to ``NAMESPACE:ready`` and serves what is routed to it until killed.
 
 from __future__ import annotations
 
-import functools
 import os
 import sys
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import coredis
@@ -26,28 +24,20 @@ TTL = 2.0  # the lease TTL and the step timeout, in the nodes and the test
 
 class Chained:
     """A device whose request ``{"then": [group, ...]}`` asks the first group with
-    the rest (resolves it with ``"resolve": True``, unless it is ``"ask:<group>"``),
-    and replies with how deep the chain went from here; ``"gate"`` first waits for
-    the test to open the gate (`pass_gate`). A group is its base:
-    ``resolve(group, ...)`` is served by the group's worker."""
+    the rest (resolves it with ``"resolve": True``), and replies with how deep the
+    chain went from here. A group is its base: ``resolve(group, ...)`` is served by
+    the group's worker."""
 
     def __init__(self) -> None:
         self.persist: trio_persist.Persist[Any, Any, Any] | None = None
-        self.gate: Callable[[], Awaitable[None]] | None = None
 
     async def resolve(self, state: Any, request: Any) -> Any:
         then = request["then"]
-        if then[:1] == ["gate"]:
-            assert self.gate is not None
-            await self.gate()
-            then = then[1:]
         if not then:
             return {"depth": 0}
         assert self.persist is not None
-        group = then[0].removeprefix("ask:")
-        resolving = request.get("resolve") and group == then[0]
-        ask = self.persist.resolve if resolving else self._ask
-        reply = await ask(group, request | {"then": then[1:]})
+        ask = self.persist.resolve if request.get("resolve") else self._ask
+        reply = await ask(then[0], request | {"then": then[1:]})
         return {"depth": reply["depth"] + 1}
 
     async def _ask(self, group: str, request: Any) -> Any:
@@ -56,13 +46,6 @@ class Chained:
 
     def group(self, base: Any, request: Any) -> Any:
         return base
-
-
-async def pass_gate(control: Any, namespace: str) -> None:
-    """Say the gate is reached (``NAMESPACE:at-gate``), then wait until the test
-    opens it (``NAMESPACE:gate``)."""
-    await control.rpush(f"{namespace}:at-gate", ["1"])
-    assert await control.blpop([f"{namespace}:gate"], timeout=60)
 
 
 def backend(url: str, namespace: str) -> RedisBackend:
@@ -78,7 +61,6 @@ async def main(url: str, namespace: str, groups: str) -> None:
         ) as persist,
     ):
         device.persist = persist
-        device.gate = functools.partial(pass_gate, control, namespace)
         for group in groups.split(","):
             await persist.ask(group, {"then": []}, default=dict)
         await control.rpush(f"{namespace}:ready", [str(os.getpid())])

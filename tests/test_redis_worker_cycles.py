@@ -20,7 +20,6 @@ from typing import Any
 import coredis
 import pytest
 import trio
-import trio.testing
 
 import trio_persist
 from cycle_node import Chained, backend
@@ -89,41 +88,6 @@ async def test_a_cycle_of_resolves_through_two_processes_raises_infinite_recursi
         with pytest.raises(trio_persist.InfiniteRecursion, match="a cycle of groups across"):
             await ask(persist, "g", "h", "g", resolve=True)
         assert await ask(persist, "g", "h", resolve=True) == 1
-
-
-async def test_a_cycle_of_resolves_closing_behind_a_flight_that_stands_in_for_a_group_raises(
-    redis_url: str, namespace: str
-) -> None:
-    # f resolves h there (through a flight here standing in for h), h resolves g
-    # here, g resolves h: g's call would queue behind that flight, which waits for g.
-    async with nodes(redis_url, namespace, ["g", "f"], ["h"]) as (_, persist):
-        with pytest.raises(trio_persist.InfiniteRecursion, match="a cycle of groups across"):
-            await ask(persist, "f", "h", "g", "h", resolve=True)
-        assert await ask(persist, "g", "h", resolve=True) == 1  # every worker serves on
-        assert await ask(persist, "f", "h", "g", resolve=True) == 2
-
-
-async def test_an_ask_closing_a_cycle_behind_a_flight_that_stands_in_for_a_group_raises(
-    redis_url: str, namespace: str
-) -> None:
-    # f resolves h there through a flight here; k's worker queues behind that
-    # flight; then h resolves g here, and g asks k: k waits for the flight, for h.
-    async def cycle() -> None:
-        with pytest.raises(trio_persist.InfiniteRecursion, match="a cycle of groups across"):
-            await ask(persist, "f", "h", "gate", "g", "ask:k", resolve=True)
-
-    async def queued_behind_the_flight() -> None:
-        assert await ask(persist, "k", "h", resolve=True) == 1
-
-    async with nodes(redis_url, namespace, ["g", "f", "k"], ["h"]) as (control, persist):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(cycle)
-            with trio.fail_after(WITHIN):
-                assert await control.blpop([f"{namespace}:at-gate"], timeout=WITHIN)
-            nursery.start_soon(queued_behind_the_flight)
-            await trio.testing.wait_all_tasks_blocked()
-            await control.lpush(f"{namespace}:gate", ["open"])
-        assert await ask(persist, "g", "ask:k", "h", resolve=True) == 2
 
 
 async def test_a_cycle_closing_at_a_group_waiting_in_its_own_process_is_refused_there(

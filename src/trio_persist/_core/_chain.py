@@ -7,10 +7,7 @@ process leaves that graph, so it carries a *chain* instead: the digests
 that serves it keeps the chain on the job (`AskJob.chain`), so the asks its
 execution makes carry it on, and a request for one of those groups is
 refused (`InfiniteRecursion`) where it is sent, or where it arrives if the
-group's worker there waits for one of them; so is a call from such an
-execution that would join or queue behind an owner here waiting for one of
-them (`joins_a_cycle`: a flight standing in for a group owned elsewhere waits
-for it unseen by the graph). A chain names at most
+group's worker there waits for one of them. A chain names at most
 `CHAIN_LIMIT` groups: deeper nesting is refused too. docs/redis.md states it.
 """
 
@@ -25,7 +22,7 @@ from .._text import safe_repr
 from ._job import AskJob, Owner
 from ._worker import WorkerTask
 
-__all__ = ["joins_a_cycle", "serving_chain", "waits_on_chain"]
+__all__ = ["serving_chain", "waits_on_chain"]
 
 
 def serving_chain(
@@ -40,13 +37,23 @@ def serving_chain(
     """
     if current is None:
         return ()
+    waiters: dict[int, list[Owner]] = {}  # the graph reversed: who waits for whom
+    for waiter, awaited in awaiting.items():
+        for owner in awaited:
+            waiters.setdefault(id(owner), []).append(waiter)
     chain: dict[str, None] = {}
-    for owner in _waiting_for(current, awaiting):
+    stack, seen = [current], {id(current)}
+    while stack:
+        owner = stack.pop()
         if owner.group is not None:
             name = group_digest(owner.group)
             if owner is not current or name != digest:  # (a flight sending its own request)
                 chain[name] = None
         chain.update(dict.fromkeys(_carried(owner)))
+        for waiter in waiters.get(id(owner), ()):
+            if id(waiter) not in seen:
+                seen.add(id(waiter))
+                stack.append(waiter)
     if digest in chain:
         raise cycle_error(group)
     if len(chain) > CHAIN_LIMIT:
@@ -55,19 +62,6 @@ def serving_chain(
             f"{len(chain) + 1} groups deep, past the bound of {CHAIN_LIMIT}"
         )
     return tuple(chain)
-
-
-def joins_a_cycle(owner: Owner, current: Owner, awaiting: dict[Owner, list[Owner]]) -> bool:
-    """Whether a call from *current*'s execution that joins or queues behind
-    *owner* here would wait for itself through other processes: *owner* is, or
-    waits here for, an owner of a group whose execution elsewhere waits for
-    *current* (named by the chains carried into *current* or into the owners
-    here waiting for it). A flight standing in here for a group owned
-    elsewhere waits for that group's worker, so a call from the chain of that
-    worker's request must not queue behind it. (Cycles within this process
-    are the wait-for graph's own: `Persist` finds them first.)"""
-    chain = {name for waiter in _waiting_for(current, awaiting) for name in _carried(waiter)}
-    return bool(chain) and waits_on_chain(owner, awaiting, chain)
 
 
 def waits_on_chain(owner: Owner, awaiting: dict[Owner, list[Owner]], chain: Iterable[str]) -> bool:
@@ -84,21 +78,6 @@ def waits_on_chain(owner: Owner, awaiting: dict[Owner, list[Owner]], chain: Iter
                 seen.add(id(awaited))
                 stack.append(awaited)
     return False
-
-
-def _waiting_for(current: Owner, awaiting: dict[Owner, list[Owner]]) -> list[Owner]:
-    """*current* and the owners here waiting for it, transitively."""
-    waiters: dict[int, list[Owner]] = {}  # the graph reversed: who waits for whom
-    for waiter, awaited in awaiting.items():
-        for owner in awaited:
-            waiters.setdefault(id(owner), []).append(waiter)
-    found, seen = [current], {id(current)}
-    for owner in found:  # grows as it is walked
-        for waiter in waiters.get(id(owner), ()):
-            if id(waiter) not in seen:
-                seen.add(id(waiter))
-                found.append(waiter)
-    return found
 
 
 def _carried(owner: Owner) -> tuple[str, ...]:

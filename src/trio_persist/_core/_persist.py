@@ -30,7 +30,7 @@ import attrs
 import trio
 from trio.lowlevel import current_task, wait_task_rescheduled
 
-from .._backend import Backend, cycle_error, placement_of
+from .._backend import Backend, placement_of
 from .._exceptions import InfiniteRecursion, PersistClosed, PersistError
 from .._grouping import default_group, default_group_and_base
 from .._monitor import serve_monitor
@@ -38,7 +38,6 @@ from .._stats import FunctionStatistics, GroupSnapshot, PersistDurations, Persis
 from .._store import Store
 from .._text import safe_repr
 from ._ask import worker_for
-from ._chain import joins_a_cycle
 from ._device import NO_DEVICE, DeviceHooks
 from ._events import EventSubscription
 from ._flight import Flight
@@ -358,8 +357,8 @@ class Persist(Generic[B, R, T]):
             return job, flight, flight.started
         if fn is not None:
             _refuse_a_worker(owner, fn)
-        if current is not None and (cycle := self._cycle(current, owner, group)) is not None:
-            return cycle
+        if current is not None and _waits_for(self._awaiting, owner, current):
+            return _Detour(owner=owner)
         joined = owner.find(request, key) if share and owner.shares else None
         if joined is not None:
             self._joined(owner, joined)
@@ -368,17 +367,6 @@ class Persist(Generic[B, R, T]):
         if owner.admit_nowait(job):
             return job, owner, None
         return _Detour(owner=owner, job=job)
-
-    def _cycle(self, current: Owner, owner: Owner, group: Hashable) -> _Detour | None:
-        """Whether a call from *current*'s execution would wait for itself if it
-        joined or queued behind *owner*: *owner* waits for *current* here (a
-        recursive call), or for a group waiting for *current* in another process
-        (a flight here may stand in for that group's worker: refused)."""
-        if _waits_for(self._awaiting, owner, current):
-            return _Detour(owner=owner)
-        if self._core.placement is not None and joins_a_cycle(owner, current, self._awaiting):
-            return _Detour(error=cycle_error(group))
-        return None
 
     async def _detour(self, detour: _Detour, current: Owner | None, *route: Any) -> Any:
         """A call that cannot simply listen: a lingering answer, a recursive call,

@@ -31,7 +31,7 @@ from .._exceptions import WorkerMoved
 from .._grouping import canonical_encoding
 from .._text import safe_repr
 from ._activation import ACTIVATING, Activation
-from ._chain import joins_a_cycle, serving_chain, waits_on_chain
+from ._chain import serving_chain, waits_on_chain
 from ._job import UNNAMED, AskJob, Job, Owner, leader_died, running
 from ._state import Core
 from ._worker import WorkerTask
@@ -117,12 +117,10 @@ class Here:
         """*group*'s worker here (activated if need be), running under *lease* if
         it has none yet (one started with a state: the lease won now covers it).
         `InfiniteRecursion` if it waits for one of the groups of *chain* (those
-        waiting for a routed request), or for one waiting elsewhere for *current*."""
+        waiting for a routed request)."""
         task = self.worker_for(group, default, current)
         if chain and waits_on_chain(task, self.awaiting, chain):
             raise cycle_error(group)
-        if current is not None and joins_a_cycle(task, current, self.awaiting):
-            raise cycle_error(group)  # it waits here for a group waiting for *current*
         lease_worker(task, lease)
         if task.activation is None and task.lease is None:
             task.run_under(lease)
