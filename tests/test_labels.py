@@ -188,3 +188,36 @@ async def test_an_observer_is_told_each_label_made_safe_however_often_the_hook_r
         # A hook that returns no str is a failing hook: counted, and no label told.
         assert persist.statistics().hook_failures == 1
     assert told.labels == ["plain", "plain", "bell\ufffd", "bell\ufffd", "", "plain"]
+
+
+class Hostile(str):
+    """A str whose own methods raise: a label hook's return value is user code."""
+
+    def __len__(self) -> int:
+        raise RuntimeError("len")
+
+    def __getitem__(self, index: Any) -> Any:
+        raise RuntimeError("getitem")
+
+
+async def test_a_label_that_is_a_str_subclass_is_shown_as_its_plain_text_and_harms_nothing(
+    autojump_clock: object,
+) -> None:
+    class Labelled(RecordingDevice):
+        def label(self, base: Any, request: Any) -> str:
+            return Hostile(request)
+
+    device = Labelled()
+    async with trio_persist.open_persist(device) as persist:
+        told = LabelEars()
+        persist.add_observer(told)
+        assert await persist.resolve("b", "r1") is not None
+        device.block()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(persist.resolve, "b", "slow")
+            await trio.testing.wait_all_tasks_blocked()
+            [record] = persist.snapshot()  # the flight's label made for the operator
+            assert (record.label, type(record.label)) == ("slow", str)
+            nursery.cancel_scope.cancel()
+    assert told.labels == ["r1", "slow"]
+    assert all(type(label) is str for label in told.labels)

@@ -405,7 +405,9 @@ class Core:
             error = TypeError(f"label() returned a {type(text).__name__}, not a str")
             self.hook_failed("label", group, error, throttled=True)
             return None
-        return literal(text, LABEL_WIDTH)
+        # A str subclass's own methods (``__len__``, ``__getitem__``) are the
+        # user's code: its plain text is taken first, and read from then on.
+        return literal(str.__str__(text), LABEL_WIDTH)
 
     def tell_started(
         self, owner: Owner, base: Any, job: Job, label: tuple[str, bool] | None
