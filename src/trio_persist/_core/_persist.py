@@ -13,9 +13,8 @@ import math
 import os
 import secrets
 import sys
-import types
 import weakref
-from collections.abc import Awaitable, Callable, Coroutine, Hashable
+from collections.abc import Awaitable, Callable, Hashable
 from typing import Any, Generic, ParamSpec, TypeVar, final, overload
 
 import attrs
@@ -35,17 +34,18 @@ from ._observer import Observer
 from ._options import PersistOptions, check_duration
 from ._placement import Here, claim_started, lease_worker, resolve_placed
 from ._registry import RegistryView
-from ._routing import Detour, Grouping, Routing
+from ._routing import Detour, Grouping
 from ._runner import RunnerPool
 from ._state import Core
 from ._supervisor import Supervisor
 from ._worker import WorkerTask
-from ._wrapped import WrappedFunction, function_name
+from ._wrapped import WrappedFunction
+from ._wrapping import Wrapping
 
 if sys.version_info < (3, 11):  # pragma: no cover
     pass
 
-__all__ = ["CallWrapped", "Persist", "close", "register_function"]
+__all__ = ["Persist", "close"]
 
 B = TypeVar("B")
 R = TypeVar("R", contravariant=True)
@@ -61,18 +61,6 @@ def _face(owner: Owner) -> object:
     return handle_of(owner) if isinstance(owner, WorkerTask) else owner
 
 
-def _same_function(
-    known: WrappedFunction,
-    fn: Callable[..., Awaitable[Any]],
-    linger: float,
-    instance_key: Callable[[Any], Any] | None,
-) -> bool:
-    """Whether *fn*, wrapped with these options, is what *known* registered (a
-    bound method is made anew at each access: the same one is equal)."""
-    same = known.fn is fn or (isinstance(fn, types.MethodType) and known.fn == fn)
-    return same and known.linger == linger and known.instance_key is instance_key
-
-
 def _check_default(default: object) -> None:
     if default is not None and not callable(default):
         raise TypeError(
@@ -83,7 +71,7 @@ def _check_default(default: object) -> None:
 
 @final
 @attrs.define(eq=False, repr=False)
-class Persist(Routing, Generic[B, R, T]):
+class Persist(Wrapping, Generic[B, R, T]):
     """Deduplicated execution and persistent workers for one device.
 
     Made by `open_persist`; every flight and worker is a task in its nursery.
@@ -467,43 +455,6 @@ class Persist(Routing, Generic[B, R, T]):
 
         return deduplicated
 
-    def _register(
-        self,
-        fn: Callable[..., Awaitable[Any]],
-        name: str | None,
-        linger: float,
-        instance_key: Callable[[Any], Any] | None = None,
-    ) -> WrappedFunction:
-        """The registration of *fn* under *name* (by default its module and
-        qualified name): the one in use, or a new one."""
-        label = function_name(fn, name)
-        known = self._wrapped.get(label)
-        if known is None:
-            known = self._wrapped[label] = WrappedFunction(label, fn, linger, instance_key)
-        elif not _same_function(known, fn, linger, instance_key):
-            raise ValueError(
-                f"another function is already wrapped as {label!r} by this persist; "
-                "pass name= to tell them apart"
-            )
-        return known
-
-    async def _call_wrapped(
-        self, fn: WrappedFunction, args: Any, kwargs: Any, share: bool, method: bool
-    ) -> Any:
-        """A call of a wrapped function (*method*: ``args[0]`` is its instance)."""
-        core = self._core
-        if core.closed:
-            raise PersistClosed("this persist is closed: wrapped calls need its block")
-        group, key = fn.name_method_call(args, kwargs) if method else fn.name_call(args, kwargs)
-        core.counters.requests += 1
-        fn.requests += 1
-        current = running.get()
-        routing = (group, None, args, kwargs, key, share, False, fn)
-        route = self._route(current, *routing)
-        if not isinstance(route, Detour):
-            return await self._listen(route[0], route[1], current, route[2])
-        return await self._detour(route, current, *routing)
-
     def function_statistics(self) -> tuple[FunctionStatistics, ...]:
         """Return the counts of every function wrapped now (`wrap`, and
         `trio_persist.deduplicated` in the persist it runs in), by name.
@@ -675,30 +626,6 @@ class Persist(Routing, Generic[B, R, T]):
             core.nursery.cancel_scope.cancel()
             core.events.close()
             core.throttle.flush()
-
-
-CallWrapped = Callable[
-    [WrappedFunction, tuple[Any, ...], dict[str, Any], bool, bool], Coroutine[Any, Any, Any]
-]
-"""``(function, args, kwargs, share, method)``: a call of a registered function
-(*method*: ``args[0]`` is its instance, grouped as `WrappedFunction.name_method_call`
-says)."""
-
-
-def register_function(
-    persist: Persist[Any, Any, Any],
-    fn: Callable[..., Awaitable[Any]],
-    name: str | None,
-    linger: float,
-    instance_key: Callable[[Any], Any] | None,
-) -> tuple[WrappedFunction, CallWrapped]:
-    """For ``@deduplicated``: *fn* registered with *persist* (as `Persist.wrap`
-    registers it, with its own *linger*), and what calls it.
-
-    Raises:
-        ValueError: another function is registered under the name now.
-    """
-    return persist._register(fn, name, linger, instance_key), persist._call_wrapped
 
 
 async def close(persist: Persist[Any, Any, Any]) -> None:
