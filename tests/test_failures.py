@@ -12,7 +12,7 @@ import trio.testing
 
 import trio_persist
 from conftest import Counting
-from trio_persist._core import _persist
+from trio_persist._core import _routing
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup, ExceptionGroup
@@ -107,14 +107,14 @@ async def test_a_caller_interrupted_as_it_parks_is_not_woken_later_in_another_wa
     # A KeyboardInterrupt can land between the caller's registration on its job
     # and its wait (stood for here by the wait raising it): the answer must not
     # be sent into whatever the task awaits next.
-    real = _persist.wait_task_rescheduled
+    real = _routing.wait_task_rescheduled
 
     def interrupted(abort: Any) -> Any:
         if trio.lowlevel.current_task().name.endswith("interrupted_caller"):
             raise KeyboardInterrupt
         return real(abort)
 
-    monkeypatch.setattr(_persist, "wait_task_rescheduled", interrupted)
+    monkeypatch.setattr(_routing, "wait_task_rescheduled", interrupted)
     woke_at: list[float] = []
 
     async def slow(base: Any, request: Any) -> Any:

@@ -68,7 +68,7 @@ REDIS = [  # quickest first: with -x, most mutants die early
 # Modules by their path under src/trio_persist, without ".py".
 IN_PROCESS_MODULES = [
     "_core/_state", "_core/_flight", "_grouping", "_encoding", "_plain_json", "_records", "_core/_job", "_core/_persist",
-    "_core/_registry", "_core/_runner", "_core/_supervisor", "_core/_worker", "_core/_serving",
+    "_core/_routing", "_core/_wrapping", "_core/_registry", "_core/_runner", "_core/_supervisor", "_core/_worker", "_core/_serving",
     "_core/_saving", "_core/_handle",
     "_core/_linger", "_core/_labels", "_core/_histogram", "_core/_ask", "_core/_activation",
 ]  # fmt: skip

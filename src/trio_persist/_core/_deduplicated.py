@@ -40,8 +40,9 @@ from .._logging import logger
 from .._stats import FunctionStatistics
 from ._open import open_persist
 from ._options import check_linger
-from ._persist import CallWrapped, Persist, register_function
+from ._persist import Persist
 from ._wrapped import WrappedFunction, function_name
+from ._wrapping import CallWrapped, register_function
 
 __all__ = ["Deduplicated", "DeduplicatedMethod", "deduplicated"]
 
