@@ -179,7 +179,7 @@ async def _serve_in(task: WorkerTask, scope: trio.CancelScope) -> bool:
                 if task.stop_reason is not None:
                     return True
                 continue
-        if task.lease is not None and task.lapsed():  # no call unless placed
+        if task.lapsed():
             task.put_back(job)  # a paused owner woken: never started
             return True
         began = _start(task, job)
