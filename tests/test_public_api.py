@@ -189,3 +189,11 @@ def test_the_stores_module_exports_its_stores_and_their_protocol() -> None:
     for name in ("FileStore", "MemoryStore", "SqliteStore", "StateRecord", "check_store"):
         assert getattr(stores, name).__module__ == "trio_persist.stores", name
     assert issubclass(trio_persist.StaleOwner, trio_persist.PersistError)
+
+
+def test_the_door_check_is_public_on_the_persist_and_the_redis_backend() -> None:
+    from trio_persist.redis import RedisBackend
+
+    for cls in (trio_persist.Persist, RedisBackend):
+        assert inspect.signature(cls.overloaded).parameters.keys() == {"self"}
+        assert not inspect.iscoroutinefunction(cls.overloaded)  # synchronous: never a checkpoint

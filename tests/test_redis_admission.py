@@ -62,6 +62,7 @@ async def test_a_full_line_refuses_at_once(autojump_clock: object) -> None:
             nursery.start_soon(enter, admission)
         await trio.testing.wait_all_tasks_blocked()
         assert admission.waiting == 8
+        assert admission.overloaded()
         assert isinstance(admission.refusal(), trio_persist.BackendUnavailable)
         nursery.cancel_scope.cancel()
 
@@ -90,3 +91,40 @@ async def test_calls_let_in_that_never_start_stop_counting_after_the_budget(
     await trio.sleep(0.6)
     assert admission.refusal() is None
     assert admission.promised == 1
+
+
+async def test_the_door_check_reads_the_line_without_counting_or_letting_anyone_in(
+    autojump_clock: object,
+) -> None:
+    # It says what `refusal` would say, and leaves no trace: asked a thousand
+    # times, nothing is counted and no call is expected.
+    admission = Admission(limit=1, budget=0.5)
+    assert not admission.overloaded()  # a slot is free
+    await enter(admission)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(enter, admission)
+        await trio.sleep(0.25)
+        assert not admission.overloaded()  # the first in line waited half the budget, no more
+        await trio.sleep(0.001)
+        with trio.testing.assert_no_checkpoints():
+            assert all(admission.overloaded() for _ in range(1000))
+        assert (admission.rejected, admission.promised, admission.waiting) == (0, 0, 1)
+        assert admission.refusal() is not None
+        admission.leave()
+        await trio.testing.wait_all_tasks_blocked()
+        assert not admission.overloaded()
+        assert admission.refusal() is None
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_door_check_forgets_calls_let_in_that_never_started_as_the_refusal_does(
+    autojump_clock: object,
+) -> None:
+    admission = Admission(limit=1, budget=0.5)
+    await enter(admission)
+    for _ in range(8):
+        assert admission.refusal() is None
+    assert admission.overloaded()  # eight let in ahead: a full line
+    await trio.sleep(0.6)
+    assert not admission.overloaded()
+    assert admission.promised == 8  # only `refusal` lets them go

@@ -15,7 +15,9 @@ it. docs/architecture.md tells the whole path.
 
 A backend may also refuse new work at the door (`Admitting`): the persist asks
 it before it builds a flight for a call that would go through the backend, so
-that an overloaded backend sheds load for the price of a raised exception.
+that an overloaded backend sheds load for the price of a raised exception;
+and say, without refusing anything, whether it would (`Admitting.overloaded`,
+behind `Persist.overloaded`: a service's door check).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ __all__ = [
     "WorkerLease",
     "check_backend",
     "cycle_error",
+    "overload_check_of",
     "placement_of",
     "refusal_of",
 ]
@@ -85,7 +88,7 @@ class Backend(Protocol):
 
 
 class Admitting(Protocol):
-    """The optional method of a backend that can refuse new work at the door."""
+    """The optional methods of a backend that can refuse new work at the door."""
 
     def refusal(self) -> Exception | None:
         """An error for a call that would start on the backend now, if the backend
@@ -94,6 +97,20 @@ class Admitting(Protocol):
         Synchronous, cheap, never a checkpoint: the persist asks it before it
         builds anything for the call, and raises the error after a checkpoint.
         """
+
+    def overloaded(self) -> bool:
+        """Whether `refusal` would refuse a new call now, asked without refusing,
+        counting or letting in anything.
+
+        Synchronous, O(1), never a checkpoint: a service asks it (through
+        `Persist.overloaded`) before it spends anything on a request.
+        """
+
+
+def overload_check_of(backend: Backend | None) -> Callable[[], bool] | None:
+    """*backend*'s `Admitting.overloaded`, or None if it has none."""
+    check = getattr(backend, "overloaded", None)
+    return cast("Callable[[], bool]", check) if callable(check) else None
 
 
 def refusal_of(backend: Backend | None) -> Callable[[], Exception | None] | None:

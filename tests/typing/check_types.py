@@ -41,6 +41,7 @@ async def functions() -> None:
         assert_type(worker, trio_persist.Worker[str])
         assert_type(worker.state, str)
         assert_type(persist.workers(), tuple[trio_persist.Worker[str], ...])
+        assert_type(persist.overloaded(), bool)
         assert_type(await persist.ask("g", 1, default=lambda: "state"), dict[str, int])
         await persist.ask("g", "one")  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
 
@@ -141,6 +142,7 @@ def refused(plain: Callable[[int], int]) -> None:
 def redis_options() -> None:
     from trio_persist.redis import RedisBackend
 
+    assert_type(RedisBackend("redis://localhost").overloaded(), bool)
     RedisBackend("redis://localhost", workers="cluster", fallback="local")
     RedisBackend("redis://localhost", workers="clusters")  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
     RedisBackend("redis://localhost", fallback="locally")  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]

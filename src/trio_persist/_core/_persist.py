@@ -20,7 +20,7 @@ from typing import Any, Generic, ParamSpec, TypeVar, final, overload
 import attrs
 import trio
 
-from .._backend import Backend, placement_of
+from .._backend import Backend, overload_check_of, placement_of
 from .._exceptions import PersistClosed
 from .._monitor import serve_monitor
 from .._stats import FunctionStatistics, GroupSnapshot, PersistDurations, PersistStatistics
@@ -97,6 +97,8 @@ class Persist(Wrapping, Generic[B, R, T]):
     )
     # Which owners each owner's device waits for now (nested calls: cycle detection).
     _awaiting: dict[Owner, list[Owner]] = attrs.field(factory=dict, init=False)
+    # The backend's door check (`Admitting.overloaded`), if it has one.
+    _backend_overloaded: Callable[[], bool] | None = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self._core = core = Core(
@@ -111,6 +113,7 @@ class Persist(Wrapping, Generic[B, R, T]):
         self._runners = RunnerPool(core.nursery)
         self._here = Here(core, self._worker_for, self._listen, self._awaiting)
         core.placement = placement_of(self._backend, self._here)
+        self._backend_overloaded = overload_check_of(self._backend)
         mode = core.options.await_inprogress
         has_hook = core.hooks.group is not None
         if mode is False or (mode == "named" and not has_hook) or core.hooks is NO_DEVICE:
@@ -487,6 +490,30 @@ class Persist(Wrapping, Generic[B, R, T]):
             if core.quiet is None:
                 core.quiet = trio.lowlevel.ParkingLot()
             await core.quiet.park()
+
+    def overloaded(self) -> bool:
+        """Whether a new call would now be refused for load, or wait for room:
+        the door check a service asks before it spends anything on a request
+        (docs/redis.md, "Overload").
+
+        Synchronous, O(1), never a checkpoint, and without side effects:
+        nothing is counted and nobody is let in, so an accept loop can answer
+        "busy" before it starts a task or reads a body. True while the backend
+        would refuse a new call at its door (its line for a slot is long:
+        `trio_persist.redis.RedisBackend.overloaded`), or while ``max_workers``
+        is full twice over (workers saving after a stop included), so that a
+        worker activated now would wait for one to end. A persist without a
+        backend and without ``max_workers`` is never overloaded, and neither
+        is a closed one (its calls raise `PersistClosed`).
+
+        Coarse by design: it does not know the request. A call that would join
+        an execution in flight here, or be answered by a lingering result, is
+        served even while this says True.
+        """
+        if self._core.closed:
+            return False
+        check = self._backend_overloaded
+        return (check is not None and check()) or self._supervisor.crowded
 
     def forget(self, group: Hashable) -> bool:
         """Make the next call for *group* start afresh (Go singleflight's ``Forget``).

@@ -7,8 +7,9 @@ slot, in arrival order, at most ``budget`` (half the backend's timeout). And a
 call is refused *before anything is built for it* (`Admission.refusal`, which
 the persist asks before it starts a flight) while the line is long: its
 oldest caller has waited more than half the budget, or ``8 * limit`` callers
-wait. The line then holds about half a budget of work, whatever the offered
-load: answered calls keep a bounded latency, refusals come at once, and the
+wait. `Admission.overloaded` reads the same line without counting or letting
+anyone in: a service asks it before it spends anything on a request. The
+line then holds about half a budget of work, whatever the offered load: answered calls keep a bounded latency, refusals come at once, and the
 line empties within the budget when the load stops.
 
 The measure is the line's own sojourn time, not a predicted rate: a process
@@ -94,7 +95,7 @@ class Admission:
         the call is expected (`enter`).
 
         Synchronous and O(1) (amortised): the persist asks before it builds
-        anything for the call.
+        anything for the call. `overloaded` asks the same without side effects.
         """
         promised = self.promised
         ahead = self.waiting + promised - self._slots.value
@@ -104,18 +105,40 @@ class Admission:
             self.promised = promised + 1
             return None
         now = trio.current_time()
-        if promised and now - self._promised_since > self.budget:
+        if promised and self._promises_lapsed(now):
             # Let in and never arrived (given up before they started):
             # forgotten, so that they never keep anyone out for long.
             self.promised = promised = 0
             ahead = self.waiting - self._slots.value
-        if ahead >= self._cap or self.oldest_wait(now) > self._target:
+        if self._long(ahead, now):
             self.rejected += 1
             return BackendUnavailable(self._refused)
         if not promised:
             self._promised_since = now
         self.promised = promised + 1
         return None
+
+    def overloaded(self) -> bool:
+        """Whether `refusal` would refuse a new call now, asked without letting
+        one in or counting anything: the door check of a service's accept loop.
+
+        Synchronous and O(1) (amortised), like `refusal`.
+        """
+        promised = self.promised
+        ahead = self.waiting + promised - self._slots.value
+        if ahead < 0:
+            return False
+        now = trio.current_time()
+        if promised and self._promises_lapsed(now):
+            ahead = self.waiting - self._slots.value
+        return self._long(ahead, now)
+
+    def _promises_lapsed(self, now: float) -> bool:
+        return now - self._promised_since > self.budget
+
+    def _long(self, ahead: int, now: float) -> bool:
+        """Whether the line is long for a call with *ahead* callers before it."""
+        return ahead >= self._cap or self.oldest_wait(now) > self._target
 
     @property
     def _refused(self) -> str:

@@ -266,6 +266,19 @@ class RedisBackend:
             return None  # not serving: `run` says so (or falls back)
         return self._link.admission.refusal()
 
+    def overloaded(self) -> bool:
+        """Whether a new call that would start on Redis is refused at the door
+        now (`refusal`'s test: the line for a slot is long), asked without
+        refusing, counting or letting in anything.
+
+        Synchronous and O(1), never a checkpoint: what a service's accept loop
+        asks before it spends a task on a request (`Persist.overloaded` asks
+        it). False while the backend is not serving.
+        """
+        if self._link.client is None:
+            return False
+        return self._link.admission.overloaded()
+
     async def run(
         self,
         key: str,
