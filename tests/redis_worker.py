@@ -10,9 +10,13 @@ MODE ``rounds``: for 3 s, at every 100 ms boundary resolve CALLERS keys of that
 round at once (a 20 ms device) and print the backend's counts as JSON (the
 bench's synchronised rounds).
 MODE ``offered``: for SECONDS (a fifth argument, default 3) start CALLERS calls a
-second on keys of their own (an instant device), then look until a call succeeds
-again; print ``{"offered", "ok", "good", "errors", "p99", "recovered"}`` as JSON
-(``good``: answered with a value within the timeout; the bench's goodput).
+second on keys of their own (an instant device), a task each, then look until a
+call succeeds again; print ``{"offered", "ok", "good", "errors", "shed", "p99",
+"recovered"}`` as JSON (``good``: answered with a value within the timeout; the
+bench's goodput). MODE ``shed``: the same, but each arrival first asks the door
+(``persist.overloaded()``) and is shed (counted in ``shed``, no task) while it
+says so, as a service's accept loop would; the generator yields once every
+``LET_IN_PER_YIELD`` arrivals it lets in.
 MODE ``loop``: CALLERS tasks each loop over CALLERS keys (from a key of its own,
 in the same order) for SECONDS with ``linger=0.05`` and a 20 ms device; print
 ``{"calls", "executions"}`` as JSON (the bench's cross-process deduplication).
@@ -52,9 +56,9 @@ async def main(url: str, namespace: str, mode: str, callers: int) -> None:
             return {"pid": os.getpid(), "request": request}
 
         backend = RedisBackend(url, namespace=namespace, lease_ttl=1.0)
-        if mode in ("offered", "closed", "loop"):
+        if mode in ("offered", "shed", "closed", "loop"):
             seconds = float(sys.argv[5]) if len(sys.argv) > 5 else 3.0
-            load = {"offered": offered, "closed": closed, "loop": looping}[mode]
+            load = {"offered": offered, "shed": shedding, "closed": closed, "loop": looping}[mode]
             print(json.dumps(await load(url, namespace, callers, seconds)))
             return
         if mode == "rounds":
@@ -140,17 +144,30 @@ async def rounds(url: str, namespace: str, keys: int) -> None:
 
 
 TIMEOUT = 1.0  # the backend's step timeout here: a value later than this is not good
+# Arrivals let in at the door between two yields of the generator: the door
+# cannot see calls spawned that have not reached the persist yet, so without a
+# yield a whole batch (5 ms of arrivals) passes an open door at once.
+LET_IN_PER_YIELD = 64
 
 
 async def instant(base: Any, request: Any) -> Any:
     return request
 
 
-async def offered(url: str, namespace: str, rate: int, seconds: float) -> dict[str, Any]:
-    """Open-loop load: *rate* calls a second whatever happens to them."""
+async def shedding(url: str, namespace: str, rate: int, seconds: float) -> dict[str, Any]:
+    """`offered`, with each arrival shed at the door while the persist is overloaded."""
+    return await offered(url, namespace, rate, seconds, door=True)
+
+
+async def offered(
+    url: str, namespace: str, rate: int, seconds: float, *, door: bool = False
+) -> dict[str, Any]:
+    """Open-loop load: *rate* calls a second whatever happens to them; with
+    *door*, an arrival is shed before its task while the persist is overloaded."""
     backend = RedisBackend(url, namespace=namespace, timeout=TIMEOUT, heartbeat=None)
     pid = os.getpid()
-    ok, good, errors, late, durations = 0, 0, 0, 0, []
+    ok, good, errors, late, shed, durations = 0, 0, 0, 0, 0, []
+    admitted = 0
     async with trio_persist.open_persist(instant, backend=backend) as persist:
 
         async def call(n: int) -> None:
@@ -173,8 +190,18 @@ async def offered(url: str, namespace: str, rate: int, seconds: float) -> dict[s
             while (now := trio.current_time()) < begin + seconds:
                 due = int((now - begin) * rate)
                 while started < due:
-                    nursery.start_soon(call, started)
                     started += 1
+                    if not door:
+                        nursery.start_soon(call, started)
+                    elif persist.overloaded():
+                        shed += 1  # answered "busy" at once: no task, no call
+                    else:
+                        nursery.start_soon(call, started)
+                        admitted += 1
+                        if admitted % LET_IN_PER_YIELD == 0:
+                            # As an accept loop yields at each accept: the calls
+                            # let in reach the persist, and the door sees them.
+                            await trio.lowlevel.checkpoint()
                 await trio.sleep(0.005)
             # The load stops: how soon does a new call succeed in time again?
             recovered = await _recovery(persist, f"{pid}:probe", trio.current_time())
@@ -186,6 +213,7 @@ async def offered(url: str, namespace: str, rate: int, seconds: float) -> dict[s
         "good": good / seconds,
         "errors": errors,
         "late_errors": late,
+        "shed": shed,
         "p99": p99,
         "recovered": recovered,
         "rejected": backend.statistics().rejected,

@@ -15,6 +15,7 @@ the load stopping).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from typing import Any
 
 import coredis
 import trio
+import trio.testing
 
 import trio_persist
 from trio_persist.redis import RedisBackend
@@ -254,13 +256,16 @@ async def _workers(url: str, mode: str, processes: int, arg: int, seconds: float
 
 def goodput(url: str, *, quick: bool) -> bool:
     """Goodput (calls answered with a value within the 1 s timeout, per second)
-    against offered load, open loop, each call on a key of its own."""
+    against offered load, open loop, each call on a key of its own: a task per
+    arrival (``task``), and arrivals shed at the door before their task while
+    ``persist.overloaded()`` says so (``door``; a shed arrival counts as refused)."""
     print(
         "\n  goodput against offered load (open loop, a key per call, instant device; good:\n"
-        "  a value within the 1 s timeout; recovered: from the load's end to a call in time)"
+        "  a value within the 1 s timeout; recovered: from the load's end to a call in time;\n"
+        "  arrivals: a task each, or shed at the door first while persist.overloaded())"
     )
     print(
-        f"  {'processes':>9} {'capacity/s':>10} {'offered':>14} {'goodput/s':>9} "
+        f"  {'processes':>9} {'capacity/s':>10} {'offered':>14} {'arrivals':>8} {'goodput/s':>9} "
         f"{'of capacity':>11} {'refused':>8} {'late':>5} {'p99 ok':>8} {'recovered':>9}"
     )
     ok = True
@@ -271,21 +276,98 @@ def goodput(url: str, *, quick: bool) -> bool:
         )
         for factor in (1, 2, 4, 8):
             rate = max(1, int(capacity * factor / processes))
-            outputs = trio.run(_workers, url, "offered", processes, rate, seconds)
-            good = sum(o["good"] for o in outputs)
-            offered = sum(o["offered"] for o in outputs)
-            refused = sum(o["errors"] for o in outputs)
-            late = sum(o["late_errors"] for o in outputs)
-            p99 = max((o["p99"] or 0) for o in outputs)
-            recovered = max(o["recovered"] for o in outputs)
-            print(
-                f"  {processes:>9} {capacity:>10,.0f} {factor:>3}x {offered:>8,.0f}/s "
-                f"{good:>9,.0f} {good / capacity:>11.0%} {refused:>8,} {late:>5,} "
-                f"{p99 * 1000:>6.0f}ms {recovered:>8.2f}s"
-            )
-            if factor == 8:
-                ok &= good >= capacity / 2 and recovered <= 1.0 and not late
+            for mode, arrivals in (("offered", "task"), ("shed", "door")):
+                outputs = trio.run(_workers, url, mode, processes, rate, seconds)
+                print(f"  {processes:>9} {capacity:>10,.0f} {factor:>3}x", end="")
+                good = _goodput_row(outputs, arrivals, capacity)
+                if factor == 8 and arrivals == "door":
+                    recovered = max(o["recovered"] for o in outputs)
+                    late = sum(o["late_errors"] for o in outputs)
+                    ok &= good >= capacity / 2 and recovered <= 1.0 and not late
     return ok
+
+
+def _goodput_row(outputs: list[Any], arrivals: str, capacity: float) -> float:
+    """Print the rest of one row of the goodput table (a shed arrival counts as
+    refused); returns the goodput."""
+    good = sum(o["good"] for o in outputs)
+    offered = sum(o["offered"] for o in outputs)
+    refused = sum(o["errors"] + o["shed"] for o in outputs)
+    late = sum(o["late_errors"] for o in outputs)
+    p99 = max((o["p99"] or 0) for o in outputs)
+    recovered = max(o["recovered"] for o in outputs)
+    print(
+        f" {offered:>8,.0f}/s {arrivals:>8} {good:>9,.0f} {good / capacity:>11.0%} "
+        f"{refused:>8,} {late:>5,} {p99 * 1000:>6.0f}ms {recovered:>8.2f}s"
+    )
+    return good
+
+
+async def _timed(n: int, body: Callable[[], Any]) -> float:
+    """Microseconds per iteration of *n* calls of the async *body*."""
+    start = time.perf_counter()
+    for _ in range(n):
+        await body()
+    return (time.perf_counter() - start) / n * 1e6
+
+
+async def arrival_costs(port: int, n: int) -> dict[str, float]:
+    """Microseconds of one arrival, sequential, on a persist whose door is shut
+    (one slot, its acquire held by a stalled link, 8 callers in line): a bare
+    task, a refused call (alone, and in a task of its own) and a shed one (the
+    door check and a count); also the door check while it is open."""
+    from fault_proxy import FaultProxy  # the suite's own proxy, in tests/
+
+    proxy = FaultProxy(port)
+    costs: dict[str, float] = {}
+    backend = RedisBackend(
+        proxy.url, namespace=f"bench-{uuid.uuid4().hex[:8]}", timeout=60, max_pending=1
+    )
+
+    async def refused(persist: trio_persist.Persist[Any, Any, Any], i: object) -> None:
+        with contextlib.suppress(trio_persist.BackendUnavailable):
+            await persist.resolve("base", i)
+
+    async def nothing() -> None:
+        pass
+
+    async with trio.open_nursery() as outer:
+        await outer.start(proxy.serve)
+        async with trio_persist.open_persist(instant, backend=backend) as persist:
+            await persist.resolve("base", "warm")
+            costs["door check, open"] = _per_call(n, persist.overloaded)
+            proxy.stall()
+            async with trio.open_nursery() as line:
+                for i in range(9):  # one holds the slot, eight wait: the line is full
+                    line.start_soon(refused, persist, f"line:{i}")
+                await trio.testing.wait_all_tasks_blocked()
+                assert persist.overloaded()
+                costs["shed arrival (door check and a count)"] = _per_call(n, persist.overloaded)
+                costs["refused resolve, sequential"] = await _timed(
+                    n, lambda: refused(persist, "x")
+                )
+                for name, task in (("bare task", nothing), ("refused call in a task", None)):
+                    start = time.perf_counter()
+                    async with trio.open_nursery() as nursery:
+                        for i in range(n):
+                            if task is None:
+                                nursery.start_soon(refused, persist, i)
+                            else:
+                                nursery.start_soon(task)
+                    costs[name] = (time.perf_counter() - start) / n * 1e6
+                line.cancel_scope.cancel()
+            proxy.resume()
+        outer.cancel_scope.cancel()
+    return costs
+
+
+def _per_call(n: int, check: Callable[[], bool]) -> float:
+    shed = 0
+    start = time.perf_counter()
+    for _ in range(n):
+        if check():
+            shed += 1
+    return (time.perf_counter() - start) / n * 1e6
 
 
 def leader_figures(row: Callable[..., bool], url: str, *, quick: bool) -> tuple[bool, float, float]:
@@ -370,6 +452,13 @@ def redis_figures(row: Callable[..., bool], *, quick: bool) -> bool:
         ok &= per_second >= 1000
         executions, calls = trio.run(many_processes, server.url, 3, 50)
         print(f"  3 processes x 50 callers on one key: {calls} calls, {executions} execution(s)")
+        costs = [trio.run(arrival_costs, server.port, 2000) for _ in range(3)]
+        print(
+            "\n  one arrival on a persist whose door is shut, sequential (us; min-max of 3 runs):"
+        )
+        for name in costs[0]:
+            low, high = min(c[name] for c in costs), max(c[name] for c in costs)
+            print(f"    {name:<40} {low:6.2f} - {high:6.2f}")
         ok &= goodput(server.url, quick=quick)
         from _bench_cluster import cluster_figures
 

@@ -7,10 +7,11 @@ slot, in arrival order, at most ``budget`` (half the backend's timeout). And a
 call is refused *before anything is built for it* (`Admission.refusal`, which
 the persist asks before it starts a flight) while the line is long: its
 oldest caller has waited more than half the budget, or ``8 * limit`` callers
-wait. `Admission.overloaded` reads the same line without counting or letting
-anyone in: a service asks it before it spends anything on a request. The
-line then holds about half a budget of work, whatever the offered load: answered calls keep a bounded latency, refusals come at once, and the
-line empties within the budget when the load stops.
+wait. The line then holds about half a budget of work, whatever the offered
+load: answered calls keep a bounded latency, refusals come at once, and the
+line empties within the budget when the load stops. `Admission.overloaded`
+reads the same line without counting or letting anyone in: a service asks it
+before it spends anything on a request.
 
 The measure is the line's own sojourn time, not a predicted rate: a process
 whose event loop is busy (with refusals among other things) drains its line
