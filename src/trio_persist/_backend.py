@@ -17,7 +17,7 @@ A backend may also refuse new work at the door (`Admitting`): the persist asks
 it before it builds a flight for a call that would go through the backend, so
 that an overloaded backend sheds load for the price of a raised exception;
 and say, without refusing anything, whether it would (`Admitting.overloaded`,
-behind `Persist.overloaded`: a service's door check).
+behind `trio_persist.Persist.overloaded`: a service's door check).
 """
 
 from __future__ import annotations
@@ -103,8 +103,9 @@ class Admitting(Protocol):
         counting or letting in anything.
 
         Synchronous, O(1), never a checkpoint: a service asks it (through
-        `Persist.overloaded`) before it spends anything on a request.
+        `trio_persist.Persist.overloaded`) before it spends anything on a request.
         """
+        ...
 
 
 def overload_check_of(backend: Backend | None) -> Callable[[], bool] | None:

@@ -272,8 +272,8 @@ class RedisBackend:
         refusing, counting or letting in anything.
 
         Synchronous and O(1), never a checkpoint: what a service's accept loop
-        asks before it spends a task on a request (`Persist.overloaded` asks
-        it). False while the backend is not serving.
+        asks before it spends a task on a request
+        (`trio_persist.Persist.overloaded` asks it). False while the backend is not serving.
         """
         if self._link.client is None:
             return False
