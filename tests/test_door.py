@@ -108,4 +108,4 @@ async def test_the_door_says_what_the_backends_refusal_would_without_counting(
                 assert not persist.overloaded()
                 assert await persist.resolve("base", "c") == "ok"
             outer.cancel_scope.cancel()
-    assert got[0] == "ok"
+    assert "ok" in got  # a's, once the link answers (b's may have waited out its budget)
