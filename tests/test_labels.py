@@ -221,3 +221,42 @@ async def test_a_label_that_is_a_str_subclass_is_shown_as_its_plain_text_and_har
             nursery.cancel_scope.cancel()
     assert told.labels == ["r1", "slow"]
     assert all(type(label) is str for label in told.labels)
+
+
+async def test_an_observer_is_told_no_label_when_the_hook_raises_and_the_call_is_answered(
+    autojump_clock: object,
+) -> None:
+    class Labelled(RecordingDevice):
+        def label(self, base: Any, request: Any) -> str:
+            if request == "bad":
+                raise KeyError("no label")
+            return str(request)
+
+    async with trio_persist.open_persist(Labelled()) as persist:
+        told = LabelEars()
+        persist.add_observer(told)
+        for request in ("ok", "bad", "ok"):
+            assert await persist.resolve("b", request) is not None
+        assert persist.statistics().hook_failures == 1
+    assert told.labels == ["ok", "", "ok"]
+
+
+async def test_an_observer_that_raises_as_a_labelled_execution_starts_is_counted_each_time(
+    autojump_clock: object,
+) -> None:
+    class Labelled(RecordingDevice):
+        def label(self, base: Any, request: Any) -> str:
+            return "labelled"
+
+    class Broken(LabelEars):
+        def execution_started(self, kind: str, group: Any, label: str, job: Any) -> None:
+            super().execution_started(kind, group, label, job)
+            raise RuntimeError("started")
+
+    async with trio_persist.open_persist(Labelled()) as persist:
+        told = Broken()
+        persist.add_observer(told)
+        for request in ("x", "y"):
+            assert await persist.resolve("b", request) == ("b", request)
+        assert persist.statistics().hook_failures == 2
+    assert told.labels == ["labelled", "labelled"]

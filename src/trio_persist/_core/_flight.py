@@ -253,10 +253,39 @@ class Flight:
         device (or its wrapped function), through the backend when it has one
         and the job is shared (a write runs here)."""
         core = self.core
-        if core.observers.listening:
-            core.tell_started(self, job.base, job, self.label)
         call = job.call
+        if core.observers.listening:
+            hook = core.hooks.label
+            if call is None and self.label is None and hook is not None:
+                # `Core.tell_started`'s common case, told from this frame: no
+                # call of ours per execution.
+                group = self.group
+                try:
+                    text = hook(job.base, job.request)
+                except Exception as exc:
+                    text = core.label_failed(group, exc)
+                if text is not core.label_seen:
+                    text = core.told_label(group, text)
+                for method in core.observers.on_started:
+                    try:
+                        method(self.kind, group, text, job)
+                    except Exception as exc:
+                        core.hook_failed("observer execution_started", group, exc)
+            else:
+                core.tell_started(self, job.base, job, self.label)
         resolve = core.hooks.resolve if call is None else call
+        if core.backend is None:
+            core.counters.executions += 1
+            if call is not None:
+                call.executions += 1
+            return resolve
+        return self._through_backend(job, resolve)
+
+    def _through_backend(self, job: Job, resolve: Resolve) -> Resolve:
+        """*job*'s device (or wrapped function) run through the backend when the
+        job is shared and grouped (a write, or an ungrouped call, runs here)."""
+        core = self.core
+        call = job.call
         backend = core.backend
         if backend is None or self.group is None or not job.shared or not _across(call, self):
             core.counters.executions += 1

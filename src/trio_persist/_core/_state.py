@@ -431,19 +431,28 @@ class Core:
             try:
                 text = hook(base, request)
             except Exception as exc:
-                self.hook_failed("label", group, exc, throttled=True)
-                text = ""
-            else:
-                if text is not self.label_seen:
-                    if type(text) is str and len(text) <= LABEL_WIDTH and text.isprintable():
-                        self.label_seen = text
-                    else:
-                        text = self._fit_label(group, text) or ""
+                text = self.label_failed(group, exc)
+            if text is not self.label_seen:
+                text = self.told_label(group, text)
         for method in self.observers.on_started:
             try:
                 method(owner.kind, group, text, job)
             except Exception as exc:
                 self.hook_failed("observer execution_started", group, exc)
+
+    def label_failed(self, group: Hashable | None, error: Exception) -> str:
+        """The ``label`` hook raised *error* for observers: counted, logged at
+        most once a minute; they are told ``""``."""
+        self.hook_failed("label", group, error, throttled=True)
+        return ""
+
+    def told_label(self, group: Hashable | None, text: Any) -> str:
+        """The ``label`` hook's *text* (not the last one seen) as observers are
+        told it: fit to show, or ``""`` when it is not a str (counted)."""
+        if type(text) is str and len(text) <= LABEL_WIDTH and text.isprintable():
+            self.label_seen = text  # the next identical object is known at once
+            return text
+        return self._fit_label(group, text) or ""
 
     def maybe_quiet(self) -> None:
         """Wake `Persist.wait_quiet` callers if nothing runs and nobody waits now."""
