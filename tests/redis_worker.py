@@ -21,8 +21,8 @@ print the calls answered per second (the bench's capacity).
 MODE ``follow``: resolve each request popped from ``go`` (until ``-1``) and push
 ``{"request", "value", "at"}`` (JSON; ``at``: ``time.time()`` as the caller got
 its value) to ``answered`` when it is answered, and its number to ``following``
-once it follows a leader (the bench's follower in another process). An optional fifth argument is the
-lease TTL (and timeout) in seconds.
+once it follows a leader (the bench's follower in another process). An
+optional fifth argument is the lease TTL (and timeout) in seconds.
 """
 
 from __future__ import annotations
