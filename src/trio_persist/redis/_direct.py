@@ -163,21 +163,36 @@ async def listen(
         await greet(stream, reader, commands)
         subscribed()
         while True:
-            reply = await _next_reply(stream, reader, idle, answer_within)
-            if isinstance(reply, ErrorReply):
-                raise error_of(reply)
-            if isinstance(reply, list) and len(reply) == 4 and reply[0] == b"pmessage":
-                deliver(reply[2], reply[3])
+            await _until_quiet(stream, reader, deliver, idle)
+            await stream.send_all(pack(["PING"]))
+            with trio.fail_after(answer_within):
+                _hand_on(await read_reply(stream, reader), deliver)
     finally:
         await trio.aclose_forcefully(stream)
 
 
-async def _next_reply(
-    stream: trio.abc.Stream, reader: Reader, idle: float, answer_within: float
-) -> Any:
-    """The next reply; after *idle* seconds of quiet, a ``PING``'s (then bounded)."""
-    with trio.move_on_after(idle):
-        return await read_reply(stream, reader)
-    await stream.send_all(pack(["PING"]))
-    with trio.fail_after(answer_within):
-        return await read_reply(stream, reader)
+async def _until_quiet(
+    stream: trio.abc.Stream, reader: Reader, deliver: Callable[[bytes, bytes], None], idle: float
+) -> None:
+    """Hand on replies until *idle* seconds pass without one.
+
+    One cancel scope per quiet period, not per reply: a reply only notes the
+    time (a scope costs a few microseconds, on the path of every publication
+    to its follower); the scope ends at the first deadline, and is made again
+    for what is left of the quiet period if a reply came meanwhile.
+    """
+    heard = trio.current_time()
+    while True:
+        with trio.move_on_at(heard + idle):
+            while True:
+                _hand_on(await read_reply(stream, reader), deliver)
+                heard = trio.current_time()
+        if trio.current_time() >= heard + idle:
+            return
+
+
+def _hand_on(reply: Any, deliver: Callable[[bytes, bytes], None]) -> None:
+    if isinstance(reply, ErrorReply):
+        raise error_of(reply)
+    if isinstance(reply, list) and len(reply) == 4 and reply[0] == b"pmessage":
+        deliver(reply[2], reply[3])
