@@ -166,10 +166,14 @@ class Inbox:
                     for raw in await self._step("lrange", self.taken, 0, -1):
                         self._dispatch(raw, on_request)
                 clean = False
-                batch = await self._take()
+                batch, blocked = await self._take()
                 for raw in batch:
                     self._dispatch(raw, on_request)
                 clean = True
+                if blocked:
+                    # As TAKE does, once the message is on its way: its
+                    # caller (or owner) does not wait for one more round trip.
+                    await self._step("pexpire", self.taken, int(self.ttl * 1000))
             except Exception as exc:  # Redis away or restarting: look again soon
                 logger.debug("taking from the inbox failed: %r", exc)
                 await trio.sleep(pause)
@@ -177,22 +181,25 @@ class Inbox:
                 continue
             pause = 0.05
 
-    async def _take(self) -> list[Any]:
+    async def _take(self) -> tuple[list[Any], bool]:
         """Drop what was dispatched and take up to a batch (one script); if the
-        inbox is empty, wait for one message on the server (a blocking move)."""
+        inbox is empty, wait for one message on the server (a blocking move).
+
+        Returns the messages, and whether they came by the blocking move (their
+        taken list has no expiry yet: `serve` sets it once they are dispatched).
+        """
         with trio.fail_after(self.link.timeout):
             batch = await self.link.run_script(
                 "take", [self.key, self.taken], [_BATCH, int(self.ttl * 1000)]
             )
         if batch:
-            return list(batch)
+            return list(batch), False
         # The client gives up on a reply after the timeout: the server answers first.
         block = min(_BLOCK, self.link.timeout / 2)
         moved = await self._step("blmove", self.key, self.taken, "RIGHT", "LEFT", block)
         if moved is None:
-            return []
-        await self._step("pexpire", self.taken, int(self.ttl * 1000))  # as TAKE does
-        return [moved]
+            return [], False
+        return [moved], True
 
     async def _step(self, command: str, *args: Any, **kwargs: Any) -> Any:
         with trio.fail_after(_BLOCK + self.link.timeout):
