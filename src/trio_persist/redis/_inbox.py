@@ -28,6 +28,7 @@ import attrs
 import trio
 
 from .._logging import Throttle, logger
+from ._direct import Direct
 from ._link import Link
 
 __all__ = ["INBOX_LIMIT", "PAYLOAD_LIMIT", "PUSH", "TAKE", "Inbox", "Waiter", "inbox_key"]
@@ -110,6 +111,9 @@ class Inbox:
     """Seconds an inbox lives without a push (its process gone)."""
     log: Throttle
     waiters: dict[str, Waiter] = attrs.Factory(dict)
+    direct: Direct = attrs.Factory(Direct)
+    """The taking task's own connection (a blocking move holds its connection:
+    never the one the flights' scripts share)."""
 
     @property
     def key(self) -> str:
@@ -156,8 +160,18 @@ class Inbox:
         take whose answer is lost (a timeout, a pause, a dropped connection)
         loses nothing, its messages are read again from there. A message may
         so be dispatched twice: requests and answers are idempotent by id.
+
+        The blocking moves (and the commands around them) go on a connection
+        of this inbox's own that speaks the protocol directly (`Direct`, for a
+        plain client; through the client while it is down, and for Cluster
+        and Sentinel clients): through the client, each cost as much again.
         """
-        task_status.started()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.direct.keep, self.link.client)
+            task_status.started()
+            await self._take_all(on_request)
+
+    async def _take_all(self, on_request: Callable[[dict[str, Any]], None]) -> None:
         pause = 0.05
         clean = False  # whether everything in the taken list was dispatched
         while True:
@@ -201,9 +215,12 @@ class Inbox:
             return [], False
         return [moved], True
 
-    async def _step(self, command: str, *args: Any, **kwargs: Any) -> Any:
+    async def _step(self, command: str, *args: Any) -> Any:
         with trio.fail_after(_BLOCK + self.link.timeout):
-            return await getattr(self.link.client, command)(*args, **kwargs)
+            connection = self.direct.usable()
+            if connection is not None:
+                return await connection.request(command.upper(), *args)
+            return await getattr(self.link.client, command)(*args)
 
     @property
     def taken(self) -> str:
