@@ -208,8 +208,12 @@ class Inbox:
             )
         if batch:
             return list(batch), False
-        # The client gives up on a reply after the timeout: the server answers first.
+        # The client gives up on a reply after the timeout (and the inbox's own
+        # connection after its read timeout): the server answers first.
         block = min(_BLOCK, self.link.timeout / 2)
+        connection = self.direct.usable()
+        if connection is not None and connection.settings.read_timeout:
+            block = min(block, connection.settings.read_timeout / 2)
         moved = await self._step("blmove", self.key, self.taken, "RIGHT", "LEFT", block)
         if moved is None:
             return [], False
