@@ -26,7 +26,17 @@ import attrs
 import trio
 
 from .._logging import logger
-from ._resp import Connection, ErrorReply, Reader, Settings, error_of, greet, pack, read_reply
+from ._resp import (
+    INCOMPLETE,
+    Connection,
+    ErrorReply,
+    Reader,
+    Settings,
+    error_of,
+    greet,
+    pack,
+    read_reply,
+)
 
 __all__ = ["Direct", "listen", "settings_of"]
 
@@ -181,21 +191,27 @@ async def _until_quiet(
     time (a scope costs a few microseconds, on the path of every publication
     to its follower); the scope ends at the first deadline, and is made again
     for what is left of the quiet period if a reply came meanwhile.
+
+    Once the replies read are all handed on, if they woke a follower, three
+    passes of Trio's scheduler go by before the next receive: that receive
+    (one that finds nothing, then a wait registered with epoll) would otherwise
+    come first in the next pass half the time, on the way of the follower and
+    then of the caller it answers.
     """
     heard = trio.current_time()
+    woke = False
     while True:
         with trio.move_on_at(heard + idle):
             while True:
-                woke = _hand_on(await read_reply(stream, reader), deliver)
+                reply = reader.gets()
+                if reply is INCOMPLETE:
+                    if woke:
+                        woke = False
+                        for _ in range(3):
+                            await trio.lowlevel.cancel_shielded_checkpoint()
+                    reply = await read_reply(stream, reader)
+                woke |= _hand_on(reply, deliver)
                 heard = trio.current_time()
-                if woke:
-                    # Its next read (a receive that finds nothing, then a wait
-                    # registered with epoll) would come first in Trio's next
-                    # pass half the time, on the way of the follower just woken
-                    # and then of the caller it answers: three passes let both
-                    # run first.
-                    for _ in range(3):
-                        await trio.lowlevel.cancel_shielded_checkpoint()
         if trio.current_time() >= heard + idle:
             return
 
