@@ -23,10 +23,10 @@ in the same order) for SECONDS with ``linger=0.05`` and a 20 ms device; print
 MODE ``closed``: CALLERS tasks call in a loop on keys of their own for SECONDS;
 print the calls answered per second (the bench's capacity).
 MODE ``follow``: resolve each request popped from ``go`` (until ``-1``) and push
-``{"request", "value", "at"}`` (JSON; ``at`` from ``time.time()``) to ``answered``
-when it is answered, and its number to ``following`` once it follows a leader
-(the bench's follower in another process). An optional fifth argument is the
-lease TTL (and timeout) in seconds.
+``{"request", "value", "at"}`` (JSON; ``at``: ``time.time()`` as the caller got
+its value) to ``answered`` when it is answered, and its number to ``following``
+once it follows a leader (the bench's follower in another process). An
+optional fifth argument is the lease TTL (and timeout) in seconds.
 """
 
 from __future__ import annotations
@@ -73,8 +73,10 @@ async def main(url: str, namespace: str, mode: str, callers: int) -> None:
                     request = int(raw)
                     if request < 0:
                         return
-                    value = await _resolve_and_report(persist, backend, control, namespace, request)
-                    answer = {"request": request, "value": value, "at": time.time()}
+                    value, at = await _resolve_and_report(
+                        persist, backend, control, namespace, request
+                    )
+                    answer = {"request": request, "value": value, "at": at}
                     await control.rpush(f"{namespace}:answered", [json.dumps(answer)])
         async with trio_persist.open_persist(device, backend=backend) as persist:
             results: list[Any] = []
@@ -100,15 +102,18 @@ async def _resolve_and_report(
     control: coredis.Redis[bytes],
     namespace: str,
     request: int,
-) -> Any:
+) -> tuple[Any, float]:
     """Resolve *request*; push its number to ``following`` once this process
     follows it (its acquire answered: a pause from then on cannot catch a round
-    trip half done)."""
-    values: list[Any] = []
+    trip half done). Returns the value and when the caller held it
+    (``time.time()``, read by the caller itself: the nursery's exit is one
+    more task switch, not the follower's latency)."""
+    values: list[tuple[Any, float]] = []
     answered = trio.Event()
 
     async def call() -> None:
-        values.append(await persist.resolve("base", request))
+        value = await persist.resolve("base", request)
+        values.append((value, time.time()))
         answered.set()
 
     async with trio.open_nursery() as nursery:

@@ -157,8 +157,14 @@ async def follower_latency(url: str, n: int) -> float:
                 await control.rpush(f"{namespace}:go", [str(i)])
                 # The follower follows (its acquire answered): released then, not
                 # as soon as its acquire reaches Redis, so the figure is what a
-                # follower waits after the device, never its own acquire.
+                # follower waits after the device, never its own acquire. And
+                # 1 ms later, so that the follower's own report is done and it
+                # waits idle, as a follower does while its leader's device runs:
+                # released at once, the report's last work (the client's, in
+                # the follower's process) ran with the leader's commit and the
+                # server's on 2 cores, and doubled the figure on a loaded machine.
                 await control.blpop([f"{namespace}:following"], timeout=30)
+                await trio.sleep(0.001)
                 release.set()
             _, raw = await control.blpop([f"{namespace}:answered"], timeout=30)
             answer = json.loads(raw)

@@ -26,7 +26,17 @@ import attrs
 import trio
 
 from .._logging import logger
-from ._resp import Connection, ErrorReply, Reader, Settings, error_of, greet, pack, read_reply
+from ._resp import (
+    INCOMPLETE,
+    Connection,
+    ErrorReply,
+    Reader,
+    Settings,
+    error_of,
+    greet,
+    pack,
+    read_reply,
+)
 
 __all__ = ["Direct", "listen", "settings_of"]
 
@@ -138,14 +148,15 @@ def _common(kwargs: dict[str, Any]) -> dict[str, Any]:
 async def listen(
     settings: Settings,
     pattern: str,
-    deliver: Callable[[bytes, bytes], None],
+    deliver: Callable[[bytes, bytes], bool],
     idle: float,
     answer_within: float,
     subscribed: Callable[[], None],
 ) -> None:
     """Subscribe to *pattern* on a lean connection made from *settings*, call
     *subscribed* once it is, then call ``deliver(channel, data)`` for each
-    publication, in order, until cancelled.
+    publication, in order, until cancelled. ``deliver`` says whether it woke
+    anyone: then the woken tasks run before this reads again.
 
     The caller bounds the connect and the subscription. Quiet for *idle*
     seconds, it sends a ``PING``: no answer within *answer_within* seconds is a drop.
@@ -163,21 +174,51 @@ async def listen(
         await greet(stream, reader, commands)
         subscribed()
         while True:
-            reply = await _next_reply(stream, reader, idle, answer_within)
-            if isinstance(reply, ErrorReply):
-                raise error_of(reply)
-            if isinstance(reply, list) and len(reply) == 4 and reply[0] == b"pmessage":
-                deliver(reply[2], reply[3])
+            await _until_quiet(stream, reader, deliver, idle)
+            await stream.send_all(pack(["PING"]))
+            with trio.fail_after(answer_within):
+                _hand_on(await read_reply(stream, reader), deliver)
     finally:
         await trio.aclose_forcefully(stream)
 
 
-async def _next_reply(
-    stream: trio.abc.Stream, reader: Reader, idle: float, answer_within: float
-) -> Any:
-    """The next reply; after *idle* seconds of quiet, a ``PING``'s (then bounded)."""
-    with trio.move_on_after(idle):
-        return await read_reply(stream, reader)
-    await stream.send_all(pack(["PING"]))
-    with trio.fail_after(answer_within):
-        return await read_reply(stream, reader)
+async def _until_quiet(
+    stream: trio.abc.Stream, reader: Reader, deliver: Callable[[bytes, bytes], bool], idle: float
+) -> None:
+    """Hand on replies until *idle* seconds pass without one.
+
+    One cancel scope per quiet period, not per reply: a reply only notes the
+    time (a scope costs a few microseconds, on the path of every publication
+    to its follower); the scope ends at the first deadline, and is made again
+    for what is left of the quiet period if a reply came meanwhile.
+
+    Once the replies read are all handed on, if they woke a follower, three
+    passes of Trio's scheduler go by before the next receive: that receive
+    (one that finds nothing, then a wait registered with epoll) would otherwise
+    come first in the next pass half the time, on the way of the follower and
+    then of the caller it answers.
+    """
+    heard = trio.current_time()
+    woke = False
+    while True:
+        with trio.move_on_at(heard + idle):
+            while True:
+                reply = reader.gets()
+                if reply is INCOMPLETE:
+                    if woke:
+                        woke = False
+                        for _ in range(3):
+                            await trio.lowlevel.cancel_shielded_checkpoint()
+                    reply = await read_reply(stream, reader)
+                woke |= _hand_on(reply, deliver)
+                heard = trio.current_time()
+        if trio.current_time() >= heard + idle:
+            return
+
+
+def _hand_on(reply: Any, deliver: Callable[[bytes, bytes], bool]) -> bool:
+    if isinstance(reply, ErrorReply):
+        raise error_of(reply)
+    if isinstance(reply, list) and len(reply) == 4 and reply[0] == b"pmessage":
+        return deliver(reply[2], reply[3])
+    return False

@@ -28,6 +28,7 @@ import attrs
 import trio
 
 from .._logging import Throttle, logger
+from ._direct import Direct
 from ._link import Link
 
 __all__ = ["INBOX_LIMIT", "PAYLOAD_LIMIT", "PUSH", "TAKE", "Inbox", "Waiter", "inbox_key"]
@@ -110,6 +111,9 @@ class Inbox:
     """Seconds an inbox lives without a push (its process gone)."""
     log: Throttle
     waiters: dict[str, Waiter] = attrs.Factory(dict)
+    direct: Direct = attrs.Factory(Direct)
+    """The taking task's own connection (a blocking move holds its connection:
+    never the one the flights' scripts share)."""
 
     @property
     def key(self) -> str:
@@ -156,8 +160,18 @@ class Inbox:
         take whose answer is lost (a timeout, a pause, a dropped connection)
         loses nothing, its messages are read again from there. A message may
         so be dispatched twice: requests and answers are idempotent by id.
+
+        The blocking moves (and the commands around them) go on a connection
+        of this inbox's own that speaks the protocol directly (`Direct`, for a
+        plain client; through the client while it is down, and for Cluster
+        and Sentinel clients): through the client, each cost as much again.
         """
-        task_status.started()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.direct.keep, self.link.client)
+            task_status.started()
+            await self._take_all(on_request)
+
+    async def _take_all(self, on_request: Callable[[dict[str, Any]], None]) -> None:
         pause = 0.05
         clean = False  # whether everything in the taken list was dispatched
         while True:
@@ -166,10 +180,14 @@ class Inbox:
                     for raw in await self._step("lrange", self.taken, 0, -1):
                         self._dispatch(raw, on_request)
                 clean = False
-                batch = await self._take()
+                batch, blocked = await self._take()
                 for raw in batch:
                     self._dispatch(raw, on_request)
                 clean = True
+                if blocked:
+                    # As TAKE does, once the message is on its way: its
+                    # caller (or owner) does not wait for one more round trip.
+                    await self._step("pexpire", self.taken, int(self.ttl * 1000))
             except Exception as exc:  # Redis away or restarting: look again soon
                 logger.debug("taking from the inbox failed: %r", exc)
                 await trio.sleep(pause)
@@ -177,26 +195,36 @@ class Inbox:
                 continue
             pause = 0.05
 
-    async def _take(self) -> list[Any]:
+    async def _take(self) -> tuple[list[Any], bool]:
         """Drop what was dispatched and take up to a batch (one script); if the
-        inbox is empty, wait for one message on the server (a blocking move)."""
+        inbox is empty, wait for one message on the server (a blocking move).
+
+        Returns the messages, and whether they came by the blocking move (their
+        taken list has no expiry yet: `serve` sets it once they are dispatched).
+        """
         with trio.fail_after(self.link.timeout):
             batch = await self.link.run_script(
                 "take", [self.key, self.taken], [_BATCH, int(self.ttl * 1000)]
             )
         if batch:
-            return list(batch)
-        # The client gives up on a reply after the timeout: the server answers first.
+            return list(batch), False
+        # The client gives up on a reply after the timeout (and the inbox's own
+        # connection after its read timeout): the server answers first.
         block = min(_BLOCK, self.link.timeout / 2)
+        connection = self.direct.usable()
+        if connection is not None and connection.settings.read_timeout:
+            block = min(block, connection.settings.read_timeout / 2)
         moved = await self._step("blmove", self.key, self.taken, "RIGHT", "LEFT", block)
         if moved is None:
-            return []
-        await self._step("pexpire", self.taken, int(self.ttl * 1000))  # as TAKE does
-        return [moved]
+            return [], False
+        return [moved], True
 
-    async def _step(self, command: str, *args: Any, **kwargs: Any) -> Any:
+    async def _step(self, command: str, *args: Any) -> Any:
         with trio.fail_after(_BLOCK + self.link.timeout):
-            return await getattr(self.link.client, command)(*args, **kwargs)
+            connection = self.direct.usable()
+            if connection is not None:
+                return await connection.request(command.upper(), *args)
+            return await getattr(self.link.client, command)(*args)
 
     @property
     def taken(self) -> str:

@@ -578,16 +578,20 @@ class Subscriber:
     def _on_message(self, message: Any) -> None:
         self._dispatch(message.get("channel"), message.get("data"))
 
-    def _dispatch(self, channel: Any, data: Any) -> None:
+    def _dispatch(self, channel: Any, data: Any) -> bool:
         # Runs inside the subscription's reader: must never raise. The pattern only
         # matches this namespace's channels, so every message names a key; what
         # it carries is checked by the follower that reads it (and counted there).
+        # Returns whether a follower here waits for it (it was woken).
         key = key_of_channel(self.namespace, channel)
         if isinstance(data, str):
             data = data.encode()
-        if key is not None and isinstance(data, bytes):
-            for watch in self.watches.get(key, ()):
+        watches = self.watches.get(key, ()) if key is not None else ()
+        if watches and isinstance(data, bytes):
+            for watch in watches:
                 watch.deliver(data)
+            return True
+        return False
 
     def _poke_all(self) -> None:
         for watchers in self.watches.values():
