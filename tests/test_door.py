@@ -109,3 +109,37 @@ async def test_the_door_says_what_the_backends_refusal_would_without_counting(
                 assert await persist.resolve("base", "c") == "ok"
             outer.cancel_scope.cancel()
     assert "ok" in got  # a's, once the link answers (b's may have waited out its budget)
+
+
+def test_calls_that_never_go_through_redis_never_shut_its_door(
+    redis_url: str, namespace: str
+) -> None:
+    # A method grouped by its instance's identity runs here, never on Redis
+    # (docs/reliability.md): the door is not asked for it, so its calls keep
+    # no slot of the backend's and never shut the door on calls that do go.
+    made: list[RedisBackend] = []
+
+    def backend() -> RedisBackend:
+        made.append(RedisBackend(redis_url, namespace=namespace, max_pending=1, timeout=4))
+        return made[-1]
+
+    class Account:
+        @trio_persist.deduplicated(backend=backend)
+        async def balance(self) -> int:
+            return 10
+
+        @trio_persist.deduplicated(backend=backend, instance_key=lambda self: "acme")
+        async def owner(self) -> str:
+            return "acme inc."
+
+    async def main() -> None:
+        with trio.fail_after(20):
+            for _ in range(20):
+                assert await Account().balance() == 10
+            [used] = made
+            assert used.statistics().led == 0  # nothing went to Redis
+            assert not used.overloaded()
+            assert await Account().owner() == "acme inc."
+            assert (used.statistics().led, used.statistics().rejected) == (1, 0)
+
+    trio.run(main)

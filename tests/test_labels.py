@@ -260,3 +260,31 @@ async def test_an_observer_that_raises_as_a_labelled_execution_starts_is_counted
             assert await persist.resolve("b", request) == ("b", request)
         assert persist.statistics().hook_failures == 2
     assert told.labels == ["labelled", "labelled"]
+
+
+async def test_each_queued_execution_is_named_by_its_own_label_whether_or_not_a_snapshot_was_taken(
+    autojump_clock: object,
+) -> None:
+    class OneGroup:
+        async def resolve(self, base: Any, request: Any) -> Any:
+            await trio.sleep(1)
+            return request
+
+        def group(self, base: Any, request: Any) -> str:
+            return "g"
+
+        def label(self, base: Any, request: Any) -> str:
+            return f"req {request}"
+
+    async with trio_persist.open_persist(OneGroup()) as persist:
+        told = LabelEars()
+        persist.add_observer(told)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(persist.resolve, "b", "one")
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(persist.resolve, "b", "two")
+            await trio.testing.wait_all_tasks_blocked()
+            assert [record.label for record in persist.snapshot()] == ["req one"]
+            await trio.sleep(1.5)
+            assert [record.label for record in persist.snapshot()] == ["req two"]
+    assert told.labels == ["req one", "req two"]

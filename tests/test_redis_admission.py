@@ -3,6 +3,8 @@ slots for new calls, a line for them, and the refusal at the door."""
 
 from __future__ import annotations
 
+import random
+
 import pytest
 import trio
 import trio.testing
@@ -128,3 +130,43 @@ async def test_the_door_check_forgets_calls_let_in_that_never_started_as_the_ref
     await trio.sleep(0.6)
     assert not admission.overloaded()
     assert admission.promised == 8  # only `refusal` lets them go
+
+
+async def test_the_door_check_always_says_what_the_next_refusal_does(
+    autojump_clock: object,
+) -> None:
+    # Random let-ins, cancellations, slots given back and pauses: the check
+    # and the refusal that follows it never disagree.
+    rnd = random.Random(7)
+    admission = Admission(limit=2, budget=0.5)
+    held: list[None] = []
+    scopes: list[trio.CancelScope] = []
+    disagreements = []
+
+    async def enter(scope: trio.CancelScope) -> None:
+        with scope:
+            try:
+                await admission.enter("x")
+            except trio_persist.BackendUnavailable:
+                return
+            held.append(None)
+
+    async with trio.open_nursery() as nursery:
+        for step in range(3000):
+            draw = rnd.random()
+            if draw < 0.35:
+                said, refused = admission.overloaded(), admission.refusal() is not None
+                if said != refused:
+                    disagreements.append((step, said, refused))
+                if not refused and rnd.random() < 0.7:
+                    scopes.append(scope := trio.CancelScope())
+                    nursery.start_soon(enter, scope)
+            elif draw < 0.5 and held:
+                held.pop()
+                admission.leave()
+            elif draw < 0.6 and scopes:
+                scopes.pop(rnd.randrange(len(scopes))).cancel()
+            else:
+                await trio.sleep(rnd.choice([0, 0.01, 0.1, 0.3]))
+        nursery.cancel_scope.cancel()
+    assert disagreements == []

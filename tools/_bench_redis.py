@@ -290,6 +290,11 @@ def goodput(url: str, *, quick: bool) -> bool:
                     recovered = max(o["recovered"] for o in outputs)
                     late = sum(o["late_errors"] for o in outputs)
                     ok &= good >= capacity / 2 and recovered <= 1.0 and not late
+                if factor == 1 and arrivals == "task":
+                    # The path every server that spawns a task per request is on
+                    # (ASGI ones included): at capacity it holds 50-93% here, so
+                    # a regression there fails too, short of the collector's share.
+                    ok &= good >= 0.4 * capacity
     return ok
 
 

@@ -35,7 +35,7 @@ from ._supervisor import Supervisor
 from ._worker import WorkerTask
 from ._wrapped import CallGroup, WrappedFunction
 
-__all__ = ["Flight"]
+__all__ = ["Flight", "crosses"]
 
 Resolve = Any  # Callable[[Any, Any], Awaitable[Any]]
 
@@ -69,7 +69,8 @@ class Flight:
     # Its last execution times, from the second (see `recent`: most flights
     # execute once, and the first needs no list).
     times: list[float] | None = attrs.field(default=None, init=False)
-    # What an operator sees for it, and whether its label hook chose it (made once).
+    # What an operator sees for its current job, and whether its label hook chose
+    # it (made once per job, when first asked).
     label: tuple[str, bool] | None = attrs.field(default=None, init=False)
 
     @classmethod
@@ -177,7 +178,8 @@ class Flight:
                 self.dead = 0
 
     def describe(self, group: Hashable) -> GroupSnapshot:
-        """What this flight does now (its label is made once, on the first call)."""
+        """What this flight does now (its current job's label is made once, when
+        first asked)."""
         if self.label is None:
             job = self.current
             if job.call is None:
@@ -255,24 +257,24 @@ class Flight:
         core = self.core
         call = job.call
         if core.observers.listening:
+            group = self.group
             hook = core.hooks.label
             if call is None and self.label is None and hook is not None:
-                # `Core.tell_started`'s common case, told from this frame: no
-                # call of ours per execution.
-                group = self.group
+                # `Core.observer_label`'s common case, from this frame: no call
+                # of ours per execution.
                 try:
                     text = hook(job.base, job.request)
                 except Exception as exc:
                     text = core.label_failed(group, exc)
                 if text is not core.label_seen:
                     text = core.told_label(group, text)
-                for method in core.observers.on_started:
-                    try:
-                        method(self.kind, group, text, job)
-                    except Exception as exc:
-                        core.hook_failed("observer execution_started", group, exc)
             else:
-                core.tell_started(self, job.base, job, self.label)
+                text = core.observer_label(self, job.base, job, self.label)
+            for method in core.observers.on_started:
+                try:
+                    method(self.kind, group, text, job)
+                except Exception as exc:
+                    core.hook_failed("observer execution_started", group, exc)
         resolve = core.hooks.resolve if call is None else call
         if core.backend is None:
             core.counters.executions += 1
@@ -341,6 +343,7 @@ class Flight:
             job = queue.popleft()
             if not job.abandoned:
                 self.current = job
+                self.label = None  # the label names the current job: made anew if asked
                 return True
             self.dead = max(0, self.dead - 1)
         return False
@@ -402,9 +405,14 @@ class Flight:
 
 
 def _across(call: WrappedFunction | None, flight: Flight) -> bool:
-    """Whether a shared job may run through the backend: not a method's call
-    grouped by its instance's identity, which means something here only."""
-    group = flight.group
+    """Whether a shared job may run through the backend (`crosses`)."""
+    return crosses(call, flight.group)
+
+
+def crosses(call: WrappedFunction | None, group: Hashable | None) -> bool:
+    """Whether a shared call of *group* may run through the backend: not a
+    method's call grouped by its instance's identity, which means something
+    here only (so the backend's door is not asked for it either)."""
     return call is None or not isinstance(group, CallGroup) or group.across
 
 

@@ -492,7 +492,7 @@ class Persist(Wrapping, Generic[B, R, T]):
             await core.quiet.park()
 
     def overloaded(self) -> bool:
-        """Whether a new call would now be refused for load, or wait for room:
+        """Whether new work would now be refused for load, or wait for room:
         the door check a service asks before it spends anything on a request
         (docs/redis.md, "Overload").
 
@@ -507,8 +507,9 @@ class Persist(Wrapping, Generic[B, R, T]):
         is a closed one (its calls raise `PersistClosed`).
 
         Coarse by design: it does not know the request. A call that would join
-        an execution in flight here, or be answered by a lingering result, is
-        served even while this says True.
+        an execution in flight here, be answered by a lingering result, or
+        not need a new worker (in one process, a flight, or an ``ask`` to a
+        live worker) is served at once even while this says True.
         """
         if self._core.closed:
             return False

@@ -27,7 +27,7 @@ from .._exceptions import InfiniteRecursion, PersistClosed, PersistError
 from .._grouping import default_group, default_group_and_base
 from .._text import safe_repr
 from ._ask import worker_for
-from ._flight import Flight
+from ._flight import Flight, crosses
 from ._job import UNNAMED, AskJob, Job, Owner, leader_died, request_name
 from ._linger import MISS
 from ._placement import reroute_placed
@@ -119,7 +119,7 @@ class Routing:
                 value = self._lingering(group, key, request)
                 if value is not MISS:
                     return Detour(value=value)
-            if share and (refuse := self._core.refuse) and (error := refuse()):
+            if share and self._core.refuse and (error := self._refusal(fn, group)):
                 return Detour(error=error)  # refused before anything is built for it
             job = Job(base, request, None, spawn_worker, key, share, call=fn)
             flight = self._start_flight(group, job)
@@ -136,6 +136,13 @@ class Routing:
         if owner.admit_nowait(job):
             return job, owner, None
         return Detour(owner=owner, job=job)
+
+    def _refusal(self, fn: WrappedFunction | None, group: Hashable) -> Exception | None:
+        """The backend's refusal of a new shared call of *group*, if it would go
+        through the backend (`crosses`: a method grouped by its instance's
+        identity never does, and is never asked for)."""
+        refuse = self._core.refuse
+        return refuse() if refuse is not None and crosses(fn, group) else None
 
     async def _detour(self, detour: Detour, current: Owner | None, *route: Any) -> Any:
         """A call that cannot simply listen: a lingering answer, a recursive call,

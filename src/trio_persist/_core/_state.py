@@ -413,32 +413,39 @@ class Core:
         self, owner: Owner, base: Any, job: Job, label: tuple[str, bool] | None
     ) -> None:
         """Tell the observers *job*'s execution by *owner* starts (check
-        ``observers.listening`` first), with what may name it outside the
-        process: a wrapped function's name, or the ``label`` hook's text
-        (*label*: the owner's own, if made already); never a rendering of the
-        request. One frame of ours: the hook and the observers are called
-        from it, and no label record is made.
+        ``observers.listening`` first), named by `observer_label`. One frame of
+        ours calls them (a new flight's own frame tells them itself:
+        `Flight._begin`).
         """
+        text = self.observer_label(owner, base, job, label)
         group = owner.group
-        if job.call is not None:
-            text = job.call.name
-        elif label is not None:
-            text = label[0] if label[1] else ""
-        elif (hook := self.hooks.label) is None:
-            text = ""  # the default label is never shown outside: not made
-        else:
-            request = None if base is not job.base else job.request
-            try:
-                text = hook(base, request)
-            except Exception as exc:
-                text = self.label_failed(group, exc)
-            if text is not self.label_seen:
-                text = self.told_label(group, text)
         for method in self.observers.on_started:
             try:
                 method(owner.kind, group, text, job)
             except Exception as exc:
                 self.hook_failed("observer execution_started", group, exc)
+
+    def observer_label(
+        self, owner: Owner, base: Any, job: Job, label: tuple[str, bool] | None
+    ) -> str:
+        """What may name *job*'s execution by *owner* outside the process, as
+        observers are told it: a wrapped function's name, or the ``label``
+        hook's text (*label*: the owner's own for this job, if made already);
+        never a rendering of the request (``""`` then). No label record is made.
+        """
+        if job.call is not None:
+            return job.call.name
+        if label is not None:
+            return label[0] if label[1] else ""
+        hook = self.hooks.label
+        if hook is None:
+            return ""  # the default label is never shown outside: not made
+        request = None if base is not job.base else job.request
+        try:
+            text = hook(base, request)
+        except Exception as exc:
+            return self.label_failed(owner.group, exc)
+        return text if text is self.label_seen else self.told_label(owner.group, text)
 
     def label_failed(self, group: Hashable | None, error: Exception) -> str:
         """The ``label`` hook raised *error* for observers: counted, logged at
