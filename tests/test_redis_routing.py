@@ -21,8 +21,10 @@ from redis_helpers import eventually
 from redis_server import RedisServer
 from trio_persist._codec import Seal, encode_value
 from trio_persist._grouping import group_digest
+from trio_persist._logging import Throttle
 from trio_persist.redis import RedisBackend, RedisStore
-from trio_persist.redis._inbox import TAKE
+from trio_persist.redis._inbox import PUSH, TAKE, Inbox, inbox_key
+from trio_persist.redis._link import Counters, Link, open_client
 
 TTL = 6.0  # long enough that a short cut never costs the owner its lease
 TIMEOUT = 0.5
@@ -154,3 +156,75 @@ async def test_a_batch_an_owner_took_expires_as_its_inbox_does_if_the_owner_dies
         assert await client.eval(TAKE, [inbox, taken], [64, 5000]) == [b"first", b"second"]
         # The owner dies before its next take: nothing it held stays in Redis for ever.
         assert 0 < await client.pttl(taken) <= 5000
+
+
+async def test_a_message_moved_while_blocked_expires_if_its_owner_dies_before_dispatching_it(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    # The owner's link stalls as the moved message is dispatched, then the
+    # process is gone (cancelled here, as a SIGKILL would): the expiry went
+    # out with the move, so nothing stays in Redis for ever.
+    proxy = FaultProxy(redis_server.port)
+    link = Link("Redis", 2.0, Counters())
+    inbox = Inbox(link, namespace, "owner", 30.0, Throttle())
+    got: list[dict[str, Any]] = []
+
+    def on_request(message: dict[str, Any]) -> None:
+        got.append(message)
+        proxy.stall()  # the crash comes before anything else leaves
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as outer:
+            await outer.start(proxy.serve)
+            async with (
+                open_client(proxy.url, 2.0) as client,
+                link.attached(client, {"take": TAKE, "push": PUSH}),
+                trio.open_nursery() as nursery,
+            ):
+                await nursery.start(inbox.serve, on_request)
+                await eventually(lambda: inbox.direct.usable() is not None)
+                await trio.sleep(0.3)  # in its blocking move now
+                async with coredis.Redis.from_url(redis_server.url) as control:
+                    await control.lpush(inbox_key(namespace, "owner"), ['{"k":"q","id":"1"}'])
+                    await eventually(lambda: bool(got))
+                    await trio.sleep(0.1)
+                nursery.cancel_scope.cancel()
+            proxy.resume()
+            outer.cancel_scope.cancel()
+    async with coredis.Redis.from_url(redis_server.url) as control:
+        assert 0 < await control.pttl(inbox.taken) <= 30_000
+
+
+async def test_routed_asks_go_on_while_the_owners_link_drops_every_150_ms(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    # A connection that broke while idle is found broken only when used: the
+    # owner's inbox tries again at once, not after a pause that grows with
+    # every drop (answered 15 of 150 in 30 s before).
+    async with owner_and_caller(redis_server, namespace, proxied="owner", caller_timeout=2.0) as (
+        _,
+        proxy,
+        _owner,
+        caller,
+    ):
+        answered = 0
+
+        async def ask() -> None:
+            nonlocal answered
+            await caller.ask("g", {})
+            answered += 1
+
+        async def cutter() -> None:
+            while True:
+                await trio.sleep(0.15)
+                proxy.cut()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(cutter)
+            with trio.move_on_after(30):
+                async with trio.open_nursery() as asks:
+                    for _ in range(150):
+                        asks.start_soon(ask)
+                        await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+        assert answered == 150

@@ -5,6 +5,7 @@ promoted) after which tokens keep growing and calls succeed again; a
 
 from __future__ import annotations
 
+import logging
 import signal
 import warnings
 from collections.abc import Iterator
@@ -31,6 +32,13 @@ def sentinel(tmp_path: Path) -> Iterator[RedisSentinel]:
         yield servers
     finally:
         servers.stop()
+
+
+class Counter:
+    """A worker's device: its state counts its requests."""
+
+    async def resolve(self, state: Any, request: Any) -> Any:
+        return {"n": state["n"] + 1}
 
 
 def watching(servers: RedisSentinel) -> Sentinel[bytes]:
@@ -126,3 +134,22 @@ async def test_a_redis_store_behind_sentinel_keeps_records_and_fencing_across_a_
                     while not await stale_save():  # noqa: ASYNC110 - retrying a call
                         await trio.sleep(0.5)
                 assert await store.load("g") == "new owner"
+
+
+async def test_a_quiet_inbox_behind_sentinel_never_times_out_its_blocking_move(
+    sentinel: RedisSentinel, namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The client's stream timeout (1 s) bounds the blocking move too: it waits
+    # on the server at most half of it, so a quiet inbox never drops its
+    # connection on a read timeout (four times in 5 s before).
+    caplog.set_level(logging.DEBUG, "trio_persist")
+    with trio.fail_after(60):
+        async with watching(sentinel) as watcher:
+            backend = RedisBackend(
+                watcher.primary_for("primary"), namespace=namespace, workers="cluster"
+            )
+            async with trio_persist.open_persist(Counter(), backend=backend) as persist:
+                assert await persist.ask("g", {}, default=lambda: {"n": 0}) == {"n": 1}
+                await trio.sleep(3)
+    failed = [r for r in caplog.records if "taking from the inbox failed" in r.getMessage()]
+    assert failed == []

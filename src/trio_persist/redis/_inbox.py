@@ -114,6 +114,9 @@ class Inbox:
     direct: Direct = attrs.Factory(Direct)
     """The taking task's own connection (a blocking move holds its connection:
     never the one the flights' scripts share)."""
+    # Before the taking task tries again after a failure: nothing after a step
+    # that succeeded, then doubling up to half a second.
+    _pause: float = 0.0
 
     @property
     def key(self) -> str:
@@ -172,7 +175,6 @@ class Inbox:
             await self._take_all(on_request)
 
     async def _take_all(self, on_request: Callable[[dict[str, Any]], None]) -> None:
-        pause = 0.05
         clean = False  # whether everything in the taken list was dispatched
         while True:
             try:
@@ -190,41 +192,74 @@ class Inbox:
                     await self._step("pexpire", self.taken, int(self.ttl * 1000))
             except Exception as exc:  # Redis away or restarting: look again soon
                 logger.debug("taking from the inbox failed: %r", exc)
-                await trio.sleep(pause)
-                pause = min(pause * 2, 0.5)
-                continue
-            pause = 0.05
+                # The first failure after a step that succeeded is tried again
+                # at once: a connection that broke while idle is found broken
+                # only when used (the round starts again from the taken list,
+                # so a repeated move loses and doubles nothing).
+                await trio.sleep(self._pause)
+                self._pause = min(max(2 * self._pause, 0.05), 0.5)
 
     async def _take(self) -> tuple[list[Any], bool]:
         """Drop what was dispatched and take up to a batch (one script); if the
         inbox is empty, wait for one message on the server (a blocking move).
 
-        Returns the messages, and whether they came by the blocking move (their
-        taken list has no expiry yet: `serve` sets it once they are dispatched).
+        Returns the messages, and whether they came by the blocking move
+        through the client (their taken list has no expiry yet: `serve` sets
+        it once they are dispatched). On the inbox's own connection the move
+        and the expiry are sent in one write: the server sets the expiry as
+        soon as the move returns, so a process that dies before it dispatches
+        leaves nothing behind for ever.
         """
         with trio.fail_after(self.link.timeout):
             batch = await self.link.run_script(
                 "take", [self.key, self.taken], [_BATCH, int(self.ttl * 1000)]
             )
+        self._pause = 0.0
         if batch:
             return list(batch), False
-        # The client gives up on a reply after the timeout (and the inbox's own
-        # connection after its read timeout): the server answers first.
+        block = self._block()
+        connection = self.direct.usable()
+        if connection is None:
+            moved = await self._step("blmove", self.key, self.taken, "RIGHT", "LEFT", block)
+            return ([], False) if moved is None else ([moved], True)
+        with trio.fail_after(_BLOCK + self.link.timeout):
+            moved, expiry = await connection.request_each(
+                [
+                    ("BLMOVE", self.key, self.taken, "RIGHT", "LEFT", block),
+                    ("PEXPIRE", self.taken, int(self.ttl * 1000)),
+                ]
+            )
+        for reply in (moved, expiry):
+            if isinstance(reply, Exception):
+                raise reply
+        self._pause = 0.0
+        return ([], False) if moved is None else ([moved], False)
+
+    def _block(self) -> float:
+        """Seconds a blocking move may wait on the server: the client gives up on
+        a reply after the timeout, and a connection after its read timeout
+        (the inbox's own, or the client pool's ``stream_timeout``, Sentinel
+        and Cluster included): the server answers first."""
         block = min(_BLOCK, self.link.timeout / 2)
         connection = self.direct.usable()
         if connection is not None and connection.settings.read_timeout:
             block = min(block, connection.settings.read_timeout / 2)
-        moved = await self._step("blmove", self.key, self.taken, "RIGHT", "LEFT", block)
-        if moved is None:
-            return [], False
-        return [moved], True
+        pool = getattr(self.link.client, "connection_pool", None)
+        kwargs = getattr(pool, "connection_kwargs", None)
+        read_timeout = kwargs.get("stream_timeout") if isinstance(kwargs, dict) else None
+        if isinstance(read_timeout, (int, float)) and read_timeout > 0:
+            block = min(block, read_timeout / 2)
+        return block
 
     async def _step(self, command: str, *args: Any) -> Any:
         with trio.fail_after(_BLOCK + self.link.timeout):
             connection = self.direct.usable()
             if connection is not None:
-                return await connection.request(command.upper(), *args)
-            return await getattr(self.link.client, command)(*args)
+                answer = await connection.request(command.upper(), *args)
+            else:
+                answer = await getattr(self.link.client, command)(*args)
+        self._pause = 0.0
+        return answer
 
     @property
     def taken(self) -> str:
