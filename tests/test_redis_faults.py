@@ -496,31 +496,37 @@ async def test_a_follower_paused_until_the_result_expired_answers_from_what_it_w
     follower = await trio.lowlevel.open_process(
         [sys.executable, WORKER, redis_url, namespace, "follow", "0", "1.0"]
     )
-    with trio.fail_after(30):
-        async with (
-            trio_persist.open_persist(device, backend=leader) as persist,
-            coredis.Redis.from_url(redis_url) as control,
-            trio.open_nursery() as nursery,
-        ):
-            nursery.start_soon(persist.resolve, "base", 0)
-            await eventually(lambda: leader.statistics().leading == 1)
-            await control.rpush(f"{namespace}:go", ["0"])
-            names = names_for(persist, 0)
-            # Paused once it follows (its acquire answered), not as soon as its
-            # acquire reached Redis: a process frozen past its timeout with a
-            # round trip half done fails that round trip, which is not this test.
-            assert await control.blpop([f"{namespace}:following"], timeout=20) is not None
-            os.kill(follower.pid, signal.SIGSTOP)
-            device.release.set()
-            await eventually(lambda: leader.statistics().leading == 0)
-            while await control.exists([names.result]):  # noqa: ASYNC110 - Redis, not a flag
-                await trio.sleep(0.05)  # the result expires while the follower is paused
-            os.kill(follower.pid, signal.SIGCONT)
-            _, raw = await control.blpop([f"{namespace}:answered"], timeout=20)
-            await control.rpush(f"{namespace}:go", ["-1"])
+    try:
+        with trio.fail_after(30):
+            async with (
+                trio_persist.open_persist(device, backend=leader) as persist,
+                coredis.Redis.from_url(redis_url) as control,
+                trio.open_nursery() as nursery,
+            ):
+                nursery.start_soon(persist.resolve, "base", 0)
+                await eventually(lambda: leader.statistics().leading == 1)
+                await control.rpush(f"{namespace}:go", ["0"])
+                names = names_for(persist, 0)
+                # Paused once it follows (its acquire answered), not as soon as its
+                # acquire reached Redis: a process frozen past its timeout with a
+                # round trip half done fails that round trip, which is not this test.
+                assert await control.blpop([f"{namespace}:following"], timeout=20) is not None
+                os.kill(follower.pid, signal.SIGSTOP)
+                device.release.set()
+                await eventually(lambda: leader.statistics().leading == 0)
+                while await control.exists([names.result]):  # noqa: ASYNC110 - Redis, not a flag
+                    await trio.sleep(0.05)  # the result expires while the follower is paused
+                os.kill(follower.pid, signal.SIGCONT)
+                answered = await control.blpop([f"{namespace}:answered"], timeout=20)
+                assert answered is not None, "the follower never answered"
+                await control.rpush(f"{namespace}:go", ["-1"])
+                await follower.wait()
+                assert json.loads(answered[1])["value"] == {"from": "leader"}
+                assert await control.get(f"{namespace}:executions") is None  # it never ran
+    finally:
+        if follower.returncode is None:  # failed: never left behind for the next test
+            follower.kill()
             await follower.wait()
-            assert json.loads(raw)["value"] == {"from": "leader"}
-            assert await control.get(f"{namespace}:executions") is None  # it never ran
 
 
 async def test_a_follower_looks_every_third_of_the_ttl_when_it_hears_nothing(
