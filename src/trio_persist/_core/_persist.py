@@ -1,7 +1,7 @@
 """The public facade: `Persist` (`_open` opens it).
 
 `Persist` checks a call, names it and hands it to routing (`_routing`, its base
-class), which takes it to its group's owner; it also reports (statistics,
+class), which takes it to its group's owner; it reports through `Reporting` (statistics,
 snapshots, events), registers wrapped functions, and closes. Everything the
 persist shares with its flights and workers lives one layer down, in its `Core`.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 import secrets
 import sys
 import weakref
@@ -22,25 +21,21 @@ import trio
 
 from .._backend import Backend, overload_check_of, placement_of
 from .._exceptions import PersistClosed
-from .._monitor import serve_monitor
-from .._stats import FunctionStatistics, GroupSnapshot, PersistDurations, PersistStatistics
 from .._store import Store
 from ._device import NO_DEVICE, DeviceHooks
-from ._events import EventSubscription
 from ._flight import Flight
 from ._handle import Worker, handle_of
 from ._job import UNNAMED, AskJob, Job, Owner, running
-from ._observer import Observer
 from ._options import PersistOptions, check_duration
 from ._placement import Here, claim_started, lease_worker, resolve_placed
 from ._registry import RegistryView
+from ._reporting import Reporting
 from ._routing import Detour, Grouping
 from ._runner import RunnerPool
 from ._state import Core
 from ._supervisor import Supervisor
 from ._worker import WorkerTask
 from ._wrapped import WrappedFunction
-from ._wrapping import Wrapping
 
 if sys.version_info < (3, 11):  # pragma: no cover
     pass
@@ -71,7 +66,7 @@ def _check_default(default: object) -> None:
 
 @final
 @attrs.define(eq=False, repr=False)
-class Persist(Wrapping, Generic[B, R, T]):
+class Persist(Reporting, Generic[B, R, T]):
     """Deduplicated execution and persistent workers for one device.
 
     Made by `open_persist`; every flight and worker is a task in its nursery.
@@ -136,21 +131,6 @@ class Persist(Wrapping, Generic[B, R, T]):
         """The owner of each group, read-only (a `Worker`, or the engine's own record
         of a flight)."""
         return RegistryView(registry=self._core.registry, face=_face)
-
-    @property
-    def name(self) -> str:
-        """The device's name (its qualified name), as the monitor shows it."""
-        return self._core.hooks.name
-
-    @property
-    def qualified_name(self) -> str:
-        """The device's module-qualified name, ``module.name``.
-
-        What tells apart two applications whose devices share a name: a
-        backend's default namespace is made from it.
-        """
-        hooks = self._core.hooks
-        return f"{hooks.module}.{hooks.name}" if hooks.module else hooks.name
 
     @property
     def backend(self) -> Any:
@@ -458,64 +438,6 @@ class Persist(Wrapping, Generic[B, R, T]):
 
         return deduplicated
 
-    def function_statistics(self) -> tuple[FunctionStatistics, ...]:
-        """Return the counts of every function wrapped now (`wrap`, and
-        `trio_persist.deduplicated` in the persist it runs in), by name.
-
-        A function's counts go when its name is released.
-        """
-        functions = sorted(self._wrapped.items())
-        return tuple(function.statistics() for _, function in functions)
-
-    def add_observer(self, observer: Observer) -> None:
-        """Tell *observer* about every execution from now on (for instrumentation).
-
-        See `trio_persist.opentelemetry` for one. Costs nothing without observers.
-        """
-        self._core.observers.add(observer)
-
-    def remove_observer(self, observer: Observer) -> None:
-        """Stop telling *observer* (added with `add_observer`)."""
-        self._core.observers.remove(observer)
-
-    async def wait_quiet(self) -> None:
-        """Wait until no flight runs and no caller waits (workers may live on).
-
-        Always a checkpoint; it never polls. Useful in tests, and before a
-        graceful shutdown.
-        """
-        core = self._core
-        await trio.lowlevel.checkpoint()
-        while core.counters.in_flight or core.counters.waiters:
-            if core.quiet is None:
-                core.quiet = trio.lowlevel.ParkingLot()
-            await core.quiet.park()
-
-    def overloaded(self) -> bool:
-        """Whether new work would now be refused for load, or wait for room:
-        the door check a service asks before it spends anything on a request
-        (docs/redis.md, "Overload").
-
-        Synchronous, O(1), never a checkpoint, and without side effects:
-        nothing is counted and nobody is let in, so an accept loop can answer
-        "busy" before it starts a task or reads a body. True while the backend
-        would refuse a new call at its door (its line for a slot is long:
-        `trio_persist.redis.RedisBackend.overloaded`), or while ``max_workers``
-        is full twice over (workers saving after a stop included), so that a
-        worker activated now would wait for one to end. A persist without a
-        backend and without ``max_workers`` is never overloaded, and neither
-        is a closed one (its calls raise `PersistClosed`).
-
-        Coarse by design: it does not know the request. A call that would join
-        an execution in flight here, be answered by a lingering result, or
-        not need a new worker (in one process, a flight, or an ``ask`` to a
-        live worker) is served at once even while this says True.
-        """
-        if self._core.closed:
-            return False
-        check = self._backend_overloaded
-        return (check is not None and check()) or self._supervisor.crowded
-
     def forget(self, group: Hashable) -> bool:
         """Make the next call for *group* start afresh (Go singleflight's ``Forget``).
 
@@ -543,72 +465,6 @@ class Persist(Wrapping, Generic[B, R, T]):
     def workers(self) -> tuple[Worker[B], ...]:
         """Return every live worker, least recently used first."""
         return tuple(handle_of(task) for task in self._supervisor.workers)
-
-    def subscribe(self, max_buffer: int = 256) -> EventSubscription:
-        """Subscribe to this persist's events.
-
-        Use the result as a ``with`` block and iterate it. Up to *max_buffer*
-        events wait for a slow subscriber; beyond that they are dropped (and
-        counted), never slowing a flight or a worker.
-        """
-        return self._core.events.subscribe(max_buffer)
-
-    async def serve_monitor(
-        self,
-        path: str | os.PathLike[str],
-        *,
-        interval: float = 1.0,
-        max_groups: int = 200,
-        max_clients: int = 64,
-        task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        """Serve this persist's frames on a Unix socket, for ``trio-persist monitor``.
-
-        Start it with ``await nursery.start(persist.serve_monitor, path)``. The
-        socket is created with mode 0600 and is read-only: each client gets a
-        frame (newline-delimited JSON with ``"version"``, ``"statistics"`` and
-        ``"snapshot"``) as soon as it connects, then every *interval* seconds.
-        One frame is built per interval whatever the number of clients; at
-        most *max_clients* are served (one more is refused with a line saying
-        so); *max_groups* of the busiest groups go in each frame. A socket
-        file left by a killed process is replaced; the file is removed when
-        the server is cancelled, if it is still this server's.
-
-        Raises:
-            TypeError, ValueError: an option is wrong (the message names it).
-            FileExistsError: *path* is a file, or a socket in use.
-            FileNotFoundError, PermissionError: its directory is missing or not
-                writable.
-        """
-        await serve_monitor(
-            self,
-            path,
-            interval=interval,
-            max_groups=max_groups,
-            max_clients=max_clients,
-            task_status=task_status,
-        )
-
-    def statistics(self) -> PersistStatistics:
-        """Return a frozen snapshot of this persist's counters and gauges."""
-        return self._core.statistics(workers=len(self._supervisor.workers))
-
-    def durations(self) -> PersistDurations:
-        """Return the execution and wait-time histograms (for metrics exporters).
-
-        `statistics` has their quantiles; this has their buckets, cumulative at
-        fixed boundaries from 0.1 ms to 60 s, as Prometheus and OpenTelemetry
-        histograms want them.
-        """
-        return self._core.timings.durations()
-
-    def snapshot(self) -> tuple[GroupSnapshot, ...]:
-        """Return one frozen record per registered group, in registration order.
-
-        Empty when all is quiet and no worker lives.
-        """
-        owners = self._core.owners
-        return tuple(owner.describe(group) for group, owner in owners.items())
 
     # -- checks ------------------------------------------------------------------
 
