@@ -26,17 +26,8 @@ import attrs
 import trio
 
 from .._logging import logger
-from ._resp import (
-    INCOMPLETE,
-    Connection,
-    ErrorReply,
-    Reader,
-    Settings,
-    error_of,
-    greet,
-    pack,
-    read_reply,
-)
+from ._connection import Connection, Settings
+from ._resp import INCOMPLETE, ErrorReply, Reader, error_of, greet, pack, read_reply
 
 __all__ = ["Direct", "listen", "settings_of"]
 

@@ -36,7 +36,7 @@ if sys.version_info < (3, 11):  # pragma: no cover
 if TYPE_CHECKING:
     import coredis
 
-    from ._resp import Settings
+    from ._connection import Settings
 
 __all__ = [
     "Counters",
