@@ -276,20 +276,20 @@ class Flight:
                 except Exception as exc:
                     core.hook_failed("observer execution_started", group, exc)
         resolve = core.hooks.resolve if call is None else call
-        if core.backend is None:
+        backend = core.backend
+        if backend is None:
             core.counters.executions += 1
             if call is not None:
                 call.executions += 1
             return resolve
-        return self._through_backend(job, resolve)
+        return self._through(backend, job, resolve)
 
-    def _through_backend(self, job: Job, resolve: Resolve) -> Resolve:
-        """*job*'s device (or wrapped function) run through the backend when the
+    def _through(self, backend: Backend, job: Job, resolve: Resolve) -> Resolve:
+        """*job*'s device (or wrapped function) run through *backend* when the
         job is shared and grouped (a write, or an ungrouped call, runs here)."""
         core = self.core
         call = job.call
-        backend = core.backend
-        if backend is None or self.group is None or not job.shared or not _across(call, self):
+        if self.group is None or not job.shared or not crosses(call, self.group):
             core.counters.executions += 1
             if call is not None:
                 call.executions += 1
@@ -402,11 +402,6 @@ class Flight:
                 job.fail(leader_died(error_message))
         self.queue.clear()
         self.joinable = None
-
-
-def _across(call: WrappedFunction | None, flight: Flight) -> bool:
-    """Whether a shared job may run through the backend (`crosses`)."""
-    return crosses(call, flight.group)
 
 
 def crosses(call: WrappedFunction | None, group: Hashable | None) -> bool:
