@@ -379,6 +379,10 @@ class Flight:
     def _end(self) -> None:
         core = self.core
         core.counters.in_flight -= 1
+        # Every job is answered from here on: the flight and its last job no
+        # longer refer to each other, so both are freed as soon as the last
+        # caller is done with them rather than by the cyclic collector.
+        self.current.owner = None
         if core.quiet is not None:
             core.maybe_quiet()
         if self.group is not None:
