@@ -30,7 +30,7 @@ from ._ask import worker_for
 from ._flight import Flight, crosses
 from ._job import UNNAMED, AskJob, Job, Owner, leader_died, request_name
 from ._linger import MISS
-from ._placement import reroute_placed
+from ._placement import Here, reroute_placed
 from ._runner import RunnerPool
 from ._state import Core
 from ._supervisor import Supervisor
@@ -92,6 +92,9 @@ class Routing:
     _grouping: Grouping
     # Which owners each owner's device waits for now (nested calls: cycle detection).
     _awaiting: dict[Owner, list[Owner]]
+    # The workers of this process as a placing backend sees them (cycles
+    # through other processes that close by joining an owner here).
+    _here: Here
 
     def _route(
         self,
@@ -126,8 +129,11 @@ class Routing:
             return job, flight, flight.started
         if fn is not None:
             _refuse_a_worker(owner, fn)
-        if current is not None and waits_for(self._awaiting, owner, current):
-            return Detour(owner=owner)
+        if current is not None and (
+            waits_for(self._awaiting, owner, current)
+            or (self._here.chained and self._here.closes(owner, current))
+        ):
+            return Detour(owner=owner)  # waits for itself: here, or through other processes
         joined = owner.find(request, key) if share and owner.shares else None
         if joined is not None:
             self._joined(owner, joined)
