@@ -54,16 +54,10 @@ class Here:
     # The flights standing in here for a worker elsewhere (their request
     # routed there), and the worker's name (`standing_in`).
     stand_ins: dict[Owner, str] = attrs.Factory(dict)
-    # Requests served here whose chain names workers (`chained`): until one
-    # comes, no call looks for a cycle through other processes.
+    # Requests served here now whose chain names workers: until one comes, no
+    # call can close a cycle through other processes by joining, and none
+    # looks for one (the facade reads it, O(1), before `closes`).
     carrying: int = 0
-
-    @property
-    def chained(self) -> bool:
-        """Whether a call here may close a cycle through other processes by
-        joining: some request served here came with workers in its chain.
-        O(1): the facade asks it before `closes` on every nested call."""
-        return self.carrying > 0
 
     def closes(self, owner: Owner, current: Owner) -> bool:
         """Whether a call from *current*'s execution that joins or queues behind

@@ -131,7 +131,7 @@ class Routing:
             _refuse_a_worker(owner, fn)
         if current is not None and (
             waits_for(self._awaiting, owner, current)
-            or (self._here.chained and self._here.closes(owner, current))
+            or (self._here.carrying and self._here.closes(owner, current))
         ):
             return Detour(owner=owner)  # waits for itself: here, or through other processes
         joined = owner.find(request, key) if share and owner.shares else None
