@@ -129,11 +129,8 @@ class Routing:
             return job, flight, flight.started
         if fn is not None:
             _refuse_a_worker(owner, fn)
-        if current is not None and (
-            waits_for(self._awaiting, owner, current)
-            or (self._here.carrying and self._here.closes(owner, current))
-        ):
-            return Detour(owner=owner)  # waits for itself: here, or through other processes
+        if current is not None and self._waits_for_caller(owner, current):
+            return Detour(owner=owner)
         joined = owner.find(request, key) if share and owner.shares else None
         if joined is not None:
             self._joined(owner, joined)
@@ -142,6 +139,16 @@ class Routing:
         if owner.admit_nowait(job):
             return job, owner, None
         return Detour(owner=owner, job=job)
+
+    def _waits_for_caller(self, owner: Owner, current: Owner) -> bool:
+        """Whether a call from *current*'s execution that joins or queues at
+        *owner* would wait for itself: *owner* waits for *current* here, or for
+        a worker elsewhere that waits for it (only looked for once a request
+        with workers in its chain is served here: an O(1) count before that)."""
+        if waits_for(self._awaiting, owner, current):
+            return True
+        here = self._here
+        return bool(here.carrying) and here.closes(owner, current)
 
     def _refusal(self, fn: WrappedFunction | None, group: Hashable) -> Exception | None:
         """The backend's refusal of a new shared call of *group*, if it would go
