@@ -98,25 +98,6 @@ class Here:
         """Ask *group*'s worker here, activated under *lease* (see `LocalWorkers.ask`)."""
         if resolving and not self.has_worker(group):
             raise WorkerMoved("the group has no worker here: resolve it where it is asked")
-        if not chain.workers:
-            return await self._ask(group, request, default, request_id, lease, routed, join, chain)
-        self.carrying += 1
-        try:
-            return await self._ask(group, request, default, request_id, lease, routed, join, chain)
-        finally:
-            self.carrying -= 1
-
-    async def _ask(
-        self,
-        group: Hashable,
-        request: Any,
-        default: Callable[[], Any] | None,
-        request_id: str,
-        lease: WorkerLease,
-        routed: bool,
-        join: bool,
-        chain: Chain,
-    ) -> Any:
         job = AskJob(
             None,
             request,
@@ -128,28 +109,33 @@ class Here:
             chain=chain,
         )
         current = None if routed else running.get()
-        while True:
-            task = self._leased_worker(group, default, current, lease, chain)
-            if routed and task.lease is not lease:
-                # Accepted under a lease this worker does not run under: the
-                # sender sends it again to the owner of now (never run twice).
-                raise WorkerMoved("the group's worker here runs under another lease now")
-            activation = task.activation
-            if activation is not None:
-                if not activation.settled:
-                    await activation.wait()  # its record says what was applied
-                    continue  # (it may have stopped meanwhile)
-                answered = _from_record(activation, group, request_id)
-                if answered is not None:
-                    return answered[0]
-            joined = task.find(request, UNNAMED) if join else None
-            if joined is not None:  # a static worker's identical queued request
-                self.core.counters.deduplicated += 1
-                return await self.listen(joined, task, current)
-            if task.admit_nowait(job) or await task.admit(job):
-                return await self.listen(job, task, current)
-            if routed:
-                raise WorkerMoved("the worker stopped while the request waited for room")
+        carrying = int(bool(chain.workers))  # (nested calls look for cycles: `carrying`)
+        self.carrying += carrying
+        try:
+            while True:
+                task = self._leased_worker(group, default, current, lease, chain)
+                if routed and task.lease is not lease:
+                    # Accepted under a lease this worker does not run under: the
+                    # sender sends it again to the owner of now (never run twice).
+                    raise WorkerMoved("the group's worker here runs under another lease now")
+                activation = task.activation
+                if activation is not None:
+                    if not activation.settled:
+                        await activation.wait()  # its record says what was applied
+                        continue  # (it may have stopped meanwhile)
+                    answered = _from_record(activation, group, request_id)
+                    if answered is not None:
+                        return answered[0]
+                joined = task.find(request, UNNAMED) if join else None
+                if joined is not None:  # a static worker's identical queued request
+                    self.core.counters.deduplicated += 1
+                    return await self.listen(joined, task, current)
+                if task.admit_nowait(job) or await task.admit(job):
+                    return await self.listen(job, task, current)
+                if routed:
+                    raise WorkerMoved("the worker stopped while the request waited for room")
+        finally:
+            self.carrying -= carrying
 
     def chain_for(self, group: Hashable, digest: str) -> Chain:
         """The chain a request to *group* carries from the calling task (see
