@@ -286,20 +286,22 @@ async def forge(control: Any, namespace: str, group: str, fields: dict[str, Any]
 
 
 @pytest.mark.parametrize(
-    ("chain", "error"),
+    ("field", "chain", "error"),
     [
-        (["0" * 32] * 1_000, "past the bound"),
-        ("not a list", "malformed chain"),
-        ([{"a": 1}, "x" * 10_000], "malformed chain"),
-        ([group_digest("h")], "a cycle of groups across processes"),
+        ("c", ["0" * 32] * 1_000, "past the bound"),
+        ("c", "not a list", "malformed chain"),
+        ("c", [{"a": 1}, "x" * 10_000], "malformed chain"),
+        ("c", [group_digest("h")], "a cycle of groups across processes"),
+        ("cw", ["0" * 32] * 1_000, "past the bound"),  # the workers it names
+        ("cw", ["not a lease id"], "malformed chain"),
     ],
 )
 async def test_a_forged_chain_is_refused_to_its_sender_and_the_owner_serves_on(
-    redis_url: str, namespace: str, chain: Any, error: str
+    redis_url: str, namespace: str, field: str, chain: Any, error: str
 ) -> None:
     async with nodes(redis_url, namespace, ["g"], ["h"]) as (control, persist):
         payload = '0::{"ok":true,"codec":"json","value":{"then":[]}}'
-        reply = await forge(control, namespace, "h", {"c": chain, "p": payload})
+        reply = await forge(control, namespace, "h", {field: chain, "p": payload})
         assert reply["k"] == "a"
         assert error in reply["p"]
         assert await ask(persist, "h", "g") == 1
