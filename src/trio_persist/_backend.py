@@ -23,7 +23,8 @@ behind `trio_persist.Persist.overloaded`: a service's door check).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Hashable
-from typing import Any, Protocol, cast
+from contextlib import AbstractContextManager
+from typing import Any, NamedTuple, Protocol, cast
 
 import trio
 
@@ -33,8 +34,10 @@ from ._text import safe_repr
 
 __all__ = [
     "CHAIN_LIMIT",
+    "NO_CHAIN",
     "Admitting",
     "Backend",
+    "Chain",
     "LocalWorkers",
     "Placement",
     "WorkerLease",
@@ -50,6 +53,25 @@ _METHODS = ("serve", "key_of", "run")
 CHAIN_LIMIT = 32
 """The most groups a routed request's chain names (`LocalWorkers.chain_for`):
 nested asks across processes deeper than this are refused (docs/redis.md)."""
+
+
+class Chain(NamedTuple):
+    """Who waits, in any process, for the execution a routed request leads to:
+    the *groups* of the executions waiting for it (their digests, at most
+    `CHAIN_LIMIT`), and the *workers* among them that hold a worker lease
+    (the lease's id, `WorkerLease.name`: one worker's tenure of its group).
+
+    A worker serves its requests one at a time, so a flight standing in here
+    for a worker elsewhere (its request routed there) waits for whatever that
+    worker serves: a call from an execution whose chain names that worker
+    must not join or queue behind it (`InfiniteRecursion`)."""
+
+    groups: tuple[str, ...] = ()
+    workers: tuple[str, ...] = ()
+
+
+NO_CHAIN = Chain()
+"""The chain of a request nobody waits for in another process."""
 
 
 def cycle_error(group: Hashable) -> InfiniteRecursion:
@@ -142,6 +164,12 @@ class WorkerLease(Protocol):
         """Its fencing token: every save of the worker's state carries it."""
         ...
 
+    @property
+    def name(self) -> str:
+        """Its id (32 hex digits, unique to this tenure of the group): what a
+        `Chain` names the worker by."""
+        ...
+
     def valid(self) -> bool:
         """Whether the lease is surely still held now (a durable reply needs it)."""
         ...
@@ -161,7 +189,7 @@ class LocalWorkers(Protocol):
         routed: bool,
         resolving: bool = False,
         join: bool = False,
-        chain: tuple[str, ...] = (),
+        chain: Chain = NO_CHAIN,
     ) -> Any:
         """Ask *group*'s worker in this process, activating it under *lease*.
 
@@ -173,19 +201,31 @@ class LocalWorkers(Protocol):
         identical request queued at a static worker. A routed request's
         *chain* (its sender's, see `chain_for`) goes on with it, to the asks
         its execution makes; `~trio_persist.InfiniteRecursion` if the group's
-        worker here waits for one of those groups.
+        worker here waits for one of those groups or workers.
         """
 
-    def chain_for(self, group: Hashable, digest: str) -> tuple[str, ...]:
-        """The digests of the groups the calling task's execution serves, to
-        send with a request to *group* (digest *digest*): its own owner's, those
-        of the owners waiting for it here, and the chains their requests came
-        with from other processes (empty outside any execution).
+    def chain_for(self, group: Hashable, digest: str) -> Chain:
+        """The chain to send with a request to *group* (digest *digest*) from
+        the calling task's execution: its own owner, the owners waiting for it
+        here, and the chains their requests came with from other processes
+        (empty outside any execution).
 
         Raises:
             trio_persist.InfiniteRecursion: *group* is one of them (the request
                 would wait for itself), or they are more than `CHAIN_LIMIT`.
         """
+        ...
+
+    def standing_in(self, worker: str) -> AbstractContextManager[None]:
+        """Inside the block, the calling task's flight waits for the worker
+        named *worker* (`WorkerLease.name`: its request was routed there): a
+        call from an execution whose chain names that worker is refused
+        rather than joining or queueing behind the flight."""
+        ...
+
+    @property
+    def allow_infinite(self) -> bool:
+        """Whether a resolve that would wait for itself executes directly."""
         ...
 
     def stop_lost(self, group: Hashable) -> None:

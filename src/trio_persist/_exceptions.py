@@ -36,7 +36,8 @@ class InfiniteRecursion(PersistError, RecursionError):
     (directly, or through a cycle of groups waiting for each other) and the
     persist was opened with ``allow_infinite=False``. With
     ``RedisBackend(workers="cluster")`` a cycle through other processes raises it
-    too, and so do asks nested through other processes more than 32 groups
+    too (closed by a request sent, or by a call that would join a flight on its
+    way), and so do asks nested through other processes more than 32 groups
     deep (docs/redis.md).
     """
 

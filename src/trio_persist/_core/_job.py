@@ -22,6 +22,7 @@ import outcome
 import trio
 from trio.lowlevel import reschedule
 
+from .._backend import NO_CHAIN, Chain
 from .._exceptions import LeaderDied
 from .._grouping import canonical_encoding
 from .._stats import GroupSnapshot
@@ -286,9 +287,9 @@ class AskJob(Job):
     request_id: str | None = None
     # Sent by another process: if its worker stops, that process routes it again.
     routed: bool = False
-    # The digests of the groups waiting for it in other processes (a routed
-    # request's): asks its execution makes carry them on (cycle detection).
-    chain: tuple[str, ...] = ()
+    # Who waits for it in other processes (a routed request's chain: groups
+    # and workers): asks its execution makes carry it on (cycle detection).
+    chain: Chain = NO_CHAIN
 
 
 def request_name(request: Any) -> object:

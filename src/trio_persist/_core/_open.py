@@ -136,7 +136,9 @@ def open_persist(
         error_strategy: ``"ignore"``: a worker whose request fails goes on;
             ``"throw"``: it stops after answering with the error.
         allow_infinite: Execute a recursive resolve directly instead of raising
-            `InfiniteRecursion`.
+            `InfiniteRecursion` (the device on the call's own base, in this
+            process, for a cycle through other processes too: docs/redis.md).
+            A recursive ask is always refused.
         max_workers: Most workers alive at once (None: no limit); one more
             stops the least recently used idle one.
         backend: None (in-process), or a backend such as

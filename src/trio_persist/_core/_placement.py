@@ -19,19 +19,20 @@ docs/redis.md states the guarantees; docs/architecture.md the path.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Iterator
 from typing import Any
 
 import attrs
 import trio
 
-from .._backend import Placement, WorkerLease, cycle_error
+from .._backend import NO_CHAIN, Chain, Placement, WorkerLease, cycle_error
 from .._exceptions import WorkerMoved
 from .._grouping import canonical_encoding
 from .._text import safe_repr
 from ._activation import ACTIVATING, Activation
-from ._chain import serving_chain, waits_on_chain
+from ._chain import joins_across, serving_chain, waits_on_chain
 from ._job import UNNAMED, AskJob, Job, Owner, leader_died, running
 from ._state import Core
 from ._worker import WorkerTask
@@ -50,6 +51,36 @@ class Here:
     listen: Callable[[Job, WorkerTask, Owner | None], Awaitable[Any]]
     # Which owners each owner's execution waits for here (the facade's graph).
     awaiting: dict[Owner, list[Owner]]
+    # The flights standing in here for a worker elsewhere (their request
+    # routed there), and the worker's name (`standing_in`).
+    stand_ins: dict[Owner, str] = attrs.Factory(dict)
+    # Requests served here now whose chain names workers: until one comes, no
+    # call can close a cycle through other processes by joining, and none
+    # looks for one (the facade reads it, O(1), before `closes`).
+    carrying: int = 0
+
+    def closes(self, owner: Owner, current: Owner) -> bool:
+        """Whether a call from *current*'s execution that joins or queues behind
+        *owner* would wait for itself through other processes (`joins_across`)."""
+        return joins_across(owner, current, self.awaiting, self.stand_ins)
+
+    @contextlib.contextmanager
+    def standing_in(self, worker: str) -> Iterator[None]:
+        """The calling task's flight waits for the worker named *worker* inside
+        the block (see `LocalWorkers.standing_in`)."""
+        flight = running.get()
+        if flight is None:
+            yield
+            return
+        self.stand_ins[flight] = worker
+        try:
+            yield
+        finally:
+            del self.stand_ins[flight]
+
+    @property
+    def allow_infinite(self) -> bool:
+        return self.core.options.allow_infinite
 
     async def ask(
         self,
@@ -62,7 +93,7 @@ class Here:
         routed: bool,
         resolving: bool = False,
         join: bool = False,
-        chain: tuple[str, ...] = (),
+        chain: Chain = NO_CHAIN,
     ) -> Any:
         """Ask *group*'s worker here, activated under *lease* (see `LocalWorkers.ask`)."""
         if resolving and not self.has_worker(group):
@@ -78,30 +109,35 @@ class Here:
             chain=chain,
         )
         current = None if routed else running.get()
-        while True:
-            task = self._leased_worker(group, default, current, lease, chain)
-            if routed and task.lease is not lease:
-                # Accepted under a lease this worker does not run under: the
-                # sender sends it again to the owner of now (never run twice).
-                raise WorkerMoved("the group's worker here runs under another lease now")
-            activation = task.activation
-            if activation is not None:
-                if not activation.settled:
-                    await activation.wait()  # its record says what was applied
-                    continue  # (it may have stopped meanwhile)
-                answered = _from_record(activation, group, request_id)
-                if answered is not None:
-                    return answered[0]
-            joined = task.find(request, UNNAMED) if join else None
-            if joined is not None:  # a static worker's identical queued request
-                self.core.counters.deduplicated += 1
-                return await self.listen(joined, task, current)
-            if task.admit_nowait(job) or await task.admit(job):
-                return await self.listen(job, task, current)
-            if routed:
-                raise WorkerMoved("the worker stopped while the request waited for room")
+        carrying = int(bool(chain.workers))  # (nested calls look for cycles: `carrying`)
+        self.carrying += carrying
+        try:
+            while True:
+                task = self._leased_worker(group, default, current, lease, chain)
+                if routed and task.lease is not lease:
+                    # Accepted under a lease this worker does not run under: the
+                    # sender sends it again to the owner of now (never run twice).
+                    raise WorkerMoved("the group's worker here runs under another lease now")
+                activation = task.activation
+                if activation is not None:
+                    if not activation.settled:
+                        await activation.wait()  # its record says what was applied
+                        continue  # (it may have stopped meanwhile)
+                    answered = _from_record(activation, group, request_id)
+                    if answered is not None:
+                        return answered[0]
+                joined = task.find(request, UNNAMED) if join else None
+                if joined is not None:  # a static worker's identical queued request
+                    self.core.counters.deduplicated += 1
+                    return await self.listen(joined, task, current)
+                if task.admit_nowait(job) or await task.admit(job):
+                    return await self.listen(job, task, current)
+                if routed:
+                    raise WorkerMoved("the worker stopped while the request waited for room")
+        finally:
+            self.carrying -= carrying
 
-    def chain_for(self, group: Hashable, digest: str) -> tuple[str, ...]:
+    def chain_for(self, group: Hashable, digest: str) -> Chain:
         """The chain a request to *group* carries from the calling task (see
         `LocalWorkers.chain_for`)."""
         return serving_chain(running.get(), self.awaiting, group, digest)
@@ -112,14 +148,19 @@ class Here:
         default: Callable[[], Any] | None,
         current: Owner | None,
         lease: WorkerLease,
-        chain: tuple[str, ...] = (),
+        chain: Chain = NO_CHAIN,
     ) -> WorkerTask:
         """*group*'s worker here (activated if need be), running under *lease* if
         it has none yet (one started with a state: the lease won now covers it).
-        `InfiniteRecursion` if it waits for one of the groups of *chain* (those
-        waiting for a routed request)."""
+        `InfiniteRecursion` if it waits for one of the groups or workers of
+        *chain* (those waiting for a routed request), or, asked from *current*'s
+        execution, for a worker elsewhere waiting for that execution."""
         task = self.worker_for(group, default, current)
-        if chain and waits_on_chain(task, self.awaiting, chain):
+        if (chain.groups or chain.workers) and waits_on_chain(
+            task, self.awaiting, chain, self.stand_ins
+        ):
+            raise cycle_error(group)
+        if current is not None and self.carrying and self.closes(task, current):
             raise cycle_error(group)
         lease_worker(task, lease)
         if task.activation is None and task.lease is None:

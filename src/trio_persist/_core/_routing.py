@@ -30,7 +30,7 @@ from ._ask import worker_for
 from ._flight import Flight, crosses
 from ._job import UNNAMED, AskJob, Job, Owner, leader_died, request_name
 from ._linger import MISS
-from ._placement import reroute_placed
+from ._placement import Here, reroute_placed
 from ._runner import RunnerPool
 from ._state import Core
 from ._supervisor import Supervisor
@@ -92,6 +92,9 @@ class Routing:
     _grouping: Grouping
     # Which owners each owner's device waits for now (nested calls: cycle detection).
     _awaiting: dict[Owner, list[Owner]]
+    # The workers of this process as a placing backend sees them (cycles
+    # through other processes that close by joining an owner here).
+    _here: Here
 
     def _route(
         self,
@@ -126,7 +129,7 @@ class Routing:
             return job, flight, flight.started
         if fn is not None:
             _refuse_a_worker(owner, fn)
-        if current is not None and waits_for(self._awaiting, owner, current):
+        if current is not None and self._waits_for_caller(owner, current):
             return Detour(owner=owner)
         joined = owner.find(request, key) if share and owner.shares else None
         if joined is not None:
@@ -136,6 +139,16 @@ class Routing:
         if owner.admit_nowait(job):
             return job, owner, None
         return Detour(owner=owner, job=job)
+
+    def _waits_for_caller(self, owner: Owner, current: Owner) -> bool:
+        """Whether a call from *current*'s execution that joins or queues at
+        *owner* would wait for itself: *owner* waits for *current* here, or for
+        a worker elsewhere that waits for it (only looked for once a request
+        with workers in its chain is served here: an O(1) count before that)."""
+        if waits_for(self._awaiting, owner, current):
+            return True
+        here = self._here
+        return bool(here.carrying) and here.closes(owner, current)
 
     def _refusal(self, fn: WrappedFunction | None, group: Hashable) -> Exception | None:
         """The backend's refusal of a new shared call of *group*, if it would go

@@ -45,6 +45,7 @@ __all__ = [
     "Lead",
     "Leases",
     "Placed",
+    "RunHere",
     "Vanished",
     "fencing_token",
 ]
@@ -189,6 +190,12 @@ class Call:
     """The request's id once it is routed (the same to every owner it is sent to)."""
 
 
+class RunHere(Exception):
+    """A flight's request would wait for itself at the group's worker elsewhere,
+    and the persist allows a recursive resolve (``allow_infinite``): the
+    flight executes it directly here instead of routing it."""
+
+
 class _Undecodable(CorruptResult):
     """A result that was read but cannot be trusted: never a reason to run locally."""
 
@@ -287,6 +294,8 @@ class Leases:
                     outcome = await self.round(call)
                 except _Routed as exc:
                     raise exc.error from None
+                except RunHere:
+                    return await resolve(base, request)
                 except _Undecodable as exc:
                     raise CorruptResult(str(exc)) from None  # the public type, never ours
                 except Overloaded as exc:

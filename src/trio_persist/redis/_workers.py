@@ -37,7 +37,7 @@ from typing import Any
 import attrs
 import trio
 
-from .._backend import CHAIN_LIMIT, LocalWorkers, cycle_error
+from .._backend import CHAIN_LIMIT, Chain, LocalWorkers, cycle_error
 from .._codec import Seal, decode_outcome, encode_error, encode_value
 from .._exceptions import (
     BackendUnavailable,
@@ -51,7 +51,7 @@ from .._exceptions import (
 from .._grouping import canonical_encoding, group_digest
 from .._logging import Throttle
 from ._inbox import INBOX_LIMIT, PAYLOAD_LIMIT, PUSH, TAKE, Inbox, Waiter
-from ._lease import Answer, Placed
+from ._lease import Answer, Placed, RunHere
 from ._link import Counters, Link
 from ._renewal import Held, Renewer
 from ._scripts import LUA_HELPERS, RENEW
@@ -108,7 +108,8 @@ WORKER_SCRIPTS = {
 _FENCE_TTL = 3600.0  # the clock takes over from a forgotten fence
 _MAX_ROUNDS = 64  # owners one ask goes through before it gives up
 _OWNERS_KEPT = 16384  # groups owned elsewhere whose owner is remembered
-_DIGEST = re.compile(r"[0-9a-f]{32}")  # a group digest, as `group_digest` makes them
+# A group digest, as `group_digest` makes them, or a worker's name (its lease id).
+_DIGEST = re.compile(r"[0-9a-f]{32}")
 _SERVED_KEPT = 4096  # ids of routed requests served, for duplicates delivered late
 # What a best-effort step (a reply, a withdrawal, a release) may meet: Redis away, garbage.
 _QUIET = functools.partial(contextlib.suppress, BackendUnavailable, CorruptResult)
@@ -125,6 +126,11 @@ class Owned:
     @property
     def token(self) -> int:
         return self.held.token
+
+    @property
+    def name(self) -> str:
+        """The lease's id: what a chain names this worker by."""
+        return _worker_of(self.held.value)
 
     def valid(self) -> bool:
         return self.held.valid()
@@ -224,7 +230,7 @@ class ClusterWorkers:
             return None  # no other process can name it
         digest = group_digest(group)
         extra = {"r": 1 if share else 2}
-        chain: tuple[str, ...] | None = None  # made once it is routed
+        chain: Chain | None = None  # made once it is routed
         for _ in range(_MAX_ROUNDS):
             owned = self.owned.get(digest)
             if owned is not None and owned.valid():
@@ -236,8 +242,10 @@ class ClusterWorkers:
             if lease is None or lease.endswith(":" + self.node):
                 return None  # nobody's, or ours being released: a flight here
             if chain is None:
-                assert self.local is not None
-                chain = self.local.chain_for(group, digest)
+                try:
+                    chain = self._chain_for(group, digest)
+                except RunHere:
+                    return None  # it would wait for itself: executed here (allow_infinite)
             answer = await self._route(lease, digest, request_id, request, chain, extra)
             if answer is not None:
                 return (answer.unwrap(),)
@@ -270,10 +278,32 @@ class ClusterWorkers:
     async def _route_resolve(
         self, placed: Placed, lease: str, request_id: str, request: Any
     ) -> Answer | None:
-        """A flight's request, sent to the group's worker in the process of *lease*."""
+        """A flight's request, sent to the group's worker in the process of *lease*;
+        meanwhile the flight stands in for that worker (`LocalWorkers.standing_in`).
+
+        Raises:
+            RunHere: it would wait for itself, and the persist allows that.
+        """
         assert self.local is not None
-        chain = self.local.chain_for(placed.group, placed.digest)  # the flight's callers'
-        return await self._route(lease, placed.digest, request_id, request, chain, {"r": 1})
+        chain = self._chain_for(placed.group, placed.digest)  # the flight's callers'
+        with self.local.standing_in(_worker_of(lease)):
+            return await self._route(lease, placed.digest, request_id, request, chain, {"r": 1})
+
+    def _chain_for(self, group: Hashable, digest: str) -> Chain:
+        """The chain a resolve of *group* carries from the calling task.
+
+        Raises:
+            InfiniteRecursion: it would wait for itself.
+            RunHere: so it would, and the persist's ``allow_infinite`` says to
+                execute it directly, here.
+        """
+        assert self.local is not None
+        try:
+            return self.local.chain_for(group, digest)
+        except InfiniteRecursion:
+            if self.local.allow_infinite:
+                raise RunHere from None
+            raise
 
     async def claim(self, group: Hashable) -> Owned:
         """*group*'s worker lease for this process: held already, or won now.
@@ -334,7 +364,7 @@ class ClusterWorkers:
         digest: str,
         request_id: str,
         request: Any,
-        chain: tuple[str, ...],
+        chain: Chain,
         extra: dict[str, Any] | None = None,
     ) -> Answer | None:
         """Send *request* to the owner named by *lease* and wait for its answer;
@@ -346,8 +376,10 @@ class ClusterWorkers:
         payload = encode_value(self.seal, _request_key(request_id, chain), request, 0).decode()
         fields: dict[str, Any] = {"k": "q", "id": request_id, "from": self.node}
         fields |= {"g": digest, "p": payload}
-        if chain:
-            fields["c"] = list(chain)
+        if chain.groups:
+            fields["c"] = list(chain.groups)
+        if chain.workers:
+            fields["cw"] = list(chain.workers)
         message = json.dumps(fields | (extra or {}))
         # Measured as sent: the payload is escaped again inside the message.
         _check_size("request", len(message))  # refused here, before anything is sent
@@ -477,7 +509,7 @@ class ClusterWorkers:
             )
             if not ok:
                 raise CorruptResult("a routed request holds no request")
-            if owned.digest in chain:
+            if owned.digest in chain.groups:
                 raise cycle_error(owned.group)
             resolving = message.get("r")
             value = await self.local.ask(
@@ -570,26 +602,34 @@ def _check_size(what: str, size: int) -> None:
         )
 
 
-def _request_key(request_id: str, chain: tuple[str, ...]) -> str:
+def _request_key(request_id: str, chain: Chain) -> str:
     """What a routed request's payload is sealed to: its id and its chain (with
     a signing key, a chain changed on its way is refused as a forgery)."""
-    return "q:" + request_id + "".join(":" + digest for digest in chain)
+    groups = "".join(":" + digest for digest in chain.groups)
+    return "q:" + request_id + groups + "".join("/" + name for name in chain.workers)
 
 
-def _chain_of(message: dict[str, Any]) -> tuple[str, ...]:
+def _chain_of(message: dict[str, Any]) -> Chain:
     """A routed request's chain, checked before anything else is read: at most
-    `CHAIN_LIMIT` digests (`InfiniteRecursion` past it), else `CorruptResult`."""
-    chain = message.get("c", [])
-    if not isinstance(chain, list):
-        raise CorruptResult("a routed request holds a malformed chain")
-    if len(chain) > CHAIN_LIMIT:
-        raise InfiniteRecursion(
-            f"a routed request nests asks across processes {len(chain)} groups deep, "
-            f"past the bound of {CHAIN_LIMIT}"
-        )
-    if not all(isinstance(digest, str) and _DIGEST.fullmatch(digest) for digest in chain):
-        raise CorruptResult("a routed request holds a malformed chain")
-    return tuple(chain)
+    `CHAIN_LIMIT` digests and as many worker names (`InfiniteRecursion` past
+    it), else `CorruptResult`."""
+    groups, workers = message.get("c", []), message.get("cw", [])
+    for names in (groups, workers):
+        if not isinstance(names, list):
+            raise CorruptResult("a routed request holds a malformed chain")
+        if len(names) > CHAIN_LIMIT:
+            raise InfiniteRecursion(
+                f"a routed request nests asks across processes {len(names)} groups deep, "
+                f"past the bound of {CHAIN_LIMIT}"
+            )
+        if not all(isinstance(name, str) and _DIGEST.fullmatch(name) for name in names):
+            raise CorruptResult("a routed request holds a malformed chain")
+    return Chain(tuple(groups), tuple(workers))
+
+
+def _worker_of(lease: str) -> str:
+    """The name of the worker holding the worker lease *lease* (``id:token:node``): its id."""
+    return lease.partition(":")[0]
 
 
 def _text(value: Any) -> str:
