@@ -156,6 +156,28 @@ async def test_many_tasks_share_the_connection_and_each_gets_its_own_reply(
     assert isinstance(each[1], ResponseError)
 
 
+async def test_a_command_larger_than_the_socket_takes_at_once_is_written_whole(
+    connection: Connection, namespace: str
+) -> None:
+    # 16 MB: more than a socket's send buffer, so the write that cannot wait
+    # leaves a rest, which the shielded write sends; the commands queued
+    # meanwhile follow it on the wire, whole and in order.
+    value = bytes(range(256)) * 65536
+    key = f"{namespace}:big"
+    answers: dict[int, Any] = {}
+
+    async def echo(index: int) -> None:
+        answers[index] = await connection.request("ECHO", b"%d" % index)
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(connection.request, "SET", key, value)
+            for index in range(20):
+                nursery.start_soon(echo, index)
+        assert await connection.request("GET", key) == value
+    assert answers == {index: b"%d" % index for index in range(20)}
+
+
 async def test_a_request_cancelled_while_its_reply_is_on_its_way_leaves_the_next_replies_right(
     connection: Connection, redis_url: str, namespace: str
 ) -> None:

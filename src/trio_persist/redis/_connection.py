@@ -12,6 +12,7 @@ read timeout is closed and its requests fail with `TimeoutError`.
 from __future__ import annotations
 
 import collections
+import os
 import ssl
 from collections.abc import Sequence
 from typing import Any
@@ -119,8 +120,9 @@ class Connection:
     the replies are matched to them in order.
 
     A request is written at once by the task that makes it (or, if a write is
-    under way, by that writer right after), shielded and bounded by the read
-    timeout, so a cancelled caller never leaves half a command on the wire.
+    under way, by that writer right after): on a plain socket that takes it
+    all, without waiting; else shielded and bounded by the read timeout, so a
+    cancelled caller never leaves half a command on the wire.
     Replies are read by one waiting caller at a time, which hands each on and
     passes the reading to the next waiting caller once its own has come (no
     task of its own reads: a lone request costs no extra task switch). A
@@ -138,6 +140,7 @@ class Connection:
     _waiting: collections.deque[_Request] = attrs.Factory(collections.deque)
     _out: bytearray = attrs.Factory(bytearray)
     _writing: bool = False
+    _fd: int = -1  # the socket's descriptor while `_write_now` may use it
     _reading: bool = False
     _scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
     _requests: int = 0
@@ -169,6 +172,7 @@ class Connection:
             with self._scope:
                 with trio.fail_after(self.settings.connect_timeout or float("inf")):
                     self.stream = await self.settings.open_stream()
+                    self._fd = _descriptor_of(self.stream)
                     await greet(self.stream, self._reader, await self.settings.greeting())
                 task_status.started()
                 await trio.sleep_forever()
@@ -180,6 +184,7 @@ class Connection:
     def _fail(self, error: BaseException | None) -> None:
         """Mark the connection down (the first cause is kept), fail what is in
         flight, and end `run` (which closes the stream)."""
+        self._fd = -1  # closed soon: its number may name another file then
         if self.failure is None:
             if isinstance(error, (trio.TooSlowError, TimeoutError)):
                 self.failure = TimeoutError("the Redis server did not answer in time")
@@ -252,7 +257,7 @@ class Connection:
             self._out += data
         self._requests += len(packed)
         try:
-            if not self._writing:
+            if not self._writing and not self._write_now():
                 await self._write()
             await self._wait_for(requests[-1])
         except BaseException:
@@ -306,6 +311,24 @@ class Connection:
                 trio.lowlevel.reschedule(request.task)
                 return
 
+    def _write_now(self) -> bool:
+        """Write what is queued without waiting, on a plain socket that takes it
+        all (as it does a command, on a connection that keeps up): no cancel
+        scope, no checkpoint, none of the stream's layers before the bytes
+        leave. Returns whether nothing is left to write (or the write failed
+        the connection); else `_write` writes the rest."""
+        if self._fd < 0:
+            return False
+        try:
+            sent = os.write(self._fd, self._out)
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            self._fail(exc)
+            return True
+        del self._out[:sent]
+        return not self._out
+
     async def _write(self) -> None:
         """Write what is queued, then what was queued meanwhile (shielded: a
         command is never cut; bounded by the read timeout)."""
@@ -325,6 +348,14 @@ class Connection:
             self._fail(exc)
         finally:
             self._writing = False
+
+
+def _descriptor_of(stream: trio.abc.Stream) -> int:
+    """The descriptor of a plain socket stream, for writes at once (-1: none,
+    for TLS, or on Windows, where a socket is not written as a file)."""
+    if os.name == "posix" and type(stream) is trio.SocketStream:
+        return stream.socket.fileno()
+    return -1
 
 
 class _Closed(Exception):
