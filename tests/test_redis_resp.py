@@ -351,6 +351,34 @@ async def test_a_backends_flights_run_their_scripts_on_its_own_connection(
         assert connection.statistics().requests >= 10  # acquire and commit, each
 
 
+async def test_a_leader_whose_server_forgot_the_scripts_meanwhile_still_commits(
+    redis_url: str, namespace: str
+) -> None:
+    from trio_persist.redis import RedisBackend
+
+    release = trio.Event()
+
+    async def device(base: Any, request: Any) -> Any:
+        await release.wait()
+        return request
+
+    backend = RedisBackend(redis_url, namespace=namespace)
+    with trio.fail_after(20):
+        async with (
+            trio_persist.open_persist(device, backend=backend) as persist,
+            coredis.Redis.from_url(redis_url) as control,
+        ):
+            await eventually(lambda: backend._link.direct.usable() is not None)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(persist.resolve, "base", "value")
+                await eventually(lambda: backend.statistics().leading == 1)
+                # Its commit was packed as it began leading; the server forgets it now.
+                await control.script_flush()
+                release.set()
+            assert backend.statistics().led == 1
+            assert [key async for key in control.scan_iter(f"{{{namespace}:*}}:result")]
+
+
 # -- the subscription on a connection of its own ------------------------------------------
 
 

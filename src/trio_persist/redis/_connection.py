@@ -224,6 +224,13 @@ class Connection:
             raise self._error_of(reply)
         return reply
 
+    async def request_packed(self, command: bytes) -> Any:
+        """`request` for one *command* packed already (`~._resp.pack`)."""
+        reply = (await self._send([command]))[-1].reply
+        if isinstance(reply, (ErrorReply, _Broken)):
+            raise self._error_of(reply)
+        return reply
+
     async def request_each(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
         """Send *commands* at once (one write) and return their replies in order:
         each the reply, or the exception its error reply (or a broken

@@ -30,7 +30,7 @@ from .._codec import ABANDONED, Seal, decode_outcome, encode_error, encode_value
 from .._exceptions import BackendUnavailable, CorruptResult, LeaderDied
 from .._logging import Throttle
 from ._admission import Overloaded
-from ._link import Counters, Link, Subscriber, Watch
+from ._link import Counters, Link, Prepared, Subscriber, Watch
 from ._renewal import Held, Renewer
 from ._scripts import ACQUIRE, COMMIT, PEEK, RELEASE, RENEW, Keys
 
@@ -458,6 +458,7 @@ class Leases:
         self.counters.led += 1
         self.counters.leading += 1
         held = self.renewer.hold(call.keys.lease, lead.value, lead.token, lead.sent)
+        prepared = self.prepare_commit(call.keys, held)
         settled = False
         reset = _token.set(lead.token)
         try:
@@ -467,7 +468,7 @@ class Leases:
                 settled = True  # lost: the lease is someone else's now
                 return Again(lead.token)
             try:
-                verdict = await self.commit(call.keys, held, payload, linger)
+                verdict = await self.commit(call.keys, held, payload, linger, prepared)
             except (BackendUnavailable, CorruptResult) as exc:
                 settled = True  # dropped in the background: our callers wait no longer
                 self._release_soon(call.keys, held)
@@ -502,29 +503,33 @@ class Leases:
         return None, b"", 0.0
 
     async def commit(
-        self, keys: Keys, held: Held, payload: bytes, linger: float
+        self,
+        keys: Keys,
+        held: Held,
+        payload: bytes,
+        linger: float,
+        prepared: Prepared | None = None,
     ) -> Verdict | Found | Follow:
         """Store, publish and drop the lease, if it is still ours (or expired unclaimed).
 
         Shielded: the value is ready, and the others wait for it. A refused
         commit says what to answer with instead: the winner's result (`Found`),
         the live successor to follow (`Follow`), or nobody (`Verdict.ALONE`).
+        *prepared*: the call as `prepare_commit` made it for *held*.
         """
-        reply = await self.link.script(
+        prepared = prepared or self.prepare_commit(keys, held)
+        reply = await self.link.script_prepared(prepared, [_ms(linger), payload], shield=True)
+        return _verdict(reply)
+
+    def prepare_commit(self, keys: Keys, held: Held) -> Prepared:
+        """The commit of *held* with all but its linger and payload, packed now:
+        made before the device runs, so that its outcome leaves at once."""
+        return self.link.prepare(
             "commit",
             [keys.lease, keys.result, keys.linger, keys.fence, keys.waiting],
-            [
-                held.value,
-                held.token,
-                payload,
-                keys.channel,
-                int(self.result_ttl * 1000),
-                _ms(linger),
-                "0",
-            ],
-            shield=True,
+            [held.value, held.token, keys.channel, int(self.result_ttl * 1000), "0"],
+            2,
         )
-        return _verdict(reply)
 
     def _after_commit(
         self, call: Call, held: Held, answer: Answer, verdict: Verdict | Found | Follow

@@ -28,6 +28,7 @@ from .._exceptions import BackendUnavailable, CorruptResult
 from .._logging import logger
 from ._admission import Admission
 from ._direct import Direct, listen, settings_of
+from ._resp import no_script_class, pack_head, pack_more
 from ._scripts import key_of_channel, pattern_of
 
 if sys.version_info < (3, 11):  # pragma: no cover
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Counters",
     "Link",
+    "Prepared",
     "Subscriber",
     "Watch",
     "check_url",
@@ -493,6 +495,30 @@ class Link:
                 raise answer
         return answers
 
+    def prepare(self, name: str, keys: list[str], args: list[Any], more: int) -> Prepared:
+        """The call of the script *name* with its first arguments *args*,
+        packed now for the backend's own connection: `script_prepared` adds
+        the *more* others and sends it (what is known early costs nothing
+        when the call is due)."""
+        command = _evalsha(self.scripts[name].sha, keys, args)
+        return Prepared(name, keys, args, pack_head(command, more))
+
+    async def script_prepared(self, prepared: Prepared, more: list[Any], *, shield: bool) -> Any:
+        """Run a `prepare` d script with its last arguments *more*, as one bounded
+        step (see `step`)."""
+        return await self.step(prepared.name, self._run_prepared, prepared, more, shield=shield)
+
+    async def _run_prepared(self, prepared: Prepared, more: list[Any]) -> Any:
+        connection = self.direct.usable()
+        if connection is None:
+            return await self.run_script(prepared.name, prepared.keys, [*prepared.args, *more])
+        command = prepared.head + pack_more(more)
+        try:
+            return await connection.request_packed(command)
+        except no_script_class():  # (evaluated only when something was raised)
+            await connection.request(b"SCRIPT", b"LOAD", self.scripts[prepared.name].script)
+            return await connection.request_packed(command)
+
     async def run_script(self, name: str, keys: list[str], args: list[Any]) -> Any:
         """Run the script *name* once, unbounded and uncounted (callers bound it).
 
@@ -521,6 +547,17 @@ class Link:
 
 def _evalsha(sha: str, keys: list[str], args: list[Any]) -> list[Any]:
     return [b"EVALSHA", sha, len(keys), *keys, *args]
+
+
+@attrs.frozen
+class Prepared:
+    """A script's call whose first arguments are known (`Link.prepare`)."""
+
+    name: str
+    keys: list[str]
+    args: list[Any]
+    head: bytes
+    """The call packed up to those arguments, counting the ones to come."""
 
 
 @attrs.define(eq=False)
