@@ -4,6 +4,7 @@ password, a unix socket). See docs/architecture.md, "The Redis backend"."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -413,6 +414,36 @@ async def test_the_subscription_resubscribes_after_a_restart_and_pokes_its_follo
             nursery.cancel_scope.cancel()
     finally:
         server.stop()
+
+
+async def test_once_caught_up_the_subscription_has_handed_on_everything_published_before(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    # What a follower relies on before it concludes that its leader vanished:
+    # the leader's outcome, published first, may still wait unread. Published
+    # here on a blocking socket, so that no task runs until the server has
+    # answered (its publication is in the subscription's socket by then).
+    subscriber = Subscriber(namespace, timeout=5.0)
+    publisher = socket.create_connection(("127.0.0.1", redis_server.port), timeout=5)
+    async with (
+        coredis.Redis.from_url(redis_server.url) as client,
+        trio.open_nursery() as nursery,
+    ):
+        with publisher, subscriber.watch("k") as watch, trio.fail_after(20):
+            await subscriber.caught_up()  # none up yet: at once
+            await nursery.start(subscriber.run, client)
+            for index in range(20):
+                sent = [b"%d:%d" % (index, each) for each in range(3)]
+                publisher.sendall(
+                    b"".join(pack(["PUBLISH", f"{{{namespace}:k}}:done", data]) for data in sent)
+                )
+                answers = b""
+                while answers.count(b"\r\n") < len(sent):
+                    answers += publisher.recv(4096)
+                await subscriber.caught_up()
+                assert watch.inbox == sent
+                watch.inbox.clear()
+        nursery.cancel_scope.cancel()
 
 
 async def test_a_silent_subscription_is_pinged_and_dropped_when_the_ping_goes_unanswered(

@@ -462,19 +462,23 @@ class Leases:
         settled = False
         reset = _token.set(lead.token)
         try:
-            answer, payload, linger = await self._execute(call, held)
-            held.settling = True
-            if answer is None or held.lost:
-                settled = True  # lost: the lease is someone else's now
-                return Again(lead.token)
-            try:
-                verdict = await self.commit(call.keys, held, payload, linger, prepared)
-            except (BackendUnavailable, CorruptResult) as exc:
-                settled = True  # dropped in the background: our callers wait no longer
-                self._release_soon(call.keys, held)
-                return self._uncommitted(answer, exc)
-            settled = True
-            return self._after_commit(call, held, answer, verdict)
+            # The commit is sent from inside the lease's scope, whose exit then
+            # comes after it (off the way of the followers): once settling,
+            # losing the lease cancels nothing, and the commit is shielded.
+            with held.scope:
+                answer, payload, linger = await self._execute(call, lead.token)
+                held.settling = True
+                if not held.lost:
+                    try:
+                        verdict = await self.commit(call.keys, held, payload, linger, prepared)
+                    except (BackendUnavailable, CorruptResult) as exc:
+                        settled = True  # dropped in the background: our callers wait no longer
+                        self._release_soon(call.keys, held)
+                        return self._uncommitted(answer, exc)
+                    settled = True
+                    return self._after_commit(call, held, answer, verdict)
+            settled = True  # lost: the lease is someone else's now
+            return Again(lead.token)
         finally:
             _token.reset(reset)
             self.renewer.drop(held)
@@ -484,23 +488,21 @@ class Leases:
             if not self.counters.leading and self._unled is not None:
                 self._unled.set()
 
-    async def _execute(self, call: Call, held: Held) -> tuple[Answer | None, bytes, float]:
-        """Run the device under the lease's scope: its answer (None if the lease was
-        lost meanwhile), the payload for the other processes, and how long it lingers."""
+    async def _execute(self, call: Call, token: int) -> tuple[Answer, bytes, float]:
+        """Run the device (in the lease's scope: cancelled if the lease is lost):
+        its answer, the payload for the other processes, and how long it lingers."""
         assert call.resolve is not None
-        keys, token = call.keys, held.token
-        with held.scope:
-            try:
-                value = await call.resolve(call.base, call.request)
-            except Exception as exc:
-                return Answer(False, exc), encode_error(self.seal, keys.result, exc, token), 0.0
-            try:
-                payload = encode_value(self.seal, keys.result, value, token)
-            except Exception as exc:
-                # A failure for the others: it must not linger.
-                return Answer(True, value), encode_error(self.seal, keys.result, exc, token), 0.0
-            return Answer(True, value), payload, call.linger
-        return None, b"", 0.0
+        keys = call.keys
+        try:
+            value = await call.resolve(call.base, call.request)
+        except Exception as exc:
+            return Answer(False, exc), encode_error(self.seal, keys.result, exc, token), 0.0
+        try:
+            payload = encode_value(self.seal, keys.result, value, token)
+        except Exception as exc:
+            # A failure for the others: it must not linger.
+            return Answer(True, value), encode_error(self.seal, keys.result, exc, token), 0.0
+        return Answer(True, value), payload, call.linger
 
     async def commit(
         self,
@@ -637,7 +639,11 @@ class Leases:
         if heard is not None:
             return heard
         if _text(lease) in ("", "bad"):
-            return Vanished(token)  # vanished (or corrupt): take over
+            # Vanished (or corrupt), unless its outcome reached us before this
+            # answer did, and waits unread in the subscription's connection.
+            await self.subscriber.caught_up()
+            heard = self.heard(keys, token, call.watch)
+            return Vanished(token) if heard is None else heard  # else: take over
         return None
 
     def heard(self, keys: Keys, token: int, watch: Watch) -> Answer | Vanished | None:

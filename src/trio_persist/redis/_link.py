@@ -27,7 +27,7 @@ import trio
 from .._exceptions import BackendUnavailable, CorruptResult
 from .._logging import logger
 from ._admission import Admission
-from ._direct import Direct, listen, settings_of
+from ._direct import Direct, Pings, listen, settings_of
 from ._resp import no_script_class, pack_head, pack_more
 from ._scripts import key_of_channel, pattern_of
 
@@ -597,7 +597,20 @@ class Subscriber:
     timeout: float
     watches: dict[str, set[Watch]] = attrs.Factory(dict)
     up: bool = False
+    pings: Pings = attrs.Factory(Pings)
     _pause: float = 0.05
+
+    async def caught_up(self) -> None:
+        """Return once the subscription has read (and handed on) everything the
+        server published to it before this call: what a follower waits for
+        before it concludes from a look that its leader vanished, since the
+        leader's outcome may have been sent first, and be still unread.
+
+        Costs a round trip on the subscription's connection (at most the
+        timeout); returns at once on a client whose subscription is coredis's
+        (a Cluster, a Sentinel), or while none is up.
+        """
+        await self.pings.catch_up(self.timeout)
 
     @contextlib.contextmanager
     def watch(self, key: str) -> Iterator[Watch]:
@@ -648,7 +661,7 @@ class Subscriber:
         the connection drops (raises) or this is cancelled."""
         if settings is not None:
             idle = max(self.timeout, 1.0)
-            await listen(settings, pattern, self._dispatch, idle, self.timeout, up)
+            await listen(settings, pattern, self._dispatch, idle, self.timeout, up, self.pings)
             return  # pragma: no cover - listen returns only by raising
         async with client.pubsub(
             pattern_handlers={pattern: self._on_message},
