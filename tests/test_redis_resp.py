@@ -179,6 +179,21 @@ async def test_a_command_larger_than_the_socket_takes_at_once_is_written_whole(
     assert answers == {index: b"%d" % index for index in range(20)}
 
 
+async def test_a_command_sent_at_once_is_written_whole_before_its_answer_is_read(
+    connection: Connection, namespace: str
+) -> None:
+    value = bytes(range(256)) * 65536  # more than the socket takes at once
+    key = f"{namespace}:big"
+    with trio.fail_after(30):
+        sent = connection.send_at_once(pack(["SET", key, value]))
+        after = connection.send_at_once(pack(["ECHO", "after"]))  # queued behind the rest
+        assert sent is not None
+        assert after is not None
+        assert await sent.reply() == b"OK"
+        assert await after.reply() == b"after"
+        assert await connection.request("GET", key) == value
+
+
 async def test_a_request_cancelled_while_its_reply_is_on_its_way_leaves_the_next_replies_right(
     connection: Connection, redis_url: str, namespace: str
 ) -> None:

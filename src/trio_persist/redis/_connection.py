@@ -34,7 +34,7 @@ from ._resp import (
     read_reply,
 )
 
-__all__ = ["Connection", "ConnectionStatistics", "Settings"]
+__all__ = ["Connection", "ConnectionStatistics", "Sent", "Settings"]
 
 
 @attrs.frozen
@@ -253,16 +253,32 @@ class Connection:
             return TimeoutError(str(failure))
         return dropped_error(f"the backend's Redis connection broke: {failure!r}")
 
-    async def _send(self, packed: list[bytes]) -> list[_Request]:
-        if not self.usable:
-            await trio.lowlevel.checkpoint()
-            raise self._error_of(_Broken())
+    def send_at_once(self, command: bytes) -> Sent | None:
+        """Queue one packed *command* and write it now (the bytes leave before
+        anything else is done for it: see `Sent.reply`, which writes what the
+        socket did not take); None, with nothing queued, while the connection
+        is down or another write is under way. Never a checkpoint.
+        """
+        if not self.usable or self._writing:
+            return None
+        request = self._queue([command])[0]
+        self._write_now()
+        return Sent(self, request)
+
+    def _queue(self, packed: list[bytes]) -> list[_Request]:
         task = trio.lowlevel.current_task()
         requests = [_Request(task) for _ in packed]
         self._waiting.extend(requests)
         for data in packed:
             self._out += data
         self._requests += len(packed)
+        return requests
+
+    async def _send(self, packed: list[bytes]) -> list[_Request]:
+        if not self.usable:
+            await trio.lowlevel.checkpoint()
+            raise self._error_of(_Broken())
+        requests = self._queue(packed)
         try:
             if not self._writing and not self._write_now():
                 await self._write()
@@ -363,6 +379,31 @@ def _descriptor_of(stream: trio.abc.Stream) -> int:
     if os.name == "posix" and type(stream) is trio.SocketStream:
         return stream.socket.fileno()
     return -1
+
+
+@attrs.frozen
+class Sent:
+    """A request `Connection.send_at_once` sent."""
+
+    connection: Connection
+    request: _Request
+
+    async def reply(self) -> Any:
+        """Its reply, as `Connection.request` returns it (awaited by the task that
+        sent it; cancelled, the reply is dropped). Writes first what the socket
+        did not take at once (shielded, bounded by the read timeout)."""
+        connection, request = self.connection, self.request
+        try:
+            if connection._out and not connection._writing:
+                await connection._write()
+            await connection._wait_for(request)
+        except BaseException:
+            request.task = None  # its reply will be read and dropped
+            raise
+        reply = request.reply
+        if isinstance(reply, (ErrorReply, _Broken)):
+            raise connection._error_of(reply)
+        return reply
 
 
 class _Closed(Exception):

@@ -259,8 +259,12 @@ class Pings:
         if self.quiet is not None:
             self.quiet.cancel()
         with trio.move_on_after(seconds):
-            while self.live and self.read < wanted:
+            while not self._past(wanted):
                 await self._answer.wait()
+
+    def _past(self, wanted: int) -> bool:
+        """Whether the answer to ``PING`` number *wanted* was read, or will never be."""
+        return not self.live or self.read >= wanted
 
     def sending(self) -> None:
         """The subscription sends a ``PING`` now."""

@@ -37,7 +37,7 @@ if sys.version_info < (3, 11):  # pragma: no cover
 if TYPE_CHECKING:
     import coredis
 
-    from ._connection import Settings
+    from ._connection import Sent, Settings
 
 __all__ = [
     "Counters",
@@ -505,15 +505,25 @@ class Link:
 
     async def script_prepared(self, prepared: Prepared, more: list[Any], *, shield: bool) -> Any:
         """Run a `prepare` d script with its last arguments *more*, as one bounded
-        step (see `step`)."""
-        return await self.step(prepared.name, self._run_prepared, prepared, more, shield=shield)
+        step (see `step`). On the backend's own connection its bytes leave
+        first, then the step begins and waits for the answer."""
+        command = prepared.head + pack_more(more)
+        connection = self.direct.usable() if self.client is not None else None
+        sent = [connection.send_at_once(command) if connection is not None else None]
+        return await self.step(
+            prepared.name, self._run_prepared, prepared, more, command, sent, shield=shield
+        )
 
-    async def _run_prepared(self, prepared: Prepared, more: list[Any]) -> Any:
-        connection = self.direct.usable()
+    async def _run_prepared(
+        self, prepared: Prepared, more: list[Any], command: bytes, sent: list[Sent | None]
+    ) -> Any:
+        first, sent[0] = sent[0], None  # sent already: its answer (a retry sends again)
+        connection = self.direct.usable() if first is None else first.connection
         if connection is None:
             return await self.run_script(prepared.name, prepared.keys, [*prepared.args, *more])
-        command = prepared.head + pack_more(more)
         try:
+            if first is not None:
+                return await first.reply()
             return await connection.request_packed(command)
         except no_script_class():  # (evaluated only when something was raised)
             await connection.request(b"SCRIPT", b"LOAD", self.scripts[prepared.name].script)

@@ -68,7 +68,7 @@ def pack_head(args: Sequence[Arg], more: int) -> bytes:
 
 def pack_more(args: Sequence[Arg]) -> bytes:
     """*args* packed, to follow a `pack_head` that counted them."""
-    out = []
+    out: list[bytes] = []
     append = out.append
     for arg in args:
         # The exact types first: this runs for every argument of every script.
