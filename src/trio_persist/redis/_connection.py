@@ -289,6 +289,20 @@ class Connection:
             raise
         return requests
 
+    async def _reply_to(self, request: _Request) -> Any:
+        """The reply of a request `send_at_once` queued (see `Sent.reply`)."""
+        try:
+            if self._out and not self._writing:
+                await self._write()
+            await self._wait_for(request)
+        except BaseException:
+            request.task = None  # its reply will be read and dropped
+            raise
+        reply = request.reply
+        if isinstance(reply, (ErrorReply, _Broken)):
+            raise self._error_of(reply)
+        return reply
+
     async def _wait_for(self, last: _Request) -> None:
         """Until *last* is answered: read replies (handing each on) if no one
         else reads, else park until answered or asked to read."""
@@ -392,18 +406,7 @@ class Sent:
         """Its reply, as `Connection.request` returns it (awaited by the task that
         sent it; cancelled, the reply is dropped). Writes first what the socket
         did not take at once (shielded, bounded by the read timeout)."""
-        connection, request = self.connection, self.request
-        try:
-            if connection._out and not connection._writing:
-                await connection._write()
-            await connection._wait_for(request)
-        except BaseException:
-            request.task = None  # its reply will be read and dropped
-            raise
-        reply = request.reply
-        if isinstance(reply, (ErrorReply, _Broken)):
-            raise connection._error_of(reply)
-        return reply
+        return await self.connection._reply_to(self.request)
 
 
 class _Closed(Exception):
