@@ -114,16 +114,16 @@ def test_a_payload_sealed_for_another_key_token_or_namespace_is_refused() -> Non
 
 
 def test_a_json_value_is_encoded_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    import json
+    from trio_persist import _codec
 
     calls: list[object] = []
-    dumps = json.dumps
+    encode = _codec._ENCODER.encode
 
-    def counted(value: Any, **kwargs: Any) -> str:
+    def counted(value: Any) -> str:
         calls.append(value)
-        return dumps(value, **kwargs)
+        return encode(value)
 
-    monkeypatch.setattr(json, "dumps", counted)
+    monkeypatch.setattr(_codec._ENCODER, "encode", counted)
     seal = Seal("ns")
     payload = encode_value(seal, KEY, {"a": [1, "x"]}, 7)
     assert len(calls) == 1

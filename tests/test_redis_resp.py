@@ -4,6 +4,7 @@ password, a unix socket). See docs/architecture.md, "The Redis backend"."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -154,6 +155,43 @@ async def test_many_tasks_share_the_connection_and_each_gets_its_own_reply(
     each = await connection.request_each([["ECHO", "a"], ["NOSUCHCOMMAND"], ["ECHO", "b"]])
     assert each[0::2] == [b"a", b"b"]
     assert isinstance(each[1], ResponseError)
+
+
+async def test_a_command_larger_than_the_socket_takes_at_once_is_written_whole(
+    connection: Connection, namespace: str
+) -> None:
+    # 16 MB: more than a socket's send buffer, so the write that cannot wait
+    # leaves a rest, which the shielded write sends; the commands queued
+    # meanwhile follow it on the wire, whole and in order.
+    value = bytes(range(256)) * 65536
+    key = f"{namespace}:big"
+    answers: dict[int, Any] = {}
+
+    async def echo(index: int) -> None:
+        answers[index] = await connection.request("ECHO", b"%d" % index)
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(connection.request, "SET", key, value)
+            for index in range(20):
+                nursery.start_soon(echo, index)
+        assert await connection.request("GET", key) == value
+    assert answers == {index: b"%d" % index for index in range(20)}
+
+
+async def test_a_command_sent_at_once_is_written_whole_before_its_answer_is_read(
+    connection: Connection, namespace: str
+) -> None:
+    value = bytes(range(256)) * 65536  # more than the socket takes at once
+    key = f"{namespace}:big"
+    with trio.fail_after(30):
+        sent = connection.send_at_once(pack(["SET", key, value]))
+        after = connection.send_at_once(pack(["ECHO", "after"]))  # queued behind the rest
+        assert sent is not None
+        assert after is not None
+        assert await sent.reply() == b"OK"
+        assert await after.reply() == b"after"
+        assert await connection.request("GET", key) == value
 
 
 async def test_a_request_cancelled_while_its_reply_is_on_its_way_leaves_the_next_replies_right(
@@ -329,6 +367,34 @@ async def test_a_backends_flights_run_their_scripts_on_its_own_connection(
         assert connection.statistics().requests >= 10  # acquire and commit, each
 
 
+async def test_a_leader_whose_server_forgot_the_scripts_meanwhile_still_commits(
+    redis_url: str, namespace: str
+) -> None:
+    from trio_persist.redis import RedisBackend
+
+    release = trio.Event()
+
+    async def device(base: Any, request: Any) -> Any:
+        await release.wait()
+        return request
+
+    backend = RedisBackend(redis_url, namespace=namespace)
+    with trio.fail_after(20):
+        async with (
+            trio_persist.open_persist(device, backend=backend) as persist,
+            coredis.Redis.from_url(redis_url) as control,
+        ):
+            await eventually(lambda: backend._link.direct.usable() is not None)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(persist.resolve, "base", "value")
+                await eventually(lambda: backend.statistics().leading == 1)
+                # Its commit was packed as it began leading; the server forgets it now.
+                await control.script_flush()
+                release.set()
+            assert backend.statistics().led == 1
+            assert [key async for key in control.scan_iter(f"{{{namespace}:*}}:result")]
+
+
 # -- the subscription on a connection of its own ------------------------------------------
 
 
@@ -363,6 +429,36 @@ async def test_the_subscription_resubscribes_after_a_restart_and_pokes_its_follo
             nursery.cancel_scope.cancel()
     finally:
         server.stop()
+
+
+async def test_once_caught_up_the_subscription_has_handed_on_everything_published_before(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    # What a follower relies on before it concludes that its leader vanished:
+    # the leader's outcome, published first, may still wait unread. Published
+    # here on a blocking socket, so that no task runs until the server has
+    # answered (its publication is in the subscription's socket by then).
+    subscriber = Subscriber(namespace, timeout=5.0)
+    publisher = socket.create_connection(("127.0.0.1", redis_server.port), timeout=5)
+    async with (
+        coredis.Redis.from_url(redis_server.url) as client,
+        trio.open_nursery() as nursery,
+    ):
+        with publisher, subscriber.watch("k") as watch, trio.fail_after(20):
+            await subscriber.caught_up()  # none up yet: at once
+            await nursery.start(subscriber.run, client)
+            for index in range(20):
+                sent = [b"%d:%d" % (index, each) for each in range(3)]
+                publisher.sendall(
+                    b"".join(pack(["PUBLISH", f"{{{namespace}:k}}:done", data]) for data in sent)
+                )
+                answers = b""
+                while answers.count(b"\r\n") < len(sent):
+                    answers += publisher.recv(4096)
+                await subscriber.caught_up()
+                assert watch.inbox == sent
+                watch.inbox.clear()
+        nursery.cancel_scope.cancel()
 
 
 async def test_a_silent_subscription_is_pinged_and_dropped_when_the_ping_goes_unanswered(

@@ -119,7 +119,11 @@ def encode_value(seal: Seal, redis_key: str, value: Any, token: int) -> bytes:
 
 
 def _dumps(body: dict[str, Any]) -> bytes:
-    return json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
+    return _ENCODER.encode(body).encode()
+
+
+# Made once: `json.dumps` with any option makes an encoder for every call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 
 def _not_read_back_equal(value: Any) -> str | None:

@@ -12,6 +12,7 @@ read timeout is closed and its requests fail with `TimeoutError`.
 from __future__ import annotations
 
 import collections
+import os
 import ssl
 from collections.abc import Sequence
 from typing import Any
@@ -33,7 +34,7 @@ from ._resp import (
     read_reply,
 )
 
-__all__ = ["Connection", "ConnectionStatistics", "Settings"]
+__all__ = ["Connection", "ConnectionStatistics", "Sent", "Settings"]
 
 
 @attrs.frozen
@@ -119,8 +120,9 @@ class Connection:
     the replies are matched to them in order.
 
     A request is written at once by the task that makes it (or, if a write is
-    under way, by that writer right after), shielded and bounded by the read
-    timeout, so a cancelled caller never leaves half a command on the wire.
+    under way, by that writer right after): on a plain socket that takes it
+    all, without waiting; else shielded and bounded by the read timeout, so a
+    cancelled caller never leaves half a command on the wire.
     Replies are read by one waiting caller at a time, which hands each on and
     passes the reading to the next waiting caller once its own has come (no
     task of its own reads: a lone request costs no extra task switch). A
@@ -138,6 +140,7 @@ class Connection:
     _waiting: collections.deque[_Request] = attrs.Factory(collections.deque)
     _out: bytearray = attrs.Factory(bytearray)
     _writing: bool = False
+    _fd: int = -1  # the socket's descriptor while `_write_now` may use it
     _reading: bool = False
     _scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
     _requests: int = 0
@@ -169,6 +172,7 @@ class Connection:
             with self._scope:
                 with trio.fail_after(self.settings.connect_timeout or float("inf")):
                     self.stream = await self.settings.open_stream()
+                    self._fd = _descriptor_of(self.stream)
                     await greet(self.stream, self._reader, await self.settings.greeting())
                 task_status.started()
                 await trio.sleep_forever()
@@ -180,6 +184,7 @@ class Connection:
     def _fail(self, error: BaseException | None) -> None:
         """Mark the connection down (the first cause is kept), fail what is in
         flight, and end `run` (which closes the stream)."""
+        self._fd = -1  # closed soon: its number may name another file then
         if self.failure is None:
             if isinstance(error, (trio.TooSlowError, TimeoutError)):
                 self.failure = TimeoutError("the Redis server did not answer in time")
@@ -219,6 +224,13 @@ class Connection:
             raise self._error_of(reply)
         return reply
 
+    async def request_packed(self, command: bytes) -> Any:
+        """`request` for one *command* packed already (`~._resp.pack`)."""
+        reply = (await self._send([command]))[-1].reply
+        if isinstance(reply, (ErrorReply, _Broken)):
+            raise self._error_of(reply)
+        return reply
+
     async def request_each(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
         """Send *commands* at once (one write) and return their replies in order:
         each the reply, or the exception its error reply (or a broken
@@ -241,18 +253,34 @@ class Connection:
             return TimeoutError(str(failure))
         return dropped_error(f"the backend's Redis connection broke: {failure!r}")
 
-    async def _send(self, packed: list[bytes]) -> list[_Request]:
-        if not self.usable:
-            await trio.lowlevel.checkpoint()
-            raise self._error_of(_Broken())
+    def send_at_once(self, command: bytes) -> Sent | None:
+        """Queue one packed *command* and write it now (the bytes leave before
+        anything else is done for it: see `Sent.reply`, which writes what the
+        socket did not take); None, with nothing queued, while the connection
+        is down or another write is under way. Never a checkpoint.
+        """
+        if not self.usable or self._writing:
+            return None
+        request = self._queue([command])[0]
+        self._write_now()
+        return Sent(self, request)
+
+    def _queue(self, packed: list[bytes]) -> list[_Request]:
         task = trio.lowlevel.current_task()
         requests = [_Request(task) for _ in packed]
         self._waiting.extend(requests)
         for data in packed:
             self._out += data
         self._requests += len(packed)
+        return requests
+
+    async def _send(self, packed: list[bytes]) -> list[_Request]:
+        if not self.usable:
+            await trio.lowlevel.checkpoint()
+            raise self._error_of(_Broken())
+        requests = self._queue(packed)
         try:
-            if not self._writing:
+            if not self._writing and not self._write_now():
                 await self._write()
             await self._wait_for(requests[-1])
         except BaseException:
@@ -260,6 +288,20 @@ class Connection:
                 request.task = None  # its reply will be read and dropped
             raise
         return requests
+
+    async def _reply_to(self, request: _Request) -> Any:
+        """The reply of a request `send_at_once` queued (see `Sent.reply`)."""
+        try:
+            if self._out and not self._writing:
+                await self._write()
+            await self._wait_for(request)
+        except BaseException:
+            request.task = None  # its reply will be read and dropped
+            raise
+        reply = request.reply
+        if isinstance(reply, (ErrorReply, _Broken)):
+            raise self._error_of(reply)
+        return reply
 
     async def _wait_for(self, last: _Request) -> None:
         """Until *last* is answered: read replies (handing each on) if no one
@@ -306,6 +348,24 @@ class Connection:
                 trio.lowlevel.reschedule(request.task)
                 return
 
+    def _write_now(self) -> bool:
+        """Write what is queued without waiting, on a plain socket that takes it
+        all (as it does a command, on a connection that keeps up): no cancel
+        scope, no checkpoint, none of the stream's layers before the bytes
+        leave. Returns whether nothing is left to write (or the write failed
+        the connection); else `_write` writes the rest."""
+        if self._fd < 0:
+            return False
+        try:
+            sent = os.write(self._fd, self._out)
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            self._fail(exc)
+            return True
+        del self._out[:sent]
+        return not self._out
+
     async def _write(self) -> None:
         """Write what is queued, then what was queued meanwhile (shielded: a
         command is never cut; bounded by the read timeout)."""
@@ -325,6 +385,28 @@ class Connection:
             self._fail(exc)
         finally:
             self._writing = False
+
+
+def _descriptor_of(stream: trio.abc.Stream) -> int:
+    """The descriptor of a plain socket stream, for writes at once (-1: none,
+    for TLS, or on Windows, where a socket is not written as a file)."""
+    if os.name == "posix" and type(stream) is trio.SocketStream:
+        return stream.socket.fileno()
+    return -1
+
+
+@attrs.frozen
+class Sent:
+    """A request `Connection.send_at_once` sent."""
+
+    connection: Connection
+    request: _Request
+
+    async def reply(self) -> Any:
+        """Its reply, as `Connection.request` returns it (awaited by the task that
+        sent it; cancelled, the reply is dropped). Writes first what the socket
+        did not take at once (shielded, bounded by the read timeout)."""
+        return await self.connection._reply_to(self.request)
 
 
 class _Closed(Exception):

@@ -29,7 +29,7 @@ from .._logging import logger
 from ._connection import Connection, Settings
 from ._resp import INCOMPLETE, ErrorReply, Reader, error_of, greet, pack, read_reply
 
-__all__ = ["Direct", "listen", "settings_of"]
+__all__ = ["Direct", "Pings", "listen", "settings_of"]
 
 
 @attrs.define(eq=False)
@@ -143,6 +143,7 @@ async def listen(
     idle: float,
     answer_within: float,
     subscribed: Callable[[], None],
+    pings: Pings,
 ) -> None:
     """Subscribe to *pattern* on a lean connection made from *settings*, call
     *subscribed* once it is, then call ``deliver(channel, data)`` for each
@@ -150,7 +151,8 @@ async def listen(
     anyone: then the woken tasks run before this reads again.
 
     The caller bounds the connect and the subscription. Quiet for *idle*
-    seconds, it sends a ``PING``: no answer within *answer_within* seconds is a drop.
+    seconds, or asked by *pings* (`Pings.catch_up`), it sends a ``PING``: no
+    answer within *answer_within* seconds is a drop.
 
     Raises:
         coredis.exceptions.ConnectionError: the connection broke.
@@ -163,20 +165,28 @@ async def listen(
         commands = await settings.greeting()
         commands.append(["PSUBSCRIBE", pattern])
         await greet(stream, reader, commands)
+        pings.live = True
         subscribed()
         while True:
-            await _until_quiet(stream, reader, deliver, idle)
+            await _until_quiet(stream, reader, deliver, idle, pings)
+            pings.sending()
             await stream.send_all(pack(["PING"]))
             with trio.fail_after(answer_within):
-                _hand_on(await read_reply(stream, reader), deliver)
+                _hand_on(await read_reply(stream, reader), deliver, pings)
     finally:
+        pings.end()
         await trio.aclose_forcefully(stream)
 
 
 async def _until_quiet(
-    stream: trio.abc.Stream, reader: Reader, deliver: Callable[[bytes, bytes], bool], idle: float
+    stream: trio.abc.Stream,
+    reader: Reader,
+    deliver: Callable[[bytes, bytes], bool],
+    idle: float,
+    pings: Pings,
 ) -> None:
-    """Hand on replies until *idle* seconds pass without one.
+    """Hand on replies until *idle* seconds pass without one, or a ``PING`` is
+    asked for (`Pings.catch_up`).
 
     One cancel scope per quiet period, not per reply: a reply only notes the
     time (a scope costs a few microseconds, on the path of every publication
@@ -191,8 +201,8 @@ async def _until_quiet(
     """
     heard = trio.current_time()
     woke = False
-    while True:
-        with trio.move_on_at(heard + idle):
+    while not pings.asked:
+        with trio.move_on_at(heard + idle) as pings.quiet:
             while True:
                 reply = reader.gets()
                 if reply is INCOMPLETE:
@@ -201,15 +211,76 @@ async def _until_quiet(
                         for _ in range(3):
                             await trio.lowlevel.cancel_shielded_checkpoint()
                     reply = await read_reply(stream, reader)
-                woke |= _hand_on(reply, deliver)
+                woke |= _hand_on(reply, deliver, pings)
                 heard = trio.current_time()
+        pings.quiet = None
         if trio.current_time() >= heard + idle:
             return
 
 
-def _hand_on(reply: Any, deliver: Callable[[bytes, bytes], bool]) -> bool:
+def _hand_on(reply: Any, deliver: Callable[[bytes, bytes], bool], pings: Pings) -> bool:
     if isinstance(reply, ErrorReply):
         raise error_of(reply)
     if isinstance(reply, list) and len(reply) == 4 and reply[0] == b"pmessage":
         return deliver(reply[2], reply[3])
+    if reply == _PONG:
+        pings.answered()
     return False
+
+
+_PONG = [b"pong", b""]  # a PING's answer on a subscribed connection
+
+
+@attrs.define(eq=False)
+class Pings:
+    """The ``PING`` s of a subscription (`listen`), and their answers: once a
+    ``PING``'s answer is read, so is everything the server sent before it."""
+
+    live: bool = False
+    """Whether a subscription sends and reads them now."""
+    asked: bool = False
+    """A ``PING`` is wanted at once (`catch_up`)."""
+    quiet: trio.CancelScope | None = None
+    """The subscription's wait for replies, while it waits (ended by `catch_up`)."""
+    sent: int = 0
+    read: int = 0
+    _answer: trio.Event = attrs.Factory(trio.Event)
+
+    async def catch_up(self, seconds: float) -> None:
+        """Return once the subscription has read everything the server sent it
+        before this call: the answer to a ``PING`` sent after it is read.
+        Waits at most *seconds*; returns at once while no subscription is up
+        (its followers look for themselves then)."""
+        if not self.live:
+            await trio.lowlevel.checkpoint()
+            return
+        wanted = self.sent + 1
+        self.asked = True
+        if self.quiet is not None:
+            self.quiet.cancel()
+        with trio.move_on_after(seconds):
+            while not self._past(wanted):
+                await self._answer.wait()
+
+    def _past(self, wanted: int) -> bool:
+        """Whether the answer to ``PING`` number *wanted* was read, or will never be."""
+        return not self.live or self.read >= wanted
+
+    def sending(self) -> None:
+        """The subscription sends a ``PING`` now."""
+        self.asked = False
+        self.sent += 1
+
+    def answered(self) -> None:
+        """The subscription read a ``PING``'s answer."""
+        self.read += 1
+        self._answer.set()
+        self._answer = trio.Event()
+
+    def end(self) -> None:
+        """The subscription is gone: nothing is waited for on it any longer."""
+        self.live = self.asked = False
+        self.quiet = None
+        self.sent = self.read = 0
+        self._answer.set()
+        self._answer = trio.Event()

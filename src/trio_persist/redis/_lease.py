@@ -30,7 +30,7 @@ from .._codec import ABANDONED, Seal, decode_outcome, encode_error, encode_value
 from .._exceptions import BackendUnavailable, CorruptResult, LeaderDied
 from .._logging import Throttle
 from ._admission import Overloaded
-from ._link import Counters, Link, Subscriber, Watch
+from ._link import Counters, Link, Prepared, Subscriber, Watch
 from ._renewal import Held, Renewer
 from ._scripts import ACQUIRE, COMMIT, PEEK, RELEASE, RENEW, Keys
 
@@ -467,22 +467,27 @@ class Leases:
         self.counters.led += 1
         self.counters.leading += 1
         held = self.renewer.hold(call.keys.lease, lead.value, lead.token, lead.sent)
+        prepared = self.prepare_commit(call.keys, held)
         settled = False
         reset = _token.set(lead.token)
         try:
-            answer, payload, linger = await self._execute(call, held)
-            held.settling = True
-            if answer is None or held.lost:
-                settled = True  # lost: the lease is someone else's now
-                return Again(lead.token)
-            try:
-                verdict = await self.commit(call.keys, held, payload, linger)
-            except (BackendUnavailable, CorruptResult) as exc:
-                settled = True  # dropped in the background: our callers wait no longer
-                self._release_soon(call.keys, held)
-                return self._uncommitted(answer, exc)
-            settled = True
-            return self._after_commit(call, held, answer, verdict)
+            # The commit is sent from inside the lease's scope, whose exit then
+            # comes after it (off the way of the followers): once settling,
+            # losing the lease cancels nothing, and the commit is shielded.
+            with held.scope:
+                answer, payload, linger = await self._execute(call, lead.token)
+                held.settling = True
+                if not held.lost:
+                    try:
+                        verdict = await self.commit(call.keys, held, payload, linger, prepared)
+                    except (BackendUnavailable, CorruptResult) as exc:
+                        settled = True  # dropped in the background: our callers wait no longer
+                        self._release_soon(call.keys, held)
+                        return self._uncommitted(answer, exc)
+                    settled = True
+                    return self._after_commit(call, held, answer, verdict)
+            settled = True  # lost: the lease is someone else's now
+            return Again(lead.token)
         finally:
             _token.reset(reset)
             self.renewer.drop(held)
@@ -492,48 +497,50 @@ class Leases:
             if not self.counters.leading and self._unled is not None:
                 self._unled.set()
 
-    async def _execute(self, call: Call, held: Held) -> tuple[Answer | None, bytes, float]:
-        """Run the device under the lease's scope: its answer (None if the lease was
-        lost meanwhile), the payload for the other processes, and how long it lingers."""
+    async def _execute(self, call: Call, token: int) -> tuple[Answer, bytes, float]:
+        """Run the device (in the lease's scope: cancelled if the lease is lost):
+        its answer, the payload for the other processes, and how long it lingers."""
         assert call.resolve is not None
-        keys, token = call.keys, held.token
-        with held.scope:
-            try:
-                value = await call.resolve(call.base, call.request)
-            except Exception as exc:
-                return Answer(False, exc), encode_error(self.seal, keys.result, exc, token), 0.0
-            try:
-                payload = encode_value(self.seal, keys.result, value, token)
-            except Exception as exc:
-                # A failure for the others: it must not linger.
-                return Answer(True, value), encode_error(self.seal, keys.result, exc, token), 0.0
-            return Answer(True, value), payload, call.linger
-        return None, b"", 0.0
+        keys = call.keys
+        try:
+            value = await call.resolve(call.base, call.request)
+        except Exception as exc:
+            return Answer(False, exc), encode_error(self.seal, keys.result, exc, token), 0.0
+        try:
+            payload = encode_value(self.seal, keys.result, value, token)
+        except Exception as exc:
+            # A failure for the others: it must not linger.
+            return Answer(True, value), encode_error(self.seal, keys.result, exc, token), 0.0
+        return Answer(True, value), payload, call.linger
 
     async def commit(
-        self, keys: Keys, held: Held, payload: bytes, linger: float
+        self,
+        keys: Keys,
+        held: Held,
+        payload: bytes,
+        linger: float,
+        prepared: Prepared | None = None,
     ) -> Verdict | Found | Follow:
         """Store, publish and drop the lease, if it is still ours (or expired unclaimed).
 
         Shielded: the value is ready, and the others wait for it. A refused
         commit says what to answer with instead: the winner's result (`Found`),
         the live successor to follow (`Follow`), or nobody (`Verdict.ALONE`).
+        *prepared*: the call as `prepare_commit` made it for *held*.
         """
-        reply = await self.link.script(
+        prepared = prepared or self.prepare_commit(keys, held)
+        reply = await self.link.script_prepared(prepared, [_ms(linger), payload], shield=True)
+        return _verdict(reply)
+
+    def prepare_commit(self, keys: Keys, held: Held) -> Prepared:
+        """The commit of *held* with all but its linger and payload, packed now:
+        made before the device runs, so that its outcome leaves at once."""
+        return self.link.prepare(
             "commit",
             [keys.lease, keys.result, keys.linger, keys.fence, keys.waiting],
-            [
-                held.value,
-                held.token,
-                payload,
-                keys.channel,
-                int(self.result_ttl * 1000),
-                _ms(linger),
-                "0",
-            ],
-            shield=True,
+            [held.value, held.token, keys.channel, int(self.result_ttl * 1000), "0"],
+            2,
         )
-        return _verdict(reply)
 
     def _after_commit(
         self, call: Call, held: Held, answer: Answer, verdict: Verdict | Found | Follow
@@ -641,7 +648,11 @@ class Leases:
         if heard is not None:
             return heard
         if _text(lease) in ("", "bad"):
-            return Vanished(token)  # vanished (or corrupt): take over
+            # Vanished (or corrupt), unless its outcome reached us before this
+            # answer did, and waits unread in the subscription's connection.
+            await self.subscriber.caught_up()
+            heard = self.heard(keys, token, call.watch)
+            return Vanished(token) if heard is None else heard  # else: take over
         return None
 
     def heard(self, keys: Keys, token: int, watch: Watch) -> Answer | Vanished | None:

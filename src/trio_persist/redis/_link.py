@@ -27,7 +27,8 @@ import trio
 from .._exceptions import BackendUnavailable, CorruptResult
 from .._logging import logger
 from ._admission import Admission
-from ._direct import Direct, listen, settings_of
+from ._direct import Direct, Pings, listen, settings_of
+from ._resp import no_script_class, pack_head, pack_more
 from ._scripts import key_of_channel, pattern_of
 
 if sys.version_info < (3, 11):  # pragma: no cover
@@ -36,11 +37,12 @@ if sys.version_info < (3, 11):  # pragma: no cover
 if TYPE_CHECKING:
     import coredis
 
-    from ._connection import Settings
+    from ._connection import Sent, Settings
 
 __all__ = [
     "Counters",
     "Link",
+    "Prepared",
     "Subscriber",
     "Watch",
     "check_url",
@@ -493,6 +495,40 @@ class Link:
                 raise answer
         return answers
 
+    def prepare(self, name: str, keys: list[str], args: list[Any], more: int) -> Prepared:
+        """The call of the script *name* with its first arguments *args*,
+        packed now for the backend's own connection: `script_prepared` adds
+        the *more* others and sends it (what is known early costs nothing
+        when the call is due)."""
+        command = _evalsha(self.scripts[name].sha, keys, args)
+        return Prepared(name, keys, args, pack_head(command, more))
+
+    async def script_prepared(self, prepared: Prepared, more: list[Any], *, shield: bool) -> Any:
+        """Run a `prepare` d script with its last arguments *more*, as one bounded
+        step (see `step`). On the backend's own connection its bytes leave
+        first, then the step begins and waits for the answer."""
+        command = prepared.head + pack_more(more)
+        connection = self.direct.usable() if self.client is not None else None
+        sent = [connection.send_at_once(command) if connection is not None else None]
+        return await self.step(
+            prepared.name, self._run_prepared, prepared, more, command, sent, shield=shield
+        )
+
+    async def _run_prepared(
+        self, prepared: Prepared, more: list[Any], command: bytes, sent: list[Sent | None]
+    ) -> Any:
+        first, sent[0] = sent[0], None  # sent already: its answer (a retry sends again)
+        connection = self.direct.usable() if first is None else first.connection
+        if connection is None:
+            return await self.run_script(prepared.name, prepared.keys, [*prepared.args, *more])
+        try:
+            if first is not None:
+                return await first.reply()
+            return await connection.request_packed(command)
+        except no_script_class():  # (evaluated only when something was raised)
+            await connection.request(b"SCRIPT", b"LOAD", self.scripts[prepared.name].script)
+            return await connection.request_packed(command)
+
     async def run_script(self, name: str, keys: list[str], args: list[Any]) -> Any:
         """Run the script *name* once, unbounded and uncounted (callers bound it).
 
@@ -521,6 +557,17 @@ class Link:
 
 def _evalsha(sha: str, keys: list[str], args: list[Any]) -> list[Any]:
     return [b"EVALSHA", sha, len(keys), *keys, *args]
+
+
+@attrs.frozen
+class Prepared:
+    """A script's call whose first arguments are known (`Link.prepare`)."""
+
+    name: str
+    keys: list[str]
+    args: list[Any]
+    head: bytes
+    """The call packed up to those arguments, counting the ones to come."""
 
 
 @attrs.define(eq=False)
@@ -560,7 +607,20 @@ class Subscriber:
     timeout: float
     watches: dict[str, set[Watch]] = attrs.Factory(dict)
     up: bool = False
+    pings: Pings = attrs.Factory(Pings)
     _pause: float = 0.05
+
+    async def caught_up(self) -> None:
+        """Return once the subscription has read (and handed on) everything the
+        server published to it before this call: what a follower waits for
+        before it concludes from a look that its leader vanished, since the
+        leader's outcome may have been sent first, and be still unread.
+
+        Costs a round trip on the subscription's connection (at most the
+        timeout); returns at once on a client whose subscription is coredis's
+        (a Cluster, a Sentinel), or while none is up.
+        """
+        await self.pings.catch_up(self.timeout)
 
     @contextlib.contextmanager
     def watch(self, key: str) -> Iterator[Watch]:
@@ -611,7 +671,7 @@ class Subscriber:
         the connection drops (raises) or this is cancelled."""
         if settings is not None:
             idle = max(self.timeout, 1.0)
-            await listen(settings, pattern, self._dispatch, idle, self.timeout, up)
+            await listen(settings, pattern, self._dispatch, idle, self.timeout, up, self.pings)
             return  # pragma: no cover - listen returns only by raising
         async with client.pubsub(
             pattern_handlers={pattern: self._on_message},

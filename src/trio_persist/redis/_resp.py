@@ -32,7 +32,10 @@ __all__ = [
     "dropped_error",
     "error_of",
     "greet",
+    "no_script_class",
     "pack",
+    "pack_head",
+    "pack_more",
     "read_reply",
 ]
 
@@ -54,7 +57,18 @@ def pack(args: Sequence[Arg]) -> bytes:
     Text is UTF-8; integers and floats are their decimal text (``repr`` for a
     float, as coredis sends them). Anything else is a `TypeError`.
     """
-    out = [b"*%d\r\n" % len(args)]
+    return pack_head(args, 0)
+
+
+def pack_head(args: Sequence[Arg], more: int) -> bytes:
+    """The start of a command of ``len(args) + more`` arguments, *args* packed
+    (as `pack` packs them): `pack_more` packs the *more* others when known."""
+    return b"*%d\r\n" % (len(args) + more) + pack_more(args)
+
+
+def pack_more(args: Sequence[Arg]) -> bytes:
+    """*args* packed, to follow a `pack_head` that counted them."""
+    out: list[bytes] = []
     append = out.append
     for arg in args:
         # The exact types first: this runs for every argument of every script.
@@ -226,3 +240,11 @@ def drop_class() -> type[Exception]:
     from coredis.exceptions import ConnectionError as RedisConnectionError
 
     return RedisConnectionError
+
+
+@functools.cache
+def no_script_class() -> type[Exception]:
+    """coredis's `~coredis.exceptions.NoScriptError`: a server that does not know a script."""
+    from coredis.exceptions import NoScriptError
+
+    return NoScriptError

@@ -158,8 +158,10 @@ if ok and value == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) e
 return 0
 """
 
-# KEYS: lease, result, linger, fence, waiting. ARGV: lease value, token, payload,
-# channel, result_ttl_ms, linger_ms (0: none), "1" for sharded publication.
+# KEYS: lease, result, linger, fence, waiting. ARGV: lease value, token, channel,
+# result_ttl_ms, "1" for sharded publication, linger_ms (0: none), payload (the
+# last two last: all the others are known before the device runs, and sent
+# packed then).
 # Commits when the lease is ours, or gone with no newer token issued since
 # (it expired and nobody took over). A lingering success is stored with the
 # server's clock at the commit ("<us>:<payload>"): its window is measured from
@@ -187,13 +189,14 @@ if current ~= ARGV[1] then
     return {'x'}
   end
 end
-redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[5])
-if ARGV[6] ~= '0' then redis.call('SET', KEYS[3], now_us() .. ':' .. ARGV[3], 'PX', ARGV[6]) end
+local payload = ARGV[7]
+redis.call('SET', KEYS[2], payload, 'PX', ARGV[4])
+if ARGV[6] ~= '0' then redis.call('SET', KEYS[3], now_us() .. ':' .. payload, 'PX', ARGV[6]) end
 if redis.call('DEL', KEYS[5]) == 1 then  -- someone follows: tell them
-  if ARGV[7] == '1' then
-    redis.call('SPUBLISH', ARGV[4], ARGV[3])
+  if ARGV[5] == '1' then
+    redis.call('SPUBLISH', ARGV[3], payload)
   else
-    redis.call('PUBLISH', ARGV[4], ARGV[3])
+    redis.call('PUBLISH', ARGV[3], payload)
   end
 end
 if current then redis.call('DEL', KEYS[1]) end
