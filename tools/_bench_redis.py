@@ -174,6 +174,81 @@ async def follower_latency(url: str, n: int) -> float:
     return sorted(extra)[len(extra) // 2]
 
 
+_FLOOR_FOLLOWER = r"""
+import sys, time, trio
+async def main():
+    stream = await trio.open_tcp_stream("127.0.0.1", int(sys.argv[1]))
+    await stream.send_all(b"*2\r\n$9\r\nSUBSCRIBE\r\n$5\r\nfloor\r\n")
+    data = b""
+    while data.count(b"\r\n") < 6:
+        data += await stream.receive_some(4096)
+    print("ready", flush=True)
+    box, woken = [], [trio.Event()]
+    async def caller():
+        while True:
+            await woken[0].wait()
+            at = time.time()
+            woken[0] = trio.Event()
+            print(f"{at - float(box.pop()):.9f}", flush=True)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(caller)
+        data = b""
+        while True:
+            data += await stream.receive_some(65536)
+            while data.count(b"\r\n") >= 7:  # *3 $7 message $5 floor $N payload
+                parts = data.split(b"\r\n", 7)
+                box.append(parts[6])
+                data = parts[7]
+                woken[0].set()
+trio.run(main)
+"""
+
+
+async def publication_floor(port: int, n: int) -> float:
+    """The floor under any follower in another process: seconds from a raw
+    ``PUBLISH`` sent here after 1 ms of quiet (as the follower figure releases its
+    leader) to a task of another Trio process running, woken by a raw
+    subscription that read the message (one hop, as a caller waits for its
+    flight). No script, no decoding, no flight: median of *n* rounds."""
+    follower = await trio.lowlevel.open_process(
+        [sys.executable, "-c", _FLOOR_FOLLOWER, str(port)], stdout=subprocess.PIPE
+    )
+    assert follower.stdout is not None
+    lines = _Lines(follower.stdout)
+    try:
+        assert await lines.next() == "ready"
+        async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+            times = []
+            for i in range(n + 5):  # the first five warm up
+                await trio.sleep(0.005)
+                await trio.sleep(0.001)
+                payload = f"{time.time():.6f}".encode()
+                await stream.send_all(
+                    b"*3\r\n$7\r\nPUBLISH\r\n$5\r\nfloor\r\n$%d\r\n%s\r\n" % (len(payload), payload)
+                )
+                await stream.receive_some(64)
+                seconds = float(await lines.next())
+                if i >= 5:
+                    times.append(seconds)
+    finally:
+        follower.kill()
+        await follower.wait()
+    return sorted(times)[n // 2]
+
+
+class _Lines:
+    """Lines read from a stream, one at a time."""
+
+    def __init__(self, stream: trio.abc.ReceiveStream) -> None:
+        self.stream, self.data = stream, b""
+
+    async def next(self) -> str:
+        while b"\n" not in self.data:
+            self.data += await self.stream.receive_some(4096)
+        line, self.data = self.data.split(b"\n", 1)
+        return line.decode()
+
+
 async def shared_loop(url: str, processes: int, callers: int, seconds: float) -> tuple[int, int]:
     """*processes* backends x *callers* looping over the same keys in the same order
     (device 20 ms): (flights that reached Redis, device executions)."""
@@ -428,14 +503,18 @@ def redis_figures(row: Callable[..., bool], *, quick: bool) -> bool:
             raw = trio.run(raw_resp_get, server.port, n)
             idle = trio.run(idle_round_trip, server.url, 30 if quick else 100)
             extra = trio.run(follower_latency, server.url, 30 if quick else 100) * 1e6
-            followers.append((extra / rtt, extra, rtt, raw, idle))
-        ratio, extra, rtt, raw, idle = sorted(followers)[len(followers) // 2]
+            floor = trio.run(publication_floor, server.port, 30 if quick else 100) * 1e6
+            followers.append((extra / rtt, extra, rtt, raw, idle, floor))
+        ratio, extra, rtt, raw, idle, floor = sorted(followers)[len(followers) // 2]
         print(
             f"  follower in another process answered {extra:.0f} us after the leader's device "
             f"returned: {ratio:.2f} GET round trips (bar 2.0; GET {rtt:.0f} us), "
             f"{extra / idle:.2f} GETs sent after 1 ms idle ({idle:.0f} us), "
             f"{extra / raw:.1f} raw-protocol GETs ({raw:.0f} us) (the median of "
-            f"{len(followers)} runs)"
+            f"{len(followers)} runs)\n"
+            f"  (beside its floor, a raw PUBLISH read by a raw subscription in another "
+            f"Trio process and handed to one task, {floor:.0f} us = {floor / rtt:.2f} GETs: "
+            f"{extra / floor:.2f})"
         )
         ok &= ratio <= 2.0
         flights, ran = trio.run(shared_loop, server.url, 4, 50, 1.0 if quick else 3.0)
