@@ -53,9 +53,16 @@ class Direct:
     """Connections opened so far (the first, then one after each drop)."""
 
     def usable(self) -> Connection | None:
-        """The connection, if it can take a request now; else None."""
+        """The connection, if it can take a request now; else None.
+
+        One that went unused for a while is looked at first
+        (`Connection.ready`): found closed by the server meanwhile, or out of
+        step, it is dropped (and made again in the background), and this
+        returns None: the request goes through the client, not to a
+        connection that would fail it.
+        """
         connection = self.connection
-        if connection is not None and connection.usable:
+        if connection is not None and connection.ready():
             return connection
         return None
 
