@@ -8,6 +8,8 @@ own (a fault here would touch every test's connections).
 from __future__ import annotations
 
 import functools
+import socket
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -16,6 +18,7 @@ import attrs
 import coredis
 import pytest
 import trio
+import trustme
 from coredis.tokens import PureToken
 
 import trio_persist
@@ -183,3 +186,33 @@ async def test_a_connection_with_a_reply_nobody_asked_for_is_dropped_before_use(
         assert direct.usable() is None
         assert connection.statistics().found_closed == 1
         nursery.cancel_scope.cancel()
+
+
+def _tls_server(listener: socket.socket, context: ssl.SSLContext) -> None:
+    """Serve one connection as a TLS server on OpenSSL does (session tickets
+    sent as soon as the handshake ends), answering each PING."""
+    connection, _ = listener.accept()
+    with context.wrap_socket(connection, server_side=True) as tls:
+        while data := tls.recv(65536):
+            tls.sendall(b"+PONG\r\n" * data.count(b"PING"))
+
+
+async def test_an_idle_tls_connection_is_handed_out_as_it_is() -> None:
+    # What TLS sends after its handshake (session tickets) is not a stray reply.
+    authority = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("localhost").configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    authority.configure_trust(client_context)
+    with socket.create_server(("127.0.0.1", 0)) as listener, trio.fail_after(20):
+        port = listener.getsockname()[1]
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.to_thread.run_sync, _tls_server, listener, server_context)
+            connection = Connection(
+                Settings(host="localhost", port=port, ssl_context=client_context)
+            )
+            await nursery.start(connection.run)
+            await trio.sleep(2 * IDLE_CHECK)
+            assert Direct(connection).usable() is connection
+            assert await connection.request("PING") == b"PONG"
+            nursery.cancel_scope.cancel()

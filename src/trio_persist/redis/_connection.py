@@ -213,7 +213,13 @@ class Connection:
             with self._scope:
                 with trio.fail_after(self.settings.connect_timeout or float("inf")):
                     self.stream = await self.settings.open_stream()
-                    await greet(self.stream, self._reader, await self.settings.greeting())
+                    commands = await self.settings.greeting()
+                    if isinstance(self.stream, trio.SSLStream):
+                        # A TLS server sends session tickets once its handshake
+                        # ends: read before the PONG, never left on the socket
+                        # for `ready` to take for a stray reply.
+                        commands.append(["PING"])
+                    await greet(self.stream, self._reader, commands)
                 self._readable = readable_check(self.stream)
                 self._used = trio.current_time()
                 task_status.started()
@@ -378,7 +384,8 @@ def readable_check(stream: trio.abc.Stream) -> Callable[[], bool] | None:
     anything to read (bytes, end-of-file, an error); None if it has no socket.
 
     On a TLS stream, the socket below it: an idle TLS connection carries no
-    records either (a stray one only costs a new connection).
+    records either (its session tickets were read with the greeting; a record
+    sent later, a key update, only costs a new connection).
     """
     while isinstance(stream, trio.SSLStream):
         stream = stream.transport_stream
