@@ -14,7 +14,8 @@ Only for a plain ``coredis.Redis`` client with a basic pool that returns bytes
 and waits for replies: Cluster and Sentinel clients choose a node per command,
 and a client-side cache must see every write. While the connection is down
 (being made, or Redis away), scripts go through the client as before, and it
-is made again in the background.
+is made again in the background. One the server closed while it sat unused
+is found so before it is handed out (`Connection.ready`), and counts as down.
 """
 
 from __future__ import annotations
