@@ -23,8 +23,9 @@ in the same order) for SECONDS with ``linger=0.05`` and a 20 ms device; print
 MODE ``closed``: CALLERS tasks call in a loop on keys of their own for SECONDS;
 print the calls answered per second (the bench's capacity).
 MODE ``follow``: resolve each request popped from ``go`` (until ``-1``) and push
-``{"request", "value", "at"}`` (JSON; ``at``: ``time.time()`` as the caller got
-its value) to ``answered`` when it is answered, and its number to ``following``
+``{"request", "value", "at", "seen"}`` (JSON; ``at``: ``time.time()`` as the
+caller got its value; ``seen``: the backend's takeovers, subscription and
+failures) to ``answered`` when it is answered, and its number to ``following``
 once it follows a leader (the bench's follower in another process). An
 optional fifth argument is the lease TTL (and timeout) in seconds.
 """
@@ -76,7 +77,7 @@ async def main(url: str, namespace: str, mode: str, callers: int) -> None:
                     value, at = await _resolve_and_report(
                         persist, backend, control, namespace, request
                     )
-                    answer = {"request": request, "value": value, "at": at}
+                    answer = {"request": request, "value": value, "at": at, "seen": seen(backend)}
                     await control.rpush(f"{namespace}:answered", [json.dumps(answer)])
         async with trio_persist.open_persist(device, backend=backend) as persist:
             results: list[Any] = []
@@ -125,6 +126,17 @@ async def _resolve_and_report(
                 return values[0]
         await control.rpush(f"{namespace}:following", [str(request)])
     return values[0]
+
+
+def seen(backend: RedisBackend) -> dict[str, Any]:
+    """What the backend went through, for a test's failure message."""
+    stats = backend.statistics()
+    return {
+        "takeovers": stats.takeovers,
+        "subscribed": stats.subscribed,
+        "unavailable": stats.unavailable,
+        "corrupt": stats.corrupt,
+    }
 
 
 async def rounds(url: str, namespace: str, keys: int) -> None:

@@ -518,11 +518,17 @@ async def test_a_follower_paused_until_the_result_expired_answers_from_what_it_w
                     await trio.sleep(0.05)  # the result expires while the follower is paused
                 os.kill(follower.pid, signal.SIGCONT)
                 answered = await control.blpop([f"{namespace}:answered"], timeout=20)
-                assert answered is not None, "the follower never answered"
+                executions = await control.get(f"{namespace}:executions")
+                # The premise: the leader kept its lease and committed. A process
+                # of its own stalled past 2/3 of the TTL loses it, and a takeover
+                # is then what docs/redis.md promises, not this test's failure.
+                assert leader.statistics().lost == 0, leader.statistics()
+                assert answered is not None, f"the follower never answered ({executions=})"
                 await control.rpush(f"{namespace}:go", ["-1"])
                 await follower.wait()
-                assert json.loads(answered[1])["value"] == {"from": "leader"}
-                assert await control.get(f"{namespace}:executions") is None  # it never ran
+                answer = json.loads(answered[1])
+                assert answer["value"] == {"from": "leader"}, answer
+                assert executions is None, answer  # it never ran
     finally:
         if follower.returncode is None:  # failed: never left behind for the next test
             follower.kill()

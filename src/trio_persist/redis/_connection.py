@@ -7,14 +7,22 @@ Requests are pipelined with no reader task: the first waiting caller reads
 for all. A connection that breaks fails every request in flight with
 `~coredis.exceptions.ConnectionError`; one that does not answer within its
 read timeout is closed and its requests fail with `TimeoutError`.
+
+A connection the server closed while nobody used it (a restart, an idle
+timeout, ``CLIENT KILL``, a proxy that dropped it) is found so when it is
+next handed out, if it sat unused for `IDLE_CHECK` seconds: `Connection.ready`
+then looks, without waiting, for anything to read on it (end-of-file, or a
+reply nobody asked for: out of step), and fails it if there is. A connection
+in use is never looked at: one clock read per request, no system call.
 """
 
 from __future__ import annotations
 
 import collections
 import os
+import select
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
@@ -34,7 +42,12 @@ from ._resp import (
     read_reply,
 )
 
-__all__ = ["Connection", "ConnectionStatistics", "Sent", "Settings"]
+__all__ = ["IDLE_CHECK", "Connection", "ConnectionStatistics", "Sent", "Settings"]
+
+IDLE_CHECK = 0.1
+"""Seconds a connection goes unused before `Connection.ready` looks at it: a
+connection in use stays unchecked (a look is a system call), one that paused
+is looked at once (a look costs about a microsecond)."""
 
 
 @attrs.frozen
@@ -112,6 +125,8 @@ class ConnectionStatistics:
     in_flight: int
     dropped_replies: int
     broken: bool
+    found_closed: int
+    """Times `Connection.ready` found it closed or out of step (0 or 1)."""
 
 
 @attrs.define(eq=False)
@@ -145,11 +160,39 @@ class Connection:
     _scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
     _requests: int = 0
     _dropped: int = 0
+    _used: float = 0.0
+    _readable: Callable[[], bool] | None = None
+    _found_closed: int = 0
 
     @property
     def usable(self) -> bool:
         """Whether the connection is up and can take a request."""
         return self.stream is not None and self.failure is None
+
+    def ready(self) -> bool:
+        """Whether the connection can take a request now: `usable`, and, if it
+        went unused for `IDLE_CHECK` seconds, with nothing to read on it.
+
+        Anything there while no request is in flight means the connection
+        is gone (end-of-file, a reset) or out of step (a reply nobody asked
+        for): it is failed (`run` returns, and whoever keeps it makes
+        another) and this returns False. Never waits; one clock read, and a
+        non-blocking poll only after a pause.
+        """
+        if self.stream is None or self.failure is not None:
+            return False
+        now = trio.current_time()
+        paused = now - self._used >= IDLE_CHECK
+        self._used = now
+        if paused and not self._waiting and self._stray():
+            self._found_closed += 1
+            self._fail(dropped_error("the Redis server closed the connection while it was idle"))
+            return False
+        return True
+
+    def _stray(self) -> bool:
+        """Whether anything waits to be read (no request being in flight)."""
+        return self._reader.pending > 0 or (self._readable is not None and self._readable())
 
     def statistics(self) -> ConnectionStatistics:
         return ConnectionStatistics(
@@ -157,6 +200,7 @@ class Connection:
             in_flight=len(self._waiting),
             dropped_replies=self._dropped,
             broken=self.failure is not None,
+            found_closed=self._found_closed,
         )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -173,7 +217,15 @@ class Connection:
                 with trio.fail_after(self.settings.connect_timeout or float("inf")):
                     self.stream = await self.settings.open_stream()
                     self._fd = _descriptor_of(self.stream)
-                    await greet(self.stream, self._reader, await self.settings.greeting())
+                    commands = await self.settings.greeting()
+                    if isinstance(self.stream, trio.SSLStream):
+                        # A TLS server sends session tickets once its handshake
+                        # ends: read before the PONG, never left on the socket
+                        # for `ready` to take for a stray reply.
+                        commands.append(["PING"])
+                    await greet(self.stream, self._reader, commands)
+                self._readable = readable_check(self.stream)
+                self._used = trio.current_time()
                 task_status.started()
                 await trio.sleep_forever()
         finally:
@@ -407,6 +459,26 @@ class Sent:
         sent it; cancelled, the reply is dropped). Writes first what the socket
         did not take at once (shielded, bounded by the read timeout)."""
         return await self.connection._reply_to(self.request)
+
+
+def readable_check(stream: trio.abc.Stream) -> Callable[[], bool] | None:
+    """A function that says, without waiting, whether *stream*'s socket has
+    anything to read (bytes, end-of-file, an error); None if it has no socket.
+
+    On a TLS stream, the socket below it: an idle TLS connection carries no
+    records either (its session tickets were read with the greeting; a record
+    sent later, a key update, only costs a new connection).
+    """
+    while isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
+    if not isinstance(stream, trio.SocketStream):
+        return None
+    fd = stream.socket.fileno()
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(fd, select.POLLIN | select.POLLPRI)
+        return lambda: bool(poller.poll(0))
+    return lambda: bool(select.select([fd], [], [fd], 0)[0])  # pragma: no cover - Windows
 
 
 class _Closed(Exception):

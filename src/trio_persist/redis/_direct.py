@@ -14,7 +14,8 @@ Only for a plain ``coredis.Redis`` client with a basic pool that returns bytes
 and waits for replies: Cluster and Sentinel clients choose a node per command,
 and a client-side cache must see every write. While the connection is down
 (being made, or Redis away), scripts go through the client as before, and it
-is made again in the background.
+is made again in the background. One the server closed while it sat unused
+is found so before it is handed out (`Connection.ready`), and counts as down.
 """
 
 from __future__ import annotations
@@ -53,9 +54,16 @@ class Direct:
     """Connections opened so far (the first, then one after each drop)."""
 
     def usable(self) -> Connection | None:
-        """The connection, if it can take a request now; else None."""
+        """The connection, if it can take a request now; else None.
+
+        One that went unused for a while is looked at first
+        (`Connection.ready`): found closed by the server meanwhile, or out of
+        step, it is dropped (and made again in the background), and this
+        returns None: the request goes through the client, not to a
+        connection that would fail it.
+        """
         connection = self.connection
-        if connection is not None and connection.usable:
+        if connection is not None and connection.ready():
             return connection
         return None
 

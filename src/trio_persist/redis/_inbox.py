@@ -193,9 +193,10 @@ class Inbox:
             except Exception as exc:  # Redis away or restarting: look again soon
                 logger.debug("taking from the inbox failed: %r", exc)
                 # The first failure after a step that succeeded is tried again
-                # at once: a connection that broke while idle is found broken
-                # only when used (the round starts again from the taken list,
-                # so a repeated move loses and doubles nothing).
+                # at once: a connection that broke under a blocking move, or
+                # a moment after its last use, is found broken only when used
+                # (the round starts again from the taken list, so a repeated
+                # move loses and doubles nothing).
                 await trio.sleep(self._pause)
                 self._pause = min(max(2 * self._pause, 0.05), 0.5)
 

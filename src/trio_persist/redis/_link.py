@@ -317,6 +317,8 @@ class Link:
     """Steps in progress now."""
     admission: Admission = attrs.field(init=False)
     direct: Direct = attrs.Factory(Direct)
+    retried: int = 0
+    """Attempts of steps that a broken connection failed and that were tried again."""
     _down: bool = False
     _pipelining: bool = False
 
@@ -389,6 +391,7 @@ class Link:
             except _drops() as exc:
                 if (self._down and pause) or trio.current_time() + pause >= deadline:
                     raise exc from None
+                self.retried += 1
             await trio.sleep(pause)
             pause = min(max(2 * pause, 0.005), 0.1)
 

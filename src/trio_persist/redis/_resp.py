@@ -120,6 +120,11 @@ class Reader:
             self._start = 0
         self._buffer += data
 
+    @property
+    def pending(self) -> int:
+        """Bytes fed and not yet read as replies (a reply in part, or more)."""
+        return len(self._buffer) - self._start
+
     def gets(self) -> Any:
         """The next whole reply, or `INCOMPLETE` until more is fed.
 
