@@ -16,9 +16,11 @@ import trio
 import trio_persist
 from trio_persist._codec import Seal
 from trio_persist.redis import RedisBackend
+from trio_persist.redis._client import open_client
 from trio_persist.redis._lease import LEASE_SCRIPTS, Call, Leases
-from trio_persist.redis._link import Counters, Link, Subscriber, Watch, open_client
+from trio_persist.redis._link import Counters, Link
 from trio_persist.redis._scripts import Keys
+from trio_persist.redis._subscriber import Subscriber, Watch
 
 SIGNING_KEY = b"a test key, 32 bytes long at least"  # os.urandom(32) in real life
 

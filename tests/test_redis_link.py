@@ -10,7 +10,8 @@ from coredis.exceptions import ConnectionError as RedisConnectionError
 from coredis.exceptions import ResponseError, WrongTypeError
 
 import trio_persist
-from trio_persist.redis._link import Watch, classify, redact, secure_url
+from trio_persist.redis._client import classify, redact, secure_url
+from trio_persist.redis._subscriber import Watch
 
 
 def test_redaction_hides_passwords_and_nothing_else() -> None:

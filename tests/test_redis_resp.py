@@ -22,9 +22,9 @@ import trio_persist
 from fault_proxy import FaultProxy
 from redis_helpers import eventually
 from redis_server import RedisServer
+from trio_persist.redis._client import classify, open_client
 from trio_persist.redis._connection import Connection, Settings
 from trio_persist.redis._direct import Direct, settings_of
-from trio_persist.redis._link import Subscriber, classify, open_client
 from trio_persist.redis._resp import (
     INCOMPLETE,
     ErrorReply,
@@ -33,6 +33,7 @@ from trio_persist.redis._resp import (
     error_of,
     pack,
 )
+from trio_persist.redis._subscriber import Subscriber
 
 # -- the reader ----------------------------------------------------------------------------
 

@@ -23,8 +23,9 @@ from trio_persist._codec import Seal, encode_value
 from trio_persist._grouping import group_digest
 from trio_persist._logging import Throttle
 from trio_persist.redis import RedisBackend, RedisStore
+from trio_persist.redis._client import open_client
 from trio_persist.redis._inbox import PUSH, TAKE, Inbox, inbox_key
-from trio_persist.redis._link import Counters, Link, open_client
+from trio_persist.redis._link import Counters, Link
 
 TTL = 6.0  # long enough that a short cut never costs the owner its lease
 TIMEOUT = 0.5

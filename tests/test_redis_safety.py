@@ -32,8 +32,9 @@ from redis_server import RedisServer
 from trio_persist._codec import Seal
 from trio_persist.redis import RedisBackend, fencing_token
 from trio_persist.redis._lease import Answer, Follow, Held, Lead, Leases
-from trio_persist.redis._link import Counters, Link, Subscriber, Watch
+from trio_persist.redis._link import Counters, Link
 from trio_persist.redis._scripts import Keys
+from trio_persist.redis._subscriber import Subscriber, Watch
 
 
 async def test_tokens_keep_growing_after_redis_restarts_empty(namespace: str) -> None:
@@ -333,7 +334,7 @@ async def test_the_monitor_reads_the_url_from_the_environment_and_never_shows_it
 
 
 def test_rediss_urls_check_the_certificate_and_its_hostname_by_default() -> None:
-    from trio_persist.redis._link import secure_url
+    from trio_persist.redis._client import secure_url
 
     assert "ssl_check_hostname=true" in secure_url("rediss://h:1/0")
     assert "ssl_cert_reqs=required" in secure_url("rediss://h:1/0")

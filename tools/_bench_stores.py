@@ -119,7 +119,7 @@ class FloorRedis:
     """A bare SET and GET of the JSON, on a client built as the store builds its own."""
 
     def __init__(self, url: str) -> None:
-        from trio_persist.redis._link import open_client
+        from trio_persist.redis._client import open_client
 
         self.client = open_client(url, 5.0)
         self.key = f"bench-floor-{uuid.uuid4().hex[:8]}"

@@ -24,17 +24,12 @@ from .._codec import Seal
 from .._grouping import canonical_encoding, default_group, group_digest
 from .._monitor import build_frame
 from .._stats import Observed
+from ._client import open_client, place_of, refuse_a_cluster_node
 from ._cluster import BEAT, INDEX, LEAVE, NodeSnapshot, nodes_key, read_nodes, record_key
 from ._inbox import Inbox
 from ._lease import LEASE_SCRIPTS, Leases
-from ._link import (
-    Counters,
-    Link,
-    Subscriber,
-    open_client,
-    place_of,
-    refuse_a_cluster_node,
-)
+from ._link import Counters, Link
+from ._subscriber import Subscriber
 from ._workers import WORKER_SCRIPTS, ClusterWorkers
 
 if sys.version_info < (3, 11):  # pragma: no cover

@@ -158,7 +158,7 @@ async def watch_cluster(
     *on_status* gets a message (the URL's password redacted) and the watch
     goes on trying; it gets None once frames flow again.
     """
-    from ._link import check_url, classify, open_client, redact
+    from ._client import check_url, classify, open_client, redact
 
     try:
         check_url(url)

@@ -30,9 +30,10 @@ from .._codec import ABANDONED, Seal, decode_outcome, encode_error, encode_value
 from .._exceptions import BackendUnavailable, CorruptResult, LeaderDied
 from .._logging import Throttle
 from ._admission import Overloaded
-from ._link import Counters, Link, Prepared, Subscriber, Watch
+from ._link import Counters, Link, Prepared
 from ._renewal import Held, Renewer
 from ._scripts import ACQUIRE, COMMIT, PEEK, RELEASE, RENEW, Keys
+from ._subscriber import Subscriber, Watch
 
 __all__ = [
     "LEASE_SCRIPTS",

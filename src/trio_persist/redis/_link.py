@@ -1,280 +1,34 @@
-"""The Redis backend's connections: the client, its errors, and one shared subscriber.
+"""The Redis backend's link to its server: the bounded step every command runs in.
 
 Every command the backend sends runs under its own deadline (the backend's
-``timeout``) on a client built without retries: a command either answers in
-time or its caller gets `~trio_persist.BackendUnavailable`. coredis multiplexes
-commands over its pooled connections, so no command holds a connection while
-it waits for another.
-
-Every followed key is served by *one* subscriber connection per backend, a
-pattern subscription to all of the namespace's channels: following a key costs
-no subscribe or unsubscribe round trip, and publications are dispatched in
-process to the flights that wait for them (`Subscriber.watch`).
+``timeout``) on a client built without retries (`_client.open_client`): a
+command either answers in time or its caller gets
+`~trio_persist.BackendUnavailable`. coredis multiplexes commands over its
+pooled connections, so no command holds a connection while it waits for
+another; scripts go on a connection of the backend's own while it is up
+(`Direct`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import ssl
-import sys
-import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
 
-from .._exceptions import BackendUnavailable, CorruptResult
+from .._exceptions import BackendUnavailable
 from .._logging import logger
 from ._admission import Admission
-from ._direct import Direct, Pings, listen, settings_of
+from ._client import classify, drop_errors, exception_leaves, is_cluster
+from ._direct import Direct
 from ._resp import no_script_class, pack_head, pack_more
-from ._scripts import key_of_channel, pattern_of
-
-if sys.version_info < (3, 11):  # pragma: no cover
-    from exceptiongroup import BaseExceptionGroup
 
 if TYPE_CHECKING:
-    import coredis
+    from ._connection import Sent
 
-    from ._connection import Sent, Settings
-
-__all__ = [
-    "Counters",
-    "Link",
-    "Prepared",
-    "Subscriber",
-    "Watch",
-    "check_url",
-    "classify",
-    "open_client",
-    "place_of",
-    "redact",
-    "refuse_a_cluster_node",
-]
-
-
-def check_url(url: str) -> None:
-    """Refuse a URL whose credentials hold an unencoded ``/``, ``#`` or ``?``.
-
-    Such a URL is parsed with part of the password as the host or the path:
-    it cannot work, and its password would show in messages. The error says
-    how to encode it and shows nothing of the URL.
-    """
-    if _ambiguous(url):
-        raise ValueError(
-            "the Redis URL's user name or password holds an unencoded '/', '#' or '?' "
-            "(or '@'): percent-encode it, for example with urllib.parse.quote(password, "
-            "safe='')"
-        )
-
-
-def _ambiguous(url: str) -> bool:
-    try:
-        parts = urllib.parse.urlsplit(url)
-    except ValueError:
-        return True
-    rest = parts.path + parts.query + parts.fragment
-    return "@" in rest and parts.scheme in ("redis", "rediss")
-
-
-def redact(url: str) -> str:
-    """*url* with its password (in the authority or the query) replaced by ``***``."""
-    if _ambiguous(url):
-        return "<a Redis URL whose credentials are not percent-encoded>"
-    try:
-        parts = urllib.parse.urlsplit(url)
-    except ValueError:  # pragma: no cover - _ambiguous said so already
-        return "<an unparsable Redis URL>"
-    netloc = parts.netloc
-    if "@" in netloc:
-        credentials, _, host = netloc.rpartition("@")
-        user, colon, _ = credentials.partition(":")
-        netloc = f"{user}:***@{host}" if colon else f"***@{host}"
-    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-    shown = [(k, "***" if k.lower() == "password" else v) for k, v in query]
-    return urllib.parse.urlunsplit(
-        (parts.scheme, netloc, parts.path, urllib.parse.urlencode(shown, safe="*"), "")
-    )
-
-
-def place_of(url: object, argument: str) -> str:
-    """How messages name the server of *url* (a URL or a client), without secrets.
-
-    Raises:
-        ValueError: *url* is a string but not a Redis URL, or its credentials
-            are not percent-encoded.
-        TypeError: *url* is neither a string nor a coredis client. *argument*
-            names the parameter in both messages.
-    """
-    if isinstance(url, str):
-        if not url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(
-                f"{argument} must be a redis://, rediss:// or unix:// URL, or a coredis "
-                f"client; got {redact(url)!r}"
-            )
-        check_url(url)
-        return redact(url)
-    if callable(getattr(url, "evalsha", None)):
-        return describe(url)
-    raise TypeError(f"{argument} must be a Redis URL or a coredis client, got {type(url).__name__}")
-
-
-def describe(client: Any) -> str:
-    """A client's address for messages, without credentials."""
-    pool = getattr(client, "connection_pool", None)
-    location = getattr(pool, "location", None)
-    if location is not None:
-        host, port = getattr(location, "host", None), getattr(location, "port", None)
-        if host is not None:
-            return f"redis://{host}:{port}"
-        path = getattr(location, "path", None)
-        if path is not None:
-            return f"unix://{path}"
-    return f"a {type(client).__name__} client"
-
-
-def secure_url(url: str) -> str:
-    """A ``rediss://`` URL with certificate and hostname checks on, unless it says otherwise."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme != "rediss":
-        return url
-    query = dict(urllib.parse.parse_qsl(parts.query, keep_blank_values=True))
-    query.setdefault("ssl_cert_reqs", "required")
-    if query["ssl_cert_reqs"].lower() != "required":
-        # An explicit choice, respected (a hostname cannot be checked without a
-        # certificate), and said: anyone on the path can then read and forge.
-        logger.warning(
-            "rediss:// with ssl_cert_reqs=%s: the server's certificate is not checked",
-            query["ssl_cert_reqs"],
-        )
-        query.setdefault("ssl_check_hostname", "false")
-    query.setdefault("ssl_check_hostname", "true")
-    scheme, netloc, path, _, fragment = parts
-    return urllib.parse.urlunsplit((scheme, netloc, path, urllib.parse.urlencode(query), fragment))
-
-
-def open_client(url: str, timeout: float) -> coredis.Redis[bytes]:
-    """A client for *url* that never retries: the backend's deadlines are the bound."""
-    import coredis
-    from coredis.retry import NoRetryPolicy
-
-    return coredis.Redis.from_url(
-        secure_url(url),
-        connect_timeout=timeout,
-        stream_timeout=timeout,
-        retry_policy=NoRetryPolicy(),
-        # Commands are multiplexed; a full pool only queues them (under our deadlines).
-        max_connections=16,
-    )
-
-
-async def refuse_a_cluster_node(client: Any, where: str, seconds: float) -> None:
-    """Refuse a plain client on one node of a Redis Cluster, saying what to pass.
-
-    Such a client half works (the other masters' keys answer MOVED). A
-    server that does not answer in time is let through: the calls
-    will say so. Waits at most *seconds*.
-    """
-    if _is_cluster(client):
-        return
-    info: Any = None
-    with trio.move_on_after(seconds), contextlib.suppress(Exception):
-        info = await client.info("cluster")
-    if isinstance(info, dict) and str(info.get("cluster_enabled")) == "1":
-        raise ValueError(
-            f"{where} is a node of a Redis Cluster: pass a coredis.RedisCluster client "
-            "instead (see the Redis page of the docs)"
-        )
-
-
-def _is_cluster(client: Any) -> bool:
-    from coredis import RedisCluster
-
-    return isinstance(client, RedisCluster)
-
-
-def _leaves(error: BaseException) -> Iterator[BaseException]:
-    if isinstance(error, BaseExceptionGroup):
-        for inner in error.exceptions:
-            yield from _leaves(inner)
-    else:
-        yield error
-
-
-def _certificate_error(error: BaseException) -> ssl.SSLError | None:
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, ssl.SSLError):
-            return current
-        current = current.__cause__ or current.__context__
-    return None
-
-
-def classify(error: BaseException, where: str) -> Exception | None:
-    """The error a caller gets for a failed Redis step, or None if *error* is not Redis's.
-
-    Unreachable, slow or failing servers become `BackendUnavailable`
-    (certificate failures say so); a key of the wrong type in the namespace is
-    `CorruptResult`. Cancellation and anything not from Redis return None.
-    """
-    from coredis.exceptions import ResponseError, WrongTypeError
-
-    leaves = list(_leaves(error))
-    if not leaves or any(not isinstance(leaf, Exception) for leaf in leaves):
-        return None
-    first = leaves[0]
-    for leaf in leaves:
-        if isinstance(leaf, WrongTypeError) or (
-            isinstance(leaf, ResponseError) and "WRONGTYPE" in str(leaf)
-        ):
-            return CorruptResult(
-                f"{where}: a key in the namespace holds a foreign value ({leaf}); "
-                "delete it or choose another namespace"
-            )
-    certificate = _certificate_error(first)
-    if certificate is not None:
-        return BackendUnavailable(f"{where}: TLS certificate verification failed: {certificate}")
-    if isinstance(first, trio.TooSlowError):
-        return BackendUnavailable(f"{where} did not answer in time")
-    from coredis.exceptions import ConnectionError as RedisConnectionError
-
-    if isinstance(first, (RedisConnectionError, OSError)):
-        return BackendUnavailable(f"{where} is unreachable: {first}")
-    if isinstance(first, _connection_errors()):
-        return BackendUnavailable(f"{where} failed: {first}")
-    return None
-
-
-def _drops() -> tuple[type[Exception], ...]:
-    """Errors of a connection that broke (as opposed to one that is slow)."""
-    import anyio
-    from coredis.exceptions import ConnectionError as RedisConnectionError
-
-    return (
-        RedisConnectionError,
-        OSError,
-        anyio.ClosedResourceError,
-        anyio.BrokenResourceError,
-        anyio.EndOfStream,
-    )
-
-
-def _connection_errors() -> tuple[type[BaseException], ...]:
-    import anyio
-    from coredis.exceptions import RedisError
-
-    return (
-        RedisError,
-        OSError,
-        TimeoutError,
-        trio.TooSlowError,
-        anyio.ClosedResourceError,
-        anyio.BrokenResourceError,
-        anyio.EndOfStream,
-    )
+__all__ = ["Counters", "Link", "Prepared"]
 
 
 @attrs.define
@@ -388,7 +142,7 @@ class Link:
         while True:
             try:
                 return await fn(*args)
-            except _drops() as exc:
+            except drop_errors() as exc:
                 if (self._down and pause) or trio.current_time() + pause >= deadline:
                     raise exc from None
                 self.retried += 1
@@ -406,10 +160,10 @@ class Link:
         where = f"{self.where} ({what})"
         translated = classify(error, where)
         if translated is None:
-            leaves = list(_leaves(error))
-            if not leaves or not all(isinstance(leaf, Exception) for leaf in leaves):
+            found = list(exception_leaves(error))
+            if not found or not all(isinstance(leaf, Exception) for leaf in found):
                 return None
-            translated = BackendUnavailable(f"{where} failed: {leaves[0]!r}")
+            translated = BackendUnavailable(f"{where} failed: {found[0]!r}")
         if isinstance(translated, BackendUnavailable):
             self.counters.unavailable += 1
             if not self._down:
@@ -464,7 +218,7 @@ class Link:
                 await connection.request(b"SCRIPT", b"LOAD", script.script)
                 answers = await connection.request_each(commands)
             return answers
-        if self._pipelining or _is_cluster(self.client):
+        if self._pipelining or is_cluster(self.client):
             each: list[Any] = [None] * len(requests)
 
             async def one(index: int, keys: list[str], args: list[Any]) -> None:
@@ -571,162 +325,3 @@ class Prepared:
     args: list[Any]
     head: bytes
     """The call packed up to those arguments, counting the ones to come."""
-
-
-@attrs.define(eq=False)
-class Watch:
-    """What one following flight hears about its key: payloads, and pokes to look again."""
-
-    key: str
-    inbox: list[bytes] = attrs.Factory(list)
-    poked: bool = False
-    _event: trio.Event = attrs.Factory(trio.Event)
-
-    def deliver(self, data: bytes) -> None:
-        self.inbox.append(data)
-        self._event.set()
-
-    def poke(self) -> None:
-        """Ask the follower to check the key now (a reconnect may have lost messages)."""
-        self.poked = True
-        self._event.set()
-
-    async def wait(self, seconds: float) -> None:
-        """Wait until something arrives or *seconds* pass; checkpoints."""
-        if not self.inbox and not self.poked:
-            with trio.move_on_after(seconds):
-                await self._event.wait()
-        else:
-            await trio.lowlevel.checkpoint()
-        self._event = trio.Event()
-        self.poked = False
-
-
-@attrs.define(eq=False)
-class Subscriber:
-    """One pattern subscription per backend, dispatching publications to `Watch` es."""
-
-    namespace: str
-    timeout: float
-    watches: dict[str, set[Watch]] = attrs.Factory(dict)
-    up: bool = False
-    pings: Pings = attrs.Factory(Pings)
-    _pause: float = 0.05
-
-    async def caught_up(self) -> None:
-        """Return once the subscription has read (and handed on) everything the
-        server published to it before this call: what a follower waits for
-        before it concludes from a look that its leader vanished, since the
-        leader's outcome may have been sent first, and be still unread.
-
-        Costs a round trip on the subscription's connection (at most the
-        timeout); returns at once on a client whose subscription is coredis's
-        (a Cluster, a Sentinel), or while none is up.
-        """
-        await self.pings.catch_up(self.timeout)
-
-    @contextlib.contextmanager
-    def watch(self, key: str) -> Iterator[Watch]:
-        """Hear about *key* inside the block (registered before anything is sent)."""
-        watch = Watch(key)
-        watchers = self.watches.setdefault(key, set())
-        watchers.add(watch)
-        try:
-            yield watch
-        finally:
-            watchers.discard(watch)
-            if not watchers:
-                del self.watches[key]
-
-    def _on_message(self, message: Any) -> None:
-        self._dispatch(message.get("channel"), message.get("data"))
-
-    def _dispatch(self, channel: Any, data: Any) -> bool:
-        # Runs inside the subscription's reader: must never raise. The pattern only
-        # matches this namespace's channels, so every message names a key; what
-        # it carries is checked by the follower that reads it (and counted there).
-        # Returns whether a follower here waits for it (it was woken).
-        key = key_of_channel(self.namespace, channel)
-        if isinstance(data, str):
-            data = data.encode()
-        watches = self.watches.get(key, ()) if key is not None else ()
-        if watches and isinstance(data, bytes):
-            for watch in watches:
-                watch.deliver(data)
-            return True
-        return False
-
-    def _poke_all(self) -> None:
-        for watchers in self.watches.values():
-            for watch in watchers:
-                watch.poke()
-
-    def _now_up(self, connecting: trio.CancelScope) -> None:
-        connecting.deadline = float("inf")
-        self.up = True
-        self._pause = 0.05
-        self._poke_all()  # what was published while we were away
-
-    async def _hold(
-        self, client: Any, settings: Settings | None, pattern: str, up: Callable[[], None]
-    ) -> None:
-        """Subscribe, call *up* once subscribed, then dispatch publications until
-        the connection drops (raises) or this is cancelled."""
-        if settings is not None:
-            idle = max(self.timeout, 1.0)
-            await listen(settings, pattern, self._dispatch, idle, self.timeout, up, self.pings)
-            return  # pragma: no cover - listen returns only by raising
-        async with client.pubsub(
-            pattern_handlers={pattern: self._on_message},
-            ignore_subscribe_messages=True,
-            retry_policy=None,
-            subscription_timeout=self.timeout,
-            max_idle_seconds=max(self.timeout, 1.0),
-        ):
-            up()
-            await trio.sleep_forever()
-
-    async def run(
-        self, client: Any, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        """Keep the subscription up, reconnecting, until cancelled.
-
-        Reports started once subscribed, or after ``timeout`` if Redis is away
-        (followers then poll until it is back). On a plain client, the
-        subscription is a lean connection of the backend's own (`listen`),
-        made from the client's settings as `Direct` makes its own.
-        """
-        pattern = pattern_of(self.namespace)
-        settings = settings_of(client)
-        started = False
-        self._pause = 0.05
-        while True:
-            failure: BaseException | None = None
-            try:
-                with trio.fail_after(self.timeout) as connecting:
-
-                    def up(connecting: trio.CancelScope = connecting) -> None:
-                        nonlocal started
-                        self._now_up(connecting)
-                        if not started:
-                            started = True
-                            task_status.started()
-
-                    await self._hold(client, settings, pattern, up)
-            except BaseException as exc:
-                # A dropped connection, or coredis tearing down under cancellation
-                # (then the checkpoint below raises our own Cancelled).
-                # Whatever the client raises is a drop: only an exit of the
-                # program (KeyboardInterrupt, SystemExit) goes through.
-                allowed = (trio.Cancelled, Exception)
-                if not all(isinstance(leaf, allowed) for leaf in _leaves(exc)):
-                    raise
-                failure = exc
-            self.up = False
-            self._poke_all()
-            logger.debug("the Redis subscription dropped: %r", failure)
-            if not started:
-                started = True
-                task_status.started()
-            await trio.sleep(self._pause)
-            self._pause = min(self._pause * 2, 1.0)

@@ -19,7 +19,8 @@ import trio
 
 from .._exceptions import BackendUnavailable, CorruptResult
 from ..stores._base import DEFAULT_MAX_BYTES, StoreBase, stale, too_large
-from ._link import Counters, Link, classify, open_client, place_of, refuse_a_cluster_node
+from ._client import classify, open_client, place_of, refuse_a_cluster_node
+from ._link import Counters, Link
 
 __all__ = ["DEFAULT_NAMESPACE", "RedisStore"]
 
