@@ -17,8 +17,9 @@ import trio_persist
 from trio_persist._codec import Seal
 from trio_persist.redis import RedisBackend
 from trio_persist.redis._client import open_client
-from trio_persist.redis._lease import LEASE_SCRIPTS, Call, Leases
+from trio_persist.redis._lease import LEASE_SCRIPTS, Leases
 from trio_persist.redis._link import Counters, Link
+from trio_persist.redis._rounds import Call
 from trio_persist.redis._scripts import Keys
 from trio_persist.redis._subscriber import Subscriber, Watch
 

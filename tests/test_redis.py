@@ -36,7 +36,7 @@ from redis_helpers import (
 from redis_server import RedisServer
 from trio_persist._codec import Seal
 from trio_persist.redis import RedisBackend
-from trio_persist.redis._lease import Follow, Found, Lead
+from trio_persist.redis._rounds import Follow, Found, Lead
 from trio_persist.redis._scripts import Keys
 
 WORKER = str(Path(__file__).with_name("redis_worker.py"))

@@ -31,8 +31,9 @@ from redis_helpers import (
 from redis_server import RedisServer
 from trio_persist._codec import Seal
 from trio_persist.redis import RedisBackend, fencing_token
-from trio_persist.redis._lease import Answer, Follow, Held, Lead, Leases
+from trio_persist.redis._lease import Held, Leases
 from trio_persist.redis._link import Counters, Link
+from trio_persist.redis._rounds import Answer, Follow, Lead
 from trio_persist.redis._scripts import Keys
 from trio_persist.redis._subscriber import Subscriber, Watch
 

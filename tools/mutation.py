@@ -74,7 +74,7 @@ IN_PROCESS_MODULES = [
 ]  # fmt: skip
 REDIS_MODULES = [
     "redis/_backend", "redis/_lease", "redis/_renewal", "redis/_cluster", "redis/_link",
-    "redis/_client", "redis/_subscriber", "redis/_scripts", "_codec",
+    "redis/_client", "redis/_subscriber", "redis/_rounds", "redis/_scripts", "_codec",
 ]  # fmt: skip
 TESTS = {
     **dict.fromkeys(IN_PROCESS_MODULES, IN_PROCESS),

@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import enum
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import attrs
@@ -32,26 +31,26 @@ from .._logging import Throttle
 from ._admission import Overloaded
 from ._link import Counters, Link, Prepared
 from ._renewal import Held, Renewer
+from ._rounds import (
+    Again,
+    Answer,
+    Call,
+    Elsewhere,
+    Follow,
+    Found,
+    Lead,
+    Placed,
+    Resolve,
+    RunHere,
+    Vanished,
+    Verdict,
+    text_of,
+    verdict_of,
+)
 from ._scripts import ACQUIRE, COMMIT, PEEK, RELEASE, RENEW, Keys
 from ._subscriber import Subscriber, Watch
 
-__all__ = [
-    "LEASE_SCRIPTS",
-    "Again",
-    "Answer",
-    "Call",
-    "Elsewhere",
-    "Follow",
-    "Found",
-    "Lead",
-    "Leases",
-    "Placed",
-    "RunHere",
-    "Vanished",
-    "fencing_token",
-]
-
-Resolve = Callable[[Any, Any], Awaitable[Any]]
+__all__ = ["LEASE_SCRIPTS", "Leases", "fencing_token"]
 
 LEASE_SCRIPTS = {
     "acquire": ACQUIRE,
@@ -77,124 +76,6 @@ def fencing_token() -> int | None:
     `RedisBackend`.
     """
     return _token.get()
-
-
-# -- what a round ends with ---------------------------------------------------------
-
-
-@attrs.frozen
-class Answer:
-    """An outcome for the flight's callers: a value (*ok*) or an exception to raise."""
-
-    ok: bool
-    value: Any
-
-    def unwrap(self) -> Any:
-        if self.ok:
-            return self.value
-        raise self.value
-
-
-@attrs.frozen
-class Vanished:
-    """The leader we followed (token *token*) vanished: take over from it."""
-
-    token: int
-
-
-@attrs.frozen
-class Again:
-    """Our own lease passed on: ask again, accepting results at or after *token*."""
-
-    token: int
-
-
-# -- what an acquire (or a refused commit) finds ------------------------------------
-
-
-@attrs.frozen
-class Lead:
-    """We lead, with fencing token *token*; *value* is our lease (``"<id>:<token>"``),
-    acquired by a command sent at *sent* (our clock)."""
-
-    token: int
-    value: str
-    sent: float = 0.0
-
-
-@attrs.frozen
-class Follow:
-    """Another process leads with token *token*: wait for its outcome."""
-
-    token: int
-
-
-@attrs.frozen
-class Elsewhere:
-    """The group's worker lives in another process (*lease*: its worker lease's value)."""
-
-    lease: str
-
-
-@attrs.frozen
-class Placed:
-    """A flight whose group may have a worker in another process (``workers="cluster"``):
-    its acquire looks at the group's worker lease (*key*) too, and a request
-    found owned elsewhere is sent there by *route* (the owner's answer; None if
-    the group changed owner meanwhile: look again)."""
-
-    key: str
-    node: str
-    group: Hashable
-    digest: str
-    route: Callable[[Placed, str, str, Any], Awaitable[Answer | None]]
-    """``route(placed, lease, request_id, request)``."""
-
-
-@attrs.frozen
-class Found:
-    """A result that answers us already: committed after a vanished leader, or
-    (*lingering*) a success committed less than our linger ago."""
-
-    payload: bytes
-    lingering: bool = False
-
-
-class Verdict(enum.Enum):
-    """A commit's answer when no record is needed."""
-
-    COMMITTED = "committed"
-    ALONE = "refused, with no winner to answer with"
-
-
-@attrs.define(eq=False)
-class Call:
-    """One flight's passage through the protocol: what its rounds share."""
-
-    keys: Keys
-    watch: Watch
-    base: Any = None
-    request: Any = None
-    resolve: Resolve | None = None
-    linger: float = 0.0
-    vanished: int = 0
-    """Leaders that vanished under this call (it gives up past ``max_takeovers``)."""
-    vanished_token: int = 0
-    """Accept a result committed at or after this token (0: any lingering one only)."""
-    read_linger: bool = True
-    """Whether a lingering success may answer (not after one was found unusable)."""
-    placed: Placed | None = None
-    """The group's worker lease to look at first (``workers="cluster"``)."""
-    moved: int = 0
-    """Times the group's worker was found gone from the process it was sent to."""
-    request_id: str = ""
-    """The request's id once it is routed (the same to every owner it is sent to)."""
-
-
-class RunHere(Exception):
-    """A flight's request would wait for itself at the group's worker elsewhere,
-    and the persist allows a recursive resolve (``allow_infinite``): the
-    flight executes it directly here instead of routing it."""
 
 
 class _Undecodable(CorruptResult):
@@ -382,9 +263,9 @@ class Leases:
         finally:
             if admitted:
                 admission.leave()
-        kind = _text(reply[0])
+        kind = text_of(reply[0])
         if kind == "w":
-            return Elsewhere(_text(reply[1]))
+            return Elsewhere(text_of(reply[1]))
         if kind in ("r", "g"):
             return Found(reply[1], lingering=kind == "g")
         token = int(reply[1])
@@ -531,7 +412,7 @@ class Leases:
         """
         prepared = prepared or self.prepare_commit(keys, held)
         reply = await self.link.script_prepared(prepared, [_ms(linger), payload], shield=True)
-        return _verdict(reply)
+        return verdict_of(reply)
 
     def prepare_commit(self, keys: Keys, held: Held) -> Prepared:
         """The commit of *held* with all but its linger and payload, packed now:
@@ -604,7 +485,7 @@ class Leases:
         give_up = sent + self.lease_ttl
         while trio.current_time() < give_up:
             with contextlib.suppress(BackendUnavailable, CorruptResult):
-                value = _text(
+                value = text_of(
                     await self.link.step(
                         "looking for an orphan lease", self.link.client.get, keys.lease
                     )
@@ -648,7 +529,7 @@ class Leases:
         heard = self.heard(keys, token, call.watch)  # what arrived meanwhile
         if heard is not None:
             return heard
-        if _text(lease) in ("", "bad"):
+        if text_of(lease) in ("", "bad"):
             # Vanished (or corrupt), unless its outcome reached us before this
             # answer did, and waits unread in the subscription's connection.
             await self.subscriber.caught_up()
@@ -677,24 +558,9 @@ class Leases:
         return None
 
 
-def _verdict(reply: Any) -> Verdict | Found | Follow:
-    kind = _text(reply[0])
-    if kind == "c":
-        return Verdict.COMMITTED
-    if kind == "r":
-        return Found(reply[1])
-    if kind == "f":
-        return Follow(int(reply[1]))
-    return Verdict.ALONE
-
-
 def _ms(seconds: float) -> int:
     """Milliseconds for a script; any positive time is at least one."""
     return max(1, round(seconds * 1000)) if seconds > 0 else 0
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _payload_token(payload: Any) -> int | None:

@@ -51,9 +51,9 @@ from .._exceptions import (
 from .._grouping import canonical_encoding, group_digest
 from .._logging import Throttle
 from ._inbox import INBOX_LIMIT, PAYLOAD_LIMIT, PUSH, TAKE, Inbox, Waiter
-from ._lease import Answer, Placed, RunHere
 from ._link import Counters, Link
 from ._renewal import Held, Renewer
+from ._rounds import Answer, Placed, RunHere
 from ._scripts import LUA_HELPERS, RENEW
 
 __all__ = ["WORKER_SCRIPTS", "ClusterWorkers", "Owned"]
