@@ -514,7 +514,7 @@ def redis_figures(row: Callable[..., bool], *, quick: bool) -> bool:
             f"{len(followers)} runs)\n"
             f"  (beside its floor, a raw PUBLISH read by a raw subscription in another "
             f"Trio process and handed to one task, {floor:.0f} us = {floor / rtt:.2f} GETs: "
-            f"{extra / floor:.2f})"
+            f"{extra / floor:.2f}) {'ok' if ratio <= 2.0 else 'OVER BAR'}"
         )
         ok &= ratio <= 2.0
         flights, ran = trio.run(shared_loop, server.url, 4, 50, 1.0 if quick else 3.0)
