@@ -50,9 +50,11 @@ __all__ = [
 
 _METHODS = ("serve", "key_of", "run")
 
-CHAIN_LIMIT = 32
+CHAIN_LIMIT = 256
 """The most groups a routed request's chain names (`LocalWorkers.chain_for`):
-nested asks across processes deeper than this are refused (docs/redis.md)."""
+those waiting for it, in every process it passed. Nested asks across
+processes deeper than this are refused, and so is a request this many groups
+wait for at once (one flight many workers joined); docs/redis.md."""
 
 
 class Chain(NamedTuple):
@@ -217,15 +219,11 @@ class LocalWorkers(Protocol):
         ...
 
     def standing_in(self, worker: str) -> AbstractContextManager[None]:
-        """Inside the block, the calling task's flight waits for the worker
+        """Inside the block, the calling task's owner (a flight, or a worker
+        whose execution resolves a group owned elsewhere) waits for the worker
         named *worker* (`WorkerLease.name`: its request was routed there): a
         call from an execution whose chain names that worker is refused
-        rather than joining or queueing behind the flight."""
-        ...
-
-    @property
-    def allow_infinite(self) -> bool:
-        """Whether a resolve that would wait for itself executes directly."""
+        rather than joining or queueing behind that owner."""
         ...
 
     def stop_lost(self, group: Hashable) -> None:

@@ -37,7 +37,7 @@ class InfiniteRecursion(PersistError, RecursionError):
     persist was opened with ``allow_infinite=False``. With
     ``RedisBackend(workers="cluster")`` a cycle through other processes raises it
     too (closed by a request sent, or by a call that would join a flight on its
-    way), and so do asks nested through other processes more than 32 groups
+    way), and so do asks nested through other processes more than 256 groups
     deep (docs/redis.md).
     """
 

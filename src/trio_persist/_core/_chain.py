@@ -65,14 +65,18 @@ def serving_chain(
         raise cycle_error(group)
     if len(groups) > CHAIN_LIMIT or len(workers) > CHAIN_LIMIT:
         raise InfiniteRecursion(
-            f"asking group {safe_repr(group)} would nest asks across processes "
-            f"{len(groups) + 1} groups deep, past the bound of {CHAIN_LIMIT}"
+            f"asking group {safe_repr(group)} would send a chain of {len(groups) + 1} "
+            "groups waiting for it across processes (asks nested that deep, or that "
+            f"many groups waiting for one request), past the bound of {CHAIN_LIMIT}"
         )
     return Chain(tuple(groups), tuple(workers))
 
 
 def waits_on_chain(
-    owner: Owner, awaiting: dict[Owner, list[Owner]], chain: Chain, stand_ins: dict[Owner, str]
+    owner: Owner,
+    awaiting: dict[Owner, list[Owner]],
+    chain: Chain,
+    stand_ins: dict[Owner, list[str]],
 ) -> bool:
     """Whether *owner* is, or waits here (transitively) for, an owner of one of
     the groups in *chain*, or a worker it names: then a request carrying *chain*
@@ -85,7 +89,10 @@ def waits_on_chain(
 
 
 def joins_across(
-    owner: Owner, current: Owner, awaiting: dict[Owner, list[Owner]], stand_ins: dict[Owner, str]
+    owner: Owner,
+    current: Owner,
+    awaiting: dict[Owner, list[Owner]],
+    stand_ins: dict[Owner, list[str]],
 ) -> bool:
     """Whether a call from *current*'s execution that joins or queues behind
     *owner* here would wait for itself through other processes: *owner* is, or
@@ -104,12 +111,12 @@ def _waits_on_workers(
     owner: Owner,
     awaiting: dict[Owner, list[Owner]],
     workers: Collection[str],
-    stand_ins: dict[Owner, str],
+    stand_ins: dict[Owner, list[str]],
 ) -> bool:
-    """Whether *owner* is, or waits here for, a worker named in *workers*, or a
-    flight whose request is routed to one (*stand_ins*: flight -> worker)."""
+    """Whether *owner* is, or waits here for, a worker named in *workers*, or an
+    owner whose request is routed to one (*stand_ins*: owner -> workers)."""
     for node in _awaited_by(owner, awaiting):
-        if stand_ins.get(node) in workers:
+        if any(name in workers for name in stand_ins.get(node, ())):
             return True
         lease = node.lease if isinstance(node, WorkerTask) else None
         if lease is not None and lease.name in workers:

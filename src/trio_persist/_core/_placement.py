@@ -51,9 +51,10 @@ class Here:
     listen: Callable[[Job, WorkerTask, Owner | None], Awaitable[Any]]
     # Which owners each owner's execution waits for here (the facade's graph).
     awaiting: dict[Owner, list[Owner]]
-    # The flights standing in here for a worker elsewhere (their request
-    # routed there), and the worker's name (`standing_in`).
-    stand_ins: dict[Owner, str] = attrs.Factory(dict)
+    # The owners here waiting for a worker elsewhere (a request of theirs
+    # routed there: a flight's, or a worker's own resolve), and the names of
+    # those workers (`standing_in`; a worker's device may route several at once).
+    stand_ins: dict[Owner, list[str]] = attrs.Factory(dict)
     # Requests served here now whose chain names workers: until one comes, no
     # call can close a cycle through other processes by joining, and none
     # looks for one (the facade reads it, O(1), before `closes`).
@@ -66,21 +67,21 @@ class Here:
 
     @contextlib.contextmanager
     def standing_in(self, worker: str) -> Iterator[None]:
-        """The calling task's flight waits for the worker named *worker* inside
-        the block (see `LocalWorkers.standing_in`)."""
-        flight = running.get()
-        if flight is None:
+        """The calling task's owner (a flight, or a worker whose execution
+        resolves a group owned elsewhere) waits for the worker named *worker*
+        inside the block (see `LocalWorkers.standing_in`)."""
+        owner = running.get()
+        if owner is None:
             yield
             return
-        self.stand_ins[flight] = worker
+        names = self.stand_ins.setdefault(owner, [])
+        names.append(worker)
         try:
             yield
         finally:
-            del self.stand_ins[flight]
-
-    @property
-    def allow_infinite(self) -> bool:
-        return self.core.options.allow_infinite
+            names.remove(worker)
+            if not names:
+                del self.stand_ins[owner]
 
     async def ask(
         self,

@@ -41,7 +41,6 @@ from ._rounds import (
     Lead,
     Placed,
     Resolve,
-    RunHere,
     Vanished,
     Verdict,
     text_of,
@@ -176,8 +175,6 @@ class Leases:
                     outcome = await self.round(call)
                 except _Routed as exc:
                     raise exc.error from None
-                except RunHere:
-                    return await resolve(base, request)
                 except _Undecodable as exc:
                     raise CorruptResult(str(exc)) from None  # the public type, never ours
                 except Overloaded as exc:

@@ -28,7 +28,6 @@ __all__ = [
     "Lead",
     "Placed",
     "Resolve",
-    "RunHere",
     "Vanished",
     "Verdict",
     "text_of",
@@ -148,12 +147,6 @@ class Call:
     """Times the group's worker was found gone from the process it was sent to."""
     request_id: str = ""
     """The request's id once it is routed (the same to every owner it is sent to)."""
-
-
-class RunHere(Exception):
-    """A flight's request would wait for itself at the group's worker elsewhere,
-    and the persist allows a recursive resolve (``allow_infinite``): the
-    flight executes it directly here instead of routing it."""
 
 
 def verdict_of(reply: Any) -> Verdict | Found | Follow:

@@ -53,7 +53,7 @@ from .._logging import Throttle
 from ._inbox import INBOX_LIMIT, PAYLOAD_LIMIT, PUSH, TAKE, Inbox, Waiter
 from ._link import Counters, Link
 from ._renewal import Held, Renewer
-from ._rounds import Answer, Placed, RunHere
+from ._rounds import Answer, Placed
 from ._scripts import LUA_HELPERS, RENEW
 
 __all__ = ["WORKER_SCRIPTS", "ClusterWorkers", "Owned"]
@@ -224,6 +224,8 @@ class ClusterWorkers:
         GET when nobody owns the group; a routed ask's path if another does."""
         if share and not spawn_worker and self.folds:
             return None
+        local = self.local
+        assert local is not None
         try:
             canonical_encoding(group)
         except TypeError:
@@ -242,11 +244,11 @@ class ClusterWorkers:
             if lease is None or lease.endswith(":" + self.node):
                 return None  # nobody's, or ours being released: a flight here
             if chain is None:
-                try:
-                    chain = self._chain_for(group, digest)
-                except RunHere:
-                    return None  # it would wait for itself: executed here (allow_infinite)
-            answer = await self._route(lease, digest, request_id, request, chain, extra)
+                chain = local.chain_for(group, digest)
+            # The calling owner waits for that worker meanwhile (a cycle that
+            # closes by a join there is found when the worker asks back here).
+            with local.standing_in(_worker_of(lease)):
+                answer = await self._route(lease, digest, request_id, request, chain, extra)
             if answer is not None:
                 return (answer.unwrap(),)
             await trio.sleep(self.lease_ttl / 30)  # its worker ended there: look again
@@ -282,28 +284,14 @@ class ClusterWorkers:
         meanwhile the flight stands in for that worker (`LocalWorkers.standing_in`).
 
         Raises:
-            RunHere: it would wait for itself, and the persist allows that.
+            InfiniteRecursion: it would wait for itself. Whatever
+                ``allow_infinite`` says: the flight is shared, and a direct
+                execution would answer callers outside the cycle too.
         """
         assert self.local is not None
-        chain = self._chain_for(placed.group, placed.digest)  # the flight's callers'
+        chain = self.local.chain_for(placed.group, placed.digest)  # the flight's callers'
         with self.local.standing_in(_worker_of(lease)):
             return await self._route(lease, placed.digest, request_id, request, chain, {"r": 1})
-
-    def _chain_for(self, group: Hashable, digest: str) -> Chain:
-        """The chain a resolve of *group* carries from the calling task.
-
-        Raises:
-            InfiniteRecursion: it would wait for itself.
-            RunHere: so it would, and the persist's ``allow_infinite`` says to
-                execute it directly, here.
-        """
-        assert self.local is not None
-        try:
-            return self.local.chain_for(group, digest)
-        except InfiniteRecursion:
-            if self.local.allow_infinite:
-                raise RunHere from None
-            raise
 
     async def claim(self, group: Hashable) -> Owned:
         """*group*'s worker lease for this process: held already, or won now.

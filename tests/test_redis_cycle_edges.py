@@ -1,0 +1,175 @@
+"""Cycles across processes through static workers, `spawn_worker` resolves and
+flights many workers wait for (real processes, real Redis)."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import coredis
+import pytest
+import trio
+
+import trio_persist
+from scripted_node import open_scripted
+
+NODE = str(Path(__file__).with_name("scripted_node.py"))
+WITHIN = 20.0
+
+
+@asynccontextmanager
+async def scripted_nodes(
+    url: str, namespace: str, here: list[str], there: list[str], **options: Any
+) -> AsyncIterator[tuple[Any, trio_persist.Persist[Any, Any, Any], Any]]:
+    async with coredis.Redis.from_url(url) as control, trio.open_nursery() as nursery:
+        command = [sys.executable, NODE, url, namespace, ",".join(there)]
+        command += ["allow_infinite"] if options.get("allow_infinite") else []
+        process = await nursery.start(functools.partial(trio.run_process, command, check=False))
+        try:
+            with trio.fail_after(WITHIN):
+                assert await control.blpop([f"{namespace}:ready"], timeout=WITHIN)
+            device, opening = open_scripted(url, namespace, control, **options)
+            async with opening as persist:
+                device.persist = persist
+                for group in here:
+                    await persist.ask(group, {"op": "done"}, default=dict)
+                yield control, persist, process
+        finally:
+            process.kill()
+
+
+@pytest.mark.parametrize("spawn", [False, True], ids=["through-a-flight", "no-flight"])
+async def test_a_cycle_closing_by_a_join_at_a_static_worker_elsewhere_is_refused(
+    redis_url: str, namespace: str, spawn: bool
+) -> None:
+    # h's worker (there, static) serves R1 and waits at the gate; f's worker
+    # here resolves h with R1 (joined there into R1, its chain dropped with
+    # it), then R1 asks f: f's worker waits for h's, so that ask is refused.
+    r1 = {"op": "gate", "then": {"op": "ask", "group": "f", "req": {"op": "done"}}}
+    ask_f = {"op": "resolve", "group": "h", "req": r1, "spawn": spawn}
+    async with scripted_nodes(redis_url, namespace, ["f"], ["h"]) as (control, persist, process):
+        outcomes: dict[str, Any] = {}
+
+        async def first() -> None:
+            try:
+                outcomes["r1"] = await persist.resolve("h", r1, spawn_worker=True)
+            except Exception as exc:
+                outcomes["r1"] = exc
+
+        async def cycle() -> None:
+            try:
+                outcomes["f"] = await persist.ask("f", ask_f, default=dict)
+            except Exception as exc:
+                outcomes["f"] = exc
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(first)
+            with trio.fail_after(WITHIN):
+                assert await control.blpop([f"{namespace}:at-gate"], timeout=WITHIN)
+            nursery.start_soon(cycle)
+            # Until h's owner has joined f's request into R1 (its statistics).
+            with trio.fail_after(WITHIN):
+                while True:
+                    nodes = await persist.backend.cluster()
+                    if any(n.statistics.get("deduplicated") for n in nodes if n.pid == process.pid):
+                        break
+                    await trio.sleep(0.1)
+            await control.lpush(f"{namespace}:gate", ["open"])
+            with trio.move_on_after(WITHIN) as waited:
+                while len(outcomes) < 2:  # noqa: ASYNC110
+                    await trio.sleep(0.05)
+            stuck = (
+                persist.backend.statistics().routed_in,
+                [(g.group, g.kind, g.queued) for g in persist.snapshot()],
+            )
+            nursery.cancel_scope.cancel()
+        assert not waited.cancelled_caught, f"deadlocked for {WITHIN}s: {outcomes} {stuck}"
+        assert isinstance(outcomes["f"], trio_persist.InfiniteRecursion)
+
+
+async def test_with_allow_infinite_nothing_run_for_a_cycle_answers_a_later_caller(
+    redis_url: str, namespace: str
+) -> None:
+    # h's worker (there) resolves g here, whose worker resolves h with REQ: a
+    # cycle found by the request its flight would send is refused, never run
+    # on the base in a shared flight, so nothing of it lingers for a later
+    # resolve of h with REQ, which h's worker answers.
+    req = {"op": "done"}
+    start = {"op": "resolve", "group": "g", "req": {"op": "resolve", "group": "h", "req": req}}
+    async with scripted_nodes(
+        redis_url, namespace, ["g"], ["h"], allow_infinite=True, linger=30.0
+    ) as (_, persist, _process):
+        with trio.fail_after(WITHIN), pytest.raises(trio_persist.PersistError) as refused:
+            await persist.ask("h", start, default=dict)
+        assert "InfiniteRecursion" in repr(refused.value) or isinstance(
+            refused.value, trio_persist.InfiniteRecursion
+        )
+        with trio.fail_after(WITHIN):
+            plain = await persist.resolve("h", req)
+        assert plain["ran"] == "at-worker", plain
+
+
+@pytest.mark.parametrize("allow_infinite", [False, True])
+async def test_many_workers_here_resolving_one_request_of_a_worker_elsewhere_are_answered(
+    redis_url: str, namespace: str, allow_infinite: bool
+) -> None:
+    # No cycle: 33 workers here resolve one request of x, whose worker is in
+    # the other process; they share one flight, whose chain names them all.
+    fan = 33
+    barrier = trio.Event()
+    arrived = 0
+
+    class Fan:
+        persist: Any = None
+
+        def group(self, base: Any, request: Any) -> Any:
+            return base
+
+        async def resolve(self, state: Any, request: Any) -> Any:
+            nonlocal arrived
+            if request.get("op") != "fan":
+                return {"done": True}
+            arrived += 1
+            if arrived == fan:
+                barrier.set()
+            await barrier.wait()
+            return await self.persist.resolve("x", {"op": "done"})
+
+    async with coredis.Redis.from_url(redis_url) as control, trio.open_nursery() as nursery:
+        command = [sys.executable, NODE, redis_url, namespace, "x"]
+        process = await nursery.start(functools.partial(trio.run_process, command, check=False))
+        try:
+            with trio.fail_after(WITHIN):
+                assert await control.blpop([f"{namespace}:ready"], timeout=WITHIN)
+            from cycle_node import backend
+
+            device = Fan()
+            async with trio_persist.open_persist(
+                device,
+                backend=backend(redis_url, namespace),
+                worker_timeout=600,
+                allow_infinite=allow_infinite,
+            ) as persist:
+                device.persist = persist
+                got: list[Any] = []
+
+                async def one(index: int) -> None:
+                    try:
+                        got.append(await persist.ask(f"w{index}", {"op": "fan"}, default=dict))
+                    except Exception as exc:
+                        got.append(exc)
+
+                with trio.fail_after(WITHIN):
+                    async with trio.open_nursery() as callers:
+                        for index in range(fan):
+                            callers.start_soon(one, index)
+                errors = [g for g in got if isinstance(g, Exception)]
+                assert not errors, f"{len(errors)} of {fan} refused: {errors[0]!r}"
+                ran = [g.get("ran") for g in got]
+                assert ran == ["at-worker"] * fan, ran
+        finally:
+            process.kill()
