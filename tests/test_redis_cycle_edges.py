@@ -173,3 +173,51 @@ async def test_many_workers_here_resolving_one_request_of_a_worker_elsewhere_are
                 assert ran == ["at-worker"] * fan, ran
         finally:
             process.kill()
+
+
+CROSSING_WITHIN = 10.0
+
+
+@pytest.mark.parametrize("op", ["ask", "resolve-spawn"])
+async def test_crossing_requests_of_two_workers_are_refused_not_deadlocked(
+    redis_url: str, namespace: str, op: str
+) -> None:
+    # h's worker (there) serves R1 and waits at the gate. f's worker here then
+    # sends its own request to h (an ask, or a resolve that cannot join R1):
+    # it queues behind R1 there. The gate opens and R1 asks f: f's worker
+    # waits for h's, which waits for f, so that ask is refused.
+    r1 = {"op": "gate", "then": {"op": "ask", "group": "f", "req": {"op": "done"}}}
+    if op == "ask":
+        from_f = {"op": "ask", "group": "h", "req": {"op": "other"}}
+    else:
+        from_f = {"op": "resolve", "group": "h", "req": {"op": "other"}, "spawn": True}
+    async with scripted_nodes(redis_url, namespace, ["f"], ["h"]) as (control, persist, _p):
+        outcomes: dict[str, Any] = {}
+
+        async def first() -> None:
+            try:
+                outcomes["r1"] = await persist.ask("h", r1, default=dict)
+            except Exception as exc:
+                outcomes["r1"] = exc
+
+        async def cross() -> None:
+            try:
+                outcomes["f"] = await persist.ask("f", from_f, default=dict)
+            except Exception as exc:
+                outcomes["f"] = exc
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(first)
+            with trio.fail_after(CROSSING_WITHIN):
+                assert await control.blpop([f"{namespace}:at-gate"], timeout=CROSSING_WITHIN)
+            nursery.start_soon(cross)
+            await trio.sleep(1.0)  # f's request is queued behind R1 there
+            await control.lpush(f"{namespace}:gate", ["open"])
+            with trio.move_on_after(CROSSING_WITHIN) as waited:
+                while len(outcomes) < 2:  # noqa: ASYNC110
+                    await trio.sleep(0.05)
+            nursery.cancel_scope.cancel()
+        assert not waited.cancelled_caught, f"deadlocked for {CROSSING_WITHIN}s: {outcomes}"
+        assert any(isinstance(o, trio_persist.InfiniteRecursion) for o in outcomes.values()) or any(
+            "InfiniteRecursion" in repr(o) for o in outcomes.values()
+        ), outcomes

@@ -200,7 +200,10 @@ class ClusterWorkers:
             if found.endswith(":" + self.node):  # ours, being released: a moment
                 await trio.sleep(self.lease_ttl / 30)
                 continue
-            answer = await self._route(found, digest, request_id, request, chain)
+            # The asking owner waits for that worker meanwhile (a request it
+            # queues behind there may come back here: `LocalWorkers.standing_in`).
+            with self.local.standing_in(_worker_of(found)):
+                answer = await self._route(found, digest, request_id, request, chain)
             if answer is not None:
                 self._remember(digest, found)
                 return answer.unwrap()
