@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,45 @@ async def scripted_nodes(
             process.kill()
 
 
+async def until_node(persist: Any, pid: int, seen: Callable[[Any], bool]) -> None:
+    """Until the cluster view's record of the process *pid* satisfies *seen*."""
+    with trio.fail_after(WITHIN):
+        while not any(seen(n) for n in await persist.backend.cluster() if n.pid == pid):  # noqa: ASYNC110 - another process's record
+            await trio.sleep(0.1)
+
+
+async def crossing(
+    control: Any,
+    namespace: str,
+    first: Callable[[], Awaitable[Any]],
+    second: Callable[[], Awaitable[Any]],
+    placed: Callable[[], Awaitable[None]],
+) -> tuple[dict[str, Any], bool]:
+    """Run *first* until it waits at the gate, then *second* until *placed*
+    returns, then open the gate: ``(each one's outcome or error, whether
+    both were answered within the bound)``."""
+    outcomes: dict[str, Any] = {}
+
+    async def run(name: str, call: Callable[[], Awaitable[Any]]) -> None:
+        try:
+            outcomes[name] = await call()
+        except Exception as exc:
+            outcomes[name] = exc
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run, "first", first)
+        with trio.fail_after(WITHIN):
+            assert await control.blpop([f"{namespace}:at-gate"], timeout=WITHIN)
+        nursery.start_soon(run, "second", second)
+        await placed()
+        await control.lpush(f"{namespace}:gate", ["open"])
+        with trio.move_on_after(WITHIN) as waited:
+            while len(outcomes) < 2:  # noqa: ASYNC110
+                await trio.sleep(0.05)
+        nursery.cancel_scope.cancel()
+    return outcomes, not waited.cancelled_caught
+
+
 @pytest.mark.parametrize("spawn", [False, True], ids=["through-a-flight", "no-flight"])
 async def test_a_cycle_closing_by_a_join_at_a_static_worker_elsewhere_is_refused(
     redis_url: str, namespace: str, spawn: bool
@@ -52,43 +91,16 @@ async def test_a_cycle_closing_by_a_join_at_a_static_worker_elsewhere_is_refused
     r1 = {"op": "gate", "then": {"op": "ask", "group": "f", "req": {"op": "done"}}}
     ask_f = {"op": "resolve", "group": "h", "req": r1, "spawn": spawn}
     async with scripted_nodes(redis_url, namespace, ["f"], ["h"]) as (control, persist, process):
-        outcomes: dict[str, Any] = {}
-
-        async def first() -> None:
-            try:
-                outcomes["r1"] = await persist.resolve("h", r1, spawn_worker=True)
-            except Exception as exc:
-                outcomes["r1"] = exc
-
-        async def cycle() -> None:
-            try:
-                outcomes["f"] = await persist.ask("f", ask_f, default=dict)
-            except Exception as exc:
-                outcomes["f"] = exc
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(first)
-            with trio.fail_after(WITHIN):
-                assert await control.blpop([f"{namespace}:at-gate"], timeout=WITHIN)
-            nursery.start_soon(cycle)
+        outcomes, answered = await crossing(
+            control,
+            namespace,
+            lambda: persist.resolve("h", r1, spawn_worker=True),
+            lambda: persist.ask("f", ask_f, default=dict),
             # Until h's owner has joined f's request into R1 (its statistics).
-            with trio.fail_after(WITHIN):
-                while True:
-                    nodes = await persist.backend.cluster()
-                    if any(n.statistics.get("deduplicated") for n in nodes if n.pid == process.pid):
-                        break
-                    await trio.sleep(0.1)
-            await control.lpush(f"{namespace}:gate", ["open"])
-            with trio.move_on_after(WITHIN) as waited:
-                while len(outcomes) < 2:  # noqa: ASYNC110
-                    await trio.sleep(0.05)
-            stuck = (
-                persist.backend.statistics().routed_in,
-                [(g.group, g.kind, g.queued) for g in persist.snapshot()],
-            )
-            nursery.cancel_scope.cancel()
-        assert not waited.cancelled_caught, f"deadlocked for {WITHIN}s: {outcomes} {stuck}"
-        assert isinstance(outcomes["f"], trio_persist.InfiniteRecursion)
+            lambda: until_node(persist, process.pid, lambda n: n.statistics.get("deduplicated")),
+        )
+        assert answered, f"deadlocked for {WITHIN}s: {outcomes}"
+        assert isinstance(outcomes["second"], trio_persist.InfiniteRecursion)
 
 
 async def test_with_allow_infinite_nothing_run_for_a_cycle_answers_a_later_caller(
@@ -175,9 +187,6 @@ async def test_many_workers_here_resolving_one_request_of_a_worker_elsewhere_are
             process.kill()
 
 
-CROSSING_WITHIN = 10.0
-
-
 @pytest.mark.parametrize("op", ["ask", "resolve-spawn"])
 async def test_crossing_requests_of_two_workers_are_refused_not_deadlocked(
     redis_url: str, namespace: str, op: str
@@ -191,33 +200,19 @@ async def test_crossing_requests_of_two_workers_are_refused_not_deadlocked(
         from_f = {"op": "ask", "group": "h", "req": {"op": "other"}}
     else:
         from_f = {"op": "resolve", "group": "h", "req": {"op": "other"}, "spawn": True}
-    async with scripted_nodes(redis_url, namespace, ["f"], ["h"]) as (control, persist, _p):
-        outcomes: dict[str, Any] = {}
-
-        async def first() -> None:
-            try:
-                outcomes["r1"] = await persist.ask("h", r1, default=dict)
-            except Exception as exc:
-                outcomes["r1"] = exc
-
-        async def cross() -> None:
-            try:
-                outcomes["f"] = await persist.ask("f", from_f, default=dict)
-            except Exception as exc:
-                outcomes["f"] = exc
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(first)
-            with trio.fail_after(CROSSING_WITHIN):
-                assert await control.blpop([f"{namespace}:at-gate"], timeout=CROSSING_WITHIN)
-            nursery.start_soon(cross)
-            await trio.sleep(1.0)  # f's request is queued behind R1 there
-            await control.lpush(f"{namespace}:gate", ["open"])
-            with trio.move_on_after(CROSSING_WITHIN) as waited:
-                while len(outcomes) < 2:  # noqa: ASYNC110
-                    await trio.sleep(0.05)
-            nursery.cancel_scope.cancel()
-        assert not waited.cancelled_caught, f"deadlocked for {CROSSING_WITHIN}s: {outcomes}"
-        assert any(isinstance(o, trio_persist.InfiniteRecursion) for o in outcomes.values()) or any(
-            "InfiniteRecursion" in repr(o) for o in outcomes.values()
+    async with scripted_nodes(redis_url, namespace, ["f"], ["h"]) as (control, persist, process):
+        outcomes, answered = await crossing(
+            control,
+            namespace,
+            lambda: persist.ask("h", r1, default=dict),
+            lambda: persist.ask("f", from_f, default=dict),
+            # Until f's request is queued behind R1 there.
+            lambda: until_node(
+                persist, process.pid, lambda n: any(g.get("queued") for g in n.snapshot)
+            ),
+        )
+        assert answered, f"deadlocked for {WITHIN}s: {outcomes}"
+        assert any(
+            isinstance(o, trio_persist.InfiniteRecursion) or "InfiniteRecursion" in repr(o)
+            for o in outcomes.values()
         ), outcomes
